@@ -1,0 +1,310 @@
+//! attache's configuration: the declarative model, loading from YAML or JSON with `${VAR}`
+//! interpolation, validation whose errors name the field path and the line and column, the
+//! generated JSON schema, and the redacted view served on the admin port.
+//!
+//! Loading runs in stages, each reporting every problem it finds:
+//! 1. [`yaml::parse`] reads the text into a tree that remembers positions;
+//! 2. [`yaml::interpolate`] expands `${VAR}` and `${VAR:-default}` in scalars;
+//! 3. serde deserializes the model (unknown fields are errors, with a "did you mean");
+//! 4. [`validate`] checks what types cannot: references between sections, clashing ports.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod model;
+mod types;
+mod validate;
+pub mod yaml;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+pub use types::{ByteSize, Duration, ListenAddr, Scheme, UpstreamUrl};
+
+/// Sections of the design that later versions of attache fill in. Naming one today gets a
+/// clear "not available yet" instead of a puzzling "unknown field".
+const RESERVED_SECTIONS: &[&str] = &["trace", "idempotency", "flags", "rate_limits", "telemetry"];
+
+/// Loads and validates a config file (YAML or JSON, `${VAR}` from the process environment).
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source: source.clone(),
+        errors: vec![ConfigError::new("", format!("cannot read the file: {e}"))],
+    })?;
+    load_str(&text, &source, &|name| std::env::var(name).ok())
+}
+
+/// Loads and validates a document held in memory; `env` resolves `${VAR}`.
+pub fn load_str(
+    text: &str,
+    source: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let fail = |errors: Vec<ConfigError>| ConfigErrors {
+        source: source.to_owned(),
+        errors,
+    };
+    let mut root = yaml::parse(text).map_err(|e| fail(vec![e]))?;
+    let mut errors = Vec::new();
+    yaml::interpolate(&mut root, "", env, &mut errors);
+    let mut index = yaml::PosIndex::default();
+    let value = yaml::to_json(&root, "", None, &mut index);
+    if !value.is_object() {
+        errors.push(
+            ConfigError::new(
+                "",
+                "the document must be a mapping with apiVersion, kind and spec",
+            )
+            .at(Some(root.pos)),
+        );
+        return Err(fail(errors));
+    }
+    let config = deserialize_all(value, &index, &mut errors);
+    if let Some(config) = &config {
+        for e in validate::validate(config) {
+            let at = index.nearest(&e.path);
+            errors.push(e.at(at));
+        }
+    }
+    // serde visits keys alphabetically; users read files top to bottom.
+    errors.sort_by_key(|e| e.location.unwrap_or((usize::MAX, 0)));
+    match config {
+        Some(c) if errors.is_empty() => Ok(c),
+        _ => Err(fail(errors)),
+    }
+}
+
+/// Deserializes the model, collecting as many errors as possible: each failing node is removed
+/// and deserialization retried, so one run lists every unknown field and bad value.
+fn deserialize_all(
+    mut value: Value,
+    index: &yaml::PosIndex,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..64 {
+        let err = match serde_path_to_error::deserialize::<_, Config>(&value) {
+            Ok(config) => return errors.is_empty().then_some(config),
+            Err(e) => e,
+        };
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let raw = err.into_inner().to_string();
+        // A required field removed for an earlier error is not a second mistake.
+        if let Some(name) = raw
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+            && removed.contains(&yaml::join(&path, name))
+        {
+            return None;
+        }
+        let (message, key) = humanize(&path, &raw);
+        let at = if key {
+            index.key(&path).or_else(|| index.nearest(&path))
+        } else {
+            index.nearest(&path)
+        };
+        errors.push(ConfigError::new(path.clone(), message).at(at));
+        if path.is_empty() || !remove(&mut value, &path) {
+            return None;
+        }
+        removed.push(path);
+    }
+    None
+}
+
+/// Rewrites serde's messages into attache's voice. Returns the message and whether it is about
+/// a key (so the position should point at the key, not the value).
+fn humanize(path: &str, raw: &str) -> (String, bool) {
+    if let Some(rest) = raw.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        if path.starts_with("spec.")
+            && RESERVED_SECTIONS.contains(&name)
+            && path == format!("spec.{name}")
+        {
+            return (
+                format!("`{name}` is not available in this version of attache yet"),
+                true,
+            );
+        }
+        let expected = quoted_names(rest.split_once("expected").map_or("", |x| x.1));
+        return (unknown("field", name, &expected), true);
+    }
+    if let Some(rest) = raw.strip_prefix("unknown variant `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        let expected = quoted_names(rest.split_once("expected").map_or("", |x| x.1));
+        return (unknown("value", name, &expected), false);
+    }
+    if let Some(rest) = raw.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        return (format!("missing required field `{name}`"), false);
+    }
+    (raw.to_owned(), false)
+}
+
+fn unknown(what: &str, name: &str, expected: &[String]) -> String {
+    let best = expected
+        .iter()
+        .map(|c| (levenshtein(name, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(name.len()) / 3).max(2))
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((_, c)) => format!("unknown {what} `{name}`; did you mean `{c}`?"),
+        None if expected.is_empty() => format!("unknown {what} `{name}`"),
+        None => format!(
+            "unknown {what} `{name}` (expected one of {})",
+            expected
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn quoted_names(s: &str) -> Vec<String> {
+    s.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Removes the node at a serde path (`a.b[2].c`) from a JSON value; false if not found.
+fn remove(value: &mut Value, path: &str) -> bool {
+    let mut segs = Vec::new();
+    for part in path.split('.') {
+        let (name, idxs) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            segs.push(Err(name));
+        }
+        for idx in idxs.split('[').filter(|s| !s.is_empty()) {
+            match idx.trim_end_matches(']').parse::<usize>() {
+                Ok(i) => segs.push(Ok(i)),
+                Err(_) => return false,
+            }
+        }
+    }
+    let Some((last, parents)) = segs.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in parents {
+        cur = match (seg, cur) {
+            (Ok(i), Value::Array(a)) => match a.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Err(k), Value::Object(m)) => match m.get_mut(*k) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, cur) {
+        (Err(k), Value::Object(m)) => m.remove(*k).is_some(),
+        // Replacing keeps later indices (and so their positions) stable.
+        (Ok(i), Value::Array(a)) if *i < a.len() => {
+            a.remove(*i);
+            true
+        }
+        _ => false,
+    }
+}
+
+impl Config {
+    /// The config `attache dev` runs with when no file is given: inbound on `listen` in front
+    /// of `app`, admin on its default port.
+    pub fn dev(app: UpstreamUrl, listen: ListenAddr) -> Config {
+        Config {
+            api_version: ApiVersion::V1,
+            kind: Kind::Sidecar,
+            metadata: Metadata {
+                name: "attache-dev".to_owned(),
+            },
+            spec: Spec {
+                inbound: Some(Inbound {
+                    listen,
+                    app,
+                    forwarded_headers: ForwardedHeaders::default(),
+                    timeouts: None,
+                }),
+                ..Spec::default()
+            },
+        }
+    }
+
+    /// The effective config as JSON with secrets redacted: credentials in URLs and values of
+    /// keys that look like secrets. This is what `/config` serves and startup logs.
+    pub fn redacted(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        redact(&mut v, false);
+        v
+    }
+
+    /// Re-validates a config built in code (CLI flags applied over a file, for example).
+    pub fn check(&self) -> Result<(), ConfigErrors> {
+        let errors = validate::validate(self);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors {
+                source: "<command line>".to_owned(),
+                errors,
+            })
+        }
+    }
+}
+
+fn redact(v: &mut Value, secret_key: bool) {
+    match v {
+        Value::String(s) if secret_key => *s = "REDACTED".to_owned(),
+        Value::String(s) => {
+            if let Some((scheme, rest)) = s.split_once("://")
+                && let Some((_, host)) = rest.split_once('@')
+            {
+                *s = format!("{scheme}://REDACTED@{host}");
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| redact(i, secret_key)),
+        Value::Object(m) => {
+            for (k, val) in m.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                let secret = ["password", "secret", "token", "authorization", "credential"]
+                    .iter()
+                    .any(|w| k.contains(w));
+                redact(val, secret_key || secret);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The JSON schema of the config file, as committed in `config/schema.json`.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(Config);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+//! The declarative model: what an attache config file may say. Doc comments here become the
+//! descriptions in `config/schema.json`, so they are written for users.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ByteSize, Duration, ListenAddr, UpstreamUrl};
+
+pub const API_VERSION: &str = "attache.dev/v1";
+
+/// An attache configuration document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "attache configuration")]
+pub struct Config {
+    /// Always `attache.dev/v1`.
+    pub api_version: ApiVersion,
+    /// Always `Sidecar`.
+    pub kind: Kind,
+    #[serde(default)]
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ApiVersion {
+    #[serde(rename = "attache.dev/v1")]
+    V1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Kind {
+    Sidecar,
+}
+
+/// Who this sidecar is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// The service's name; used in logs and, when nothing more specific is set, as the
+    /// telemetry service name.
+    #[serde(default = "default_name")]
+    pub name: String,
+}
+
+impl Default for Metadata {
+    fn default() -> Self {
+        Self {
+            name: default_name(),
+        }
+    }
+}
+
+fn default_name() -> String {
+    "attache".to_owned()
+}
+
+/// What attache does.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// The sidecar role: a listener in front of the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<Inbound>,
+    /// The ambassador role: listeners the app calls, each bound to one named upstream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbound: Vec<Outbound>,
+    /// Named upstream services, referred to by `outbound[].upstream`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Limits on what clients may send, for every listener.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Default timeouts for calls to the app and to upstreams.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Graceful shutdown on SIGTERM.
+    #[serde(default)]
+    pub drain: Drain,
+    /// The admin listener: health, readiness, metrics and the effective config.
+    #[serde(default)]
+    pub admin: Admin,
+}
+
+/// The inbound (sidecar) listener and the app behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    /// Where attache accepts traffic for the app. HTTP/1.1 and HTTP/2 (h2c) are detected on
+    /// the same port.
+    #[serde(default = "default_inbound_listen")]
+    pub listen: ListenAddr,
+    /// The app, e.g. `http://127.0.0.1:8080`.
+    pub app: UpstreamUrl,
+    /// How `X-Forwarded-For`, `-Proto` and `-Host` are written: `append` the client to what
+    /// arrived (default), `replace` what arrived, or `off` to leave them untouched.
+    #[serde(default)]
+    pub forwarded_headers: ForwardedHeaders,
+    /// Timeouts for calls to the app; unset fields use `spec.timeouts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsOverride>,
+}
+
+pub const fn default_inbound_listen() -> ListenAddr {
+    ListenAddr::new([0, 0, 0, 0], 15006)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedHeaders {
+    #[default]
+    Append,
+    Replace,
+    Off,
+}
+
+/// An outbound (ambassador) listener: the app calls `http://<listen>/...` and attache sends
+/// the request to `upstream`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// Where the app reaches this upstream, e.g. `127.0.0.1:15001`.
+    pub listen: ListenAddr,
+    /// The name of an entry in `spec.upstreams`.
+    pub upstream: String,
+}
+
+/// A named upstream service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// The endpoints requests are spread over, e.g. `["http://payments:8080"]`.
+    pub endpoints: Vec<UpstreamUrl>,
+    /// How requests are spread over the endpoints.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Timeouts for this upstream; unset fields use `spec.timeouts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsOverride>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+}
+
+/// Limits on client connections and requests. Exceeding one gets a clear 4xx, never a hang.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request header section (names + values + 4 bytes per field) → 431 above it.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in one request → 431 above it.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: u32,
+    /// Largest request body; `null` (default) for no limit. Above it → 413.
+    #[serde(default)]
+    pub max_request_body_bytes: Option<ByteSize>,
+    /// Time a client has to send a complete request head once it starts one (and to send the
+    /// first one after connecting) → 408.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes moving in either direction for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_request_body_bytes: None,
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_max_headers() -> u32 {
+    100
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::secs(300)
+}
+
+/// Timeouts for calls attache makes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Establishing a TCP connection → 502 when exceeded.
+    #[serde(default = "default_connect")]
+    pub connect: Duration,
+    /// From forwarding a request until the response head arrives → 504 when exceeded.
+    /// Response bodies may stream for longer.
+    #[serde(default = "default_request")]
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: default_connect(),
+            request: default_request(),
+        }
+    }
+}
+
+fn default_connect() -> Duration {
+    Duration::secs(2)
+}
+fn default_request() -> Duration {
+    Duration::secs(60)
+}
+
+/// Per-target timeout overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Duration>,
+}
+
+impl Timeouts {
+    pub fn with(self, o: Option<TimeoutsOverride>) -> Timeouts {
+        let o = o.unwrap_or_default();
+        Timeouts {
+            connect: o.connect.unwrap_or(self.connect),
+            request: o.request.unwrap_or(self.request),
+        }
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Drain {
+    /// After SIGTERM, keep accepting for this long while `/ready` already fails, so load
+    /// balancers (a Kubernetes Service) stop sending first. Default 0s.
+    #[serde(default = "zero")]
+    pub delay: Duration,
+    /// Then stop accepting and give in-flight requests this long to finish.
+    #[serde(default = "default_grace")]
+    pub grace_period: Duration,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            delay: zero(),
+            grace_period: default_grace(),
+        }
+    }
+}
+
+fn zero() -> Duration {
+    Duration::secs(0)
+}
+fn default_grace() -> Duration {
+    Duration::secs(30)
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Where `/live`, `/ready`, `/metrics` and `/config` are served. Loopback by default;
+    /// set `0.0.0.0:15000` for kubelet probes or a Prometheus scraper.
+    #[serde(default = "default_admin_listen")]
+    pub listen: ListenAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+pub const fn default_admin_listen() -> ListenAddr {
+    ListenAddr::new([127, 0, 0, 1], 15000)
+}
+
+pub const fn default_outbound_listen() -> ListenAddr {
+    ListenAddr::new([127, 0, 0, 1], 15001)
+}

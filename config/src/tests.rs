@@ -1,0 +1,218 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    load_str(text, "test.yaml", &no_env)
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match load(text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const MINIMAL: &str = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound:
+    app: http://127.0.0.1:8080
+";
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = load(MINIMAL).unwrap();
+    let inbound = c.spec.inbound.as_ref().unwrap();
+    assert_eq!(inbound.listen.to_string(), "0.0.0.0:15006");
+    assert_eq!(inbound.app.authority(), "127.0.0.1:8080");
+    assert_eq!(c.spec.admin.listen.to_string(), "127.0.0.1:15000");
+    assert_eq!(c.spec.limits.max_header_bytes.0, 65536);
+    assert_eq!(c.spec.timeouts.request.0.as_secs(), 60);
+    assert_eq!(c.spec.drain.grace_period.to_string(), "30s");
+    assert_eq!(c.metadata.name, "attache");
+}
+
+#[test]
+fn invalid_url_names_path_line_and_column() {
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+metadata:
+  name: checkout
+spec:
+  inbound:
+    app:   htp:/x
+";
+    assert_eq!(
+        errors(text),
+        [
+            "spec.inbound.app: invalid URL \"htp:/x\" (expected http://host:port) at line 7, column 12"
+        ]
+    );
+}
+
+#[test]
+fn unknown_fields_suggest_the_closest_name_and_all_errors_are_listed() {
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound:
+    lisen: 0.0.0.0:1
+    app: http://a:1
+  limits:
+    max_headers: lots
+    idle_timeout: 30
+  upstreams:
+    pay:
+      endpoints: [http://p:1]
+      balance: round_robbin
+";
+    let errs = errors(text);
+    assert_eq!(
+        errs,
+        [
+            "spec.inbound.lisen: unknown field `lisen`; did you mean `listen`? at line 5, column 5",
+            "spec.limits.max_headers: invalid type: string \"lots\", expected u32 at line 8, column 18",
+            "spec.limits.idle_timeout: invalid duration 30 (write it as a string with a unit, like \"30s\") at line 9, column 19",
+            "spec.upstreams.pay.balance: unknown value `round_robbin`; did you mean `round_robin`? at line 13, column 16",
+        ]
+    );
+}
+
+#[test]
+fn semantic_errors_point_at_the_field() {
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound: { app: 'http://127.0.0.1:8080', listen: '0.0.0.0:9000' }
+  outbound:
+    - { listen: '127.0.0.1:9000', upstream: payments }
+  upstreams:
+    billing: { endpoints: [] }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "spec.outbound[0].listen: listen address 127.0.0.1:9000 clashes with `spec.inbound.listen` at line 6, column 17",
+            "spec.outbound[0].upstream: upstream `payments` is not defined in spec.upstreams (defined: `billing`) at line 6, column 45",
+            "spec.upstreams.billing.endpoints: needs at least one endpoint at line 8, column 27",
+        ]
+    );
+}
+
+#[test]
+fn missing_and_reserved_sections() {
+    let errs =
+        errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  trace: {}\n  inbound: {}\n");
+    assert_eq!(
+        errs,
+        [
+            "spec.trace: `trace` is not available in this version of attache yet at line 4, column 3",
+            "spec.inbound: missing required field `app` at line 5, column 12",
+        ]
+    );
+    let errs = errors("kind: Sidecar\nspec: {}\n");
+    assert_eq!(
+        errs,
+        ["missing required field `apiVersion` at line 1, column 1"]
+    );
+    let errs = errors("apiVersion: attache.dev/v2\nkind: Sidecar\nspec: {}\n");
+    assert!(
+        errs[0].starts_with(
+            "apiVersion: unknown value `attache.dev/v2`; did you mean `attache.dev/v1`?"
+        ),
+        "{errs:?}"
+    );
+    assert_eq!(
+        errors("- a\n- b\n")[0],
+        "the document must be a mapping with apiVersion, kind and spec at line 1, column 1"
+    );
+}
+
+#[test]
+fn environment_interpolation() {
+    let env = |name: &str| match name {
+        "APP_PORT" => Some("9090".to_owned()),
+        _ => None,
+    };
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound:
+    app: http://127.0.0.1:${APP_PORT}
+    listen: ${LISTEN:-0.0.0.0:16000}
+  limits:
+    max_headers: ${MAX_HEADERS:-50}
+";
+    let c = load_str(text, "t", &env).unwrap();
+    assert_eq!(c.spec.inbound.as_ref().unwrap().app.port, 9090);
+    assert_eq!(c.spec.inbound.as_ref().unwrap().listen.0.port(), 16000);
+    assert_eq!(c.spec.limits.max_headers, 50);
+
+    let e = load_str(
+        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  inbound:\n    app: http://${HOST}:1\n",
+        "t",
+        &env,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.errors[0].to_string(),
+        "spec.inbound.app: environment variable `HOST` is not set (use `${HOST:-default}` for a default) at line 5, column 10"
+    );
+}
+
+#[test]
+fn json_documents_load() {
+    let c = load(r#"{"apiVersion": "attache.dev/v1", "kind": "Sidecar", "spec": {"outbound": [{"listen": "127.0.0.1:15001", "upstream": "p"}], "upstreams": {"p": {"endpoints": ["http://p:80"]}}}}"#).unwrap();
+    assert_eq!(c.spec.outbound[0].upstream, "p");
+}
+
+#[test]
+fn redaction_hides_credentials() {
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound: { app: 'http://app:1' }
+  upstreams:
+    p: { endpoints: ['http://user:hunter2@p:80'] }
+";
+    let c = load(text).unwrap();
+    let shown = c.redacted().to_string();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("http://REDACTED@p:80"), "{shown}");
+}
+
+#[test]
+fn committed_schema_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.json");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == schema_json(),
+        "config/schema.json is stale; regenerate it with `cargo run -p attache -- schema > config/schema.json`"
+    );
+}
+
+#[test]
+fn every_deploy_example_validates() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
+    let env = |name: &str| Some(format!("{name}-value")).filter(|_| name != "UNSET");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if !matches!(ext, "yaml" | "yml" | "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        if let Err(e) = load_str(&text, &path.display().to_string(), &env) {
+            panic!("{e}");
+        }
+        seen += 1;
+    }
+    assert!(
+        seen >= 3,
+        "expected the examples in deploy/examples, found {seen}"
+    );
+}

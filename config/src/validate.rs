@@ -1,0 +1,124 @@
+//! Checks that types alone cannot express: references between sections, clashing listen
+//! addresses, empty lists. Every error carries the path of the field at fault.
+
+use std::collections::HashMap;
+
+use crate::error::ConfigError;
+use crate::model::Config;
+
+pub fn validate(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let spec = &config.spec;
+
+    if spec.inbound.is_none() && spec.outbound.is_empty() {
+        errors.push(ConfigError::new(
+            "spec",
+            "nothing to do: configure `inbound` (in front of the app) or `outbound` (for the app's calls)",
+        ));
+    }
+    if config.metadata.name.trim().is_empty() {
+        errors.push(ConfigError::new("metadata.name", "must not be empty"));
+    }
+
+    let mut listens: HashMap<std::net::SocketAddr, String> = HashMap::new();
+    let mut claim = |addr: std::net::SocketAddr, path: String, errors: &mut Vec<ConfigError>| {
+        let clash = listens.iter().find(|(a, _)| {
+            a.port() == addr.port()
+                && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified())
+        });
+        match clash {
+            Some((_, other)) => errors.push(ConfigError::new(
+                path,
+                format!("listen address {addr} clashes with `{other}`"),
+            )),
+            None => {
+                listens.insert(addr, path);
+            }
+        }
+    };
+    claim(
+        spec.admin.listen.0,
+        "spec.admin.listen".to_owned(),
+        &mut errors,
+    );
+    if let Some(inbound) = &spec.inbound {
+        claim(
+            inbound.listen.0,
+            "spec.inbound.listen".to_owned(),
+            &mut errors,
+        );
+    }
+    for (i, out) in spec.outbound.iter().enumerate() {
+        claim(
+            out.listen.0,
+            format!("spec.outbound[{i}].listen"),
+            &mut errors,
+        );
+        if !spec.upstreams.contains_key(&out.upstream) {
+            let known: Vec<_> = spec.upstreams.keys().map(|k| format!("`{k}`")).collect();
+            errors.push(ConfigError::new(
+                format!("spec.outbound[{i}].upstream"),
+                if known.is_empty() {
+                    format!(
+                        "upstream `{}` is not defined (add it under spec.upstreams)",
+                        out.upstream
+                    )
+                } else {
+                    format!(
+                        "upstream `{}` is not defined in spec.upstreams (defined: {})",
+                        out.upstream,
+                        known.join(", ")
+                    )
+                },
+            ));
+        }
+    }
+
+    for (name, up) in &spec.upstreams {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            errors.push(ConfigError::new(
+                format!("spec.upstreams.{name}"),
+                "upstream names use letters, digits, `-`, `_` and `.`",
+            ));
+        }
+        if up.endpoints.is_empty() {
+            errors.push(ConfigError::new(
+                format!("spec.upstreams.{name}.endpoints"),
+                "needs at least one endpoint",
+            ));
+        }
+    }
+
+    let limits = &spec.limits;
+    if limits.max_headers == 0 {
+        errors.push(ConfigError::new(
+            "spec.limits.max_headers",
+            "must be at least 1",
+        ));
+    }
+    if limits.max_header_bytes.0 < 1024 {
+        errors.push(ConfigError::new(
+            "spec.limits.max_header_bytes",
+            "must be at least 1KiB",
+        ));
+    }
+    for (path, d) in [
+        (
+            "spec.limits.header_read_timeout",
+            limits.header_read_timeout,
+        ),
+        ("spec.limits.idle_timeout", limits.idle_timeout),
+        ("spec.timeouts.connect", spec.timeouts.connect),
+        ("spec.timeouts.request", spec.timeouts.request),
+        ("spec.drain.grace_period", spec.drain.grace_period),
+    ] {
+        if d.0.is_zero() {
+            errors.push(ConfigError::new(path, "must be longer than 0s"));
+        }
+    }
+    errors
+}

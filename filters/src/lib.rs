@@ -1,0 +1,42 @@
+//! attache's request filters. Each concern is a module holding a tower `Layer`, its `Service`
+//! and its future; none of them knows about sockets or listeners, so an app can also stack them
+//! in-process. The proxy crate fixes their order (see `proxy/src/inbound.rs`).
+//!
+//! - [`errors`]: the one mapping from any proxy error to an RFC 9457 problem+json response.
+//! - [`telemetry`]: request metrics (and, later, spans and the access log).
+
+#![forbid(unsafe_code)]
+
+pub mod errors;
+pub mod telemetry;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// The error type bodies and services pass around.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type at module edges: request and response bodies are boxed once, so the layers
+/// between stay free of generic body parameters.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Boxes any body whose error converts to [`BoxError`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}

@@ -1,0 +1,462 @@
+//! Prometheus metrics. [`Metrics`] owns the registry and every metric family attache exports
+//! (served as text at the admin port's `/metrics`); [`MetricsLayer`] counts requests and times
+//! them until their response body ends, fails or is dropped.
+//!
+//! Label values are bounded: direction, a known method or `_OTHER`, and a status class.
+//! Never paths, hosts or ids.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{Method, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tower::{Layer, Service};
+
+/// Which way a request travels through attache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the network to the app (the sidecar role).
+    Inbound,
+    /// From the app to an upstream (the ambassador role).
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        e.write_str(self.as_str())
+    }
+}
+
+/// A request method as a bounded label: the RFC 9110 methods, PATCH and QUERY, else `_OTHER`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MethodLabel(&'static str);
+
+impl MethodLabel {
+    pub fn of(m: &Method) -> Self {
+        Self(match m.as_str() {
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            "CONNECT" => "CONNECT",
+            "OPTIONS" => "OPTIONS",
+            "TRACE" => "TRACE",
+            "PATCH" => "PATCH",
+            "QUERY" => "QUERY",
+            _ => "_OTHER",
+        })
+    }
+}
+
+impl EncodeLabelValue for MethodLabel {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        e.write_str(self.0)
+    }
+}
+
+/// `1xx` … `5xx`, or `none` when no response was produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatusClass(u8);
+
+impl StatusClass {
+    pub const NONE: Self = Self(0);
+    pub fn of(status: u16) -> Self {
+        Self((status / 100).clamp(1, 5) as u8)
+    }
+}
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        match self.0 {
+            0 => e.write_str("none"),
+            n => write!(e, "{n}xx"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub direction: Direction,
+    pub method: MethodLabel,
+    pub status_class: StatusClass,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub direction: Direction,
+    /// A configured upstream name (`app` for the inbound app): bounded by the config.
+    pub upstream: String,
+    /// `connect`, `timeout`, `reset`, `protocol`, `body_too_large`.
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Every metric attache exports, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<HttpLabels, Counter>,
+    pub duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    pub open_connections: Family<DirectionLabels, Gauge>,
+    pub connections: Family<DirectionLabels, Counter>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub client_errors: Family<ResultLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("attache");
+        let requests = Family::<HttpLabels, Counter>::default();
+        let duration = Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        let open_connections = Family::<DirectionLabels, Gauge>::default();
+        let connections = Family::<DirectionLabels, Counter>::default();
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let client_errors = Family::<ResultLabels, Counter>::default();
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests handled, by direction, method and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head to the end of the response body",
+            duration.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections currently open",
+            open_connections.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            connections.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed calls to the app or an upstream, by kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "client_errors",
+            "Client connections or requests refused: header_timeout, headers_too_large, body_too_large",
+            client_errors.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (success, failure)",
+            config_reloads.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            open_connections,
+            connections,
+            upstream_errors,
+            client_errors,
+            config_reloads,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn upstream_error(&self, direction: Direction, upstream: &str, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                direction,
+                upstream: upstream.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn client_error(&self, result: &'static str) {
+        self.client_errors
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a connection as open until the returned guard drops.
+    pub fn connection_opened(self: &Arc<Self>, direction: Direction) -> ConnectionGuard {
+        let labels = DirectionLabels { direction };
+        self.connections.get_or_create(&labels).inc();
+        self.open_connections.get_or_create(&labels).inc();
+        ConnectionGuard {
+            metrics: self.clone(),
+            labels,
+        }
+    }
+}
+
+/// Decrements the open-connections gauge when dropped.
+pub struct ConnectionGuard {
+    metrics: Arc<Metrics>,
+    labels: DirectionLabels,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .open_connections
+            .get_or_create(&self.labels)
+            .dec();
+    }
+}
+
+// === impl MetricsLayer ===
+
+/// Counts and times every request passing through, in one direction.
+#[derive(Clone)]
+pub struct MetricsLayer {
+    metrics: Arc<Metrics>,
+    direction: Direction,
+}
+
+impl MetricsLayer {
+    pub fn new(metrics: Arc<Metrics>, direction: Direction) -> Self {
+        Self { metrics, direction }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+            direction: self.direction,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for MetricsService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<MeteredBody<ResB>>;
+    type Error = S::Error;
+    type Future = MetricsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let recorder = Recorder {
+            metrics: self.metrics.clone(),
+            labels: HttpLabels {
+                direction: self.direction,
+                method: MethodLabel::of(req.method()),
+                status_class: StatusClass::NONE,
+            },
+            start: Instant::now(),
+        };
+        MetricsFuture {
+            inner: self.inner.call(req),
+            recorder: Some(recorder),
+        }
+    }
+}
+
+pin_project! {
+    pub struct MetricsFuture<F> {
+        #[pin]
+        inner: F,
+        recorder: Option<Recorder>,
+    }
+}
+
+impl<F, B, E> Future for MetricsFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<MeteredBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        // An error without a response is recorded (status `none`) when the recorder drops.
+        let mut recorder = this.recorder.take();
+        Poll::Ready(res.map(|res| {
+            if let Some(r) = recorder.as_mut() {
+                r.labels.status_class = StatusClass::of(res.status().as_u16());
+            }
+            res.map(|inner| MeteredBody { inner, recorder })
+        }))
+    }
+}
+
+/// Records one request when dropped: at the end of its response body, or when the body (or
+/// the whole exchange) is abandoned.
+struct Recorder {
+    metrics: Arc<Metrics>,
+    labels: HttpLabels,
+    start: Instant,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.metrics.requests.get_or_create(&self.labels).inc();
+        self.metrics
+            .duration
+            .get_or_create(&self.labels)
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+pin_project! {
+    /// A response body that finishes its request's measurement when it ends.
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        recorder: Option<Recorder>,
+    }
+}
+
+impl<B: HttpBody> HttpBody for MeteredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            this.recorder.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use std::convert::Infallible;
+    use tower::{ServiceExt, service_fn};
+
+    #[tokio::test]
+    async fn counts_by_direction_method_and_status_class_when_the_body_ends() {
+        let metrics = Arc::new(Metrics::new());
+        let svc = MetricsLayer::new(metrics.clone(), Direction::Inbound).layer(service_fn(
+            |req: Request<()>| async move {
+                let status = if req.uri().path() == "/missing" {
+                    404
+                } else {
+                    200
+                };
+                let mut res = Response::new(Full::new(bytes::Bytes::from_static(b"hi")));
+                *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, Infallible>(res)
+            },
+        ));
+        let res = svc
+            .clone()
+            .oneshot(Request::get("/missing").body(()).unwrap())
+            .await
+            .unwrap();
+        // Not counted until the body is consumed.
+        assert!(!metrics.encode().contains("status_class=\"4xx\""));
+        res.into_body().collect().await.unwrap();
+        let req = Request::builder().method("BREW").uri("/").body(()).unwrap();
+        drop(svc.oneshot(req).await.unwrap());
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "attache_http_requests_total{direction=\"inbound\",method=\"GET\",status_class=\"4xx\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("method=\"_OTHER\",status_class=\"2xx\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("attache_http_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn connection_gauge_follows_guards() {
+        let metrics = Arc::new(Metrics::new());
+        let a = metrics.connection_opened(Direction::Outbound);
+        let _b = metrics.connection_opened(Direction::Outbound);
+        drop(a);
+        let text = metrics.encode();
+        assert!(
+            text.contains("attache_open_connections{direction=\"outbound\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("attache_connections_total{direction=\"outbound\"} 2"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! The admin port: `/live`, `/ready`, `/metrics` (Prometheus text) and `/config` (the
+//! effective config, secrets redacted, with the state of the last reload).
+//!
+//! It listens on loopback unless configured otherwise, and stays up while traffic drains so
+//! probes see `/ready` fail rather than a refused connection.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use attache_filters::Body;
+use attache_filters::errors::{Problem, problem_response};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::server::Shared;
+
+pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let svc_shared = shared.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shared = svc_shared.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let mut conn = std::pin::pin!(conn);
+    let mut shutdown = shared.shutdown.subscribe();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        // Keep answering probes while draining, but do not hold keep-alive connections open.
+        _ = async { shutdown.wait_for(|d| *d).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("no admin endpoint at {0}; try /live, /ready, /metrics or /config")]
+    NotFound(String),
+    #[error("use GET")]
+    Method,
+}
+
+impl Problem for AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Method => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "admin-not-found",
+            Self::Method => "admin-method",
+        }
+    }
+    fn title(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "No such admin endpoint",
+            Self::Method => "Method not allowed",
+        }
+    }
+}
+
+fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return problem_response(&AdminError::Method);
+    }
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => {
+            if shared.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+        }
+        "/metrics" => {
+            let mut res = Response::new(attache_filters::full(shared.metrics.encode()));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            res
+        }
+        "/config" => config(shared),
+        "/" => text(
+            StatusCode::OK,
+            "attache admin: /live /ready /metrics /config\n",
+        ),
+        other => problem_response(&AdminError::NotFound(other.to_owned())),
+    }
+}
+
+fn config(shared: &Shared) -> Response<Body> {
+    let snap = shared.snapshot.load();
+    let status = shared.reload.lock().map(|s| s.clone()).unwrap_or_default();
+    let ts = |t: Option<SystemTime>| {
+        t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    let doc = serde_json::json!({
+        "source": shared.source.as_ref().map(|p| p.display().to_string()),
+        "config": snap.config.redacted(),
+        "reload": {
+            "last_attempt_unix": ts(status.last_attempt),
+            "last_success_unix": ts(status.last_success),
+            "last_error": status.last_error,
+        },
+    });
+    let mut res = Response::new(attache_filters::full(
+        serde_json::to_vec_pretty(&doc).unwrap_or_default(),
+    ));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut res = Response::new(attache_filters::full(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}

@@ -1,0 +1,213 @@
+//! The command line: `run`, `dev`, `validate` and `schema`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use attache_config::{Config, ListenAddr, UpstreamUrl};
+use clap::{Parser, Subcommand};
+
+use crate::logging::{self, LogFormat};
+
+const EXAMPLES: &str = "\
+Examples:
+  attache dev                                  # demo app behind attache on 127.0.0.1:15006
+  attache dev --app http://127.0.0.1:3000      # your app behind attache
+  attache run -c /etc/attache/config.yaml      # as a sidecar, from a config file
+  attache validate -c config.yaml              # check a file, list every error
+  attache schema > schema.json                 # JSON schema for editors
+
+Ports: inbound 15006, outbound 15001, admin 15000 (loopback).
+Logs: ATTACHE_LOG (or RUST_LOG), e.g. ATTACHE_LOG=debug.";
+
+#[derive(Parser)]
+#[command(name = "attache", version, about = "A light sidecar HTTP proxy for service meshes", after_help = EXAMPLES)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "ATTACHE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Worker threads (default: the CPUs this process may run on). Set it to the pod's CPU
+    /// limit, which Kubernetes does not show as CPU affinity.
+    #[arg(long, global = true, env = "ATTACHE_WORKERS")]
+    workers: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run from a config file (the sidecar and ambassador roles).
+    Run {
+        /// The config file, YAML or JSON.
+        #[arg(short, long, env = "ATTACHE_CONFIG")]
+        config: PathBuf,
+    },
+    /// A zero-config local proxy in front of an app; without --app, in front of a demo app
+    /// that echoes what it receives.
+    Dev {
+        /// The app to proxy to, e.g. http://127.0.0.1:3000.
+        #[arg(long)]
+        app: Option<UpstreamUrl>,
+        /// Where to listen [default: 127.0.0.1:15006].
+        #[arg(long)]
+        listen: Option<ListenAddr>,
+        /// Where the admin endpoints listen [default: 127.0.0.1:15000].
+        #[arg(long)]
+        admin: Option<ListenAddr>,
+        /// Start from this config file instead of the built-in defaults.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Check config files; prints every error and exits 1 if any file is invalid.
+    Validate {
+        /// Files to check.
+        #[arg(short, long = "config", required = true, num_args = 1..)]
+        config: Vec<PathBuf>,
+    },
+    /// Print the JSON schema of the config file.
+    Schema,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Schema => {
+            print!("{}", attache_config::schema_json());
+            ExitCode::SUCCESS
+        }
+        Command::Validate { config } => validate(&config),
+        Command::Run { config } => {
+            logging::init(cli.log_format);
+            match attache_config::load_file(&config) {
+                Ok(c) => serve(cli.workers, c, Some(config), false),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dev {
+            app,
+            listen,
+            admin,
+            config,
+        } => {
+            logging::init(cli.log_format);
+            let base = match &config {
+                Some(path) => match attache_config::load_file(path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => Config::dev(
+                    UpstreamUrl {
+                        scheme: attache_config::Scheme::Http,
+                        host: "127.0.0.1".into(),
+                        port: 0,
+                        userinfo: None,
+                    },
+                    ListenAddr::new([127, 0, 0, 1], 15006),
+                ),
+            };
+            let demo = app.is_none() && base.spec.inbound.as_ref().is_none_or(|i| i.app.port == 0);
+            let mut c = base;
+            let inbound = c.spec.inbound.get_or_insert_with(|| {
+                Config::dev(
+                    UpstreamUrl {
+                        scheme: attache_config::Scheme::Http,
+                        host: "127.0.0.1".into(),
+                        port: 0,
+                        userinfo: None,
+                    },
+                    ListenAddr::new([127, 0, 0, 1], 15006),
+                )
+                .spec
+                .inbound
+                .unwrap_or_else(|| unreachable!())
+            });
+            if let Some(app) = app {
+                inbound.app = app;
+            }
+            if let Some(listen) = listen {
+                inbound.listen = listen;
+            }
+            if let Some(admin) = admin {
+                c.spec.admin.listen = admin;
+            }
+            serve(cli.workers, c, config, demo)
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match attache_config::load_file(f) {
+            Ok(_) => println!("{}: valid", f.display()),
+            Err(e) => {
+                ok = false;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn serve(
+    workers: Option<usize>,
+    mut config: Config,
+    source: Option<PathBuf>,
+    demo: bool,
+) -> ExitCode {
+    let workers = workers
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .max(1);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("attache-worker")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("attache: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        if demo {
+            let addr = crate::demo::start().await?;
+            if let Some(inbound) = config.spec.inbound.as_mut() {
+                inbound.app.host = addr.ip().to_string();
+                inbound.app.port = addr.port();
+            }
+            let listen = config.spec.inbound.as_ref().map(|i| i.listen.to_string()).unwrap_or_default();
+            tracing::info!(app = %addr, "no --app given: started the demo app, which echoes what it receives");
+            eprintln!("\n  attache dev is proxying http://{listen} -> demo app (JSON echo)\n  try:  curl -s http://{listen}/hello\n        curl -s http://{}/metrics\n", config.spec.admin.listen);
+        }
+        if let Err(e) = config.check() {
+            anyhow::bail!("{e}");
+        }
+        crate::server::run(config, source).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("attache: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

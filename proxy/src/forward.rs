@@ -1,0 +1,497 @@
+//! The last step of both request flows: send the request to one endpoint of a target (the app
+//! or a named upstream) and stream the response back.
+//!
+//! It removes hop-by-hop headers (RFC 9110 §7.6.1), writes `X-Forwarded-*` on the inbound leg,
+//! bounds the wait for the response head, passes HTTP Upgrade (WebSocket) through as a byte
+//! tunnel, and turns every failure into one problem+json response: 502 when the target cannot
+//! be reached or breaks the exchange, 504 when it is too slow, 413 when the body limit trips.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use attache_config::{ForwardedHeaders, Timeouts, UpstreamUrl};
+use attache_filters::Body;
+use attache_filters::errors::{Problem, ProxyError, problem_response};
+use attache_filters::telemetry::{Direction, Metrics};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+
+use crate::conn::ConnInfo;
+
+pub type HttpClient = Client<HttpConnector, Body>;
+
+/// Builds the pooled HTTP/1.1 client used for a given connect timeout.
+pub fn client(connect_timeout: std::time::Duration) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        // The Host header is the client's; attache sets it itself where it must.
+        .set_host(false)
+        .build(connector)
+}
+
+/// A place requests are sent: the app, or a named upstream with its endpoints.
+pub struct Target {
+    /// `app` for the inbound app, else the name in `spec.upstreams`.
+    pub name: String,
+    endpoints: Vec<Endpoint>,
+    next: AtomicUsize,
+    pub timeouts: Timeouts,
+    pub client: HttpClient,
+}
+
+struct Endpoint {
+    authority: Authority,
+    host: HeaderValue,
+}
+
+impl Target {
+    pub fn new(
+        name: &str,
+        urls: &[UpstreamUrl],
+        timeouts: Timeouts,
+        client: HttpClient,
+    ) -> anyhow::Result<Self> {
+        let endpoints = urls
+            .iter()
+            .map(|u| {
+                let authority: Authority = u.authority().parse()?;
+                let host = HeaderValue::from_str(authority.as_str())?;
+                Ok(Endpoint { authority, host })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!endpoints.is_empty(), "upstream `{name}` has no endpoints");
+        Ok(Self {
+            name: name.to_owned(),
+            endpoints,
+            next: AtomicUsize::new(0),
+            timeouts,
+            client,
+        })
+    }
+
+    /// Round robin over the endpoints.
+    fn pick(&self) -> &Endpoint {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        &self.endpoints[i]
+    }
+}
+
+/// How the forwarder treats requests on one leg.
+#[derive(Clone, Copy)]
+pub struct Leg {
+    pub direction: Direction,
+    /// Inbound: `X-Forwarded-*` handling.
+    pub forwarded: ForwardedHeaders,
+    /// Outbound: the upstream sees its own authority in `Host`, not the ambassador port's.
+    pub rewrite_host: bool,
+}
+
+/// The tower service at the bottom of a stack.
+#[derive(Clone)]
+pub struct Forward {
+    target: Arc<Target>,
+    metrics: Arc<Metrics>,
+    leg: Leg,
+}
+
+impl Forward {
+    pub fn new(target: Arc<Target>, metrics: Arc<Metrics>, leg: Leg) -> Self {
+        Self {
+            target,
+            metrics,
+            leg,
+        }
+    }
+}
+
+impl tower::Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.forward(req).await) })
+    }
+}
+
+impl Forward {
+    async fn forward(self, mut req: Request<Body>) -> Response<Body> {
+        if req.method() == http::Method::CONNECT {
+            return problem_response(&ProxyError::BadRequest(
+                "CONNECT is not supported on this listener".into(),
+            ));
+        }
+        let endpoint = self.target.pick();
+        let upgrade = is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let conn = req.extensions().get::<ConnInfo>().cloned();
+
+        if let Err(e) = self.prepare(&mut req, endpoint, upgrade, conn.as_ref()) {
+            return problem_response(&e);
+        }
+
+        let timeout = self.target.timeouts.request.get();
+        let sent = tokio::time::timeout(timeout, self.target.client.request(req)).await;
+        let mut res = match sent {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => return self.failed(&e),
+            Err(_) => {
+                self.metrics
+                    .upstream_error(self.leg.direction, &self.target.name, "timeout");
+                return self.problem(ProxyError::UpstreamTimeout {
+                    upstream: self.target.name.clone(),
+                    after: timeout,
+                });
+            }
+        };
+
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut res);
+            if let Some(conn) = &conn {
+                conn.state.mark_upgraded();
+            }
+            let guard = conn.as_ref().map(|c| c.tracker.track());
+            tokio::spawn(async move {
+                let _guard = guard;
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        if let Err(e) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            tracing::debug!(error = %e, "upgraded connection ended");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+            return res.map(attache_filters::boxed);
+        }
+
+        strip_hop_by_hop(res.headers_mut(), false);
+        res.map(attache_filters::boxed)
+    }
+
+    /// Rewrites the request for the endpoint: URI, version, Host, hop-by-hop and forwarding
+    /// headers.
+    fn prepare(
+        &self,
+        req: &mut Request<Body>,
+        endpoint: &Endpoint,
+        upgrade: bool,
+        conn: Option<&ConnInfo>,
+    ) -> Result<(), ProxyError> {
+        let original_host = match req.headers().get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(endpoint.authority.clone());
+        parts.path_and_query = Some(pq);
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
+        // attache speaks HTTP/1.1 to targets whatever the client spoke.
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers, upgrade);
+        let host = if self.leg.rewrite_host {
+            Some(endpoint.host.clone())
+        } else {
+            original_host.clone()
+        };
+        match host {
+            Some(h) => {
+                headers.insert(header::HOST, h);
+            }
+            None => {
+                headers.insert(header::HOST, endpoint.host.clone());
+            }
+        }
+        if self.leg.direction == Direction::Inbound
+            && let Some(conn) = conn
+        {
+            set_forwarded(headers, self.leg.forwarded, conn, original_host);
+        }
+        Ok(())
+    }
+
+    fn failed(&self, e: &hyper_util::client::legacy::Error) -> Response<Body> {
+        let name = self.target.name.clone();
+        if has_source::<crate::limits::BodyLimitExceeded>(e) {
+            return problem_response(&ProxyError::BodyTooLarge {
+                limit: body_limit(e).unwrap_or_default(),
+            });
+        }
+        let (kind, err) = if e.is_connect() {
+            let reason = connect_reason(e);
+            if reason.contains("timed out") {
+                (
+                    "connect",
+                    ProxyError::UpstreamTimeout {
+                        upstream: name,
+                        after: self.target.timeouts.connect.get(),
+                    },
+                )
+            } else {
+                (
+                    "connect",
+                    ProxyError::UpstreamUnreachable {
+                        upstream: name,
+                        reason,
+                    },
+                )
+            }
+        } else {
+            let reason = error_chain(e);
+            let kind = if reason.contains("reset") || reason.contains("closed") {
+                "reset"
+            } else {
+                "protocol"
+            };
+            (
+                kind,
+                ProxyError::UpstreamFailed {
+                    upstream: name,
+                    reason,
+                },
+            )
+        };
+        self.metrics
+            .upstream_error(self.leg.direction, &self.target.name, kind);
+        self.problem(err)
+    }
+
+    fn problem(&self, err: ProxyError) -> Response<Body> {
+        tracing::warn!(
+            direction = self.leg.direction.as_str(),
+            status = err.status().as_u16(),
+            "{err}"
+        );
+        problem_response(&err)
+    }
+}
+
+fn has_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn body_limit(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(l) = err.downcast_ref::<crate::limits::BodyLimitExceeded>() {
+            return Some(l.limit);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+fn connect_reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                std::io::ErrorKind::TimedOut => "connect timed out".to_owned(),
+                _ => io.to_string(),
+            };
+        }
+        cur = err.source();
+    }
+    let chain = error_chain(e);
+    if chain.contains("timeout") || chain.contains("timed out") {
+        "connect timed out".to_owned()
+    } else {
+        chain
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols (WebSocket and friends).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names. With `keep_upgrade`
+/// the upgrade handshake (`Connection: upgrade`, `Upgrade`) survives.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn set_forwarded(
+    headers: &mut HeaderMap,
+    mode: ForwardedHeaders,
+    conn: &ConnInfo,
+    host: Option<HeaderValue>,
+) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let client = conn.peer.ip().to_string();
+    match mode {
+        ForwardedHeaders::Off => {}
+        ForwardedHeaders::Replace => {
+            if let Ok(v) = HeaderValue::from_str(&client) {
+                headers.insert(XFF, v);
+            }
+            headers.insert(XFP, HeaderValue::from_static("http"));
+            match host {
+                Some(h) => {
+                    headers.insert(XFH, h);
+                }
+                None => {
+                    headers.remove(XFH);
+                }
+            }
+        }
+        ForwardedHeaders::Append => {
+            let prior: Vec<&str> = headers
+                .get_all(&XFF)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let value = if prior.is_empty() {
+                client
+            } else {
+                format!("{}, {client}", prior.join(", "))
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(XFF, v);
+            }
+            if !headers.contains_key(&XFP) {
+                headers.insert(XFP, HeaderValue::from_static("http"));
+            }
+            if !headers.contains_key(&XFH)
+                && let Some(h) = host
+            {
+                headers.insert(XFH, h);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_tokens_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_handshake_survives_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
+}

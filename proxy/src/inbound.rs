@@ -1,0 +1,42 @@
+//! The inbound request flow (network → app), fixed here in one place. In order:
+//!
+//! 1. limits: header count and size (431), body size (413); header-read and idle deadlines are
+//!    enforced on the connection itself (`conn.rs`)
+//! 2. trace_context (to come: specs/trace-context.md)
+//! 3. telemetry: metrics around everything below
+//! 4. ratelimit (to come)
+//! 5. flags (to come: specs/feature-flags.md)
+//! 6. idempotency (to come: specs/idempotency.md)
+//! 7. forward to the app
+//!
+//! Telemetry wraps the limits here so that 431/413 rejections show in the request metrics.
+
+use std::sync::Arc;
+
+use attache_config::{Config, Inbound};
+use attache_filters::telemetry::{Direction, Metrics, MetricsLayer};
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use crate::forward::{Forward, Leg, Target};
+use crate::limits::LimitsLayer;
+use crate::snapshot::Stack;
+
+pub fn stack(
+    config: &Config,
+    inbound: &Inbound,
+    app: Arc<Target>,
+    metrics: &Arc<Metrics>,
+) -> Stack {
+    let leg = Leg {
+        direction: Direction::Inbound,
+        forwarded: inbound.forwarded_headers,
+        rewrite_host: false,
+    };
+    let svc = ServiceBuilder::new()
+        .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
+        .layer(MetricsLayer::new(metrics.clone(), Direction::Inbound))
+        .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
+        .service(Forward::new(app, metrics.clone(), leg));
+    BoxCloneSyncService::new(svc)
+}

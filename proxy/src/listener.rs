@@ -1,0 +1,201 @@
+//! Listening sockets and the connections they accept.
+//!
+//! Listeners are keyed by address only; what an address serves (inbound, an outbound
+//! upstream, or admin) is read from the current snapshot. A reload therefore binds only the
+//! addresses that are new, stops accepting on those that went away, and leaves every open
+//! connection to finish on its own.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::time::Duration;
+
+use attache_filters::Body;
+use attache_filters::errors::{ProxyError, problem_response};
+use attache_filters::telemetry::Direction;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tower::Service;
+
+use crate::conn::{ConnInfo, ConnIo, ConnState, InFlight};
+use crate::server::Shared;
+use crate::snapshot::Stack;
+use crate::{admin, body};
+
+/// The accept loops currently running, by address.
+#[derive(Default)]
+pub struct Listeners {
+    running: HashMap<SocketAddr, oneshot::Sender<()>>,
+}
+
+impl Listeners {
+    /// Binds every address in `wanted` that is not running yet. Binds all or none: on the
+    /// first failure the sockets already bound are closed again.
+    pub fn bind_missing(
+        &self,
+        wanted: &[SocketAddr],
+    ) -> anyhow::Result<Vec<(SocketAddr, TcpListener)>> {
+        let mut bound = Vec::new();
+        for addr in wanted {
+            if self.running.contains_key(addr) {
+                continue;
+            }
+            let l = bind(*addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            bound.push((*addr, l));
+        }
+        Ok(bound)
+    }
+
+    pub fn start(&mut self, shared: &Arc<Shared>, bound: Vec<(SocketAddr, TcpListener)>) {
+        for (addr, listener) in bound {
+            let (stop, stopped) = oneshot::channel();
+            tokio::spawn(accept_loop(listener, addr, shared.clone(), stopped));
+            self.running.insert(addr, stop);
+        }
+    }
+
+    /// Stops accepting on every address not in `keep`.
+    pub fn retain(&mut self, keep: &[SocketAddr]) {
+        self.running.retain(|addr, _| {
+            let kept = keep.contains(addr);
+            if !kept {
+                tracing::info!(%addr, "no longer listening");
+            }
+            kept
+        });
+    }
+}
+
+/// A listening socket: `SO_REUSEADDR` so a restart rebinds at once, a deep backlog for bursts.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve(stream, peer, addr, shared.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%addr, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// Runs one request through its listener's stack. Every layer attache stacks is always ready
+/// (none applies backpressure through `poll_ready`), so the stack is called directly.
+fn handle(
+    stack: Option<Stack>,
+    req: Request<Body>,
+    local: SocketAddr,
+    in_flight: InFlight,
+) -> impl Future<Output = Result<Response<body::Finish<InFlight>>, Infallible>> + Send {
+    let fut: ResponseFuture = match stack {
+        Some(mut stack) => stack.call(req),
+        None => {
+            let res = problem_response(&ProxyError::Unavailable(format!(
+                "listener {local} is being removed"
+            )));
+            Box::pin(std::future::ready(Ok(res)))
+        }
+    };
+    async move {
+        let res = match fut.await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
+        Ok(res.map(|b| body::Finish::new(b, in_flight)))
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared: Arc<Shared>) {
+    let snap = shared.snapshot.load_full();
+    if snap.config.spec.admin.listen.0 == local {
+        return admin::serve(stream, shared).await;
+    }
+    let direction = snap
+        .listeners
+        .get(&local)
+        .map_or(Direction::Inbound, |l| l.direction);
+    let _tracked = shared.tracker.track();
+    let _counted = shared.metrics.connection_opened(direction);
+
+    let state = Arc::new(ConnState::default());
+    let io = ConnIo::new(
+        stream,
+        state.clone(),
+        shared.metrics.clone(),
+        snap.deadlines,
+    );
+    let info = ConnInfo {
+        peer,
+        state: state.clone(),
+        tracker: shared.tracker.clone(),
+    };
+    let svc_shared = shared.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let in_flight = state.begin();
+        // One snapshot per request: a reload never changes the rules under it.
+        let stack = svc_shared
+            .snapshot
+            .load()
+            .listeners
+            .get(&local)
+            .map(|l| l.stack.clone());
+        let mut req: Request<Body> = req.map(attache_filters::boxed);
+        req.extensions_mut().insert(info.clone());
+        handle(stack, req, local, in_flight)
+    });
+
+    let server = snap.server.clone();
+    drop(snap);
+    let mut conn = pin!(server.serve_connection_with_upgrades(TokioIo::new(io), svc));
+    let mut shutdown = shared.shutdown.subscribe();
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = async { shutdown.wait_for(|draining| *draining).await.map(|_| ()) } => {
+            // HTTP/1.1: close after the response in flight; HTTP/2: GOAWAY, finish streams.
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error while draining");
+            }
+        }
+    }
+}

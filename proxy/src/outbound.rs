@@ -1,0 +1,37 @@
+//! The outbound request flow (app → upstream), for ambassador listeners bound to one named
+//! upstream. In order:
+//!
+//! 1. limits, as inbound
+//! 2. trace_context: CLIENT span, context restoration (to come)
+//! 3. telemetry
+//! 4. ratelimit: quotas protecting dependencies (to come)
+//! 5. timeouts, retries, circuit breaking (timeouts now; the rest to come)
+//! 6. load balancing over endpoints (round robin now) → connection pool → upstream
+//!
+//! The upstream sees its own authority in `Host`: the app addressed `127.0.0.1:15001`, which
+//! means nothing to the upstream's virtual hosting.
+
+use std::sync::Arc;
+
+use attache_config::{Config, ForwardedHeaders};
+use attache_filters::telemetry::{Direction, Metrics, MetricsLayer};
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use crate::forward::{Forward, Leg, Target};
+use crate::limits::LimitsLayer;
+use crate::snapshot::Stack;
+
+pub fn stack(config: &Config, upstream: Arc<Target>, metrics: &Arc<Metrics>) -> Stack {
+    let leg = Leg {
+        direction: Direction::Outbound,
+        forwarded: ForwardedHeaders::Off,
+        rewrite_host: true,
+    };
+    let svc = ServiceBuilder::new()
+        .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
+        .layer(MetricsLayer::new(metrics.clone(), Direction::Outbound))
+        .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
+        .service(Forward::new(upstream, metrics.clone(), leg));
+    BoxCloneSyncService::new(svc)
+}

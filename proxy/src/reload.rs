@@ -1,0 +1,113 @@
+//! Hot reload of the config file.
+//!
+//! Triggers: any change in the file's directory (watched with `notify`; Kubernetes swaps a
+//! ConfigMap by re-pointing the `..data` symlink, which changes nothing at the file's own path,
+//! so the directory is what must be watched), a periodic check for filesystems without
+//! inotify, and SIGHUP. Events are debounced for 200 ms and the file is re-read through its
+//! symlinks; unchanged content is a no-op (except on SIGHUP, which always re-applies).
+//!
+//! An invalid file keeps the running config: the error is logged, counted in
+//! `attache_config_reloads_total{result="failure"}` and shown on `/config` until a later
+//! reload succeeds.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use attache_filters::telemetry::metrics::ResultLabels;
+use notify::{RecursiveMode, Watcher};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::server::Shared;
+
+const DEBOUNCE: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_secs(5);
+
+pub fn spawn(shared: Arc<Shared>, path: PathBuf) {
+    tokio::spawn(async move {
+        if let Err(e) = run(shared, path).await {
+            tracing::error!(error = %e, "config reload is disabled");
+        }
+    });
+}
+
+async fn run(shared: Arc<Shared>, path: PathBuf) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; polling every 5s");
+    }
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut poll = tokio::time::interval(POLL);
+    poll.tick().await;
+    let mut last = fingerprint(&path);
+    loop {
+        let forced = tokio::select! {
+            Some(()) = rx.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while rx.try_recv().is_ok() {}
+                false
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the config");
+                true
+            }
+            _ = poll.tick() => false,
+        };
+        if shared.draining.load(Ordering::Acquire) {
+            continue;
+        }
+        let now = fingerprint(&path);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        reload(&shared, &path);
+    }
+}
+
+/// A hash of the file's content; `None` when it cannot be read (mid-swap, say).
+fn fingerprint(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+fn reload(shared: &Arc<Shared>, path: &Path) {
+    let result = attache_config::load_file(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| shared.apply(config).map_err(|e| format!("{e:#}")));
+    let now = SystemTime::now();
+    let mut status = shared.reload.lock().unwrap_or_else(|p| p.into_inner());
+    status.last_attempt = Some(now);
+    let outcome = match result {
+        Ok(()) => {
+            status.last_success = Some(now);
+            status.last_error = None;
+            tracing::info!(path = %path.display(), "config reloaded");
+            "success"
+        }
+        Err(e) => {
+            tracing::error!("config reload failed; keeping the running config: {e}");
+            status.last_error = Some(e);
+            "failure"
+        }
+    };
+    shared
+        .metrics
+        .config_reloads
+        .get_or_create(&ResultLabels { result: outcome })
+        .inc();
+}

@@ -1,0 +1,134 @@
+//! The running proxy: shared state, startup, reload application and graceful drain.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use attache_config::Config;
+use attache_filters::telemetry::Metrics;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::conn::Tracker;
+use crate::listener::Listeners;
+use crate::snapshot::{Clients, Snapshot};
+
+/// State every connection and the admin port share.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    pub clients: Clients,
+    pub tracker: Arc<Tracker>,
+    /// Flips to true when drain starts; every connection then shuts down gracefully.
+    pub shutdown: watch::Sender<bool>,
+    /// True once every listener is bound.
+    pub started: AtomicBool,
+    pub draining: AtomicBool,
+    pub listeners: Mutex<Listeners>,
+    pub reload: Mutex<ReloadStatus>,
+    /// The config file, when there is one (watched for changes).
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Default, Clone)]
+pub struct ReloadStatus {
+    pub last_attempt: Option<SystemTime>,
+    pub last_success: Option<SystemTime>,
+    /// The error of the last attempt, until a later one succeeds.
+    pub last_error: Option<String>,
+}
+
+impl Shared {
+    pub fn is_ready(&self) -> bool {
+        self.started.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Compiles `config`, binds any new listen addresses, swaps the snapshot in and stops
+    /// listening where the config no longer does. On any error nothing changes.
+    pub fn apply(self: &Arc<Self>, config: Config) -> anyhow::Result<()> {
+        let snap = Snapshot::build(config, &self.metrics, &self.clients)?;
+        let mut addrs = snap.addresses();
+        addrs.push(snap.config.spec.admin.listen.0);
+        let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let bound = listeners.bind_missing(&addrs)?;
+        for (addr, _) in &bound {
+            let what = match snap.listeners.get(addr) {
+                Some(l) => l.direction.as_str(),
+                None => "admin",
+            };
+            tracing::info!(%addr, role = what, "listening");
+        }
+        self.snapshot.store(Arc::new(snap));
+        listeners.start(self, bound);
+        listeners.retain(&addrs);
+        Ok(())
+    }
+}
+
+/// Runs attache with `config` until SIGTERM/SIGINT and drain complete.
+pub async fn run(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let clients = Clients::default();
+    let snapshot = Snapshot::build(config.clone(), &metrics, &clients)?;
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        metrics,
+        clients,
+        tracker: Arc::new(Tracker::default()),
+        shutdown: watch::Sender::new(false),
+        started: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        listeners: Mutex::new(Listeners::default()),
+        reload: Mutex::new(ReloadStatus::default()),
+        source: source.clone(),
+    });
+    tracing::info!(config = %config.redacted(), "effective configuration");
+    shared.apply(config)?;
+    shared.started.store(true, Ordering::Release);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "attache is ready");
+
+    if let Some(path) = source {
+        crate::reload::spawn(shared.clone(), path);
+    }
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    drain(&shared, &mut term, &mut int).await;
+    Ok(())
+}
+
+/// Drain: `/ready` fails at once; after `drain.delay` the traffic listeners close; in-flight
+/// requests get `drain.grace_period` to finish. A second signal cuts the wait short.
+async fn drain(
+    shared: &Arc<Shared>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
+    shared.draining.store(true, Ordering::Release);
+    let drain = shared.snapshot.load().config.spec.drain;
+    tracing::info!(delay = %drain.delay, grace_period = %drain.grace_period, "draining: /ready now fails");
+    let waited = async {
+        tokio::time::sleep(drain.delay.get()).await;
+        {
+            let admin = shared.snapshot.load().config.spec.admin.listen.0;
+            let mut listeners = shared.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            listeners.retain(&[admin]);
+        }
+        shared.shutdown.send_replace(true);
+        tokio::time::timeout(drain.grace_period.get(), shared.tracker.wait_idle()).await
+    };
+    tokio::select! {
+        res = waited => match res {
+            Ok(()) => tracing::info!("drained: all connections closed"),
+            Err(_) => tracing::warn!(open = shared.tracker.live(), "grace period over; closing the remaining connections"),
+        },
+        _ = term.recv() => tracing::warn!(open = shared.tracker.live(), "second signal: exiting without waiting"),
+        _ = int.recv() => tracing::warn!(open = shared.tracker.live(), "second signal: exiting without waiting"),
+    }
+}

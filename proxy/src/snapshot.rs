@@ -1,0 +1,135 @@
+//! The running configuration, compiled: one immutable [`Snapshot`] per accepted config, swapped
+//! atomically behind an `ArcSwap`. Each request reads the current snapshot once, so a reload
+//! never changes the rules under a request in flight.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attache_config::Config;
+use attache_filters::Body;
+use attache_filters::telemetry::{Direction, Metrics};
+use http::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tower::util::BoxCloneSyncService;
+
+use crate::conn::Deadlines;
+use crate::forward::{self, HttpClient, Target};
+use crate::{inbound, outbound};
+
+/// A complete request flow for one listener, boxed at the edge.
+pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+pub struct Listener {
+    pub direction: Direction,
+    pub stack: Stack,
+}
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// What each listen address serves.
+    pub listeners: HashMap<SocketAddr, Listener>,
+    pub deadlines: Deadlines,
+    /// The HTTP/1.1 + HTTP/2 server settings derived from `spec.limits`.
+    pub server: Arc<auto::Builder<TokioExecutor>>,
+}
+
+/// Upstream clients by connect timeout, kept across reloads so connection pools survive them.
+#[derive(Default)]
+pub struct Clients(Mutex<HashMap<Duration, HttpClient>>);
+
+impl Clients {
+    fn get(&self, connect: Duration) -> HttpClient {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(connect)
+            .or_insert_with(|| forward::client(connect))
+            .clone()
+    }
+}
+
+impl Snapshot {
+    pub fn build(
+        config: Config,
+        metrics: &Arc<Metrics>,
+        clients: &Clients,
+    ) -> anyhow::Result<Snapshot> {
+        let spec = &config.spec;
+        let mut listeners = HashMap::new();
+        if let Some(inb) = &spec.inbound {
+            let timeouts = spec.timeouts.with(inb.timeouts);
+            let app = Target::new(
+                "app",
+                std::slice::from_ref(&inb.app),
+                timeouts,
+                clients.get(timeouts.connect.get()),
+            )?;
+            listeners.insert(
+                inb.listen.0,
+                Listener {
+                    direction: Direction::Inbound,
+                    stack: inbound::stack(&config, inb, Arc::new(app), metrics),
+                },
+            );
+        }
+        for out in &spec.outbound {
+            let Some(up) = spec.upstreams.get(&out.upstream) else {
+                anyhow::bail!("upstream `{}` is not defined", out.upstream);
+            };
+            let timeouts = spec.timeouts.with(up.timeouts);
+            let target = Target::new(
+                &out.upstream,
+                &up.endpoints,
+                timeouts,
+                clients.get(timeouts.connect.get()),
+            )?;
+            listeners.insert(
+                out.listen.0,
+                Listener {
+                    direction: Direction::Outbound,
+                    stack: outbound::stack(&config, Arc::new(target), metrics),
+                },
+            );
+        }
+        let limits = &spec.limits;
+        let deadlines = Deadlines {
+            header_read: limits.header_read_timeout.get(),
+            idle: limits.idle_timeout.get(),
+        };
+        // hyper's own limits sit above attache's exact ones, so that attache, not hyper,
+        // answers (with problem+json) in all but absurd cases.
+        let header_bytes = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_headers(limits.max_headers as usize * 2 + 16)
+            .max_buf_size(
+                header_bytes
+                    .saturating_mul(2)
+                    .saturating_add(16 * 1024)
+                    .max(64 * 1024),
+            );
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(
+                u32::try_from(header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+            );
+        Ok(Snapshot {
+            config: Arc::new(config),
+            listeners,
+            deadlines,
+            server: Arc::new(server),
+        })
+    }
+
+    /// Every address this snapshot listens on for traffic (not admin).
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listeners.keys().copied().collect()
+    }
+}
