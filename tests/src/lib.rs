@@ -1,1 +1,286 @@
+//! End-to-end test support: the real `attache` binary started as a child process, small real
+//! upstream apps on loopback sockets, and HTTP clients. Nothing is mocked: requests cross real
+//! TCP connections and are parsed by real HTTP stacks on both sides.
 
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod client;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use app::App;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// Path to the `attache` binary, built once per test process (a no-op when up to date).
+pub fn attache_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // target/<profile>/deps/<test> → target/<profile>/attache
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "attache", "--bin", "attache"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building attache failed");
+        profile_dir.join("attache")
+    })
+}
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "attache-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, contents).expect("write temp file");
+        p
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Ports for one attache instance.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub inbound: u16,
+    pub outbound: u16,
+    pub admin: u16,
+}
+
+impl Ports {
+    pub fn new() -> Self {
+        Self {
+            inbound: free_port(),
+            outbound: free_port(),
+            admin: free_port(),
+        }
+    }
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A config with an inbound listener in front of `app` and the admin port; `extra` is appended
+/// under `spec:` (indent it by two spaces).
+pub fn sidecar_config(ports: Ports, app: SocketAddr, extra: &str) -> String {
+    format!(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+metadata: {{ name: e2e }}
+spec:
+  inbound:
+    listen: 127.0.0.1:{}
+    app: http://{app}
+  admin:
+    listen: 127.0.0.1:{}
+{extra}",
+        ports.inbound, ports.admin
+    )
+}
+
+/// A running attache process, killed when dropped. Its stderr goes to a log file that is
+/// printed if the test fails.
+pub struct Attache {
+    child: Option<Child>,
+    pub ports: Ports,
+    pub dir: TempDir,
+    log: PathBuf,
+}
+
+impl Attache {
+    /// `attache run -c <config>`; waits until `/ready` answers 200.
+    pub fn run(ports: Ports, config: &str) -> Self {
+        let dir = TempDir::new();
+        let path = dir.write("config.yaml", config);
+        let mut a = Self::spawn(
+            ports,
+            dir,
+            &["run", "-c", path.to_str().unwrap_or_default()],
+        );
+        a.wait_ready();
+        a
+    }
+
+    /// Any attache command line; does not wait.
+    pub fn spawn(ports: Ports, dir: TempDir, args: &[&str]) -> Self {
+        let log = dir.path().join("attache.log");
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(attache_bin())
+            .args(args)
+            .env("ATTACHE_LOG", "info")
+            .env("ATTACHE_WORKERS", "2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start attache");
+        Self {
+            child: Some(child),
+            ports,
+            dir,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    pub fn inbound(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.inbound))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.inbound)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.admin)
+    }
+
+    /// Polls `/ready` for up to 20 s.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                panic!("attache exited early ({status}):\n{}", self.log_text());
+            }
+            if client::blocking_get(&self.admin_url("/ready")).is_ok_and(|(s, _)| s == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("attache never became ready:\n{}", self.log_text());
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Peak and current resident memory of the process, in KiB (`VmHWM`, `VmRSS`).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+impl Drop for Attache {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- attache log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// Runs a future with a time limit, failing the test if it is exceeded.
+pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .unwrap_or_else(|_| panic!("test step did not finish within {secs}s"))
+}
+
+/// Retries `f` every 50 ms for up to `secs` until it returns true.
+pub async fn eventually(secs: u64, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -1,0 +1,153 @@
+//! A small real upstream app for the tests, on a loopback port. What it does depends on the
+//! path, so one app serves every scenario:
+//!
+//! - `/slow/<ms>`: waits, then answers 200;
+//! - `/sink`: reads the whole body without keeping it, answers with its length;
+//! - `/status/<code>`: answers with that status;
+//! - `/ws`: accepts an HTTP Upgrade and echoes every byte back;
+//! - anything else: a JSON echo of the method, path, headers and body length, plus the app's
+//!   name.
+//!
+//! It counts the requests it served.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub struct App {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl App {
+    pub async fn start(name: &str) -> App {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        let addr = listener.local_addr().expect("app addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (n, h) = (name.to_owned(), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, h) = (n.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        handle(n.clone(), req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        App {
+            addr,
+            name: name.to_owned(),
+            hits,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    name: String,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        return Ok(Response::new(Full::new(Bytes::from(format!(
+            "{name} waited {ms}ms"
+        )))));
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let mut res = Response::new(Full::new(Bytes::new()));
+        *res.status_mut() = code
+            .parse()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::OK);
+        return Ok(res);
+    }
+    if path == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut res = Response::new(Full::new(Bytes::new()));
+        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        res.headers_mut()
+            .insert("connection", "upgrade".parse().expect("static"));
+        res.headers_mut()
+            .insert("upgrade", "websocket".parse().expect("static"));
+        return Ok(res);
+    }
+    let (parts, mut body) = req.into_parts();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => len += f.data_ref().map_or(0, |d| d.len()),
+            Err(_) => break,
+        }
+    }
+    if path == "/sink" {
+        return Ok(Response::new(Full::new(Bytes::from(len.to_string()))));
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .keys()
+        .map(|k| {
+            let vals: Vec<_> = parts
+                .headers
+                .get_all(k)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            (
+                k.as_str().to_owned(),
+                serde_json::Value::from(vals.join(", ")),
+            )
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "app": name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_bytes": len,
+    });
+    Ok(Response::new(Full::new(Bytes::from(doc.to_string()))))
+}

@@ -1,0 +1,352 @@
+//! What clients see when things go wrong: every error attache makes up is problem+json with a
+//! stable type, and bad clients never disturb good ones.
+
+use std::time::{Duration, Instant};
+
+use attache_tests::client::{self, Got, get, http1, send};
+use attache_tests::{App, Attache, Ports, free_port, sidecar_config, within};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn assert_problem(got: &Got, status: u16, slug: &str) {
+    assert_eq!(got.status, status, "{}", got.text());
+    assert_eq!(got.headers["content-type"], "application/problem+json");
+    let v = got.json();
+    assert_eq!(v["type"], format!("https://attache.dev/problems/{slug}"));
+    assert_eq!(v["status"], status);
+    assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_refusing_connections_gives_502() {
+    let ports = Ports::new();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let a = Attache::run(ports, &sidecar_config(ports, dead, ""));
+    let got = within(10, get(&http1(), &a.url("/x"))).await.unwrap();
+    assert_problem(&got, 502, "upstream-unreachable");
+    assert!(
+        got.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{}",
+        got.text()
+    );
+    let metrics = client::blocking_get(&a.admin_url("/metrics")).unwrap().1;
+    assert!(metrics.contains("attache_upstream_errors_total{direction=\"inbound\",upstream=\"app\",kind=\"connect\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_too_slow_gives_504_at_the_configured_timeout() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(
+        ports,
+        &sidecar_config(ports, app.addr, "  timeouts: { request: 300ms }\n"),
+    );
+    let started = Instant::now();
+    let got = within(10, get(&http1(), &a.url("/slow/3000")))
+        .await
+        .unwrap();
+    assert_problem(&got, 504, "upstream-timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "answered at the timeout, not when the app finished"
+    );
+    // The proxy keeps serving.
+    assert_eq!(
+        within(10, get(&http1(), &a.url("/ok")))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_large_headers_give_431() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(
+        ports,
+        &sidecar_config(
+            ports,
+            app.addr,
+            "  limits: { max_headers: 20, max_header_bytes: 4KiB }\n",
+        ),
+    );
+    let mut req = Request::get(a.url("/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    for i in 0..30 {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+            "v".parse().unwrap(),
+        );
+    }
+    let got = within(10, send(&http1(), req)).await.unwrap();
+    assert_problem(&got, 431, "too-many-headers");
+
+    let req = Request::get(a.url("/"))
+        .header("x-big", "b".repeat(5000))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = within(10, send(&http1(), req)).await.unwrap();
+    assert_problem(&got, 431, "headers-too-large");
+
+    // The same limits hold over HTTP/2.
+    let req = Request::get(a.url("/"))
+        .header("x-big", "b".repeat(5000))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = within(10, send(&client::http2(), req)).await.unwrap();
+    assert_problem(&got, 431, "headers-too-large");
+    assert_eq!(app.hits(), 0, "rejected requests never reach the app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_slow_with_its_head_gets_408_and_is_closed() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(
+        ports,
+        &sidecar_config(
+            ports,
+            app.addr,
+            "  limits: { header_read_timeout: 300ms }\n",
+        ),
+    );
+    let started = Instant::now();
+    let out = within(
+        10,
+        client::raw(
+            a.inbound(),
+            b"GET / HTTP/1.1\r\nhost: x\r\nx-partial: ",
+            Duration::from_secs(5),
+        ),
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{out:?}"
+    );
+    assert!(
+        out.contains("application/problem+json") && out.contains("header-read-timeout"),
+        "{out}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed at the deadline, not when the client gave up"
+    );
+
+    // A kept-alive connection that goes quiet between requests is not a slow client: it gets
+    // its idle time, and its next request works.
+    let mut s = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = within(5, s.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.write_all(b"GET /b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within(5, s.read_to_end(&mut rest)).await.unwrap();
+    assert!(
+        rest.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_idle_timeout() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(
+        ports,
+        &sidecar_config(
+            ports,
+            app.addr,
+            "  limits: { idle_timeout: 400ms, header_read_timeout: 5s }\n",
+        ),
+    );
+    let mut s = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = within(5, s.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let started = Instant::now();
+    let n = within(5, s.read(&mut buf)).await.unwrap();
+    assert_eq!(n, 0, "closed without another response");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_give_413() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(
+        ports,
+        &sidecar_config(
+            ports,
+            app.addr,
+            "  limits: { max_request_body_bytes: 1KiB }\n",
+        ),
+    );
+    let req = Request::post(a.url("/sink"))
+        .body(Full::new(Bytes::from(vec![b'x'; 2048])))
+        .unwrap();
+    let got = within(10, send(&http1(), req)).await.unwrap();
+    assert_problem(&got, 413, "body-too-large");
+    assert_eq!(
+        app.hits(),
+        0,
+        "a declared oversize body never reaches the app"
+    );
+
+    // Chunked, so the size is only known while streaming.
+    let head = b"POST /sink HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let mut raw = head.to_vec();
+    for _ in 0..4 {
+        raw.extend_from_slice(b"200\r\n");
+        raw.extend_from_slice(&[b'y'; 512]);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let out = within(10, client::raw(a.inbound(), &raw, Duration::from_secs(5))).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("body-too-large"), "{out}");
+
+    let req = Request::post(a.url("/sink"))
+        .body(Full::new(Bytes::from(vec![b'x'; 1024])))
+        .unwrap();
+    let got = within(10, send(&http1(), req)).await.unwrap();
+    assert_eq!((got.status, got.text()), (200, "1024".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_and_resetting_clients_do_not_disturb_others() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(
+        ports,
+        &sidecar_config(ports, app.addr, "  limits: { header_read_timeout: 2s }\n"),
+    );
+
+    // 100 slowloris connections trickle header bytes.
+    let mut lorises = Vec::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        lorises.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..40 {
+                if s.write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+            out
+        }));
+    }
+    // 50 clients send half a body and reset.
+    for _ in 0..50 {
+        let mut s = std::net::TcpStream::connect(a.inbound()).unwrap();
+        use std::io::Write;
+        s.write_all(b"POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\nhalf")
+            .unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    }
+    // Meanwhile, good clients are served promptly.
+    let c = http1();
+    for i in 0..50 {
+        let started = Instant::now();
+        let got = within(10, get(&c, &a.url(&format!("/good/{i}"))))
+            .await
+            .unwrap();
+        assert_eq!(got.status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "request {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    // Every slowloris connection is cut off with a 408 at the header deadline.
+    for l in lorises {
+        let out = within(15, l).await.unwrap();
+        assert!(
+            out.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    let metrics = client::blocking_get(&a.admin_url("/metrics")).unwrap().1;
+    assert!(
+        metrics.contains("attache_client_errors_total{result=\"header_timeout\"} 100"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let config = sidecar_config(
+        ports,
+        app.addr,
+        "  upstreams:\n    billing: { endpoints: ['http://svc:s3cret@billing:80'] }\n",
+    );
+    let a = Attache::run(ports, &config);
+    assert_eq!(
+        client::blocking_get(&a.admin_url("/live")).unwrap(),
+        (200, "live\n".to_owned())
+    );
+    assert_eq!(
+        client::blocking_get(&a.admin_url("/ready")).unwrap(),
+        (200, "ready\n".to_owned())
+    );
+    within(10, get(&http1(), &a.url("/status/503")))
+        .await
+        .unwrap();
+    within(10, get(&http1(), &a.url("/status/201")))
+        .await
+        .unwrap();
+    let metrics = client::blocking_get(&a.admin_url("/metrics")).unwrap().1;
+    for needle in [
+        "attache_http_requests_total{direction=\"inbound\",method=\"GET\",status_class=\"5xx\"} 1",
+        "attache_http_requests_total{direction=\"inbound\",method=\"GET\",status_class=\"2xx\"} 1",
+        "attache_http_request_duration_seconds_bucket{le=\"0.005\",direction=\"inbound\",method=\"GET\",status_class=\"2xx\"}",
+        "attache_connections_total{direction=\"inbound\"}",
+        "attache_open_connections{direction=\"inbound\"}",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle}:\n{metrics}");
+    }
+    let (status, body) = client::blocking_get(&a.admin_url("/config")).unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["config"]["metadata"]["name"], "e2e");
+    assert_eq!(
+        v["config"]["spec"]["upstreams"]["billing"]["endpoints"][0],
+        "http://REDACTED@billing:80"
+    );
+    assert!(!body.contains("s3cret"));
+    assert!(v["reload"]["last_error"].is_null());
+    let got = within(10, get(&http1(), &a.admin_url("/nope")))
+        .await
+        .unwrap();
+    assert_problem(&got, 404, "admin-not-found");
+}

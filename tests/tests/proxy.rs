@@ -1,0 +1,207 @@
+//! Traffic through the real binary: HTTP/1.1 and HTTP/2 inbound, the outbound ambassador,
+//! WebSocket upgrades and large streamed uploads.
+
+use std::time::Duration;
+
+use attache_tests::client::{self, get, http1, http2, send};
+use attache_tests::{App, Attache, Ports, sidecar_config, within};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_round_trip_strips_hop_by_hop_and_sets_forwarded_headers() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let req = Request::get(a.url("/hello?x=1"))
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("x-custom", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = within(10, send(&http1(), req)).await.unwrap();
+    assert_eq!(got.status, 200);
+    let v = got.json();
+    assert_eq!(v["app"], "app");
+    assert_eq!(v["path"], "/hello");
+    let h = &v["headers"];
+    assert_eq!(h["x-custom"], "kept");
+    assert!(
+        h.get("x-private").is_none(),
+        "a header named in Connection must not reach the app: {h}"
+    );
+    assert!(h.get("keep-alive").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["host"], format!("127.0.0.1:{}", ports.inbound));
+    assert_eq!(
+        h["x-forwarded-host"],
+        format!("127.0.0.1:{}", ports.inbound)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_reaches_an_http1_app() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let c = http2();
+    for i in 0..3 {
+        let got = within(10, get(&c, &a.url(&format!("/h2/{i}"))))
+            .await
+            .unwrap();
+        assert_eq!(got.status, 200);
+        let v = got.json();
+        assert_eq!(v["version"], "HTTP/1.1", "the app is spoken to in HTTP/1.1");
+        assert_eq!(v["path"], format!("/h2/{i}"));
+        assert_eq!(
+            v["headers"]["host"],
+            format!("127.0.0.1:{}", ports.inbound),
+            "h2 :authority becomes Host"
+        );
+    }
+    assert_eq!(app.hits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_ambassador_round_robins_and_rewrites_host() {
+    let (a1, a2) = (App::start("pay-a").await, App::start("pay-b").await);
+    let ports = Ports::new();
+    let config = format!(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound:
+    - listen: 127.0.0.1:{out}
+      upstream: payments
+  upstreams:
+    payments:
+      endpoints: [http://{e1}, http://{e2}]
+  admin: {{ listen: 127.0.0.1:{admin} }}
+",
+        out = ports.outbound,
+        e1 = a1.addr,
+        e2 = a2.addr,
+        admin = ports.admin
+    );
+    let a = Attache::run(ports, &config);
+    let c = http1();
+    let mut hosts = Vec::new();
+    for _ in 0..4 {
+        let got = within(
+            10,
+            get(&c, &format!("http://127.0.0.1:{}/charge", ports.outbound)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.status, 200);
+        let v = got.json();
+        hosts.push(v["headers"]["host"].as_str().unwrap_or_default().to_owned());
+        assert!(
+            v["headers"].get("x-forwarded-for").is_none(),
+            "outbound calls carry no X-Forwarded-For"
+        );
+    }
+    assert_eq!(
+        (a1.hits(), a2.hits()),
+        (2, 2),
+        "round robin over both endpoints"
+    );
+    assert!(
+        hosts.contains(&a1.addr.to_string()) && hosts.contains(&a2.addr.to_string()),
+        "{hosts:?}"
+    );
+    let metrics = client::blocking_get(&a.admin_url("/metrics")).unwrap().1;
+    assert!(
+        metrics.contains("attache_http_requests_total{direction=\"outbound\",method=\"GET\",status_class=\"2xx\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_tunnelled_both_ways() {
+    let app = App::start("ws").await;
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let mut s = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    within(10, async {
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed before the 101");
+            head.push(b[0]);
+        }
+    })
+    .await;
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"ping"[..], b"a longer frame of bytes \x00\x01\x02"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        within(10, s.read_exact(&mut back)).await.unwrap();
+        assert_eq!(back, msg);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1gib_upload_streams_through_with_flat_memory() {
+    const TOTAL: u64 = 1 << 30;
+    let app = App::start("sink").await;
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let (peak_before, _) = a.memory_kib();
+    let mut s = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
+    let head = format!(
+        "POST /sink HTTP/1.1\r\nhost: x\r\ncontent-length: {TOTAL}\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 256 * 1024];
+    within(120, async {
+        let mut sent = 0u64;
+        while sent < TOTAL {
+            s.write_all(&chunk).await.unwrap();
+            sent += chunk.len() as u64;
+        }
+    })
+    .await;
+    let mut out = String::new();
+    within(30, s.read_to_string(&mut out)).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.ends_with(&TOTAL.to_string()),
+        "the app received every byte: {out}"
+    );
+    let (peak_after, _) = a.memory_kib();
+    // Streaming, not buffering: 1 GiB moves through while the peak grows by a few MiB at most.
+    assert!(
+        peak_after < peak_before + 32 * 1024,
+        "peak RSS grew from {peak_before} KiB to {peak_after} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_does_not_hold_up_others() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let slow = tokio::spawn({
+        let url = a.url("/slow/1500");
+        async move { get(&http1(), &url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fast = within(10, get(&http1(), &a.url("/fast"))).await.unwrap();
+    assert_eq!(fast.status, 200);
+    assert!(
+        !slow.is_finished(),
+        "the slow request is still running while the fast one is answered"
+    );
+    assert_eq!(within(10, slow).await.unwrap().unwrap().status, 200);
+}
