@@ -63,7 +63,13 @@ pub fn load_str(
         );
         return Err(fail(errors));
     }
-    let config = deserialize_all(value, &index, &mut errors);
+    // Values that failed interpolation are already reported; deserialize without them.
+    let mut value = value;
+    let failed: Vec<String> = errors.iter().map(|e| e.path.clone()).collect();
+    for path in &failed {
+        remove(&mut value, path);
+    }
+    let config = deserialize_all(value, &index, failed, &mut errors);
     if let Some(config) = &config {
         for e in validate::validate(config) {
             let at = index.nearest(&e.path);
@@ -83,9 +89,9 @@ pub fn load_str(
 fn deserialize_all(
     mut value: Value,
     index: &yaml::PosIndex,
+    mut removed: Vec<String>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Config> {
-    let mut removed: Vec<String> = Vec::new();
     for _ in 0..64 {
         let err = match serde_path_to_error::deserialize::<_, Config>(&value) {
             Ok(config) => return errors.is_empty().then_some(config),
@@ -94,13 +100,18 @@ fn deserialize_all(
         let path = err.path().to_string();
         let path = if path == "." { String::new() } else { path };
         let raw = err.into_inner().to_string();
-        // A required field removed for an earlier error is not a second mistake.
         if let Some(name) = raw
             .strip_prefix("missing field `")
             .and_then(|r| r.split('`').next())
             && removed.contains(&yaml::join(&path, name))
         {
-            return None;
+            // A required field removed for an earlier error is not a second mistake: drop
+            // its parent too and look on for errors elsewhere.
+            if path.is_empty() || !remove(&mut value, &path) {
+                return None;
+            }
+            removed.push(path);
+            continue;
         }
         let (message, key) = humanize(&path, &raw);
         let at = if key {

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use attache_filters::Body;
 use attache_filters::errors::{ProxyError, problem_response};
-use attache_filters::telemetry::Direction;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -120,15 +119,18 @@ type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infalli
 fn handle(
     stack: Option<Stack>,
     req: Request<Body>,
-    local: SocketAddr,
     in_flight: InFlight,
 ) -> impl Future<Output = Result<Response<body::Finish<InFlight>>, Infallible>> + Send {
     let fut: ResponseFuture = match stack {
         Some(mut stack) => stack.call(req),
         None => {
-            let res = problem_response(&ProxyError::Unavailable(format!(
-                "listener {local} is being removed"
-            )));
+            // A reload removed this connection's role (an outbound upstream, say).
+            let err = ProxyError::Unavailable("this listener was removed from the config".into());
+            let mut res = problem_response(&err);
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
             Box::pin(std::future::ready(Ok(res)))
         }
     };
@@ -146,12 +148,12 @@ async fn serve(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared: A
     if snap.config.spec.admin.listen.0 == local {
         return admin::serve(stream, shared).await;
     }
-    let direction = snap
-        .listeners
-        .get(&local)
-        .map_or(Direction::Inbound, |l| l.direction);
+    let Some(role) = snap.listeners.get(&local).cloned() else {
+        // The listener was removed between accept and now.
+        return;
+    };
     let _tracked = shared.tracker.track();
-    let _counted = shared.metrics.connection_opened(direction);
+    let _counted = shared.metrics.connection_opened(role.direction());
 
     let state = Arc::new(ConnState::default());
     let io = ConnIo::new(
@@ -169,15 +171,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared: A
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let in_flight = state.begin();
         // One snapshot per request: a reload never changes the rules under it.
-        let stack = svc_shared
-            .snapshot
-            .load()
-            .listeners
-            .get(&local)
-            .map(|l| l.stack.clone());
+        let stack = svc_shared.snapshot.load().stacks.get(&role).cloned();
         let mut req: Request<Body> = req.map(attache_filters::boxed);
         req.extensions_mut().insert(info.clone());
-        handle(stack, req, local, in_flight)
+        handle(stack, req, in_flight)
     });
 
     let server = snap.server.clone();

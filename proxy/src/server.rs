@@ -55,7 +55,7 @@ impl Shared {
         let bound = listeners.bind_missing(&addrs)?;
         for (addr, _) in &bound {
             let what = match snap.listeners.get(addr) {
-                Some(l) => l.direction.as_str(),
+                Some(role) => role.direction().as_str(),
                 None => "admin",
             };
             tracing::info!(%addr, role = what, "listening");

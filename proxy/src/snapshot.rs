@@ -23,15 +23,30 @@ use crate::{inbound, outbound};
 /// A complete request flow for one listener, boxed at the edge.
 pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
-pub struct Listener {
-    pub direction: Direction,
-    pub stack: Stack,
+/// What a listener serves. A connection keeps the role it was accepted for, so when a reload
+/// moves a role to another address, connections opened before keep being served.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Role {
+    Inbound,
+    /// An ambassador port for the named upstream.
+    Outbound(Arc<str>),
+}
+
+impl Role {
+    pub fn direction(&self) -> Direction {
+        match self {
+            Role::Inbound => Direction::Inbound,
+            Role::Outbound(_) => Direction::Outbound,
+        }
+    }
 }
 
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// What each listen address serves.
-    pub listeners: HashMap<SocketAddr, Listener>,
+    pub listeners: HashMap<SocketAddr, Role>,
+    /// The request flow of each role.
+    pub stacks: HashMap<Role, Stack>,
     pub deadlines: Deadlines,
     /// The HTTP/1.1 + HTTP/2 server settings derived from `spec.limits`.
     pub server: Arc<auto::Builder<TokioExecutor>>,
@@ -58,6 +73,7 @@ impl Snapshot {
     ) -> anyhow::Result<Snapshot> {
         let spec = &config.spec;
         let mut listeners = HashMap::new();
+        let mut stacks = HashMap::new();
         if let Some(inb) = &spec.inbound {
             let timeouts = spec.timeouts.with(inb.timeouts);
             let app = Target::new(
@@ -66,12 +82,10 @@ impl Snapshot {
                 timeouts,
                 clients.get(timeouts.connect.get()),
             )?;
-            listeners.insert(
-                inb.listen.0,
-                Listener {
-                    direction: Direction::Inbound,
-                    stack: inbound::stack(&config, inb, Arc::new(app), metrics),
-                },
+            listeners.insert(inb.listen.0, Role::Inbound);
+            stacks.insert(
+                Role::Inbound,
+                inbound::stack(&config, inb, Arc::new(app), metrics),
             );
         }
         for out in &spec.outbound {
@@ -85,13 +99,11 @@ impl Snapshot {
                 timeouts,
                 clients.get(timeouts.connect.get()),
             )?;
-            listeners.insert(
-                out.listen.0,
-                Listener {
-                    direction: Direction::Outbound,
-                    stack: outbound::stack(&config, Arc::new(target), metrics),
-                },
-            );
+            let role = Role::Outbound(Arc::from(out.upstream.as_str()));
+            listeners.insert(out.listen.0, role.clone());
+            stacks
+                .entry(role)
+                .or_insert_with(|| outbound::stack(&config, Arc::new(target), metrics));
         }
         let limits = &spec.limits;
         let deadlines = Deadlines {
@@ -123,6 +135,7 @@ impl Snapshot {
         Ok(Snapshot {
             config: Arc::new(config),
             listeners,
+            stacks,
             deadlines,
             server: Arc::new(server),
         })

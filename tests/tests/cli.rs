@@ -1,0 +1,219 @@
+//! The command line of the real binary: `validate`, `schema`, `dev`, `--version`, and how
+//! `run` fails when it cannot start.
+
+use std::process::Command;
+use std::time::Duration;
+
+use attache_tests::client::{get, http1};
+use attache_tests::{App, Attache, Ports, TempDir, attache_bin, free_port, within};
+
+fn validate(files: &[&std::path::Path]) -> (i32, String, String) {
+    let mut cmd = Command::new(attache_bin());
+    cmd.arg("validate");
+    for f in files {
+        cmd.arg("-c").arg(f);
+    }
+    let out = cmd.output().expect("run attache validate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_lists_every_error_with_path_line_and_column() {
+    let dir = TempDir::new();
+    let typos = dir.write(
+        "typos.yaml",
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound:
+    app: htp:/x
+    lisen: 0.0.0.0:1
+  limits:
+    idle_timeout: forever
+",
+    );
+    let refs = dir.write(
+        "refs.yaml",
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound:
+    - { listen: 127.0.0.1:15001, upstream: payments }
+    - { listen: 127.0.0.1:15001, upstream: payments }
+",
+    );
+    let syntax = dir.write(
+        "syntax.yaml",
+        "apiVersion: attache.dev/v1\nspec: [unclosed\n",
+    );
+    let env = dir.write(
+        "env.yaml",
+        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  inbound: { app: 'http://${ATTACHE_TEST_SURELY_UNSET}:1' }\n",
+    );
+    let good = dir.write("good.yaml", "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  inbound: { app: 'http://127.0.0.1:8080' }\n");
+
+    let (code, stdout, stderr) = validate(&[&good, &typos, &refs, &syntax, &env]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.contains("good.yaml: valid"), "{stdout}");
+    for line in [
+        "typos.yaml: 3 configuration errors",
+        "  spec.inbound.app: invalid URL \"htp:/x\" (expected http://host:port) at line 5, column 10",
+        "  spec.inbound.lisen: unknown field `lisen`; did you mean `listen`? at line 6, column 5",
+        "  spec.limits.idle_timeout: invalid duration \"forever\" (write it like 500ms, 30s, 5m or 1h) at line 8, column 19",
+        "refs.yaml: 3 configuration errors",
+        "  spec.outbound[1].listen: listen address 127.0.0.1:15001 clashes with `spec.outbound[0].listen` at line 6, column 17",
+        "  spec.outbound[0].upstream: upstream `payments` is not defined (add it under spec.upstreams) at line 5, column 44",
+        "syntax.yaml: 1 configuration error",
+        "  invalid YAML:",
+        "env.yaml: 1 configuration error",
+        "  spec.inbound.app: environment variable `ATTACHE_TEST_SURELY_UNSET` is not set",
+    ] {
+        assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
+    }
+
+    let examples: Vec<_> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+    let refs: Vec<&std::path::Path> = examples.iter().map(|p| p.as_path()).collect();
+    let (code, stdout, stderr) = validate(&refs);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.matches(": valid").count(), examples.len());
+}
+
+#[test]
+fn schema_command_prints_the_committed_schema() {
+    let out = Command::new(attache_bin()).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let committed = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/schema.json"
+    ))
+    .unwrap();
+    assert!(
+        out.stdout == committed,
+        "config/schema.json is stale: run `cargo run -p attache -- schema > config/schema.json`"
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(attache_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("attache {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(attache_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("attache dev --app http://127.0.0.1:3000"),
+        "{help}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_without_an_app_serves_the_demo_echo() {
+    let ports = Ports::new();
+    let listen = format!("127.0.0.1:{}", ports.inbound);
+    let admin = format!("127.0.0.1:{}", ports.admin);
+    let mut a = Attache::spawn(
+        ports,
+        TempDir::new(),
+        &["dev", "--listen", &listen, "--admin", &admin],
+    );
+    a.wait_ready();
+    let got = within(10, get(&http1(), &a.url("/hello?name=dev")))
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    let v = got.json();
+    assert_eq!(v["app"], "attache demo upstream");
+    assert_eq!(v["path"], "/hello");
+    assert_eq!(v["query"], "name=dev");
+    assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert!(
+        a.log_text()
+            .contains(&format!("curl -s http://{listen}/hello"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_with_an_app_proxies_to_it() {
+    let app = App::start("mine").await;
+    let ports = Ports::new();
+    let listen = format!("127.0.0.1:{}", ports.inbound);
+    let admin = format!("127.0.0.1:{}", ports.admin);
+    let app_url = format!("http://{}", app.addr);
+    let mut a = Attache::spawn(
+        ports,
+        TempDir::new(),
+        &[
+            "dev", "--app", &app_url, "--listen", &listen, "--admin", &admin,
+        ],
+    );
+    a.wait_ready();
+    let got = within(10, get(&http1(), &a.url("/"))).await.unwrap();
+    assert_eq!(got.json()["app"], "mine");
+}
+
+#[test]
+fn run_refuses_to_start_on_an_invalid_config_or_a_taken_port() {
+    let dir = TempDir::new();
+    let bad = dir.write(
+        "bad.yaml",
+        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec: {}\n",
+    );
+    let out = Command::new(attache_bin())
+        .args(["run", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("spec: nothing to do"), "{stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = dir.write(
+        "taken.yaml",
+        &format!("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  inbound: {{ listen: '127.0.0.1:{port}', app: 'http://127.0.0.1:1' }}\n  admin: {{ listen: '127.0.0.1:{}' }}\n", free_port()),
+    );
+    let mut child = Command::new(attache_bin())
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attache kept running on a taken port"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}

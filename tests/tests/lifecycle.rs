@@ -1,0 +1,274 @@
+//! Hot reload and graceful drain of the real binary.
+
+use std::time::{Duration, Instant};
+
+use attache_tests::client::{self, get, http1};
+use attache_tests::{App, Attache, Ports, eventually, free_port, sidecar_config, within};
+
+/// Replaces a file the way editors and config tools do: write aside, then rename over.
+fn replace_file(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn app_name(url: &str) -> String {
+    match get(&http1(), url).await {
+        Ok(g) if g.status == 200 => g.json()["app"].as_str().unwrap_or_default().to_owned(),
+        Ok(g) => format!("status {}", g.status),
+        Err(e) => e,
+    }
+}
+
+fn metric(a: &Attache, needle: &str) -> bool {
+    client::blocking_get(&a.admin_url("/metrics")).is_ok_and(|(_, m)| m.contains(needle))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_good_file_and_keeps_the_running_config_on_a_bad_one() {
+    let (blue, green) = (App::start("blue").await, App::start("green").await);
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, blue.addr, ""));
+    assert_eq!(app_name(&a.url("/")).await, "blue");
+
+    replace_file(&a.config_path(), &sidecar_config(ports, green.addr, ""));
+    assert!(
+        eventually(10, async || app_name(&a.url("/")).await == "green").await,
+        "the new app was never used"
+    );
+    assert!(metric(
+        &a,
+        "attache_config_reloads_total{result=\"success\"} 1"
+    ));
+
+    // An invalid file: the running config stays, the error is logged, counted and shown.
+    let broken = sidecar_config(ports, blue.addr, "").replace("app: http://", "app: htp:/");
+    replace_file(&a.config_path(), &broken);
+    assert!(
+        eventually(10, async || metric(
+            &a,
+            "attache_config_reloads_total{result=\"failure\"} 1"
+        ))
+        .await
+    );
+    assert_eq!(
+        app_name(&a.url("/")).await,
+        "green",
+        "the running config is kept"
+    );
+    let (_, body) = client::blocking_get(&a.admin_url("/config")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let err = v["reload"]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("spec.inbound.app: invalid URL") && err.contains("at line 7, column"),
+        "{err}"
+    );
+    assert_eq!(
+        v["config"]["spec"]["inbound"]["app"],
+        format!("http://{}", green.addr)
+    );
+    assert!(
+        a.log_text()
+            .contains("config reload failed; keeping the running config")
+    );
+
+    // Fixing the file clears the error.
+    replace_file(&a.config_path(), &sidecar_config(ports, blue.addr, ""));
+    assert!(eventually(10, async || app_name(&a.url("/")).await == "blue").await);
+    let (_, body) = client::blocking_get(&a.admin_url("/config")).unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["reload"]["last_error"].is_null()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_even_without_a_change() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    a.signal("HUP");
+    assert!(
+        eventually(10, async || metric(
+            &a,
+            "attache_config_reloads_total{result=\"success\"} 1"
+        ))
+        .await
+    );
+    assert_eq!(app_name(&a.url("/")).await, "app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_configmap_symlink_swap_is_picked_up() {
+    // A ConfigMap volume: config.yaml -> ..data/config.yaml, ..data -> ..<timestamp>/.
+    // An update writes a new timestamped directory and atomically re-points ..data.
+    let (old, new) = (App::start("old").await, App::start("new").await);
+    let ports = Ports::new();
+    let dir = attache_tests::TempDir::new();
+    let v1 = dir.path().join("..2026_11_23_v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("config.yaml"), sidecar_config(ports, old.addr, "")).unwrap();
+    std::os::unix::fs::symlink("..2026_11_23_v1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/config.yaml", dir.path().join("config.yaml")).unwrap();
+    let config = dir.path().join("config.yaml");
+    let mut a = Attache::spawn(
+        ports,
+        attache_tests::TempDir::new(),
+        &["run", "-c", config.to_str().unwrap()],
+    );
+    a.wait_ready();
+    assert_eq!(app_name(&a.url("/")).await, "old");
+
+    let v2 = dir.path().join("..2026_11_23_v2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(v2.join("config.yaml"), sidecar_config(ports, new.addr, "")).unwrap();
+    std::os::unix::fs::symlink("..2026_11_23_v2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    std::fs::remove_dir_all(&v1).unwrap();
+    assert!(eventually(10, async || app_name(&a.url("/")).await == "new").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_listen_address_is_rebound_without_dropping_open_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    // A kept-alive connection on the old port.
+    let mut kept = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
+    kept.write_all(b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = within(5, kept.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    let moved = Ports {
+        inbound: free_port(),
+        ..ports
+    };
+    replace_file(&a.config_path(), &sidecar_config(moved, app.addr, ""));
+    let new_url = format!("http://127.0.0.1:{}/", moved.inbound);
+    assert!(
+        eventually(10, async || app_name(&new_url).await == "app").await,
+        "the new address never served"
+    );
+    // The old port no longer accepts...
+    assert!(
+        tokio::net::TcpStream::connect(a.inbound()).await.is_err(),
+        "the old address still accepts"
+    );
+    // ...but the connection opened before the change is still served.
+    kept.write_all(b"GET /2 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within(5, kept.read_to_end(&mut rest)).await.unwrap();
+    assert!(
+        rest.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_under_load_finishes_every_in_flight_request() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let mut a = Attache::run(
+        ports,
+        &sidecar_config(ports, app.addr, "  drain: { grace_period: 10s }\n"),
+    );
+    let c = http1();
+    // Warm keep-alive connections, then 60 requests that take 1 s each at the app.
+    let mut inflight = Vec::new();
+    for i in 0..60 {
+        let (c, url) = (c.clone(), a.url(&format!("/slow/1000?{i}")));
+        inflight.push(tokio::spawn(async move { get(&c, &url).await }));
+    }
+    assert!(
+        eventually(5, async || app.hits() == 60).await,
+        "all requests reached the app"
+    );
+    a.signal("TERM");
+    let started = Instant::now();
+    // /ready fails at once, while the admin port stays up.
+    assert!(
+        eventually(2, async || client::blocking_get(&a.admin_url("/ready"))
+            .is_ok_and(|(s, b)| s == 503 && b == "draining\n"))
+        .await
+    );
+    let mut ok = 0;
+    for r in inflight {
+        let got = within(15, r)
+            .await
+            .unwrap()
+            .expect("an in-flight request failed during drain");
+        assert_eq!(got.status, 200);
+        ok += 1;
+    }
+    assert_eq!(ok, 60);
+    let status = a
+        .wait_exit(Duration::from_secs(10))
+        .expect("attache did not exit after draining");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "drain waited for the requests, not the grace period"
+    );
+    assert!(tokio::net::TcpStream::connect(a.inbound()).await.is_err());
+    assert!(a.log_text().contains("drained: all connections closed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_delay_keeps_serving_while_not_ready() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let mut a = Attache::run(
+        ports,
+        &sidecar_config(
+            ports,
+            app.addr,
+            "  drain: { delay: 1500ms, grace_period: 5s }\n",
+        ),
+    );
+    a.signal("TERM");
+    assert!(
+        eventually(2, async || client::blocking_get(&a.admin_url("/ready"))
+            .is_ok_and(|(s, _)| s == 503))
+        .await
+    );
+    // Not ready, but still serving new requests until the delay is over.
+    let got = within(5, get(&http1(), &a.url("/during-delay")))
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    let status = a
+        .wait_exit(Duration::from_secs(10))
+        .expect("attache did not exit");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_period_bounds_the_drain() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let mut a = Attache::run(
+        ports,
+        &sidecar_config(ports, app.addr, "  drain: { grace_period: 500ms }\n"),
+    );
+    let url = a.url("/slow/5000");
+    let slow = tokio::spawn(async move { get(&http1(), &url).await });
+    assert!(eventually(5, async || app.hits() == 1).await);
+    a.signal("TERM");
+    let started = Instant::now();
+    let status = a
+        .wait_exit(Duration::from_secs(5))
+        .expect("attache outlived its grace period");
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        within(10, slow).await.unwrap().is_err(),
+        "the cut request fails rather than hanging"
+    );
+    assert!(a.log_text().contains("grace period over"));
+}
