@@ -76,6 +76,9 @@ pub struct Spec {
     /// Default timeouts for calls to the app and to upstreams.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Keep-alive connections attache keeps open to the app and upstreams.
+    #[serde(default)]
+    pub pool: Pool,
     /// Graceful shutdown on SIGTERM.
     #[serde(default)]
     pub drain: Drain,
@@ -243,6 +246,35 @@ impl Timeouts {
             request: o.request.unwrap_or(self.request),
         }
     }
+}
+
+/// The connection pool to the app and upstreams. Connections are reused across requests;
+/// beyond `max_idle_per_endpoint`, connections freed after a burst are closed instead of kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Idle keep-alive connections kept per endpoint.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_endpoint: u32,
+    /// An idle pooled connection is closed after this long.
+    #[serde(default = "default_pool_idle")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self {
+            max_idle_per_endpoint: default_max_idle(),
+            idle_timeout: default_pool_idle(),
+        }
+    }
+}
+
+fn default_max_idle() -> u32 {
+    128
+}
+fn default_pool_idle() -> Duration {
+    Duration::secs(60)
 }
 
 /// Graceful shutdown.

@@ -115,6 +115,7 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         ("spec.timeouts.connect", spec.timeouts.connect),
         ("spec.timeouts.request", spec.timeouts.request),
         ("spec.drain.grace_period", spec.drain.grace_period),
+        ("spec.pool.idle_timeout", spec.pool.idle_timeout),
     ] {
         if d.0.is_zero() {
             errors.push(ConfigError::new(path, "must be longer than 0s"));

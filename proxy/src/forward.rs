@@ -28,8 +28,8 @@ use crate::conn::ConnInfo;
 
 pub type HttpClient = Client<HttpConnector, Body>;
 
-/// Builds the pooled HTTP/1.1 client used for a given connect timeout.
-pub fn client(connect_timeout: std::time::Duration) -> HttpClient {
+/// Builds the pooled HTTP/1.1 client used for a given connect timeout and pool policy.
+pub fn client(connect_timeout: std::time::Duration, pool: attache_config::Pool) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
@@ -37,7 +37,8 @@ pub fn client(connect_timeout: std::time::Duration) -> HttpClient {
     Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .pool_idle_timeout(pool.idle_timeout.get())
+        .pool_max_idle_per_host(pool.max_idle_per_endpoint as usize)
         // The Host header is the client's; attache sets it itself where it must.
         .set_host(false)
         .build(connector)
@@ -374,7 +375,7 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-static HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -383,29 +384,48 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, and those the `Connection` header names. With `keep_upgrade`
 /// the upgrade handshake (`Connection: upgrade`, `Upgrade`) survives.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
+    // One pass of name comparisons finds which are present; most messages carry none or only
+    // `Connection: keep-alive`, and then nothing is hashed or allocated.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 && !keep_upgrade {
+        return;
+    }
+    // Other headers named in `Connection` are hop-by-hop too.
+    let mut named = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().unwrap_or_default().split(',') {
+            let token = token.trim();
+            let known = token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(token));
+            if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 && !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 

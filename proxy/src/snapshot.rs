@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attache_config::Config;
+use attache_config::{Config, Pool};
 use attache_filters::Body;
 use attache_filters::telemetry::{Direction, Metrics};
 use http::{Request, Response};
@@ -52,15 +52,16 @@ pub struct Snapshot {
     pub server: Arc<auto::Builder<TokioExecutor>>,
 }
 
-/// Upstream clients by connect timeout, kept across reloads so connection pools survive them.
+/// Upstream clients by connect timeout and pool policy, kept across reloads so connection
+/// pools survive them.
 #[derive(Default)]
-pub struct Clients(Mutex<HashMap<Duration, HttpClient>>);
+pub struct Clients(Mutex<HashMap<(Duration, Pool), HttpClient>>);
 
 impl Clients {
-    fn get(&self, connect: Duration) -> HttpClient {
+    fn get(&self, connect: Duration, pool: Pool) -> HttpClient {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(connect)
-            .or_insert_with(|| forward::client(connect))
+        map.entry((connect, pool))
+            .or_insert_with(|| forward::client(connect, pool))
             .clone()
     }
 }
@@ -80,7 +81,7 @@ impl Snapshot {
                 "app",
                 std::slice::from_ref(&inb.app),
                 timeouts,
-                clients.get(timeouts.connect.get()),
+                clients.get(timeouts.connect.get(), spec.pool),
             )?;
             listeners.insert(inb.listen.0, Role::Inbound);
             stacks.insert(
@@ -97,7 +98,7 @@ impl Snapshot {
                 &out.upstream,
                 &up.endpoints,
                 timeouts,
-                clients.get(timeouts.connect.get()),
+                clients.get(timeouts.connect.get(), spec.pool),
             )?;
             let role = Role::Outbound(Arc::from(out.upstream.as_str()));
             listeners.insert(out.listen.0, role.clone());

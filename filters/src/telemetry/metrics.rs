@@ -47,31 +47,32 @@ impl EncodeLabelValue for Direction {
     }
 }
 
+const METHODS: [&str; 11] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+    "_OTHER",
+];
+
 /// A request method as a bounded label: the RFC 9110 methods, PATCH and QUERY, else `_OTHER`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MethodLabel(&'static str);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MethodLabel(u8);
 
 impl MethodLabel {
     pub fn of(m: &Method) -> Self {
-        Self(match m.as_str() {
-            "GET" => "GET",
-            "HEAD" => "HEAD",
-            "POST" => "POST",
-            "PUT" => "PUT",
-            "DELETE" => "DELETE",
-            "CONNECT" => "CONNECT",
-            "OPTIONS" => "OPTIONS",
-            "TRACE" => "TRACE",
-            "PATCH" => "PATCH",
-            "QUERY" => "QUERY",
-            _ => "_OTHER",
-        })
+        let i = METHODS[..10]
+            .iter()
+            .position(|k| *k == m.as_str())
+            .unwrap_or(10);
+        Self(i as u8)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        METHODS[self.0 as usize]
     }
 }
 
 impl EncodeLabelValue for MethodLabel {
     fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
-        e.write_str(self.0)
+        e.write_str(self.as_str())
     }
 }
 
@@ -121,9 +122,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Request counter and histogram handles for one label set.
+type HttpHandles = (Counter, Histogram);
+
 /// Every metric attache exports, and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
+    /// Handles for every HTTP label set (2 directions × 11 methods × 6 status classes),
+    /// filled on first use: recording a request is then an index, not a hashed lookup.
+    http: Box<[std::sync::OnceLock<HttpHandles>]>,
     pub requests: Family<HttpLabels, Counter>,
     pub duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
     pub open_connections: Family<DirectionLabels, Gauge>,
@@ -194,6 +201,9 @@ impl Metrics {
         );
         Self {
             registry,
+            http: (0..2 * 11 * 6)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             requests,
             duration,
             open_connections,
@@ -210,6 +220,20 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    fn http_handles(&self, labels: &HttpLabels) -> &HttpHandles {
+        let d = match labels.direction {
+            Direction::Inbound => 0,
+            Direction::Outbound => 1,
+        };
+        let i = (d * 11 + labels.method.0 as usize) * 6 + labels.status_class.0 as usize;
+        self.http[i].get_or_init(|| {
+            (
+                self.requests.get_or_create(labels).clone(),
+                self.duration.get_or_create(labels).clone(),
+            )
+        })
     }
 
     pub fn upstream_error(&self, direction: Direction, upstream: &str, kind: &'static str) {
@@ -355,11 +379,9 @@ struct Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        self.metrics.requests.get_or_create(&self.labels).inc();
-        self.metrics
-            .duration
-            .get_or_create(&self.labels)
-            .observe(self.start.elapsed().as_secs_f64());
+        let (count, duration) = self.metrics.http_handles(&self.labels);
+        count.inc();
+        duration.observe(self.start.elapsed().as_secs_f64());
     }
 }
 

