@@ -2,8 +2,8 @@
 # Side-by-side proxy benchmark: one wrk load, in one run, against the upstream directly,
 # attache, nginx, HAProxy and Envoy. Each proxy is pinned to core 0 with one worker; wrk and the
 # upstream share core 1. For each target it prints requests/s, p50 and p99 latency, the proxy's
-# CPU time per request (from /proc) and its resident memory idle and with 1,000 open
-# connections.
+# CPU time per request (from /proc) and its resident memory: idle, with 1,000 open keep-alive
+# connections (each has made a request), and with 1,000 requests in flight at once.
 #
 #   bash bench/run.sh                 # 10 s per target, 50 connections
 #   DURATION=30s CONNS=100 bash bench/run.sh
@@ -127,7 +127,8 @@ cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$
 rss_kib() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$t"; }
 HZ=$(getconf CLK_TCK)
 
-# Opens 1,000 keep-alive connections, sends one request on each, holds them, prints RSS.
+# Opens 1,000 keep-alive connections and makes one request on each, one connection at a time,
+# then holds them all open and prints the proxy's RSS (KiB).
 hold_conns() {
   python3 - "$1" "$2" <<'PY'
 import socket, sys, time, subprocess
@@ -136,15 +137,23 @@ socks = []
 for _ in range(1000):
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.sendall(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")
-    socks.append(s)
-for s in socks:
     s.recv(4096)
+    socks.append(s)
 time.sleep(1)
 out = subprocess.run(["bash", "-c", f"for p in {pid} $(pgrep -P {pid}); do awk '/^VmRSS:/{{print $2}}' /proc/$p/status; done"], capture_output=True, text=True).stdout
 print(sum(int(x) for x in out.split()))
 for s in socks:
     s.close()
 PY
+}
+
+# RSS (KiB) sampled near the end of 5 s with 1,000 requests in flight at all times.
+busy_rss() {
+  taskset -c "$LOAD_CPU" wrk -t1 -c1000 -d5s "http://127.0.0.1:$1/" >/dev/null 2>&1 &
+  local w=$!
+  sleep 4
+  rss_kib "$2"
+  wait "$w" || true
 }
 
 row() { # name port pid
@@ -163,18 +172,17 @@ row() { # name port pid
   errs=$(awk '/Non-2xx|Socket errors/{print}' "$OUT/wrk-$name.txt" | tr '\n' ' ')
   local cpu="-"
   [ -n "$pid" ] && cpu=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.1f", d*1e6/hz/n}')
-  [ -n "$pid" ] && held=$(hold_conns "$port" "$pid")
-  local mib="-" mib1k="-"
-  [ "$idle" != "-" ] && mib=$(awk -v k="$idle" 'BEGIN{printf "%.1f", k/1024}')
-  [ "$held" != "-" ] && mib1k=$(awk -v k="$held" 'BEGIN{printf "%.1f", k/1024}')
-  printf "| %-8s | %9s | %8s | %8s | %12s | %9s | %14s |%s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$mib" "$mib1k" "${errs:+ $errs}"
+  local busy="-"
+  [ -n "$pid" ] && held=$(hold_conns "$port" "$pid") && busy=$(busy_rss "$port" "$pid")
+  mib() { [ "$1" = "-" ] && echo "-" || awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
+  printf "| %-8s | %7s | %8s | %8s | %6s | %6s | %7s | %8s |%s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$(mib "$idle")" "$(mib "$held")" "$(mib "$busy")" "${errs:+ $errs}"
 }
 
 {
   echo "wrk -t1 -c$CONNS -d$DURATION against each target; proxies pinned to CPU $PROXY_CPU with one worker, wrk and the upstream on CPU $LOAD_CPU."
   echo
-  echo "| target   | req/s     | p50      | p99      | CPU µs / req | RSS idle MiB | RSS 1k conns MiB |"
-  echo "|----------|-----------|----------|----------|--------------|-----------|----------------|"
+  echo "| target   | req/s   | p50      | p99      | CPU µs/req | RSS idle MiB | RSS 1k open conns MiB | RSS 1k concurrent reqs MiB |"
+  echo "|----------|---------|----------|----------|------------|--------------|-----------------------|----------------------------|"
   row direct "$UP"
   row attache "$ATT" "$ATT_PID"
   row nginx "$NGX" "$NGX_PID"

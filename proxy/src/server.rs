@@ -49,6 +49,12 @@ impl Shared {
     /// listening where the config no longer does. On any error nothing changes.
     pub fn apply(self: &Arc<Self>, config: Config) -> anyhow::Result<()> {
         let snap = Snapshot::build(config, &self.metrics, &self.clients)?;
+        self.install(Arc::new(snap))
+    }
+
+    /// Binds the snapshot's new addresses, makes it current, and stops listening on the
+    /// addresses it no longer has.
+    fn install(self: &Arc<Self>, snap: Arc<Snapshot>) -> anyhow::Result<()> {
         let mut addrs = snap.addresses();
         addrs.push(snap.config.spec.admin.listen.0);
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
@@ -60,7 +66,7 @@ impl Shared {
             };
             tracing::info!(%addr, role = what, "listening");
         }
-        self.snapshot.store(Arc::new(snap));
+        self.snapshot.store(snap);
         listeners.start(self, bound);
         listeners.retain(&addrs);
         Ok(())
@@ -71,9 +77,9 @@ impl Shared {
 pub async fn run(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let clients = Clients::default();
-    let snapshot = Snapshot::build(config.clone(), &metrics, &clients)?;
+    let snapshot = Arc::new(Snapshot::build(config, &metrics, &clients)?);
     let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(snapshot),
+        snapshot: ArcSwap::new(snapshot.clone()),
         metrics,
         clients,
         tracker: Arc::new(Tracker::default()),
@@ -84,8 +90,8 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> 
         reload: Mutex::new(ReloadStatus::default()),
         source: source.clone(),
     });
-    tracing::info!(config = %config.redacted(), "effective configuration");
-    shared.apply(config)?;
+    tracing::info!(config = %snapshot.config.redacted(), "effective configuration");
+    shared.install(snapshot)?;
     shared.started.store(true, Ordering::Release);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "attache is ready");
 
