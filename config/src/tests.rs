@@ -217,3 +217,31 @@ fn every_deploy_example_validates() {
         "expected the examples in deploy/examples, found {seen}"
     );
 }
+
+#[test]
+fn kubernetes_manifests_embed_valid_configs() {
+    // Each ConfigMap key ending in .yaml under deploy/kubernetes is an attache config.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in text.split("\n---\n") {
+            let node = yaml::parse(doc).unwrap();
+            let v = yaml::to_json(&node, "", None, &mut yaml::PosIndex::default());
+            if v["kind"] != "ConfigMap" {
+                continue;
+            }
+            for (key, value) in v["data"].as_object().into_iter().flatten() {
+                if key.ends_with(".yaml") {
+                    let source = format!("{}: data.{key}", path.display());
+                    if let Err(e) = load_str(value.as_str().unwrap(), &source, &no_env) {
+                        panic!("{e}");
+                    }
+                    seen += 1;
+                }
+            }
+        }
+    }
+    assert!(seen >= 1, "no attache config found in deploy/kubernetes");
+}

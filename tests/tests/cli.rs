@@ -217,3 +217,53 @@ fn run_refuses_to_start_on_an_invalid_config_or_a_taken_port() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let dir = TempDir::new();
+    let config = dir.write(
+        "config.yaml",
+        &attache_tests::sidecar_config(ports, app.addr, ""),
+    );
+    let mut a = Attache::spawn(
+        ports,
+        dir,
+        &[
+            "run",
+            "--log-format",
+            "json",
+            "-c",
+            config.to_str().unwrap(),
+        ],
+    );
+    a.wait_ready();
+    a.signal("TERM");
+    assert!(
+        a.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let log = a.log_text();
+    let mut messages = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        messages.push(v["message"].as_str().unwrap_or_default().to_owned());
+    }
+    for expected in [
+        "effective configuration",
+        "listening",
+        "attache is ready",
+        "drained: all connections closed",
+    ] {
+        assert!(
+            messages.iter().any(|m| m == expected),
+            "no {expected:?} in {messages:?}"
+        );
+    }
+}
