@@ -208,7 +208,7 @@ rate_row() { # name port pid
   row envoy "$ENV" "$ENV_PID"
 
   echo
-  echo "Fixed rate: h2load --h1 -c$CONNS at $RATE req/s in total for $RATE_SECS s (below every proxy's capacity)."
+  echo "Fixed rate: h2load --h1 -c$CONNS at $RATE req/s in total for $RATE_SECS s; a proxy that cannot keep up shows fewer req/s done."
   echo
   echo "| target   | req/s done | mean latency | CPU µs/req |"
   echo "|----------|------------|--------------|------------|"
