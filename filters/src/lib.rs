@@ -9,6 +9,7 @@
 
 pub mod errors;
 pub mod telemetry;
+pub mod trace_context;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
