@@ -252,12 +252,7 @@ impl Config {
                 name: "attache-dev".to_owned(),
             },
             spec: Spec {
-                inbound: Some(Inbound {
-                    listen,
-                    app,
-                    forwarded_headers: ForwardedHeaders::default(),
-                    timeouts: None,
-                }),
+                inbound: Some(Inbound::new(app, listen)),
                 ..Spec::default()
             },
         }

@@ -106,6 +106,18 @@ pub struct Inbound {
     pub timeouts: Option<TimeoutsOverride>,
 }
 
+impl Inbound {
+    /// An inbound listener with every other setting at its default.
+    pub fn new(app: UpstreamUrl, listen: ListenAddr) -> Self {
+        Self {
+            listen,
+            app,
+            forwarded_headers: ForwardedHeaders::default(),
+            timeouts: None,
+        }
+    }
+}
+
 pub const fn default_inbound_listen() -> ListenAddr {
     ListenAddr::new([0, 0, 0, 0], 15006)
 }

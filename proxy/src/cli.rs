@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use attache_config::{Config, ListenAddr, UpstreamUrl};
+use attache_config::{Config, Inbound, ListenAddr, UpstreamUrl};
 use clap::{Parser, Subcommand};
 
 use crate::logging::{self, LogFormat};
@@ -98,7 +98,16 @@ pub fn main() -> ExitCode {
             config,
         } => {
             logging::init(cli.log_format);
-            let base = match &config {
+            // Without --app (and without an app in the file), the demo app is started and its
+            // address filled in; until then the inbound points at this placeholder.
+            let demo_placeholder = || UpstreamUrl {
+                scheme: attache_config::Scheme::Http,
+                host: "127.0.0.1".into(),
+                port: 0,
+                userinfo: None,
+            };
+            let dev_listen = ListenAddr::new([127, 0, 0, 1], 15006);
+            let mut c = match &config {
                 Some(path) => match attache_config::load_file(path) {
                     Ok(c) => c,
                     Err(e) => {
@@ -106,32 +115,13 @@ pub fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 },
-                None => Config::dev(
-                    UpstreamUrl {
-                        scheme: attache_config::Scheme::Http,
-                        host: "127.0.0.1".into(),
-                        port: 0,
-                        userinfo: None,
-                    },
-                    ListenAddr::new([127, 0, 0, 1], 15006),
-                ),
+                None => Config::dev(demo_placeholder(), dev_listen),
             };
-            let demo = app.is_none() && base.spec.inbound.as_ref().is_none_or(|i| i.app.port == 0);
-            let mut c = base;
-            let inbound = c.spec.inbound.get_or_insert_with(|| {
-                Config::dev(
-                    UpstreamUrl {
-                        scheme: attache_config::Scheme::Http,
-                        host: "127.0.0.1".into(),
-                        port: 0,
-                        userinfo: None,
-                    },
-                    ListenAddr::new([127, 0, 0, 1], 15006),
-                )
+            let inbound = c
                 .spec
                 .inbound
-                .unwrap_or_else(|| unreachable!())
-            });
+                .get_or_insert_with(|| Inbound::new(demo_placeholder(), dev_listen));
+            let demo = app.is_none() && inbound.app.port == 0;
             if let Some(app) = app {
                 inbound.app = app;
             }

@@ -10,11 +10,128 @@
 //! In the request flow this sits second, after the connection limits: it extracts the incoming
 //! context, and (to come) starts the SERVER or CLIENT span and rewrites the headers.
 
+pub mod b3;
 pub mod baggage;
+mod hex;
+pub mod jaeger;
 pub mod traceparent;
 pub mod tracestate;
 
+use http::HeaderMap;
+
 pub use traceparent::{SpanId, TraceFlags, TraceId, TraceParent};
+
+/// The trace header formats attache reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// W3C `traceparent` (with `tracestate`).
+    TraceContext,
+    /// B3 single header `b3`.
+    B3,
+    /// B3 multi-header `x-b3-*`.
+    B3Multi,
+    /// Jaeger `uber-trace-id`.
+    Jaeger,
+}
+
+impl Format {
+    pub const ALL: [Format; 4] = [
+        Format::TraceContext,
+        Format::B3,
+        Format::B3Multi,
+        Format::Jaeger,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::TraceContext => "tracecontext",
+            Format::B3 => "b3",
+            Format::B3Multi => "b3multi",
+            Format::Jaeger => "jaeger",
+        }
+    }
+}
+
+/// A valid remote context, whatever format it came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    pub trace_id: TraceId,
+    /// The caller's span: the parent of attache's span on this leg.
+    pub parent_id: SpanId,
+    /// The caller's sampling decision; `None` defers it to attache.
+    pub sampled: Option<bool>,
+    /// B3 `d`, `x-b3-flags: 1` or Jaeger flag `0x02`: force sampling; kept with the request.
+    pub debug: bool,
+    /// W3C Level 2 random flag: the trace id's right 7 bytes are random.
+    pub random: bool,
+    pub format: Format,
+}
+
+/// What each format held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Absent,
+    Invalid,
+    Valid,
+}
+
+/// The result of reading every configured format.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extraction {
+    /// The first valid context in `extract` order.
+    pub context: Option<Context>,
+    /// A lone `b3: {state}` decides the sampling of the new trace attache starts.
+    pub sampling: Option<b3::Sampling>,
+    /// What each tried format held, in `extract` order.
+    pub outcomes: Vec<(Format, Outcome)>,
+}
+
+/// Tries the formats in `order` (§2.4); the first valid context wins.
+pub fn extract(headers: &HeaderMap, order: &[Format]) -> Extraction {
+    let mut ex = Extraction {
+        outcomes: Vec::with_capacity(order.len()),
+        ..Extraction::default()
+    };
+    for &format in order {
+        let found: Option<Option<Context>> = match format {
+            Format::TraceContext => traceparent::extract(headers).map(|r| {
+                r.ok().map(|p| Context {
+                    trace_id: p.trace_id,
+                    parent_id: p.parent_id,
+                    sampled: Some(p.flags.sampled()),
+                    debug: false,
+                    random: p.flags.random(),
+                    format,
+                })
+            }),
+            Format::B3 => b3::extract_single(headers).map(|single| match single {
+                Some(b3::Single::Context(c)) => Some(c),
+                Some(b3::Single::Sampling(s)) => {
+                    ex.sampling.get_or_insert(s);
+                    None
+                }
+                None => None,
+            }),
+            Format::B3Multi => b3::extract_multi(headers),
+            Format::Jaeger => jaeger::extract(headers),
+        };
+        let outcome = match found {
+            None => Outcome::Absent,
+            // A lone b3 sampling state is valid, but carries no context.
+            Some(None) if format == Format::B3 && ex.sampling.is_some() => Outcome::Absent,
+            Some(None) => Outcome::Invalid,
+            Some(Some(c)) => {
+                ex.context.get_or_insert(c);
+                Outcome::Valid
+            }
+        };
+        ex.outcomes.push((format, outcome));
+    }
+    ex
+}
+
+#[cfg(test)]
+mod tests;
 
 /// Spaces and horizontal tabs, the optional whitespace (OWS) of RFC 9110.
 pub(crate) fn is_ows(b: u8) -> bool {

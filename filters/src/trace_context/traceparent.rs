@@ -10,6 +10,9 @@ use std::fmt;
 
 use http::{HeaderMap, HeaderValue};
 
+use super::hex::{
+    lower_byte as hex_byte, lower_u64 as hex_u64, lower_u128 as hex_u128, put as put_hex,
+};
 use super::trim_ows;
 
 pub const TRACEPARENT: &str = "traceparent";
@@ -132,49 +135,6 @@ pub fn write(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> HeaderVal
     put_hex(&mut buf[53..55], &[flags.bits()]);
     // Only ASCII hex digits and dashes: always a valid header value.
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-// === hex ===
-
-/// Lowercase hex only: upper case anywhere makes a `traceparent` invalid.
-fn nibble(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    }
-}
-
-fn hex_byte(s: &[u8]) -> Option<u8> {
-    match s {
-        [h, l] => Some(nibble(*h)? << 4 | nibble(*l)?),
-        _ => None,
-    }
-}
-
-fn hex_u64(s: &[u8]) -> Option<u64> {
-    if s.len() != 16 {
-        return None;
-    }
-    s.iter()
-        .try_fold(0u64, |acc, b| Some(acc << 4 | u64::from(nibble(*b)?)))
-}
-
-fn hex_u128(s: &[u8]) -> Option<u128> {
-    if s.len() != 32 {
-        return None;
-    }
-    s.iter()
-        .try_fold(0u128, |acc, b| Some(acc << 4 | u128::from(nibble(*b)?)))
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn put_hex(out: &mut [u8], bytes: &[u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
-    }
 }
 
 impl fmt::Display for TraceId {
