@@ -26,7 +26,14 @@ pub use types::{ByteSize, Duration, ListenAddr, Scheme, UpstreamUrl};
 
 /// Sections of the design that later versions of attache fill in. Naming one today gets a
 /// clear "not available yet" instead of a puzzling "unknown field".
-const RESERVED_SECTIONS: &[&str] = &["trace", "idempotency", "flags", "rate_limits", "telemetry"];
+const RESERVED_SECTIONS: &[&str] = &[
+    "spec.idempotency",
+    "spec.flags",
+    "spec.rate_limits",
+    "spec.telemetry",
+    "spec.trace.context",
+    "spec.trace.restore",
+];
 
 /// Loads and validates a config file (YAML or JSON, `${VAR}` from the process environment).
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
@@ -133,10 +140,7 @@ fn deserialize_all(
 fn humanize(path: &str, raw: &str) -> (String, bool) {
     if let Some(rest) = raw.strip_prefix("unknown field `") {
         let name = rest.split('`').next().unwrap_or_default();
-        if path.starts_with("spec.")
-            && RESERVED_SECTIONS.contains(&name)
-            && path == format!("spec.{name}")
-        {
+        if RESERVED_SECTIONS.contains(&path) {
             return (
                 format!("`{name}` is not available in this version of attache yet"),
                 true,

@@ -79,6 +79,9 @@ pub struct Spec {
     /// Keep-alive connections attache keeps open to the app and upstreams.
     #[serde(default)]
     pub pool: Pool,
+    /// Trace-context propagation (specs/trace-context.md).
+    #[serde(default)]
+    pub trace: Trace,
     /// Graceful shutdown on SIGTERM.
     #[serde(default)]
     pub drain: Drain,
@@ -258,6 +261,163 @@ impl Timeouts {
             request: o.request.unwrap_or(self.request),
         }
     }
+}
+
+/// Trace and request-context propagation on both legs. attache continues a valid incoming
+/// context (or starts a trace), and hands the app and upstreams one set of trace headers whose
+/// parent is attache's own span on that leg.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Trace {
+    /// `false` leaves every trace header untouched.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Formats read, in precedence order: the first valid context wins.
+    #[serde(default = "default_extract")]
+    pub extract: Vec<TraceFormat>,
+    /// Formats written to the app and upstreams; `baggage` validates and limits baggage.
+    #[serde(default = "default_inject")]
+    pub inject: Vec<InjectFormat>,
+    /// Also write, with attache's span as parent, the formats that arrived valid.
+    #[serde(default = "yes")]
+    pub mirror: bool,
+    /// Longest `tracestate` passed whole; beyond it whole members are dropped. At least 512.
+    #[serde(default = "default_tracestate_max_len")]
+    pub tracestate_max_len: u32,
+    #[serde(default)]
+    pub request_id: RequestId,
+    #[serde(default)]
+    pub sampling: Sampling,
+    #[serde(default)]
+    pub baggage: BaggageLimits,
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            extract: default_extract(),
+            inject: default_inject(),
+            mirror: true,
+            tracestate_max_len: default_tracestate_max_len(),
+            request_id: RequestId::default(),
+            sampling: Sampling::default(),
+            baggage: BaggageLimits::default(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_extract() -> Vec<TraceFormat> {
+    vec![
+        TraceFormat::Tracecontext,
+        TraceFormat::B3,
+        TraceFormat::B3multi,
+        TraceFormat::Jaeger,
+    ]
+}
+fn default_inject() -> Vec<InjectFormat> {
+    vec![InjectFormat::Tracecontext, InjectFormat::Baggage]
+}
+fn default_tracestate_max_len() -> u32 {
+    4096
+}
+
+/// A trace header format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceFormat {
+    /// W3C `traceparent` and `tracestate`.
+    Tracecontext,
+    /// B3 single header `b3`.
+    B3,
+    /// B3 multi-header `x-b3-*`.
+    B3multi,
+    /// Jaeger `uber-trace-id`.
+    Jaeger,
+}
+
+/// A format attache writes: a trace format, or `baggage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InjectFormat {
+    Tracecontext,
+    B3,
+    B3multi,
+    Jaeger,
+    /// W3C `baggage`: validated, limited, and forwarded.
+    Baggage,
+}
+
+/// The request id header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestId {
+    #[serde(default = "default_request_id_header")]
+    pub header: String,
+    /// Add a lowercase UUID v4 to inbound requests that lack one.
+    #[serde(default = "yes")]
+    pub generate: bool,
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self {
+            header: default_request_id_header(),
+            generate: true,
+        }
+    }
+}
+
+fn default_request_id_header() -> String {
+    "x-request-id".to_owned()
+}
+
+/// Parent-based sampling: a caller's decision is followed; new traces and deferred decisions
+/// are sampled at `ratio`, derived from the trace id so every attache agrees.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    #[serde(default = "one")]
+    pub ratio: f64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { ratio: 1.0 }
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Limits on `baggage`: at least the W3C minimums of 64 members and 8192 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BaggageLimits {
+    #[serde(default = "default_baggage_members")]
+    pub max_members: u32,
+    #[serde(default = "default_baggage_bytes")]
+    pub max_bytes: u32,
+}
+
+impl Default for BaggageLimits {
+    fn default() -> Self {
+        Self {
+            max_members: default_baggage_members(),
+            max_bytes: default_baggage_bytes(),
+        }
+    }
+}
+
+fn default_baggage_members() -> u32 {
+    64
+}
+fn default_baggage_bytes() -> u32 {
+    8192
 }
 
 /// The connection pool to the app and upstreams. Connections are reused across requests;

@@ -104,13 +104,15 @@ spec:
 
 #[test]
 fn missing_and_reserved_sections() {
-    let errs =
-        errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  trace: {}\n  inbound: {}\n");
+    let errs = errors(
+        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  telemetry: {}\n  inbound: {}\n  trace: { restore: {} }\n",
+    );
     assert_eq!(
         errs,
         [
-            "spec.trace: `trace` is not available in this version of attache yet at line 4, column 3",
+            "spec.telemetry: `telemetry` is not available in this version of attache yet at line 4, column 3",
             "spec.inbound: missing required field `app` at line 5, column 12",
+            "spec.trace.restore: `restore` is not available in this version of attache yet at line 6, column 12",
         ]
     );
     let errs = errors("kind: Sidecar\nspec: {}\n");
@@ -244,4 +246,33 @@ fn kubernetes_manifests_embed_valid_configs() {
         }
     }
     assert!(seen >= 1, "no attache config found in deploy/kubernetes");
+}
+
+#[test]
+fn trace_settings_are_validated() {
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound: { app: 'http://a:1' }
+  trace:
+    extract: [tracecontext, zipkin]
+    tracestate_max_len: 100
+    sampling: { ratio: 1.5 }
+    baggage: { max_members: 10 }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "spec.trace.extract[1]: unknown value `zipkin` (expected one of `tracecontext`, `b3`, `b3multi`, `jaeger`) at line 6, column 29",
+        ]
+    );
+    let text = text.replace(", zipkin", "");
+    assert_eq!(
+        errors(&text),
+        [
+            "spec.trace.tracestate_max_len: must be at least 512 (the W3C minimum) at line 7, column 25",
+            "spec.trace.sampling.ratio: must be between 0 and 1, not 1.5 at line 8, column 24",
+            "spec.trace.baggage.max_members: must be at least 64 (the W3C minimum) at line 9, column 29",
+        ]
+    );
 }

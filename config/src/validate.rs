@@ -93,6 +93,50 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         }
     }
 
+    let trace = &spec.trace;
+    if trace.tracestate_max_len < 512 {
+        errors.push(ConfigError::new(
+            "spec.trace.tracestate_max_len",
+            "must be at least 512 (the W3C minimum)",
+        ));
+    }
+    if !(0.0..=1.0).contains(&trace.sampling.ratio) {
+        errors.push(ConfigError::new(
+            "spec.trace.sampling.ratio",
+            format!("must be between 0 and 1, not {}", trace.sampling.ratio),
+        ));
+    }
+    if trace.baggage.max_members < 64 {
+        errors.push(ConfigError::new(
+            "spec.trace.baggage.max_members",
+            "must be at least 64 (the W3C minimum)",
+        ));
+    }
+    if trace.baggage.max_bytes < 8192 {
+        errors.push(ConfigError::new(
+            "spec.trace.baggage.max_bytes",
+            "must be at least 8192 (the W3C minimum)",
+        ));
+    }
+    if trace.extract.is_empty() {
+        errors.push(ConfigError::new(
+            "spec.trace.extract",
+            "needs at least one format",
+        ));
+    }
+    let header_ok = !trace.request_id.header.is_empty()
+        && trace
+            .request_id
+            .header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !header_ok {
+        errors.push(ConfigError::new(
+            "spec.trace.request_id.header",
+            format!("`{}` is not a valid header name", trace.request_id.header),
+        ));
+    }
+
     let limits = &spec.limits;
     if limits.max_headers == 0 {
         errors.push(ConfigError::new(

@@ -2,14 +2,15 @@
 //!
 //! 1. limits: header count and size (431), body size (413); header-read and idle deadlines are
 //!    enforced on the connection itself (`conn.rs`)
-//! 2. trace_context (to come: specs/trace-context.md)
+//! 2. trace_context: continue or start the trace, rewrite trace headers (spans to come)
 //! 3. telemetry: metrics around everything below
 //! 4. ratelimit (to come)
 //! 5. flags (to come: specs/feature-flags.md)
 //! 6. idempotency (to come: specs/idempotency.md)
 //! 7. forward to the app
 //!
-//! Telemetry wraps the limits here so that 431/413 rejections show in the request metrics.
+//! Telemetry wraps the limits here so that 431/413 rejections show in the request metrics; the
+//! trace step runs inside them, so rejected requests start no trace.
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub fn stack(
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
         .layer(MetricsLayer::new(metrics.clone(), Direction::Inbound))
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
+        .option_layer(crate::snapshot::propagation(config, Direction::Inbound))
         .service(Forward::new(app, metrics.clone(), leg));
     BoxCloneSyncService::new(svc)
 }

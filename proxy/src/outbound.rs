@@ -2,7 +2,8 @@
 //! upstream. In order:
 //!
 //! 1. limits, as inbound
-//! 2. trace_context: CLIENT span, context restoration (to come)
+//! 2. trace_context: continue the app's trace (or start one), rewrite trace headers; CLIENT
+//!    span and context restoration to come
 //! 3. telemetry
 //! 4. ratelimit: quotas protecting dependencies (to come)
 //! 5. timeouts, retries, circuit breaking (timeouts now; the rest to come)
@@ -32,6 +33,7 @@ pub fn stack(config: &Config, upstream: Arc<Target>, metrics: &Arc<Metrics>) -> 
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
         .layer(MetricsLayer::new(metrics.clone(), Direction::Outbound))
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
+        .option_layer(crate::snapshot::propagation(config, Direction::Outbound))
         .service(Forward::new(upstream, metrics.clone(), leg));
     BoxCloneSyncService::new(svc)
 }

@@ -8,9 +8,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attache_config::{Config, Pool};
+use attache_config::{Config, InjectFormat, Pool, TraceFormat};
 use attache_filters::Body;
 use attache_filters::telemetry::{Direction, Metrics};
+use attache_filters::trace_context::ids::RandomIds;
+use attache_filters::trace_context::propagate::{PropagationLayer, Settings};
+use attache_filters::trace_context::{Format, baggage};
+use http::HeaderName;
 use http::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -64,6 +68,49 @@ impl Clients {
             .or_insert_with(|| forward::client(connect, pool))
             .clone()
     }
+}
+
+/// The trace-context settings of one leg, or `None` when `spec.trace.enabled` is false.
+pub fn propagation(config: &Config, direction: Direction) -> Option<PropagationLayer> {
+    let t = &config.spec.trace;
+    if !t.enabled {
+        return None;
+    }
+    let format = |f: TraceFormat| match f {
+        TraceFormat::Tracecontext => Format::TraceContext,
+        TraceFormat::B3 => Format::B3,
+        TraceFormat::B3multi => Format::B3Multi,
+        TraceFormat::Jaeger => Format::Jaeger,
+    };
+    let inject = t
+        .inject
+        .iter()
+        .filter_map(|f| match f {
+            InjectFormat::Tracecontext => Some(Format::TraceContext),
+            InjectFormat::B3 => Some(Format::B3),
+            InjectFormat::B3multi => Some(Format::B3Multi),
+            InjectFormat::Jaeger => Some(Format::Jaeger),
+            InjectFormat::Baggage => None,
+        })
+        .collect();
+    // A request id is generated where a request enters the mesh: the inbound leg.
+    let request_id = (direction == Direction::Inbound && t.request_id.generate)
+        .then(|| HeaderName::from_bytes(t.request_id.header.as_bytes()).ok())
+        .flatten();
+    Some(PropagationLayer::new(Settings {
+        extract: t.extract.iter().copied().map(format).collect(),
+        inject,
+        inject_baggage: t.inject.contains(&InjectFormat::Baggage),
+        mirror: t.mirror,
+        tracestate_max_len: t.tracestate_max_len as usize,
+        baggage: baggage::Limits {
+            max_members: t.baggage.max_members as usize,
+            max_bytes: t.baggage.max_bytes as usize,
+        },
+        request_id,
+        ratio: t.sampling.ratio,
+        ids: Arc::new(RandomIds::default()),
+    }))
 }
 
 impl Snapshot {

@@ -13,7 +13,9 @@
 pub mod b3;
 pub mod baggage;
 mod hex;
+pub mod ids;
 pub mod jaeger;
+pub mod propagate;
 pub mod traceparent;
 pub mod tracestate;
 

@@ -53,6 +53,13 @@ impl TraceFlags {
             Self(self.0 & !Self::SAMPLED)
         }
     }
+    pub const fn with_random(self, random: bool) -> Self {
+        if random {
+            Self(self.0 | Self::RANDOM)
+        } else {
+            Self(self.0 & !Self::RANDOM)
+        }
+    }
 }
 
 /// A valid incoming `traceparent`.

@@ -1,0 +1,266 @@
+//! The propagation step of both legs, `specs/trace-context.md` §3–§4 (spans to come):
+//!
+//! 1. read the formats in `extract` order; a valid context makes attache's span its child
+//!    (keeping the trace id and the random flag), otherwise attache starts a new trace (random
+//!    trace id, random flag set) and drops any `tracestate`;
+//! 2. remove every trace header of the formats in `extract` or `inject`, then write, once
+//!    each, the `inject` formats and (with `mirror`) those that arrived valid, with attache's
+//!    span as the parent: replaced, never appended;
+//! 3. the span id is fresh even when unsampled, so app logs correlate;
+//! 4. validate and limit `baggage` when it is in `inject` (else it passes untouched);
+//! 5. add a request id where asked.
+//!
+//! The decision is left in the request's extensions as a [`TraceCtx`] for the layers below.
+
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use tower::{Layer, Service};
+
+use super::ids::IdGenerator;
+use super::{
+    Format, Outcome, SpanId, TraceFlags, TraceId, b3, baggage, jaeger, traceparent, tracestate,
+};
+
+/// How one leg propagates context.
+#[derive(Clone)]
+pub struct Settings {
+    pub extract: Vec<Format>,
+    /// Trace formats written (whatever arrived).
+    pub inject: Vec<Format>,
+    /// Validate, limit and forward `baggage`.
+    pub inject_baggage: bool,
+    pub mirror: bool,
+    pub tracestate_max_len: usize,
+    pub baggage: baggage::Limits,
+    /// Header to fill with a UUID v4 when missing.
+    pub request_id: Option<HeaderName>,
+    /// Sampling ratio for new traces and deferred decisions.
+    pub ratio: f64,
+    pub ids: Arc<dyn IdGenerator>,
+}
+
+/// The trace decision for one request, on one leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceCtx {
+    pub trace_id: TraceId,
+    /// attache's span on this leg: the parent-id the next hop sees.
+    pub span_id: SpanId,
+    /// The caller's span, when a context was continued.
+    pub parent_id: Option<SpanId>,
+    /// The format the continued context came in.
+    pub format: Option<Format>,
+    pub sampled: bool,
+    pub debug: bool,
+    pub random: bool,
+    /// The `tracestate` forwarded, if any.
+    pub tracestate: Option<HeaderValue>,
+    /// Whether `tracestate` or `baggage` arrived invalid and was dropped.
+    pub dropped_tracestate: bool,
+    pub dropped_baggage: bool,
+    /// Baggage members dropped to fit the limits.
+    pub baggage_members_dropped: usize,
+}
+
+impl Settings {
+    /// Samples a trace id at `ratio`, from its rightmost 56 bits (random in a W3C Level 2
+    /// trace id), so every attache seeing the trace decides alike.
+    pub fn ratio_sampled(&self, trace_id: TraceId) -> bool {
+        if self.ratio >= 1.0 {
+            return true;
+        }
+        if self.ratio <= 0.0 {
+            return false;
+        }
+        let r = (trace_id.0 as u64) & ((1 << 56) - 1);
+        let threshold = ((1.0 - self.ratio) * (1u64 << 56) as f64) as u64;
+        r >= threshold
+    }
+
+    /// Applies the propagation rules to a request's headers.
+    pub fn apply(&self, headers: &mut HeaderMap) -> TraceCtx {
+        let ex = super::extract(headers, &self.extract);
+        let span_id = self.ids.span_id();
+        let mut ctx = match ex.context {
+            Some(c) => TraceCtx {
+                trace_id: c.trace_id,
+                span_id,
+                parent_id: Some(c.parent_id),
+                format: Some(c.format),
+                sampled: c.debug || c.sampled.unwrap_or_else(|| self.ratio_sampled(c.trace_id)),
+                debug: c.debug,
+                random: c.random,
+                tracestate: None,
+                dropped_tracestate: false,
+                dropped_baggage: false,
+                baggage_members_dropped: 0,
+            },
+            None => {
+                let trace_id = self.ids.trace_id();
+                TraceCtx {
+                    trace_id,
+                    span_id,
+                    parent_id: None,
+                    format: None,
+                    sampled: ex
+                        .sampling
+                        .map_or_else(|| self.ratio_sampled(trace_id), |s| s.sampled || s.debug),
+                    debug: ex.sampling.is_some_and(|s| s.debug),
+                    random: true,
+                    tracestate: None,
+                    dropped_tracestate: false,
+                    dropped_baggage: false,
+                    baggage_members_dropped: 0,
+                }
+            }
+        };
+        if ctx.format == Some(Format::TraceContext) {
+            match tracestate::extract(headers, self.tracestate_max_len) {
+                Ok(ts) => ctx.tracestate = ts.value,
+                Err(_) => ctx.dropped_tracestate = true,
+            }
+        }
+        if self.inject_baggage {
+            match baggage::extract(headers, self.baggage) {
+                Ok(baggage::Baggage::Absent | baggage::Baggage::Unchanged) => {}
+                Ok(baggage::Baggage::Trimmed { value, dropped }) => {
+                    headers.insert(baggage::BAGGAGE, value);
+                    ctx.baggage_members_dropped = dropped;
+                }
+                Err(baggage::Invalid) => {
+                    headers.remove(baggage::BAGGAGE);
+                    ctx.dropped_baggage = true;
+                }
+            }
+        }
+
+        for format in self.extract.iter().chain(&self.inject) {
+            remove(headers, *format);
+        }
+        let arrived = ex
+            .outcomes
+            .iter()
+            .filter(|(_, o)| self.mirror && *o == Outcome::Valid)
+            .map(|(f, _)| *f);
+        let mut written = [false; 4];
+        for format in self.inject.iter().copied().chain(arrived) {
+            let slot = &mut written[format as usize];
+            if !*slot {
+                *slot = true;
+                write(headers, format, &ctx);
+            }
+        }
+        if let Some(name) = &self.request_id
+            && !headers.contains_key(name)
+            && let Ok(v) = HeaderValue::from_str(&self.ids.request_id())
+        {
+            headers.insert(name.clone(), v);
+        }
+        ctx
+    }
+}
+
+fn remove(headers: &mut HeaderMap, format: Format) {
+    let names: &[&str] = match format {
+        Format::TraceContext => &[traceparent::TRACEPARENT, tracestate::TRACESTATE],
+        Format::B3 => &[b3::B3],
+        Format::B3Multi => &[
+            b3::TRACE_ID,
+            b3::SPAN_ID,
+            b3::PARENT_SPAN_ID,
+            b3::SAMPLED,
+            b3::FLAGS,
+        ],
+        Format::Jaeger => &[jaeger::UBER_TRACE_ID],
+    };
+    for name in names {
+        headers.remove(*name);
+    }
+}
+
+fn write(headers: &mut HeaderMap, format: Format, ctx: &TraceCtx) {
+    match format {
+        Format::TraceContext => {
+            let flags = TraceFlags::default()
+                .with_sampled(ctx.sampled)
+                .with_random(ctx.random);
+            headers.insert(
+                traceparent::TRACEPARENT,
+                traceparent::write(ctx.trace_id, ctx.span_id, flags),
+            );
+            if let Some(ts) = &ctx.tracestate {
+                headers.insert(tracestate::TRACESTATE, ts.clone());
+            }
+        }
+        Format::B3 => {
+            headers.insert(
+                b3::B3,
+                b3::write_single(ctx.trace_id, ctx.span_id, ctx.sampled, ctx.debug),
+            );
+        }
+        Format::B3Multi => {
+            b3::write_multi(headers, ctx.trace_id, ctx.span_id, ctx.sampled, ctx.debug)
+        }
+        Format::Jaeger => {
+            headers.insert(
+                jaeger::UBER_TRACE_ID,
+                jaeger::write(ctx.trace_id, ctx.span_id, ctx.sampled, ctx.debug),
+            );
+        }
+    }
+}
+
+// === impl PropagationLayer ===
+
+/// Applies [`Settings`] to every request and leaves the [`TraceCtx`] in its extensions.
+#[derive(Clone)]
+pub struct PropagationLayer {
+    settings: Arc<Settings>,
+}
+
+impl PropagationLayer {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+impl<S> Layer<S> for PropagationLayer {
+    type Service = Propagation<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Propagation {
+            inner,
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Propagation<S> {
+    inner: S,
+    settings: Arc<Settings>,
+}
+
+impl<S, B> Service<Request<B>> for Propagation<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        let ctx = self.settings.apply(req.headers_mut());
+        req.extensions_mut().insert(ctx);
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests;

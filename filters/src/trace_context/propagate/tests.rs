@@ -1,0 +1,252 @@
+//! Propagation on one leg: `specs/trace-context.md` §12 cases 1–3, 5, 12, 17–23, 29, 36.
+
+use super::*;
+use crate::trace_context::ids::SeededIds;
+
+const T: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const P: &str = "00f067aa0ba902b7";
+
+fn settings(ratio: f64) -> Settings {
+    Settings {
+        extract: Format::ALL.to_vec(),
+        inject: vec![Format::TraceContext],
+        inject_baggage: true,
+        mirror: true,
+        tracestate_max_len: 4096,
+        baggage: baggage::Limits::default(),
+        request_id: Some(HeaderName::from_static("x-request-id")),
+        ratio,
+        ids: Arc::new(SeededIds::new(42)),
+    }
+}
+
+fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(*k, HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
+fn all(h: &HeaderMap, name: &str) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn case_1_continues_with_attache_as_parent() {
+    let mut h = headers(&[
+        ("traceparent", &format!("00-{T}-{P}-01")),
+        ("tracestate", "rojo=1"),
+    ]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert_eq!(ctx.parent_id.unwrap().to_string(), P);
+    assert_ne!(ctx.span_id.to_string(), P);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{T}-{}-01", ctx.span_id)]
+    );
+    assert_eq!(all(&h, "tracestate"), ["rojo=1"]);
+}
+
+#[test]
+fn case_2_flags_are_kept_and_unsampled_stays_unsampled() {
+    let mut h = headers(&[("traceparent", &format!("00-{T}-{P}-03"))]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{T}-{}-03", ctx.span_id)]
+    );
+    let mut h = headers(&[("traceparent", &format!("00-{T}-{P}-02"))]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert!(!ctx.sampled);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{T}-{}-02", ctx.span_id)]
+    );
+}
+
+#[test]
+fn case_3_no_context_starts_a_random_flagged_trace() {
+    let mut h = HeaderMap::new();
+    let ctx = settings(1.0).apply(&mut h);
+    assert_eq!(ctx.parent_id, None);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{}-{}-03", ctx.trace_id, ctx.span_id)]
+    );
+    let mut h = HeaderMap::new();
+    let ctx = settings(0.0).apply(&mut h);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{}-{}-02", ctx.trace_id, ctx.span_id)]
+    );
+}
+
+#[test]
+fn case_5_and_12_an_invalid_traceparent_starts_anew_without_tracestate() {
+    let v = format!("00-{T}-{P}-01");
+    let mut h = headers(&[
+        ("traceparent", &v),
+        ("traceparent", &v),
+        ("tracestate", "rojo=1"),
+    ]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert_ne!(ctx.trace_id.to_string(), T);
+    assert_eq!(all(&h, "traceparent").len(), 1);
+    assert!(all(&h, "tracestate").is_empty());
+    let mut h = headers(&[("tracestate", "rojo=1")]);
+    settings(1.0).apply(&mut h);
+    assert!(all(&h, "tracestate").is_empty());
+}
+
+#[test]
+fn case_17_b3_in_w3c_out_and_mirrored() {
+    let mut h = headers(&[("b3", &format!("{T}-{P}-1"))]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{T}-{}-01", ctx.span_id)]
+    );
+    assert_eq!(all(&h, "b3"), [format!("{T}-{}-1", ctx.span_id)]);
+}
+
+#[test]
+fn case_18_b3_debug_forces_sampling_and_64_bit_ids_round_trip() {
+    let h16 = &T[16..];
+    let mut h = headers(&[("b3", &format!("{h16}-{P}-d"))]);
+    let ctx = settings(0.0).apply(&mut h);
+    assert!(ctx.sampled && ctx.debug);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{}{h16}-{}-01", "0".repeat(16), ctx.span_id)]
+    );
+    assert_eq!(all(&h, "b3"), [format!("{h16}-{}-d", ctx.span_id)]);
+}
+
+#[test]
+fn case_19_b3_zero_decides_a_new_trace_unsampled() {
+    let mut h = headers(&[("b3", "0")]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert!(!ctx.sampled && ctx.random);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{}-{}-02", ctx.trace_id, ctx.span_id)]
+    );
+    assert!(all(&h, "b3").is_empty(), "a lone state is not mirrored");
+}
+
+#[test]
+fn case_20_b3_multi_is_mirrored_without_a_parent() {
+    let mut h = headers(&[
+        ("x-b3-traceid", T),
+        ("x-b3-spanid", P),
+        ("x-b3-parentspanid", "1111111111111111"),
+        ("x-b3-sampled", "true"),
+    ]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{T}-{}-01", ctx.span_id)]
+    );
+    assert_eq!(all(&h, "x-b3-spanid"), [ctx.span_id.to_string()]);
+    assert_eq!(all(&h, "x-b3-sampled"), ["1"]);
+    assert!(all(&h, "x-b3-parentspanid").is_empty());
+}
+
+#[test]
+fn case_22_one_trace_everywhere() {
+    let b = "0af7651916cd43dd8448eb211c80319c";
+    let mut h = headers(&[
+        ("traceparent", &format!("00-{T}-{P}-01")),
+        ("tracestate", "rojo=1"),
+        ("b3", &format!("{b}-{P}-1")),
+    ]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{T}-{}-01", ctx.span_id)]
+    );
+    assert_eq!(all(&h, "tracestate"), ["rojo=1"]);
+    assert_eq!(all(&h, "b3"), [format!("{T}-{}-1", ctx.span_id)]);
+
+    let mut s = settings(1.0);
+    s.extract = vec![Format::B3, Format::TraceContext];
+    let mut h = headers(&[
+        ("traceparent", &format!("00-{T}-{P}-01")),
+        ("tracestate", "rojo=1"),
+        ("b3", &format!("{b}-{P}-1")),
+    ]);
+    let ctx = s.apply(&mut h);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{b}-{}-01", ctx.span_id)]
+    );
+    assert!(
+        all(&h, "tracestate").is_empty(),
+        "tracestate belongs to the other trace"
+    );
+}
+
+#[test]
+fn case_23_jaeger_in_and_out() {
+    let mut h = headers(&[("uber-trace-id", &format!("{T}:{P}:0:1"))]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert_eq!(
+        all(&h, "traceparent"),
+        [format!("00-{T}-{}-01", ctx.span_id)]
+    );
+    assert_eq!(
+        all(&h, "uber-trace-id"),
+        [format!("{T}:{}:0:1", ctx.span_id)]
+    );
+}
+
+#[test]
+fn case_29_request_id_added_when_missing_and_kept_otherwise() {
+    let mut h = HeaderMap::new();
+    settings(1.0).apply(&mut h);
+    let id = all(&h, "x-request-id");
+    assert_eq!(id.len(), 1);
+    assert_eq!(id[0].len(), 36);
+    let mut h = headers(&[("x-request-id", "mine")]);
+    settings(1.0).apply(&mut h);
+    assert_eq!(all(&h, "x-request-id"), ["mine"]);
+}
+
+#[test]
+fn case_36_invalid_baggage_is_dropped_and_the_trace_continues() {
+    let mut h = headers(&[
+        ("traceparent", &format!("00-{T}-{P}-01")),
+        ("baggage", "ok=1"),
+        ("baggage", "k v=1"),
+    ]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert!(ctx.dropped_baggage);
+    assert!(all(&h, "baggage").is_empty());
+    assert_eq!(ctx.trace_id.to_string(), T);
+}
+
+#[test]
+fn baggage_passes_untouched_unless_injected() {
+    let mut s = settings(1.0);
+    s.inject_baggage = false;
+    let mut h = headers(&[("baggage", "k v=1")]);
+    s.apply(&mut h);
+    assert_eq!(all(&h, "baggage"), ["k v=1"]);
+}
+
+#[test]
+fn ratio_sampling_is_decided_by_the_trace_id() {
+    let s = settings(0.5);
+    let low = TraceId(0x0000_0000_0000_0000_0000_0000_0000_0001);
+    let high = TraceId(0x0000_0000_0000_0000_00ff_ffff_ffff_ffff);
+    assert!(!s.ratio_sampled(low));
+    assert!(s.ratio_sampled(high));
+    let sampled = (0..10_000u64)
+        .filter(|i| s.ratio_sampled(TraceId(u128::from(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))))
+        .count();
+    assert!((4_500..5_500).contains(&sampled), "{sampled}");
+}

@@ -1,0 +1,165 @@
+//! Trace-context propagation through the real binary (`specs/trace-context.md` §3–§4, §12).
+
+use attache_tests::client::{get, http1, send};
+use attache_tests::{App, Attache, Ports, sidecar_config, within};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+const T: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const P: &str = "00f067aa0ba902b7";
+
+/// `00-{trace}-{span}-{flags}` → (trace, span, flags).
+fn split(tp: &str) -> (String, String, String) {
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[0], "00");
+    (parts[1].into(), parts[2].into(), parts[3].into())
+}
+
+async fn seen_by_app(url: &str, headers: &[(&str, &str)]) -> serde_json::Value {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let got = within(
+        10,
+        send(&http1(), req.body(Full::new(Bytes::new())).unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 200);
+    for h in ["traceparent", "tracestate", "b3", "baggage"] {
+        assert!(
+            !got.headers.contains_key(h),
+            "responses gain no trace header ({h})"
+        );
+    }
+    got.json()["headers"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_continues_the_callers_trace_with_attache_as_parent() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let tp = format!("00-{T}-{P}-01");
+    let h = seen_by_app(
+        &a.url("/"),
+        &[
+            ("traceparent", &tp),
+            ("tracestate", "rojo=1,congo=2"),
+            ("baggage", "u=7,p=1"),
+        ],
+    )
+    .await;
+    let (trace, span, flags) = split(h["traceparent"].as_str().unwrap());
+    assert_eq!((trace.as_str(), flags.as_str()), (T, "01"));
+    assert_ne!(
+        span, P,
+        "the app's parent is attache's span, not the caller's"
+    );
+    assert_eq!(h["tracestate"], "rojo=1,congo=2");
+    assert_eq!(h["baggage"], "u=7,p=1");
+    let rid = h["x-request-id"].as_str().unwrap();
+    assert_eq!((rid.len(), &rid[14..15]), (36, "4"), "a UUID v4: {rid}");
+
+    // No context: a new trace, sampled, random flag set; each request its own.
+    let h1 = seen_by_app(&a.url("/"), &[]).await;
+    let h2 = seen_by_app(&a.url("/"), &[]).await;
+    let (t1, _, f1) = split(h1["traceparent"].as_str().unwrap());
+    let (t2, _, _) = split(h2["traceparent"].as_str().unwrap());
+    assert_eq!(f1, "03");
+    assert_ne!(t1, t2);
+    assert_ne!(h1["x-request-id"], h2["x-request-id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_b3_caller_and_a_w3c_app_understand_each_other() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let h = seen_by_app(&a.url("/"), &[("b3", &format!("{T}-{P}-1"))]).await;
+    let (trace, span, flags) = split(h["traceparent"].as_str().unwrap());
+    assert_eq!((trace.as_str(), flags.as_str()), (T, "01"));
+    assert_eq!(
+        h["b3"],
+        format!("{T}-{span}-1"),
+        "mirrored with the same parent"
+    );
+    // Malformed headers never fail the request: a new trace instead.
+    let h = seen_by_app(
+        &a.url("/"),
+        &[("traceparent", "00-nonsense"), ("baggage", "k v=1")],
+    )
+    .await;
+    assert!(
+        h.get("baggage").is_none(),
+        "invalid baggage is dropped whole"
+    );
+    assert_ne!(split(h["traceparent"].as_str().unwrap()).0, T);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_calls_are_children_of_what_the_app_sends() {
+    let upstream = App::start("payments").await;
+    let ports = Ports::new();
+    let config = format!(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: payments }} ]
+  upstreams: {{ payments: {{ endpoints: ['http://{up}'] }} }}
+  admin: {{ listen: '127.0.0.1:{admin}' }}
+  trace: {{ inject: [tracecontext, b3multi, baggage] }}
+",
+        out = ports.outbound,
+        up = upstream.addr,
+        admin = ports.admin
+    );
+    let _a = Attache::run(ports, &config);
+    let url = format!("http://127.0.0.1:{}/charge", ports.outbound);
+    let app_span = "1111111111111111";
+    let tp = format!("00-{T}-{app_span}-01");
+    let mut children = Vec::new();
+    for _ in 0..3 {
+        let h = seen_by_app(&url, &[("traceparent", &tp)]).await;
+        let (trace, span, _) = split(h["traceparent"].as_str().unwrap());
+        assert_eq!(trace, T);
+        assert_ne!(span, app_span);
+        assert_eq!(
+            h["x-b3-spanid"], span,
+            "case 24: b3multi carries the CLIENT span"
+        );
+        assert_eq!(h["x-b3-traceid"], T);
+        assert!(
+            h.get("x-request-id").is_none(),
+            "request ids are generated inbound only"
+        );
+        children.push(span);
+    }
+    children.sort();
+    children.dedup();
+    assert_eq!(
+        children.len(),
+        3,
+        "case 25: N calls carry N distinct parent-ids"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_tracing_leaves_headers_untouched() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = Attache::run(
+        ports,
+        &sidecar_config(ports, app.addr, "  trace: { enabled: false }\n"),
+    );
+    let tp = format!("00-{T}-{P}-01");
+    let h = seen_by_app(&a.url("/"), &[("traceparent", &tp), ("baggage", "k v=1")]).await;
+    assert_eq!(h["traceparent"], tp);
+    assert_eq!(h["baggage"], "k v=1");
+    assert!(h.get("x-request-id").is_none());
+    let plain = within(10, get(&http1(), &a.url("/"))).await.unwrap().json();
+    assert!(plain["headers"].get("traceparent").is_none());
+}
