@@ -135,8 +135,10 @@ impl Settings {
             }
         }
 
-        for format in self.extract.iter().chain(&self.inject) {
-            remove(headers, *format);
+        for format in Format::ALL {
+            if self.extract.contains(&format) || self.inject.contains(&format) {
+                remove(headers, format);
+            }
         }
         let arrived = ex
             .outcomes
