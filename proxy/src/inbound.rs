@@ -38,7 +38,11 @@ pub fn stack(
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
         .layer(MetricsLayer::new(metrics.clone(), Direction::Inbound))
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
-        .option_layer(crate::snapshot::propagation(config, Direction::Inbound))
+        .option_layer(crate::snapshot::propagation(
+            config,
+            Direction::Inbound,
+            metrics,
+        ))
         .service(Forward::new(app, metrics.clone(), leg));
     BoxCloneSyncService::new(svc)
 }

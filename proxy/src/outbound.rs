@@ -33,7 +33,11 @@ pub fn stack(config: &Config, upstream: Arc<Target>, metrics: &Arc<Metrics>) -> 
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
         .layer(MetricsLayer::new(metrics.clone(), Direction::Outbound))
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
-        .option_layer(crate::snapshot::propagation(config, Direction::Outbound))
+        .option_layer(crate::snapshot::propagation(
+            config,
+            Direction::Outbound,
+            metrics,
+        ))
         .service(Forward::new(upstream, metrics.clone(), leg));
     BoxCloneSyncService::new(svc)
 }

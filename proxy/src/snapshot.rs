@@ -71,7 +71,11 @@ impl Clients {
 }
 
 /// The trace-context settings of one leg, or `None` when `spec.trace.enabled` is false.
-pub fn propagation(config: &Config, direction: Direction) -> Option<PropagationLayer> {
+pub fn propagation(
+    config: &Config,
+    direction: Direction,
+    metrics: &Arc<Metrics>,
+) -> Option<PropagationLayer> {
     let t = &config.spec.trace;
     if !t.enabled {
         return None;
@@ -97,20 +101,23 @@ pub fn propagation(config: &Config, direction: Direction) -> Option<PropagationL
     let request_id = (direction == Direction::Inbound && t.request_id.generate)
         .then(|| HeaderName::from_bytes(t.request_id.header.as_bytes()).ok())
         .flatten();
-    Some(PropagationLayer::new(Settings {
-        extract: t.extract.iter().copied().map(format).collect(),
-        inject,
-        inject_baggage: t.inject.contains(&InjectFormat::Baggage),
-        mirror: t.mirror,
-        tracestate_max_len: t.tracestate_max_len as usize,
-        baggage: baggage::Limits {
-            max_members: t.baggage.max_members as usize,
-            max_bytes: t.baggage.max_bytes as usize,
-        },
-        request_id,
-        ratio: t.sampling.ratio,
-        ids: Arc::new(RandomIds::default()),
-    }))
+    Some(
+        PropagationLayer::new(Settings {
+            extract: t.extract.iter().copied().map(format).collect(),
+            inject,
+            inject_baggage: t.inject.contains(&InjectFormat::Baggage),
+            mirror: t.mirror,
+            tracestate_max_len: t.tracestate_max_len as usize,
+            baggage: baggage::Limits {
+                max_members: t.baggage.max_members as usize,
+                max_bytes: t.baggage.max_bytes as usize,
+            },
+            request_id,
+            ratio: t.sampling.ratio,
+            ids: Arc::new(RandomIds::default()),
+        })
+        .with_metrics(metrics.clone(), direction),
+    )
 }
 
 impl Snapshot {

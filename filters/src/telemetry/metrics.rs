@@ -47,6 +47,10 @@ impl EncodeLabelValue for Direction {
     }
 }
 
+/// In `crate::trace_context::Format` order.
+const TRACE_FORMATS: [&str; 4] = ["tracecontext", "b3", "b3multi", "jaeger"];
+const TRACE_RESULTS: [&str; 3] = ["continued", "invalid", "absent"];
+
 const METHODS: [&str; 11] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
     "_OTHER",
@@ -118,6 +122,23 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TraceLabels {
+    pub direction: Direction,
+    /// `tracecontext`, `b3`, `b3multi` or `jaeger`.
+    pub format: &'static str,
+    /// `continued`, `invalid` or `absent`.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DroppedLabels {
+    /// `tracestate`, `baggage` or `baggage_member`.
+    pub what: &'static str,
+    /// `invalid` or `over_limit`.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -138,6 +159,12 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub client_errors: Family<ResultLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub trace_context: Family<TraceLabels, Counter>,
+    pub trace_dropped: Family<DroppedLabels, Counter>,
+    /// Every trace-context label set, pre-created: [direction][format][result].
+    trace_handles: Vec<Counter>,
+    /// [tracestate invalid, tracestate over_limit, baggage invalid, baggage_member over_limit].
+    dropped_handles: [Counter; 4],
 }
 
 fn duration_histogram() -> Histogram {
@@ -164,6 +191,32 @@ impl Metrics {
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let client_errors = Family::<ResultLabels, Counter>::default();
         let config_reloads = Family::<ResultLabels, Counter>::default();
+        let trace_context = Family::<TraceLabels, Counter>::default();
+        let trace_dropped = Family::<DroppedLabels, Counter>::default();
+        let mut trace_handles = Vec::with_capacity(2 * 4 * 3);
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            for format in TRACE_FORMATS {
+                for result in TRACE_RESULTS {
+                    let labels = TraceLabels {
+                        direction,
+                        format,
+                        result,
+                    };
+                    trace_handles.push(trace_context.get_or_create(&labels).clone());
+                }
+            }
+        }
+        let dropped = |what, reason| {
+            trace_dropped
+                .get_or_create(&DroppedLabels { what, reason })
+                .clone()
+        };
+        let dropped_handles = [
+            dropped("tracestate", "invalid"),
+            dropped("tracestate", "over_limit"),
+            dropped("baggage", "invalid"),
+            dropped("baggage_member", "over_limit"),
+        ];
         registry.register(
             "http_requests",
             "HTTP requests handled, by direction, method and status class",
@@ -199,7 +252,21 @@ impl Metrics {
             "Configuration reloads, by result (success, failure)",
             config_reloads.clone(),
         );
+        registry.register(
+            "trace_context",
+            "Incoming trace contexts, by direction, format and result (continued, invalid, absent)",
+            trace_context.clone(),
+        );
+        registry.register(
+            "trace_dropped",
+            "Trace headers or members dropped, by what and reason (invalid, over_limit)",
+            trace_dropped.clone(),
+        );
         Self {
+            trace_context,
+            trace_dropped,
+            trace_handles,
+            dropped_handles,
             registry,
             http: (0..2 * 11 * 6)
                 .map(|_| std::sync::OnceLock::new())
@@ -234,6 +301,40 @@ impl Metrics {
                 self.duration.get_or_create(labels).clone(),
             )
         })
+    }
+
+    /// Counts what the trace-context step found on one request.
+    pub fn record_trace(
+        &self,
+        direction: Direction,
+        ctx: &crate::trace_context::propagate::TraceCtx,
+    ) {
+        use crate::trace_context::Outcome;
+        let d = match direction {
+            Direction::Inbound => 0,
+            Direction::Outbound => 1,
+        };
+        for (format, outcome) in ctx.outcomes.iter().enumerate() {
+            let r = match outcome {
+                Some(Outcome::Valid) => 0,
+                Some(Outcome::Invalid) => 1,
+                Some(Outcome::Absent) => 2,
+                None => continue,
+            };
+            self.trace_handles[(d * 4 + format) * 3 + r].inc();
+        }
+        if ctx.dropped_tracestate {
+            self.dropped_handles[0].inc();
+        }
+        if ctx.tracestate_members_dropped > 0 {
+            self.dropped_handles[1].inc();
+        }
+        if ctx.dropped_baggage {
+            self.dropped_handles[2].inc();
+        }
+        if ctx.baggage_members_dropped > 0 {
+            self.dropped_handles[3].inc_by(ctx.baggage_members_dropped as u64);
+        }
     }
 
     pub fn upstream_error(&self, direction: Direction, upstream: &str, kind: &'static str) {

@@ -84,16 +84,13 @@ pub struct Extraction {
     pub context: Option<Context>,
     /// A lone `b3: {state}` decides the sampling of the new trace attache starts.
     pub sampling: Option<b3::Sampling>,
-    /// What each tried format held, in `extract` order.
-    pub outcomes: Vec<(Format, Outcome)>,
+    /// What each tried format held, indexed by `Format as usize`; `None` if not tried.
+    pub outcomes: [Option<Outcome>; 4],
 }
 
 /// Tries the formats in `order` (§2.4); the first valid context wins.
 pub fn extract(headers: &HeaderMap, order: &[Format]) -> Extraction {
-    let mut ex = Extraction {
-        outcomes: Vec::with_capacity(order.len()),
-        ..Extraction::default()
-    };
+    let mut ex = Extraction::default();
     for &format in order {
         let found: Option<Option<Context>> = match format {
             Format::TraceContext => traceparent::extract(headers).map(|r| {
@@ -127,7 +124,7 @@ pub fn extract(headers: &HeaderMap, order: &[Format]) -> Extraction {
                 Outcome::Valid
             }
         };
-        ex.outcomes.push((format, outcome));
+        ex.outcomes[format as usize] = Some(outcome);
     }
     ex
 }

@@ -22,6 +22,7 @@ use super::ids::IdGenerator;
 use super::{
     Format, Outcome, SpanId, TraceFlags, TraceId, b3, baggage, jaeger, traceparent, tracestate,
 };
+use crate::telemetry::{Direction, Metrics};
 
 /// How one leg propagates context.
 #[derive(Clone)]
@@ -61,6 +62,10 @@ pub struct TraceCtx {
     pub dropped_baggage: bool,
     /// Baggage members dropped to fit the limits.
     pub baggage_members_dropped: usize,
+    /// `tracestate` members dropped to fit `tracestate_max_len`.
+    pub tracestate_members_dropped: usize,
+    /// What each format held (see [`super::Extraction::outcomes`]).
+    pub outcomes: [Option<Outcome>; 4],
 }
 
 impl Settings {
@@ -95,6 +100,8 @@ impl Settings {
                 dropped_tracestate: false,
                 dropped_baggage: false,
                 baggage_members_dropped: 0,
+                tracestate_members_dropped: 0,
+                outcomes: ex.outcomes,
             },
             None => {
                 let trace_id = self.ids.trace_id();
@@ -112,12 +119,17 @@ impl Settings {
                     dropped_tracestate: false,
                     dropped_baggage: false,
                     baggage_members_dropped: 0,
+                    tracestate_members_dropped: 0,
+                    outcomes: ex.outcomes,
                 }
             }
         };
         if ctx.format == Some(Format::TraceContext) {
             match tracestate::extract(headers, self.tracestate_max_len) {
-                Ok(ts) => ctx.tracestate = ts.value,
+                Ok(ts) => {
+                    ctx.tracestate = ts.value;
+                    ctx.tracestate_members_dropped = ts.dropped;
+                }
                 Err(_) => ctx.dropped_tracestate = true,
             }
         }
@@ -140,11 +152,9 @@ impl Settings {
                 remove(headers, format);
             }
         }
-        let arrived = ex
-            .outcomes
-            .iter()
-            .filter(|(_, o)| self.mirror && *o == Outcome::Valid)
-            .map(|(f, _)| *f);
+        let arrived = Format::ALL
+            .into_iter()
+            .filter(|f| self.mirror && ex.outcomes[*f as usize] == Some(Outcome::Valid));
         let mut written = [false; 4];
         for format in self.inject.iter().copied().chain(arrived) {
             let slot = &mut written[format as usize];
@@ -215,17 +225,27 @@ fn write(headers: &mut HeaderMap, format: Format, ctx: &TraceCtx) {
 
 // === impl PropagationLayer ===
 
-/// Applies [`Settings`] to every request and leaves the [`TraceCtx`] in its extensions.
+/// Applies [`Settings`] to every request, counts what it found, and leaves the [`TraceCtx`]
+/// in the request's extensions.
 #[derive(Clone)]
 pub struct PropagationLayer {
     settings: Arc<Settings>,
+    metrics: Option<(Arc<Metrics>, Direction)>,
 }
 
 impl PropagationLayer {
     pub fn new(settings: Settings) -> Self {
         Self {
             settings: Arc::new(settings),
+            metrics: None,
         }
+    }
+
+    /// Counts outcomes in `attache_trace_context_total` and drops in
+    /// `attache_trace_dropped_total`, for `direction`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>, direction: Direction) -> Self {
+        self.metrics = Some((metrics, direction));
+        self
     }
 }
 
@@ -235,6 +255,7 @@ impl<S> Layer<S> for PropagationLayer {
         Propagation {
             inner,
             settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -243,6 +264,7 @@ impl<S> Layer<S> for PropagationLayer {
 pub struct Propagation<S> {
     inner: S,
     settings: Arc<Settings>,
+    metrics: Option<(Arc<Metrics>, Direction)>,
 }
 
 impl<S, B> Service<Request<B>> for Propagation<S>
@@ -259,6 +281,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
         let ctx = self.settings.apply(req.headers_mut());
+        if let Some((metrics, direction)) = &self.metrics {
+            metrics.record_trace(*direction, &ctx);
+        }
         req.extensions_mut().insert(ctx);
         self.inner.call(req)
     }
