@@ -59,6 +59,7 @@ metadata: { name: bench }
 spec:
   inbound: { listen: "127.0.0.1:$ATT", app: "http://127.0.0.1:$UP" }
   admin: { listen: "127.0.0.1:$ATT_ADMIN" }
+  trace: { enabled: ${ATTACHE_TRACE:-false} }   # issue 2 measures attache with filters off
 CONF
 ATTACHE_LOG=warn ATTACHE_WORKERS=1 taskset -c "$PROXY_CPU" "$ATTACHE" run -c "$OUT/attache.yaml" 2>"$OUT/attache.log" & PIDS+=($!); ATT_PID=$!
 
