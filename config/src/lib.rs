@@ -31,7 +31,6 @@ const RESERVED_SECTIONS: &[&str] = &[
     "spec.flags",
     "spec.rate_limits",
     "spec.telemetry",
-    "spec.trace.context",
     "spec.trace.restore",
 ];
 
@@ -79,7 +78,7 @@ pub fn load_str(
     let config = deserialize_all(value, &index, failed, &mut errors);
     if let Some(config) = &config {
         for e in validate::validate(config) {
-            let at = index.nearest(&e.path);
+            let at = index.best(&e.path);
             errors.push(e.at(at));
         }
     }

@@ -290,6 +290,32 @@ pub struct Trace {
     pub sampling: Sampling,
     #[serde(default)]
     pub baggage: BaggageLimits,
+    /// Mappings between plain request headers and baggage members (needs `baggage` in
+    /// `inject`).
+    #[serde(default)]
+    pub context: ContextMapping,
+}
+
+/// Mappings between request headers and baggage members.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextMapping {
+    /// Both legs: a request with `header` and no member `key` gains `key=<value>`,
+    /// percent-encoded. An existing member wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_baggage: Vec<HeaderKey>,
+    /// Inbound: a request with member `key` and no `header` gains the header, set to the
+    /// percent-decoded value. An existing header wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_baggage: Vec<HeaderKey>,
+}
+
+/// A request header and a baggage member key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderKey {
+    pub header: String,
+    pub key: String,
 }
 
 impl Default for Trace {
@@ -303,6 +329,7 @@ impl Default for Trace {
             request_id: RequestId::default(),
             sampling: Sampling::default(),
             baggage: BaggageLimits::default(),
+            context: ContextMapping::default(),
         }
     }
 }

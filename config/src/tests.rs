@@ -97,7 +97,7 @@ spec:
         [
             "spec.outbound[0].listen: listen address 127.0.0.1:9000 clashes with `spec.inbound.listen` at line 6, column 17",
             "spec.outbound[0].upstream: upstream `payments` is not defined in spec.upstreams (defined: `billing`) at line 6, column 45",
-            "spec.upstreams.billing.endpoints: needs at least one endpoint at line 8, column 27",
+            "spec.upstreams.billing.endpoints: needs at least one endpoint at line 8, column 16",
         ]
     );
 }
@@ -273,6 +273,28 @@ spec:
             "spec.trace.tracestate_max_len: must be at least 512 (the W3C minimum) at line 7, column 25",
             "spec.trace.sampling.ratio: must be between 0 and 1, not 1.5 at line 8, column 24",
             "spec.trace.baggage.max_members: must be at least 64 (the W3C minimum) at line 9, column 29",
+        ]
+    );
+}
+
+#[test]
+fn context_mappings_need_baggage_and_valid_names() {
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound: { app: 'http://a:1' }
+  trace:
+    inject: [tracecontext]
+    context:
+      to_baggage: [ { header: 'x tenant', key: tenant } ]
+      from_baggage: [ { key: 'plan,x', header: x-plan } ]
+";
+    assert_eq!(
+        errors(text),
+        [
+            "spec.trace.context: mapping headers and baggage needs `baggage` in spec.trace.inject at line 7, column 5",
+            "spec.trace.context.to_baggage[0].header: `x tenant` is not a valid header name at line 8, column 31",
+            "spec.trace.context.from_baggage[0].key: `plan,x` is not a valid baggage key at line 9, column 30",
         ]
     );
 }

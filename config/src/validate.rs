@@ -124,16 +124,48 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             "needs at least one format",
         ));
     }
-    let header_ok = !trace.request_id.header.is_empty()
-        && trace
-            .request_id
-            .header
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !header_ok {
+    let header_ok = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    // A baggage key is an RFC 9110 token.
+    let key_ok = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    if !header_ok(&trace.request_id.header) {
         errors.push(ConfigError::new(
             "spec.trace.request_id.header",
             format!("`{}` is not a valid header name", trace.request_id.header),
+        ));
+    }
+    let mappings = [
+        ("to_baggage", &trace.context.to_baggage),
+        ("from_baggage", &trace.context.from_baggage),
+    ];
+    for (list, entries) in mappings {
+        for (i, m) in entries.iter().enumerate() {
+            if !header_ok(&m.header) {
+                errors.push(ConfigError::new(
+                    format!("spec.trace.context.{list}[{i}].header"),
+                    format!("`{}` is not a valid header name", m.header),
+                ));
+            }
+            if !key_ok(&m.key) {
+                errors.push(ConfigError::new(
+                    format!("spec.trace.context.{list}[{i}].key"),
+                    format!("`{}` is not a valid baggage key", m.key),
+                ));
+            }
+        }
+    }
+    let mapped = !trace.context.to_baggage.is_empty() || !trace.context.from_baggage.is_empty();
+    if mapped && !trace.inject.contains(&crate::model::InjectFormat::Baggage) {
+        errors.push(ConfigError::new(
+            "spec.trace.context",
+            "mapping headers and baggage needs `baggage` in spec.trace.inject",
         ));
     }
 

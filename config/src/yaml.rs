@@ -42,7 +42,8 @@ pub enum NodeKind {
 /// [`crate::path::Path`]'s display: `spec.outbound[0].listen`.
 #[derive(Debug, Default, Clone)]
 pub struct PosIndex {
-    map: HashMap<String, (Pos, Option<Pos>)>,
+    /// path → (value position, key position, whether the value is a mapping or sequence)
+    map: HashMap<String, (Pos, Option<Pos>, bool)>,
 }
 
 impl PosIndex {
@@ -51,6 +52,15 @@ impl PosIndex {
     }
     pub fn key(&self, path: &str) -> Option<Pos> {
         self.map.get(path).and_then(|p| p.1.or(Some(p.0)))
+    }
+    /// Where an error about `path` should point: the key of a section (mapping or sequence),
+    /// the value of a scalar, or the nearest ancestor when `path` is not in the file.
+    pub fn best(&self, path: &str) -> Option<Pos> {
+        match self.map.get(path) {
+            Some((_, Some(key), true)) => Some(*key),
+            Some((value, _, _)) => Some(*value),
+            None => self.nearest(path),
+        }
     }
     /// The position of `path`, or of its nearest ancestor that has one.
     pub fn nearest(&self, path: &str) -> Option<Pos> {
@@ -292,7 +302,10 @@ pub fn join(path: &str, key: &str) -> String {
 
 /// Converts the tree into JSON, filling the position index.
 pub fn to_json(node: &Node, path: &str, key_pos: Option<Pos>, index: &mut PosIndex) -> Value {
-    index.map.insert(path.to_owned(), (node.pos, key_pos));
+    let collection = !matches!(node.kind, NodeKind::Scalar { .. });
+    index
+        .map
+        .insert(path.to_owned(), (node.pos, key_pos, collection));
     match &node.kind {
         NodeKind::Scalar { text, plain } => {
             if *plain {

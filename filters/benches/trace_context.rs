@@ -61,6 +61,8 @@ fn bench(c: &mut Criterion) {
         baggage: baggage::Limits::default(),
         request_id: Some(HeaderName::from_static("x-request-id")),
         ratio: 1.0,
+        to_baggage: Vec::new(),
+        from_baggage: Vec::new(),
         ids: Arc::new(RandomIds::default()),
     };
     c.bench_function("propagation step: continue, rewrite, request id", |b| {

@@ -101,6 +101,23 @@ pub fn propagation(
     let request_id = (direction == Direction::Inbound && t.request_id.generate)
         .then(|| HeaderName::from_bytes(t.request_id.header.as_bytes()).ok())
         .flatten();
+    let header = |h: &str| HeaderName::from_bytes(h.as_bytes()).ok();
+    let to_baggage = t
+        .context
+        .to_baggage
+        .iter()
+        .filter_map(|m| Some((header(&m.header)?, m.key.clone())))
+        .collect();
+    // Headers are filled from baggage for the app, on the inbound leg.
+    let from_baggage = match direction {
+        Direction::Inbound => t
+            .context
+            .from_baggage
+            .iter()
+            .filter_map(|m| Some((m.key.clone(), header(&m.header)?)))
+            .collect(),
+        Direction::Outbound => Vec::new(),
+    };
     Some(
         PropagationLayer::new(Settings {
             extract: t.extract.iter().copied().map(format).collect(),
@@ -114,6 +131,8 @@ pub fn propagation(
             },
             request_id,
             ratio: t.sampling.ratio,
+            to_baggage,
+            from_baggage,
             ids: Arc::new(RandomIds::default()),
         })
         .with_metrics(metrics.clone(), direction),

@@ -163,3 +163,23 @@ async fn disabled_tracing_leaves_headers_untouched() {
     let plain = within(10, get(&http1(), &a.url("/"))).await.unwrap().json();
     assert!(plain["headers"].get("traceparent").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_and_baggage_map_into_each_other() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let extra = "  trace:
+    context:
+      to_baggage: [ { header: x-tenant-id, key: tenant } ]
+      from_baggage: [ { key: plan, header: x-plan } ]
+";
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, extra));
+    let h = seen_by_app(
+        &a.url("/"),
+        &[("x-tenant-id", "acme co"), ("baggage", "plan=gold%20plus")],
+    )
+    .await;
+    assert_eq!(h["baggage"], "plan=gold%20plus,tenant=acme%20co");
+    assert_eq!(h["x-plan"], "gold plus");
+    assert_eq!(h["x-tenant-id"], "acme co");
+}

@@ -39,6 +39,11 @@ pub struct Settings {
     pub request_id: Option<HeaderName>,
     /// Sampling ratio for new traces and deferred decisions.
     pub ratio: f64,
+    /// Headers copied into baggage members (`header`, `key`) when the key is absent.
+    pub to_baggage: Vec<(HeaderName, String)>,
+    /// Baggage members copied into headers (`key`, `header`) when the header is absent;
+    /// inbound only.
+    pub from_baggage: Vec<(String, HeaderName)>,
     pub ids: Arc<dyn IdGenerator>,
 }
 
@@ -147,6 +152,10 @@ impl Settings {
             }
         }
 
+        if self.inject_baggage {
+            self.map_context(headers, &mut ctx);
+        }
+
         for format in Format::ALL {
             if self.extract.contains(&format) || self.inject.contains(&format) {
                 remove(headers, format);
@@ -171,6 +180,123 @@ impl Settings {
         }
         ctx
     }
+}
+
+impl Settings {
+    /// §6: headers and `uberctx-*` into baggage members, members into headers and `uberctx-*`.
+    /// Existing members and headers always win; baggage is rewritten (as one line: kept
+    /// members unchanged and in order, attache's after) only when a member is added.
+    fn map_context(&self, headers: &mut HeaderMap, ctx: &mut TraceCtx) {
+        let jaeger_in = self.extract.contains(&Format::Jaeger);
+        let jaeger_out = self.inject.contains(&Format::Jaeger);
+        if self.to_baggage.is_empty() && self.from_baggage.is_empty() && !jaeger_in && !jaeger_out {
+            return;
+        }
+        // Baggage is valid here: invalid baggage was removed above.
+        let existing: Vec<(String, String, String)> = baggage::members(headers)
+            .flatten()
+            .map(|m| (m.key.to_owned(), m.value.to_owned(), m.raw.to_owned()))
+            .collect();
+        let has = |key: &str, added: &[(String, String)]| {
+            existing.iter().any(|(k, _, _)| k == key) || added.iter().any(|(k, _)| k == key)
+        };
+        let mut added: Vec<(String, String)> = Vec::new();
+        for (header, key) in &self.to_baggage {
+            if let Some(v) = headers.get(header)
+                && !has(key, &added)
+            {
+                added.push((key.clone(), percent_encode(v.as_bytes(), true)));
+            }
+        }
+        if jaeger_in {
+            for (name, v) in headers.iter() {
+                if let Some(key) = name.as_str().strip_prefix(UBERCTX)
+                    && !key.is_empty()
+                    && !has(key, &added)
+                {
+                    // Jaeger clients send these already URL-encoded.
+                    added.push((key.to_owned(), percent_encode(v.as_bytes(), false)));
+                }
+            }
+        }
+        if !added.is_empty() {
+            let mut line: Vec<String> = existing.iter().map(|(_, _, raw)| raw.clone()).collect();
+            let mut bytes =
+                line.iter().map(String::len).sum::<usize>() + line.len().saturating_sub(1);
+            for (key, value) in &added {
+                let member = format!("{key}={value}");
+                let grow = member.len() + usize::from(!line.is_empty());
+                if line.len() < self.baggage.max_members && bytes + grow <= self.baggage.max_bytes {
+                    bytes += grow;
+                    line.push(member);
+                } else {
+                    ctx.baggage_members_dropped += 1;
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&line.join(",")) {
+                headers.insert(baggage::BAGGAGE, v);
+            }
+        }
+        for (key, header) in &self.from_baggage {
+            if headers.contains_key(header) {
+                continue;
+            }
+            if let Some((_, value, _)) = existing.iter().find(|(k, _, _)| k == key)
+                && let Ok(v) = HeaderValue::from_bytes(&percent_decode(value.as_bytes()))
+            {
+                headers.insert(header.clone(), v);
+            }
+        }
+        if jaeger_out {
+            let all = existing.iter().map(|(k, v, _)| (k.as_str(), v.as_str()));
+            let new = added.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            for (key, value) in all.chain(new) {
+                if let Ok(name) = HeaderName::from_bytes(format!("{UBERCTX}{key}").as_bytes())
+                    && !headers.contains_key(&name)
+                    && let Ok(v) = HeaderValue::from_str(value)
+                {
+                    headers.insert(name, v);
+                }
+            }
+        }
+    }
+}
+
+const UBERCTX: &str = "uberctx-";
+
+/// Percent-encodes the bytes that are not `baggage-octet`s (and `%` itself when
+/// `encode_percent`, for values that were never encoded).
+fn percent_encode(value: &[u8], encode_percent: bool) -> String {
+    let mut out = String::with_capacity(value.len());
+    for &b in value {
+        let octet = matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e);
+        if octet && !(encode_percent && b == b'%') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` sequences; anything else is kept as is.
+fn percent_decode(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if value[i] == b'%'
+            && i + 2 < value.len()
+            && let (Some(h), Some(l)) = (hex(value[i + 1]), hex(value[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(value[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 fn remove(headers: &mut HeaderMap, format: Format) {

@@ -16,6 +16,8 @@ fn settings(ratio: f64) -> Settings {
         baggage: baggage::Limits::default(),
         request_id: Some(HeaderName::from_static("x-request-id")),
         ratio,
+        to_baggage: vec![(HeaderName::from_static("x-tenant-id"), "tenant".into())],
+        from_baggage: vec![("tenant".into(), HeaderName::from_static("x-tenant-id"))],
         ids: Arc::new(SeededIds::new(42)),
     }
 }
@@ -249,4 +251,53 @@ fn ratio_sampling_is_decided_by_the_trace_id() {
         .filter(|i| s.ratio_sampled(TraceId(u128::from(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))))
         .count();
     assert!((4_500..5_500).contains(&sampled), "{sampled}");
+}
+
+#[test]
+fn case_37_headers_and_baggage_map_both_ways_and_existing_values_win() {
+    let mut h = headers(&[("x-tenant-id", "acme co"), ("baggage", "u=7")]);
+    settings(1.0).apply(&mut h);
+    assert_eq!(all(&h, "baggage"), ["u=7,tenant=acme%20co"]);
+
+    let mut h = headers(&[("baggage", "tenant=acme%20co")]);
+    settings(1.0).apply(&mut h);
+    assert_eq!(all(&h, "x-tenant-id"), ["acme co"]);
+    assert_eq!(
+        all(&h, "baggage"),
+        ["tenant=acme%20co"],
+        "baggage still reaches the app"
+    );
+
+    // Existing values win, both ways.
+    let mut h = headers(&[("x-tenant-id", "a"), ("baggage", "tenant=b")]);
+    settings(1.0).apply(&mut h);
+    assert_eq!(all(&h, "x-tenant-id"), ["a"]);
+    assert_eq!(all(&h, "baggage"), ["tenant=b"]);
+
+    // Unchanged baggage keeps its original lines.
+    let mut h = headers(&[("baggage", "a=1"), ("baggage", "b=2")]);
+    settings(1.0).apply(&mut h);
+    assert_eq!(all(&h, "baggage"), ["a=1", "b=2"]);
+}
+
+#[test]
+fn case_38_uberctx_headers_become_members() {
+    let mut h = headers(&[("uberctx-team", "a%20b")]);
+    settings(1.0).apply(&mut h);
+    assert_eq!(all(&h, "baggage"), ["team=a%20b"]);
+    let mut s = settings(1.0);
+    s.inject.push(Format::Jaeger);
+    let mut h = headers(&[("baggage", "team=a%20b")]);
+    s.apply(&mut h);
+    assert_eq!(all(&h, "uberctx-team"), ["a%20b"]);
+}
+
+#[test]
+fn members_attache_would_add_past_the_limits_are_counted_not_added() {
+    let full: Vec<String> = (0..64).map(|i| format!("k{i}=v")).collect();
+    let line = full.join(",");
+    let mut h = headers(&[("baggage", &line), ("x-tenant-id", "acme")]);
+    let ctx = settings(1.0).apply(&mut h);
+    assert_eq!(ctx.baggage_members_dropped, 1);
+    assert_eq!(all(&h, "baggage"), [line]);
 }
