@@ -148,6 +148,13 @@ impl Attache {
         a
     }
 
+    /// `attache run` as a sidecar in front of `app`, on fresh ports; `extra` goes under
+    /// `spec:` (see [`sidecar_config`]).
+    pub fn sidecar(app: SocketAddr, extra: &str) -> Self {
+        let ports = Ports::new();
+        Self::run(ports, &sidecar_config(ports, app, extra))
+    }
+
     /// Any attache command line; does not wait.
     pub fn spawn(ports: Ports, dir: TempDir, args: &[&str]) -> Self {
         let log = dir.path().join("attache.log");

@@ -41,11 +41,7 @@ async fn app_refusing_connections_gives_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_too_slow_gives_504_at_the_configured_timeout() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(
-        ports,
-        &sidecar_config(ports, app.addr, "  timeouts: { request: 300ms }\n"),
-    );
+    let a = Attache::sidecar(app.addr, "  timeouts: { request: 300ms }\n");
     let started = Instant::now();
     let got = within(10, get(&http1(), &a.url("/slow/3000")))
         .await
@@ -68,14 +64,9 @@ async fn app_too_slow_gives_504_at_the_configured_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_or_too_large_headers_give_431() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(
-        ports,
-        &sidecar_config(
-            ports,
-            app.addr,
-            "  limits: { max_headers: 20, max_header_bytes: 4KiB }\n",
-        ),
+    let a = Attache::sidecar(
+        app.addr,
+        "  limits: { max_headers: 20, max_header_bytes: 4KiB }\n",
     );
     let mut req = Request::get(a.url("/"))
         .body(Full::new(Bytes::new()))
@@ -109,15 +100,7 @@ async fn too_many_or_too_large_headers_give_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_too_slow_with_its_head_gets_408_and_is_closed() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(
-        ports,
-        &sidecar_config(
-            ports,
-            app.addr,
-            "  limits: { header_read_timeout: 300ms }\n",
-        ),
-    );
+    let a = Attache::sidecar(app.addr, "  limits: { header_read_timeout: 300ms }\n");
     let started = Instant::now();
     let out = within(
         10,
@@ -166,14 +149,9 @@ async fn a_client_too_slow_with_its_head_gets_408_and_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_after_idle_timeout() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(
-        ports,
-        &sidecar_config(
-            ports,
-            app.addr,
-            "  limits: { idle_timeout: 400ms, header_read_timeout: 5s }\n",
-        ),
+    let a = Attache::sidecar(
+        app.addr,
+        "  limits: { idle_timeout: 400ms, header_read_timeout: 5s }\n",
     );
     let mut s = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -191,15 +169,7 @@ async fn idle_connections_are_closed_after_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_over_the_limit_give_413() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(
-        ports,
-        &sidecar_config(
-            ports,
-            app.addr,
-            "  limits: { max_request_body_bytes: 1KiB }\n",
-        ),
-    );
+    let a = Attache::sidecar(app.addr, "  limits: { max_request_body_bytes: 1KiB }\n");
     let req = Request::post(a.url("/sink"))
         .body(Full::new(Bytes::from(vec![b'x'; 2048])))
         .unwrap();
@@ -234,11 +204,7 @@ async fn bodies_over_the_limit_give_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_and_resetting_clients_do_not_disturb_others() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(
-        ports,
-        &sidecar_config(ports, app.addr, "  limits: { header_read_timeout: 2s }\n"),
-    );
+    let a = Attache::sidecar(app.addr, "  limits: { header_read_timeout: 2s }\n");
 
     // 100 slowloris connections trickle header bytes.
     let mut lorises = Vec::new();

@@ -27,11 +27,10 @@ fn metric(a: &Attache, needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_a_good_file_and_keeps_the_running_config_on_a_bad_one() {
     let (blue, green) = (App::start("blue").await, App::start("green").await);
-    let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, blue.addr, ""));
+    let a = Attache::sidecar(blue.addr, "");
     assert_eq!(app_name(&a.url("/")).await, "blue");
 
-    replace_file(&a.config_path(), &sidecar_config(ports, green.addr, ""));
+    replace_file(&a.config_path(), &sidecar_config(a.ports, green.addr, ""));
     assert!(
         eventually(10, async || app_name(&a.url("/")).await == "green").await,
         "the new app was never used"
@@ -42,7 +41,7 @@ async fn reload_applies_a_good_file_and_keeps_the_running_config_on_a_bad_one() 
     ));
 
     // An invalid file: the running config stays, the error is logged, counted and shown.
-    let broken = sidecar_config(ports, blue.addr, "").replace("app: http://", "app: htp:/");
+    let broken = sidecar_config(a.ports, blue.addr, "").replace("app: http://", "app: htp:/");
     replace_file(&a.config_path(), &broken);
     assert!(
         eventually(10, async || metric(
@@ -73,7 +72,7 @@ async fn reload_applies_a_good_file_and_keeps_the_running_config_on_a_bad_one() 
     );
 
     // Fixing the file clears the error.
-    replace_file(&a.config_path(), &sidecar_config(ports, blue.addr, ""));
+    replace_file(&a.config_path(), &sidecar_config(a.ports, blue.addr, ""));
     assert!(eventually(10, async || app_name(&a.url("/")).await == "blue").await);
     let (_, body) = client::blocking_get(&a.admin_url("/config")).unwrap();
     assert!(
@@ -84,8 +83,7 @@ async fn reload_applies_a_good_file_and_keeps_the_running_config_on_a_bad_one() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_even_without_a_change() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let a = Attache::sidecar(app.addr, "");
     a.signal("HUP");
     assert!(
         eventually(10, async || metric(
@@ -131,8 +129,7 @@ async fn kubernetes_configmap_symlink_swap_is_picked_up() {
 async fn a_changed_listen_address_is_rebound_without_dropping_open_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let a = Attache::sidecar(app.addr, "");
     // A kept-alive connection on the old port.
     let mut kept = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
     kept.write_all(b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -144,7 +141,7 @@ async fn a_changed_listen_address_is_rebound_without_dropping_open_connections()
 
     let moved = Ports {
         inbound: free_port(),
-        ..ports
+        ..a.ports
     };
     replace_file(&a.config_path(), &sidecar_config(moved, app.addr, ""));
     let new_url = format!("http://127.0.0.1:{}/", moved.inbound);
@@ -173,11 +170,7 @@ async fn a_changed_listen_address_is_rebound_without_dropping_open_connections()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_under_load_finishes_every_in_flight_request() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let mut a = Attache::run(
-        ports,
-        &sidecar_config(ports, app.addr, "  drain: { grace_period: 10s }\n"),
-    );
+    let mut a = Attache::sidecar(app.addr, "  drain: { grace_period: 10s }\n");
     let c = http1();
     // Warm keep-alive connections, then 60 requests that take 1 s each at the app.
     let mut inflight = Vec::new();
@@ -222,15 +215,7 @@ async fn drain_under_load_finishes_every_in_flight_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_delay_keeps_serving_while_not_ready() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let mut a = Attache::run(
-        ports,
-        &sidecar_config(
-            ports,
-            app.addr,
-            "  drain: { delay: 1500ms, grace_period: 5s }\n",
-        ),
-    );
+    let mut a = Attache::sidecar(app.addr, "  drain: { delay: 1500ms, grace_period: 5s }\n");
     a.signal("TERM");
     assert!(
         eventually(2, async || client::blocking_get(&a.admin_url("/ready"))
@@ -251,11 +236,7 @@ async fn drain_delay_keeps_serving_while_not_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_period_bounds_the_drain() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let mut a = Attache::run(
-        ports,
-        &sidecar_config(ports, app.addr, "  drain: { grace_period: 500ms }\n"),
-    );
+    let mut a = Attache::sidecar(app.addr, "  drain: { grace_period: 500ms }\n");
     let url = a.url("/slow/5000");
     let slow = tokio::spawn(async move { get(&http1(), &url).await });
     assert!(eventually(5, async || app.hits() == 1).await);

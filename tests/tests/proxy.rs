@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use attache_tests::client::{self, get, http1, http2, send};
-use attache_tests::{App, Attache, Ports, sidecar_config, within};
+use attache_tests::{App, Attache, Ports, within};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -13,8 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_round_trip_strips_hop_by_hop_and_sets_forwarded_headers() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let a = Attache::sidecar(app.addr, "");
     let req = Request::get(a.url("/hello?x=1"))
         .header("connection", "x-private")
         .header("x-private", "secret")
@@ -37,18 +36,17 @@ async fn http1_round_trip_strips_hop_by_hop_and_sets_forwarded_headers() {
     assert!(h.get("keep-alive").is_none(), "{h}");
     assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
-    assert_eq!(h["host"], format!("127.0.0.1:{}", ports.inbound));
+    assert_eq!(h["host"], format!("127.0.0.1:{}", a.ports.inbound));
     assert_eq!(
         h["x-forwarded-host"],
-        format!("127.0.0.1:{}", ports.inbound)
+        format!("127.0.0.1:{}", a.ports.inbound)
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_reaches_an_http1_app() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let a = Attache::sidecar(app.addr, "");
     let c = http2();
     for i in 0..3 {
         let got = within(10, get(&c, &a.url(&format!("/h2/{i}"))))
@@ -60,7 +58,7 @@ async fn http2_prior_knowledge_reaches_an_http1_app() {
         assert_eq!(v["path"], format!("/h2/{i}"));
         assert_eq!(
             v["headers"]["host"],
-            format!("127.0.0.1:{}", ports.inbound),
+            format!("127.0.0.1:{}", a.ports.inbound),
             "h2 :authority becomes Host"
         );
     }
@@ -125,8 +123,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_is_tunnelled_both_ways() {
     let app = App::start("ws").await;
-    let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let a = Attache::sidecar(app.addr, "");
     let mut s = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         .await
@@ -155,8 +152,7 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
 async fn a_1gib_upload_streams_through_with_flat_memory() {
     const TOTAL: u64 = 1 << 30;
     let app = App::start("sink").await;
-    let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let a = Attache::sidecar(app.addr, "");
     let (peak_before, _) = a.memory_kib();
     let mut s = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
     let head = format!(
@@ -190,8 +186,7 @@ async fn a_1gib_upload_streams_through_with_flat_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_request_does_not_hold_up_others() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let a = Attache::sidecar(app.addr, "");
     let slow = tokio::spawn({
         let url = a.url("/slow/1500");
         async move { get(&http1(), &url).await }

@@ -41,8 +41,7 @@ async fn seen_by_app(url: &str, headers: &[(&str, &str)]) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_continues_the_callers_trace_with_attache_as_parent() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let a = Attache::sidecar(app.addr, "");
     let tp = format!("00-{T}-{P}-01");
     let h = seen_by_app(
         &a.url("/"),
@@ -77,8 +76,7 @@ async fn inbound_continues_the_callers_trace_with_attache_as_parent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_b3_caller_and_a_w3c_app_understand_each_other() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    let a = Attache::sidecar(app.addr, "");
     let h = seen_by_app(&a.url("/"), &[("b3", &format!("{T}-{P}-1"))]).await;
     let (trace, span, flags) = split(h["traceparent"].as_str().unwrap());
     assert_eq!((trace.as_str(), flags.as_str()), (T, "01"));
@@ -150,11 +148,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_tracing_leaves_headers_untouched() {
     let app = App::start("app").await;
-    let ports = Ports::new();
-    let a = Attache::run(
-        ports,
-        &sidecar_config(ports, app.addr, "  trace: { enabled: false }\n"),
-    );
+    let a = Attache::sidecar(app.addr, "  trace: { enabled: false }\n");
     let tp = format!("00-{T}-{P}-01");
     let h = seen_by_app(&a.url("/"), &[("traceparent", &tp), ("baggage", "k v=1")]).await;
     assert_eq!(h["traceparent"], tp);

@@ -92,42 +92,40 @@ impl Settings {
     pub fn apply(&self, headers: &mut HeaderMap) -> TraceCtx {
         let ex = super::extract(headers, &self.extract);
         let span_id = self.ids.span_id();
-        let mut ctx = match ex.context {
-            Some(c) => TraceCtx {
-                trace_id: c.trace_id,
-                span_id,
-                parent_id: Some(c.parent_id),
-                format: Some(c.format),
-                sampled: c.debug || c.sampled.unwrap_or_else(|| self.ratio_sampled(c.trace_id)),
-                debug: c.debug,
-                random: c.random,
-                tracestate: None,
-                dropped_tracestate: false,
-                dropped_baggage: false,
-                baggage_members_dropped: 0,
-                tracestate_members_dropped: 0,
-                outcomes: ex.outcomes,
-            },
+        // A valid context is continued; without one a new trace starts, sampled by a lone
+        // B3 state if one came, else by the ratio.
+        let (trace_id, parent_id, format, sampled, debug, random) = match ex.context {
+            Some(c) => (
+                c.trace_id,
+                Some(c.parent_id),
+                Some(c.format),
+                c.debug || c.sampled.unwrap_or_else(|| self.ratio_sampled(c.trace_id)),
+                c.debug,
+                c.random,
+            ),
             None => {
                 let trace_id = self.ids.trace_id();
-                TraceCtx {
-                    trace_id,
-                    span_id,
-                    parent_id: None,
-                    format: None,
-                    sampled: ex
-                        .sampling
-                        .map_or_else(|| self.ratio_sampled(trace_id), |s| s.sampled || s.debug),
-                    debug: ex.sampling.is_some_and(|s| s.debug),
-                    random: true,
-                    tracestate: None,
-                    dropped_tracestate: false,
-                    dropped_baggage: false,
-                    baggage_members_dropped: 0,
-                    tracestate_members_dropped: 0,
-                    outcomes: ex.outcomes,
-                }
+                let sampled = ex
+                    .sampling
+                    .map_or_else(|| self.ratio_sampled(trace_id), |s| s.sampled || s.debug);
+                let debug = ex.sampling.is_some_and(|s| s.debug);
+                (trace_id, None, None, sampled, debug, true)
             }
+        };
+        let mut ctx = TraceCtx {
+            trace_id,
+            span_id,
+            parent_id,
+            format,
+            sampled,
+            debug,
+            random,
+            tracestate: None,
+            dropped_tracestate: false,
+            dropped_baggage: false,
+            baggage_members_dropped: 0,
+            tracestate_members_dropped: 0,
+            outcomes: ex.outcomes,
         };
         if ctx.format == Some(Format::TraceContext) {
             match tracestate::extract(headers, self.tracestate_max_len) {
