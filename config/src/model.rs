@@ -139,7 +139,9 @@ pub enum ForwardedHeaders {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Outbound {
-    /// Where the app reaches this upstream, e.g. `127.0.0.1:15001`.
+    /// Where the app reaches this upstream; default `127.0.0.1:15001` (give every further
+    /// outbound listener its own port).
+    #[serde(default = "default_outbound_listen")]
     pub listen: ListenAddr,
     /// The name of an entry in `spec.upstreams`.
     pub upstream: String,

@@ -298,3 +298,16 @@ spec:
         ]
     );
 }
+
+#[test]
+fn outbound_listen_defaults_to_15001() {
+    let c = load("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  outbound: [ { upstream: p } ]\n  upstreams: { p: { endpoints: ['http://p:80'] } }\n").unwrap();
+    assert_eq!(c.spec.outbound[0].listen.to_string(), "127.0.0.1:15001");
+    let errs = errors(
+        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  outbound: [ { upstream: p }, { upstream: p } ]\n  upstreams: { p: { endpoints: ['http://p:80'] } }\n",
+    );
+    assert!(
+        errs[0].contains("clashes with `spec.outbound[0].listen`"),
+        "{errs:?}"
+    );
+}
