@@ -31,7 +31,6 @@ const RESERVED_SECTIONS: &[&str] = &[
     "spec.flags",
     "spec.rate_limits",
     "spec.telemetry",
-    "spec.trace.restore",
 ];
 
 /// Loads and validates a config file (YAML or JSON, `${VAR}` from the process environment).

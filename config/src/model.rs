@@ -296,6 +296,75 @@ pub struct Trace {
     /// `inject`).
     #[serde(default)]
     pub context: ContextMapping,
+    #[serde(default)]
+    pub restore: Restore,
+}
+
+/// Context restoration: the app need only forward `traceparent` on its outbound calls; attache
+/// adds back what the inbound request carried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Restore {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Headers recorded on the inbound leg and restored on outbound calls of the same trace;
+    /// a trailing `*` matches a prefix (`x-b3-*`). List only headers meant to travel.
+    #[serde(default = "default_restore_headers")]
+    pub headers: Vec<String>,
+    /// Restore baggage members the app's call lacks.
+    #[serde(default = "yes")]
+    pub baggage: bool,
+    /// For outbound calls without a trace header: `none` (a new trace, nothing restored).
+    #[serde(default)]
+    pub correlation: Correlation,
+    #[serde(default = "default_restore_ttl")]
+    pub ttl: Duration,
+    #[serde(default = "default_restore_entries")]
+    pub max_entries: u32,
+    #[serde(default = "default_restore_bytes")]
+    pub max_bytes: ByteSize,
+    #[serde(default = "default_restore_record")]
+    pub max_record_bytes: ByteSize,
+}
+
+impl Default for Restore {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            headers: default_restore_headers(),
+            baggage: true,
+            correlation: Correlation::None,
+            ttl: default_restore_ttl(),
+            max_entries: default_restore_entries(),
+            max_bytes: default_restore_bytes(),
+            max_record_bytes: default_restore_record(),
+        }
+    }
+}
+
+fn default_restore_headers() -> Vec<String> {
+    vec!["x-request-id".to_owned()]
+}
+fn default_restore_ttl() -> Duration {
+    Duration::secs(120)
+}
+fn default_restore_entries() -> u32 {
+    10_000
+}
+fn default_restore_bytes() -> ByteSize {
+    ByteSize(4 << 20)
+}
+fn default_restore_record() -> ByteSize {
+    ByteSize(16 << 10)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Correlation {
+    #[default]
+    None,
+    /// Parent the call to the one inbound request in flight (not available yet).
+    SingleInFlight,
 }
 
 /// Mappings between request headers and baggage members.
@@ -332,6 +401,7 @@ impl Default for Trace {
             sampling: Sampling::default(),
             baggage: BaggageLimits::default(),
             context: ContextMapping::default(),
+            restore: Restore::default(),
         }
     }
 }

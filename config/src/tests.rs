@@ -105,14 +105,13 @@ spec:
 #[test]
 fn missing_and_reserved_sections() {
     let errs = errors(
-        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  telemetry: {}\n  inbound: {}\n  trace: { restore: {} }\n",
+        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  telemetry: {}\n  inbound: {}\n",
     );
     assert_eq!(
         errs,
         [
             "spec.telemetry: `telemetry` is not available in this version of attache yet at line 4, column 3",
             "spec.inbound: missing required field `app` at line 5, column 12",
-            "spec.trace.restore: `restore` is not available in this version of attache yet at line 6, column 12",
         ]
     );
     let errs = errors("kind: Sidecar\nspec: {}\n");
@@ -309,5 +308,25 @@ fn outbound_listen_defaults_to_15001() {
     assert!(
         errs[0].contains("clashes with `spec.outbound[0].listen`"),
         "{errs:?}"
+    );
+}
+
+#[test]
+fn restore_settings_are_validated() {
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound: { app: 'http://a:1' }
+  trace:
+    restore:
+      headers: [x-request-id, 'x-b3-*', 'bad header']
+      correlation: single_in_flight
+";
+    assert_eq!(
+        errors(text),
+        [
+            "spec.trace.restore.headers[2]: `bad header` is not a header name (or a prefix ending in `*`) at line 7, column 41",
+            "spec.trace.restore.correlation: `single_in_flight` is not available in this version of attache yet; use `none` at line 8, column 20",
+        ]
     );
 }

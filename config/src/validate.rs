@@ -161,6 +161,27 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             }
         }
     }
+    let restore = &trace.restore;
+    if restore.correlation == crate::model::Correlation::SingleInFlight {
+        errors.push(ConfigError::new(
+            "spec.trace.restore.correlation",
+            "`single_in_flight` is not available in this version of attache yet; use `none`",
+        ));
+    }
+    for (i, h) in restore.headers.iter().enumerate() {
+        if !header_ok(h.strip_suffix('*').unwrap_or(h)) {
+            errors.push(ConfigError::new(
+                format!("spec.trace.restore.headers[{i}]"),
+                format!("`{h}` is not a header name (or a prefix ending in `*`)"),
+            ));
+        }
+    }
+    if restore.ttl.0.is_zero() || restore.max_entries == 0 {
+        errors.push(ConfigError::new(
+            "spec.trace.restore",
+            "`ttl` and `max_entries` must be above zero (set `enabled: false` to turn restoration off)",
+        ));
+    }
     let mapped = !trace.context.to_baggage.is_empty() || !trace.context.from_baggage.is_empty();
     if mapped && !trace.inject.contains(&crate::model::InjectFormat::Baggage) {
         errors.push(ConfigError::new(

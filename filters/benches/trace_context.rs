@@ -63,6 +63,7 @@ fn bench(c: &mut Criterion) {
         ratio: 1.0,
         to_baggage: Vec::new(),
         from_baggage: Vec::new(),
+        restore: None,
         ids: Arc::new(RandomIds::default()),
     };
     c.bench_function("propagation step: continue, rewrite, request id", |b| {

@@ -21,6 +21,8 @@ use tower::util::BoxCloneSyncService;
 
 use crate::forward::{Forward, Leg, Target};
 use crate::limits::LimitsLayer;
+use attache_filters::trace_context::restore::Table;
+
 use crate::snapshot::Stack;
 
 pub fn stack(
@@ -28,6 +30,7 @@ pub fn stack(
     inbound: &Inbound,
     app: Arc<Target>,
     metrics: &Arc<Metrics>,
+    table: Option<&Arc<Table>>,
 ) -> Stack {
     let leg = Leg {
         direction: Direction::Inbound,
@@ -42,6 +45,7 @@ pub fn stack(
             config,
             Direction::Inbound,
             metrics,
+            table,
         ))
         .service(Forward::new(app, metrics.clone(), leg));
     BoxCloneSyncService::new(svc)

@@ -21,9 +21,16 @@ use tower::util::BoxCloneSyncService;
 
 use crate::forward::{Forward, Leg, Target};
 use crate::limits::LimitsLayer;
+use attache_filters::trace_context::restore::Table;
+
 use crate::snapshot::Stack;
 
-pub fn stack(config: &Config, upstream: Arc<Target>, metrics: &Arc<Metrics>) -> Stack {
+pub fn stack(
+    config: &Config,
+    upstream: Arc<Target>,
+    metrics: &Arc<Metrics>,
+    table: Option<&Arc<Table>>,
+) -> Stack {
     let leg = Leg {
         direction: Direction::Outbound,
         forwarded: ForwardedHeaders::Off,
@@ -37,6 +44,7 @@ pub fn stack(config: &Config, upstream: Arc<Target>, metrics: &Arc<Metrics>) -> 
             config,
             Direction::Outbound,
             metrics,
+            table,
         ))
         .service(Forward::new(upstream, metrics.clone(), leg));
     BoxCloneSyncService::new(svc)

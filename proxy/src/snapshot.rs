@@ -12,7 +12,10 @@ use attache_config::{Config, InjectFormat, Pool, TraceFormat};
 use attache_filters::Body;
 use attache_filters::telemetry::{Direction, Metrics};
 use attache_filters::trace_context::ids::RandomIds;
-use attache_filters::trace_context::propagate::{PropagationLayer, Settings};
+use attache_filters::trace_context::propagate::{
+    HeaderPattern, PropagationLayer, Restore, RestoreLeg, Settings,
+};
+use attache_filters::trace_context::restore::{self, Table};
 use attache_filters::trace_context::{Format, baggage};
 use http::HeaderName;
 use http::{Request, Response};
@@ -75,6 +78,7 @@ pub fn propagation(
     config: &Config,
     direction: Direction,
     metrics: &Arc<Metrics>,
+    table: Option<&Arc<Table>>,
 ) -> Option<PropagationLayer> {
     let t = &config.spec.trace;
     if !t.enabled {
@@ -133,6 +137,20 @@ pub fn propagation(
             ratio: t.sampling.ratio,
             to_baggage,
             from_baggage,
+            restore: table.map(|table| Restore {
+                table: table.clone(),
+                leg: match direction {
+                    Direction::Inbound => RestoreLeg::Record,
+                    Direction::Outbound => RestoreLeg::Apply,
+                },
+                headers: t
+                    .restore
+                    .headers
+                    .iter()
+                    .filter_map(|h| HeaderPattern::parse(h))
+                    .collect(),
+                baggage: t.restore.baggage,
+            }),
             ids: Arc::new(RandomIds::default()),
         })
         .with_metrics(metrics.clone(), direction),
@@ -146,6 +164,22 @@ impl Snapshot {
         clients: &Clients,
     ) -> anyhow::Result<Snapshot> {
         let spec = &config.spec;
+        // One restoration table per snapshot, shared by the inbound leg (which records) and
+        // the outbound legs (which restore). A reload starts an empty table.
+        let restore = &spec.trace.restore;
+        let table = (spec.trace.enabled && restore.enabled).then(|| {
+            let m = metrics.clone();
+            Arc::new(
+                Table::new(restore::Limits {
+                    ttl: restore.ttl.get(),
+                    max_entries: restore.max_entries as usize,
+                    max_bytes: usize::try_from(restore.max_bytes.0).unwrap_or(usize::MAX),
+                    max_record_bytes: usize::try_from(restore.max_record_bytes.0)
+                        .unwrap_or(usize::MAX),
+                })
+                .on_evict(Arc::new(move |reason| m.restore_evicted(reason))),
+            )
+        });
         let mut listeners = HashMap::new();
         let mut stacks = HashMap::new();
         if let Some(inb) = &spec.inbound {
@@ -159,7 +193,7 @@ impl Snapshot {
             listeners.insert(inb.listen.0, Role::Inbound);
             stacks.insert(
                 Role::Inbound,
-                inbound::stack(&config, inb, Arc::new(app), metrics),
+                inbound::stack(&config, inb, Arc::new(app), metrics, table.as_ref()),
             );
         }
         for out in &spec.outbound {
@@ -175,9 +209,9 @@ impl Snapshot {
             )?;
             let role = Role::Outbound(Arc::from(out.upstream.as_str()));
             listeners.insert(out.listen.0, role.clone());
-            stacks
-                .entry(role)
-                .or_insert_with(|| outbound::stack(&config, Arc::new(target), metrics));
+            stacks.entry(role).or_insert_with(|| {
+                outbound::stack(&config, Arc::new(target), metrics, table.as_ref())
+            });
         }
         let limits = &spec.limits;
         let deadlines = Deadlines {

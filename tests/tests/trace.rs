@@ -177,3 +177,63 @@ async fn headers_and_baggage_map_into_each_other() {
     assert_eq!(h["x-plan"], "gold plus");
     assert_eq!(h["x-tenant-id"], "acme co");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoration_carries_context_the_app_did_not_forward() {
+    // Cases 27 and 29: the app forwards only traceparent; everything else still arrives.
+    let app = App::start("app").await;
+    let payments = App::start("payments").await;
+    let ports = Ports::new();
+    let extra = format!(
+        "  outbound: [ {{ listen: '127.0.0.1:{}', upstream: payments }} ]
+  upstreams: {{ payments: {{ endpoints: ['http://{}'] }} }}
+  trace:
+    restore: {{ headers: [x-request-id, x-tenant-id] }}
+",
+        ports.outbound, payments.addr
+    );
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, &extra));
+    let tp = format!("00-{T}-{P}-01");
+    let inbound = seen_by_app(
+        &a.url("/checkout"),
+        &[
+            ("traceparent", &tp),
+            ("x-tenant-id", "acme"),
+            ("tracestate", "rojo=1"),
+            ("baggage", "u=7,p=1"),
+        ],
+    )
+    .await;
+    let app_tp = inbound["traceparent"].as_str().unwrap().to_owned();
+    let (_, server_span, _) = split(&app_tp);
+
+    // The app's own call: only traceparent.
+    let url = format!("http://127.0.0.1:{}/charge", ports.outbound);
+    let up = seen_by_app(&url, &[("traceparent", &app_tp)]).await;
+    let (trace, client_span, flags) = split(up["traceparent"].as_str().unwrap());
+    assert_eq!((trace.as_str(), flags.as_str()), (T, "01"));
+    assert_ne!(client_span, server_span);
+    assert_eq!(
+        up["x-request-id"], inbound["x-request-id"],
+        "case 29: the same request id upstream"
+    );
+    assert_eq!(up["x-tenant-id"], "acme");
+    assert_eq!(up["tracestate"], "rojo=1");
+    assert_eq!(up["baggage"], "u=7,p=1");
+
+    // A call for another trace restores nothing.
+    let other = "00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01";
+    let up = seen_by_app(&url, &[("traceparent", other)]).await;
+    assert!(up.get("x-tenant-id").is_none());
+
+    let metrics = attache_tests::client::blocking_get(&a.admin_url("/metrics"))
+        .unwrap()
+        .1;
+    for line in [
+        "attache_trace_restore_total{result=\"hit\"} 1",
+        "attache_trace_restore_total{result=\"miss\"} 1",
+        "attache_trace_restore_entries 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+    }
+}

@@ -165,6 +165,18 @@ pub struct Metrics {
     trace_handles: Vec<Counter>,
     /// [tracestate invalid, tracestate over_limit, baggage invalid, baggage_member over_limit].
     dropped_handles: [Counter; 4],
+    pub trace_restore: Family<ResultLabels, Counter>,
+    /// [hit, miss, no_context]
+    restore_handles: [Counter; 3],
+    pub restore_entries: Gauge,
+    pub restore_bytes: Gauge,
+    pub restore_evictions: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `ttl`, `entries` or `bytes`.
+    pub reason: &'static str,
 }
 
 fn duration_histogram() -> Histogram {
@@ -262,7 +274,41 @@ impl Metrics {
             "Trace headers or members dropped, by what and reason (invalid, over_limit)",
             trace_dropped.clone(),
         );
+        let trace_restore = Family::<ResultLabels, Counter>::default();
+        let restore_handles = ["hit", "miss", "no_context"].map(|result| {
+            trace_restore
+                .get_or_create(&ResultLabels { result })
+                .clone()
+        });
+        let restore_entries = Gauge::default();
+        let restore_bytes = Gauge::default();
+        let restore_evictions = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "trace_restore",
+            "Outbound calls looked up in the restoration table, by result",
+            trace_restore.clone(),
+        );
+        registry.register(
+            "trace_restore_entries",
+            "Traces held in the restoration table",
+            restore_entries.clone(),
+        );
+        registry.register(
+            "trace_restore_bytes",
+            "Bytes held in the restoration table",
+            restore_bytes.clone(),
+        );
+        registry.register(
+            "trace_restore_evictions",
+            "Restoration entries evicted, by reason (ttl, entries, bytes)",
+            restore_evictions.clone(),
+        );
         Self {
+            trace_restore,
+            restore_handles,
+            restore_entries,
+            restore_bytes,
+            restore_evictions,
             trace_context,
             trace_dropped,
             trace_handles,
@@ -335,6 +381,31 @@ impl Metrics {
         if ctx.baggage_members_dropped > 0 {
             self.dropped_handles[3].inc_by(ctx.baggage_members_dropped as u64);
         }
+        use crate::trace_context::propagate::Restored;
+        match ctx.restored {
+            Some(Restored::Hit) => self.restore_handles[0].inc(),
+            Some(Restored::Miss) => self.restore_handles[1].inc(),
+            Some(Restored::NoContext) => self.restore_handles[2].inc(),
+            None => 0,
+        };
+    }
+
+    /// Sets the restoration table gauges.
+    pub fn restore_usage(&self, entries: usize, bytes: usize) {
+        self.restore_entries.set(entries as i64);
+        self.restore_bytes.set(bytes as i64);
+    }
+
+    pub fn restore_evicted(&self, reason: crate::trace_context::restore::Eviction) {
+        use crate::trace_context::restore::Eviction;
+        let reason = match reason {
+            Eviction::Ttl => "ttl",
+            Eviction::Entries => "entries",
+            Eviction::Bytes => "bytes",
+        };
+        self.restore_evictions
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn upstream_error(&self, direction: Direction, upstream: &str, kind: &'static str) {

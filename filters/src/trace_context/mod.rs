@@ -16,6 +16,7 @@ mod hex;
 pub mod ids;
 pub mod jaeger;
 pub mod propagate;
+pub mod restore;
 pub mod traceparent;
 pub mod tracestate;
 

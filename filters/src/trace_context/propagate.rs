@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use tower::{Layer, Service};
 
 use super::ids::IdGenerator;
+use super::restore::{Record, Table};
 use super::{
     Format, Outcome, SpanId, TraceFlags, TraceId, b3, baggage, jaeger, traceparent, tracestate,
 };
@@ -44,7 +45,60 @@ pub struct Settings {
     /// Baggage members copied into headers (`key`, `header`) when the header is absent;
     /// inbound only.
     pub from_baggage: Vec<(String, HeaderName)>,
+    /// Context restoration (§5): the inbound leg records, the outbound leg restores.
+    pub restore: Option<Restore>,
     pub ids: Arc<dyn IdGenerator>,
+}
+
+/// Context restoration on one leg.
+#[derive(Clone)]
+pub struct Restore {
+    pub table: Arc<Table>,
+    pub leg: RestoreLeg,
+    /// Headers recorded inbound: exact names, or prefixes written with a trailing `*`.
+    pub headers: Vec<HeaderPattern>,
+    /// Record and restore baggage.
+    pub baggage: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreLeg {
+    /// Inbound: record what was forwarded to the app.
+    Record,
+    /// Outbound: add back what the app's call lacks.
+    Apply,
+}
+
+/// A header name, or a prefix (`x-b3-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderPattern {
+    Exact(HeaderName),
+    Prefix(String),
+}
+
+impl HeaderPattern {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.strip_suffix('*') {
+            Some(prefix) => Some(Self::Prefix(prefix.to_ascii_lowercase())),
+            None => HeaderName::from_bytes(s.as_bytes()).ok().map(Self::Exact),
+        }
+    }
+
+    fn matches(&self, name: &HeaderName) -> bool {
+        match self {
+            Self::Exact(n) => n == name,
+            Self::Prefix(p) => name.as_str().starts_with(p.as_str()),
+        }
+    }
+}
+
+/// What restoration did on an outbound request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restored {
+    Hit,
+    Miss,
+    /// The app's call carried no trace context: nothing tells which inbound request caused it.
+    NoContext,
 }
 
 /// The trace decision for one request, on one leg.
@@ -71,6 +125,8 @@ pub struct TraceCtx {
     pub tracestate_members_dropped: usize,
     /// What each format held (see [`super::Extraction::outcomes`]).
     pub outcomes: [Option<Outcome>; 4],
+    /// Outbound with restoration on: what it found.
+    pub restored: Option<Restored>,
 }
 
 impl Settings {
@@ -126,6 +182,7 @@ impl Settings {
             baggage_members_dropped: 0,
             tracestate_members_dropped: 0,
             outcomes: ex.outcomes,
+            restored: None,
         };
         if ctx.format == Some(Format::TraceContext) {
             match tracestate::extract(headers, self.tracestate_max_len) {
@@ -153,6 +210,10 @@ impl Settings {
         if self.inject_baggage {
             self.map_context(headers, &mut ctx);
         }
+        let mut restored_formats = [false; 4];
+        if let Some(r) = self.restore.as_ref().filter(|r| r.leg == RestoreLeg::Apply) {
+            self.restore_into(r, headers, &mut ctx, &mut restored_formats);
+        }
 
         for format in Format::ALL {
             if self.extract.contains(&format) || self.inject.contains(&format) {
@@ -163,7 +224,10 @@ impl Settings {
             .into_iter()
             .filter(|f| self.mirror && ex.outcomes[*f as usize] == Some(Outcome::Valid));
         let mut written = [false; 4];
-        for format in self.inject.iter().copied().chain(arrived) {
+        let restored = Format::ALL
+            .into_iter()
+            .filter(|f| restored_formats[*f as usize]);
+        for format in self.inject.iter().copied().chain(arrived).chain(restored) {
             let slot = &mut written[format as usize];
             if !*slot {
                 *slot = true;
@@ -176,8 +240,150 @@ impl Settings {
         {
             headers.insert(name.clone(), v);
         }
+        if let Some(r) = self
+            .restore
+            .as_ref()
+            .filter(|r| r.leg == RestoreLeg::Record)
+        {
+            self.record(r, headers, &ctx);
+        }
         ctx
     }
+
+    /// Inbound: stores what is forwarded to the app under the trace id.
+    fn record(&self, r: &Restore, headers: &HeaderMap, ctx: &TraceCtx) {
+        let mut rec = Record {
+            tracestate: ctx.tracestate.clone(),
+            debug: ctx.debug,
+            ..Record::default()
+        };
+        for (name, value) in headers {
+            let plain = trace_format_of(name).is_none() && name != baggage::BAGGAGE;
+            if plain && r.headers.iter().any(|p| p.matches(name)) {
+                rec.headers.push((name.clone(), value.clone()));
+            }
+        }
+        // A listed trace header is never copied back: its format is recorded (when it arrived
+        // valid, even without `mirror`) and rewritten with the CLIENT span's ids.
+        for f in Format::ALL {
+            let listed = names(f).iter().any(|n| {
+                r.headers
+                    .iter()
+                    .any(|p| p.matches(&HeaderName::from_static(n)))
+            });
+            if listed && ctx.outcomes[f as usize] == Some(Outcome::Valid) {
+                rec.formats[f as usize] = true;
+            }
+        }
+        if self.mirror {
+            for f in Format::ALL {
+                rec.formats[f as usize] |= ctx.outcomes[f as usize] == Some(Outcome::Valid);
+            }
+        }
+        if r.baggage {
+            rec.baggage = headers.get_all(baggage::BAGGAGE).iter().cloned().collect();
+        }
+        r.table.insert(ctx.trace_id, rec);
+    }
+
+    /// Outbound: adds back what the app's call for a recorded trace lacks, never overriding
+    /// what the app set (even an empty header).
+    fn restore_into(
+        &self,
+        r: &Restore,
+        headers: &mut HeaderMap,
+        ctx: &mut TraceCtx,
+        formats: &mut [bool; 4],
+    ) {
+        if ctx.parent_id.is_none() {
+            ctx.restored = Some(Restored::NoContext);
+            return;
+        }
+        let Some(rec) = r.table.get(ctx.trace_id) else {
+            ctx.restored = Some(Restored::Miss);
+            return;
+        };
+        ctx.restored = Some(Restored::Hit);
+        let app_had: Vec<&HeaderName> = rec
+            .headers
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| headers.contains_key(*n))
+            .collect();
+        let missing: Vec<(HeaderName, HeaderValue)> = rec
+            .headers
+            .iter()
+            .filter(|(n, _)| !app_had.contains(&n))
+            .cloned()
+            .collect();
+        for (n, v) in missing {
+            headers.append(n, v);
+        }
+        if r.baggage && !rec.baggage.is_empty() {
+            self.restore_baggage(&rec.baggage, headers, ctx);
+        }
+        if ctx.tracestate.is_none() && !headers.contains_key(tracestate::TRACESTATE) {
+            ctx.tracestate = rec.tracestate.clone();
+        }
+        if rec.debug {
+            ctx.debug = true;
+            ctx.sampled = true;
+        }
+        *formats = rec.formats;
+    }
+
+    /// The app's baggage first; recorded members whose key it lacks after, within limits.
+    fn restore_baggage(
+        &self,
+        recorded: &[HeaderValue],
+        headers: &mut HeaderMap,
+        ctx: &mut TraceCtx,
+    ) {
+        if !headers.contains_key(baggage::BAGGAGE) {
+            for line in recorded {
+                headers.append(baggage::BAGGAGE, line.clone());
+            }
+            return;
+        }
+        let mut old = HeaderMap::new();
+        for line in recorded {
+            old.append(baggage::BAGGAGE, line.clone());
+        }
+        let mut line: Vec<String> = baggage::members(headers)
+            .flatten()
+            .map(|m| m.raw.to_owned())
+            .collect();
+        let keys: Vec<String> = baggage::members(headers)
+            .flatten()
+            .map(|m| m.key.to_owned())
+            .collect();
+        let before = line.len();
+        let mut bytes = line.iter().map(String::len).sum::<usize>() + line.len().saturating_sub(1);
+        for m in baggage::members(&old).flatten() {
+            if keys.iter().any(|k| k == m.key) {
+                continue;
+            }
+            let grow = m.raw.len() + usize::from(!line.is_empty());
+            if line.len() < self.baggage.max_members && bytes + grow <= self.baggage.max_bytes {
+                bytes += grow;
+                line.push(m.raw.to_owned());
+            } else {
+                ctx.baggage_members_dropped += 1;
+            }
+        }
+        if line.len() > before
+            && let Ok(v) = HeaderValue::from_str(&line.join(","))
+        {
+            headers.insert(baggage::BAGGAGE, v);
+        }
+    }
+}
+
+/// The trace format a header belongs to, if it is a trace header.
+fn trace_format_of(name: &HeaderName) -> Option<Format> {
+    Format::ALL
+        .into_iter()
+        .find(|f| names(*f).contains(&name.as_str()))
 }
 
 impl Settings {
@@ -297,8 +503,9 @@ fn percent_decode(value: &[u8]) -> Vec<u8> {
     out
 }
 
-fn remove(headers: &mut HeaderMap, format: Format) {
-    let names: &[&str] = match format {
+/// The headers of a trace format.
+fn names(format: Format) -> &'static [&'static str] {
+    match format {
         Format::TraceContext => &[traceparent::TRACEPARENT, tracestate::TRACESTATE],
         Format::B3 => &[b3::B3],
         Format::B3Multi => &[
@@ -309,8 +516,11 @@ fn remove(headers: &mut HeaderMap, format: Format) {
             b3::FLAGS,
         ],
         Format::Jaeger => &[jaeger::UBER_TRACE_ID],
-    };
-    for name in names {
+    }
+}
+
+fn remove(headers: &mut HeaderMap, format: Format) {
+    for name in names(format) {
         headers.remove(*name);
     }
 }
@@ -407,6 +617,12 @@ where
         let ctx = self.settings.apply(req.headers_mut());
         if let Some((metrics, direction)) = &self.metrics {
             metrics.record_trace(*direction, &ctx);
+            if let Some(r) = &self.settings.restore
+                && r.leg == RestoreLeg::Record
+            {
+                let (entries, bytes) = r.table.usage();
+                metrics.restore_usage(entries, bytes);
+            }
         }
         req.extensions_mut().insert(ctx);
         self.inner.call(req)

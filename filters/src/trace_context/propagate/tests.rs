@@ -18,6 +18,7 @@ fn settings(ratio: f64) -> Settings {
         ratio,
         to_baggage: vec![(HeaderName::from_static("x-tenant-id"), "tenant".into())],
         from_baggage: vec![("tenant".into(), HeaderName::from_static("x-tenant-id"))],
+        restore: None,
         ids: Arc::new(SeededIds::new(42)),
     }
 }
@@ -300,4 +301,136 @@ fn members_attache_would_add_past_the_limits_are_counted_not_added() {
     let ctx = settings(1.0).apply(&mut h);
     assert_eq!(ctx.baggage_members_dropped, 1);
     assert_eq!(all(&h, "baggage"), [line]);
+}
+
+mod restoration {
+    use super::*;
+    use crate::trace_context::restore::{Limits, Table};
+    use std::time::Duration;
+
+    fn legs(patterns: &[&str], mirror: bool) -> (Settings, Settings) {
+        let table = Arc::new(Table::new(Limits {
+            ttl: Duration::from_secs(120),
+            max_entries: 100,
+            max_bytes: 1 << 20,
+            max_record_bytes: 16 * 1024,
+        }));
+        let restore = |leg| Restore {
+            table: table.clone(),
+            leg,
+            headers: patterns
+                .iter()
+                .filter_map(|p| HeaderPattern::parse(p))
+                .collect(),
+            baggage: true,
+        };
+        let mut inbound = settings(1.0);
+        inbound.to_baggage = Vec::new();
+        inbound.from_baggage = Vec::new();
+        inbound.mirror = mirror;
+        inbound.restore = Some(restore(RestoreLeg::Record));
+        let mut outbound = settings(1.0);
+        outbound.request_id = None;
+        outbound.to_baggage = Vec::new();
+        outbound.from_baggage = Vec::new();
+        outbound.restore = Some(restore(RestoreLeg::Apply));
+        (inbound, outbound)
+    }
+
+    #[test]
+    fn case_27_the_app_forwards_only_traceparent_and_everything_arrives() {
+        let (inbound, outbound) = legs(&["x-request-id", "x-tenant-id"], true);
+        let mut h = headers(&[
+            ("traceparent", &format!("00-{T}-{P}-01")),
+            ("x-request-id", "req-1"),
+            ("x-tenant-id", "a"),
+            ("tracestate", "rojo=1"),
+            ("baggage", "u=7,p=1"),
+        ]);
+        let server = inbound.apply(&mut h);
+        let app_tp = all(&h, "traceparent").remove(0);
+
+        let mut call = headers(&[("traceparent", &app_tp)]);
+        let client = outbound.apply(&mut call);
+        assert_eq!(client.restored, Some(Restored::Hit));
+        assert_eq!(
+            client.parent_id,
+            Some(server.span_id),
+            "the CLIENT span is a child of the SERVER span"
+        );
+        assert_eq!(
+            all(&call, "traceparent"),
+            [format!("00-{T}-{}-01", client.span_id)]
+        );
+        assert_eq!(all(&call, "x-request-id"), ["req-1"]);
+        assert_eq!(all(&call, "x-tenant-id"), ["a"]);
+        assert_eq!(all(&call, "tracestate"), ["rojo=1"]);
+        assert_eq!(all(&call, "baggage"), ["u=7,p=1"]);
+    }
+
+    #[test]
+    fn case_28_what_the_app_sets_wins() {
+        let (inbound, outbound) = legs(&["x-tenant-id"], true);
+        let mut h = headers(&[
+            ("traceparent", &format!("00-{T}-{P}-01")),
+            ("x-tenant-id", "a"),
+            ("baggage", "u=7,p=1"),
+        ]);
+        inbound.apply(&mut h);
+        let app_tp = all(&h, "traceparent").remove(0);
+        let mut call = headers(&[
+            ("traceparent", &app_tp),
+            ("x-tenant-id", "b"),
+            ("baggage", "u=8"),
+        ]);
+        outbound.apply(&mut call);
+        assert_eq!(all(&call, "x-tenant-id"), ["b"]);
+        assert_eq!(all(&call, "baggage"), ["u=8,p=1"]);
+        // Even an empty header the app set is kept.
+        let mut call = headers(&[("traceparent", &app_tp), ("x-tenant-id", "")]);
+        outbound.apply(&mut call);
+        assert_eq!(all(&call, "x-tenant-id"), [""]);
+    }
+
+    #[test]
+    fn case_30_a_b3_caller_gets_b3_on_the_way_out() {
+        for (patterns, mirror) in [(&[][..], true), (&["x-b3-*"][..], false)] {
+            let (inbound, outbound) = legs(patterns, mirror);
+            let mut h = headers(&[
+                ("x-b3-traceid", T),
+                ("x-b3-spanid", P),
+                ("x-b3-sampled", "1"),
+            ]);
+            inbound.apply(&mut h);
+            let app_tp = all(&h, "traceparent").remove(0);
+            let mut call = headers(&[("traceparent", &app_tp)]);
+            let client = outbound.apply(&mut call);
+            assert_eq!(
+                all(&call, "x-b3-spanid"),
+                [client.span_id.to_string()],
+                "mirror {mirror}"
+            );
+            assert_eq!(all(&call, "x-b3-traceid"), [T]);
+        }
+    }
+
+    #[test]
+    fn case_32_without_context_nothing_is_restored() {
+        let (inbound, outbound) = legs(&["x-request-id"], true);
+        let mut h = headers(&[
+            ("traceparent", &format!("00-{T}-{P}-01")),
+            ("x-request-id", "r"),
+        ]);
+        inbound.apply(&mut h);
+        let mut call = HeaderMap::new();
+        let client = outbound.apply(&mut call);
+        assert_eq!(client.restored, Some(Restored::NoContext));
+        assert_eq!(client.parent_id, None, "a new root");
+        assert!(all(&call, "x-request-id").is_empty());
+        let mut other = headers(&[(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01",
+        )]);
+        assert_eq!(outbound.apply(&mut other).restored, Some(Restored::Miss));
+    }
 }
