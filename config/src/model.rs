@@ -314,7 +314,9 @@ pub struct Restore {
     /// Restore baggage members the app's call lacks.
     #[serde(default = "yes")]
     pub baggage: bool,
-    /// For outbound calls without a trace header: `none` (a new trace, nothing restored).
+    /// For outbound calls without a trace header: `none` (a new trace, nothing restored) or
+    /// `single_in_flight` (for apps serving one request at a time: attributed to the inbound
+    /// request in flight when there is exactly one).
     #[serde(default)]
     pub correlation: Correlation,
     #[serde(default = "default_restore_ttl")]
@@ -363,7 +365,7 @@ fn default_restore_record() -> ByteSize {
 pub enum Correlation {
     #[default]
     None,
-    /// Parent the call to the one inbound request in flight (not available yet).
+    /// Parent the call to the one inbound request in flight, if exactly one is.
     SingleInFlight,
 }
 

@@ -326,7 +326,6 @@ spec:
         errors(text),
         [
             "spec.trace.restore.headers[2]: `bad header` is not a header name (or a prefix ending in `*`) at line 7, column 41",
-            "spec.trace.restore.correlation: `single_in_flight` is not available in this version of attache yet; use `none` at line 8, column 20",
         ]
     );
 }

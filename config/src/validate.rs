@@ -162,12 +162,6 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         }
     }
     let restore = &trace.restore;
-    if restore.correlation == crate::model::Correlation::SingleInFlight {
-        errors.push(ConfigError::new(
-            "spec.trace.restore.correlation",
-            "`single_in_flight` is not available in this version of attache yet; use `none`",
-        ));
-    }
     for (i, h) in restore.headers.iter().enumerate() {
         if !header_ok(h.strip_suffix('*').unwrap_or(h)) {
             errors.push(ConfigError::new(

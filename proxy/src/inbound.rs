@@ -21,16 +21,14 @@ use tower::util::BoxCloneSyncService;
 
 use crate::forward::{Forward, Leg, Target};
 use crate::limits::LimitsLayer;
-use attache_filters::trace_context::restore::Table;
-
-use crate::snapshot::Stack;
+use crate::snapshot::{Restoration, Stack};
 
 pub fn stack(
     config: &Config,
     inbound: &Inbound,
     app: Arc<Target>,
     metrics: &Arc<Metrics>,
-    table: Option<&Arc<Table>>,
+    restoration: Option<&Restoration>,
 ) -> Stack {
     let leg = Leg {
         direction: Direction::Inbound,
@@ -45,7 +43,7 @@ pub fn stack(
             config,
             Direction::Inbound,
             metrics,
-            table,
+            restoration,
         ))
         .service(Forward::new(app, metrics.clone(), leg));
     BoxCloneSyncService::new(svc)

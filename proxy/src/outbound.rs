@@ -21,15 +21,13 @@ use tower::util::BoxCloneSyncService;
 
 use crate::forward::{Forward, Leg, Target};
 use crate::limits::LimitsLayer;
-use attache_filters::trace_context::restore::Table;
-
-use crate::snapshot::Stack;
+use crate::snapshot::{Restoration, Stack};
 
 pub fn stack(
     config: &Config,
     upstream: Arc<Target>,
     metrics: &Arc<Metrics>,
-    table: Option<&Arc<Table>>,
+    restoration: Option<&Restoration>,
 ) -> Stack {
     let leg = Leg {
         direction: Direction::Outbound,
@@ -44,7 +42,7 @@ pub fn stack(
             config,
             Direction::Outbound,
             metrics,
-            table,
+            restoration,
         ))
         .service(Forward::new(upstream, metrics.clone(), leg));
     BoxCloneSyncService::new(svc)

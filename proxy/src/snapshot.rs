@@ -8,14 +8,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attache_config::{Config, InjectFormat, Pool, TraceFormat};
+use attache_config::{Config, Correlation, InjectFormat, Pool, TraceFormat};
 use attache_filters::Body;
 use attache_filters::telemetry::{Direction, Metrics};
 use attache_filters::trace_context::ids::RandomIds;
 use attache_filters::trace_context::propagate::{
     HeaderPattern, PropagationLayer, Restore, RestoreLeg, Settings,
 };
-use attache_filters::trace_context::restore::{self, Table};
+use attache_filters::trace_context::restore::{self, InFlight, Table};
 use attache_filters::trace_context::{Format, baggage};
 use http::HeaderName;
 use http::{Request, Response};
@@ -73,12 +73,18 @@ impl Clients {
     }
 }
 
+/// The restoration state both legs of a snapshot share.
+pub struct Restoration {
+    pub table: Arc<Table>,
+    pub in_flight: Option<Arc<InFlight>>,
+}
+
 /// The trace-context settings of one leg, or `None` when `spec.trace.enabled` is false.
 pub fn propagation(
     config: &Config,
     direction: Direction,
     metrics: &Arc<Metrics>,
-    table: Option<&Arc<Table>>,
+    restoration: Option<&Restoration>,
 ) -> Option<PropagationLayer> {
     let t = &config.spec.trace;
     if !t.enabled {
@@ -137,8 +143,9 @@ pub fn propagation(
             ratio: t.sampling.ratio,
             to_baggage,
             from_baggage,
-            restore: table.map(|table| Restore {
-                table: table.clone(),
+            restore: restoration.map(|r| Restore {
+                table: r.table.clone(),
+                single_in_flight: r.in_flight.clone(),
                 leg: match direction {
                     Direction::Inbound => RestoreLeg::Record,
                     Direction::Outbound => RestoreLeg::Apply,
@@ -167,9 +174,9 @@ impl Snapshot {
         // One restoration table per snapshot, shared by the inbound leg (which records) and
         // the outbound legs (which restore). A reload starts an empty table.
         let restore = &spec.trace.restore;
-        let table = (spec.trace.enabled && restore.enabled).then(|| {
+        let restoration = (spec.trace.enabled && restore.enabled).then(|| {
             let m = metrics.clone();
-            Arc::new(
+            let table = Arc::new(
                 Table::new(restore::Limits {
                     ttl: restore.ttl.get(),
                     max_entries: restore.max_entries as usize,
@@ -178,7 +185,10 @@ impl Snapshot {
                         .unwrap_or(usize::MAX),
                 })
                 .on_evict(Arc::new(move |reason| m.restore_evicted(reason))),
-            )
+            );
+            let in_flight = (restore.correlation == Correlation::SingleInFlight)
+                .then(|| Arc::new(InFlight::default()));
+            Restoration { table, in_flight }
         });
         let mut listeners = HashMap::new();
         let mut stacks = HashMap::new();
@@ -193,7 +203,7 @@ impl Snapshot {
             listeners.insert(inb.listen.0, Role::Inbound);
             stacks.insert(
                 Role::Inbound,
-                inbound::stack(&config, inb, Arc::new(app), metrics, table.as_ref()),
+                inbound::stack(&config, inb, Arc::new(app), metrics, restoration.as_ref()),
             );
         }
         for out in &spec.outbound {
@@ -210,7 +220,7 @@ impl Snapshot {
             let role = Role::Outbound(Arc::from(out.upstream.as_str()));
             listeners.insert(out.listen.0, role.clone());
             stacks.entry(role).or_insert_with(|| {
-                outbound::stack(&config, Arc::new(target), metrics, table.as_ref())
+                outbound::stack(&config, Arc::new(target), metrics, restoration.as_ref())
             });
         }
         let limits = &spec.limits;

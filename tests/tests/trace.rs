@@ -237,3 +237,66 @@ async fn restoration_carries_context_the_app_did_not_forward() {
         assert!(metrics.contains(line), "missing {line}:\n{metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_in_flight_attributes_calls_that_carry_no_context() {
+    // Case 33: an app that forwards nothing and serves one request at a time.
+    let app = App::start("app").await;
+    let payments = App::start("payments").await;
+    let ports = Ports::new();
+    let extra = format!(
+        "  outbound: [ {{ listen: '127.0.0.1:{}', upstream: payments }} ]
+  upstreams: {{ payments: {{ endpoints: ['http://{}'] }} }}
+  trace:
+    restore: {{ correlation: single_in_flight }}
+",
+        ports.outbound, payments.addr
+    );
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, &extra));
+    let out = format!("http://127.0.0.1:{}/charge", ports.outbound);
+    let slow = |rid: &'static str| {
+        let url = a.url("/slow/1500");
+        let tp = format!("00-{T}-{P}-01");
+        tokio::spawn(async move {
+            let req = Request::get(url)
+                .header("traceparent", tp)
+                .header("x-request-id", rid)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            send(&http1(), req).await
+        })
+    };
+
+    let first = slow("r-1");
+    assert!(attache_tests::eventually(5, async || app.hits() == 1).await);
+    let up = seen_by_app(&out, &[]).await;
+    let (trace, _, flags) = split(up["traceparent"].as_str().unwrap());
+    assert_eq!(
+        (trace.as_str(), flags.as_str()),
+        (T, "01"),
+        "joined the inbound trace"
+    );
+    assert_eq!(up["x-request-id"], "r-1", "and restored its context");
+
+    let second = slow("r-2");
+    assert!(attache_tests::eventually(5, async || app.hits() == 2).await);
+    let up = seen_by_app(&out, &[]).await;
+    assert_ne!(
+        split(up["traceparent"].as_str().unwrap()).0,
+        T,
+        "two in flight: a new root"
+    );
+    assert!(up.get("x-request-id").is_none());
+    assert_eq!(within(10, first).await.unwrap().unwrap().status, 200);
+    assert_eq!(within(10, second).await.unwrap().unwrap().status, 200);
+
+    let metrics = attache_tests::client::blocking_get(&a.admin_url("/metrics"))
+        .unwrap()
+        .1;
+    for line in [
+        "attache_trace_restore_total{result=\"single_in_flight\"} 1",
+        "attache_trace_restore_total{result=\"ambiguous\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+    }
+}

@@ -166,8 +166,8 @@ pub struct Metrics {
     /// [tracestate invalid, tracestate over_limit, baggage invalid, baggage_member over_limit].
     dropped_handles: [Counter; 4],
     pub trace_restore: Family<ResultLabels, Counter>,
-    /// [hit, miss, no_context]
-    restore_handles: [Counter; 3],
+    /// [hit, miss, no_context, single_in_flight, ambiguous]
+    restore_handles: [Counter; 5],
     pub restore_entries: Gauge,
     pub restore_bytes: Gauge,
     pub restore_evictions: Family<ReasonLabels, Counter>,
@@ -275,11 +275,12 @@ impl Metrics {
             trace_dropped.clone(),
         );
         let trace_restore = Family::<ResultLabels, Counter>::default();
-        let restore_handles = ["hit", "miss", "no_context"].map(|result| {
-            trace_restore
-                .get_or_create(&ResultLabels { result })
-                .clone()
-        });
+        let restore_handles =
+            ["hit", "miss", "no_context", "single_in_flight", "ambiguous"].map(|result| {
+                trace_restore
+                    .get_or_create(&ResultLabels { result })
+                    .clone()
+            });
         let restore_entries = Gauge::default();
         let restore_bytes = Gauge::default();
         let restore_evictions = Family::<ReasonLabels, Counter>::default();
@@ -386,6 +387,8 @@ impl Metrics {
             Some(Restored::Hit) => self.restore_handles[0].inc(),
             Some(Restored::Miss) => self.restore_handles[1].inc(),
             Some(Restored::NoContext) => self.restore_handles[2].inc(),
+            Some(Restored::SingleInFlight) => self.restore_handles[3].inc(),
+            Some(Restored::Ambiguous) => self.restore_handles[4].inc(),
             None => 0,
         };
     }

@@ -12,14 +12,17 @@
 //!
 //! The decision is left in the request's extensions as a [`TraceCtx`] for the layers below.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
+
+use pin_project_lite::pin_project;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use tower::{Layer, Service};
 
 use super::ids::IdGenerator;
-use super::restore::{Record, Table};
+use super::restore::{Active, InFlight, InFlightGuard, Record, Table};
 use super::{
     Format, Outcome, SpanId, TraceFlags, TraceId, b3, baggage, jaeger, traceparent, tracestate,
 };
@@ -59,6 +62,9 @@ pub struct Restore {
     pub headers: Vec<HeaderPattern>,
     /// Record and restore baggage.
     pub baggage: bool,
+    /// With `correlation: single_in_flight`: the inbound requests in flight (shared by both
+    /// legs). The inbound leg registers; the outbound leg attributes context-less calls.
+    pub single_in_flight: Option<Arc<InFlight>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +105,10 @@ pub enum Restored {
     Miss,
     /// The app's call carried no trace context: nothing tells which inbound request caused it.
     NoContext,
+    /// No context, but exactly one inbound request was in flight: attributed to it.
+    SingleInFlight,
+    /// No context and zero or several inbound requests in flight: a new trace.
+    Ambiguous,
 }
 
 /// The trace decision for one request, on one leg.
@@ -296,14 +306,36 @@ impl Settings {
         formats: &mut [bool; 4],
     ) {
         if ctx.parent_id.is_none() {
-            ctx.restored = Some(Restored::NoContext);
-            return;
+            let Some(in_flight) = &r.single_in_flight else {
+                ctx.restored = Some(Restored::NoContext);
+                return;
+            };
+            match in_flight.single() {
+                Ok(active) => {
+                    // The one inbound request in flight is the cause: continue its trace
+                    // under its SERVER span, as if the app had forwarded its context.
+                    ctx.trace_id = active.trace_id;
+                    ctx.parent_id = Some(active.span_id);
+                    ctx.sampled = active.sampled;
+                    ctx.random = active.random;
+                    ctx.debug = active.debug;
+                    ctx.restored = Some(Restored::SingleInFlight);
+                }
+                Err(_) => {
+                    ctx.restored = Some(Restored::Ambiguous);
+                    return;
+                }
+            }
         }
         let Some(rec) = r.table.get(ctx.trace_id) else {
-            ctx.restored = Some(Restored::Miss);
+            if ctx.restored.is_none() {
+                ctx.restored = Some(Restored::Miss);
+            }
             return;
         };
-        ctx.restored = Some(Restored::Hit);
+        if ctx.restored.is_none() {
+            ctx.restored = Some(Restored::Hit);
+        }
         let app_had: Vec<&HeaderName> = rec
             .headers
             .iter()
@@ -607,13 +639,13 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = PropagationFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> S::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let ctx = self.settings.apply(req.headers_mut());
         if let Some((metrics, direction)) = &self.metrics {
             metrics.record_trace(*direction, &ctx);
@@ -624,8 +656,48 @@ where
                 metrics.restore_usage(entries, bytes);
             }
         }
+        // An inbound request is in flight until its response head is ready (or it is
+        // dropped): the window in which the app makes the calls it causes.
+        let guard = self
+            .settings
+            .restore
+            .as_ref()
+            .filter(|r| r.leg == RestoreLeg::Record)
+            .and_then(|r| r.single_in_flight.as_ref())
+            .map(|set| {
+                set.enter(Active {
+                    trace_id: ctx.trace_id,
+                    span_id: ctx.span_id,
+                    sampled: ctx.sampled,
+                    random: ctx.random,
+                    debug: ctx.debug,
+                })
+            });
         req.extensions_mut().insert(ctx);
-        self.inner.call(req)
+        PropagationFuture {
+            inner: self.inner.call(req),
+            guard,
+        }
+    }
+}
+
+pin_project! {
+    /// The inner future, holding the request's in-flight registration until it completes.
+    pub struct PropagationFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InFlightGuard>,
+    }
+}
+
+impl<F: Future> Future for PropagationFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        this.guard.take();
+        Poll::Ready(out)
     }
 }
 

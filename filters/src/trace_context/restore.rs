@@ -250,6 +250,61 @@ fn compact(shard: &mut Shard) {
     }
 }
 
+/// The inbound requests in flight, for `correlation: single_in_flight`: an outbound call
+/// without context is attributed to the inbound request only when exactly one is in flight.
+#[derive(Default)]
+pub struct InFlight {
+    requests: Mutex<Vec<(u64, Active)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// What an outbound call attributed to an inbound request inherits from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Active {
+    pub trace_id: TraceId,
+    /// The inbound request's SERVER span: the parent of the attributed call.
+    pub span_id: super::SpanId,
+    pub sampled: bool,
+    pub random: bool,
+    pub debug: bool,
+}
+
+/// Removes its request from [`InFlight`] when dropped.
+pub struct InFlightGuard {
+    set: Arc<InFlight>,
+    id: u64,
+}
+
+impl InFlight {
+    pub fn enter(self: &Arc<Self>, active: Active) -> InFlightGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, active));
+        InFlightGuard {
+            set: self.clone(),
+            id,
+        }
+    }
+
+    /// The one inbound request in flight; `Err(n)` with how many there are otherwise.
+    pub fn single(&self) -> Result<Active, usize> {
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        match requests.as_slice() {
+            [(_, active)] => Ok(*active),
+            other => Err(other.len()),
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut requests = self.set.requests.lock().unwrap_or_else(|p| p.into_inner());
+        requests.retain(|(id, _)| *id != self.id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

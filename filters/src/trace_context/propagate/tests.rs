@@ -323,6 +323,7 @@ mod restoration {
                 .filter_map(|p| HeaderPattern::parse(p))
                 .collect(),
             baggage: true,
+            single_in_flight: None,
         };
         let mut inbound = settings(1.0);
         inbound.to_baggage = Vec::new();
@@ -432,5 +433,57 @@ mod restoration {
             "00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01",
         )]);
         assert_eq!(outbound.apply(&mut other).restored, Some(Restored::Miss));
+    }
+
+    #[test]
+    fn case_33_single_in_flight_attributes_calls_without_context() {
+        let (mut inbound, mut outbound) = legs(&["x-request-id"], true);
+        let set = Arc::new(crate::trace_context::restore::InFlight::default());
+        for leg in [&mut inbound, &mut outbound] {
+            leg.restore.as_mut().unwrap().single_in_flight = Some(set.clone());
+        }
+        let mut h = headers(&[
+            ("traceparent", &format!("00-{T}-{P}-01")),
+            ("x-request-id", "r1"),
+        ]);
+        let server = inbound.apply(&mut h);
+
+        // One inbound request in flight: the call joins its trace under the SERVER span.
+        let active = |t, s| crate::trace_context::restore::Active {
+            trace_id: t,
+            span_id: s,
+            sampled: true,
+            random: false,
+            debug: false,
+        };
+        let guard = set.enter(active(server.trace_id, server.span_id));
+        let mut call = HeaderMap::new();
+        let client = outbound.apply(&mut call);
+        assert_eq!(client.restored, Some(Restored::SingleInFlight));
+        assert_eq!(
+            (client.trace_id, client.parent_id),
+            (server.trace_id, Some(server.span_id))
+        );
+        assert_eq!(all(&call, "x-request-id"), ["r1"]);
+        assert_eq!(
+            all(&call, "traceparent"),
+            [format!("00-{T}-{}-01", client.span_id)]
+        );
+
+        // Two in flight, or none: a new root, counted as ambiguous.
+        let second = set.enter(active(TraceId(7), SpanId(7)));
+        let mut call = HeaderMap::new();
+        let client = outbound.apply(&mut call);
+        assert_eq!(
+            (client.restored, client.parent_id),
+            (Some(Restored::Ambiguous), None)
+        );
+        drop((guard, second));
+        let mut call = HeaderMap::new();
+        assert_eq!(
+            outbound.apply(&mut call).restored,
+            Some(Restored::Ambiguous)
+        );
+        assert!(all(&call, "x-request-id").is_empty());
     }
 }
