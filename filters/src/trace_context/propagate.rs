@@ -423,9 +423,14 @@ impl Settings {
     /// Existing members and headers always win; baggage is rewritten (as one line: kept
     /// members unchanged and in order, attache's after) only when a member is added.
     fn map_context(&self, headers: &mut HeaderMap, ctx: &mut TraceCtx) {
-        let jaeger_in = self.extract.contains(&Format::Jaeger);
-        let jaeger_out = self.inject.contains(&Format::Jaeger);
-        if self.to_baggage.is_empty() && self.from_baggage.is_empty() && !jaeger_in && !jaeger_out {
+        // Most requests need none of this: decide without allocating.
+        let jaeger_in = self.extract.contains(&Format::Jaeger)
+            && headers.keys().any(|n| n.as_str().starts_with(UBERCTX));
+        let jaeger_out =
+            self.inject.contains(&Format::Jaeger) && headers.contains_key(baggage::BAGGAGE);
+        let from = !self.from_baggage.is_empty() && headers.contains_key(baggage::BAGGAGE);
+        let to = self.to_baggage.iter().any(|(h, _)| headers.contains_key(h));
+        if !(jaeger_in || jaeger_out || from || to) {
             return;
         }
         // Baggage is valid here: invalid baggage was removed above.
