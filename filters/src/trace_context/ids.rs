@@ -30,15 +30,17 @@ pub trait IdGenerator: Send + Sync + 'static {
         }
     }
 
-    /// A lowercase UUID v4, as `x-request-id` carries it.
-    fn request_id(&self) -> String {
+    /// A lowercase UUID v4, as `x-request-id` carries it: one allocation (the value's bytes).
+    fn request_id(&self) -> http::HeaderValue {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&self.next_u64().to_le_bytes());
         bytes[8..].copy_from_slice(&self.next_u64().to_le_bytes());
-        uuid::Builder::from_random_bytes(bytes)
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = uuid::Builder::from_random_bytes(bytes)
             .into_uuid()
             .hyphenated()
-            .to_string()
+            .encode_lower(&mut buf);
+        http::HeaderValue::from_str(text).unwrap_or_else(|_| http::HeaderValue::from_static(""))
     }
 }
 
@@ -97,7 +99,7 @@ mod tests {
         let a = (g.trace_id(), g.span_id());
         let b = (g.trace_id(), g.span_id());
         assert_ne!(a, b);
-        let r = g.request_id();
+        let r = g.request_id().to_str().unwrap().to_owned();
         assert_eq!(r.len(), 36);
         assert_eq!(&r[14..15], "4", "version 4: {r}");
         assert!(

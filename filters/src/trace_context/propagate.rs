@@ -207,7 +207,7 @@ impl Settings {
             match baggage::extract(headers, self.baggage) {
                 Ok(baggage::Baggage::Absent | baggage::Baggage::Unchanged) => {}
                 Ok(baggage::Baggage::Trimmed { value, dropped }) => {
-                    headers.insert(baggage::BAGGAGE, value);
+                    headers.insert(BAGGAGE, value);
                     ctx.baggage_members_dropped = dropped;
                 }
                 Err(baggage::Invalid) => {
@@ -246,9 +246,8 @@ impl Settings {
         }
         if let Some(name) = &self.request_id
             && !headers.contains_key(name)
-            && let Ok(v) = HeaderValue::from_str(&self.ids.request_id())
         {
-            headers.insert(name.clone(), v);
+            headers.insert(name.clone(), self.ids.request_id());
         }
         if let Some(r) = self
             .restore
@@ -373,13 +372,13 @@ impl Settings {
     ) {
         if !headers.contains_key(baggage::BAGGAGE) {
             for line in recorded {
-                headers.append(baggage::BAGGAGE, line.clone());
+                headers.append(BAGGAGE, line.clone());
             }
             return;
         }
         let mut old = HeaderMap::new();
         for line in recorded {
-            old.append(baggage::BAGGAGE, line.clone());
+            old.append(BAGGAGE, line.clone());
         }
         let mut line: Vec<String> = baggage::members(headers)
             .flatten()
@@ -406,7 +405,7 @@ impl Settings {
         if line.len() > before
             && let Ok(v) = HeaderValue::from_str(&line.join(","))
         {
-            headers.insert(baggage::BAGGAGE, v);
+            headers.insert(BAGGAGE, v);
         }
     }
 }
@@ -475,7 +474,7 @@ impl Settings {
                 }
             }
             if let Ok(v) = HeaderValue::from_str(&line.join(",")) {
-                headers.insert(baggage::BAGGAGE, v);
+                headers.insert(BAGGAGE, v);
             }
         }
         for (key, header) in &self.from_baggage {
@@ -562,6 +561,13 @@ fn remove(headers: &mut HeaderMap, format: Format) {
     }
 }
 
+// Names attache writes, as constants: inserting with a `&str` key would copy the name.
+const TRACEPARENT: HeaderName = HeaderName::from_static(traceparent::TRACEPARENT);
+const TRACESTATE: HeaderName = HeaderName::from_static(tracestate::TRACESTATE);
+const B3: HeaderName = HeaderName::from_static(b3::B3);
+const UBER_TRACE_ID: HeaderName = HeaderName::from_static(jaeger::UBER_TRACE_ID);
+const BAGGAGE: HeaderName = HeaderName::from_static(baggage::BAGGAGE);
+
 fn write(headers: &mut HeaderMap, format: Format, ctx: &TraceCtx) {
     match format {
         Format::TraceContext => {
@@ -569,16 +575,16 @@ fn write(headers: &mut HeaderMap, format: Format, ctx: &TraceCtx) {
                 .with_sampled(ctx.sampled)
                 .with_random(ctx.random);
             headers.insert(
-                traceparent::TRACEPARENT,
+                TRACEPARENT,
                 traceparent::write(ctx.trace_id, ctx.span_id, flags),
             );
             if let Some(ts) = &ctx.tracestate {
-                headers.insert(tracestate::TRACESTATE, ts.clone());
+                headers.insert(TRACESTATE, ts.clone());
             }
         }
         Format::B3 => {
             headers.insert(
-                b3::B3,
+                B3,
                 b3::write_single(ctx.trace_id, ctx.span_id, ctx.sampled, ctx.debug),
             );
         }
@@ -587,7 +593,7 @@ fn write(headers: &mut HeaderMap, format: Format, ctx: &TraceCtx) {
         }
         Format::Jaeger => {
             headers.insert(
-                jaeger::UBER_TRACE_ID,
+                UBER_TRACE_ID,
                 jaeger::write(ctx.trace_id, ctx.span_id, ctx.sampled, ctx.debug),
             );
         }
