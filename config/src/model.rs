@@ -107,6 +107,21 @@ pub struct Inbound {
     /// Timeouts for calls to the app; unset fields use `spec.timeouts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutsOverride>,
+    /// Trace formats for this listener; unset fields use `spec.trace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceOverride>,
+}
+
+/// Per-listener trace formats.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TraceOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extract: Option<Vec<TraceFormat>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject: Option<Vec<InjectFormat>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<bool>,
 }
 
 impl Inbound {
@@ -117,6 +132,7 @@ impl Inbound {
             app,
             forwarded_headers: ForwardedHeaders::default(),
             timeouts: None,
+            trace: None,
         }
     }
 }
@@ -145,6 +161,10 @@ pub struct Outbound {
     pub listen: ListenAddr,
     /// The name of an entry in `spec.upstreams`.
     pub upstream: String,
+    /// Trace formats for calls through this listener (say `inject: [tracecontext, b3]` for a
+    /// B3-only upstream); unset fields use `spec.trace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceOverride>,
 }
 
 /// A named upstream service.

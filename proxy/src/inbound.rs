@@ -42,6 +42,7 @@ pub fn stack(
         .option_layer(crate::snapshot::propagation(
             config,
             Direction::Inbound,
+            inbound.trace.as_ref(),
             metrics,
             restoration,
         ))

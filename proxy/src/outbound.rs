@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use attache_config::{Config, ForwardedHeaders};
+use attache_config::{Config, ForwardedHeaders, Outbound};
 use attache_filters::telemetry::{Direction, Metrics, MetricsLayer};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
@@ -25,6 +25,7 @@ use crate::snapshot::{Restoration, Stack};
 
 pub fn stack(
     config: &Config,
+    listener: &Outbound,
     upstream: Arc<Target>,
     metrics: &Arc<Metrics>,
     restoration: Option<&Restoration>,
@@ -41,6 +42,7 @@ pub fn stack(
         .option_layer(crate::snapshot::propagation(
             config,
             Direction::Outbound,
+            listener.trace.as_ref(),
             metrics,
             restoration,
         ))

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attache_config::{Config, Correlation, InjectFormat, Pool, TraceFormat};
+use attache_config::{Config, Correlation, InjectFormat, Pool, TraceFormat, TraceOverride};
 use attache_filters::Body;
 use attache_filters::telemetry::{Direction, Metrics};
 use attache_filters::trace_context::ids::RandomIds;
@@ -35,15 +35,15 @@ pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Role {
     Inbound,
-    /// An ambassador port for the named upstream.
-    Outbound(Arc<str>),
+    /// An ambassador port for the named upstream, with its listener's trace overrides.
+    Outbound(Arc<str>, Option<TraceOverride>),
 }
 
 impl Role {
     pub fn direction(&self) -> Direction {
         match self {
             Role::Inbound => Direction::Inbound,
-            Role::Outbound(_) => Direction::Outbound,
+            Role::Outbound(..) => Direction::Outbound,
         }
     }
 }
@@ -83,6 +83,7 @@ pub struct Restoration {
 pub fn propagation(
     config: &Config,
     direction: Direction,
+    over: Option<&TraceOverride>,
     metrics: &Arc<Metrics>,
     restoration: Option<&Restoration>,
 ) -> Option<PropagationLayer> {
@@ -90,14 +91,16 @@ pub fn propagation(
     if !t.enabled {
         return None;
     }
+    let extract = over.and_then(|o| o.extract.as_ref()).unwrap_or(&t.extract);
+    let inject_formats = over.and_then(|o| o.inject.as_ref()).unwrap_or(&t.inject);
+    let mirror = over.and_then(|o| o.mirror).unwrap_or(t.mirror);
     let format = |f: TraceFormat| match f {
         TraceFormat::Tracecontext => Format::TraceContext,
         TraceFormat::B3 => Format::B3,
         TraceFormat::B3multi => Format::B3Multi,
         TraceFormat::Jaeger => Format::Jaeger,
     };
-    let inject = t
-        .inject
+    let inject = inject_formats
         .iter()
         .filter_map(|f| match f {
             InjectFormat::Tracecontext => Some(Format::TraceContext),
@@ -130,10 +133,10 @@ pub fn propagation(
     };
     Some(
         PropagationLayer::new(Settings {
-            extract: t.extract.iter().copied().map(format).collect(),
+            extract: extract.iter().copied().map(format).collect(),
             inject,
-            inject_baggage: t.inject.contains(&InjectFormat::Baggage),
-            mirror: t.mirror,
+            inject_baggage: inject_formats.contains(&InjectFormat::Baggage),
+            mirror,
             tracestate_max_len: t.tracestate_max_len as usize,
             baggage: baggage::Limits {
                 max_members: t.baggage.max_members as usize,
@@ -217,10 +220,16 @@ impl Snapshot {
                 timeouts,
                 clients.get(timeouts.connect.get(), spec.pool),
             )?;
-            let role = Role::Outbound(Arc::from(out.upstream.as_str()));
+            let role = Role::Outbound(Arc::from(out.upstream.as_str()), out.trace.clone());
             listeners.insert(out.listen.0, role.clone());
             stacks.entry(role).or_insert_with(|| {
-                outbound::stack(&config, Arc::new(target), metrics, restoration.as_ref())
+                outbound::stack(
+                    &config,
+                    out,
+                    Arc::new(target),
+                    metrics,
+                    restoration.as_ref(),
+                )
             });
         }
         let limits = &spec.limits;

@@ -106,10 +106,12 @@ async fn outbound_calls_are_children_of_what_the_app_sends() {
         "apiVersion: attache.dev/v1
 kind: Sidecar
 spec:
-  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: payments }} ]
+  outbound:
+    - listen: '127.0.0.1:{out}'
+      upstream: payments
+      trace: {{ inject: [tracecontext, b3multi, baggage] }}   # this listener only
   upstreams: {{ payments: {{ endpoints: ['http://{up}'] }} }}
   admin: {{ listen: '127.0.0.1:{admin}' }}
-  trace: {{ inject: [tracecontext, b3multi, baggage] }}
 ",
         out = ports.outbound,
         up = upstream.addr,
