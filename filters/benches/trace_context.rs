@@ -12,7 +12,7 @@ use std::sync::Arc;
 use attache_filters::trace_context::ids::RandomIds;
 use attache_filters::trace_context::propagate::{HeaderPattern, Restore, RestoreLeg, Settings};
 use attache_filters::trace_context::restore::{self, Record, Table};
-use attache_filters::trace_context::{Format, SpanId, baggage, traceparent, tracestate};
+use attache_filters::trace_context::{SpanId, baggage, traceparent, tracestate};
 use attache_filters::trace_context::{TraceId, ids::IdGenerator};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderName;
@@ -57,18 +57,8 @@ fn bench(c: &mut Criterion) {
         })
     });
     let settings = Settings {
-        extract: Format::ALL.to_vec(),
-        inject: vec![Format::TraceContext],
-        inject_baggage: true,
-        mirror: true,
-        tracestate_max_len: 4096,
-        baggage: baggage::Limits::default(),
         request_id: Some(HeaderName::from_static("x-request-id")),
-        ratio: 1.0,
-        to_baggage: Vec::new(),
-        from_baggage: Vec::new(),
-        restore: None,
-        ids: Arc::new(RandomIds::default()),
+        ..Settings::new(Arc::new(RandomIds::default()))
     };
     c.bench_function("propagation step: continue, rewrite, request id", |b| {
         b.iter_batched_ref(
@@ -121,27 +111,14 @@ fn bench_restore(c: &mut Criterion) {
     let ids = Arc::new(RandomIds::default());
     let trace_id = TraceId(5_000 * 0x9e37_79b9_7f4a_7c15);
     let outbound = Settings {
-        extract: Format::ALL.to_vec(),
-        inject: vec![Format::TraceContext],
-        inject_baggage: true,
-        mirror: true,
-        tracestate_max_len: 4096,
-        baggage: baggage::Limits::default(),
-        request_id: None,
-        ratio: 1.0,
-        to_baggage: Vec::new(),
-        from_baggage: Vec::new(),
         restore: Some(Restore {
             table,
             leg: RestoreLeg::Apply,
-            headers: vec![
-                HeaderPattern::parse("x-request-id")
-                    .unwrap_or(HeaderPattern::Prefix("x-request-id".into())),
-            ],
+            headers: HeaderPattern::parse("x-request-id").into_iter().collect(),
             baggage: true,
             single_in_flight: None,
         }),
-        ids: ids.clone(),
+        ..Settings::new(ids.clone())
     };
     let tp = traceparent::write(
         trace_id,

@@ -88,18 +88,8 @@ fn each_written_header_costs_at_most_one_allocation() {
 #[test]
 fn the_propagation_step_keeps_unchanged_values_and_allocates_per_written_header() {
     let settings = Settings {
-        extract: Format::ALL.to_vec(),
-        inject: vec![Format::TraceContext],
-        inject_baggage: true,
-        mirror: true,
-        tracestate_max_len: 4096,
-        baggage: baggage::Limits::default(),
         request_id: Some(HeaderName::from_static("x-request-id")),
-        ratio: 1.0,
-        to_baggage: Vec::new(),
-        from_baggage: Vec::new(),
-        restore: None,
-        ids: Arc::new(RandomIds::default()),
+        ..Settings::new(Arc::new(RandomIds::default()))
     };
     let mut h = request(&[
         ("traceparent", format!("00-{T}-{P}-01")),

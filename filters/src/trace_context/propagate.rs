@@ -140,6 +140,25 @@ pub struct TraceCtx {
 }
 
 impl Settings {
+    /// The defaults of `specs/trace-context.md` §1: read every format, write `tracecontext` and
+    /// `baggage`, mirror, sample everything; no request id, mappings or restoration.
+    pub fn new(ids: Arc<dyn IdGenerator>) -> Self {
+        Self {
+            extract: Format::ALL.to_vec(),
+            inject: vec![Format::TraceContext],
+            inject_baggage: true,
+            mirror: true,
+            tracestate_max_len: 4096,
+            baggage: baggage::Limits::default(),
+            request_id: None,
+            ratio: 1.0,
+            to_baggage: Vec::new(),
+            from_baggage: Vec::new(),
+            restore: None,
+            ids,
+        }
+    }
+
     /// Samples a trace id at `ratio`, from its rightmost 56 bits (random in a W3C Level 2
     /// trace id), so every attache seeing the trace decides alike.
     pub fn ratio_sampled(&self, trace_id: TraceId) -> bool {

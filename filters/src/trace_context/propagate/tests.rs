@@ -8,18 +8,11 @@ const P: &str = "00f067aa0ba902b7";
 
 fn settings(ratio: f64) -> Settings {
     Settings {
-        extract: Format::ALL.to_vec(),
-        inject: vec![Format::TraceContext],
-        inject_baggage: true,
-        mirror: true,
-        tracestate_max_len: 4096,
-        baggage: baggage::Limits::default(),
         request_id: Some(HeaderName::from_static("x-request-id")),
         ratio,
         to_baggage: vec![(HeaderName::from_static("x-tenant-id"), "tenant".into())],
         from_baggage: vec![("tenant".into(), HeaderName::from_static("x-tenant-id"))],
-        restore: None,
-        ids: Arc::new(SeededIds::new(42)),
+        ..Settings::new(Arc::new(SeededIds::new(42)))
     }
 }
 
