@@ -100,6 +100,10 @@ pub struct Inbound {
     pub listen: ListenAddr,
     /// The app, e.g. `http://127.0.0.1:8080`.
     pub app: UpstreamUrl,
+    /// How attache talks to the app: `http1` (default), or `http2` (h2c with prior knowledge,
+    /// for gRPC apps; trailers and `te: trailers` pass through).
+    #[serde(default)]
+    pub app_protocol: Protocol,
     /// How `X-Forwarded-For`, `-Proto` and `-Host` are written: `append` the client to what
     /// arrived (default), `replace` what arrived, or `off` to leave them untouched.
     #[serde(default)]
@@ -130,6 +134,7 @@ impl Inbound {
         Self {
             listen,
             app,
+            app_protocol: Protocol::default(),
             forwarded_headers: ForwardedHeaders::default(),
             timeouts: None,
             trace: None,
@@ -139,6 +144,16 @@ impl Inbound {
 
 pub const fn default_inbound_listen() -> ListenAddr {
     ListenAddr::new([0, 0, 0, 0], 15006)
+}
+
+/// The HTTP version attache speaks to an app or upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (h2c).
+    Http2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -176,6 +191,9 @@ pub struct Upstream {
     /// How requests are spread over the endpoints.
     #[serde(default)]
     pub balance: Balance,
+    /// `http1` (default) or `http2` (h2c with prior knowledge, for gRPC services).
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Timeouts for this upstream; unset fields use `spec.timeouts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutsOverride>,

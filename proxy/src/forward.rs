@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use attache_config::{ForwardedHeaders, Timeouts, UpstreamUrl};
+use attache_config::{ForwardedHeaders, Protocol, Timeouts, UpstreamUrl};
 use attache_filters::Body;
 use attache_filters::errors::{Problem, ProxyError, problem_response};
 use attache_filters::telemetry::{Direction, Metrics};
@@ -28,8 +28,12 @@ use crate::conn::ConnInfo;
 
 pub type HttpClient = Client<HttpConnector, Body>;
 
-/// Builds the pooled HTTP/1.1 client used for a given connect timeout and pool policy.
-pub fn client(connect_timeout: std::time::Duration, pool: attache_config::Pool) -> HttpClient {
+/// Builds the pooled client for a connect timeout, pool policy and protocol.
+pub fn client(
+    connect_timeout: std::time::Duration,
+    pool: attache_config::Pool,
+    protocol: Protocol,
+) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
@@ -41,6 +45,7 @@ pub fn client(connect_timeout: std::time::Duration, pool: attache_config::Pool) 
         .pool_max_idle_per_host(pool.max_idle_per_endpoint as usize)
         // The Host header is the client's; attache sets it itself where it must.
         .set_host(false)
+        .http2_only(protocol == Protocol::Http2)
         .build(connector)
 }
 
@@ -52,6 +57,7 @@ pub struct Target {
     next: AtomicUsize,
     pub timeouts: Timeouts,
     pub client: HttpClient,
+    pub protocol: Protocol,
 }
 
 struct Endpoint {
@@ -65,6 +71,7 @@ impl Target {
         urls: &[UpstreamUrl],
         timeouts: Timeouts,
         client: HttpClient,
+        protocol: Protocol,
     ) -> anyhow::Result<Self> {
         let endpoints = urls
             .iter()
@@ -81,6 +88,7 @@ impl Target {
             next: AtomicUsize::new(0),
             timeouts,
             client,
+            protocol,
         })
     }
 
@@ -222,11 +230,24 @@ impl Forward {
         parts.path_and_query = Some(pq);
         *req.uri_mut() = Uri::from_parts(parts)
             .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
-        // attache speaks HTTP/1.1 to targets whatever the client spoke.
-        *req.version_mut() = Version::HTTP_11;
+        // attache speaks the target's protocol whatever the client spoke.
+        let http2 = self.target.protocol == Protocol::Http2;
+        *req.version_mut() = if http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
 
         let headers = req.headers_mut();
+        // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+        let te_trailers = http2
+            && headers
+                .get(header::TE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
         strip_hop_by_hop(headers, upgrade);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         let host = if self.leg.rewrite_host {
             Some(endpoint.host.clone())
         } else {

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attache_config::{Config, Correlation, InjectFormat, Pool, TraceFormat, TraceOverride};
+use attache_config::{
+    Config, Correlation, InjectFormat, Pool, Protocol, TraceFormat, TraceOverride,
+};
 use attache_filters::Body;
 use attache_filters::telemetry::{Direction, Metrics};
 use attache_filters::trace_context::ids::RandomIds;
@@ -62,13 +64,13 @@ pub struct Snapshot {
 /// Upstream clients by connect timeout and pool policy, kept across reloads so connection
 /// pools survive them.
 #[derive(Default)]
-pub struct Clients(Mutex<HashMap<(Duration, Pool), HttpClient>>);
+pub struct Clients(Mutex<HashMap<(Duration, Pool, Protocol), HttpClient>>);
 
 impl Clients {
-    fn get(&self, connect: Duration, pool: Pool) -> HttpClient {
+    fn get(&self, connect: Duration, pool: Pool, protocol: Protocol) -> HttpClient {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry((connect, pool))
-            .or_insert_with(|| forward::client(connect, pool))
+        map.entry((connect, pool, protocol))
+            .or_insert_with(|| forward::client(connect, pool, protocol))
             .clone()
     }
 }
@@ -201,7 +203,8 @@ impl Snapshot {
                 "app",
                 std::slice::from_ref(&inb.app),
                 timeouts,
-                clients.get(timeouts.connect.get(), spec.pool),
+                clients.get(timeouts.connect.get(), spec.pool, inb.app_protocol),
+                inb.app_protocol,
             )?;
             listeners.insert(inb.listen.0, Role::Inbound);
             stacks.insert(
@@ -218,7 +221,8 @@ impl Snapshot {
                 &out.upstream,
                 &up.endpoints,
                 timeouts,
-                clients.get(timeouts.connect.get(), spec.pool),
+                clients.get(timeouts.connect.get(), spec.pool, up.protocol),
+                up.protocol,
             )?;
             let role = Role::Outbound(Arc::from(out.upstream.as_str()), out.trace.clone());
             listeners.insert(out.listen.0, role.clone());

@@ -5,6 +5,7 @@
 //! - `/sink`: reads the whole body without keeping it, answers with its length;
 //! - `/status/<code>`: answers with that status;
 //! - `/ws`: accepts an HTTP Upgrade and echoes every byte back;
+//! - `/trailers`: answers `ok` followed by a `grpc-status: 0` trailer (as gRPC does);
 //! - anything else: a JSON echo of the method, path, headers and body length, plus the app's
 //!   name.
 //!
@@ -73,19 +74,20 @@ impl Drop for App {
     }
 }
 
-async fn handle(
-    name: String,
-    mut req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+type AppBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> AppBody {
+    Full::new(b.into()).boxed_unsync()
+}
+
+async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
     let path = req.uri().path().to_owned();
     if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
-        return Ok(Response::new(Full::new(Bytes::from(format!(
-            "{name} waited {ms}ms"
-        )))));
+        return Ok(Response::new(full(format!("{name} waited {ms}ms"))));
     }
     if let Some(code) = path.strip_prefix("/status/") {
-        let mut res = Response::new(Full::new(Bytes::new()));
+        let mut res = Response::new(full(Bytes::new()));
         *res.status_mut() = code
             .parse()
             .ok()
@@ -106,12 +108,29 @@ async fn handle(
                 }
             }
         });
-        let mut res = Response::new(Full::new(Bytes::new()));
+        let mut res = Response::new(full(Bytes::new()));
         *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         res.headers_mut()
             .insert("connection", "upgrade".parse().expect("static"));
         res.headers_mut()
             .insert("upgrade", "websocket".parse().expect("static"));
+        return Ok(res);
+    }
+    if path == "/trailers" {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let te = req.headers().get("te").cloned();
+        let body = Full::new(Bytes::from_static(b"ok"))
+            .with_trailers(async move { Some(Ok(trailers)) })
+            .boxed_unsync();
+        let mut res = Response::new(body);
+        res.headers_mut().insert(
+            "x-seen-version",
+            format!("{:?}", req.version()).parse().expect("ascii"),
+        );
+        if let Some(te) = te {
+            res.headers_mut().insert("x-seen-te", te);
+        }
         return Ok(res);
     }
     let (parts, mut body) = req.into_parts();
@@ -123,7 +142,7 @@ async fn handle(
         }
     }
     if path == "/sink" {
-        return Ok(Response::new(Full::new(Bytes::from(len.to_string()))));
+        return Ok(Response::new(full(len.to_string())));
     }
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
@@ -149,5 +168,5 @@ async fn handle(
         "headers": headers,
         "body_bytes": len,
     });
-    Ok(Response::new(Full::new(Bytes::from(doc.to_string()))))
+    Ok(Response::new(full(doc.to_string())))
 }

@@ -200,3 +200,48 @@ async fn a_slow_request_does_not_hold_up_others() {
     );
     assert_eq!(within(10, slow).await.unwrap().unwrap().status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_style_apps_get_http2_with_trailers_end_to_end() {
+    use http_body_util::BodyExt;
+    let app = App::start("grpc").await;
+    let a = {
+        let ports = Ports::new();
+        let config = attache_tests::sidecar_config(ports, app.addr, "").replace(
+            "    app: http://",
+            "    app_protocol: http2\n    app: http://",
+        );
+        Attache::run(ports, &config)
+    };
+    let req = Request::post(a.url("/trailers"))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let res = within(10, client::http2().request(req)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["x-seen-version"],
+        "HTTP/2.0",
+        "attache spoke HTTP/2 to the app"
+    );
+    assert_eq!(
+        res.headers()["x-seen-te"],
+        "trailers",
+        "te: trailers reached the app"
+    );
+    let collected = within(10, res.into_body().collect()).await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers came back");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), "ok");
+
+    // An HTTP/1.1 app (the default) never sees TE.
+    let plain = Attache::sidecar(app.addr, "");
+    let req = Request::get(plain.url("/trailers"))
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = within(10, client::http2().request(req)).await.unwrap();
+    assert_eq!(res.headers()["x-seen-version"], "HTTP/1.1");
+    assert!(!res.headers().contains_key("x-seen-te"));
+}
