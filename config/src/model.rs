@@ -516,21 +516,87 @@ fn default_request_id_header() -> String {
 
 /// Parent-based sampling: a caller's decision is followed; new traces and deferred decisions
 /// are sampled at `ratio`, derived from the trace id so every attache agrees.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sampling {
-    #[serde(default = "one")]
+    /// Set here, it beats `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`; unset, those decide,
+    /// else 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+}
+
+/// The sampling attache applies, and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EffectiveSampling {
     pub ratio: f64,
+    /// Follow a caller's sampling decision (`parentbased_*` and attache's own default).
+    pub parent_based: bool,
+    /// `file`, `OTEL_TRACES_SAMPLER` or `default`.
+    pub source: &'static str,
+    /// Set when an environment value was not understood and the default was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
-impl Default for Sampling {
-    fn default() -> Self {
-        Self { ratio: 1.0 }
+impl Sampling {
+    /// Resolves the sampler: the file's `ratio`, else the standard OpenTelemetry variables
+    /// (`always_on`, `always_off`, `traceidratio` and their `parentbased_` forms, with
+    /// `OTEL_TRACES_SAMPLER_ARG`; the argument alone means `parentbased_traceidratio`), else
+    /// parent-based with ratio 1.0. Values attache does not understand warn and fall back.
+    pub fn effective(&self, env: &dyn Fn(&str) -> Option<String>) -> EffectiveSampling {
+        let default = |warning| EffectiveSampling {
+            ratio: 1.0,
+            parent_based: true,
+            source: "default",
+            warning,
+        };
+        if let Some(ratio) = self.ratio {
+            return EffectiveSampling {
+                ratio,
+                parent_based: true,
+                source: "file",
+                warning: None,
+            };
+        }
+        let sampler = env("OTEL_TRACES_SAMPLER").map(|s| s.trim().to_ascii_lowercase());
+        let arg = env("OTEL_TRACES_SAMPLER_ARG");
+        let sampler = match (sampler, &arg) {
+            (None, None) => return default(None),
+            (None, Some(_)) => "parentbased_traceidratio".to_owned(),
+            (Some(s), _) => s,
+        };
+        let ratio_arg = || match arg.as_deref().map(str::trim).map(str::parse::<f64>) {
+            Some(Ok(r)) if (0.0..=1.0).contains(&r) => Ok(r),
+            None => Ok(1.0),
+            Some(_) => Err(format!(
+                "OTEL_TRACES_SAMPLER_ARG={:?} is not a ratio between 0 and 1; using 1.0",
+                arg.as_deref().unwrap_or_default()
+            )),
+        };
+        let (base, parent_based) = match sampler.strip_prefix("parentbased_") {
+            Some(base) => (base, true),
+            None => (sampler.as_str(), false),
+        };
+        let (ratio, warning) = match base {
+            "always_on" => (1.0, None),
+            "always_off" => (0.0, None),
+            "traceidratio" => match ratio_arg() {
+                Ok(r) => (r, None),
+                Err(w) => (1.0, Some(w)),
+            },
+            _ => {
+                return default(Some(format!(
+                    "OTEL_TRACES_SAMPLER={sampler:?} is not supported; using parent-based sampling at 1.0"
+                )));
+            }
+        };
+        EffectiveSampling {
+            ratio,
+            parent_based,
+            source: "OTEL_TRACES_SAMPLER",
+            warning,
+        }
     }
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 /// Limits on `baggage`: at least the W3C minimums of 64 members and 8192 bytes.

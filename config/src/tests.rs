@@ -329,3 +329,45 @@ spec:
         ]
     );
 }
+
+#[test]
+fn sampling_comes_from_the_file_then_otel_variables_then_the_default() {
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    let unset = Sampling::default();
+    let e = unset.effective(&env(&[]));
+    assert_eq!((e.ratio, e.parent_based, e.source), (1.0, true, "default"));
+    let e = unset.effective(&env(&[("OTEL_TRACES_SAMPLER_ARG", "0")]));
+    assert_eq!(
+        (e.ratio, e.parent_based, e.source),
+        (0.0, true, "OTEL_TRACES_SAMPLER")
+    );
+    let e = unset.effective(&env(&[
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+    ]));
+    assert_eq!((e.ratio, e.parent_based), (0.25, false));
+    let e = unset.effective(&env(&[("OTEL_TRACES_SAMPLER", "parentbased_always_off")]));
+    assert_eq!((e.ratio, e.parent_based), (0.0, true));
+    let e = unset.effective(&env(&[("OTEL_TRACES_SAMPLER", "always_on")]));
+    assert_eq!((e.ratio, e.parent_based), (1.0, false));
+    let e = unset.effective(&env(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")]));
+    assert_eq!((e.ratio, e.source), (1.0, "default"));
+    assert!(e.warning.unwrap().contains("jaeger_remote"));
+    let e = unset.effective(&env(&[
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "half"),
+    ]));
+    assert_eq!(e.ratio, 1.0);
+    assert!(e.warning.is_some());
+    // The file beats the environment.
+    let set = Sampling { ratio: Some(0.5) };
+    let e = set.effective(&env(&[("OTEL_TRACES_SAMPLER", "always_off")]));
+    assert_eq!((e.ratio, e.parent_based, e.source), (0.5, true, "file"));
+}

@@ -100,10 +100,12 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             "must be at least 512 (the W3C minimum)",
         ));
     }
-    if !(0.0..=1.0).contains(&trace.sampling.ratio) {
+    if let Some(ratio) = trace.sampling.ratio
+        && !(0.0..=1.0).contains(&ratio)
+    {
         errors.push(ConfigError::new(
             "spec.trace.sampling.ratio",
-            format!("must be between 0 and 1, not {}", trace.sampling.ratio),
+            format!("must be between 0 and 1, not {ratio}"),
         ));
     }
     if trace.baggage.max_members < 64 {

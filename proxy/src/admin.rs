@@ -110,6 +110,9 @@ fn config(shared: &Shared) -> Response<Body> {
     let doc = serde_json::json!({
         "source": shared.source.as_ref().map(|p| p.display().to_string()),
         "config": snap.config.redacted(),
+        "effective": {
+            "trace_sampling": snap.config.spec.trace.sampling.effective(&|k| std::env::var(k).ok()),
+        },
         "reload": {
             "last_attempt_unix": ts(status.last_attempt),
             "last_success_unix": ts(status.last_success),

@@ -93,6 +93,7 @@ pub fn propagation(
     if !t.enabled {
         return None;
     }
+    let sampling = t.sampling.effective(&|k| std::env::var(k).ok());
     let extract = over.and_then(|o| o.extract.as_ref()).unwrap_or(&t.extract);
     let inject_formats = over.and_then(|o| o.inject.as_ref()).unwrap_or(&t.inject);
     let mirror = over.and_then(|o| o.mirror).unwrap_or(t.mirror);
@@ -145,7 +146,8 @@ pub fn propagation(
                 max_bytes: t.baggage.max_bytes as usize,
             },
             request_id,
-            ratio: t.sampling.ratio,
+            ratio: sampling.ratio,
+            parent_based: sampling.parent_based,
             to_baggage,
             from_baggage,
             restore: restoration.map(|r| Restore {
@@ -176,6 +178,14 @@ impl Snapshot {
         clients: &Clients,
     ) -> anyhow::Result<Snapshot> {
         let spec = &config.spec;
+        if let Some(warning) = spec
+            .trace
+            .sampling
+            .effective(&|k| std::env::var(k).ok())
+            .warning
+        {
+            tracing::warn!("{warning}");
+        }
         // One restoration table per snapshot, shared by the inbound leg (which records) and
         // the outbound legs (which restore). A reload starts an empty table.
         let restore = &spec.trace.restore;

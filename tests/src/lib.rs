@@ -137,13 +137,15 @@ pub struct Attache {
 impl Attache {
     /// `attache run -c <config>`; waits until `/ready` answers 200.
     pub fn run(ports: Ports, config: &str) -> Self {
+        Self::run_with_env(ports, config, &[])
+    }
+
+    /// As [`Attache::run`], with extra environment variables.
+    pub fn run_with_env(ports: Ports, config: &str, env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new();
         let path = dir.write("config.yaml", config);
-        let mut a = Self::spawn(
-            ports,
-            dir,
-            &["run", "-c", path.to_str().unwrap_or_default()],
-        );
+        let args = ["run", "-c", path.to_str().unwrap_or_default()];
+        let mut a = Self::spawn_with_env(ports, dir, &args, env);
         a.wait_ready();
         a
     }
@@ -157,10 +159,15 @@ impl Attache {
 
     /// Any attache command line; does not wait.
     pub fn spawn(ports: Ports, dir: TempDir, args: &[&str]) -> Self {
+        Self::spawn_with_env(ports, dir, args, &[])
+    }
+
+    pub fn spawn_with_env(ports: Ports, dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = dir.path().join("attache.log");
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = Command::new(attache_bin())
             .args(args)
+            .envs(env.iter().copied())
             .env("ATTACHE_LOG", "info")
             .env("ATTACHE_WORKERS", "2")
             .stdin(Stdio::null())

@@ -302,3 +302,37 @@ async fn single_in_flight_attributes_calls_that_carry_no_context() {
         assert!(metrics.contains(line), "missing {line}:\n{metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_sampler_variables_are_honoured_and_shown() {
+    // Case 42 (sampling): OTEL_TRACES_SAMPLER_ARG=0 makes new roots unsampled.
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let a = attache_tests::Attache::run_with_env(
+        ports,
+        &sidecar_config(ports, app.addr, ""),
+        &[("OTEL_TRACES_SAMPLER_ARG", "0")],
+    );
+    let h = seen_by_app(&a.url("/"), &[]).await;
+    assert_eq!(split(h["traceparent"].as_str().unwrap()).2, "02");
+    // A caller's decision is still followed (parent-based).
+    let h = seen_by_app(&a.url("/"), &[("traceparent", &format!("00-{T}-{P}-01"))]).await;
+    assert_eq!(split(h["traceparent"].as_str().unwrap()).2, "01");
+    let (_, body) = attache_tests::client::blocking_get(&a.admin_url("/config")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let s = &v["effective"]["trace_sampling"];
+    assert_eq!(
+        (s["ratio"].as_f64(), s["source"].as_str()),
+        (Some(0.0), Some("OTEL_TRACES_SAMPLER"))
+    );
+
+    // A ratio in the file beats the environment.
+    let ports = Ports::new();
+    let a = attache_tests::Attache::run_with_env(
+        ports,
+        &sidecar_config(ports, app.addr, "  trace: { sampling: { ratio: 1.0 } }\n"),
+        &[("OTEL_TRACES_SAMPLER", "always_off")],
+    );
+    let h = seen_by_app(&a.url("/"), &[]).await;
+    assert_eq!(split(h["traceparent"].as_str().unwrap()).2, "03");
+}

@@ -43,6 +43,8 @@ pub struct Settings {
     pub request_id: Option<HeaderName>,
     /// Sampling ratio for new traces and deferred decisions.
     pub ratio: f64,
+    /// Follow the caller's sampling decision (else `ratio` decides every trace).
+    pub parent_based: bool,
     /// Headers copied into baggage members (`header`, `key`) when the key is absent.
     pub to_baggage: Vec<(HeaderName, String)>,
     /// Baggage members copied into headers (`key`, `header`) when the header is absent;
@@ -152,6 +154,7 @@ impl Settings {
             baggage: baggage::Limits::default(),
             request_id: None,
             ratio: 1.0,
+            parent_based: true,
             to_baggage: Vec::new(),
             from_baggage: Vec::new(),
             restore: None,
@@ -184,7 +187,11 @@ impl Settings {
                 c.trace_id,
                 Some(c.parent_id),
                 Some(c.format),
-                c.debug || c.sampled.unwrap_or_else(|| self.ratio_sampled(c.trace_id)),
+                c.debug
+                    || match c.sampled {
+                        Some(sampled) if self.parent_based => sampled,
+                        _ => self.ratio_sampled(c.trace_id),
+                    },
                 c.debug,
                 c.random,
             ),

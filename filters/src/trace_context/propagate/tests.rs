@@ -235,6 +235,16 @@ fn baggage_passes_untouched_unless_injected() {
 }
 
 #[test]
+fn a_non_parent_based_sampler_ignores_the_callers_decision() {
+    let mut s = settings(0.0);
+    s.parent_based = false;
+    let mut h = headers(&[("traceparent", &format!("00-{T}-{P}-01"))]);
+    assert!(!s.apply(&mut h).sampled);
+    let mut h = headers(&[("b3", &format!("{T}-{P}-d"))]);
+    assert!(s.apply(&mut h).sampled, "debug still forces sampling");
+}
+
+#[test]
 fn ratio_sampling_is_decided_by_the_trace_id() {
     let s = settings(0.5);
     let low = TraceId(0x0000_0000_0000_0000_0000_0000_0000_0001);
