@@ -244,6 +244,16 @@ impl Attache {
         assert!(status.success());
     }
 
+    /// Fails the test unless every line appears in the admin port's `/metrics`.
+    pub fn assert_metrics(&self, lines: &[&str]) {
+        let metrics = client::blocking_get(&self.admin_url("/metrics"))
+            .expect("GET /metrics")
+            .1;
+        for line in lines {
+            assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+        }
+    }
+
     pub fn log_text(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {

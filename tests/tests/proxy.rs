@@ -113,11 +113,9 @@ spec:
         hosts.contains(&a1.addr.to_string()) && hosts.contains(&a2.addr.to_string()),
         "{hosts:?}"
     );
-    let metrics = client::blocking_get(&a.admin_url("/metrics")).unwrap().1;
-    assert!(
-        metrics.contains("attache_http_requests_total{direction=\"outbound\",method=\"GET\",status_class=\"2xx\"} 4"),
-        "{metrics}"
-    );
+    a.assert_metrics(&[
+        "attache_http_requests_total{direction=\"outbound\",method=\"GET\",status_class=\"2xx\"} 4",
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,20 @@ fn split(tp: &str) -> (String, String, String) {
     (parts[1].into(), parts[2].into(), parts[3].into())
 }
 
+/// A sidecar in front of `app` with an ambassador port to `payments` and the given
+/// `trace.restore` settings (YAML flow mapping contents).
+fn with_payments(ports: Ports, app: &App, payments: &App, restore: &str) -> Attache {
+    let extra = format!(
+        "  outbound: [ {{ listen: '127.0.0.1:{}', upstream: payments }} ]
+  upstreams: {{ payments: {{ endpoints: ['http://{}'] }} }}
+  trace:
+    restore: {{ {restore} }}
+",
+        ports.outbound, payments.addr
+    );
+    Attache::run(ports, &sidecar_config(ports, app.addr, &extra))
+}
+
 async fn seen_by_app(url: &str, headers: &[(&str, &str)]) -> serde_json::Value {
     let mut req = Request::get(url);
     for (k, v) in headers {
@@ -96,6 +110,13 @@ async fn a_b3_caller_and_a_w3c_app_understand_each_other() {
         "invalid baggage is dropped whole"
     );
     assert_ne!(split(h["traceparent"].as_str().unwrap()).0, T);
+
+    a.assert_metrics(&[
+        "attache_trace_context_total{direction=\"inbound\",format=\"b3\",result=\"continued\"} 1",
+        "attache_trace_context_total{direction=\"inbound\",format=\"tracecontext\",result=\"absent\"} 1",
+        "attache_trace_context_total{direction=\"inbound\",format=\"tracecontext\",result=\"invalid\"} 1",
+        "attache_trace_dropped_total{what=\"baggage\",reason=\"invalid\"} 1",
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,15 +207,12 @@ async fn restoration_carries_context_the_app_did_not_forward() {
     let app = App::start("app").await;
     let payments = App::start("payments").await;
     let ports = Ports::new();
-    let extra = format!(
-        "  outbound: [ {{ listen: '127.0.0.1:{}', upstream: payments }} ]
-  upstreams: {{ payments: {{ endpoints: ['http://{}'] }} }}
-  trace:
-    restore: {{ headers: [x-request-id, x-tenant-id] }}
-",
-        ports.outbound, payments.addr
+    let a = with_payments(
+        ports,
+        &app,
+        &payments,
+        "headers: [x-request-id, x-tenant-id]",
     );
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, &extra));
     let tp = format!("00-{T}-{P}-01");
     let inbound = seen_by_app(
         &a.url("/checkout"),
@@ -228,16 +246,11 @@ async fn restoration_carries_context_the_app_did_not_forward() {
     let up = seen_by_app(&url, &[("traceparent", other)]).await;
     assert!(up.get("x-tenant-id").is_none());
 
-    let metrics = attache_tests::client::blocking_get(&a.admin_url("/metrics"))
-        .unwrap()
-        .1;
-    for line in [
+    a.assert_metrics(&[
         "attache_trace_restore_total{result=\"hit\"} 1",
         "attache_trace_restore_total{result=\"miss\"} 1",
         "attache_trace_restore_entries 1",
-    ] {
-        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
-    }
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,15 +259,7 @@ async fn single_in_flight_attributes_calls_that_carry_no_context() {
     let app = App::start("app").await;
     let payments = App::start("payments").await;
     let ports = Ports::new();
-    let extra = format!(
-        "  outbound: [ {{ listen: '127.0.0.1:{}', upstream: payments }} ]
-  upstreams: {{ payments: {{ endpoints: ['http://{}'] }} }}
-  trace:
-    restore: {{ correlation: single_in_flight }}
-",
-        ports.outbound, payments.addr
-    );
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, &extra));
+    let a = with_payments(ports, &app, &payments, "correlation: single_in_flight");
     let out = format!("http://127.0.0.1:{}/charge", ports.outbound);
     let slow = |rid: &'static str| {
         let url = a.url("/slow/1500");
@@ -292,15 +297,10 @@ async fn single_in_flight_attributes_calls_that_carry_no_context() {
     assert_eq!(within(10, first).await.unwrap().unwrap().status, 200);
     assert_eq!(within(10, second).await.unwrap().unwrap().status, 200);
 
-    let metrics = attache_tests::client::blocking_get(&a.admin_url("/metrics"))
-        .unwrap()
-        .1;
-    for line in [
+    a.assert_metrics(&[
         "attache_trace_restore_total{result=\"single_in_flight\"} 1",
         "attache_trace_restore_total{result=\"ambiguous\"} 1",
-    ] {
-        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
-    }
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
