@@ -12,6 +12,7 @@
 
 mod error;
 mod model;
+mod telemetry;
 mod types;
 mod validate;
 pub mod yaml;
@@ -22,16 +23,12 @@ use serde_json::Value;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use telemetry::*;
 pub use types::{ByteSize, Duration, ListenAddr, Scheme, UpstreamUrl};
 
 /// Sections of the design that later versions of attache fill in. Naming one today gets a
 /// clear "not available yet" instead of a puzzling "unknown field".
-const RESERVED_SECTIONS: &[&str] = &[
-    "spec.idempotency",
-    "spec.flags",
-    "spec.rate_limits",
-    "spec.telemetry",
-];
+const RESERVED_SECTIONS: &[&str] = &["spec.idempotency", "spec.flags", "spec.rate_limits"];
 
 /// Loads and validates a config file (YAML or JSON, `${VAR}` from the process environment).
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {

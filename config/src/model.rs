@@ -82,6 +82,9 @@ pub struct Spec {
     /// Trace-context propagation (specs/trace-context.md).
     #[serde(default)]
     pub trace: Trace,
+    /// Spans and their export, metrics and the access log (specs/trace-context.md §8–§11).
+    #[serde(default)]
+    pub telemetry: crate::telemetry::Telemetry,
     /// Graceful shutdown on SIGTERM.
     #[serde(default)]
     pub drain: Drain,

@@ -104,13 +104,12 @@ spec:
 
 #[test]
 fn missing_and_reserved_sections() {
-    let errs = errors(
-        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  telemetry: {}\n  inbound: {}\n",
-    );
+    let errs =
+        errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  flags: {}\n  inbound: {}\n");
     assert_eq!(
         errs,
         [
-            "spec.telemetry: `telemetry` is not available in this version of attache yet at line 4, column 3",
+            "spec.flags: `flags` is not available in this version of attache yet at line 4, column 3",
             "spec.inbound: missing required field `app` at line 5, column 12",
         ]
     );
@@ -370,4 +369,129 @@ fn sampling_comes_from_the_file_then_otel_variables_then_the_default() {
     let set = Sampling { ratio: Some(0.5) };
     let e = set.effective(&env(&[("OTEL_TRACES_SAMPLER", "always_off")]));
     assert_eq!((e.ratio, e.parent_based, e.source), (0.5, true, "file"));
+}
+
+#[test]
+fn telemetry_keys_come_from_the_file_then_otel_variables_then_defaults() {
+    let env = |vars: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    };
+    let c = load(MINIMAL).unwrap();
+    let t = &c.spec.telemetry;
+    // Nothing set: no export, documented defaults, service.name from metadata.name.
+    let e = t.effective(&c.metadata.name, &no_env);
+    assert_eq!(e.endpoint, None);
+    assert_eq!(e.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(e.timeout.as_secs(), 10);
+    assert_eq!((e.max_queue_size, e.max_export_batch_size), (2048, 512));
+    assert_eq!(e.resource["service.name"], "attache");
+    assert_eq!(e.sources["service_name"], "metadata.name");
+
+    // Case 42: OTEL_SERVICE_NAME and the downward-API variables.
+    let e = t.effective(
+        "attache",
+        &env(&[
+            ("OTEL_SERVICE_NAME", "a"),
+            ("POD_NAME", "p"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=b,team=pay%20ments",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "9000"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s%3Dcret"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "64"),
+        ]),
+    );
+    assert_eq!(e.resource["service.name"], "a");
+    assert_eq!(e.resource["k8s.pod.name"], "p");
+    assert_eq!(e.resource["team"], "pay ments");
+    assert!(!e.resource.contains_key("k8s.namespace.name"));
+    assert_eq!(
+        e.endpoint.as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(e.timeout.as_millis(), 2500, "the _TRACES_ variant wins");
+    assert_eq!(e.sources["timeout"], "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT");
+    assert_eq!(e.headers["api-key"], "s=cret");
+    assert_eq!(e.redacted().headers["api-key"], "<redacted>");
+    assert_eq!(e.max_export_batch_size, 64);
+
+    // The file beats the environment; a signal-specific variable is used as is.
+    let c = load(&format!(
+        "{MINIMAL}  telemetry:\n    service_name: file\n    resource: {{ service.name: pinned }}\n    otlp: {{ protocol: grpc, timeout: 1s }}\n"
+    ))
+    .unwrap();
+    let e = c.spec.telemetry.effective(
+        "attache",
+        &env(&[
+            ("OTEL_SERVICE_NAME", "a"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "9000"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:4317",
+            ),
+        ]),
+    );
+    assert_eq!(e.protocol, OtlpProtocol::Grpc);
+    assert_eq!(e.sources["protocol"], "file");
+    assert_eq!(e.timeout.as_secs(), 1);
+    assert_eq!(e.endpoint.as_deref(), Some("http://collector:4317"));
+    assert_eq!(
+        e.resource["service.name"], "pinned",
+        "telemetry.resource overrides all"
+    );
+
+    // Values attache cannot use warn and fall back.
+    let e = t.effective(
+        "attache",
+        &env(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+        ]),
+    );
+    assert_eq!(e.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(e.endpoint, None);
+    assert_eq!(e.warnings.len(), 2, "{:?}", e.warnings);
+}
+
+#[test]
+fn telemetry_settings_are_validated() {
+    let errs = errors(&format!(
+        "{MINIMAL}  telemetry:\n    otlp: {{ endpoint: \"https://c:4318\", headers: {{ \"bad name\": x }} }}\n    batch: {{ max_queue_size: 10, max_export_batch_size: 20 }}\n    url_query: hidden\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("spec.telemetry.url_query: unknown value `hidden` (expected one of `full`, `redacted`, `omit`)")),
+        "{errs:?}"
+    );
+    let c = load(&format!(
+        "{MINIMAL}  telemetry:\n    otlp: {{ endpoint: \"https://c:4318\", headers: {{ \"bad name\": x }} }}\n    batch: {{ max_queue_size: 10, max_export_batch_size: 20 }}\n"
+    ));
+    let errs: Vec<String> = match c {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
+    };
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("spec.telemetry.otlp.endpoint")
+                && e.contains("https collectors are not supported")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("spec.telemetry.otlp.headers.bad name")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("max_export_batch_size: must not exceed max_queue_size (10)")),
+        "{errs:?}"
+    );
 }

@@ -214,5 +214,68 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             errors.push(ConfigError::new(path, "must be longer than 0s"));
         }
     }
+    telemetry(&spec.telemetry, &mut errors);
     errors
+}
+
+fn telemetry(t: &crate::Telemetry, errors: &mut Vec<ConfigError>) {
+    if let Some(e) = &t.otlp.endpoint
+        && let Some(why) = crate::telemetry::endpoint_problem(e)
+    {
+        errors.push(ConfigError::new("spec.telemetry.otlp.endpoint", why));
+    }
+    for (name, _) in t.otlp.headers.iter().flatten() {
+        if http_token(name).is_none() {
+            errors.push(ConfigError::new(
+                format!("spec.telemetry.otlp.headers.{name}"),
+                "not a valid header name",
+            ));
+        }
+    }
+    for (path, n) in [
+        (
+            "spec.telemetry.batch.max_queue_size",
+            t.batch.max_queue_size,
+        ),
+        (
+            "spec.telemetry.batch.max_export_batch_size",
+            t.batch.max_export_batch_size,
+        ),
+    ] {
+        if n == Some(0) {
+            errors.push(ConfigError::new(path, "must be at least 1"));
+        }
+    }
+    if let (Some(q), Some(b)) = (t.batch.max_queue_size, t.batch.max_export_batch_size)
+        && b > q
+    {
+        errors.push(ConfigError::new(
+            "spec.telemetry.batch.max_export_batch_size",
+            format!("must not exceed max_queue_size ({q})"),
+        ));
+    }
+    for (path, d) in [
+        ("spec.telemetry.otlp.timeout", t.otlp.timeout),
+        (
+            "spec.telemetry.batch.scheduled_delay",
+            t.batch.scheduled_delay,
+        ),
+        ("spec.telemetry.shutdown_timeout", Some(t.shutdown_timeout)),
+        (
+            "spec.telemetry.error_log_interval",
+            Some(t.error_log_interval),
+        ),
+    ] {
+        if d.is_some_and(|d| d.0.is_zero()) {
+            errors.push(ConfigError::new(path, "must be longer than 0s"));
+        }
+    }
+}
+
+/// An RFC 9110 token, lowercased: a header name.
+fn http_token(s: &str) -> Option<String> {
+    (!s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
+    .then(|| s.to_ascii_lowercase())
 }

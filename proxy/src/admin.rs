@@ -81,6 +81,11 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             }
         }
+        "/metrics" if !shared.snapshot.load().config.spec.telemetry.metrics.enabled => {
+            problem_response(&AdminError::NotFound(
+                "/metrics (telemetry.metrics.enabled is false)".to_owned(),
+            ))
+        }
         "/metrics" => {
             let mut res = Response::new(attache_filters::full(shared.metrics.encode()));
             res.headers_mut().insert(
@@ -112,6 +117,7 @@ fn config(shared: &Shared) -> Response<Body> {
         "config": snap.config.redacted(),
         "effective": {
             "trace_sampling": snap.config.spec.trace.sampling.effective(&|k| std::env::var(k).ok()),
+            "telemetry": snap.config.spec.telemetry.effective(&snap.config.metadata.name, &|k| std::env::var(k).ok()).redacted(),
         },
         "reload": {
             "last_attempt_unix": ts(status.last_attempt),

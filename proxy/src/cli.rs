@@ -84,7 +84,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => {
             logging::init(cli.log_format);
             match attache_config::load_file(&config) {
-                Ok(c) => serve(cli.workers, c, Some(config), false),
+                Ok(c) => serve(cli.workers, c, Some(config), false, false),
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::FAILURE
@@ -131,7 +131,7 @@ pub fn main() -> ExitCode {
             if let Some(admin) = admin {
                 c.spec.admin.listen = admin;
             }
-            serve(cli.workers, c, config, demo)
+            serve(cli.workers, c, config, demo, true)
         }
     }
 }
@@ -159,6 +159,7 @@ fn serve(
     mut config: Config,
     source: Option<PathBuf>,
     demo: bool,
+    dev: bool,
 ) -> ExitCode {
     let workers = workers
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
@@ -190,7 +191,7 @@ fn serve(
         if let Err(e) = config.check() {
             anyhow::bail!("{e}");
         }
-        crate::server::run(config, source).await
+        crate::server::run(config, source, dev).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

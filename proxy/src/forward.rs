@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use attache_config::{ForwardedHeaders, Protocol, Timeouts, UpstreamUrl};
 use attache_filters::Body;
 use attache_filters::errors::{Problem, ProxyError, problem_response};
+use attache_filters::telemetry::span::UpstreamInfo;
 use attache_filters::telemetry::{Direction, Metrics};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -52,7 +53,7 @@ pub fn client(
 /// A place requests are sent: the app, or a named upstream with its endpoints.
 pub struct Target {
     /// `app` for the inbound app, else the name in `spec.upstreams`.
-    pub name: String,
+    pub name: Arc<str>,
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     pub timeouts: Timeouts,
@@ -63,6 +64,13 @@ pub struct Target {
 struct Endpoint {
     authority: Authority,
     host: HeaderValue,
+    /// `Authorization: Basic` from credentials in the endpoint URL, sent when the request
+    /// has no `Authorization` of its own.
+    authorization: Option<HeaderValue>,
+    /// For spans: the host and port, and `http://host:port` with credentials redacted.
+    span_host: Arc<str>,
+    port: u16,
+    url_base: Arc<str>,
 }
 
 impl Target {
@@ -78,12 +86,34 @@ impl Target {
             .map(|u| {
                 let authority: Authority = u.authority().parse()?;
                 let host = HeaderValue::from_str(authority.as_str())?;
-                Ok(Endpoint { authority, host })
+                let authorization = match &u.userinfo {
+                    Some(userinfo) => {
+                        let mut v = HeaderValue::from_str(&format!(
+                            "Basic {}",
+                            base64(userinfo.as_bytes())
+                        ))?;
+                        v.set_sensitive(true);
+                        Some(v)
+                    }
+                    None => None,
+                };
+                let url_base = match u.userinfo {
+                    Some(_) => format!("http://REDACTED:REDACTED@{}", authority),
+                    None => format!("http://{authority}"),
+                };
+                Ok(Endpoint {
+                    authority,
+                    host,
+                    authorization,
+                    span_host: Arc::from(u.host.as_str()),
+                    port: u.port,
+                    url_base: Arc::from(url_base),
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(!endpoints.is_empty(), "upstream `{name}` has no endpoints");
         Ok(Self {
-            name: name.to_owned(),
+            name: Arc::from(name),
             endpoints,
             next: AtomicUsize::new(0),
             timeouts,
@@ -96,6 +126,22 @@ impl Target {
     fn pick(&self) -> &Endpoint {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
         &self.endpoints[i]
+    }
+
+    /// What spans and the access log say about a call to `endpoint`.
+    fn info(&self, endpoint: &Endpoint) -> UpstreamInfo {
+        UpstreamInfo {
+            name: self.name.clone(),
+            url_base: endpoint.url_base.clone(),
+            host: endpoint.span_host.clone(),
+            port: endpoint.port,
+            version: match self.protocol {
+                Protocol::Http2 => Version::HTTP_2,
+                Protocol::Http1 => Version::HTTP_11,
+            },
+            resend_count: 0,
+            error: None,
+        }
     }
 }
 
@@ -149,29 +195,73 @@ impl Forward {
                 "CONNECT is not supported on this listener".into(),
             ));
         }
-        let endpoint = self.target.pick();
+        let mut endpoint = self.target.pick();
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let conn = req.extensions().get::<ConnInfo>().cloned();
+        // A request without a body can go to another endpoint when the first refuses the
+        // connection: it was never sent. Only then is its head copied.
+        let mut retry = (self.target.endpoints.len() > 1
+            && !upgrade
+            && http_body::Body::is_end_stream(req.body()))
+        .then(|| {
+            let mut copy = Request::new(());
+            *copy.method_mut() = req.method().clone();
+            *copy.uri_mut() = req.uri().clone();
+            *copy.version_mut() = req.version();
+            *copy.headers_mut() = req.headers().clone();
+            copy
+        });
+        let mut info = self.target.info(endpoint);
 
         if let Err(e) = self.prepare(&mut req, endpoint, upgrade, conn.as_ref()) {
             return problem_response(&e);
         }
 
         let timeout = self.target.timeouts.request.get();
-        let sent = tokio::time::timeout(timeout, self.target.client.request(req)).await;
-        let mut res = match sent {
-            Ok(Ok(res)) => res,
-            Ok(Err(e)) => return self.failed(&e),
-            Err(_) => {
-                self.metrics
-                    .upstream_error(self.leg.direction, &self.target.name, "timeout");
-                return self.problem(ProxyError::UpstreamTimeout {
-                    upstream: self.target.name.clone(),
-                    after: timeout,
-                });
+        let started = tokio::time::Instant::now();
+        let mut res = loop {
+            let sent =
+                tokio::time::timeout_at(started + timeout, self.target.client.request(req)).await;
+            match sent {
+                Ok(Ok(res)) => break res,
+                Ok(Err(e)) => {
+                    if e.is_connect()
+                        && let Some(copy) = retry.take()
+                    {
+                        self.metrics.upstream_error(
+                            self.leg.direction,
+                            &self.target.name,
+                            "connect",
+                        );
+                        tracing::debug!(upstream = %self.target.name, error = %error_chain(&e), "endpoint refused; trying the next one");
+                        endpoint = self.target.pick();
+                        info = self.target.info(endpoint);
+                        info.resend_count = 1;
+                        let (parts, ()) = copy.into_parts();
+                        req = Request::from_parts(parts, attache_filters::empty());
+                        if let Err(e) = self.prepare(&mut req, endpoint, false, conn.as_ref()) {
+                            return problem_response(&e);
+                        }
+                        continue;
+                    }
+                    return self.failed(&e, info);
+                }
+                Err(_) => {
+                    self.metrics
+                        .upstream_error(self.leg.direction, &self.target.name, "timeout");
+                    info.error = Some("timeout");
+                    return self.problem(
+                        ProxyError::UpstreamTimeout {
+                            upstream: self.target.name.to_string(),
+                            after: timeout,
+                        },
+                        info,
+                    );
+                }
             }
         };
+        res.extensions_mut().insert(info);
 
         if res.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
@@ -261,6 +351,11 @@ impl Forward {
                 headers.insert(header::HOST, endpoint.host.clone());
             }
         }
+        if let Some(auth) = &endpoint.authorization
+            && !headers.contains_key(header::AUTHORIZATION)
+        {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
         if self.leg.direction == Direction::Inbound
             && let Some(conn) = conn
         {
@@ -269,26 +364,42 @@ impl Forward {
         Ok(())
     }
 
-    fn failed(&self, e: &hyper_util::client::legacy::Error) -> Response<Body> {
-        let name = self.target.name.clone();
+    fn failed(
+        &self,
+        e: &hyper_util::client::legacy::Error,
+        mut info: UpstreamInfo,
+    ) -> Response<Body> {
+        let name = self.target.name.to_string();
         if has_source::<crate::limits::BodyLimitExceeded>(e) {
-            return problem_response(&ProxyError::BodyTooLarge {
+            info.error = Some("body");
+            let mut res = problem_response(&ProxyError::BodyTooLarge {
                 limit: body_limit(e).unwrap_or_default(),
             });
+            res.extensions_mut().insert(info);
+            return res;
         }
-        let (kind, err) = if e.is_connect() {
+        let (kind, error_type, err) = if e.is_connect() {
             let reason = connect_reason(e);
             if reason.contains("timed out") {
                 (
                     "connect",
+                    "timeout",
                     ProxyError::UpstreamTimeout {
                         upstream: name,
                         after: self.target.timeouts.connect.get(),
                     },
                 )
             } else {
+                let error_type = if reason == "connection refused" {
+                    "connection_refused"
+                } else if reason.contains("dns") {
+                    "dns"
+                } else {
+                    "_OTHER"
+                };
                 (
                     "connect",
+                    error_type,
                     ProxyError::UpstreamUnreachable {
                         upstream: name,
                         reason,
@@ -297,13 +408,14 @@ impl Forward {
             }
         } else {
             let reason = error_chain(e);
-            let kind = if reason.contains("reset") || reason.contains("closed") {
-                "reset"
+            let (kind, error_type) = if reason.contains("reset") || reason.contains("closed") {
+                ("reset", "connection_reset")
             } else {
-                "protocol"
+                ("protocol", "protocol")
             };
             (
                 kind,
+                error_type,
                 ProxyError::UpstreamFailed {
                     upstream: name,
                     reason,
@@ -312,17 +424,42 @@ impl Forward {
         };
         self.metrics
             .upstream_error(self.leg.direction, &self.target.name, kind);
-        self.problem(err)
+        info.error = Some(error_type);
+        self.problem(err, info)
     }
 
-    fn problem(&self, err: ProxyError) -> Response<Body> {
+    fn problem(&self, err: ProxyError, info: UpstreamInfo) -> Response<Body> {
         tracing::warn!(
             direction = self.leg.direction.as_str(),
             status = err.status().as_u16(),
             "{err}"
         );
-        problem_response(&err)
+        let mut res = problem_response(&err);
+        res.extensions_mut().insert(info);
+        res
     }
+}
+
+/// Standard base64 with padding (RFC 4648), for `Authorization: Basic`.
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn has_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -524,6 +661,16 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn basic_credentials_are_base64() {
+        assert_eq!(base64(b"u:p"), "dTpw");
+        assert_eq!(
+            base64(b"Aladdin:open sesame"),
+            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert_eq!(base64(b"ab"), "YWI=");
     }
 
     #[test]

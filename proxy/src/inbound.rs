@@ -2,8 +2,8 @@
 //!
 //! 1. limits: header count and size (431), body size (413); header-read and idle deadlines are
 //!    enforced on the connection itself (`conn.rs`)
-//! 2. trace_context: continue or start the trace, rewrite trace headers (spans to come)
-//! 3. telemetry: metrics around everything below
+//! 2. trace_context: continue or start the trace, rewrite trace headers
+//! 3. telemetry: metrics, the SERVER span and the access log, around everything below
 //! 4. ratelimit (to come)
 //! 5. flags (to come: specs/feature-flags.md)
 //! 6. idempotency (to come: specs/idempotency.md)
@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use attache_config::{Config, Inbound};
-use attache_filters::telemetry::{Direction, Metrics, MetricsLayer};
+use attache_filters::telemetry::{Direction, Metrics, ObserveLayer};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
@@ -28,6 +28,7 @@ pub fn stack(
     inbound: &Inbound,
     app: Arc<Target>,
     metrics: &Arc<Metrics>,
+    observe: ObserveLayer,
     restoration: Option<&Restoration>,
 ) -> Stack {
     let leg = Leg {
@@ -37,7 +38,7 @@ pub fn stack(
     };
     let svc = ServiceBuilder::new()
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
-        .layer(MetricsLayer::new(metrics.clone(), Direction::Inbound))
+        .layer(observe)
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
         .option_layer(crate::snapshot::propagation(
             config,

@@ -17,6 +17,7 @@ mod outbound;
 mod reload;
 mod server;
 mod snapshot;
+mod telemetry;
 
 // jemalloc returns memory to the OS more readily than glibc's malloc under a proxy's churn of
 // short-lived buffers, which keeps RSS flat; measured in bench/RESULTS.md.

@@ -2,9 +2,9 @@
 //! upstream. In order:
 //!
 //! 1. limits, as inbound
-//! 2. trace_context: continue the app's trace (or start one), rewrite trace headers; CLIENT
-//!    span and context restoration to come
-//! 3. telemetry
+//! 2. trace_context: continue the app's trace (or start one), restore the context the app
+//!    did not forward, rewrite trace headers
+//! 3. telemetry: metrics, the CLIENT span and the access log
 //! 4. ratelimit: quotas protecting dependencies (to come)
 //! 5. timeouts, retries, circuit breaking (timeouts now; the rest to come)
 //! 6. load balancing over endpoints (round robin now) → connection pool → upstream
@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use attache_config::{Config, ForwardedHeaders, Outbound};
-use attache_filters::telemetry::{Direction, Metrics, MetricsLayer};
+use attache_filters::telemetry::{Direction, Metrics, ObserveLayer};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
@@ -28,6 +28,7 @@ pub fn stack(
     listener: &Outbound,
     upstream: Arc<Target>,
     metrics: &Arc<Metrics>,
+    observe: ObserveLayer,
     restoration: Option<&Restoration>,
 ) -> Stack {
     let leg = Leg {
@@ -37,7 +38,7 @@ pub fn stack(
     };
     let svc = ServiceBuilder::new()
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
-        .layer(MetricsLayer::new(metrics.clone(), Direction::Outbound))
+        .layer(observe)
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
         .option_layer(crate::snapshot::propagation(
             config,

@@ -14,12 +14,14 @@ use tokio::sync::watch;
 use crate::conn::Tracker;
 use crate::listener::Listeners;
 use crate::snapshot::{Clients, Snapshot};
+use crate::telemetry::Telemetry;
 
 /// State every connection and the admin port share.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
     pub clients: Clients,
+    pub telemetry: Telemetry,
     pub tracker: Arc<Tracker>,
     /// Flips to true when drain starts; every connection then shuts down gracefully.
     pub shutdown: watch::Sender<bool>,
@@ -48,7 +50,7 @@ impl Shared {
     /// Compiles `config`, binds any new listen addresses, swaps the snapshot in and stops
     /// listening where the config no longer does. On any error nothing changes.
     pub fn apply(self: &Arc<Self>, config: Config) -> anyhow::Result<()> {
-        let snap = Snapshot::build(config, &self.metrics, &self.clients)?;
+        let snap = Snapshot::build(config, &self.metrics, &self.clients, &self.telemetry)?;
         self.install(Arc::new(snap))
     }
 
@@ -73,15 +75,18 @@ impl Shared {
     }
 }
 
-/// Runs attache with `config` until SIGTERM/SIGINT and drain complete.
-pub async fn run(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> {
+/// Runs attache with `config` until SIGTERM/SIGINT and drain complete. `dev` is `attache dev`
+/// (spans on the console unless the file says otherwise).
+pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let clients = Clients::default();
-    let snapshot = Arc::new(Snapshot::build(config, &metrics, &clients)?);
+    let telemetry = Telemetry::new(metrics.clone(), dev);
+    let snapshot = Arc::new(Snapshot::build(config, &metrics, &clients, &telemetry)?);
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::new(snapshot.clone()),
         metrics,
         clients,
+        telemetry,
         tracker: Arc::new(Tracker::default()),
         shutdown: watch::Sender::new(false),
         started: AtomicBool::new(false),
@@ -106,6 +111,15 @@ pub async fn run(config: Config, source: Option<PathBuf>) -> anyhow::Result<()> 
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     drain(&shared, &mut term, &mut int).await;
+    let timeout = shared
+        .snapshot
+        .load()
+        .config
+        .spec
+        .telemetry
+        .shutdown_timeout
+        .get();
+    shared.telemetry.flush(timeout).await;
     Ok(())
 }
 

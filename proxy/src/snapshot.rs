@@ -176,6 +176,7 @@ impl Snapshot {
         config: Config,
         metrics: &Arc<Metrics>,
         clients: &Clients,
+        telemetry: &crate::telemetry::Telemetry,
     ) -> anyhow::Result<Snapshot> {
         let spec = &config.spec;
         if let Some(warning) = spec
@@ -219,7 +220,14 @@ impl Snapshot {
             listeners.insert(inb.listen.0, Role::Inbound);
             stacks.insert(
                 Role::Inbound,
-                inbound::stack(&config, inb, Arc::new(app), metrics, restoration.as_ref()),
+                inbound::stack(
+                    &config,
+                    inb,
+                    Arc::new(app),
+                    metrics,
+                    telemetry.layer(&config, Direction::Inbound),
+                    restoration.as_ref(),
+                ),
             );
         }
         for out in &spec.outbound {
@@ -242,6 +250,7 @@ impl Snapshot {
                     out,
                     Arc::new(target),
                     metrics,
+                    telemetry.layer(&config, Direction::Outbound),
                     restoration.as_ref(),
                 )
             });

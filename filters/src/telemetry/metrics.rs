@@ -1,27 +1,20 @@
 //! Prometheus metrics. [`Metrics`] owns the registry and every metric family attache exports
-//! (served as text at the admin port's `/metrics`); [`MetricsLayer`] counts requests and times
-//! them until their response body ends, fails or is dropped.
+//! (served as text at the admin port's `/metrics`); the observe layer (`observe.rs`) counts
+//! requests and times them until their response body ends, fails or is dropped.
 //!
 //! Label values are bounded: direction, a known method or `_OTHER`, and a status class.
 //! Never paths, hosts or ids.
 
 use std::fmt::Write as _;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
-use std::time::Instant;
 
-use http::{Method, Request, Response};
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use pin_project_lite::pin_project;
+use http::Method;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tower::{Layer, Service};
 
 /// Which way a request travels through attache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -171,6 +164,9 @@ pub struct Metrics {
     pub restore_entries: Gauge,
     pub restore_bytes: Gauge,
     pub restore_evictions: Family<ReasonLabels, Counter>,
+    pub spans_exported: Counter,
+    pub spans_dropped: Family<ReasonLabels, Counter>,
+    pub access_log_dropped: Counter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -304,7 +300,28 @@ impl Metrics {
             "Restoration entries evicted, by reason (ttl, entries, bytes)",
             restore_evictions.clone(),
         );
+        let spans_exported = Counter::default();
+        let spans_dropped = Family::<ReasonLabels, Counter>::default();
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "spans_exported",
+            "Spans accepted by the OTLP collector",
+            spans_exported.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Spans not exported, by reason (queue_full, export_failed, rejected, shutdown)",
+            spans_dropped.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the output could not keep up",
+            access_log_dropped.clone(),
+        );
         Self {
+            spans_exported,
+            spans_dropped,
+            access_log_dropped,
             trace_restore,
             restore_handles,
             restore_entries,
@@ -336,7 +353,7 @@ impl Metrics {
         out
     }
 
-    fn http_handles(&self, labels: &HttpLabels) -> &HttpHandles {
+    pub(crate) fn http_handles(&self, labels: &HttpLabels) -> &HttpHandles {
         let d = match labels.direction {
             Direction::Inbound => 0,
             Direction::Outbound => 1,
@@ -411,6 +428,12 @@ impl Metrics {
             .inc();
     }
 
+    pub fn spans_dropped(&self, reason: &'static str, n: u64) {
+        self.spans_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n);
+    }
+
     pub fn upstream_error(&self, direction: Direction, upstream: &str, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
@@ -454,191 +477,9 @@ impl Drop for ConnectionGuard {
     }
 }
 
-// === impl MetricsLayer ===
-
-/// Counts and times every request passing through, in one direction.
-#[derive(Clone)]
-pub struct MetricsLayer {
-    metrics: Arc<Metrics>,
-    direction: Direction,
-}
-
-impl MetricsLayer {
-    pub fn new(metrics: Arc<Metrics>, direction: Direction) -> Self {
-        Self { metrics, direction }
-    }
-}
-
-impl<S> Layer<S> for MetricsLayer {
-    type Service = MetricsService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        MetricsService {
-            inner,
-            metrics: self.metrics.clone(),
-            direction: self.direction,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct MetricsService<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-    direction: Direction,
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for MetricsService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-{
-    type Response = Response<MeteredBody<ResB>>;
-    type Error = S::Error;
-    type Future = MetricsFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let recorder = Recorder {
-            metrics: self.metrics.clone(),
-            labels: HttpLabels {
-                direction: self.direction,
-                method: MethodLabel::of(req.method()),
-                status_class: StatusClass::NONE,
-            },
-            start: Instant::now(),
-        };
-        MetricsFuture {
-            inner: self.inner.call(req),
-            recorder: Some(recorder),
-        }
-    }
-}
-
-pin_project! {
-    pub struct MetricsFuture<F> {
-        #[pin]
-        inner: F,
-        recorder: Option<Recorder>,
-    }
-}
-
-impl<F, B, E> Future for MetricsFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<MeteredBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let res = ready!(this.inner.poll(cx));
-        // An error without a response is recorded (status `none`) when the recorder drops.
-        let mut recorder = this.recorder.take();
-        Poll::Ready(res.map(|res| {
-            if let Some(r) = recorder.as_mut() {
-                r.labels.status_class = StatusClass::of(res.status().as_u16());
-            }
-            res.map(|inner| MeteredBody { inner, recorder })
-        }))
-    }
-}
-
-/// Records one request when dropped: at the end of its response body, or when the body (or
-/// the whole exchange) is abandoned.
-struct Recorder {
-    metrics: Arc<Metrics>,
-    labels: HttpLabels,
-    start: Instant,
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        let (count, duration) = self.metrics.http_handles(&self.labels);
-        count.inc();
-        duration.observe(self.start.elapsed().as_secs_f64());
-    }
-}
-
-pin_project! {
-    /// A response body that finishes its request's measurement when it ends.
-    pub struct MeteredBody<B> {
-        #[pin]
-        inner: B,
-        recorder: Option<Recorder>,
-    }
-}
-
-impl<B: HttpBody> HttpBody for MeteredBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) {
-            this.recorder.take();
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Full};
-    use std::convert::Infallible;
-    use tower::{ServiceExt, service_fn};
-
-    #[tokio::test]
-    async fn counts_by_direction_method_and_status_class_when_the_body_ends() {
-        let metrics = Arc::new(Metrics::new());
-        let svc = MetricsLayer::new(metrics.clone(), Direction::Inbound).layer(service_fn(
-            |req: Request<()>| async move {
-                let status = if req.uri().path() == "/missing" {
-                    404
-                } else {
-                    200
-                };
-                let mut res = Response::new(Full::new(bytes::Bytes::from_static(b"hi")));
-                *res.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                Ok::<_, Infallible>(res)
-            },
-        ));
-        let res = svc
-            .clone()
-            .oneshot(Request::get("/missing").body(()).unwrap())
-            .await
-            .unwrap();
-        // Not counted until the body is consumed.
-        assert!(!metrics.encode().contains("status_class=\"4xx\""));
-        res.into_body().collect().await.unwrap();
-        let req = Request::builder().method("BREW").uri("/").body(()).unwrap();
-        drop(svc.oneshot(req).await.unwrap());
-        let text = metrics.encode();
-        assert!(
-            text.contains(
-                "attache_http_requests_total{direction=\"inbound\",method=\"GET\",status_class=\"4xx\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("method=\"_OTHER\",status_class=\"2xx\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("attache_http_request_duration_seconds_bucket"));
-    }
 
     #[test]
     fn connection_gauge_follows_guards() {

@@ -1,9 +1,18 @@
-//! Telemetry: what attache tells operators about the traffic it carries. Sits third in the
-//! request flow, around everything below it, so it sees every response including the ones
-//! attache makes up itself.
+//! Telemetry: what attache tells operators about the traffic it carries. The observe layer sits
+//! outermost in both request flows, so it sees every response, including the ones attache makes
+//! up itself.
 //!
-//! - [`metrics`]: the Prometheus registry and the per-request metrics layer.
+//! - [`metrics`]: the Prometheus registry;
+//! - [`observe`]: the per-request layer that records metrics, spans and the access log;
+//! - [`span`]: the SERVER and CLIENT spans and their attributes;
+//! - [`export`]: the bounded span queue and the OTLP exporter task;
+//! - [`access_log`]: JSON access log lines, written off the request path.
 
+pub mod access_log;
+pub mod export;
 pub mod metrics;
+pub mod observe;
+pub mod span;
 
-pub use metrics::{Direction, Metrics, MetricsLayer};
+pub use metrics::{Direction, Metrics};
+pub use observe::ObserveLayer;

@@ -139,6 +139,8 @@ pub struct TraceCtx {
     pub outcomes: [Option<Outcome>; 4],
     /// Outbound with restoration on: what it found.
     pub restored: Option<Restored>,
+    /// The request id forwarded (inbound, with `request_id` configured), for the access log.
+    pub request_id: Option<HeaderValue>,
 }
 
 impl Settings {
@@ -219,6 +221,7 @@ impl Settings {
             tracestate_members_dropped: 0,
             outcomes: ex.outcomes,
             restored: None,
+            request_id: None,
         };
         if ctx.format == Some(Format::TraceContext) {
             match tracestate::extract(headers, self.tracestate_max_len) {
@@ -270,10 +273,15 @@ impl Settings {
                 write(headers, format, &ctx);
             }
         }
-        if let Some(name) = &self.request_id
-            && !headers.contains_key(name)
-        {
-            headers.insert(name.clone(), self.ids.request_id());
+        if let Some(name) = &self.request_id {
+            ctx.request_id = match headers.get(name) {
+                Some(v) => Some(v.clone()),
+                None => {
+                    let id = self.ids.request_id();
+                    headers.insert(name.clone(), id.clone());
+                    Some(id)
+                }
+            };
         }
         if let Some(r) = self
             .restore
@@ -670,9 +678,9 @@ pub struct Propagation<S> {
     metrics: Option<(Arc<Metrics>, Direction)>,
 }
 
-impl<S, B> Service<Request<B>> for Propagation<S>
+impl<S, B, ResB> Service<Request<B>> for Propagation<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = http::Response<ResB>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -710,30 +718,39 @@ where
                     debug: ctx.debug,
                 })
             });
-        req.extensions_mut().insert(ctx);
         PropagationFuture {
             inner: self.inner.call(req),
             guard,
+            ctx: Some(ctx),
         }
     }
 }
 
 pin_project! {
     /// The inner future, holding the request's in-flight registration until it completes.
+    /// The [`TraceCtx`] is handed up in the response's extensions, for the span and the
+    /// access log.
     pub struct PropagationFuture<F> {
         #[pin]
         inner: F,
         guard: Option<InFlightGuard>,
+        ctx: Option<TraceCtx>,
     }
 }
 
-impl<F: Future> Future for PropagationFuture<F> {
+impl<F, B, E> Future for PropagationFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
     type Output = F::Output;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let out = std::task::ready!(this.inner.poll(cx));
+        let mut out = std::task::ready!(this.inner.poll(cx));
         this.guard.take();
+        if let (Ok(res), Some(ctx)) = (&mut out, this.ctx.take()) {
+            res.extensions_mut().insert(ctx);
+        }
         Poll::Ready(out)
     }
 }

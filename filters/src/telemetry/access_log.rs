@@ -1,0 +1,248 @@
+//! The access log (specs/trace-context.md §11): one JSON line per request, written when its
+//! response ends. The line is formatted where the request ends and handed to a writer task
+//! through a bounded queue; when the output cannot keep up, lines are dropped and counted,
+//! never waited for.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::Metrics;
+
+/// Where lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// The sending half of the access log. Cheap to clone.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: mpsc::Sender<String>,
+    metrics: Arc<Metrics>,
+}
+
+/// Lines waiting for the writer.
+const QUEUE: usize = 8192;
+
+impl AccessLog {
+    /// Starts the writer task on the current tokio runtime.
+    pub fn start(output: Output, metrics: Arc<Metrics>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
+        tokio::spawn(async move {
+            let mut buf = String::with_capacity(64 * 1024);
+            while let Some(line) = rx.recv().await {
+                buf.push_str(&line);
+                // Whatever else is waiting goes out in the same write.
+                while buf.len() < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok(line) => buf.push_str(&line),
+                        Err(_) => break,
+                    }
+                }
+                let written = match output {
+                    Output::Stdout => {
+                        let mut out = tokio::io::stdout();
+                        match out.write_all(buf.as_bytes()).await {
+                            Ok(()) => out.flush().await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Output::Stderr => tokio::io::stderr().write_all(buf.as_bytes()).await,
+                };
+                buf.clear();
+                if written.is_err() {
+                    // Nowhere to write (a closed pipe): stop, and let senders count drops.
+                    return;
+                }
+            }
+        });
+        Self { tx, metrics }
+    }
+
+    /// Queues a line without waiting.
+    pub fn send(&self, line: String) {
+        if self.tx.try_send(line).is_err() {
+            self.metrics.access_log_dropped.inc();
+        }
+    }
+}
+
+/// One request, as the access log records it.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    pub timestamp_unix_nanos: u64,
+    pub direction: &'a str,
+    pub method: &'a str,
+    pub authority: Option<&'a str>,
+    pub path: &'a str,
+    pub protocol: &'a str,
+    pub status: Option<u16>,
+    pub duration_ms: f64,
+    pub request_bytes: Option<u64>,
+    pub response_bytes: u64,
+    pub client_address: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub trace_id: Option<u128>,
+    pub span_id: Option<u64>,
+    pub sampled: Option<bool>,
+    pub error: Option<&'a str>,
+}
+
+impl Entry<'_> {
+    /// The JSON line, newline included.
+    pub fn to_line(&self) -> String {
+        let mut s = String::with_capacity(384);
+        s.push_str("{\"timestamp\":\"");
+        rfc3339(&mut s, self.timestamp_unix_nanos);
+        s.push_str("\",\"direction\":");
+        json_str(&mut s, self.direction);
+        s.push_str(",\"method\":");
+        json_str(&mut s, self.method);
+        s.push_str(",\"authority\":");
+        opt_str(&mut s, self.authority);
+        s.push_str(",\"path\":");
+        json_str(&mut s, self.path);
+        s.push_str(",\"protocol\":");
+        json_str(&mut s, self.protocol);
+        s.push_str(",\"status\":");
+        match self.status {
+            Some(v) => {
+                let _ = write!(s, "{v}");
+            }
+            None => s.push_str("null"),
+        }
+        let _ = write!(s, ",\"duration_ms\":{:.3}", self.duration_ms);
+        s.push_str(",\"request_bytes\":");
+        match self.request_bytes {
+            Some(v) => {
+                let _ = write!(s, "{v}");
+            }
+            None => s.push_str("null"),
+        }
+        let _ = write!(s, ",\"response_bytes\":{}", self.response_bytes);
+        s.push_str(",\"client_address\":");
+        opt_str(&mut s, self.client_address);
+        s.push_str(",\"upstream\":");
+        opt_str(&mut s, self.upstream);
+        s.push_str(",\"request_id\":");
+        opt_str(&mut s, self.request_id);
+        s.push_str(",\"trace_id\":");
+        match self.trace_id {
+            Some(t) => {
+                let _ = write!(s, "\"{t:032x}\"");
+            }
+            None => s.push_str("null"),
+        }
+        s.push_str(",\"span_id\":");
+        match self.span_id {
+            Some(t) => {
+                let _ = write!(s, "\"{t:016x}\"");
+            }
+            None => s.push_str("null"),
+        }
+        s.push_str(",\"sampled\":");
+        match self.sampled {
+            Some(b) => s.push_str(if b { "true" } else { "false" }),
+            None => s.push_str("null"),
+        }
+        s.push_str(",\"error\":");
+        opt_str(&mut s, self.error);
+        s.push_str("}\n");
+        s
+    }
+}
+
+fn opt_str(out: &mut String, v: Option<&str>) {
+    match v {
+        Some(v) => json_str(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+fn json_str(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-11-23T14:58:37.123Z` from nanoseconds since the epoch (UTC, civil calendar).
+fn rfc3339(out: &mut String, unix_nanos: u64) {
+    let secs = unix_nanos / 1_000_000_000;
+    let millis = (unix_nanos / 1_000_000) % 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_json_with_every_field() {
+        let e = Entry {
+            timestamp_unix_nanos: 1_795_359_517_123_000_000,
+            direction: "inbound",
+            method: "GET",
+            authority: Some("shop\"x"),
+            path: "/a\nb",
+            protocol: "1.1",
+            status: Some(200),
+            duration_ms: 1.5,
+            request_bytes: Some(0),
+            response_bytes: 12,
+            client_address: Some("127.0.0.1"),
+            upstream: Some("app"),
+            request_id: None,
+            trace_id: Some(0x4bf92f3577b34da6a3ce929d0e0e4736),
+            span_id: Some(0x00f067aa0ba902b7),
+            sampled: Some(true),
+            error: None,
+        };
+        let line = e.to_line();
+        assert!(line.ends_with("}\n"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["timestamp"], "2026-11-22T14:58:37.123Z");
+        assert_eq!(v["authority"], "shop\"x");
+        assert_eq!(v["path"], "/a\nb");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["request_id"], serde_json::Value::Null);
+        assert_eq!(v.as_object().unwrap().len(), 17);
+    }
+}

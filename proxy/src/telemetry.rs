@@ -1,0 +1,162 @@
+//! The telemetry pipelines that outlive a config snapshot: the span exporter and the access
+//! log writer. A reload that leaves `spec.telemetry` (and the environment it reads) as it was
+//! keeps them; one that changes it starts new ones, and the old exporter sends what it holds
+//! once the last request of the old snapshot has finished.
+
+use std::sync::{Arc, Mutex};
+
+use attache_config::{Compression, Config, EffectiveTelemetry, LogOutput, OtlpProtocol, UrlQuery};
+use attache_filters::telemetry::access_log::{self, AccessLog};
+use attache_filters::telemetry::export::{ExportSettings, Exporter, Protocol};
+use attache_filters::telemetry::span::{QueryMode, SpanSettings};
+use attache_filters::telemetry::{Direction, Metrics, ObserveLayer};
+use http::{HeaderName, HeaderValue};
+
+use crate::conn::ConnInfo;
+
+/// What decides whether the exporter must be replaced.
+#[derive(PartialEq)]
+struct ExportKey {
+    effective: EffectiveTelemetry,
+    console: bool,
+    error_log_interval: std::time::Duration,
+}
+
+pub struct Telemetry {
+    metrics: Arc<Metrics>,
+    /// `attache dev`: spans go to the console unless the file says otherwise.
+    dev: bool,
+    exporter: Mutex<Option<(ExportKey, Exporter)>>,
+    access_log: Mutex<Option<(LogOutput, AccessLog)>>,
+}
+
+impl Telemetry {
+    pub fn new(metrics: Arc<Metrics>, dev: bool) -> Self {
+        Self {
+            metrics,
+            dev,
+            exporter: Mutex::new(None),
+            access_log: Mutex::new(None),
+        }
+    }
+
+    /// The observe layer (metrics, spans, access log) of one direction under `config`,
+    /// starting or replacing the pipelines it needs. Runs inside the tokio runtime.
+    pub fn layer(&self, config: &Config, direction: Direction) -> ObserveLayer {
+        let t = &config.spec.telemetry;
+        let mut layer = ObserveLayer::new(self.metrics.clone(), direction)
+            .record_metrics(t.metrics.enabled)
+            .peer_of(|ext| ext.get::<ConnInfo>().map(|c| c.peer));
+        if config.spec.trace.enabled
+            && let Some(exporter) = self.exporter(config)
+        {
+            layer = layer.spans(
+                exporter.sink.clone(),
+                SpanSettings {
+                    url_query: match t.url_query {
+                        UrlQuery::Full => QueryMode::Full,
+                        UrlQuery::Redacted => QueryMode::Redacted,
+                        UrlQuery::Omit => QueryMode::Omit,
+                    },
+                    redact_query_keys: t.redact_query_keys.clone(),
+                },
+            );
+        }
+        if t.access_log.enabled {
+            layer = layer.access_log(self.access_log(t.access_log.output));
+        }
+        layer
+    }
+
+    /// The exporter for `config`, or `None` when spans have nowhere to go.
+    fn exporter(&self, config: &Config) -> Option<Exporter> {
+        let t = &config.spec.telemetry;
+        let effective = t.effective(&config.metadata.name, &|k| std::env::var(k).ok());
+        let key = ExportKey {
+            console: t.console.unwrap_or(self.dev),
+            error_log_interval: t.error_log_interval.get(),
+            effective,
+        };
+        if key.effective.endpoint.is_none() && !key.console {
+            return None;
+        }
+        let mut slot = self.exporter.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, e)) = slot.as_ref()
+            && *k == key
+        {
+            return Some(e.clone());
+        }
+        for w in &key.effective.warnings {
+            tracing::warn!("{w}");
+        }
+        let e = &key.effective;
+        let settings = ExportSettings {
+            endpoint: e.endpoint.as_deref().and_then(|u| u.parse().ok()),
+            protocol: match e.protocol {
+                OtlpProtocol::HttpProtobuf => Protocol::HttpProtobuf,
+                OtlpProtocol::Grpc => Protocol::Grpc,
+            },
+            headers: e
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect(),
+            timeout: e.timeout,
+            gzip: e.compression == Compression::Gzip,
+            max_queue_size: e.max_queue_size,
+            max_export_batch_size: e.max_export_batch_size,
+            scheduled_delay: e.scheduled_delay,
+            error_log_interval: key.error_log_interval,
+            console: key.console,
+            resource: e.resource.clone(),
+        };
+        tracing::info!(
+            endpoint = e.endpoint.as_deref().unwrap_or("none"),
+            protocol = ?e.protocol,
+            console = key.console,
+            "span export configured"
+        );
+        let exporter = Exporter::start(settings, self.metrics.clone());
+        *slot = Some((key, exporter.clone()));
+        Some(exporter)
+    }
+
+    fn access_log(&self, output: LogOutput) -> AccessLog {
+        let mut slot = self.access_log.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((o, log)) = slot.as_ref()
+            && *o == output
+        {
+            return log.clone();
+        }
+        let log = AccessLog::start(
+            match output {
+                LogOutput::Stdout => access_log::Output::Stdout,
+                LogOutput::Stderr => access_log::Output::Stderr,
+            },
+            self.metrics.clone(),
+        );
+        *slot = Some((output, log.clone()));
+        log
+    }
+
+    /// At exit, after draining: sends the spans still queued, for at most `timeout`.
+    pub async fn flush(&self, timeout: std::time::Duration) {
+        let exporter = self
+            .exporter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, e)| e.clone());
+        if let Some(e) = exporter
+            && e.settings.endpoint.is_some()
+            && e.flush(timeout).await
+        {
+            tracing::info!("queued spans flushed");
+        }
+    }
+}
