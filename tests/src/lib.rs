@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod client;
+pub mod otlp;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -165,13 +166,14 @@ impl Attache {
     pub fn spawn_with_env(ports: Ports, dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = dir.path().join("attache.log");
         let stderr = std::fs::File::create(&log).expect("log file");
+        let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
         let child = Command::new(attache_bin())
             .args(args)
             .envs(env.iter().copied())
             .env("ATTACHE_LOG", "info")
             .env("ATTACHE_WORKERS", "2")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .expect("start attache");
@@ -251,6 +253,31 @@ impl Attache {
             .1;
         for line in lines {
             assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+        }
+    }
+
+    /// The access log lines written so far (stdout), parsed.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("stdout.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits up to `secs` for access log lines matching `pred`.
+    pub fn wait_access_log(
+        &self,
+        secs: u64,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let lines: Vec<_> = self.access_log().into_iter().filter(|l| pred(l)).collect();
+            if !lines.is_empty() || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -266,7 +266,7 @@ impl Drop for Record {
                     .ctx
                     .as_ref()
                     .and_then(|c| c.request_id.as_ref())
-                    .and_then(|v| v.to_str().ok()),
+                    .and_then(|v| v.as_str()),
                 trace_id: self.ctx.as_ref().map(|c| c.trace_id.0),
                 span_id: self.ctx.as_ref().map(|c| c.span_id.0),
                 sampled: self.ctx.as_ref().map(|c| c.sampled),

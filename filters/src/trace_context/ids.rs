@@ -32,15 +32,21 @@ pub trait IdGenerator: Send + Sync + 'static {
 
     /// A lowercase UUID v4, as `x-request-id` carries it: one allocation (the value's bytes).
     fn request_id(&self) -> http::HeaderValue {
+        let text = self.request_id_text();
+        http::HeaderValue::from_bytes(&text).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    }
+
+    /// The text of a lowercase UUID v4, without allocating.
+    fn request_id_text(&self) -> [u8; 36] {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&self.next_u64().to_le_bytes());
         bytes[8..].copy_from_slice(&self.next_u64().to_le_bytes());
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = uuid::Builder::from_random_bytes(bytes)
+        uuid::Builder::from_random_bytes(bytes)
             .into_uuid()
             .hyphenated()
             .encode_lower(&mut buf);
-        http::HeaderValue::from_str(text).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+        buf
     }
 }
 

@@ -140,7 +140,24 @@ pub struct TraceCtx {
     /// Outbound with restoration on: what it found.
     pub restored: Option<Restored>,
     /// The request id forwarded (inbound, with `request_id` configured), for the access log.
-    pub request_id: Option<HeaderValue>,
+    pub request_id: Option<RequestId>,
+}
+
+/// A request id as forwarded: the caller's, or one attache generated. A generated id is kept
+/// as text here so that sharing it with the header costs no second allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestId {
+    Arrived(HeaderValue),
+    Generated([u8; 36]),
+}
+
+impl RequestId {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            RequestId::Arrived(v) => v.to_str().ok(),
+            RequestId::Generated(b) => std::str::from_utf8(b).ok(),
+        }
+    }
 }
 
 impl Settings {
@@ -275,11 +292,13 @@ impl Settings {
         }
         if let Some(name) = &self.request_id {
             ctx.request_id = match headers.get(name) {
-                Some(v) => Some(v.clone()),
+                Some(v) => Some(RequestId::Arrived(v.clone())),
                 None => {
-                    let id = self.ids.request_id();
-                    headers.insert(name.clone(), id.clone());
-                    Some(id)
+                    let text = self.ids.request_id_text();
+                    if let Ok(v) = HeaderValue::from_bytes(&text) {
+                        headers.insert(name.clone(), v);
+                    }
+                    Some(RequestId::Generated(text))
                 }
             };
         }
