@@ -6,6 +6,9 @@
 //! - `/status/<code>`: answers with that status;
 //! - `/ws`: accepts an HTTP Upgrade and echoes every byte back;
 //! - `/trailers`: answers `ok` followed by a `grpc-status: 0` trailer (as gRPC does);
+//! - `/call/<port>/<path>`: calls `http://127.0.0.1:<port>/<path>` (an ambassador port),
+//!   forwarding only `traceparent`, as an app with the least tracing support does, and answers
+//!   with the status it got;
 //! - anything else: a JSON echo of the method, path, headers and body length, plus the app's
 //!   name.
 //!
@@ -94,6 +97,22 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<App
             .and_then(|c| StatusCode::from_u16(c).ok())
             .unwrap_or(StatusCode::OK);
         return Ok(res);
+    }
+    if let Some(rest) = path.strip_prefix("/call/") {
+        let (port, target) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut call = Request::get(format!("http://127.0.0.1:{port}/{target}"));
+        if let Some(tp) = req.headers().get("traceparent") {
+            call = call.header("traceparent", tp);
+        }
+        let client = crate::client::http1();
+        let status =
+            match crate::client::send(&client, call.body(Full::new(Bytes::new())).expect("call"))
+                .await
+            {
+                Ok(got) => got.status,
+                Err(_) => 599,
+            };
+        return Ok(Response::new(full(format!("{{\"status\":{status}}}"))));
     }
     if path == "/ws" {
         let upgrade = hyper::upgrade::on(&mut req);

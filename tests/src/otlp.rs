@@ -85,14 +85,18 @@ pub struct Received {
 
 impl Received {
     pub fn attr(&self, key: &str) -> Option<String> {
-        self.span.attributes.iter().find(|kv| kv.key == key).map(|kv| {
-            match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                Some(Value::StringValue(s)) => s.clone(),
-                Some(Value::IntValue(i)) => i.to_string(),
-                Some(Value::BoolValue(b)) => b.to_string(),
-                other => format!("{other:?}"),
-            }
-        })
+        self.span
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .map(
+                |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::StringValue(s)) => s.clone(),
+                    Some(Value::IntValue(i)) => i.to_string(),
+                    Some(Value::BoolValue(b)) => b.to_string(),
+                    other => format!("{other:?}"),
+                },
+            )
     }
     pub fn trace_id(&self) -> String {
         hex(&self.span.trace_id)
@@ -143,16 +147,17 @@ impl Collector {
                         Protocol::Http => {
                             let svc = hyper::service::service_fn(move |req| {
                                 let st = st.clone();
-                                async move { Ok::<_, std::convert::Infallible>(http_export(&st, req).await) }
+                                async move {
+                                    Ok::<_, std::convert::Infallible>(http_export(&st, req).await)
+                                }
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(io, svc)
                                 .await;
                         }
                         Protocol::Grpc => {
-                            let svc = TraceServiceServer::new(Grpc(st)).accept_compressed(
-                                tonic::codec::CompressionEncoding::Gzip,
-                            );
+                            let svc = TraceServiceServer::new(Grpc(st))
+                                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
                             let svc = hyper_util::service::TowerToHyperService::new(svc);
                             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                                 .serve_connection(io, svc)
