@@ -27,10 +27,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 UP=18080 ATT=18001 NGX=18002 HAP=18003 ENV=18004 ATT_ADMIN=18100 ENV_ADMIN=18101
 PIDS=()
+source bench/lib.sh
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
 need wrk "apt-get install wrk"
 need nginx "apt-get install nginx-light"
 need haproxy "apt-get install haproxy"
@@ -40,16 +40,9 @@ need h2load "apt-get install nghttp2-client"
 cargo build --release -q -p attache
 ATTACHE=target/release/attache
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 # --- upstream: nginx returning a small fixed body, on the load core ---
-cat > "$OUT/upstream.conf" <<CONF
-worker_processes 1; daemon off; pid $PWD/$OUT/upstream.pid; error_log /dev/null crit;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from the upstream\n"; } } }
-CONF
-taskset -c "$LOAD_CPU" nginx -c "$PWD/$OUT/upstream.conf" -p "$PWD/$OUT" & PIDS+=($!)
+upstream_nginx "$UP" "$LOAD_CPU"
 
 # --- attache ---
 cat > "$OUT/attache.yaml" <<CONF
@@ -60,6 +53,7 @@ spec:
   inbound: { listen: "127.0.0.1:$ATT", app: "http://127.0.0.1:$UP" }
   admin: { listen: "127.0.0.1:$ATT_ADMIN" }
   trace: { enabled: ${ATTACHE_TRACE:-false} }   # issue 2 measures attache with filters off
+  telemetry: { access_log: { enabled: false } }  # as nginx below: access_log off
 CONF
 ATTACHE_LOG=warn ATTACHE_WORKERS=1 taskset -c "$PROXY_CPU" "$ATTACHE" run -c "$OUT/attache.yaml" 2>"$OUT/attache.log" & PIDS+=($!); ATT_PID=$!
 
@@ -125,11 +119,6 @@ taskset -c "$PROXY_CPU" envoy -c "$OUT/envoy.yaml" --concurrency 1 -l error --di
 for p in $UP $ATT $NGX $HAP $ENV; do wait_port "$p"; done
 sleep 1
 
-# All processes of a proxy: the one we started and its children (nginx's worker).
-procs() { echo "$1"; pgrep -P "$1" || true; }
-cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
-rss_kib() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$t"; }
-HZ=$(getconf CLK_TCK)
 
 # Opens 1,000 keep-alive connections and makes one request on each, one connection at a time,
 # then holds them all open and prints the proxy's RSS (KiB).

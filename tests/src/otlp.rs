@@ -44,6 +44,10 @@ struct State {
     /// Requests that arrived gzip-compressed.
     gzipped: AtomicUsize,
     failed: AtomicUsize,
+    /// Count spans without keeping them (for long benchmark runs).
+    count_only: bool,
+    counted: AtomicUsize,
+    batches: AtomicUsize,
 }
 
 impl State {
@@ -57,7 +61,17 @@ impl State {
             self.failed.fetch_add(1, Ordering::SeqCst);
             return false;
         }
-        self.requests.lock().unwrap().push(req);
+        let n: usize = req
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        self.counted.fetch_add(n, Ordering::SeqCst);
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        if !self.count_only {
+            self.requests.lock().unwrap().push(req);
+        }
         true
     }
 }
@@ -127,13 +141,16 @@ impl Collector {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind collector");
-        Self::serve(listener, protocol)
+        Self::serve(listener, protocol, false)
     }
 
-    /// Serves on an already-bound listener (to come back on the same port).
-    pub fn serve(listener: tokio::net::TcpListener, protocol: Protocol) -> Self {
+    /// Serves on an already-bound listener; `count_only` keeps no spans, only their number.
+    pub fn serve(listener: tokio::net::TcpListener, protocol: Protocol, count_only: bool) -> Self {
         let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            count_only,
+            ..State::default()
+        });
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -186,11 +203,16 @@ impl Collector {
 
     /// Export requests accepted so far.
     pub fn batches(&self) -> usize {
-        self.state.requests.lock().unwrap().len()
+        self.state.batches.load(Ordering::SeqCst)
     }
 
     pub fn failed(&self) -> usize {
         self.state.failed.load(Ordering::SeqCst)
+    }
+
+    /// Spans accepted so far (kept or only counted).
+    pub fn counted(&self) -> usize {
+        self.state.counted.load(Ordering::SeqCst)
     }
 
     pub fn gzipped(&self) -> usize {

@@ -1,0 +1,21 @@
+# Helpers shared by the benchmark scripts (sourced, not run).
+
+# All processes of a proxy: the one we started and its children (nginx's worker).
+procs() { echo "$1"; pgrep -P "$1" || true; }
+cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+rss_kib() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$t"; }
+HZ=$(getconf CLK_TCK)
+
+need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+
+# The upstream: nginx returning a small fixed body. upstream_nginx PORT CPU
+upstream_nginx() {
+  cat > "$OUT/upstream.conf" <<CONF
+worker_processes 1; daemon off; pid $PWD/$OUT/upstream.pid; error_log /dev/null crit;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$1; location / { return 200 "hello from the upstream\n"; } } }
+CONF
+  taskset -c "$2" nginx -c "$PWD/$OUT/upstream.conf" -p "$PWD/$OUT" & PIDS+=($!)
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# What tracing costs (specs/trace-context.md §13, issue 3): attache's CPU time per request at a
+# fixed rate with tracing off, on with every span exported to a local OTLP collector (HTTP and
+# gRPC), and on with the access log as well. attache is pinned to core 0 with one worker; the
+# load generator, the upstream and the collector share core 1.
+#
+#   bash bench/tracing.sh                   # 20,000 req/s for 10 s per mode
+#   RATE=10000 RATE_SECS=20 bash bench/tracing.sh
+#
+# Needs: h2load, nginx (apt-get install nghttp2-client nginx-light). Traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNS=${CONNS:-50}
+RATE=${RATE:-20000}
+RATE_SECS=${RATE_SECS:-10}
+WARMUP_SECS=${WARMUP_SECS:-3}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+OUT=bench/out
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+UP=18080 ATT=18001 ATT_ADMIN=18100 OTLP_HTTP=18318 OTLP_GRPC=18317
+PIDS=()
+source bench/lib.sh
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+need h2load "apt-get install nghttp2-client"
+need nginx "apt-get install nginx-light"
+
+cargo build --release -q -p attache -p attache-tests --bin attache --bin otlp-collector
+ATTACHE=target/release/attache
+
+upstream_nginx "$UP" "$LOAD_CPU"
+taskset -c "$LOAD_CPU" target/release/otlp-collector "$OTLP_HTTP" http > "$OUT/collector-http.txt" & PIDS+=($!); COL_HTTP=$!
+taskset -c "$LOAD_CPU" target/release/otlp-collector "$OTLP_GRPC" grpc > "$OUT/collector-grpc.txt" & PIDS+=($!); COL_GRPC=$!
+for p in $UP $OTLP_HTTP $OTLP_GRPC; do wait_port "$p"; done
+
+# measure NAME TELEMETRY-AND-TRACE-YAML: one attache run at the fixed rate; prints a table row.
+measure() {
+  local name=$1 extra=$2
+  cat > "$OUT/attache-$name.yaml" <<CONF
+apiVersion: attache.dev/v1
+kind: Sidecar
+metadata: { name: bench }
+spec:
+  inbound: { listen: "127.0.0.1:$ATT", app: "http://127.0.0.1:$UP" }
+  admin: { listen: "127.0.0.1:$ATT_ADMIN" }
+$extra
+CONF
+  ATTACHE_LOG=warn ATTACHE_WORKERS=1 taskset -c "$PROXY_CPU" "$ATTACHE" run -c "$OUT/attache-$name.yaml" >/dev/null 2>"$OUT/attache-$name.log" &
+  local pid=$!
+  wait_port "$ATT"
+  taskset -c "$LOAD_CPU" h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -D "$WARMUP_SECS" "http://127.0.0.1:$ATT/" >/dev/null 2>&1
+  local before after
+  before=$(cpu_ticks "$pid")
+  taskset -c "$LOAD_CPU" h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -D "$RATE_SECS" "http://127.0.0.1:$ATT/" > "$OUT/h2load-trace-$name.txt" 2>&1
+  after=$(cpu_ticks "$pid")
+  local exported dropped
+  exported=$(curl -s "http://127.0.0.1:$ATT_ADMIN/metrics" | awk '/^attache_spans_exported_total/{print $2}')
+  dropped=$(curl -s "http://127.0.0.1:$ATT_ADMIN/metrics" | awk '/^attache_spans_dropped_total/{s+=$2} END{print s+0}')
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  local done_n mean
+  done_n=$(awk '/^requests:/{print $8}' "$OUT/h2load-trace-$name.txt")
+  mean=$(awk '/^time for request:/{print $6}' "$OUT/h2load-trace-$name.txt")
+  local cpu
+  cpu=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$done_n" 'BEGIN{printf "%.1f", d*1e6/hz/n}')
+  echo "$cpu" > "$OUT/cpu-$name.txt"
+  local ratio
+  ratio=$(awk -v c="$cpu" -v b="$(cat "$OUT/cpu-off.txt")" 'BEGIN{printf "%.2f", c/b}')
+  printf "| %-22s | %10s | %12s | %10s | %5s× | %8s | %7s |\n" "$name" "$(awk -v n="$done_n" -v s="$RATE_SECS" 'BEGIN{printf "%.0f", n/s}')" "$mean" "$cpu" "$ratio" "${exported:-0}" "$dropped"
+}
+
+{
+  echo "h2load --h1 -c$CONNS at $RATE req/s for $RATE_SECS s per mode; attache pinned to CPU $PROXY_CPU with one worker; load, upstream and collector on CPU $LOAD_CPU."
+  echo
+  echo "| mode                   | req/s done | mean latency | CPU µs/req | vs off | exported | dropped |"
+  echo "|------------------------|------------|--------------|------------|--------|----------|---------|"
+  measure off "  trace: { enabled: false }
+  telemetry: { access_log: { enabled: false } }"
+  measure propagation-only "  telemetry: { access_log: { enabled: false } }"
+  measure export-http "  telemetry:
+    otlp: { endpoint: 'http://127.0.0.1:$OTLP_HTTP' }
+    access_log: { enabled: false }"
+  measure export-grpc "  telemetry:
+    otlp: { endpoint: 'http://127.0.0.1:$OTLP_GRPC', protocol: grpc }
+    access_log: { enabled: false }"
+  measure export-http+access-log "  telemetry:
+    otlp: { endpoint: 'http://127.0.0.1:$OTLP_HTTP' }"
+} | tee "$OUT/tracing-results.md"
