@@ -153,10 +153,19 @@ impl Telemetry {
             .as_ref()
             .map(|(_, e)| e.clone());
         if let Some(e) = exporter
-            && e.settings.endpoint.is_some()
             && e.flush(timeout).await
+            && e.settings.endpoint.is_some()
         {
             tracing::info!("queued spans flushed");
+        }
+        let log = self
+            .access_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, l)| l.clone());
+        if let Some(log) = log {
+            log.flush();
         }
     }
 }

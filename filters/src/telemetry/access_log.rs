@@ -1,13 +1,13 @@
 //! The access log (specs/trace-context.md §11): one JSON line per request, written when its
-//! response ends. The line is formatted where the request ends and handed to a writer task
-//! through a bounded queue; when the output cannot keep up, lines are dropped and counted,
-//! never waited for.
+//! response ends. The line is formatted where the request ends, straight into a shared
+//! buffer; a writer thread of its own empties the buffer every 100 ms (sooner when it fills)
+//! with one write. The request path never waits on the output: past 4 MiB of unwritten lines,
+//! lines are dropped and counted.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
-
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use std::io::Write as _;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use super::Metrics;
 
@@ -18,57 +18,99 @@ pub enum Output {
     Stderr,
 }
 
-/// The sending half of the access log. Cheap to clone.
+/// Unwritten lines beyond which new ones are dropped.
+const MAX_BUFFERED: usize = 4 * 1024 * 1024;
+/// Buffered bytes that wake the writer before its next tick.
+const WAKE_AT: usize = 64 * 1024;
+
+struct Buffer {
+    lines: Mutex<String>,
+    ready: Condvar,
+}
+
+/// The access log's sending half. Cheap to clone.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: mpsc::Sender<String>,
+    buffer: Arc<Buffer>,
+    output: Output,
     metrics: Arc<Metrics>,
 }
 
-/// Lines waiting for the writer.
-const QUEUE: usize = 8192;
-
 impl AccessLog {
-    /// Starts the writer task on the current tokio runtime.
+    /// Starts the writer thread. It ends once every `AccessLog` is gone and the buffer is
+    /// written.
     pub fn start(output: Output, metrics: Arc<Metrics>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<String>(QUEUE);
-        tokio::spawn(async move {
-            let mut buf = String::with_capacity(64 * 1024);
-            while let Some(line) = rx.recv().await {
-                buf.push_str(&line);
-                // Whatever else is waiting goes out in the same write.
-                while buf.len() < 256 * 1024 {
-                    match rx.try_recv() {
-                        Ok(line) => buf.push_str(&line),
-                        Err(_) => break,
-                    }
-                }
-                let written = match output {
-                    Output::Stdout => {
-                        let mut out = tokio::io::stdout();
-                        match out.write_all(buf.as_bytes()).await {
-                            Ok(()) => out.flush().await,
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Output::Stderr => tokio::io::stderr().write_all(buf.as_bytes()).await,
-                };
-                buf.clear();
-                if written.is_err() {
-                    // Nowhere to write (a closed pipe): stop, and let senders count drops.
-                    return;
-                }
-            }
+        let buffer = Arc::new(Buffer {
+            lines: Mutex::new(String::with_capacity(WAKE_AT * 2)),
+            ready: Condvar::new(),
         });
-        Self { tx, metrics }
-    }
-
-    /// Queues a line without waiting.
-    pub fn send(&self, line: String) {
-        if self.tx.try_send(line).is_err() {
-            self.metrics.access_log_dropped.inc();
+        let weak = Arc::downgrade(&buffer);
+        let spawned = std::thread::Builder::new()
+            .name("attache-access-log".into())
+            .spawn(move || {
+                let mut spare = String::with_capacity(WAKE_AT * 2);
+                while let Some(buffer) = weak.upgrade() {
+                    {
+                        let lines = buffer.lines.lock().unwrap_or_else(|p| p.into_inner());
+                        let (mut lines, _) = buffer
+                            .ready
+                            .wait_timeout_while(lines, Duration::from_millis(100), |l| {
+                                l.len() < WAKE_AT
+                            })
+                            .unwrap_or_else(|p| p.into_inner());
+                        std::mem::swap(&mut *lines, &mut spare);
+                    }
+                    drop(buffer);
+                    if !spare.is_empty() {
+                        write_out(output, &spare);
+                        spare.clear();
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the access log writer: {e}");
+        }
+        Self {
+            buffer,
+            output,
+            metrics,
         }
     }
+
+    /// Appends a request's line without waiting on the output.
+    pub fn send(&self, entry: &Entry<'_>) {
+        let mut lines = self.buffer.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() >= MAX_BUFFERED {
+            drop(lines);
+            self.metrics.access_log_dropped.inc();
+            return;
+        }
+        entry.write_to(&mut lines);
+        if lines.len() >= WAKE_AT {
+            self.buffer.ready.notify_one();
+        }
+    }
+
+    /// Writes what is buffered now, on the calling thread (at exit).
+    pub fn flush(&self) {
+        let pending =
+            std::mem::take(&mut *self.buffer.lines.lock().unwrap_or_else(|p| p.into_inner()));
+        write_out(self.output, &pending);
+    }
+}
+
+fn write_out(output: Output, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    // A closed or full output loses the lines; attache keeps serving.
+    let _ = match output {
+        Output::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        }
+        Output::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
+    };
 }
 
 /// One request, as the access log records it.
@@ -97,18 +139,24 @@ impl Entry<'_> {
     /// The JSON line, newline included.
     pub fn to_line(&self) -> String {
         let mut s = String::with_capacity(384);
+        self.write_to(&mut s);
+        s
+    }
+
+    /// Appends the JSON line, newline included, to `s`.
+    pub fn write_to(&self, s: &mut String) {
         s.push_str("{\"timestamp\":\"");
-        rfc3339(&mut s, self.timestamp_unix_nanos);
+        rfc3339(s, self.timestamp_unix_nanos);
         s.push_str("\",\"direction\":");
-        json_str(&mut s, self.direction);
+        json_str(s, self.direction);
         s.push_str(",\"method\":");
-        json_str(&mut s, self.method);
+        json_str(s, self.method);
         s.push_str(",\"authority\":");
-        opt_str(&mut s, self.authority);
+        opt_str(s, self.authority);
         s.push_str(",\"path\":");
-        json_str(&mut s, self.path);
+        json_str(s, self.path);
         s.push_str(",\"protocol\":");
-        json_str(&mut s, self.protocol);
+        json_str(s, self.protocol);
         s.push_str(",\"status\":");
         match self.status {
             Some(v) => {
@@ -126,11 +174,11 @@ impl Entry<'_> {
         }
         let _ = write!(s, ",\"response_bytes\":{}", self.response_bytes);
         s.push_str(",\"client_address\":");
-        opt_str(&mut s, self.client_address);
+        opt_str(s, self.client_address);
         s.push_str(",\"upstream\":");
-        opt_str(&mut s, self.upstream);
+        opt_str(s, self.upstream);
         s.push_str(",\"request_id\":");
-        opt_str(&mut s, self.request_id);
+        opt_str(s, self.request_id);
         s.push_str(",\"trace_id\":");
         match self.trace_id {
             Some(t) => {
@@ -151,9 +199,8 @@ impl Entry<'_> {
             None => s.push_str("null"),
         }
         s.push_str(",\"error\":");
-        opt_str(&mut s, self.error);
+        opt_str(s, self.error);
         s.push_str("}\n");
-        s
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -20,17 +20,14 @@ use http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    ResourceSpans, ScopeSpans, Span, Status, span, status,
-};
+use opentelemetry_proto::tonic::trace::v1::{span, status};
 use prost::Message;
+use prost::encoding::{encode_varint, encoded_len_varint};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::span::{SpanRecord, Value};
 use super::{Direction, Metrics};
@@ -60,20 +57,36 @@ pub struct ExportSettings {
     pub resource: BTreeMap<String, String>,
 }
 
+/// The span queue: a bounded list behind a lock held for a push, and a wake-up for the
+/// export task when a batch is full (else it wakes on its schedule). Ending a span costs no
+/// task wake-up.
+struct Queue {
+    spans: Mutex<Vec<SpanRecord>>,
+    full_batch: Notify,
+    max_queue_size: usize,
+    max_export_batch_size: usize,
+}
+
 /// Where finished spans go: the sending half of the export queue. Cheap to clone.
 #[derive(Clone)]
 pub struct SpanSink {
-    tx: mpsc::Sender<SpanRecord>,
+    queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 }
 
 impl SpanSink {
     /// Queues a span without waiting; a full queue drops it, counted.
     pub fn send(&self, span: SpanRecord) {
-        match self.tx.try_send(span) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.spans_dropped("queue_full", 1),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.spans_dropped("shutdown", 1),
+        let q = &*self.queue;
+        let mut spans = q.spans.lock().unwrap_or_else(|p| p.into_inner());
+        if spans.len() >= q.max_queue_size {
+            drop(spans);
+            self.metrics.spans_dropped("queue_full", 1);
+            return;
+        }
+        spans.push(span);
+        if spans.len() == q.max_export_batch_size {
+            q.full_batch.notify_one();
         }
     }
 }
@@ -87,23 +100,49 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Starts the export task on the current tokio runtime.
+    /// Starts the export task on the current tokio runtime. It ends, after sending what is
+    /// left, once every [`SpanSink`] and [`Exporter`] is gone.
     pub fn start(settings: ExportSettings, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = mpsc::channel(settings.max_queue_size.max(1));
         let (flush, flush_rx) = mpsc::channel(1);
         let settings = Arc::new(settings);
+        let queue = Arc::new(Queue {
+            spans: Mutex::new(Vec::with_capacity(settings.max_export_batch_size.max(1))),
+            full_batch: Notify::new(),
+            max_queue_size: settings.max_queue_size.max(1),
+            max_export_batch_size: settings.max_export_batch_size.max(1),
+        });
         let task = Task {
-            rx,
+            queue: queue.clone(),
             flush_rx,
             client: Transport::new(&settings),
-            resource: resource(&settings.resource),
+            resource: Resource {
+                attributes: settings
+                    .resource
+                    .iter()
+                    .map(|(k, v)| KeyValue {
+                        key: k.clone(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(v.clone())),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            scope: InstrumentationScope {
+                name: "attache".to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
             settings: settings.clone(),
             metrics: metrics.clone(),
             last_error_log: None,
         };
         tokio::spawn(task.run());
         Self {
-            sink: SpanSink { tx, metrics },
+            sink: SpanSink { queue, metrics },
             flush,
             settings,
         }
@@ -117,7 +156,13 @@ impl Exporter {
         match tokio::time::timeout(timeout, asked).await {
             Ok(flushed) => flushed,
             Err(_) => {
-                let queued = self.sink.tx.max_capacity() - self.sink.tx.capacity();
+                let queued = self
+                    .sink
+                    .queue
+                    .spans
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len();
                 tracing::warn!(
                     queued,
                     "telemetry.shutdown_timeout reached; spans still queued are not exported"
@@ -129,10 +174,12 @@ impl Exporter {
 }
 
 struct Task {
-    rx: mpsc::Receiver<SpanRecord>,
+    queue: Arc<Queue>,
     flush_rx: mpsc::Receiver<oneshot::Sender<()>>,
     client: Option<Transport>,
-    resource: Resource,
+    /// The encoded `Resource` and `InstrumentationScope`, the same in every request.
+    resource: Vec<u8>,
+    scope: Vec<u8>,
     settings: Arc<ExportSettings>,
     metrics: Arc<Metrics>,
     last_error_log: Option<Instant>,
@@ -140,74 +187,59 @@ struct Task {
 
 impl Task {
     async fn run(mut self) {
-        let max = self.settings.max_export_batch_size.max(1);
-        let mut batch: Vec<SpanRecord> = Vec::with_capacity(max);
-        let mut deadline = tokio::time::Instant::now() + self.settings.scheduled_delay;
+        // On the console a developer is watching: spans show within 200 ms.
+        let tick = if self.settings.console {
+            self.settings
+                .scheduled_delay
+                .min(Duration::from_millis(200))
+        } else {
+            self.settings.scheduled_delay
+        };
         loop {
+            let mut ack = None;
             tokio::select! {
                 biased;
-                Some(ack) = self.flush_rx.recv() => {
-                    while let Ok(span) = self.rx.try_recv() {
-                        self.accept(span, &mut batch).await;
-                    }
-                    self.export(&mut batch).await;
-                    let _ = ack.send(());
+                Some(a) = self.flush_rx.recv() => ack = Some(a),
+                () = self.queue.full_batch.notified() => {}
+                () = tokio::time::sleep(tick) => {}
+            }
+            let spans =
+                std::mem::take(&mut *self.queue.spans.lock().unwrap_or_else(|p| p.into_inner()));
+            if !spans.is_empty() {
+                self.export(spans).await;
+            }
+            if let Some(ack) = ack {
+                let _ = ack.send(());
+            }
+            // Only this task holds the queue: the config moved on, or attache is exiting.
+            if Arc::strong_count(&self.queue) == 1 {
+                let rest = std::mem::take(
+                    &mut *self.queue.spans.lock().unwrap_or_else(|p| p.into_inner()),
+                );
+                if !rest.is_empty() {
+                    self.export(rest).await;
                 }
-                span = self.rx.recv() => match span {
-                    Some(span) => self.accept(span, &mut batch).await,
-                    None => {
-                        // Every sender is gone: the config changed or attache is exiting.
-                        self.export(&mut batch).await;
-                        return;
-                    }
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.export(&mut batch).await;
-                    deadline = tokio::time::Instant::now() + self.settings.scheduled_delay;
-                }
+                return;
             }
         }
     }
 
-    async fn accept(&mut self, span: SpanRecord, batch: &mut Vec<SpanRecord>) {
+    /// Prints and sends `spans` in batches, retrying what may succeed later, each batch
+    /// until `timeout`.
+    async fn export(&mut self, spans: Vec<SpanRecord>) {
         if self.settings.console {
-            let line = span.to_json_line();
-            let mut err = tokio::io::stderr();
-            let _ = err.write_all(line.as_bytes()).await;
-        }
-        if self.client.is_some() {
-            batch.push(span);
-            if batch.len() >= self.settings.max_export_batch_size {
-                self.export(batch).await;
+            let mut lines = String::new();
+            for span in &spans {
+                lines.push_str(&span.to_json_line());
             }
+            let _ = tokio::io::stderr().write_all(lines.as_bytes()).await;
         }
-    }
-
-    /// Sends the batch, retrying what may succeed later, until `timeout`.
-    async fn export(&mut self, batch: &mut Vec<SpanRecord>) {
         let Some(client) = &self.client else {
-            batch.clear();
             return;
         };
-        while !batch.is_empty() {
-            let n = batch.len().min(self.settings.max_export_batch_size.max(1));
-            let spans: Vec<SpanRecord> = batch.drain(..n).collect();
-            let request = ExportTraceServiceRequest {
-                resource_spans: vec![ResourceSpans {
-                    resource: Some(self.resource.clone()),
-                    scope_spans: vec![ScopeSpans {
-                        scope: Some(InstrumentationScope {
-                            name: "attache".to_owned(),
-                            version: env!("CARGO_PKG_VERSION").to_owned(),
-                            ..Default::default()
-                        }),
-                        spans: spans.iter().map(to_proto).collect(),
-                        schema_url: String::new(),
-                    }],
-                    schema_url: String::new(),
-                }],
-            };
-            let body = request.encode_to_vec();
+        for batch in spans.chunks(self.settings.max_export_batch_size.max(1)) {
+            let n = batch.len();
+            let body = encode_request(&self.resource, &self.scope, batch);
             let started = Instant::now();
             let mut backoff = Duration::from_millis(100);
             let outcome = loop {
@@ -454,72 +486,278 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-fn resource(attrs: &BTreeMap<String, String>) -> Resource {
-    Resource {
-        attributes: attrs
-            .iter()
-            .map(|(k, v)| KeyValue {
-                key: k.clone(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(v.clone())),
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
+// === OTLP encoding ===
+//
+// Spans are written straight into the protobuf of an `ExportTraceServiceRequest`, from the
+// record and its borrowed attributes: no intermediate message structs, no copied strings.
+// Field numbers are those of opentelemetry-proto's `trace.proto`; a test decodes the result
+// with the generated types.
+
+const LEN: u32 = 2;
+
+fn put_key(buf: &mut Vec<u8>, field: u32, wire: u32) {
+    encode_varint(u64::from((field << 3) | wire), buf);
+}
+
+fn put_bytes(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
+    put_key(buf, field, LEN);
+    encode_varint(data.len() as u64, buf);
+    buf.extend_from_slice(data);
+}
+
+/// An `attributes` entry: `KeyValue { key = 1, value = 2: AnyValue { string = 1 | bool = 2 |
+/// int = 3 } }`.
+fn put_attribute(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value<'_>) {
+    let any_len = match value {
+        Value::Str(s) => 1 + encoded_len_varint(s.len() as u64) + s.len(),
+        Value::Int(i) => 1 + encoded_len_varint(*i as u64),
+        Value::Bool(_) => 2,
+    };
+    let kv_len = 1
+        + encoded_len_varint(key.len() as u64)
+        + key.len()
+        + 1
+        + encoded_len_varint(any_len as u64)
+        + any_len;
+    put_key(buf, field, LEN);
+    encode_varint(kv_len as u64, buf);
+    put_bytes(buf, 1, key.as_bytes());
+    put_key(buf, 2, LEN);
+    encode_varint(any_len as u64, buf);
+    match value {
+        Value::Str(s) => put_bytes(buf, 1, s.as_bytes()),
+        Value::Bool(b) => {
+            put_key(buf, 2, 0);
+            buf.push(u8::from(*b));
+        }
+        Value::Int(i) => {
+            put_key(buf, 3, 0);
+            encode_varint(*i as u64, buf);
+        }
     }
 }
 
-/// The OTLP form of a span.
-pub fn to_proto(s: &SpanRecord) -> Span {
-    // Low byte: the W3C flags (sampled); bits 8-9: whether the parent is remote is known,
-    // and is it.
+/// The `Span` message of a record.
+fn encode_span(s: &SpanRecord, buf: &mut Vec<u8>) {
+    // Low byte: the W3C flags (sampled); bits 8 and 9: whether the parent is remote is
+    // known, and is it.
     const HAS_IS_REMOTE: u32 = 0x100;
     const IS_REMOTE: u32 = 0x200;
+    put_bytes(buf, 1, &s.trace_id.0.to_be_bytes());
+    put_bytes(buf, 2, &s.span_id.0.to_be_bytes());
+    if let Some(ts) = s.trace_state.as_ref().and_then(|v| v.to_str().ok()) {
+        put_bytes(buf, 3, ts.as_bytes());
+    }
+    if let Some(p) = s.parent_id {
+        put_bytes(buf, 4, &p.0.to_be_bytes());
+    }
+    put_bytes(buf, 5, s.name().as_bytes());
+    let kind = match s.direction {
+        Direction::Inbound => span::SpanKind::Server,
+        Direction::Outbound => span::SpanKind::Client,
+    };
+    put_key(buf, 6, 0);
+    encode_varint(kind as u64, buf);
+    put_key(buf, 7, 1);
+    buf.extend_from_slice(&s.start_unix_nanos.to_le_bytes());
+    put_key(buf, 8, 1);
+    buf.extend_from_slice(&s.end_unix_nanos.to_le_bytes());
+    s.attributes(|k, v| put_attribute(buf, 9, k, &v));
+    if s.error_type().is_some() {
+        // Status { code = 3: ERROR }
+        put_key(buf, 15, LEN);
+        encode_varint(2, buf);
+        put_key(buf, 3, 0);
+        encode_varint(status::StatusCode::Error as u64, buf);
+    }
     let mut flags = 0x01 | HAS_IS_REMOTE;
-    if s.remote_parent {
+    if s.remote_parent() {
         flags |= IS_REMOTE;
     }
-    Span {
-        trace_id: s.trace_id.0.to_be_bytes().to_vec(),
-        span_id: s.span_id.0.to_be_bytes().to_vec(),
-        trace_state: s
-            .trace_state
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
-        parent_span_id: s
-            .parent_id
-            .map(|p| p.0.to_be_bytes().to_vec())
-            .unwrap_or_default(),
-        flags,
-        name: s.name.to_string(),
-        kind: match s.direction {
-            Direction::Inbound => span::SpanKind::Server as i32,
-            Direction::Outbound => span::SpanKind::Client as i32,
-        },
-        start_time_unix_nano: s.start_unix_nanos,
-        end_time_unix_nano: s.end_unix_nanos,
-        attributes: s
-            .attributes
-            .iter()
-            .map(|(k, v)| KeyValue {
-                key: (*k).to_owned(),
+    put_key(buf, 16, 5);
+    buf.extend_from_slice(&flags.to_le_bytes());
+}
+
+/// `ExportTraceServiceRequest { resource_spans = 1: ResourceSpans { resource = 1,
+/// scope_spans = 2: ScopeSpans { scope = 1, spans = 2 } } }`.
+pub fn encode_request(resource: &[u8], scope: &[u8], spans: &[SpanRecord]) -> Vec<u8> {
+    let mut scope_spans = Vec::with_capacity(spans.len() * 512 + scope.len() + 8);
+    put_bytes(&mut scope_spans, 1, scope);
+    let mut one = Vec::with_capacity(512);
+    for span in spans {
+        one.clear();
+        encode_span(span, &mut one);
+        put_bytes(&mut scope_spans, 2, &one);
+    }
+    let mut resource_spans = Vec::with_capacity(scope_spans.len() + resource.len() + 16);
+    put_bytes(&mut resource_spans, 1, resource);
+    put_bytes(&mut resource_spans, 2, &scope_spans);
+    let mut request = Vec::with_capacity(resource_spans.len() + 8);
+    put_bytes(&mut request, 1, &resource_spans);
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::span::{Ending, QueryMode, RequestHead, SpanSettings, UpstreamInfo};
+    use crate::trace_context::propagate::Restored;
+    use crate::trace_context::{Format, SpanId, TraceId};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+    fn record(direction: Direction, status: u16) -> SpanRecord {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::HOST, HeaderValue::from_static("shop:8080"));
+        h.insert(http::header::USER_AGENT, HeaderValue::from_static("curl/8"));
+        let uri: Uri = "/pay?x=1&sig=s".parse().unwrap();
+        let method = http::Method::from_bytes(b"FOO").unwrap();
+        let peer = Some(std::net::SocketAddr::from(([10, 1, 2, 3], 4000)));
+        SpanRecord {
+            direction,
+            trace_id: TraceId(0x4bf92f3577b34da6a3ce929d0e0e4736),
+            span_id: SpanId(0x1111111111111111),
+            parent_id: Some(SpanId(0x00f067aa0ba902b7)),
+            trace_state: Some(HeaderValue::from_static("rojo=1")),
+            start_unix_nanos: 1_000,
+            end_unix_nanos: 2_000,
+            head: Box::new(RequestHead::of(
+                &method,
+                &uri,
+                http::Version::HTTP_11,
+                &h,
+                peer,
+            )),
+            status: Some(status),
+            upstream: Some(UpstreamInfo {
+                name: "payments".into(),
+                url_base: "http://REDACTED:REDACTED@pay:8080".into(),
+                host: "pay".into(),
+                port: 8080,
+                version: http::Version::HTTP_2,
+                resend_count: 1,
+                error: None,
+            }),
+            ending: Ending::Complete,
+            format: Some(Format::B3),
+            restored: Some(Restored::Hit),
+            settings: Arc::new(SpanSettings {
+                url_query: QueryMode::Redacted,
+                redact_query_keys: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn hand_encoded_spans_decode_with_the_generated_types() {
+        let resource = Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
                 value: Some(AnyValue {
-                    value: Some(match v {
-                        Value::Str(s) => any_value::Value::StringValue(s.to_string()),
-                        Value::Int(i) => any_value::Value::IntValue(*i),
-                        Value::Bool(b) => any_value::Value::BoolValue(*b),
-                    }),
+                    value: Some(any_value::Value::StringValue("svc".into())),
                 }),
                 ..Default::default()
-            })
-            .collect(),
-        status: s.error.then(|| Status {
-            code: status::StatusCode::Error as i32,
-            message: String::new(),
-        }),
-        ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let scope = InstrumentationScope {
+            name: "attache".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let spans = [
+            record(Direction::Inbound, 503),
+            record(Direction::Outbound, 200),
+        ];
+        let bytes = encode_request(&resource, &scope, &spans);
+        let req = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
+        let rs = &req.resource_spans[0];
+        assert_eq!(
+            rs.resource.as_ref().unwrap().attributes[0].key,
+            "service.name"
+        );
+        let ss = &rs.scope_spans[0];
+        assert_eq!(ss.scope.as_ref().unwrap().name, "attache");
+        assert_eq!(ss.spans.len(), 2);
+        let attr = |s: &opentelemetry_proto::tonic::trace::v1::Span, k: &str| {
+            s.attributes
+                .iter()
+                .find(|kv| kv.key == k)
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value)
+        };
+        let server = &ss.spans[0];
+        assert_eq!(
+            server.trace_id,
+            0x4bf92f3577b34da6a3ce929d0e0e4736u128.to_be_bytes()
+        );
+        assert_eq!(server.span_id, 0x1111111111111111u64.to_be_bytes());
+        assert_eq!(server.parent_span_id, 0x00f067aa0ba902b7u64.to_be_bytes());
+        assert_eq!(server.trace_state, "rojo=1");
+        assert_eq!(server.name, "HTTP");
+        assert_eq!(server.kind, span::SpanKind::Server as i32);
+        assert_eq!(
+            (server.start_time_unix_nano, server.end_time_unix_nano),
+            (1_000, 2_000)
+        );
+        assert_eq!(server.flags, 0x301);
+        assert_eq!(
+            server.status.as_ref().map(|s| s.code),
+            Some(status::StatusCode::Error as i32)
+        );
+        use any_value::Value as V;
+        assert_eq!(
+            attr(server, "http.request.method"),
+            Some(V::StringValue("_OTHER".into()))
+        );
+        assert_eq!(
+            attr(server, "http.request.method_original"),
+            Some(V::StringValue("FOO".into()))
+        );
+        assert_eq!(
+            attr(server, "url.query"),
+            Some(V::StringValue("x=1&sig=REDACTED".into()))
+        );
+        assert_eq!(
+            attr(server, "server.address"),
+            Some(V::StringValue("shop".into()))
+        );
+        assert_eq!(attr(server, "server.port"), Some(V::IntValue(8080)));
+        assert_eq!(
+            attr(server, "client.address"),
+            Some(V::StringValue("10.1.2.3".into()))
+        );
+        assert_eq!(
+            attr(server, "http.response.status_code"),
+            Some(V::IntValue(503))
+        );
+        assert_eq!(
+            attr(server, "error.type"),
+            Some(V::StringValue("503".into()))
+        );
+        assert_eq!(
+            attr(server, "attache.trace.format"),
+            Some(V::StringValue("b3".into()))
+        );
+
+        let client = &ss.spans[1];
+        assert_eq!(client.kind, span::SpanKind::Client as i32);
+        assert!(client.status.is_none(), "CLIENT 200 is Unset");
+        assert_eq!(
+            attr(client, "url.full"),
+            Some(V::StringValue(
+                "http://REDACTED:REDACTED@pay:8080/pay?x=1&sig=REDACTED".into()
+            ))
+        );
+        assert_eq!(
+            attr(client, "http.request.resend_count"),
+            Some(V::IntValue(1))
+        );
+        assert_eq!(
+            attr(client, "network.protocol.version"),
+            Some(V::StringValue("2".into()))
+        );
+        assert_eq!(attr(client, "attache.restored"), Some(V::BoolValue(true)));
+        assert!(attr(client, "url.path").is_none());
     }
 }

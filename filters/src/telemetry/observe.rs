@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 use super::access_log::{AccessLog, Entry};
 use super::export::SpanSink;
 use super::metrics::{HttpLabels, MethodLabel, StatusClass};
-use super::span::{Ending, Exchange, RequestHead, SpanSettings, UpstreamInfo, protocol_version};
+use super::span::{Ending, RequestHead, SpanRecord, SpanSettings, UpstreamInfo, protocol_version};
 use super::{Direction, Metrics};
 use crate::trace_context::propagate::TraceCtx;
 
@@ -38,7 +38,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     direction: Direction,
     record_metrics: bool,
-    spans: Option<(SpanSink, SpanSettings)>,
+    spans: Option<(SpanSink, Arc<SpanSettings>)>,
     access_log: Option<AccessLog>,
     peer_of: PeerOf,
 }
@@ -72,7 +72,7 @@ impl ObserveLayer {
 
     /// Sampled exchanges become spans sent to `sink`.
     pub fn spans(self, sink: SpanSink, settings: SpanSettings) -> Self {
-        self.with(|s| s.spans = Some((sink, settings)))
+        self.with(|s| s.spans = Some((sink, Arc::new(settings))))
     }
 
     pub fn access_log(self, log: AccessLog) -> Self {
@@ -221,27 +221,13 @@ impl Drop for Record {
             count.inc();
             duration.observe(elapsed.as_secs_f64());
         }
-        let (Some(head), Some(start_wall)) = (self.head.as_deref(), self.start_wall) else {
+        let (Some(head), Some(start_wall)) = (self.head.take(), self.start_wall) else {
             return;
         };
         let start_unix = start_wall
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         let end_unix = start_unix + elapsed.as_nanos() as u64;
-        if let (Some((sink, settings)), Some(ctx)) = (&s.spans, &self.ctx)
-            && ctx.sampled
-        {
-            sink.send(settings.build(&Exchange {
-                direction: s.direction,
-                head,
-                ctx,
-                status: self.status,
-                upstream: self.upstream.as_ref(),
-                ending: self.ending,
-                start_unix_nanos: start_unix,
-                end_unix_nanos: end_unix,
-            }));
-        }
         if let Some(log) = &s.access_log {
             let client = head.client_address();
             let error = self
@@ -249,7 +235,7 @@ impl Drop for Record {
                 .as_ref()
                 .and_then(|u| u.error)
                 .or((self.ending == Ending::BodyFailed).then_some("body"));
-            let entry = Entry {
+            log.send(&Entry {
                 timestamp_unix_nanos: start_unix,
                 direction: s.direction.as_str(),
                 method: head.method.as_str(),
@@ -271,8 +257,21 @@ impl Drop for Record {
                 span_id: self.ctx.as_ref().map(|c| c.span_id.0),
                 sampled: self.ctx.as_ref().map(|c| c.sampled),
                 error,
-            };
-            log.send(entry.to_line());
+            });
+        }
+        if let (Some((sink, settings)), Some(ctx)) = (&s.spans, &self.ctx)
+            && ctx.sampled
+        {
+            sink.send(SpanRecord::new(
+                s.direction,
+                head,
+                ctx,
+                self.status,
+                self.upstream.take(),
+                self.ending,
+                (start_unix, end_unix),
+                settings.clone(),
+            ));
         }
     }
 }

@@ -1,31 +1,36 @@
 //! One finished span per request and leg (specs/trace-context.md §8): the SERVER span of the
-//! inbound leg, the CLIENT span of the outbound leg. A span is built only when it is sampled
-//! and has somewhere to go; its attributes follow the stable OpenTelemetry HTTP semantic
-//! conventions.
+//! inbound leg, the CLIENT span of the outbound leg.
+//!
+//! Only sampled exchanges that have somewhere to go become a [`SpanRecord`], and even then the
+//! request path only moves what it already holds into it (the request head's shared header
+//! values, the trace decision, the status). The attributes, which follow the stable
+//! OpenTelemetry HTTP semantic conventions, are produced where the span is encoded, in the
+//! export task, straight into the OTLP message.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
 use super::Direction;
 use crate::trace_context::propagate::{Restored, TraceCtx};
-use crate::trace_context::{SpanId, TraceId};
+use crate::trace_context::{Format, SpanId, TraceId};
 
-/// An attribute value.
+/// An attribute value, borrowed from the record where it can be.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Str(Cow<'static, str>),
+pub enum Value<'a> {
+    Str(Cow<'a, str>),
     Int(i64),
     Bool(bool),
 }
 
-impl From<&'static str> for Value {
-    fn from(s: &'static str) -> Self {
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(s: &'a str) -> Self {
         Value::Str(Cow::Borrowed(s))
     }
 }
-impl From<String> for Value {
+impl From<String> for Value<'_> {
     fn from(s: String) -> Self {
         Value::Str(Cow::Owned(s))
     }
@@ -35,20 +40,23 @@ impl From<String> for Value {
 #[derive(Debug, Clone)]
 pub struct SpanRecord {
     pub direction: Direction,
-    /// The method, or `HTTP` for methods outside RFC 9110, PATCH and QUERY.
-    pub name: Cow<'static, str>,
     pub trace_id: TraceId,
     pub span_id: SpanId,
     pub parent_id: Option<SpanId>,
-    /// A continued context's parent is in another process.
-    pub remote_parent: bool,
     /// The `tracestate` forwarded with this span as parent.
     pub trace_state: Option<HeaderValue>,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
-    pub attributes: Vec<(&'static str, Value)>,
-    /// Status `Error` (else `Unset`).
-    pub error: bool,
+    pub head: Box<RequestHead>,
+    /// The status attache sent (inbound) or passed on (outbound).
+    pub status: Option<u16>,
+    pub upstream: Option<UpstreamInfo>,
+    pub ending: Ending,
+    /// The format a continued context arrived in.
+    pub format: Option<Format>,
+    /// Outbound with restoration on: what it found.
+    pub restored: Option<Restored>,
+    pub settings: Arc<SpanSettings>,
 }
 
 /// How a SERVER span records the query string (`telemetry.url_query`).
@@ -110,11 +118,11 @@ impl RequestHead {
     }
 
     /// The original client: `Forwarded: for=`, the first `X-Forwarded-For`, else the peer.
-    pub fn client_address(&self) -> Option<String> {
+    pub fn client_address(&self) -> Option<Cow<'_, str>> {
         if let Some(f) = self.forwarded.as_ref().and_then(|v| v.to_str().ok())
             && let Some(v) = forwarded_param(f, "for")
         {
-            return Some(strip_port(v).to_owned());
+            return Some(Cow::Borrowed(strip_port(v)));
         }
         if let Some(first) = self
             .x_forwarded_for
@@ -124,14 +132,14 @@ impl RequestHead {
             .map(str::trim)
             .filter(|v| !v.is_empty())
         {
-            return Some(first.to_owned());
+            return Some(Cow::Borrowed(first));
         }
-        self.peer.map(|p| p.ip().to_string())
+        self.peer.map(|p| Cow::Owned(p.ip().to_string()))
     }
 
     /// The server the client meant: `Forwarded: host=`, `X-Forwarded-Host`, `:authority`,
     /// `Host`, split into host and port.
-    fn server(&self) -> Option<(String, Option<u16>)> {
+    fn server(&self) -> Option<(&str, Option<u16>)> {
         let forwarded = self
             .forwarded
             .as_ref()
@@ -176,20 +184,6 @@ pub enum Ending {
     Abandoned,
 }
 
-/// One finished exchange on one leg, as the observe layer saw it.
-#[derive(Debug, Clone, Copy)]
-pub struct Exchange<'a> {
-    pub direction: Direction,
-    pub head: &'a RequestHead,
-    pub ctx: &'a TraceCtx,
-    /// The status attache sent (inbound) or passed on (outbound).
-    pub status: Option<u16>,
-    pub upstream: Option<&'a UpstreamInfo>,
-    pub ending: Ending,
-    pub start_unix_nanos: u64,
-    pub end_unix_nanos: u64,
-}
-
 /// Settings that shape the attributes.
 #[derive(Debug, Clone, Default)]
 pub struct SpanSettings {
@@ -198,172 +192,204 @@ pub struct SpanSettings {
 }
 
 impl SpanSettings {
-    /// A query string per `url_query`; `None` when omitted or empty.
-    pub fn query(&self, query: Option<&str>) -> Option<String> {
+    /// A query string per `url_query`; `None` when omitted or empty. Borrowed unless a
+    /// value had to be redacted.
+    pub fn query<'a>(&self, query: Option<&'a str>) -> Option<Cow<'a, str>> {
         let q = query.filter(|q| !q.is_empty())?;
         match self.url_query {
-            QueryMode::Full => Some(q.to_owned()),
+            QueryMode::Full => Some(Cow::Borrowed(q)),
             QueryMode::Omit => None,
-            QueryMode::Redacted => Some(self.redact(q)),
-        }
-    }
-
-    fn redact(&self, q: &str) -> String {
-        let mut out = String::with_capacity(q.len());
-        for (i, pair) in q.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            let (k, v) = match pair.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (pair, None),
-            };
-            let sensitive =
-                SENSITIVE_KEYS.contains(&k) || self.redact_query_keys.iter().any(|r| r == k);
-            out.push_str(k);
-            match v {
-                Some(_) if sensitive => out.push_str("=REDACTED"),
-                Some(v) => {
-                    out.push('=');
-                    out.push_str(v);
+            QueryMode::Redacted => {
+                let sensitive = |k: &str| {
+                    SENSITIVE_KEYS.contains(&k) || self.redact_query_keys.iter().any(|r| r == k)
+                };
+                let any = q
+                    .split('&')
+                    .any(|pair| pair.split_once('=').is_some_and(|(k, _)| sensitive(k)));
+                if !any {
+                    return Some(Cow::Borrowed(q));
                 }
-                None => {}
+                let mut out = String::with_capacity(q.len());
+                for (i, pair) in q.split('&').enumerate() {
+                    if i > 0 {
+                        out.push('&');
+                    }
+                    match pair.split_once('=') {
+                        Some((k, _)) if sensitive(k) => {
+                            out.push_str(k);
+                            out.push_str("=REDACTED");
+                        }
+                        _ => out.push_str(pair),
+                    }
+                }
+                Some(Cow::Owned(out))
             }
         }
-        out
     }
+}
 
-    /// Builds the span of one exchange.
-    pub fn build(&self, x: &Exchange<'_>) -> SpanRecord {
-        let Exchange {
+impl SpanRecord {
+    /// Builds a record from what the observe layer holds at the end of an exchange.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        direction: Direction,
+        head: Box<RequestHead>,
+        ctx: &TraceCtx,
+        status: Option<u16>,
+        upstream: Option<UpstreamInfo>,
+        ending: Ending,
+        (start_unix_nanos, end_unix_nanos): (u64, u64),
+        settings: Arc<SpanSettings>,
+    ) -> Self {
+        Self {
             direction,
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            parent_id: ctx.parent_id,
+            trace_state: ctx.tracestate.clone(),
+            start_unix_nanos,
+            end_unix_nanos,
             head,
-            ctx,
             status,
             upstream,
             ending,
-            start_unix_nanos,
-            end_unix_nanos,
-        } = *x;
-        let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(16);
-        let (name, known) = method_name(&head.method);
-        attrs.push(("http.request.method", Value::from(known)));
-        if known == "_OTHER" {
-            attrs.push((
-                "http.request.method_original",
-                Value::from(head.method.as_str().to_owned()),
-            ));
+            format: ctx.format,
+            restored: ctx.restored,
+            settings,
         }
-        if let Some(ua) = head.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-            attrs.push(("user_agent.original", Value::from(ua.to_owned())));
-        }
-        attrs.push(("url.scheme", Value::from("http")));
+    }
 
-        // The status this leg saw: SERVER sent one unless the exchange broke; CLIENT received
-        // one unless the forwarder reports an error instead.
-        let received = match direction {
-            Direction::Inbound => status,
-            Direction::Outbound => status.filter(|_| upstream.is_none_or(|u| u.error.is_none())),
-        };
-        if let Some(s) = received {
-            attrs.push(("http.response.status_code", Value::Int(i64::from(s))));
+    /// The span name: the method, or `HTTP` for methods outside RFC 9110, PATCH and QUERY.
+    pub fn name(&self) -> &'static str {
+        method_name(&self.head.method).0
+    }
+
+    /// A continued context's parent is in another process.
+    pub fn remote_parent(&self) -> bool {
+        self.parent_id.is_some()
+    }
+
+    /// The status this leg saw: SERVER sent one unless the exchange broke; CLIENT received
+    /// one unless the forwarder reports an error instead.
+    fn received(&self) -> Option<u16> {
+        match self.direction {
+            Direction::Inbound => self.status,
+            Direction::Outbound => self
+                .status
+                .filter(|_| self.upstream.as_ref().is_none_or(|u| u.error.is_none())),
         }
-        let error_status = received.filter(|s| match direction {
+    }
+
+    /// `error.type`: the status code (SERVER 5xx, CLIENT 4xx and 5xx), else the failure
+    /// without a response. A caller leaving early is not an error.
+    pub fn error_type(&self) -> Option<Cow<'static, str>> {
+        let received = self.received();
+        let error_status = received.filter(|s| match self.direction {
             Direction::Inbound => *s >= 500,
             Direction::Outbound => *s >= 400,
         });
-        let error_type: Option<Cow<'static, str>> = if let Some(s) = error_status {
-            Some(Cow::Owned(s.to_string()))
-        } else if let Some(e) = upstream
+        if let Some(s) = error_status {
+            return Some(Cow::Owned(s.to_string()));
+        }
+        if let Some(e) = self
+            .upstream
+            .as_ref()
             .and_then(|u| u.error)
-            .filter(|_| direction == Direction::Outbound || received.is_none())
+            .filter(|_| self.direction == Direction::Outbound || received.is_none())
         {
-            Some(Cow::Borrowed(e))
-        } else if ending == Ending::BodyFailed {
-            Some(Cow::Borrowed("body"))
-        } else {
-            None
-        };
+            return Some(Cow::Borrowed(e));
+        }
+        (self.ending == Ending::BodyFailed).then_some(Cow::Borrowed("body"))
+    }
 
-        match direction {
+    /// Calls `f` with each attribute, in a stable order.
+    pub fn attributes(&self, mut f: impl FnMut(&'static str, Value<'_>)) {
+        let head = &*self.head;
+        let known = method_name(&head.method).1;
+        f("http.request.method", Value::from(known));
+        if known == "_OTHER" {
+            f(
+                "http.request.method_original",
+                Value::from(head.method.as_str()),
+            );
+        }
+        if let Some(ua) = head.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+            f("user_agent.original", Value::from(ua));
+        }
+        f("url.scheme", Value::from("http"));
+        if let Some(s) = self.received() {
+            f("http.response.status_code", Value::Int(i64::from(s)));
+        }
+        match self.direction {
             Direction::Inbound => {
-                attrs.push(("url.path", Value::from(head.uri.path().to_owned())));
-                if let Some(q) = self.query(head.uri.query()) {
-                    attrs.push(("url.query", Value::from(q)));
+                f("url.path", Value::from(head.uri.path()));
+                if let Some(q) = self.settings.query(head.uri.query()) {
+                    f("url.query", Value::Str(q));
                 }
                 if let Some((host, port)) = head.server() {
-                    attrs.push(("server.address", Value::from(host)));
+                    f("server.address", Value::from(host));
                     if let Some(p) = port {
-                        attrs.push(("server.port", Value::Int(i64::from(p))));
+                        f("server.port", Value::Int(i64::from(p)));
                     }
                 }
                 if let Some(client) = head.client_address() {
-                    attrs.push(("client.address", Value::from(client)));
+                    f("client.address", Value::Str(client));
                 }
-                attrs.push((
+                f(
                     "network.protocol.version",
                     Value::from(protocol_version(head.version)),
-                ));
+                );
             }
             Direction::Outbound => {
-                if let Some(u) = upstream {
-                    let mut full = String::with_capacity(u.url_base.len() + 64);
+                if let Some(u) = &self.upstream {
+                    let query = self.settings.query(head.uri.query());
+                    let path = head.uri.path();
+                    let mut full = String::with_capacity(
+                        u.url_base.len() + path.len() + query.as_ref().map_or(0, |q| q.len() + 1),
+                    );
                     full.push_str(&u.url_base);
-                    full.push_str(head.uri.path());
-                    if let Some(q) = self.query(head.uri.query()) {
+                    full.push_str(path);
+                    if let Some(q) = query {
                         full.push('?');
                         full.push_str(&q);
                     }
-                    attrs.push(("url.full", Value::from(full)));
-                    attrs.push(("server.address", Value::from(u.host.to_string())));
-                    attrs.push(("server.port", Value::Int(i64::from(u.port))));
-                    attrs.push((
+                    f("url.full", Value::from(full));
+                    f("server.address", Value::from(&*u.host));
+                    f("server.port", Value::Int(i64::from(u.port)));
+                    f(
                         "network.protocol.version",
                         Value::from(protocol_version(u.version)),
-                    ));
+                    );
                     if u.resend_count > 0 {
-                        attrs.push((
+                        f(
                             "http.request.resend_count",
                             Value::Int(i64::from(u.resend_count)),
-                        ));
+                        );
                     }
                 }
             }
         }
-        if let Some(e) = &error_type {
-            attrs.push(("error.type", Value::Str(e.clone())));
+        if let Some(e) = self.error_type() {
+            f("error.type", Value::Str(e));
         }
-        if let Some(f) = ctx.format {
-            attrs.push(("attache.trace.format", Value::from(f.as_str())));
+        if let Some(fmt) = self.format {
+            f("attache.trace.format", Value::from(fmt.as_str()));
         }
-        if let Some(r) = ctx.restored {
+        if let Some(r) = self.restored {
             let (restored, correlation) = match r {
                 Restored::Hit => (true, "trace_context"),
                 Restored::Miss => (false, "trace_context"),
                 Restored::SingleInFlight => (true, "single_in_flight"),
                 Restored::NoContext | Restored::Ambiguous => (false, "none"),
             };
-            attrs.push(("attache.restored", Value::Bool(restored)));
-            attrs.push(("attache.correlation", Value::from(correlation)));
-        }
-        SpanRecord {
-            direction,
-            name,
-            trace_id: ctx.trace_id,
-            span_id: ctx.span_id,
-            parent_id: ctx.parent_id,
-            remote_parent: ctx.parent_id.is_some(),
-            trace_state: ctx.tracestate.clone(),
-            start_unix_nanos,
-            end_unix_nanos,
-            attributes: attrs,
-            error: error_type.is_some(),
+            f("attache.restored", Value::Bool(restored));
+            f("attache.correlation", Value::from(correlation));
         }
     }
 }
 
 /// The span name and `http.request.method` value of a method.
-fn method_name(m: &Method) -> (Cow<'static, str>, &'static str) {
+fn method_name(m: &Method) -> (&'static str, &'static str) {
     let known = match *m {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
@@ -375,9 +401,9 @@ fn method_name(m: &Method) -> (Cow<'static, str>, &'static str) {
         Method::TRACE => "TRACE",
         Method::PATCH => "PATCH",
         _ if m.as_str() == "QUERY" => "QUERY",
-        _ => return (Cow::Borrowed("HTTP"), "_OTHER"),
+        _ => return ("HTTP", "_OTHER"),
     };
-    (Cow::Borrowed(known), known)
+    (known, known)
 }
 
 pub fn protocol_version(v: Version) -> &'static str {
@@ -412,16 +438,16 @@ fn strip_port(v: &str) -> &str {
     }
 }
 
-fn split_host_port(raw: &str) -> (String, Option<u16>) {
+fn split_host_port(raw: &str) -> (&str, Option<u16>) {
     if let Some(rest) = raw.strip_prefix('[')
         && let Some((host, after)) = rest.split_once(']')
     {
         let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-        return (host.to_owned(), port);
+        return (host, port);
     }
     match raw.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h.to_owned(), p.parse().ok()),
-        _ => (raw.to_owned(), None),
+        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+        _ => (raw, None),
     }
 }
 
@@ -429,16 +455,16 @@ impl SpanRecord {
     /// The span as one JSON line, for `console: true`.
     pub fn to_json_line(&self) -> String {
         let mut attrs = serde_json::Map::new();
-        for (k, v) in &self.attributes {
+        self.attributes(|k, v| {
             let v = match v {
                 Value::Str(s) => serde_json::Value::from(s.as_ref()),
-                Value::Int(i) => serde_json::Value::from(*i),
-                Value::Bool(b) => serde_json::Value::from(*b),
+                Value::Int(i) => serde_json::Value::from(i),
+                Value::Bool(b) => serde_json::Value::from(b),
             };
-            attrs.insert((*k).to_owned(), v);
-        }
+            attrs.insert(k.to_owned(), v);
+        });
         let mut line = serde_json::json!({
-            "span": self.name,
+            "span": self.name(),
             "kind": match self.direction {
                 Direction::Inbound => "server",
                 Direction::Outbound => "client",
@@ -447,7 +473,7 @@ impl SpanRecord {
             "span_id": format!("{:016x}", self.span_id.0),
             "parent_span_id": self.parent_id.map(|p| format!("{:016x}", p.0)),
             "duration_ms": self.end_unix_nanos.saturating_sub(self.start_unix_nanos) as f64 / 1e6,
-            "status": if self.error { "error" } else { "unset" },
+            "status": if self.error_type().is_some() { "error" } else { "unset" },
             "attributes": attrs,
         })
         .to_string();
@@ -507,7 +533,7 @@ mod tests {
         let uri: Uri = "/a".parse().unwrap();
         let head = RequestHead::of(&Method::GET, &uri, Version::HTTP_11, &h, peer);
         assert_eq!(head.client_address().as_deref(), Some("10.0.0.9"));
-        assert_eq!(head.server(), Some(("app.local".into(), Some(8080))));
+        assert_eq!(head.server(), Some(("app.local", Some(8080))));
 
         h.insert(
             "x-forwarded-for",
@@ -516,7 +542,7 @@ mod tests {
         h.insert("x-forwarded-host", HeaderValue::from_static("shop.example"));
         let head = RequestHead::of(&Method::GET, &uri, Version::HTTP_11, &h, peer);
         assert_eq!(head.client_address().as_deref(), Some("1.1.1.1"));
-        assert_eq!(head.server(), Some(("shop.example".into(), None)));
+        assert_eq!(head.server(), Some(("shop.example", None)));
 
         h.insert(
             http::header::FORWARDED,
@@ -526,14 +552,14 @@ mod tests {
         );
         let head = RequestHead::of(&Method::GET, &uri, Version::HTTP_11, &h, peer);
         assert_eq!(head.client_address().as_deref(), Some("2001:db8::1"));
-        assert_eq!(head.server(), Some(("api.example".into(), Some(443))));
+        assert_eq!(head.server(), Some(("api.example", Some(443))));
     }
 
     #[test]
     fn unknown_methods_name_the_span_http() {
         assert_eq!(method_name(&Method::GET).0, "GET");
         let foo = Method::from_bytes(b"FOO").unwrap();
-        assert_eq!(method_name(&foo), (Cow::Borrowed("HTTP"), "_OTHER"));
+        assert_eq!(method_name(&foo), ("HTTP", "_OTHER"));
         let query = Method::from_bytes(b"QUERY").unwrap();
         assert_eq!(method_name(&query).1, "QUERY");
     }

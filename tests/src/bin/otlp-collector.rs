@@ -21,5 +21,9 @@ async fn main() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    println!("{} spans in {} batches", collector.counted(), collector.batches());
+    println!(
+        "{} spans in {} batches",
+        collector.counted(),
+        collector.batches()
+    );
 }
