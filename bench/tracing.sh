@@ -4,8 +4,8 @@
 # gRPC), and on with the access log as well. attache is pinned to core 0 with one worker; the
 # load generator, the upstream and the collector share core 1.
 #
-#   bash bench/tracing.sh                   # 20,000 req/s for 10 s per mode
-#   RATE=10000 RATE_SECS=20 bash bench/tracing.sh
+#   bash bench/tracing.sh                   # 20,000 req/s, 8 s per run, 3 rounds
+#   RATE=10000 RATE_SECS=20 ROUNDS=5 bash bench/tracing.sh
 #
 # Needs: h2load, nginx (apt-get install nghttp2-client nginx-light). Traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 
 CONNS=${CONNS:-50}
 RATE=${RATE:-20000}
-RATE_SECS=${RATE_SECS:-10}
+RATE_SECS=${RATE_SECS:-8}
+ROUNDS=${ROUNDS:-3}
 WARMUP_SECS=${WARMUP_SECS:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -38,8 +39,9 @@ taskset -c "$LOAD_CPU" target/release/otlp-collector "$OTLP_HTTP" http > "$OUT/c
 taskset -c "$LOAD_CPU" target/release/otlp-collector "$OTLP_GRPC" grpc > "$OUT/collector-grpc.txt" & PIDS+=($!); COL_GRPC=$!
 for p in $UP $OTLP_HTTP $OTLP_GRPC; do wait_port "$p"; done
 
-# measure NAME TELEMETRY-AND-TRACE-YAML: one attache run at the fixed rate; prints a table row.
-measure() {
+# run_mode NAME YAML ROUND: one attache run at the fixed rate; appends "cpu mean exported
+# dropped done" to $OUT/trace-NAME.runs.
+run_mode() {
   local name=$1 extra=$2
   cat > "$OUT/attache-$name.yaml" <<CONF
 apiVersion: attache.dev/v1
@@ -58,35 +60,48 @@ CONF
   before=$(cpu_ticks "$pid")
   taskset -c "$LOAD_CPU" h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -D "$RATE_SECS" "http://127.0.0.1:$ATT/" > "$OUT/h2load-trace-$name.txt" 2>&1
   after=$(cpu_ticks "$pid")
-  local exported dropped
-  exported=$(curl -s "http://127.0.0.1:$ATT_ADMIN/metrics" | awk '/^attache_spans_exported_total/{print $2}')
-  dropped=$(curl -s "http://127.0.0.1:$ATT_ADMIN/metrics" | awk '/^attache_spans_dropped_total/{s+=$2} END{print s+0}')
+  local metrics exported dropped
+  metrics=$(curl -s "http://127.0.0.1:$ATT_ADMIN/metrics")
+  exported=$(awk '/^attache_spans_exported_total/{print $2}' <<<"$metrics")
+  dropped=$(awk '/^attache_spans_dropped_total/{s+=$2} END{print s+0}' <<<"$metrics")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local done_n mean
   done_n=$(awk '/^requests:/{print $8}' "$OUT/h2load-trace-$name.txt")
   mean=$(awk '/^time for request:/{print $6}' "$OUT/h2load-trace-$name.txt")
-  local cpu
-  cpu=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$done_n" 'BEGIN{printf "%.1f", d*1e6/hz/n}')
-  echo "$cpu" > "$OUT/cpu-$name.txt"
-  local ratio
-  ratio=$(awk -v c="$cpu" -v b="$(cat "$OUT/cpu-off.txt")" 'BEGIN{printf "%.2f", c/b}')
-  printf "| %-22s | %10s | %12s | %10s | %5s× | %8s | %7s |\n" "$name" "$(awk -v n="$done_n" -v s="$RATE_SECS" 'BEGIN{printf "%.0f", n/s}')" "$mean" "$cpu" "$ratio" "${exported:-0}" "$dropped"
+  echo "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$done_n" 'BEGIN{printf "%.1f", d*1e6/hz/n}') $mean ${exported:-0} $dropped $done_n" >> "$OUT/trace-$name.runs"
 }
 
-{
-  echo "h2load --h1 -c$CONNS at $RATE req/s for $RATE_SECS s per mode; attache pinned to CPU $PROXY_CPU with one worker; load, upstream and collector on CPU $LOAD_CPU."
-  echo
-  echo "| mode                   | req/s done | mean latency | CPU µs/req | vs off | exported | dropped |"
-  echo "|------------------------|------------|--------------|------------|--------|----------|---------|"
-  measure off "  trace: { enabled: false }
+MODES=(off propagation-only export-http export-grpc export-http+access-log)
+declare -A YAML=(
+  [off]="  trace: { enabled: false }
   telemetry: { access_log: { enabled: false } }"
-  measure propagation-only "  telemetry: { access_log: { enabled: false } }"
-  measure export-http "  telemetry:
+  [propagation-only]="  telemetry: { access_log: { enabled: false } }"
+  [export-http]="  telemetry:
     otlp: { endpoint: 'http://127.0.0.1:$OTLP_HTTP' }
     access_log: { enabled: false }"
-  measure export-grpc "  telemetry:
+  [export-grpc]="  telemetry:
     otlp: { endpoint: 'http://127.0.0.1:$OTLP_GRPC', protocol: grpc }
     access_log: { enabled: false }"
-  measure export-http+access-log "  telemetry:
+  [export-http+access-log]="  telemetry:
     otlp: { endpoint: 'http://127.0.0.1:$OTLP_HTTP' }"
+)
+for m in "${MODES[@]}"; do rm -f "$OUT/trace-$m.runs"; done
+# Rounds interleave the modes, so drift on the machine hits them alike; the table shows the
+# median round of each.
+for round in $(seq "$ROUNDS"); do
+  for m in "${MODES[@]}"; do run_mode "$m" "${YAML[$m]}"; done
+done
+
+median() { sort -n -k1,1 "$1" | awk '{a[NR]=$0} END{print a[int((NR+1)/2)]}'; }
+{
+  echo "h2load --h1 -c$CONNS at $RATE req/s for $RATE_SECS s per run, $ROUNDS interleaved rounds (median shown); attache pinned to CPU $PROXY_CPU with one worker; load, upstream and collector on CPU $LOAD_CPU."
+  echo
+  echo "| mode                   | CPU µs/req (median) | all rounds         | vs off | mean latency | spans exported | dropped |"
+  echo "|------------------------|---------------------|--------------------|--------|--------------|----------------|---------|"
+  base=$(median "$OUT/trace-off.runs" | awk '{print $1}')
+  for m in "${MODES[@]}"; do
+    read -r cpu mean exported dropped _ <<<"$(median "$OUT/trace-$m.runs")"
+    all=$(awk '{printf "%s%s", sep, $1; sep=", "}' "$OUT/trace-$m.runs")
+    printf "| %-22s | %19s | %-18s | %5s× | %12s | %14s | %7s |\n" "$m" "$cpu" "$all" "$(awk -v c="$cpu" -v b="$base" 'BEGIN{printf "%.2f", c/b}')" "$mean" "$exported" "$dropped"
+  done
 } | tee "$OUT/tracing-results.md"

@@ -89,10 +89,38 @@ pub struct Extraction {
     pub outcomes: [Option<Outcome>; 4],
 }
 
+/// Which formats have at least one of their headers in `headers`, as bits indexed by
+/// `Format as usize`: one pass over the names, so that absent formats cost no lookups.
+pub fn present(headers: &HeaderMap) -> u8 {
+    let mut bits = 0u8;
+    for name in headers.keys() {
+        let format = match name.as_str() {
+            traceparent::TRACEPARENT | tracestate::TRACESTATE => Format::TraceContext,
+            b3::B3 => Format::B3,
+            b3::TRACE_ID | b3::SPAN_ID | b3::PARENT_SPAN_ID | b3::SAMPLED | b3::FLAGS => {
+                Format::B3Multi
+            }
+            jaeger::UBER_TRACE_ID => Format::Jaeger,
+            _ => continue,
+        };
+        bits |= 1 << format as u8;
+    }
+    bits
+}
+
 /// Tries the formats in `order` (§2.4); the first valid context wins.
 pub fn extract(headers: &HeaderMap, order: &[Format]) -> Extraction {
+    extract_present(headers, order, present(headers))
+}
+
+/// As [`extract`], given [`present`]'s answer.
+pub fn extract_present(headers: &HeaderMap, order: &[Format], present: u8) -> Extraction {
     let mut ex = Extraction::default();
     for &format in order {
+        if present & (1 << format as u8) == 0 {
+            ex.outcomes[format as usize] = Some(Outcome::Absent);
+            continue;
+        }
         let found: Option<Option<Context>> = match format {
             Format::TraceContext => traceparent::extract(headers).map(|r| {
                 r.ok().map(|p| Context {

@@ -98,6 +98,14 @@ impl HeaderPattern {
             Self::Prefix(p) => name.as_str().starts_with(p.as_str()),
         }
     }
+
+    /// As [`HeaderPattern::matches`], for a lowercase name.
+    fn matches_str(&self, name: &str) -> bool {
+        match self {
+            Self::Exact(n) => n.as_str() == name,
+            Self::Prefix(p) => name.starts_with(p.as_str()),
+        }
+    }
 }
 
 /// What restoration did on an outbound request.
@@ -197,7 +205,7 @@ impl Settings {
 
     /// Applies the propagation rules to a request's headers.
     pub fn apply(&self, headers: &mut HeaderMap) -> TraceCtx {
-        let ex = super::extract(headers, &self.extract);
+        let ex = super::extract_present(headers, &self.extract, super::present(headers));
         let span_id = self.ids.span_id();
         // A valid context is continued; without one a new trace starts, sampled by a lone
         // B3 state if one came, else by the ratio.
@@ -271,8 +279,11 @@ impl Settings {
             self.restore_into(r, headers, &mut ctx, &mut restored_formats);
         }
 
+        let present = super::present(headers);
         for format in Format::ALL {
-            if self.extract.contains(&format) || self.inject.contains(&format) {
+            if present & (1 << format as u8) != 0
+                && (self.extract.contains(&format) || self.inject.contains(&format))
+            {
                 remove(headers, format);
             }
         }
@@ -328,11 +339,9 @@ impl Settings {
         // A listed trace header is never copied back: its format is recorded (when it arrived
         // valid, even without `mirror`) and rewritten with the CLIENT span's ids.
         for f in Format::ALL {
-            let listed = names(f).iter().any(|n| {
-                r.headers
-                    .iter()
-                    .any(|p| p.matches(&HeaderName::from_static(n)))
-            });
+            let listed = names(f)
+                .iter()
+                .any(|n| r.headers.iter().any(|p| p.matches_str(n)));
             if listed && ctx.outcomes[f as usize] == Some(Outcome::Valid) {
                 rec.formats[f as usize] = true;
             }
@@ -609,8 +618,22 @@ fn names(format: Format) -> &'static [&'static str] {
 }
 
 fn remove(headers: &mut HeaderMap, format: Format) {
-    for name in names(format) {
-        headers.remove(*name);
+    // Constant names: a `&str` key would be parsed on every removal.
+    const B3_MULTI: [HeaderName; 5] = [
+        HeaderName::from_static(b3::TRACE_ID),
+        HeaderName::from_static(b3::SPAN_ID),
+        HeaderName::from_static(b3::PARENT_SPAN_ID),
+        HeaderName::from_static(b3::SAMPLED),
+        HeaderName::from_static(b3::FLAGS),
+    ];
+    let names: &[HeaderName] = match format {
+        Format::TraceContext => &[TRACEPARENT, TRACESTATE],
+        Format::B3 => &[B3],
+        Format::B3Multi => &B3_MULTI,
+        Format::Jaeger => &[UBER_TRACE_ID],
+    };
+    for name in names {
+        headers.remove(name);
     }
 }
 
