@@ -123,7 +123,7 @@ pub struct Entry<'a> {
     pub path: &'a str,
     pub protocol: &'a str,
     pub status: Option<u16>,
-    pub duration_ms: f64,
+    pub duration: std::time::Duration,
     pub request_bytes: Option<u64>,
     pub response_bytes: u64,
     pub client_address: Option<&'a str>,
@@ -143,7 +143,9 @@ impl Entry<'_> {
         s
     }
 
-    /// Appends the JSON line, newline included, to `s`.
+    /// Appends the JSON line, newline included, to `s`. Numbers are written by hand: this
+    /// runs once per request, and `core::fmt` for floats and 128-bit hex costs more than the
+    /// rest of the line.
     pub fn write_to(&self, s: &mut String) {
         s.push_str("{\"timestamp\":\"");
         rfc3339(s, self.timestamp_unix_nanos);
@@ -158,21 +160,16 @@ impl Entry<'_> {
         s.push_str(",\"protocol\":");
         json_str(s, self.protocol);
         s.push_str(",\"status\":");
-        match self.status {
-            Some(v) => {
-                let _ = write!(s, "{v}");
-            }
-            None => s.push_str("null"),
-        }
-        let _ = write!(s, ",\"duration_ms\":{:.3}", self.duration_ms);
+        opt_u64(s, self.status.map(u64::from));
+        s.push_str(",\"duration_ms\":");
+        let micros = self.duration.as_micros() as u64;
+        push_u64(s, micros / 1000);
+        s.push('.');
+        push_padded(s, micros % 1000, 3);
         s.push_str(",\"request_bytes\":");
-        match self.request_bytes {
-            Some(v) => {
-                let _ = write!(s, "{v}");
-            }
-            None => s.push_str("null"),
-        }
-        let _ = write!(s, ",\"response_bytes\":{}", self.response_bytes);
+        opt_u64(s, self.request_bytes);
+        s.push_str(",\"response_bytes\":");
+        push_u64(s, self.response_bytes);
         s.push_str(",\"client_address\":");
         opt_str(s, self.client_address);
         s.push_str(",\"upstream\":");
@@ -182,14 +179,18 @@ impl Entry<'_> {
         s.push_str(",\"trace_id\":");
         match self.trace_id {
             Some(t) => {
-                let _ = write!(s, "\"{t:032x}\"");
+                s.push('"');
+                push_hex(s, t, 32);
+                s.push('"');
             }
             None => s.push_str("null"),
         }
         s.push_str(",\"span_id\":");
         match self.span_id {
             Some(t) => {
-                let _ = write!(s, "\"{t:016x}\"");
+                s.push('"');
+                push_hex(s, u128::from(t), 16);
+                s.push('"');
             }
             None => s.push_str("null"),
         }
@@ -204,6 +205,45 @@ impl Entry<'_> {
     }
 }
 
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend(buf[i..].iter().map(|b| *b as char));
+}
+
+/// `v` in exactly `width` decimal digits, zero-padded.
+fn push_padded(out: &mut String, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    for i in (0..width.min(20)).rev() {
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.extend(buf[..width.min(20)].iter().map(|b| *b as char));
+}
+
+fn opt_u64(out: &mut String, v: Option<u64>) {
+    match v {
+        Some(v) => push_u64(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+/// The low `digits` hex digits of `v`, lowercase.
+fn push_hex(out: &mut String, v: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
+    }
+}
+
 fn opt_str(out: &mut String, v: Option<&str>) {
     match v {
         Some(v) => json_str(out, v),
@@ -212,6 +252,12 @@ fn opt_str(out: &mut String, v: Option<&str>) {
 }
 
 fn json_str(out: &mut String, v: &str) {
+    if !v.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push('"');
+        out.push_str(v);
+        out.push('"');
+        return;
+    }
     out.push('"');
     for c in v.chars() {
         match c {
@@ -246,13 +292,20 @@ fn rfc3339(out: &mut String, unix_nanos: u64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    );
+    push_padded(out, y as u64, 4);
+    out.push('-');
+    push_padded(out, m as u64, 2);
+    out.push('-');
+    push_padded(out, d as u64, 2);
+    out.push('T');
+    push_padded(out, rem / 3600, 2);
+    out.push(':');
+    push_padded(out, (rem / 60) % 60, 2);
+    out.push(':');
+    push_padded(out, rem % 60, 2);
+    out.push('.');
+    push_padded(out, millis, 3);
+    out.push('Z');
 }
 
 #[cfg(test)]
@@ -269,7 +322,7 @@ mod tests {
             path: "/a\nb",
             protocol: "1.1",
             status: Some(200),
-            duration_ms: 1.5,
+            duration: std::time::Duration::from_micros(1500),
             request_bytes: Some(0),
             response_bytes: 12,
             client_address: Some("127.0.0.1"),
@@ -289,6 +342,8 @@ mod tests {
         assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(v["span_id"], "00f067aa0ba902b7");
         assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["response_bytes"], 12);
         assert_eq!(v["request_id"], serde_json::Value::Null);
         assert_eq!(v.as_object().unwrap().len(), 17);
     }

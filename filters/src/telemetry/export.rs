@@ -620,13 +620,7 @@ mod tests {
             trace_state: Some(HeaderValue::from_static("rojo=1")),
             start_unix_nanos: 1_000,
             end_unix_nanos: 2_000,
-            head: Box::new(RequestHead::of(
-                &method,
-                &uri,
-                http::Version::HTTP_11,
-                &h,
-                peer,
-            )),
+            head: RequestHead::of(&method, &uri, http::Version::HTTP_11, &h, peer),
             status: Some(status),
             upstream: Some(UpstreamInfo {
                 name: "payments".into(),

@@ -122,13 +122,13 @@ where
         let s = &self.shared;
         let needs_head = s.spans.is_some() || s.access_log.is_some();
         let head = needs_head.then(|| {
-            Box::new(RequestHead::of(
+            RequestHead::of(
                 req.method(),
                 req.uri(),
                 req.version(),
                 req.headers(),
                 (s.peer_of)(req.extensions()),
-            ))
+            )
         });
         let request_bytes = if s.access_log.is_some() {
             req.headers()
@@ -198,7 +198,7 @@ struct Record {
     start: Instant,
     /// Wall-clock start, for spans and the log.
     start_wall: Option<SystemTime>,
-    head: Option<Box<RequestHead>>,
+    head: Option<RequestHead>,
     request_bytes: Option<u64>,
     status: Option<u16>,
     ctx: Option<TraceCtx>,
@@ -240,10 +240,10 @@ impl Drop for Record {
                 direction: s.direction.as_str(),
                 method: head.method.as_str(),
                 authority: head.authority(),
-                path: head.uri.path(),
+                path: head.path(),
                 protocol: protocol_version(head.version),
                 status: self.status,
-                duration_ms: elapsed.as_secs_f64() * 1e3,
+                duration: elapsed,
                 request_bytes: self.request_bytes,
                 response_bytes: self.response_bytes,
                 client_address: client.as_deref(),

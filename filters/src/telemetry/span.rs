@@ -47,7 +47,7 @@ pub struct SpanRecord {
     pub trace_state: Option<HeaderValue>,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
-    pub head: Box<RequestHead>,
+    pub head: RequestHead,
     /// The status attache sent (inbound) or passed on (outbound).
     pub status: Option<u16>,
     pub upstream: Option<UpstreamInfo>,
@@ -71,20 +71,27 @@ pub enum QueryMode {
 /// Query keys whose values are always redacted (OpenTelemetry's list).
 const SENSITIVE_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
 
-/// What the span needs of the request, taken when it arrives: cheap clones of header values
-/// that share the request's buffer.
+/// What the span and the access log need of the request, copied when it arrives into one
+/// small buffer: a queued span must not pin the connection's read buffer, which the header
+/// values would otherwise share.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
     pub method: Method,
-    pub uri: Uri,
     pub version: Version,
-    pub host: Option<HeaderValue>,
-    pub user_agent: Option<HeaderValue>,
-    pub forwarded: Option<HeaderValue>,
-    pub x_forwarded_for: Option<HeaderValue>,
-    pub x_forwarded_host: Option<HeaderValue>,
     pub peer: Option<SocketAddr>,
+    text: String,
+    path: Field,
+    query: Option<Field>,
+    authority: Option<Field>,
+    user_agent: Option<Field>,
+    forwarded: Option<Field>,
+    x_forwarded_for: Option<Field>,
+    x_forwarded_host: Option<Field>,
 }
+
+/// A range of [`RequestHead::text`].
+#[derive(Debug, Clone, Copy)]
+struct Field(u32, u32);
 
 impl RequestHead {
     pub fn of(
@@ -96,59 +103,92 @@ impl RequestHead {
     ) -> Self {
         const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
         const XFH: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+        let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| header(http::header::HOST));
+        let parts = [
+            Some(uri.path()),
+            uri.query(),
+            authority,
+            header(http::header::USER_AGENT),
+            header(http::header::FORWARDED),
+            header(XFF),
+            header(XFH),
+        ];
+        let len = parts.iter().flatten().map(|p| p.len()).sum();
+        let mut text = String::with_capacity(len);
+        let mut fields = parts.map(|p| {
+            p.map(|p| {
+                let start = text.len() as u32;
+                text.push_str(p);
+                Field(start, text.len() as u32)
+            })
+        });
+        let mut take = |i: usize| fields[i].take();
         Self {
             method: method.clone(),
-            uri: uri.clone(),
             version,
-            host: headers.get(http::header::HOST).cloned(),
-            user_agent: headers.get(http::header::USER_AGENT).cloned(),
-            forwarded: headers.get(http::header::FORWARDED).cloned(),
-            x_forwarded_for: headers.get(XFF).cloned(),
-            x_forwarded_host: headers.get(XFH).cloned(),
             peer,
+            path: take(0).unwrap_or(Field(0, 0)),
+            query: take(1),
+            authority: take(2),
+            user_agent: take(3),
+            forwarded: take(4),
+            x_forwarded_for: take(5),
+            x_forwarded_host: take(6),
+            text,
         }
+    }
+
+    fn get(&self, f: Option<Field>) -> Option<&str> {
+        f.and_then(|Field(a, b)| self.text.get(a as usize..b as usize))
+    }
+
+    pub fn path(&self) -> &str {
+        self.get(Some(self.path)).unwrap_or("/")
+    }
+
+    pub fn query(&self) -> Option<&str> {
+        self.get(self.query)
+    }
+
+    pub fn user_agent(&self) -> Option<&str> {
+        self.get(self.user_agent)
     }
 
     /// `:authority`, else `Host`: what the client addressed.
     pub fn authority(&self) -> Option<&str> {
-        self.uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
+        self.get(self.authority)
     }
 
     /// The original client: `Forwarded: for=`, the first `X-Forwarded-For`, else the peer.
     pub fn client_address(&self) -> Option<Cow<'_, str>> {
-        if let Some(f) = self.forwarded.as_ref().and_then(|v| v.to_str().ok())
+        if let Some(f) = self.get(self.forwarded)
             && let Some(v) = forwarded_param(f, "for")
         {
             return Some(Cow::Borrowed(strip_port(v)));
         }
         if let Some(first) = self
-            .x_forwarded_for
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
+            .get(self.x_forwarded_for)
             .and_then(|v| v.split(',').next())
             .map(str::trim)
             .filter(|v| !v.is_empty())
         {
             return Some(Cow::Borrowed(first));
         }
-        self.peer.map(|p| Cow::Owned(p.ip().to_string()))
+        self.peer.map(|p| Cow::Owned(ip_text(p.ip())))
     }
 
     /// The server the client meant: `Forwarded: host=`, `X-Forwarded-Host`, `:authority`,
     /// `Host`, split into host and port.
     fn server(&self) -> Option<(&str, Option<u16>)> {
         let forwarded = self
-            .forwarded
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
+            .get(self.forwarded)
             .and_then(|f| forwarded_param(f, "host"));
         let xfh = self
-            .x_forwarded_host
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
+            .get(self.x_forwarded_host)
             .and_then(|v| v.split(',').next())
             .map(str::trim);
         let raw = forwarded.or(xfh).or_else(|| self.authority())?;
@@ -233,7 +273,7 @@ impl SpanRecord {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         direction: Direction,
-        head: Box<RequestHead>,
+        head: RequestHead,
         ctx: &TraceCtx,
         status: Option<u16>,
         upstream: Option<UpstreamInfo>,
@@ -304,7 +344,7 @@ impl SpanRecord {
 
     /// Calls `f` with each attribute, in a stable order.
     pub fn attributes(&self, mut f: impl FnMut(&'static str, Value<'_>)) {
-        let head = &*self.head;
+        let head = &self.head;
         let known = method_name(&head.method).1;
         f("http.request.method", Value::from(known));
         if known == "_OTHER" {
@@ -313,7 +353,7 @@ impl SpanRecord {
                 Value::from(head.method.as_str()),
             );
         }
-        if let Some(ua) = head.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+        if let Some(ua) = head.user_agent() {
             f("user_agent.original", Value::from(ua));
         }
         f("url.scheme", Value::from("http"));
@@ -322,8 +362,8 @@ impl SpanRecord {
         }
         match self.direction {
             Direction::Inbound => {
-                f("url.path", Value::from(head.uri.path()));
-                if let Some(q) = self.settings.query(head.uri.query()) {
+                f("url.path", Value::from(head.path()));
+                if let Some(q) = self.settings.query(head.query()) {
                     f("url.query", Value::Str(q));
                 }
                 if let Some((host, port)) = head.server() {
@@ -342,8 +382,8 @@ impl SpanRecord {
             }
             Direction::Outbound => {
                 if let Some(u) = &self.upstream {
-                    let query = self.settings.query(head.uri.query());
-                    let path = head.uri.path();
+                    let query = self.settings.query(head.query());
+                    let path = head.path();
                     let mut full = String::with_capacity(
                         u.url_base.len() + path.len() + query.as_ref().map_or(0, |q| q.len() + 1),
                     );
@@ -413,6 +453,30 @@ pub fn protocol_version(v: Version) -> &'static str {
         Version::HTTP_2 => "2",
         Version::HTTP_3 => "3",
         _ => "1.1",
+    }
+}
+
+/// An IP address as text; IPv4 without `core::fmt`, which costs more than the rest of an
+/// access log line.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push((b'0' + octet / 100) as char);
+                }
+                if octet >= 10 {
+                    s.push((b'0' + (octet / 10) % 10) as char);
+                }
+                s.push((b'0' + octet % 10) as char);
+            }
+            s
+        }
+        std::net::IpAddr::V6(v6) => v6.to_string(),
     }
 }
 
@@ -553,6 +617,15 @@ mod tests {
         let head = RequestHead::of(&Method::GET, &uri, Version::HTTP_11, &h, peer);
         assert_eq!(head.client_address().as_deref(), Some("2001:db8::1"));
         assert_eq!(head.server(), Some(("api.example", Some(443))));
+    }
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for ip in ["0.0.0.0", "10.0.0.9", "127.0.0.1", "192.168.100.255", "1.20.255.7"] {
+            let parsed: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(parsed), ip);
+        }
+        assert_eq!(ip_text("::1".parse().unwrap()), "::1");
     }
 
     #[test]
