@@ -94,9 +94,68 @@ struct Entry {
     stamp: u64,
 }
 
+/// Hashes trace ids for the table: a keyed multiply-fold of the 128 bits, far cheaper than
+/// SipHash. The key is random per table, so callers, who choose trace ids, cannot aim
+/// collisions at a bucket without seeing the key.
+#[derive(Clone)]
+struct KeyedIdHash {
+    k0: u64,
+    k1: u64,
+}
+
+impl Default for KeyedIdHash {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new();
+        let mut h = random.build_hasher();
+        h.write_u8(0);
+        let k0 = h.finish();
+        h.write_u8(1);
+        Self { k0, k1: h.finish() | 1 }
+    }
+}
+
+impl std::hash::BuildHasher for KeyedIdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher {
+            k0: self.k0,
+            k1: self.k1,
+            h: 0,
+        }
+    }
+}
+
+struct IdHasher {
+    k0: u64,
+    k1: u64,
+    h: u64,
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        let m = u128::from(v ^ self.k0 ^ self.h) * u128::from(self.k1);
+        self.h = (m as u64) ^ ((m >> 64) as u64);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.h
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<TraceId, Entry>,
+    map: HashMap<TraceId, Entry, KeyedIdHash>,
     /// (key, stamp) in access order; entries whose stamp no longer matches are stale.
     lru: VecDeque<(TraceId, u64)>,
     next_stamp: u64,
