@@ -96,12 +96,12 @@ median() { sort -n -k1,1 "$1" | awk '{a[NR]=$0} END{print a[int((NR+1)/2)]}'; }
 {
   echo "h2load --h1 -c$CONNS at $RATE req/s for $RATE_SECS s per run, $ROUNDS interleaved rounds (median shown); attache pinned to CPU $PROXY_CPU with one worker; load, upstream and collector on CPU $LOAD_CPU."
   echo
-  echo "| mode                   | CPU µs/req (median) | all rounds         | vs off | mean latency | spans exported | dropped |"
-  echo "|------------------------|---------------------|--------------------|--------|--------------|----------------|---------|"
+  echo "| mode                   | CPU µs/req (median) | all rounds                   | vs off | mean latency | spans exported | dropped |"
+  echo "|------------------------|---------------------|------------------------------|--------|--------------|----------------|---------|"
   base=$(median "$OUT/trace-off.runs" | awk '{print $1}')
   for m in "${MODES[@]}"; do
     read -r cpu mean exported dropped _ <<<"$(median "$OUT/trace-$m.runs")"
     all=$(awk '{printf "%s%s", sep, $1; sep=", "}' "$OUT/trace-$m.runs")
-    printf "| %-22s | %19s | %-18s | %5s× | %12s | %14s | %7s |\n" "$m" "$cpu" "$all" "$(awk -v c="$cpu" -v b="$base" 'BEGIN{printf "%.2f", c/b}')" "$mean" "$exported" "$dropped"
+    printf "| %-22s | %19s | %-28s | %5s× | %12s | %14s | %7s |\n" "$m" "$cpu" "$all" "$(awk -v c="$cpu" -v b="$base" 'BEGIN{printf "%.2f", c/b}')" "$mean" "$exported" "$dropped"
   done
 } | tee "$OUT/tracing-results.md"

@@ -103,7 +103,11 @@ impl RequestHead {
     ) -> Self {
         const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
         const XFH: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
-        let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
         let authority = uri
             .authority()
             .map(|a| a.as_str())
@@ -621,7 +625,13 @@ mod tests {
 
     #[test]
     fn ipv4_text_matches_display() {
-        for ip in ["0.0.0.0", "10.0.0.9", "127.0.0.1", "192.168.100.255", "1.20.255.7"] {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.9",
+            "127.0.0.1",
+            "192.168.100.255",
+            "1.20.255.7",
+        ] {
             let parsed: std::net::IpAddr = ip.parse().unwrap();
             assert_eq!(ip_text(parsed), ip);
         }

@@ -111,7 +111,10 @@ impl Default for KeyedIdHash {
         h.write_u8(0);
         let k0 = h.finish();
         h.write_u8(1);
-        Self { k0, k1: h.finish() | 1 }
+        Self {
+            k0,
+            k1: h.finish() | 1,
+        }
     }
 }
 
