@@ -523,3 +523,62 @@ async fn config_shows_where_telemetry_settings_came_from() {
     assert_eq!(t["headers"]["api-key"], "<redacted>");
     assert_eq!(t["resource"]["service.name"], "e2e");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_costs_requests_nothing() {
+    // Accepts connections and reads nothing back: every export waits out its timeout.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalled_addr = stalled.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = stalled.accept().await {
+            conns.push(c);
+        }
+    });
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let extra = format!(
+        "  telemetry:
+    otlp: {{ endpoint: 'http://{stalled_addr}', timeout: 5s }}
+    batch: {{ max_queue_size: 16, max_export_batch_size: 8, scheduled_delay: 50ms }}
+"
+    );
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, &extra));
+    let client = http1();
+    for _ in 0..100 {
+        let got = within(5, get(&client, &a.url("/"))).await.unwrap();
+        assert_eq!(got.status, 200);
+    }
+    // The export task is stuck on its first batch; the queue filled and overflowed.
+    a.assert_metrics(&["attache_spans_dropped_total{reason=\"queue_full\"}"]);
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_an_endpoint_starts_exporting() {
+    let collector = Collector::start(Protocol::Http).await;
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let mut a = Attache::run(ports, &sidecar_config(ports, app.addr, ""));
+    call(&a.url("/before"), "GET", &[]).await;
+    let extra = format!(
+        "  telemetry:\n    otlp: {{ endpoint: '{}' }}\n    batch: {{ scheduled_delay: 100ms }}\n",
+        collector.endpoint()
+    );
+    std::fs::write(a.config_path(), sidecar_config(ports, app.addr, &extra)).unwrap();
+    a.signal("HUP");
+    let ok = attache_tests::eventually(10, async || {
+        call(&a.url("/after"), "GET", &[]).await;
+        !collector.spans().is_empty()
+    })
+    .await;
+    assert!(ok, "no spans after the reload:\n{}", a.log_text());
+    assert!(
+        collector
+            .spans()
+            .iter()
+            .all(|s| s.attr("url.path").as_deref() == Some("/after")),
+        "spans from before the reload had nowhere to go"
+    );
+    a.wait_ready();
+}
