@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod idempotency;
 mod model;
 mod telemetry;
 mod types;
@@ -22,13 +23,14 @@ use std::path::Path;
 use serde_json::Value;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use idempotency::*;
 pub use model::*;
 pub use telemetry::*;
 pub use types::{ByteSize, Duration, ListenAddr, Scheme, UpstreamUrl};
 
 /// Sections of the design that later versions of attache fill in. Naming one today gets a
 /// clear "not available yet" instead of a puzzling "unknown field".
-const RESERVED_SECTIONS: &[&str] = &["spec.idempotency", "spec.flags", "spec.rate_limits"];
+const RESERVED_SECTIONS: &[&str] = &["spec.flags", "spec.rate_limits"];
 
 /// Loads and validates a config file (YAML or JSON, `${VAR}` from the process environment).
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {

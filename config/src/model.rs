@@ -82,6 +82,9 @@ pub struct Spec {
     /// Trace-context propagation (specs/trace-context.md).
     #[serde(default)]
     pub trace: Trace,
+    /// Idempotency-Key enforcement (specs/idempotency.md); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<crate::idempotency::Idempotency>,
     /// Spans and their export, metrics and the access log (specs/trace-context.md §8–§11).
     #[serde(default)]
     pub telemetry: crate::telemetry::Telemetry,

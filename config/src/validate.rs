@@ -215,7 +215,133 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         }
     }
     telemetry(&spec.telemetry, &mut errors);
+    if let Some(idem) = &spec.idempotency {
+        idempotency(idem, &mut errors);
+    }
     errors
+}
+
+fn idempotency(idem: &crate::Idempotency, errors: &mut Vec<ConfigError>) {
+    let top = "spec.idempotency";
+    match idem.store.split_once("://").map(|(s, _)| s) {
+        _ if idem.store == "memory" => {}
+        Some("redis" | "rediss" | "redis+unix") => {
+            if idem.scope_secret.as_deref().is_none_or(str::is_empty) {
+                errors.push(ConfigError::new(
+                    format!("{top}.scope_secret"),
+                    "required with a Redis store: every replica sharing Redis must hash keys alike (e.g. scope_secret: ${ATTACHE_IDEMPOTENCY_SECRET})",
+                ));
+            }
+        }
+        Some("redis+cluster" | "rediss+cluster" | "redis+sentinel" | "rediss+sentinel") => {
+            errors.push(ConfigError::new(
+                format!("{top}.store"),
+                "Redis Cluster and Sentinel are not available in this version of attache yet; use redis://",
+            ));
+        }
+        _ => errors.push(ConfigError::new(
+            format!("{top}.store"),
+            format!(
+                "invalid store {:?} (expected memory or redis://host:port)",
+                idem.store
+            ),
+        )),
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, r) in idem.routes.iter().enumerate() {
+        if r.name.is_empty() || !names.insert(r.name.clone()) {
+            errors.push(ConfigError::new(
+                format!("{top}.routes[{i}].name"),
+                "route names must be unique and not empty",
+            ));
+        }
+        if r.cloudevents.is_some() {
+            errors.push(ConfigError::new(
+                format!("{top}.routes[{i}].cloudevents"),
+                "`cloudevents` is not available in this version of attache yet",
+            ));
+        }
+    }
+    for (i, policy) in idem.policies().iter().enumerate() {
+        let route = idem.routes.get(i);
+        // The path of the key that decided a value: the route's own, else the top level.
+        let at = |field: &str, set_here: bool| {
+            if set_here {
+                format!("{top}.routes[{i}].{field}")
+            } else {
+                format!("{top}.{field}")
+            }
+        };
+        for m in &policy.methods {
+            let upper = m.to_ascii_uppercase();
+            let path = at("methods", route.is_some_and(|r| r.methods.is_some()));
+            if matches!(
+                upper.as_str(),
+                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "CONNECT"
+            ) {
+                errors.push(ConfigError::new(
+                    path,
+                    format!("{m} cannot be enforced: safe methods and CONNECT are excluded"),
+                ));
+            } else if http_token(m).is_none() {
+                errors.push(ConfigError::new(path, format!("{m:?} is not a method")));
+            }
+        }
+        if !matches!(policy.mismatch_status, 400 | 422) {
+            errors.push(ConfigError::new(
+                at(
+                    "mismatch_status",
+                    route.is_some_and(|r| r.mismatch_status.is_some()),
+                ),
+                "must be 422 or 400 (clients retry a 409)",
+            ));
+        }
+        for h in &policy.replay_headers {
+            if crate::never_replayed(&h.to_ascii_lowercase()) {
+                errors.push(ConfigError::new(
+                    at(
+                        "replay_headers",
+                        route.is_some_and(|r| r.replay_headers.is_some()),
+                    ),
+                    format!("{h} is never replayed (credentials, per-response or hop-by-hop)"),
+                ));
+            }
+        }
+        for s in &policy.release_statuses {
+            if !(400..500).contains(s) {
+                errors.push(ConfigError::new(
+                    at(
+                        "release_statuses",
+                        route.is_some_and(|r| r.release_statuses.is_some()),
+                    ),
+                    format!("{s} is not a 4xx status"),
+                ));
+            }
+        }
+        if policy.in_flight_wait.0 > std::time::Duration::from_secs(60) {
+            errors.push(ConfigError::new(
+                at(
+                    "in_flight_wait",
+                    route.is_some_and(|r| r.in_flight_wait.is_some()),
+                ),
+                "must be at most 60s",
+            ));
+        }
+        for h in policy
+            .scope_headers
+            .iter()
+            .chain(&policy.fingerprint_headers)
+            .chain(&policy.header_aliases)
+            .chain(std::iter::once(&policy.header))
+        {
+            if http_token(h).is_none() {
+                errors.push(ConfigError::new(
+                    at("header", route.is_some()),
+                    format!("{h:?} is not a valid header name"),
+                ));
+            }
+        }
+    }
 }
 
 fn telemetry(t: &crate::Telemetry, errors: &mut Vec<ConfigError>) {

@@ -3,11 +3,14 @@
 //! in-process. The proxy crate fixes their order (see `proxy/src/inbound.rs`).
 //!
 //! - [`errors`]: the one mapping from any proxy error to an RFC 9457 problem+json response.
-//! - [`telemetry`]: request metrics (and, later, spans and the access log).
+//! - [`telemetry`]: request metrics, spans, OTLP export and the access log.
+//! - [`trace_context`]: trace and request context propagation.
+//! - [`idempotency`]: Idempotency-Key enforcement.
 
 #![forbid(unsafe_code)]
 
 pub mod errors;
+pub mod idempotency;
 pub mod telemetry;
 pub mod trace_context;
 

@@ -118,6 +118,7 @@ fn config(shared: &Shared) -> Response<Body> {
         "effective": {
             "trace_sampling": snap.config.spec.trace.sampling.effective(&|k| std::env::var(k).ok()),
             "telemetry": snap.config.spec.telemetry.effective(&snap.config.metadata.name, &|k| std::env::var(k).ok()).redacted(),
+            "idempotency": snap.config.spec.idempotency.as_ref().map(|i| i.policies()),
         },
         "reload": {
             "last_attempt_unix": ts(status.last_attempt),

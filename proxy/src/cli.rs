@@ -62,6 +62,10 @@ enum Command {
         /// Start from this config file instead of the built-in defaults.
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Keep idempotency records in this Redis (e.g. redis://127.0.0.1:6379) instead of
+        /// memory.
+        #[arg(long)]
+        redis: Option<String>,
     },
     /// Check config files; prints every error and exits 1 if any file is invalid.
     Validate {
@@ -96,6 +100,7 @@ pub fn main() -> ExitCode {
             listen,
             admin,
             config,
+            redis,
         } => {
             logging::init(cli.log_format);
             // Without --app (and without an app in the file), the demo app is started and its
@@ -130,6 +135,18 @@ pub fn main() -> ExitCode {
             }
             if let Some(admin) = admin {
                 c.spec.admin.listen = admin;
+            }
+            // A laptop sees replays with no setup: keyed POST and PATCH requests are enforced,
+            // in memory unless --redis says where.
+            let idem = c.spec.idempotency.get_or_insert_with(Default::default);
+            if let Some(url) = redis {
+                idem.store = url;
+                if idem.scope_secret.is_none() {
+                    idem.scope_secret = Some(
+                        std::env::var("ATTACHE_IDEMPOTENCY_SECRET")
+                            .unwrap_or_else(|_| "attache-dev".to_owned()),
+                    );
+                }
             }
             serve(cli.workers, c, config, demo, true)
         }

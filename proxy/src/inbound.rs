@@ -6,7 +6,7 @@
 //! 3. telemetry: metrics, the SERVER span and the access log, around everything below
 //! 4. ratelimit (to come)
 //! 5. flags (to come: specs/feature-flags.md)
-//! 6. idempotency (to come: specs/idempotency.md)
+//! 6. idempotency: Idempotency-Key enforcement (specs/idempotency.md)
 //! 7. forward to the app
 //!
 //! Telemetry wraps the limits here so that 431/413 rejections show in the request metrics; the
@@ -30,6 +30,7 @@ pub fn stack(
     metrics: &Arc<Metrics>,
     observe: ObserveLayer,
     restoration: Option<&Restoration>,
+    idempotency: Option<attache_filters::idempotency::IdempotencyLayer>,
 ) -> Stack {
     let leg = Leg {
         direction: Direction::Inbound,
@@ -47,6 +48,7 @@ pub fn stack(
             metrics,
             restoration,
         ))
+        .option_layer(idempotency)
         .service(Forward::new(app, metrics.clone(), leg));
     BoxCloneSyncService::new(svc)
 }

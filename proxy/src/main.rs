@@ -9,6 +9,7 @@ mod cli;
 mod conn;
 mod demo;
 mod forward;
+mod idempotency;
 mod inbound;
 mod limits;
 mod listener;

@@ -22,6 +22,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub clients: Clients,
     pub telemetry: Telemetry,
+    pub stores: crate::idempotency::Stores,
     pub tracker: Arc<Tracker>,
     /// Flips to true when drain starts; every connection then shuts down gracefully.
     pub shutdown: watch::Sender<bool>,
@@ -50,7 +51,13 @@ impl Shared {
     /// Compiles `config`, binds any new listen addresses, swaps the snapshot in and stops
     /// listening where the config no longer does. On any error nothing changes.
     pub fn apply(self: &Arc<Self>, config: Config) -> anyhow::Result<()> {
-        let snap = Snapshot::build(config, &self.metrics, &self.clients, &self.telemetry)?;
+        let snap = Snapshot::build(
+            config,
+            &self.metrics,
+            &self.clients,
+            &self.telemetry,
+            &self.stores,
+        )?;
         self.install(Arc::new(snap))
     }
 
@@ -81,12 +88,16 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     let metrics = Arc::new(Metrics::new());
     let clients = Clients::default();
     let telemetry = Telemetry::new(metrics.clone(), dev);
-    let snapshot = Arc::new(Snapshot::build(config, &metrics, &clients, &telemetry)?);
+    let stores = crate::idempotency::Stores::default();
+    let snapshot = Arc::new(Snapshot::build(
+        config, &metrics, &clients, &telemetry, &stores,
+    )?);
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::new(snapshot.clone()),
         metrics,
         clients,
         telemetry,
+        stores,
         tracker: Arc::new(Tracker::default()),
         shutdown: watch::Sender::new(false),
         started: AtomicBool::new(false),

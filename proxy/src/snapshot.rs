@@ -177,6 +177,7 @@ impl Snapshot {
         metrics: &Arc<Metrics>,
         clients: &Clients,
         telemetry: &crate::telemetry::Telemetry,
+        stores: &crate::idempotency::Stores,
     ) -> anyhow::Result<Snapshot> {
         let spec = &config.spec;
         if let Some(warning) = spec
@@ -227,6 +228,7 @@ impl Snapshot {
                     metrics,
                     telemetry.layer(&config, Direction::Inbound),
                     restoration.as_ref(),
+                    stores.layer(&config, metrics, telemetry.dev)?,
                 ),
             );
         }

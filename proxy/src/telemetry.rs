@@ -25,7 +25,7 @@ struct ExportKey {
 pub struct Telemetry {
     metrics: Arc<Metrics>,
     /// `attache dev`: spans go to the console unless the file says otherwise.
-    dev: bool,
+    pub dev: bool,
     exporter: Mutex<Option<(ExportKey, Exporter)>>,
     access_log: Mutex<Option<(LogOutput, AccessLog)>>,
 }

@@ -167,6 +167,7 @@ pub struct Metrics {
     pub spans_exported: Counter,
     pub spans_dropped: Family<ReasonLabels, Counter>,
     pub access_log_dropped: Counter,
+    pub idempotency_outcomes: Family<RouteOutcomeLabels, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -303,6 +304,12 @@ impl Metrics {
         let spans_exported = Counter::default();
         let spans_dropped = Family::<ReasonLabels, Counter>::default();
         let access_log_dropped = Counter::default();
+        let idempotency_outcomes = Family::<RouteOutcomeLabels, Counter>::default();
+        registry.register(
+            "idempotency_outcomes",
+            "Idempotency-Key outcomes by route and outcome (claimed, completed, replayed, conflict_409, mismatch_422, released, tombstoned, indeterminate, store_error, lost_lease, passed_through, rejected, failed_open)",
+            idempotency_outcomes.clone(),
+        );
         registry.register(
             "spans_exported",
             "Spans accepted by the OTLP collector",
@@ -319,6 +326,7 @@ impl Metrics {
             access_log_dropped.clone(),
         );
         Self {
+            idempotency_outcomes,
             spans_exported,
             spans_dropped,
             access_log_dropped,
@@ -428,6 +436,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts an idempotency outcome on a configured route (route names are bounded by the
+    /// config).
+    pub fn idempotency_outcome(&self, route: &str, outcome: &'static str) {
+        self.idempotency_outcomes
+            .get_or_create(&RouteOutcomeLabels {
+                route: route.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
     pub fn spans_dropped(&self, reason: &'static str, n: u64) {
         self.spans_dropped
             .get_or_create(&ReasonLabels { reason })
@@ -460,6 +479,12 @@ impl Metrics {
             labels,
         }
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteOutcomeLabels {
+    pub route: String,
+    pub outcome: &'static str,
 }
 
 /// Decrements the open-connections gauge when dropped.

@@ -1,0 +1,136 @@
+//! The `Idempotency-Key` field (specs/idempotency.md §2), checked before any hashing or store
+//! access: one field line across the header and its aliases; an RFC 8941 sf-string (`\"` and
+//! `\\` escapes only, parameters ignored) or a bare token without `"` or `,`; unquoted, 1 to
+//! 255 characters in 0x21–0x7E. `"abc"` and `abc` are the same key.
+
+use http::{HeaderMap, HeaderName};
+
+/// Why a key was refused, for the problem's `detail` (never echoing the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    Missing,
+    Invalid(&'static str),
+}
+
+/// The unquoted key of a request, or why there is none.
+pub fn key(
+    headers: &HeaderMap,
+    names: &[HeaderName],
+    strict_sf: bool,
+) -> Result<Vec<u8>, KeyError> {
+    let mut lines = names.iter().flat_map(|n| headers.get_all(n).iter());
+    let Some(line) = lines.next() else {
+        return Err(KeyError::Missing);
+    };
+    if lines.next().is_some() {
+        return Err(KeyError::Invalid("more than one key field line"));
+    }
+    let v = crate::trace_context::trim_ows(line.as_bytes());
+    let key = if let Some(rest) = v.strip_prefix(b"\"") {
+        sf_string(rest)?
+    } else {
+        if strict_sf {
+            return Err(KeyError::Invalid("the key must be a quoted sf-string"));
+        }
+        if v.contains(&b',') {
+            return Err(KeyError::Invalid("a list of keys"));
+        }
+        if v.contains(&b'"') {
+            return Err(KeyError::Invalid("a stray quote"));
+        }
+        v.to_vec()
+    };
+    if key.is_empty() {
+        return Err(KeyError::Invalid("empty"));
+    }
+    if key.len() > 255 {
+        return Err(KeyError::Invalid("longer than 255 characters"));
+    }
+    if !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(KeyError::Invalid(
+            "characters outside visible ASCII (0x21-0x7E)",
+        ));
+    }
+    Ok(key)
+}
+
+/// The rest of an sf-string after its opening quote: the unescaped content, then nothing or
+/// `;` parameters (ignored).
+fn sf_string(rest: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let mut out = Vec::with_capacity(rest.len());
+    let mut i = 0;
+    loop {
+        match rest.get(i) {
+            None => return Err(KeyError::Invalid("an unterminated string")),
+            Some(b'\\') => match rest.get(i + 1) {
+                Some(c @ (b'"' | b'\\')) => {
+                    out.push(*c);
+                    i += 2;
+                }
+                _ => return Err(KeyError::Invalid("an invalid escape")),
+            },
+            Some(b'"') => {
+                i += 1;
+                break;
+            }
+            Some(c) if (0x20..=0x7e).contains(c) => {
+                out.push(*c);
+                i += 1;
+            }
+            Some(_) => return Err(KeyError::Invalid("a character not allowed in a string")),
+        }
+    }
+    match rest.get(i) {
+        None | Some(b';') => Ok(out),
+        Some(_) => Err(KeyError::Invalid("junk after the string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn k(values: &[&[u8]], strict: bool) -> Result<Vec<u8>, KeyError> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("idempotency-key", HeaderValue::from_bytes(v).unwrap());
+        }
+        key(&h, &[HeaderName::from_static("idempotency-key")], strict)
+    }
+
+    #[test]
+    fn quoted_and_bare_keys_are_one_key() {
+        assert_eq!(k(&[b"abc"], false).unwrap(), b"abc");
+        assert_eq!(k(&[b"\"abc\""], false).unwrap(), b"abc");
+        assert_eq!(k(&[b" \"a\\\"b\";p=1 "], false).unwrap(), b"a\"b");
+        assert_eq!(
+            k(&[b"abc"], true),
+            Err(KeyError::Invalid("the key must be a quoted sf-string"))
+        );
+        assert_eq!(k(&[b"\"abc\""], true).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        assert_eq!(k(&[], false), Err(KeyError::Missing));
+        for bad in [
+            &b""[..],
+            b"a b",
+            b"\"a b\"",
+            b"a\x7f",
+            b"a, b",
+            b"\"abc\"x",
+            b"\"abc",
+            b"\"a\\nb\"",
+        ] {
+            assert!(
+                matches!(k(&[bad], false), Err(KeyError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(k(&[b"a", b"b"], false), Err(KeyError::Invalid(_))));
+        assert!(k(&[&[b'x'; 255][..]], false).is_ok());
+        assert!(k(&[&[b'x'; 256][..]], false).is_err());
+    }
+}
