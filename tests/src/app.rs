@@ -5,6 +5,8 @@
 //! - `/sink`: reads the whole body without keeping it, answers with its length;
 //! - `/status/<code>`: answers with that status;
 //! - `/ws`: accepts an HTTP Upgrade and echoes every byte back;
+//! - `/created`: 201 with `Location`, `ETag`, `Set-Cookie`, `X-Request-Id`, two `Link` lines
+//!   and a JSON body naming how many requests the app had served (so a re-execution shows);
 //! - `/trailers`: answers `ok` followed by a `grpc-status: 0` trailer (as gRPC does);
 //! - `/call/<port>/<path>`: calls `http://127.0.0.1:<port>/<path>` (an ambassador port),
 //!   forwarding only `traceparent`, as an app with the least tracing support does, and answers
@@ -49,8 +51,8 @@ impl App {
                 let (n, h) = (n.clone(), h.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        handle(n.clone(), req)
+                        let hits = h.fetch_add(1, Ordering::SeqCst) + 1;
+                        handle(n.clone(), hits, req)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -83,8 +85,29 @@ fn full(b: impl Into<Bytes>) -> AppBody {
     Full::new(b.into()).boxed_unsync()
 }
 
-async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
+async fn handle(
+    name: String,
+    hits: usize,
+    mut req: Request<Incoming>,
+) -> Result<Response<AppBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    if path == "/created" {
+        let _ = req.into_body().collect().await;
+        let mut res = Response::new(full(format!("{{\"order\":{hits}}}")));
+        *res.status_mut() = StatusCode::CREATED;
+        let h = res.headers_mut();
+        h.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        h.insert("location", http::HeaderValue::from_static("/orders/1"));
+        h.insert("etag", http::HeaderValue::from_static("\"v1\""));
+        h.insert("set-cookie", http::HeaderValue::from_static("session=1"));
+        h.insert("x-request-id", http::HeaderValue::from_static("r1"));
+        h.append("link", http::HeaderValue::from_static("</a>; rel=\"x, y\""));
+        h.append("link", http::HeaderValue::from_static("</b>; rel=next"));
+        return Ok(res);
+    }
     if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         return Ok(Response::new(full(format!("{name} waited {ms}ms"))));

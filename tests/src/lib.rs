@@ -7,6 +7,7 @@
 pub mod app;
 pub mod client;
 pub mod otlp;
+pub mod redis;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};

@@ -118,7 +118,7 @@ mod tests {
             &b""[..],
             b"a b",
             b"\"a b\"",
-            b"a\x7f",
+            "aé".as_bytes(),
             b"a, b",
             b"\"abc\"x",
             b"\"abc",

@@ -1,0 +1,344 @@
+//! Idempotency-Key enforcement through the real binary (`specs/idempotency.md` §10), with the
+//! memory store and with a real redis-server. The app counts the requests that reached it.
+
+use std::time::Duration;
+
+use attache_tests::client::{Got, http1, send};
+use attache_tests::redis::Redis;
+use attache_tests::{App, Attache, Ports, sidecar_config, within};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+async fn post(a: &Attache, path: &str, key: Option<&str>, body: &str) -> Got {
+    request(a, "POST", path, key, body).await
+}
+
+async fn request(a: &Attache, method: &str, path: &str, key: Option<&str>, body: &str) -> Got {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(a.url(path))
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    within(
+        15,
+        send(
+            &http1(),
+            req.body(Full::new(Bytes::from(body.to_owned()))).unwrap(),
+        ),
+    )
+    .await
+    .unwrap()
+}
+
+fn assert_problem(got: &Got, status: u16, name: &str) {
+    assert_eq!(got.status, status, "{}", got.text());
+    assert_eq!(got.headers["content-type"], "application/problem+json");
+    assert_eq!(got.headers["cache-control"], "no-store", "case 42");
+    assert_eq!(
+        got.json()["type"],
+        format!("https://attache.dev/problems/{name}")
+    );
+}
+
+fn with_idempotency(app: &App, idem: &str) -> Attache {
+    let ports = Ports::new();
+    Attache::run(
+        ports,
+        &sidecar_config(ports, app.addr, &format!("  idempotency:\n{idem}")),
+    )
+}
+
+/// Cases 9–12, 14, 15, 17: the first request runs, its retries replay it.
+async fn first_runs_and_retries_replay(a: &Attache, app: &App) {
+    let first = post(a, "/created?a=1&b=2", Some("K1"), "{\"x\":1}").await;
+    assert_eq!(first.status, 201);
+    assert!(!first.headers.contains_key("idempotent-replayed"));
+    assert_eq!(first.headers["set-cookie"], "session=1");
+    assert_eq!(app.hits(), 1);
+
+    let again = post(a, "/created?b=2&a=1", Some("\"K1\""), "{\"x\":1}").await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body, first.body, "the same bytes");
+    assert_eq!(again.headers["location"], "/orders/1");
+    assert_eq!(again.headers["etag"], "\"v1\"");
+    assert_eq!(
+        again.headers["content-length"],
+        first.body.len().to_string()
+    );
+    assert_eq!(again.headers["cache-control"], "no-store");
+    assert!(again.headers.contains_key("date"), "a fresh Date");
+    for gone in ["set-cookie", "x-request-id"] {
+        assert!(
+            !again.headers.contains_key(gone),
+            "{gone} is never replayed"
+        );
+    }
+    let links: Vec<_> = again.headers.get_all("link").iter().collect();
+    assert_eq!(links.len(), 2, "case 13: field lines are kept one by one");
+    assert_eq!(links[0], "</a>; rel=\"x, y\"");
+    assert_eq!(app.hits(), 1, "the retry did not reach the app");
+
+    // Case 14/15: the same key with another request.
+    let other = post(a, "/created?a=1&b=2", Some("K1"), "{\"x\":2}").await;
+    assert_problem(&other, 422, "idempotency-key-reused");
+    let dry = post(a, "/created?a=1&b=2&dry=1", Some("K1"), "{\"x\":1}").await;
+    assert_problem(&dry, 422, "idempotency-key-reused");
+    let patch = request(a, "PATCH", "/created?a=1&b=2", Some("K1"), "{\"x\":1}").await;
+    assert_problem(&patch, 422, "idempotency-key-reused");
+    assert_eq!(app.hits(), 1);
+}
+
+/// Cases 1–4, 6, 8, 24, 25.
+async fn admission_and_release(a: &Attache, app: &App) {
+    let before = app.hits();
+    // Case 1: GET is not enforced.
+    let get = request(a, "GET", "/x", Some("K2"), "").await;
+    assert_eq!(get.status, 200);
+    assert_eq!(
+        get.json()["headers"]["idempotency-key"],
+        "K2",
+        "the key is never stripped"
+    );
+    // Case 2: no key on an optional route.
+    let none = post(a, "/x", None, "{}").await;
+    assert_eq!(none.status, 200);
+    assert!(!none.headers.contains_key("idempotent-replayed"));
+    // Case 4: invalid keys.
+    for bad in ["a b", &"k".repeat(256), "a, b"] {
+        assert_problem(
+            &post(a, "/x", Some(bad), "{}").await,
+            400,
+            "idempotency-key-invalid",
+        );
+    }
+    assert!(post(a, "/x", Some(&"k".repeat(255)), "{}").await.status == 200);
+    assert_eq!(app.hits(), before + 3);
+
+    // Case 24: 400 is stored; 429 and 503 release the key.
+    let before = app.hits();
+    assert_eq!(post(a, "/status/400", Some("K400"), "{}").await.status, 400);
+    let replay = post(a, "/status/400", Some("K400"), "{}").await;
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    for code in ["429", "503"] {
+        let path = format!("/status/{code}");
+        let key = format!("K{code}");
+        post(a, &path, Some(&key), "{}").await;
+        let again = post(a, &path, Some(&key), "{}").await;
+        assert!(!again.headers.contains_key("idempotent-replayed"), "{code}");
+    }
+    assert_eq!(app.hits(), before + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_enforces_keys() {
+    let app = App::start("app").await;
+    let a = with_idempotency(&app, "    max_request_bytes: 1KiB\n");
+    first_runs_and_retries_replay(&a, &app).await;
+    admission_and_release(&a, &app).await;
+
+    // Case 8: a keyed body over the limit; unkeyed passes.
+    let before = app.hits();
+    let big = "x".repeat(2048);
+    assert_problem(
+        &post(&a, "/x", Some("big"), &big).await,
+        413,
+        "idempotency-request-too-large",
+    );
+    assert_eq!(post(&a, "/x", None, &big).await.status, 200);
+    assert_eq!(app.hits(), before + 1);
+
+    a.assert_metrics(&[
+        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"replayed\"}",
+        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"mismatch_422\"} 3",
+        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"released\"} 4",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_routes_and_in_flight_conflicts() {
+    let app = App::start("app").await;
+    let a = with_idempotency(
+        &app,
+        "    routes:\n      - { name: orders, match: { path_prefix: /slow }, required: true }\n",
+    );
+    // Case 3.
+    assert_problem(
+        &post(&a, "/slow/10", None, "{}").await,
+        400,
+        "idempotency-key-missing",
+    );
+    assert_eq!(app.hits(), 0);
+    // Unmatched paths are not enforced.
+    assert_eq!(post(&a, "/other", None, "{}").await.status, 200);
+
+    // Case 19/20: a duplicate while the first runs gets 409; another body 422.
+    let url = a.url("/slow/1500");
+    let first = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("idempotency-key", "K19")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        send(&http1(), req).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let dup = post(&a, "/slow/1500", Some("K19"), "{}").await;
+    assert_problem(&dup, 409, "idempotency-request-in-progress");
+    assert_eq!(dup.headers["retry-after"], "1");
+    let other = post(&a, "/slow/1500", Some("K19"), "{\"other\":1}").await;
+    assert_problem(&other, 422, "idempotency-key-reused");
+    let first = within(10, first).await.unwrap();
+    assert_eq!(first.status, 200);
+    // Case 30: a retry right after the whole response replays.
+    let after = post(&a, "/slow/1500", Some("K19"), "{}").await;
+    assert_eq!(after.headers["idempotent-replayed"], "true");
+    assert_eq!(app.hits(), 2, "/other and the first /slow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_does_not_cancel_the_exchange() {
+    // Case 27.
+    let app = App::start("app").await;
+    let a = with_idempotency(&app, "    retention: 1h\n");
+    let url = a.url("/slow/1000");
+    let gone = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("idempotency-key", "K27")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let _ = send(&http1(), req).await;
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gone.abort();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let retry = post(&a, "/slow/1000", Some("K27"), "{}").await;
+    assert_eq!(retry.status, 200);
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(app.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_app_releases_the_key() {
+    // Case 25: nothing reached the app, so the key is free: the retry is a 502 again, not 409.
+    let dead = Ports::new().inbound;
+    let ports = Ports::new();
+    let dead_app = std::net::SocketAddr::from(([127, 0, 0, 1], dead));
+    let a = Attache::run(
+        ports,
+        &sidecar_config(ports, dead_app, "  idempotency: {}\n"),
+    );
+    for _ in 0..2 {
+        let got = post(&a, "/x", Some("K25"), "{}").await;
+        assert_eq!(got.status, 502, "{}", got.text());
+        assert_eq!(
+            got.json()["type"],
+            "https://attache.dev/problems/upstream-unreachable"
+        );
+    }
+}
+
+fn redis_config(redis: &Redis, extra: &str) -> String {
+    format!(
+        "    store: {}\n    scope_secret: test-secret\n{extra}",
+        redis.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_enforces_keys_in_two_round_trips() {
+    let redis = Redis::start();
+    let app = App::start("app").await;
+    let a = with_idempotency(&app, &redis_config(&redis, "    max_request_bytes: 1KiB\n"));
+    first_runs_and_retries_replay(&a, &app).await;
+    admission_and_release(&a, &app).await;
+
+    // §11: first = 2 round trips (claim, complete), replay = 1, no key = 0.
+    let calls = || redis.calls("evalsha") + redis.calls("eval");
+    let before = calls();
+    post(&a, "/created", Some("RT"), "{}").await;
+    assert_eq!(calls() - before, 2, "a first keyed request");
+    let before = calls();
+    post(&a, "/created", Some("RT"), "{}").await;
+    assert_eq!(calls() - before, 1, "a replay");
+    let before = calls();
+    post(&a, "/created", None, "{}").await;
+    assert_eq!(calls() - before, 0, "no key");
+
+    // Case 38: no Redis key holds the raw key or a credential.
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(keys.lines().all(|k| k.starts_with("idem:{")), "{keys}");
+    assert!(!keys.contains("K1") && !keys.contains("RT"), "{keys}");
+
+    // Case 34: a foreign value at a record key is never overwritten.
+    let record = keys.lines().next().unwrap().to_owned();
+    redis.cli(&["DEL", &record]);
+    redis.cli(&["SET", &record, "not-a-hash"]);
+    assert_eq!(redis.cli(&["GET", &record]).trim(), "not-a-hash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_closed_or_open() {
+    // Case 32.
+    let mut redis = Redis::start();
+    let app = App::start("app").await;
+    let closed = with_idempotency(&app, &redis_config(&redis, "    store_timeout: 300ms\n"));
+    let open = with_idempotency(
+        &app,
+        &redis_config(&redis, "    store_timeout: 300ms\n    fail_open: true\n"),
+    );
+    assert_eq!(
+        post(&closed, "/created", Some("up"), "{}").await.status,
+        201
+    );
+    redis.stop();
+    let before = app.hits();
+    let got = post(&closed, "/created", Some("down"), "{}").await;
+    assert_problem(&got, 503, "idempotency-store-unavailable");
+    assert_eq!(got.headers["retry-after"], "1");
+    assert_eq!(app.hits(), before, "nothing forwarded");
+    let got = post(&open, "/created", Some("down"), "{}").await;
+    assert_eq!(got.status, 201);
+    assert_eq!(got.headers["idempotency-enforced"], "false");
+    assert_eq!(app.hits(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_through_two_proxies_run_once() {
+    // Case 21: 200 identical keyed POSTs through two attache processes sharing Redis.
+    let redis = Redis::start();
+    let app = App::start("app").await;
+    let config = redis_config(&redis, "");
+    let a = with_idempotency(&app, &config);
+    let b = with_idempotency(&app, &config);
+    let urls = [a.url("/slow/300"), b.url("/slow/300")];
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let url = urls[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::post(url)
+                .header("idempotency-key", "K21")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap();
+            send(&http1(), req).await
+        }));
+    }
+    let (mut ran, mut replayed, mut conflicts) = (0, 0, 0);
+    for t in tasks {
+        let got = within(30, t).await.unwrap().expect("no response lost");
+        match (got.status, got.headers.contains_key("idempotent-replayed")) {
+            (200, false) => ran += 1,
+            (200, true) => replayed += 1,
+            (409, _) => conflicts += 1,
+            other => panic!("unexpected answer {other:?}: {}", got.text()),
+        }
+    }
+    assert_eq!(ran, 1, "exactly one request ran");
+    assert_eq!(ran + replayed + conflicts, 200);
+    assert_eq!(app.hits(), 1, "the app ran once");
+}
