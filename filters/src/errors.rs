@@ -127,7 +127,8 @@ pub fn problem_response(problem: &dyn Problem) -> Response<Body> {
     if let Some(after) = problem.retry_after() {
         h.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(after.as_secs().max(1)),
+            // Whole seconds, rounded up: a client must not come back too early.
+            HeaderValue::from((after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)),
         );
     }
     res

@@ -5,6 +5,7 @@
 //! - `/sink`: reads the whole body without keeping it, answers with its length;
 //! - `/status/<code>`: answers with that status;
 //! - `/ws`: accepts an HTTP Upgrade and echoes every byte back;
+//! - `/big/<n>`: answers n bytes;
 //! - `/created`: 201 with `Location`, `ETag`, `Set-Cookie`, `X-Request-Id`, two `Link` lines
 //!   and a JSON body naming how many requests the app had served (so a re-execution shows);
 //! - `/trailers`: answers `ok` followed by a `grpc-status: 0` trailer (as gRPC does);
@@ -91,6 +92,10 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<AppBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    if let Some(n) = path.strip_prefix("/big/") {
+        let _ = req.into_body().collect().await;
+        return Ok(Response::new(full(vec![b'x'; n.parse().unwrap_or(0)])));
+    }
     if path == "/created" {
         let _ = req.into_body().collect().await;
         let mut res = Response::new(full(format!("{{\"order\":{hits}}}")));

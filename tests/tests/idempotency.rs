@@ -274,11 +274,164 @@ async fn redis_store_enforces_keys_in_two_round_trips() {
     assert!(keys.lines().all(|k| k.starts_with("idem:{")), "{keys}");
     assert!(!keys.contains("K1") && !keys.contains("RT"), "{keys}");
 
-    // Case 34: a foreign value at a record key is never overwritten.
-    let record = keys.lines().next().unwrap().to_owned();
+    // Case 34: a foreign value at a record key gets 503 and is never overwritten.
+    redis.cli(&["FLUSHALL"]);
+    post(&a, "/created", Some("F34"), "{}").await;
+    let record = redis.cli(&["KEYS", "*"]).trim().to_owned();
     redis.cli(&["DEL", &record]);
     redis.cli(&["SET", &record, "not-a-hash"]);
+    let got = post(&a, "/created", Some("F34"), "{}").await;
+    assert_problem(&got, 503, "idempotency-store-unavailable");
     assert_eq!(redis.cli(&["GET", &record]).trim(), "not-a-hash");
+    redis.cli(&["DEL", &record]);
+    redis.cli(&["HSET", &record, "v", "9", "st", "done"]);
+    let got = post(&a, "/created", Some("F34"), "{}").await;
+    assert_problem(&got, 503, "idempotency-store-unavailable");
+    assert_eq!(redis.cli(&["HGET", &record, "v"]).trim(), "9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scope_retention_waiting_and_limits() {
+    let app = App::start("app").await;
+    let a = with_idempotency(
+        &app,
+        "    retention: 2s
+    memory_max_records: 3
+    routes:
+      - { name: wait, match: { path_prefix: /slow }, in_flight_wait: 3s }
+      - { name: all, match: { path_prefix: / } }
+",
+    );
+    // Case 38: one key from two principals names two records.
+    let with_auth = |auth: &'static str| {
+        let url = a.url("/created");
+        async move {
+            let req = Request::post(url)
+                .header("idempotency-key", "K38")
+                .header("authorization", auth)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            send(&http1(), req).await.unwrap()
+        }
+    };
+    assert!(
+        !with_auth("Bearer alice")
+            .await
+            .headers
+            .contains_key("idempotent-replayed")
+    );
+    assert!(
+        !with_auth("Bearer bob")
+            .await
+            .headers
+            .contains_key("idempotent-replayed")
+    );
+    assert!(
+        with_auth("Bearer bob")
+            .await
+            .headers
+            .contains_key("idempotent-replayed")
+    );
+    assert_eq!(app.hits(), 2);
+
+    // Case 22: a duplicate waits for the first and gets its replay.
+    let url = a.url("/slow/1000");
+    let first = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("idempotency-key", "K22")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&http1(), req).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dup = request_raw(&a, "/slow/1000", "K22").await;
+    assert_eq!(dup.status, 200);
+    assert_eq!(
+        dup.headers["idempotent-replayed"], "true",
+        "waited, then replayed"
+    );
+    assert_eq!(within(10, first).await.unwrap().status, 200);
+    assert_eq!(app.hits(), 3);
+
+    // Case 37: the memory store is full at 3 live records: new keys get 503, old ones replay.
+    let got = request_raw(&a, "/created", "K37").await;
+    assert_eq!(
+        got.json()["type"],
+        "https://attache.dev/problems/idempotency-store-unavailable"
+    );
+    assert_eq!(got.status, 503);
+    assert!(
+        with_auth("Bearer bob")
+            .await
+            .headers
+            .contains_key("idempotent-replayed")
+    );
+
+    // Case 23: after the retention the key runs anew (and frees room).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        !with_auth("Bearer bob")
+            .await
+            .headers
+            .contains_key("idempotent-replayed")
+    );
+    assert_eq!(app.hits(), 4);
+}
+
+async fn request_raw(a: &Attache, path: &str, key: &str) -> Got {
+    let req = Request::post(a.url(path))
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    within(15, send(&http1(), req)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_outcomes_hold_the_key_and_big_responses_leave_tombstones() {
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let extra = "  timeouts: { request: 500ms }
+  idempotency:
+    lease_grace: 1s
+    max_response_bytes: 1KiB
+";
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, extra));
+    // Case 26: the app hangs past the timeout after reading the request: 504, and the key is
+    // held for the lease (timeout + grace), then free.
+    let got = request_raw(&a, "/slow/3000", "K26").await;
+    assert_problem(&got, 504, "idempotency-outcome-unknown");
+    assert_eq!(got.headers["retry-after"], "2");
+    let again = request_raw(&a, "/slow/3000", "K26").await;
+    assert_problem(&again, 409, "idempotency-request-in-progress");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let after = request_raw(&a, "/slow/10", "K26b").await;
+    assert_eq!(after.status, 200);
+    let hits = app.hits();
+    let retried = request_raw(&a, "/slow/3000", "K26").await;
+    assert_problem(&retried, 504, "idempotency-outcome-unknown");
+    assert_eq!(app.hits(), hits + 1, "after the lease the key ran again");
+
+    // Case 31: a response over max_response_bytes reaches the first caller whole; a retry gets
+    // the status and headers only.
+    let before = app.hits();
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(4096));
+    let first = request_body(&a, "/big/4096", "K31", &big).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body.len(), 4096, "the first caller got it whole");
+    let retry = request_body(&a, "/big/4096", "K31", &big).await;
+    assert_eq!(retry.status, 200);
+    assert!(retry.body.is_empty());
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert_eq!(retry.headers["idempotency-response-stored"], "false");
+    assert_eq!(app.hits(), before + 1);
+}
+
+async fn request_body(a: &Attache, path: &str, key: &str, body: &str) -> Got {
+    let req = Request::post(a.url(path))
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    within(15, send(&http1(), req)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
