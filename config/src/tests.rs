@@ -495,3 +495,58 @@ fn telemetry_settings_are_validated() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn idempotency_settings_are_validated_and_resolved_per_route() {
+    let errs = errors(&format!(
+        "{MINIMAL}  idempotency:
+    store: redis://127.0.0.1:6379
+    methods: [POST, GET]
+    mismatch_status: 409
+    replay_headers: [Set-Cookie, X-Trace-Tag]
+    release_statuses: [429, 500]
+    in_flight_wait: 2m
+    routes:
+      - {{ name: a, match: {{ path: /a }} }}
+      - {{ name: a, match: {{ path: /b }}, cloudevents: {{ strict: true }} }}
+"
+    ));
+    for want in [
+        "spec.idempotency.scope_secret: required with a Redis store",
+        "spec.idempotency.methods: GET cannot be enforced",
+        "spec.idempotency.mismatch_status: must be 422 or 400",
+        "spec.idempotency.replay_headers: Set-Cookie is never replayed",
+        "spec.idempotency.release_statuses: 500 is not a 4xx status",
+        "spec.idempotency.in_flight_wait: must be at most 60s",
+        "spec.idempotency.routes[1].name: route names must be unique",
+        "spec.idempotency.routes[1].cloudevents: `cloudevents` is not available",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+    let c = load(&format!(
+        "{MINIMAL}  idempotency:
+    required: true
+    retention: 1h
+    routes:
+      - {{ name: orders, match: {{ path_prefix: /orders }}, retention: 10m }}
+      - {{ name: rest, match: {{ path_prefix: / }}, required: false }}
+"
+    ))
+    .unwrap();
+    let p = c.spec.idempotency.as_ref().unwrap().policies();
+    assert_eq!(
+        (
+            p[0].route.as_str(),
+            p[0].retention.0.as_secs(),
+            p[0].required
+        ),
+        ("orders", 600, true)
+    );
+    assert_eq!((p[1].retention.0.as_secs(), p[1].required), (3600, false));
+    assert_eq!(p[1].methods, ["POST", "PATCH"]);
+    assert_eq!(p[1].mismatch_status, 422);
+    assert_eq!(p[1].release_statuses, [401, 403, 407, 408, 425, 429]);
+}

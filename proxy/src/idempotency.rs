@@ -29,6 +29,31 @@ pub struct Stores {
     random_secret: Mutex<Option<Vec<u8>>>,
 }
 
+/// `eviction_check: refuse`: attache does not start against a Redis that may evict records.
+/// An unreachable Redis is not checked (and does not delay the start).
+pub async fn refuse_evicting_redis(config: &Config) -> anyhow::Result<()> {
+    let Some(idem) = config
+        .spec
+        .idempotency
+        .as_ref()
+        .filter(|i| i.uses_redis() && i.eviction_check == EvictionCheck::Refuse)
+    else {
+        return Ok(());
+    };
+    let store = RedisStore::new(&idem.store, &idem.key_prefix, idem.store_timeout.get())
+        .map_err(|e| anyhow::anyhow!("spec.idempotency.store: {e}"))?;
+    if let Ok(Ok((max, policy))) =
+        tokio::time::timeout(idem.store_timeout.get() * 4, store.eviction_policy()).await
+        && max > 0
+        && policy != "noeviction"
+    {
+        anyhow::bail!(
+            "spec.idempotency.eviction_check is refuse and Redis has maxmemory-policy {policy}: an evicted record lets a retry run again; set maxmemory-policy noeviction"
+        );
+    }
+    Ok(())
+}
+
 impl Stores {
     fn get(&self, idem: &Idempotency) -> anyhow::Result<Arc<dyn Store>> {
         let key = StoreKey {

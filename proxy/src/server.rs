@@ -88,6 +88,7 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     let metrics = Arc::new(Metrics::new());
     let clients = Clients::default();
     let telemetry = Telemetry::new(metrics.clone(), dev);
+    crate::idempotency::refuse_evicting_redis(&config).await?;
     let stores = crate::idempotency::Stores::default();
     let snapshot = Arc::new(Snapshot::build(
         config, &metrics, &clients, &telemetry, &stores,

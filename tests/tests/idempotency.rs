@@ -495,3 +495,38 @@ async fn concurrent_retries_through_two_proxies_run_once() {
     assert_eq!(ran + replayed + conflicts, 200);
     assert_eq!(app.hits(), 1, "the app ran once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_redis_is_warned_about_or_refused() {
+    // Case 36.
+    let redis = Redis::start_on(
+        attache_tests::free_port(),
+        &["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"],
+    );
+    let app = App::start("app").await;
+    let a = with_idempotency(&app, &redis_config(&redis, ""));
+    assert!(
+        attache_tests::eventually(5, async || a.log_text().contains("may evict")).await,
+        "{}",
+        a.log_text()
+    );
+    let ports = Ports::new();
+    let config = sidecar_config(
+        ports,
+        app.addr,
+        &format!(
+            "  idempotency:\n{}",
+            redis_config(&redis, "    eviction_check: refuse\n")
+        ),
+    );
+    let dir = attache_tests::TempDir::new();
+    let path = dir.write("config.yaml", &config);
+    let mut refused = Attache::spawn(ports, dir, &["run", "-c", path.to_str().unwrap()]);
+    let status = refused.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(!status.success());
+    assert!(
+        refused.log_text().contains("maxmemory-policy allkeys-lru"),
+        "{}",
+        refused.log_text()
+    );
+}
