@@ -150,6 +150,21 @@ pub fn problem_http1_bytes(problem: &dyn Problem) -> Vec<u8> {
     out
 }
 
+/// An error and its sources, as one line: `a: b: c`, without repeating a source whose text an
+/// earlier one already contains.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

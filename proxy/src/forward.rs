@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 
 use attache_config::{ForwardedHeaders, Protocol, Timeouts, UpstreamUrl};
 use attache_filters::Body;
-use attache_filters::errors::{Problem, ProxyError, problem_response};
+use attache_filters::errors::{Problem, ProxyError, error_chain, problem_response};
 use attache_filters::telemetry::span::UpstreamInfo;
 use attache_filters::telemetry::{Direction, Metrics};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -482,19 +482,6 @@ fn body_limit(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
         cur = err.source();
     }
     None
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
 }
 
 fn connect_reason(e: &(dyn std::error::Error + 'static)) -> String {

@@ -31,6 +31,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::span::{SpanRecord, Value};
 use super::{Direction, Metrics};
+use crate::errors::error_chain;
 
 /// The wire protocol to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,19 +472,6 @@ fn gzip(data: &[u8]) -> Bytes {
     // Writing to a Vec cannot fail.
     let _ = enc.write_all(data);
     Bytes::from(enc.finish().unwrap_or_default())
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
 }
 
 // === OTLP encoding ===
