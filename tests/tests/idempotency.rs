@@ -530,3 +530,44 @@ async fn an_evicting_redis_is_warned_about_or_refused() {
         refused.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_spans_carry_the_idempotency_outcome() {
+    use attache_tests::otlp::{Collector, Protocol};
+    let collector = Collector::start(Protocol::Http).await;
+    let app = App::start("app").await;
+    let a = with_idempotency(
+        &app,
+        &format!(
+            "    routes: [ {{ name: orders, match: {{ path_prefix: / }} }} ]\n  telemetry:\n    otlp: {{ endpoint: '{}' }}\n    batch: {{ scheduled_delay: 100ms }}\n",
+            collector.endpoint()
+        ),
+    );
+    post(&a, "/created", Some("KS"), "{}").await;
+    post(&a, "/created", Some("KS"), "{}").await;
+    let spans = collector.wait_spans(2, 10).await;
+    let outcome = |s: &attache_tests::otlp::Received| s.attr("attache.idempotency.outcome");
+    let first = spans
+        .iter()
+        .find(|s| outcome(s).as_deref() == Some("completed"))
+        .expect("first");
+    let replay = spans
+        .iter()
+        .find(|s| outcome(s).as_deref() == Some("replayed"))
+        .expect("replay");
+    assert_eq!(
+        first.attr("attache.idempotency.route").as_deref(),
+        Some("orders")
+    );
+    assert_eq!(
+        first.attr("attache.idempotency.replayed").as_deref(),
+        Some("false")
+    );
+    assert_eq!(
+        replay.attr("attache.idempotency.replayed").as_deref(),
+        Some("true")
+    );
+    let record = first.attr("attache.idempotency.record").unwrap();
+    assert_eq!(record.len(), 16);
+    assert_eq!(replay.attr("attache.idempotency.record").unwrap(), record);
+}

@@ -59,6 +59,42 @@ const REPLAYED_MARKER: HeaderName = HeaderName::from_static("idempotent-replayed
 const STORED_MARKER: HeaderName = HeaderName::from_static("idempotency-response-stored");
 const ENFORCED_MARKER: HeaderName = HeaderName::from_static("idempotency-enforced");
 
+/// What a keyed request went through, for the metrics and its span: each outcome is counted
+/// as it happens; the last one is the request's.
+struct Trail {
+    metrics: Arc<Metrics>,
+    route: Arc<str>,
+    last: std::sync::Mutex<&'static str>,
+    /// The first 64 bits of `H(key)`, once known.
+    record: std::sync::atomic::AtomicU64,
+}
+
+impl Trail {
+    fn count(&self, outcome: &'static str) {
+        self.metrics.idempotency_outcome(&self.route, outcome);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
+    }
+
+    fn info(&self, replayed: bool) -> IdempotencyInfo {
+        IdempotencyInfo {
+            route: self.route.clone(),
+            outcome: *self.last.lock().unwrap_or_else(|p| p.into_inner()),
+            replayed,
+            record: self.record.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the idempotency step did, left in the response's extensions for the SERVER span.
+#[derive(Debug, Clone)]
+pub struct IdempotencyInfo {
+    pub route: Arc<str>,
+    pub outcome: &'static str,
+    pub replayed: bool,
+    /// The first 64 bits of the key's hash (0 when the request never got that far).
+    pub record: u64,
+}
+
 /// One route's effective policy, compiled.
 #[derive(Debug, Clone)]
 pub struct RoutePolicy {
@@ -270,8 +306,19 @@ impl Service<Request<Body>> for Idempotency {
         let route = route.clone();
         let settings = self.settings.clone();
         let inner = self.inner.clone();
+        let trail = Arc::new(Trail {
+            metrics: settings.metrics.clone(),
+            route: route.name.clone(),
+            last: std::sync::Mutex::new("claimed"),
+            record: std::sync::atomic::AtomicU64::new(0),
+        });
         IdempotencyFuture::Own {
-            fut: Box::pin(async move { Ok(admit(settings, route, inner, req, key).await) }),
+            fut: Box::pin(async move {
+                let mut res = admit(settings, route, inner, req, key, trail.clone()).await;
+                let replayed = res.headers().contains_key(REPLAYED_MARKER);
+                res.extensions_mut().insert(trail.info(replayed));
+                Ok(res)
+            }),
         }
     }
 }
@@ -315,9 +362,10 @@ async fn admit(
     inner: Inner,
     req: Request<Body>,
     key: Vec<u8>,
+    trail: Arc<Trail>,
 ) -> Response<Body> {
     let reject = |outcome: &'static str, err: IdempotencyError| {
-        s.metrics.idempotency_outcome(&route.name, outcome);
+        trail.count(outcome);
         problem(&err, s.policy_url.as_ref())
     };
     // 3. Body, buffered up to the limit.
@@ -350,6 +398,9 @@ async fn admit(
 
     // 4. Scope, key and fingerprint.
     let id = record_id(&s, &route, &parts, &key);
+    trail
+        .record
+        .store((id.key >> 64) as u64, std::sync::atomic::Ordering::Relaxed);
     let fingerprint = fingerprint(&route, &parts, &body);
     let owner = RandomIds::default().trace_id().0;
     let request = Request::from_parts(parts, crate::full(body));
@@ -364,8 +415,8 @@ async fn admit(
         .await;
         match claimed {
             Ok(Ok(Claim::Claimed)) => {
-                s.metrics.idempotency_outcome(&route.name, "claimed");
-                return exchange(s, route, inner, request, id, owner).await;
+                trail.count("claimed");
+                return exchange(s, route, inner, request, id, owner, trail).await;
             }
             Ok(Ok(Claim::Mismatch)) => {
                 return reject(
@@ -384,11 +435,11 @@ async fn admit(
                 return reject("conflict_409", IdempotencyError::InProgress);
             }
             Ok(Ok(Claim::Done(stored))) => {
-                s.metrics.idempotency_outcome(&route.name, "replayed");
+                trail.count("replayed");
                 return replay(stored, true);
             }
             Ok(Ok(Claim::Tombstone(stored))) => {
-                s.metrics.idempotency_outcome(&route.name, "replayed");
+                trail.count("replayed");
                 if stored.status == 101 {
                     return problem(&IdempotencyError::NotStored, s.policy_url.as_ref());
                 }
@@ -411,9 +462,9 @@ async fn admit(
             }
         }
         // The store failed.
-        s.metrics.idempotency_outcome(&route.name, "store_error");
+        trail.count("store_error");
         if route.fail_open {
-            s.metrics.idempotency_outcome(&route.name, "failed_open");
+            trail.count("failed_open");
             let mut inner = inner;
             let Ok(mut res) = inner.call(request).await;
             res.headers_mut()
@@ -537,6 +588,7 @@ async fn exchange(
     request: Request<Body>,
     id: RecordId,
     owner: store::Owner,
+    trail: Arc<Trail>,
 ) -> Response<Body> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let mut inner = inner;
@@ -547,6 +599,7 @@ async fn exchange(
             route,
             id,
             owner,
+            trail,
         };
         let res = run.go(call).await;
         let _ = tx.send(res);
@@ -564,13 +617,12 @@ struct Run {
     route: RoutePolicy,
     id: RecordId,
     owner: store::Owner,
+    trail: Arc<Trail>,
 }
 
 impl Run {
     fn outcome(&self, outcome: &'static str) {
-        self.s
-            .metrics
-            .idempotency_outcome(&self.route.name, outcome);
+        self.trail.count(outcome);
     }
 
     /// Runs `fut` while renewing the lease every lease/3.

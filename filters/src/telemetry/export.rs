@@ -622,6 +622,7 @@ mod tests {
             ending: Ending::Complete,
             format: Some(Format::B3),
             restored: Some(Restored::Hit),
+            idempotency: None,
             settings: Arc::new(SpanSettings {
                 url_query: QueryMode::Redacted,
                 redact_query_keys: Vec::new(),

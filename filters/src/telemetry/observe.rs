@@ -149,6 +149,7 @@ where
             status: None,
             ctx: None,
             upstream: None,
+            idempotency: None,
             response_bytes: 0,
             ending: Ending::Abandoned,
         };
@@ -184,6 +185,7 @@ where
                 let ext = res.extensions_mut();
                 r.ctx = ext.remove::<TraceCtx>();
                 r.upstream = ext.remove::<UpstreamInfo>();
+                r.idempotency = ext.remove::<crate::idempotency::IdempotencyInfo>();
             }
             res.map(|inner| ObservedBody { inner, record })
         }))
@@ -203,6 +205,7 @@ struct Record {
     status: Option<u16>,
     ctx: Option<TraceCtx>,
     upstream: Option<UpstreamInfo>,
+    idempotency: Option<crate::idempotency::IdempotencyInfo>,
     response_bytes: u64,
     ending: Ending,
 }
@@ -262,7 +265,7 @@ impl Drop for Record {
         if let (Some((sink, settings)), Some(ctx)) = (&s.spans, &self.ctx)
             && ctx.sampled
         {
-            sink.send(SpanRecord::new(
+            let mut span = SpanRecord::new(
                 s.direction,
                 head,
                 ctx,
@@ -271,7 +274,9 @@ impl Drop for Record {
                 self.ending,
                 (start_unix, end_unix),
                 settings.clone(),
-            ));
+            );
+            span.idempotency = self.idempotency.take();
+            sink.send(span);
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct SpanRecord {
     pub format: Option<Format>,
     /// Outbound with restoration on: what it found.
     pub restored: Option<Restored>,
+    /// What the idempotency step did, on the SERVER span.
+    pub idempotency: Option<crate::idempotency::IdempotencyInfo>,
     pub settings: Arc<SpanSettings>,
 }
 
@@ -299,6 +301,7 @@ impl SpanRecord {
             ending,
             format: ctx.format,
             restored: ctx.restored,
+            idempotency: None,
             settings,
         }
     }
@@ -428,6 +431,17 @@ impl SpanRecord {
             };
             f("attache.restored", Value::Bool(restored));
             f("attache.correlation", Value::from(correlation));
+        }
+        if let Some(i) = &self.idempotency {
+            f("attache.idempotency.route", Value::from(&*i.route));
+            f("attache.idempotency.outcome", Value::from(i.outcome));
+            f("attache.idempotency.replayed", Value::Bool(i.replayed));
+            if i.record != 0 {
+                f(
+                    "attache.idempotency.record",
+                    Value::from(format!("{:016x}", i.record)),
+                );
+            }
         }
     }
 }
