@@ -155,6 +155,9 @@ async fn memory_store_enforces_keys() {
         "attache_idempotency_outcomes_total{route=\"default\",outcome=\"replayed\"}",
         "attache_idempotency_outcomes_total{route=\"default\",outcome=\"mismatch_422\"} 3",
         "attache_idempotency_outcomes_total{route=\"default\",outcome=\"released\"} 4",
+        "attache_idempotency_store_duration_seconds_count{op=\"claim\",result=\"ok\"}",
+        "attache_idempotency_store_duration_seconds_count{op=\"complete\",result=\"ok\"}",
+        "attache_idempotency_store_duration_seconds_count{op=\"release\",result=\"ok\"} 4",
     ]);
 }
 

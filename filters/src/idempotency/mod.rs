@@ -408,9 +408,11 @@ async fn admit(
     let deadline = tokio::time::Instant::now() + route.in_flight_wait;
     let mut backoff = Duration::from_millis(25);
     loop {
-        let claimed = tokio::time::timeout(
-            s.store_timeout,
+        let claimed = timed(
+            &s,
+            "claim",
             s.store.claim(&id, Some(fingerprint), owner, route.lease),
+            |_| "ok",
         )
         .await;
         match claimed {
@@ -472,6 +474,32 @@ async fn admit(
             return res;
         }
         return problem(&IdempotencyError::StoreUnavailable, s.policy_url.as_ref());
+    }
+}
+
+/// Runs a store operation within `store_timeout`, timing it in
+/// `attache_idempotency_store_duration_seconds{op, result}`.
+async fn timed<T>(
+    s: &Settings,
+    op: &'static str,
+    fut: impl Future<Output = Result<T, StoreError>>,
+    label: impl Fn(&T) -> &'static str,
+) -> Result<Result<T, StoreError>, tokio::time::error::Elapsed> {
+    let start = std::time::Instant::now();
+    let out = tokio::time::timeout(s.store_timeout, fut).await;
+    let result = match &out {
+        Ok(Ok(v)) => label(v),
+        Ok(Err(_)) => "error",
+        Err(_) => "timeout",
+    };
+    s.metrics.idempotency_store(op, result, start.elapsed());
+    out
+}
+
+fn transition_label(t: &Transition) -> &'static str {
+    match t {
+        Transition::Done => "ok",
+        Transition::LostLease => "lost_lease",
     }
 }
 
@@ -633,7 +661,8 @@ impl Run {
             tokio::select! {
                 out = &mut fut => return out,
                 () = tokio::time::sleep(every) => {
-                    match tokio::time::timeout(self.s.store_timeout, self.s.store.renew(&self.id, self.owner, self.route.lease)).await {
+                    let renew = self.s.store.renew(&self.id, self.owner, self.route.lease);
+                    match timed(&self.s, "renew", renew, transition_label).await {
                         Ok(Ok(Transition::Done)) => {}
                         Ok(Ok(Transition::LostLease)) => self.outcome("lost_lease"),
                         _ => self.outcome("store_error"),
@@ -658,7 +687,11 @@ impl Run {
                     }
                 }
             };
-            match tokio::time::timeout(self.s.store_timeout, op).await {
+            let name = match what {
+                Settle::Release => "release",
+                Settle::Complete(..) => "complete",
+            };
+            match timed(&self.s, name, op, transition_label).await {
                 Ok(Ok(Transition::Done)) => {
                     self.outcome(match what {
                         Settle::Release => "released",
