@@ -235,7 +235,11 @@ impl Store for MemoryStore {
             let done = self.owned(id, owner, |map, now| {
                 if let Some(e) = map.get_mut(id) {
                     e.state = if tombstone {
-                        State::Tomb(response.clone())
+                        // Status and headers only, as Redis keeps it.
+                        State::Tomb(Stored {
+                            body: Bytes::new(),
+                            ..response.clone()
+                        })
                     } else {
                         State::Done(response.clone())
                     };

@@ -1,0 +1,214 @@
+//! One behaviour suite for both idempotency stores (`specs/idempotency.md` §7, case 37): the
+//! memory store on an injectable clock, the Redis store against a real redis-server with short
+//! TTLs.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use attache_filters::idempotency::redis_store::RedisStore;
+use attache_filters::idempotency::store::{
+    Claim, MemoryStore, RecordId, Store, Stored, Transition,
+};
+use attache_tests::redis::Redis;
+use bytes::Bytes;
+
+const LEASE: Duration = Duration::from_millis(300);
+
+fn id(n: u128) -> RecordId {
+    RecordId { scope: 7, key: n }
+}
+
+fn response() -> Stored {
+    Stored {
+        status: 201,
+        headers: vec![
+            ("location".into(), Bytes::from_static(b"/orders/1")),
+            ("link".into(), Bytes::from_static(b"</a>; rel=\"x, y\"")),
+            ("link".into(), Bytes::from_static(b"</b>")),
+        ],
+        body: Bytes::from_static(b"{\"order\":1}\x00\xff"),
+    }
+}
+
+/// The suite; `pass` lets time go by (a fake clock, or a real sleep).
+async fn suite<F, Fut>(store: &dyn Store, pass: F)
+where
+    F: Fn(Duration) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (fp, other_fp) = (Some([1u8; 32]), Some([2u8; 32]));
+    let (a, b) = (11u128, 22u128);
+
+    // Claim, then everyone else sees it in flight; another request mismatches first.
+    assert_eq!(
+        store.claim(&id(1), fp, a, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+    assert_eq!(
+        store.claim(&id(1), fp, b, LEASE).await.unwrap(),
+        Claim::InFlight
+    );
+    assert_eq!(
+        store.claim(&id(1), other_fp, b, LEASE).await.unwrap(),
+        Claim::Mismatch
+    );
+    assert_eq!(
+        store.claim(&id(1), None, b, LEASE).await.unwrap(),
+        Claim::InFlight
+    );
+
+    // Only the owner completes; the result replays exactly, line by line.
+    let r = response();
+    let day = Duration::from_secs(86_400);
+    assert_eq!(
+        store.complete(&id(1), b, &r, false, day).await.unwrap(),
+        Transition::LostLease
+    );
+    assert_eq!(
+        store.renew(&id(1), b, LEASE).await.unwrap(),
+        Transition::LostLease
+    );
+    assert_eq!(
+        store.release(&id(1), b).await.unwrap(),
+        Transition::LostLease
+    );
+    assert_eq!(
+        store.complete(&id(1), a, &r, false, day).await.unwrap(),
+        Transition::Done
+    );
+    assert_eq!(
+        store.claim(&id(1), fp, b, LEASE).await.unwrap(),
+        Claim::Done(r.clone())
+    );
+    assert_eq!(
+        store.claim(&id(1), other_fp, b, LEASE).await.unwrap(),
+        Claim::Mismatch
+    );
+    // A done record is no longer in flight: no transition applies.
+    assert_eq!(
+        store.release(&id(1), a).await.unwrap(),
+        Transition::LostLease
+    );
+
+    // Release frees the key.
+    assert_eq!(
+        store.claim(&id(2), fp, a, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+    assert_eq!(store.release(&id(2), a).await.unwrap(), Transition::Done);
+    assert_eq!(
+        store.claim(&id(2), other_fp, b, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+
+    // Tombstones keep the status and headers, not the body.
+    assert_eq!(
+        store.claim(&id(3), fp, a, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+    assert_eq!(
+        store.complete(&id(3), a, &r, true, day).await.unwrap(),
+        Transition::Done
+    );
+    match store.claim(&id(3), fp, b, LEASE).await.unwrap() {
+        Claim::Tombstone(t) => {
+            assert_eq!((t.status, &t.headers), (201, &r.headers));
+            assert!(t.body.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Renewal holds an in-flight record past its first lease; without it the lease ends and
+    // a takeover completes first, so the original owner's completion is refused.
+    assert_eq!(
+        store.claim(&id(4), fp, a, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+    assert_eq!(
+        store.claim(&id(5), fp, a, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+    pass(LEASE * 2 / 3).await;
+    assert_eq!(
+        store.renew(&id(4), a, LEASE).await.unwrap(),
+        Transition::Done
+    );
+    pass(LEASE * 2 / 3).await;
+    assert_eq!(
+        store.claim(&id(4), fp, b, LEASE).await.unwrap(),
+        Claim::InFlight
+    );
+    assert_eq!(
+        store.claim(&id(5), fp, b, LEASE).await.unwrap(),
+        Claim::Claimed,
+        "lease over"
+    );
+    assert_eq!(
+        store.complete(&id(5), b, &r, false, day).await.unwrap(),
+        Transition::Done
+    );
+    assert_eq!(
+        store.complete(&id(5), a, &r, false, day).await.unwrap(),
+        Transition::LostLease
+    );
+
+    // Retention ends a done record.
+    assert_eq!(
+        store.claim(&id(6), fp, a, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+    assert_eq!(
+        store.complete(&id(6), a, &r, false, LEASE).await.unwrap(),
+        Transition::Done
+    );
+    pass(LEASE + Duration::from_millis(100)).await;
+    assert_eq!(
+        store.claim(&id(6), fp, b, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_suite() {
+    let now = Arc::new(Mutex::new(Instant::now()));
+    let clock = now.clone();
+    let store = MemoryStore::with_clock(100, Arc::new(move || *clock.lock().unwrap()));
+    suite(&store, |d| {
+        let now = now.clone();
+        async move {
+            *now.lock().unwrap() += d;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_store_passes_the_suite() {
+    let redis = Redis::start();
+    let store = RedisStore::new(&redis.url(), "suite", Duration::from_secs(2)).unwrap();
+    suite(&store, tokio::time::sleep).await;
+    // Every record is a hash under the prefix and a Cluster hash tag.
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(
+        keys.lines()
+            .all(|k| k.starts_with("suite:{") && k.ends_with('}')),
+        "{keys}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_memory_store_refuses_new_claims_but_keeps_old_ones() {
+    let store = MemoryStore::new(2);
+    let fp = Some([1u8; 32]);
+    for n in 1..=2 {
+        assert_eq!(
+            store.claim(&id(n), fp, 1, LEASE).await.unwrap(),
+            Claim::Claimed
+        );
+    }
+    assert!(store.claim(&id(3), fp, 1, LEASE).await.is_err());
+    assert_eq!(
+        store.claim(&id(1), fp, 2, LEASE).await.unwrap(),
+        Claim::InFlight
+    );
+}
