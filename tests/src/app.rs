@@ -1,7 +1,7 @@
 //! A small real upstream app for the tests, on a loopback port. What it does depends on the
 //! path, so one app serves every scenario:
 //!
-//! - `/slow/<ms>`: waits, then answers 200;
+//! - `/slow/<ms>`: waits, then answers 200 (or `?status=<code>`);
 //! - `/sink`: reads the whole body without keeping it, answers with its length;
 //! - `/status/<code>`: answers with that status;
 //! - `/ws`: accepts an HTTP Upgrade and echoes every byte back;
@@ -115,7 +115,18 @@ async fn handle(
     }
     if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
-        return Ok(Response::new(full(format!("{name} waited {ms}ms"))));
+        let mut res = Response::new(full(format!("{name} waited {ms}ms")));
+        // `?status=503` answers with that status after the wait.
+        if let Some(code) = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("status="))
+            .and_then(|c| c.parse().ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            *res.status_mut() = code;
+        }
+        return Ok(res);
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let mut res = Response::new(full(Bytes::new()));

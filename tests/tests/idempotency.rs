@@ -574,3 +574,117 @@ async fn server_spans_carry_the_idempotency_outcome() {
     assert_eq!(record.len(), 16);
     assert_eq!(replay.attr("attache.idempotency.record").unwrap(), record);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_options_change_what_counts_as_the_same_request() {
+    let redis = Redis::start();
+    let app = App::start("app").await;
+    let a = with_idempotency(
+        &app,
+        &redis_config(
+            &redis,
+            "    routes:
+      - { name: strict, match: { path_prefix: /strict }, strict_sf: true }
+      - { name: canonical, match: { path_prefix: /canonical }, fingerprint_body: json_canonical }
+      - { name: five, match: { path_prefix: /status }, store_5xx: true }
+      - { name: by-route, match: { path_prefix: /by-route }, scope_by_route: true }
+      - { name: rest, match: { path_prefix: / } }
+",
+        ),
+    );
+    // Case 5: an over-long key never reaches the store.
+    let before = redis.calls("evalsha") + redis.calls("eval");
+    assert_problem(
+        &post(&a, "/x", Some(&"k".repeat(256)), "{}").await,
+        400,
+        "idempotency-key-invalid",
+    );
+    assert_eq!(redis.calls("evalsha") + redis.calls("eval"), before);
+    // Case 7: strict_sf refuses bare keys, accepts strings.
+    assert_problem(
+        &post(&a, "/strict", Some("abc"), "{}").await,
+        400,
+        "idempotency-key-invalid",
+    );
+    assert_eq!(post(&a, "/strict", Some("\"abc\""), "{}").await.status, 200);
+    // Case 18: reordered JSON keys replay with json_canonical.
+    post(&a, "/canonical/created", Some("K18"), "{\"a\":1,\"b\":2}").await;
+    let again = post(&a, "/canonical/created", Some("K18"), "{\"b\":2, \"a\":1}").await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    // Case 24: with store_5xx a 503 replays.
+    post(&a, "/status/503", Some("K24"), "{}").await;
+    let again = post(&a, "/status/503", Some("K24"), "{}").await;
+    assert_eq!(
+        (again.status, &again.headers["idempotent-replayed"]),
+        (503, &"true".parse().unwrap())
+    );
+    // Case 16: the same key and body to another path mismatches, unless scope_by_route.
+    post(&a, "/created", Some("K16"), "{}").await;
+    assert_problem(
+        &post(&a, "/other", Some("K16"), "{}").await,
+        422,
+        "idempotency-key-reused",
+    );
+    post(&a, "/by-route/created", Some("K16b"), "{}").await;
+    let elsewhere = post(&a, "/by-route/other", Some("K16b"), "{}").await;
+    assert_eq!(elsewhere.status, 200, "another route: another record");
+    assert!(!elsewhere.headers.contains_key("idempotent-replayed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_duplicates_give_up_or_take_over() {
+    // Case 22: a wait shorter than the first request gives 409 at the deadline; a first
+    // request that fails with a released status lets the waiter run.
+    let app = App::start("app").await;
+    let a = with_idempotency(&app, "    in_flight_wait: 1s\n");
+    let url = a.url("/slow/3000");
+    let slow = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("idempotency-key", "K22a")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&http1(), req).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let dup = request_raw(&a, "/slow/3000", "K22a").await;
+    assert_problem(&dup, 409, "idempotency-request-in-progress");
+    assert!(started.elapsed() >= Duration::from_millis(700), "it waited");
+    slow.abort();
+
+    // A duplicate waiting on a request that ends well gets its replay.
+    let hits = app.hits();
+    let url = a.url("/slow/600");
+    let first = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("idempotency-key", "K22b")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&http1(), req).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiter = request_raw(&a, "/slow/600", "K22b").await;
+    assert_eq!(within(10, first).await.unwrap().status, 200);
+    assert_eq!(waiter.status, 200);
+    assert_eq!(waiter.headers["idempotent-replayed"], "true");
+    assert_eq!(app.hits(), hits + 1);
+
+    // One waiting on a request that ends in 503 (which releases the key) runs itself.
+    let url = a.url("/slow/600?status=503");
+    let first = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("idempotency-key", "K22c")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&http1(), req).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waiter = request_raw(&a, "/slow/600?status=503", "K22c").await;
+    assert_eq!(within(10, first).await.unwrap().status, 503);
+    assert_eq!(waiter.status, 503);
+    assert!(
+        !waiter.headers.contains_key("idempotent-replayed"),
+        "the waiter executed"
+    );
+    assert_eq!(app.hits(), hits + 3);
+}
