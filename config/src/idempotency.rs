@@ -95,7 +95,9 @@ with_policy_keys! {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Idempotency {
-        /// `memory` (one process only; for development) or a Redis URL: `redis://host:6379`.
+        /// `memory` (one process only; for development) or a Redis URL: `redis://host:6379`
+        /// (`rediss://` for TLS, `redis+unix:///path`), or Cluster seeds
+        /// `redis+cluster://host1:6379,host2:6379`.
         #[serde(default = "default_store")]
         pub store: String,
         /// A claim slower than this fails (503, or forwarded with `fail_open`).

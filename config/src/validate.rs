@@ -225,7 +225,7 @@ fn idempotency(idem: &crate::Idempotency, errors: &mut Vec<ConfigError>) {
     let top = "spec.idempotency";
     match idem.store.split_once("://").map(|(s, _)| s) {
         _ if idem.store == "memory" => {}
-        Some("redis" | "rediss" | "redis+unix") => {
+        Some("redis" | "rediss" | "redis+unix" | "redis+cluster" | "rediss+cluster") => {
             if idem.scope_secret.as_deref().is_none_or(str::is_empty) {
                 errors.push(ConfigError::new(
                     format!("{top}.scope_secret"),
@@ -233,10 +233,10 @@ fn idempotency(idem: &crate::Idempotency, errors: &mut Vec<ConfigError>) {
                 ));
             }
         }
-        Some("redis+cluster" | "rediss+cluster" | "redis+sentinel" | "rediss+sentinel") => {
+        Some("redis+sentinel" | "rediss+sentinel") => {
             errors.push(ConfigError::new(
                 format!("{top}.store"),
-                "Redis Cluster and Sentinel are not available in this version of attache yet; use redis://",
+                "Redis Sentinel is not available in this version of attache yet; use redis:// or redis+cluster://",
             ));
         }
         _ => errors.push(ConfigError::new(

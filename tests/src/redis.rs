@@ -58,16 +58,22 @@ impl Redis {
             .unwrap_or_default()
     }
 
-    /// Calls of `cmd` so far (`INFO commandstats`), e.g. `evalsha`.
+    /// Successful calls of `cmd` so far (`INFO commandstats`: `calls` less `failed_calls`, so
+    /// an `EVALSHA` answered `NOSCRIPT`, and reloaded, is not counted), e.g. `evalsha`.
     pub fn calls(&self, cmd: &str) -> u64 {
         let stats = self.cli(&["INFO", "commandstats"]);
-        let prefix = format!("cmdstat_{cmd}:calls=");
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        let prefix = format!("cmdstat_{cmd}:");
+        let Some(fields) = stats.lines().find_map(|l| l.trim().strip_prefix(&prefix)) else {
+            return 0;
+        };
+        let field = |name: &str| -> u64 {
+            fields
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        field("calls").saturating_sub(field("failed_calls"))
     }
 
     pub fn stop(&mut self) {
@@ -81,5 +87,74 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A real three-primary Redis Cluster on loopback ports, made with `redis-cli --cluster create`.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+    _dir: crate::TempDir,
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        let dir = crate::TempDir::new();
+        let nodes: Vec<Redis> = (0..3)
+            .map(|_| {
+                let port = crate::free_port();
+                let conf = dir.path().join(format!("nodes-{port}.conf"));
+                Redis::start_on(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        conf.to_str().unwrap_or_default(),
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { nodes, _dir: dir }
+    }
+
+    /// `redis+cluster://` with every node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// Script calls across the nodes.
+    pub fn script_calls(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| n.calls("evalsha") + n.calls("eval"))
+            .sum()
     }
 }

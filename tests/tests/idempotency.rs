@@ -467,10 +467,13 @@ async fn redis_down_fails_closed_or_open() {
 async fn concurrent_retries_through_two_proxies_run_once() {
     // Case 21: 200 identical keyed POSTs through two attache processes sharing Redis.
     let redis = Redis::start();
+    two_proxies_run_once(&redis_config(&redis, "")).await;
+}
+
+async fn two_proxies_run_once(config: &str) {
     let app = App::start("app").await;
-    let config = redis_config(&redis, "");
-    let a = with_idempotency(&app, &config);
-    let b = with_idempotency(&app, &config);
+    let a = with_idempotency(&app, config);
+    let b = with_idempotency(&app, config);
     let urls = [a.url("/slow/300"), b.url("/slow/300")];
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -687,4 +690,43 @@ async fn waiting_duplicates_give_up_or_take_over() {
         "the waiter executed"
     );
     assert_eq!(app.hits(), hits + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_holds_records_without_crossslot() {
+    // Case 35 (Cluster): keys hash-tagged into one slot; case 21 holds across two proxies.
+    let cluster = attache_tests::redis::Cluster::start();
+    let app = App::start("app").await;
+    let config = format!(
+        "    store: {}\n    scope_secret: test-secret\n",
+        cluster.url()
+    );
+    let a = with_idempotency(&app, &config);
+    let b = with_idempotency(&app, &config);
+    for i in 0..10 {
+        let key = format!("C{i}");
+        assert_eq!(post(&a, "/created", Some(&key), "{}").await.status, 201);
+        let again = post(&b, "/created", Some(&key), "{}").await;
+        assert_eq!(
+            again.headers["idempotent-replayed"],
+            "true",
+            "{}",
+            again.text()
+        );
+    }
+    assert_eq!(app.hits(), 10);
+    // The records spread over the primaries.
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cli(&["DBSIZE"]).trim() != "0")
+        .count();
+    assert!(holding >= 2, "records on {holding} node(s)");
+    assert_eq!(
+        cluster.script_calls(),
+        30,
+        "claim + complete, then one claim, per key"
+    );
+    drop((a, b));
+    two_proxies_run_once(&config).await;
 }

@@ -12,8 +12,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::store::{Claim, Owner, RecordId, Store, StoreError, StoreFuture, Stored, Transition};
 
@@ -58,8 +60,51 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
+/// Standalone (one connection manager) or Cluster (a cluster connection made on first use and
+/// again after it fails).
+enum Backend {
+    Single(ConnectionManager),
+    Cluster {
+        client: ClusterClient,
+        conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+        seeds: Vec<String>,
+    },
+}
+
+/// A connection of either kind, for the scripts.
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisStore {
-    conn: ConnectionManager,
+    backend: Backend,
     prefix: String,
     claim: Script,
     complete: Script,
@@ -68,18 +113,46 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store for `url` (`redis://`, `rediss://`, `redis+unix://`); connects on first use.
+    /// A store for `url`: `redis://`, `rediss://`, `redis+unix://` (standalone) or
+    /// `redis+cluster://h1:p,h2:p` (`rediss+cluster://` for TLS; Cluster seeds). Connects on
+    /// first use.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client =
-            redis::Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let cluster = url
+            .strip_prefix("redis+cluster://")
+            .map(|rest| ("redis", rest))
+            .or_else(|| {
+                url.strip_prefix("rediss+cluster://")
+                    .map(|rest| ("rediss", rest))
+            });
+        let backend = if let Some((scheme, rest)) = cluster {
+            let seeds: Vec<String> = rest
+                .trim_end_matches('/')
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| format!("{scheme}://{s}"))
+                .collect();
+            let client = ClusterClient::builder(seeds.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()
+                .map_err(unavailable)?;
+            Backend::Cluster {
+                client,
+                conn: tokio::sync::Mutex::new(None),
+                seeds,
+            }
+        } else {
+            let client = redis::Client::open(url).map_err(unavailable)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1);
+            Backend::Single(
+                ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
+            )
+        };
         Ok(Self {
-            conn,
+            backend,
             prefix: prefix.to_owned(),
             claim: Script::new(CLAIM),
             complete: Script::new(COMPLETE),
@@ -88,25 +161,75 @@ impl RedisStore {
         })
     }
 
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.backend {
+            Backend::Single(c) => Ok(Conn::Single(c.clone())),
+            Backend::Cluster { client, conn, .. } => {
+                let mut slot = conn.lock().await;
+                if let Some(c) = slot.as_ref() {
+                    return Ok(Conn::Cluster(c.clone()));
+                }
+                let c = client.get_async_connection().await.map_err(unavailable)?;
+                *slot = Some(c.clone());
+                Ok(Conn::Cluster(c))
+            }
+        }
+    }
+
     fn key(&self, id: &RecordId) -> String {
         format!("{}:{{{:032x}.{:032x}}}", self.prefix, id.scope, id.key)
     }
 
-    /// `maxmemory` and `maxmemory-policy` of the server: eviction re-enables execution.
+    /// The largest `maxmemory` and, if any node may evict, its `maxmemory-policy` (every seed
+    /// of a Cluster is asked): eviction re-enables execution.
     pub async fn eviction_policy(&self) -> Result<(u64, String), StoreError> {
-        let mut conn = self.conn.clone();
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let infos = match &self.backend {
+            Backend::Single(c) => {
+                let mut conn = c.clone();
+                vec![info_memory(&mut conn).await?]
+            }
+            Backend::Cluster { seeds, .. } => {
+                let mut all = Vec::new();
+                for seed in seeds {
+                    let client = redis::Client::open(seed.as_str()).map_err(unavailable)?;
+                    let mut conn = client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .map_err(unavailable)?;
+                    all.push(info_memory(&mut conn).await?);
+                }
+                all
+            }
+        };
+        let mut worst = (0, "noeviction".to_owned());
+        for info in infos {
+            let (max, policy) = parse_memory(&info);
+            if max > 0 && policy != "noeviction" {
+                return Ok((max, policy));
+            }
+            worst.0 = worst.0.max(max);
+        }
+        Ok(worst)
+    }
+}
+
+async fn info_memory(conn: &mut impl ConnectionLike) -> Result<String, StoreError> {
+    redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .map_err(unavailable)
+}
+
+fn parse_memory(info: &str) -> (u64, String) {
+    {
         let field = |name: &str| {
             info.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
                 .map(|v| v.trim().to_owned())
         };
         let max = field("maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0);
-        Ok((max, field("maxmemory_policy").unwrap_or_default()))
+        (max, field("maxmemory_policy").unwrap_or_default())
     }
 }
 
@@ -157,7 +280,7 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> StoreFuture<'a, Claim> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn().await?;
             let reply: Vec<Value> = self
                 .claim
                 .key(self.key(id))
@@ -189,7 +312,7 @@ impl Store for RedisStore {
         retention: Duration,
     ) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn().await?;
             let v: i64 = self
                 .complete
                 .key(self.key(id))
@@ -212,7 +335,7 @@ impl Store for RedisStore {
 
     fn release<'a>(&'a self, id: &'a RecordId, owner: Owner) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn().await?;
             let v: i64 = self
                 .release
                 .key(self.key(id))
@@ -231,7 +354,7 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn().await?;
             let v: i64 = self
                 .renew
                 .key(self.key(id))
