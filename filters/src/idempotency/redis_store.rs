@@ -64,11 +64,13 @@ return 1
 /// again after it fails).
 enum Backend {
     Single(ConnectionManager),
-    Cluster {
-        client: ClusterClient,
-        conn: tokio::sync::Mutex<Option<ClusterConnection>>,
-        seeds: Vec<String>,
-    },
+    Cluster(Box<ClusterBackend>),
+}
+
+struct ClusterBackend {
+    client: ClusterClient,
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+    seeds: Vec<String>,
 }
 
 /// A connection of either kind, for the scripts.
@@ -136,11 +138,11 @@ impl RedisStore {
                 .response_timeout(timeout)
                 .build()
                 .map_err(unavailable)?;
-            Backend::Cluster {
+            Backend::Cluster(Box::new(ClusterBackend {
                 client,
                 conn: tokio::sync::Mutex::new(None),
                 seeds,
-            }
+            }))
         } else {
             let client = redis::Client::open(url).map_err(unavailable)?;
             let config = ConnectionManagerConfig::new()
@@ -164,12 +166,16 @@ impl RedisStore {
     async fn conn(&self) -> Result<Conn, StoreError> {
         match &self.backend {
             Backend::Single(c) => Ok(Conn::Single(c.clone())),
-            Backend::Cluster { client, conn, .. } => {
-                let mut slot = conn.lock().await;
+            Backend::Cluster(cluster) => {
+                let mut slot = cluster.conn.lock().await;
                 if let Some(c) = slot.as_ref() {
                     return Ok(Conn::Cluster(c.clone()));
                 }
-                let c = client.get_async_connection().await.map_err(unavailable)?;
+                let c = cluster
+                    .client
+                    .get_async_connection()
+                    .await
+                    .map_err(unavailable)?;
                 *slot = Some(c.clone());
                 Ok(Conn::Cluster(c))
             }
@@ -188,9 +194,9 @@ impl RedisStore {
                 let mut conn = c.clone();
                 vec![info_memory(&mut conn).await?]
             }
-            Backend::Cluster { seeds, .. } => {
+            Backend::Cluster(cluster) => {
                 let mut all = Vec::new();
-                for seed in seeds {
+                for seed in &cluster.seeds {
                     let client = redis::Client::open(seed.as_str()).map_err(unavailable)?;
                     let mut conn = client
                         .get_multiplexed_async_connection()
