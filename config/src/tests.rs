@@ -519,7 +519,6 @@ fn idempotency_settings_are_validated_and_resolved_per_route() {
         "spec.idempotency.release_statuses: 500 is not a 4xx status",
         "spec.idempotency.in_flight_wait: must be at most 60s",
         "spec.idempotency.routes[1].name: route names must be unique",
-        "spec.idempotency.routes[1].cloudevents: `cloudevents` is not available",
     ] {
         assert!(
             errs.iter().any(|e| e.starts_with(want)),

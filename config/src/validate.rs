@@ -255,12 +255,6 @@ fn idempotency(idem: &crate::Idempotency, errors: &mut Vec<ConfigError>) {
                 "route names must be unique and not empty",
             ));
         }
-        if r.cloudevents.is_some() {
-            errors.push(ConfigError::new(
-                format!("{top}.routes[{i}].cloudevents"),
-                "`cloudevents` is not available in this version of attache yet",
-            ));
-        }
     }
     for (i, policy) in idem.policies().iter().enumerate() {
         let route = idem.routes.get(i);

@@ -169,6 +169,7 @@ impl Stores {
                     .iter()
                     .map(|h| h.to_ascii_lowercase())
                     .collect(),
+                cloudevents: p.cloudevents.map(|c| c.strict),
             })
             .collect();
         Ok(Some(IdempotencyLayer::new(Settings {

@@ -730,3 +730,124 @@ async fn a_redis_cluster_holds_records_without_crossslot() {
     drop((a, b));
     two_proxies_run_once(&config).await;
 }
+
+async fn event(a: &Attache, path: &str, headers: &[(&str, &str)], body: &str) -> Got {
+    let mut req = Request::post(a.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    within(
+        15,
+        send(
+            &http1(),
+            req.body(Full::new(Bytes::from(body.to_owned()))).unwrap(),
+        ),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_routes_use_source_and_id() {
+    let app = App::start("app").await;
+    let a = with_idempotency(
+        &app,
+        "    routes:
+      - { name: events, match: { path: /events }, cloudevents: { strict: false } }
+      - { name: strict, match: { path: /strict-events }, cloudevents: { strict: true } }
+",
+    );
+    let replayed = |g: &Got| g.headers.contains_key("idempotent-replayed");
+    // Case 39: the same (source, id) replays whatever else differs; another source runs.
+    let first = event(
+        &a,
+        "/events",
+        &[("ce-source", "/a"), ("ce-id", "1"), ("ce-time", "t1")],
+        "{}",
+    )
+    .await;
+    assert!(!replayed(&first));
+    let again = event(
+        &a,
+        "/events",
+        &[("ce-source", "/a"), ("ce-id", "1"), ("ce-time", "t2")],
+        "{}",
+    )
+    .await;
+    assert!(replayed(&again));
+    let structured = event(
+        &a,
+        "/events",
+        &[("content-type", "application/cloudevents+json")],
+        r#"{"specversion":"1.0","source":"/a","id":"1","type":"t"}"#,
+    )
+    .await;
+    assert!(replayed(&structured), "structured copy of the same event");
+    let other = event(&a, "/events", &[("ce-source", "/b"), ("ce-id", "1")], "{}").await;
+    assert!(!replayed(&other));
+    assert_eq!(app.hits(), 2);
+
+    // Case 40: percent-decoding, invalid UTF-8, batches, missing identity.
+    event(
+        &a,
+        "/events",
+        &[("ce-source", "/a"), ("ce-id", "2%20")],
+        "{}",
+    )
+    .await;
+    let same = event(
+        &a,
+        "/events",
+        &[("content-type", "application/cloudevents+json")],
+        r#"{"source":"/a","id":"2 "}"#,
+    )
+    .await;
+    assert!(replayed(&same));
+    let bad = event(
+        &a,
+        "/events",
+        &[("ce-source", "/a"), ("ce-id", "%C0%A0")],
+        "{}",
+    )
+    .await;
+    assert_problem(&bad, 400, "idempotency-key-invalid");
+    let missing = event(&a, "/events", &[("ce-source", "/a")], "{}").await;
+    assert_problem(&missing, 400, "idempotency-key-missing");
+    let hits = app.hits();
+    for _ in 0..2 {
+        let batch = event(
+            &a,
+            "/events",
+            &[("content-type", "application/cloudevents-batch+json")],
+            "[]",
+        )
+        .await;
+        assert!(!replayed(&batch));
+    }
+    assert_eq!(app.hits(), hits + 2, "batches pass unrecorded");
+
+    // Case 41: another payload for the same event replays; with strict it mismatches.
+    let payload = event(
+        &a,
+        "/events",
+        &[("ce-source", "/a"), ("ce-id", "1")],
+        "{\"other\":1}",
+    )
+    .await;
+    assert!(replayed(&payload));
+    event(
+        &a,
+        "/strict-events",
+        &[("ce-source", "/s"), ("ce-id", "1")],
+        "{}",
+    )
+    .await;
+    let strict = event(
+        &a,
+        "/strict-events",
+        &[("ce-source", "/s"), ("ce-id", "1")],
+        "{\"other\":1}",
+    )
+    .await;
+    assert_problem(&strict, 422, "idempotency-key-reused");
+}

@@ -14,6 +14,7 @@
 //! - [`key`]: the key field's syntax; [`hash`]: record keys and fingerprints;
 //!   [`store`]: the `Store` trait and the memory store; [`redis_store`]: the Redis store.
 
+pub mod cloudevents;
 pub mod hash;
 pub mod key;
 pub mod redis_store;
@@ -123,6 +124,9 @@ pub struct RoutePolicy {
     pub json_canonical: bool,
     /// Lower-case names stored and replayed.
     pub replay_headers: Vec<String>,
+    /// A CloudEvents route: identify requests by (`source`, `id`); `Some(true)` also compares
+    /// the fingerprint.
+    pub cloudevents: Option<bool>,
 }
 
 impl RoutePolicy {
@@ -282,8 +286,9 @@ impl Service<Request<Body>> for Idempotency {
                 fut: self.inner.call(req),
             };
         };
-        // 2. Key.
+        // 2. Key (a CloudEvents route finds its identity once the body is read).
         let key = match key::key(req.headers(), &route.headers, route.strict_sf) {
+            _ if route.cloudevents.is_some() => Vec::new(),
             Ok(k) => k,
             Err(key::KeyError::Missing) if !route.required => {
                 s.metrics.idempotency_outcome(&route.name, "passed_through");
@@ -397,6 +402,24 @@ async fn admit(
     };
 
     // 4. Scope, key and fingerprint.
+    let key = match route.cloudevents {
+        None => key,
+        Some(_) => match cloudevents::identity(&parts.headers, &body) {
+            Ok(cloudevents::Identity::Event(k)) => k,
+            Ok(cloudevents::Identity::Batch) => {
+                trail.count("passed_through");
+                let mut inner = inner;
+                let Ok(res) = inner
+                    .call(Request::from_parts(parts, crate::full(body)))
+                    .await;
+                return res;
+            }
+            Err(key::KeyError::Missing) => return reject("rejected", IdempotencyError::KeyMissing),
+            Err(key::KeyError::Invalid(why)) => {
+                return reject("rejected", IdempotencyError::KeyInvalid(why));
+            }
+        },
+    };
     let id = record_id(&s, &route, &parts, &key);
     trail
         .record
@@ -411,7 +434,14 @@ async fn admit(
         let claimed = timed(
             &s,
             "claim",
-            s.store.claim(&id, Some(fingerprint), owner, route.lease),
+            // A resent event may differ elsewhere: CloudEvents routes compare the
+            // fingerprint only when `strict`.
+            s.store.claim(
+                &id,
+                (route.cloudevents != Some(false)).then_some(fingerprint),
+                owner,
+                route.lease,
+            ),
             |_| "ok",
         )
         .await;
