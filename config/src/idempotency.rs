@@ -96,8 +96,9 @@ with_policy_keys! {
     #[serde(deny_unknown_fields)]
     pub struct Idempotency {
         /// `memory` (one process only; for development) or a Redis URL: `redis://host:6379`
-        /// (`rediss://` for TLS, `redis+unix:///path`), or Cluster seeds
-        /// `redis+cluster://host1:6379,host2:6379`.
+        /// (`rediss://` for TLS, `redis+unix:///path`), Cluster seeds
+        /// `redis+cluster://host1:6379,host2:6379`, or Sentinels
+        /// `redis+sentinel://host1:26379,host2:26379/<service>[/db]`.
         #[serde(default = "default_store")]
         pub store: String,
         /// A claim slower than this fails (503, or forwarded with `fail_open`).

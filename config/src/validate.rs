@@ -225,19 +225,16 @@ fn idempotency(idem: &crate::Idempotency, errors: &mut Vec<ConfigError>) {
     let top = "spec.idempotency";
     match idem.store.split_once("://").map(|(s, _)| s) {
         _ if idem.store == "memory" => {}
-        Some("redis" | "rediss" | "redis+unix" | "redis+cluster" | "rediss+cluster") => {
+        Some(
+            "redis" | "rediss" | "redis+unix" | "redis+cluster" | "rediss+cluster"
+            | "redis+sentinel" | "rediss+sentinel",
+        ) => {
             if idem.scope_secret.as_deref().is_none_or(str::is_empty) {
                 errors.push(ConfigError::new(
                     format!("{top}.scope_secret"),
                     "required with a Redis store: every replica sharing Redis must hash keys alike (e.g. scope_secret: ${ATTACHE_IDEMPOTENCY_SECRET})",
                 ));
             }
-        }
-        Some("redis+sentinel" | "rediss+sentinel") => {
-            errors.push(ConfigError::new(
-                format!("{top}.store"),
-                "Redis Sentinel is not available in this version of attache yet; use redis:// or redis+cluster://",
-            ));
         }
         _ => errors.push(ConfigError::new(
             format!("{top}.store"),

@@ -158,3 +158,77 @@ impl Cluster {
             .sum()
     }
 }
+
+/// A primary, a replica and one Sentinel watching them (quorum 1, quick failover).
+pub struct Sentinel {
+    pub primary: Redis,
+    pub replica: Redis,
+    pub sentinel: Redis,
+    _dir: crate::TempDir,
+}
+
+impl Sentinel {
+    pub const SERVICE: &'static str = "attache";
+
+    pub fn start() -> Self {
+        let primary = Redis::start();
+        let replica = Redis::start_on(
+            crate::free_port(),
+            &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+        );
+        let dir = crate::TempDir::new();
+        let port = crate::free_port();
+        let conf = dir.write(
+            "sentinel.conf",
+            &format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor {s} 127.0.0.1 {p} 1\nsentinel down-after-milliseconds {s} 1000\nsentinel failover-timeout {s} 5000\n",
+                s = Self::SERVICE,
+                p = primary.port
+            ),
+        );
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server --sentinel");
+        let sentinel = Redis {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sentinel
+            .cli(&["SENTINEL", "get-master-addr-by-name", Self::SERVICE])
+            .contains(&primary.port.to_string())
+        {
+            assert!(Instant::now() < deadline, "sentinel never saw the primary");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            primary,
+            replica,
+            sentinel,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{}/{}",
+            self.sentinel.port,
+            Self::SERVICE
+        )
+    }
+
+    /// The port of the primary the Sentinel names now.
+    pub fn primary_port(&self) -> String {
+        self.sentinel
+            .cli(&["SENTINEL", "get-master-addr-by-name", Self::SERVICE])
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+}

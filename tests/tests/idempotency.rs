@@ -851,3 +851,50 @@ async fn cloudevents_routes_use_source_and_id() {
     .await;
     assert_problem(&strict, 422, "idempotency-key-reused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_keeps_requests_succeeding() {
+    // Case 35 (Sentinel).
+    let mut s = attache_tests::redis::Sentinel::start();
+    let app = App::start("app").await;
+    let a = with_idempotency(
+        &app,
+        &format!("    store: {}\n    scope_secret: test-secret\n", s.url()),
+    );
+    assert_eq!(post(&a, "/created", Some("S1"), "{}").await.status, 201);
+    assert!(
+        post(&a, "/created", Some("S1"), "{}")
+            .await
+            .headers
+            .contains_key("idempotent-replayed")
+    );
+    // Wait for the replica to hold the record, then lose the primary.
+    let replica_port = s.replica.port.to_string();
+    assert!(
+        attache_tests::eventually(10, async || s.replica.cli(&["DBSIZE"]).trim() == "1").await,
+        "replication"
+    );
+    s.primary.stop();
+    assert!(
+        attache_tests::eventually(20, async || s.primary_port() == replica_port).await,
+        "no failover"
+    );
+    // The promoted replica answers: the stored record replays, and new keys work.
+    let mut ok = false;
+    for _ in 0..20 {
+        let got = post(&a, "/created", Some("S1"), "{}").await;
+        if got.status == 201 {
+            assert!(
+                got.headers.contains_key("idempotent-replayed"),
+                "{}",
+                got.text()
+            );
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "no answer from the new primary:\n{}", a.log_text());
+    assert_eq!(post(&a, "/created", Some("S2"), "{}").await.status, 201);
+    assert_eq!(app.hits(), 2);
+}

@@ -65,6 +65,14 @@ return 1
 enum Backend {
     Single(ConnectionManager),
     Cluster(Box<ClusterBackend>),
+    Sentinel(Box<SentinelBackend>),
+}
+
+/// The primary the Sentinels name, asked again after any failed operation (a failover).
+struct SentinelBackend {
+    client: tokio::sync::Mutex<redis::sentinel::SentinelClient>,
+    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    timeout: Duration,
 }
 
 struct ClusterBackend {
@@ -77,6 +85,7 @@ struct ClusterBackend {
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(redis::aio::MultiplexedConnection),
 }
 
 impl ConnectionLike for Conn {
@@ -84,6 +93,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
     fn req_packed_commands<'a>(
@@ -95,12 +105,14 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -126,7 +138,61 @@ impl RedisStore {
                 url.strip_prefix("rediss+cluster://")
                     .map(|rest| ("rediss", rest))
             });
-        let backend = if let Some((scheme, rest)) = cluster {
+        let sentinel = url
+            .strip_prefix("redis+sentinel://")
+            .map(|rest| ("redis", rest))
+            .or_else(|| {
+                url.strip_prefix("rediss+sentinel://")
+                    .map(|rest| ("rediss", rest))
+            });
+        let backend = if let Some((scheme, rest)) = sentinel {
+            // redis+sentinel://h1:p,h2:p/<service>[/db]
+            let mut parts = rest.splitn(3, '/');
+            let hosts = parts.next().unwrap_or_default();
+            let service = parts.next().filter(|s| !s.is_empty()).ok_or_else(|| {
+                StoreError::Unavailable(
+                    "a Sentinel URL needs a service name: redis+sentinel://host:26379/mymaster"
+                        .into(),
+                )
+            })?;
+            let db: i64 = match parts.next().filter(|d| !d.is_empty()) {
+                Some(d) => d
+                    .parse()
+                    .map_err(|_| StoreError::Unavailable(format!("invalid database {d:?}")))?,
+                None => 0,
+            };
+            let seeds: Vec<String> = hosts
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|h| {
+                    let has_port = h
+                        .rsplit_once(':')
+                        .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+                    if has_port {
+                        format!("{scheme}://{h}")
+                    } else {
+                        format!("{scheme}://{h}:26379")
+                    }
+                })
+                .collect();
+            let mut node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(redis::RedisConnectionInfo::default().set_db(db));
+            if scheme == "rediss" {
+                node = node.set_tls_mode(redis::TlsMode::Secure);
+            }
+            let client = redis::sentinel::SentinelClient::build(
+                seeds.clone(),
+                service.to_owned(),
+                Some(node),
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(unavailable)?;
+            Backend::Sentinel(Box::new(SentinelBackend {
+                client: tokio::sync::Mutex::new(client),
+                conn: tokio::sync::Mutex::new(None),
+                timeout,
+            }))
+        } else if let Some((scheme, rest)) = cluster {
             let seeds: Vec<String> = rest
                 .trim_end_matches('/')
                 .split(',')
@@ -179,7 +245,34 @@ impl RedisStore {
                 *slot = Some(c.clone());
                 Ok(Conn::Cluster(c))
             }
+            Backend::Sentinel(sentinel) => {
+                let mut slot = sentinel.conn.lock().await;
+                if let Some(c) = slot.as_ref() {
+                    return Ok(Conn::Sentinel(c.clone()));
+                }
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(sentinel.timeout))
+                    .set_response_timeout(Some(sentinel.timeout));
+                let c = sentinel
+                    .client
+                    .lock()
+                    .await
+                    .get_async_connection_with_config(&config)
+                    .await
+                    .map_err(unavailable)?;
+                *slot = Some(c.clone());
+                Ok(Conn::Sentinel(c))
+            }
         }
+    }
+
+    /// After a failed operation: with Sentinel, ask for the primary again next time (it may
+    /// have failed over).
+    async fn failed(&self, e: redis::RedisError) -> StoreError {
+        if let Backend::Sentinel(sentinel) = &self.backend {
+            sentinel.conn.lock().await.take();
+        }
+        unavailable(e)
     }
 
     fn key(&self, id: &RecordId) -> String {
@@ -192,6 +285,10 @@ impl RedisStore {
         let infos = match &self.backend {
             Backend::Single(c) => {
                 let mut conn = c.clone();
+                vec![info_memory(&mut conn).await?]
+            }
+            Backend::Sentinel(_) => {
+                let mut conn = self.conn().await?;
                 vec![info_memory(&mut conn).await?]
             }
             Backend::Cluster(cluster) => {
@@ -287,7 +384,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Claim> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let reply: Vec<Value> = self
+            let reply: redis::RedisResult<Vec<Value>> = self
                 .claim
                 .key(self.key(id))
                 .arg(fingerprint.map(|f| f.to_vec()).unwrap_or_default())
@@ -295,8 +392,11 @@ impl Store for RedisStore {
                 .arg(lease.as_millis() as u64)
                 .arg(if fingerprint.is_some() { "1" } else { "0" })
                 .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => return Err(self.failed(e).await),
+            };
             let kind = bytes(reply.first());
             Ok(match &kind[..] {
                 b"claimed" => Claim::Claimed,
@@ -319,7 +419,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let v: i64 = self
+            let reply: redis::RedisResult<i64> = self
                 .complete
                 .key(self.key(id))
                 .arg(format!("{owner:032x}"))
@@ -333,23 +433,29 @@ impl Store for RedisStore {
                 })
                 .arg(retention.as_millis() as u64)
                 .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            Ok(transition(v))
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => return Err(self.failed(e).await),
+            };
+            Ok(transition(reply))
         })
     }
 
     fn release<'a>(&'a self, id: &'a RecordId, owner: Owner) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let v: i64 = self
+            let reply: redis::RedisResult<i64> = self
                 .release
                 .key(self.key(id))
                 .arg(format!("{owner:032x}"))
                 .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            Ok(transition(v))
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => return Err(self.failed(e).await),
+            };
+            Ok(transition(reply))
         })
     }
 
@@ -361,15 +467,18 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let v: i64 = self
+            let reply: redis::RedisResult<i64> = self
                 .renew
                 .key(self.key(id))
                 .arg(format!("{owner:032x}"))
                 .arg(lease.as_millis() as u64)
                 .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            Ok(transition(v))
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => return Err(self.failed(e).await),
+            };
+            Ok(transition(reply))
         })
     }
 }
