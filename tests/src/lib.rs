@@ -19,12 +19,22 @@ use std::time::{Duration, Instant};
 
 pub use app::App;
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and never handed out before in this test
+/// process: tests run in parallel threads, and two of them asking before either binds would
+/// otherwise be able to get the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on loopback");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Path to the `attache` binary, built once per test process (a no-op when up to date).

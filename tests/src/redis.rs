@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// Its working directory: a replica writes the RDB it receives there, and a server loads
+    /// what it finds there, so no two servers may share one.
+    _dir: Option<crate::TempDir>,
 }
 
 impl Redis {
@@ -16,7 +19,9 @@ impl Redis {
 
     /// On `port`, with extra `redis-server` arguments (e.g. `--maxmemory-policy allkeys-lru`).
     pub fn start_on(port: u16, args: &[&str]) -> Self {
+        let dir = crate::TempDir::new();
         let child = Command::new("redis-server")
+            .current_dir(dir.path())
             .args([
                 "--port",
                 &port.to_string(),
@@ -32,12 +37,25 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server (apt-get install redis-server)");
-        let r = Self {
+        let pid = child.id().to_string();
+        let mut r = Self {
             port,
             child: Some(child),
+            _dir: Some(dir),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while r.cli(&["PING"]).trim() != "PONG" {
+        // Ours, not another process that got the port first.
+        while !r
+            .cli(&["INFO", "server"])
+            .lines()
+            .any(|l| l.trim() == format!("process_id:{pid}"))
+        {
+            assert!(
+                r.child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_none()),
+                "redis-server on port {port} exited (port taken?)"
+            );
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -187,6 +205,7 @@ impl Sentinel {
             ),
         );
         let child = Command::new("redis-server")
+            .current_dir(dir.path())
             .arg(&conf)
             .arg("--sentinel")
             .stdout(Stdio::null())
@@ -196,6 +215,7 @@ impl Sentinel {
         let sentinel = Redis {
             port,
             child: Some(child),
+            _dir: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sentinel
