@@ -6,6 +6,7 @@
 //! - `/status/<code>`: answers with that status;
 //! - `/ws`: accepts an HTTP Upgrade and echoes every byte back;
 //! - `/big/<n>`: answers n bytes;
+//! - `/drip/<n>/<ms>`: answers at once, then sends its body in n pieces, one every ms;
 //! - `/created`: 201 with `Location`, `ETag`, `Set-Cookie`, `X-Request-Id`, two `Link` lines
 //!   and a JSON body naming how many requests the app had served (so a re-execution shows);
 //! - `/trailers`: answers `ok` followed by a `grpc-status: 0` trailer (as gRPC does);
@@ -92,6 +93,20 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<AppBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/drip/") {
+        let (n, ms) = rest.split_once('/').unwrap_or((rest, "0"));
+        let (n, ms): (usize, u64) = (n.parse().unwrap_or(1), ms.parse().unwrap_or(0));
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for i in 0..n {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                if tx.send(Bytes::from(format!("{i};"))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        return Ok(Response::new(Drip(rx).boxed_unsync()));
+    }
     if let Some(n) = path.strip_prefix("/big/") {
         let _ = req.into_body().collect().await;
         return Ok(Response::new(full(vec![b'x'; n.parse().unwrap_or(0)])));
@@ -227,4 +242,20 @@ async fn handle(
         "body_bytes": len,
     });
     Ok(Response::new(full(doc.to_string())))
+}
+
+/// A body whose pieces arrive on a channel.
+struct Drip(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Drip {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|piece| piece.map(|b| Ok(http_body::Frame::data(b))))
+    }
 }

@@ -898,3 +898,64 @@ async fn sentinel_failover_keeps_requests_succeeding() {
     assert_eq!(post(&a, "/created", Some("S2"), "{}").await.status, 201);
     assert_eq!(app.hits(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_hold_the_key_while_a_long_response_streams() {
+    // Case 28: a lease of 600 ms (500 ms timeout + 100 ms grace); the response body takes
+    // about 2 s, more than three leases. Renewals keep duplicates out; the result is stored.
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let extra = "  timeouts: { request: 500ms }
+  idempotency:
+    lease_grace: 100ms
+";
+    let a = Attache::run(ports, &sidecar_config(ports, app.addr, extra));
+    let url = a.url("/drip/10/200");
+    let first = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("idempotency-key", "K28")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&http1(), req).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dup = request_raw(&a, "/drip/10/200", "K28").await;
+    assert_problem(&dup, 409, "idempotency-request-in-progress");
+    let first = within(10, first).await.unwrap();
+    assert_eq!(first.text(), "0;1;2;3;4;5;6;7;8;9;");
+    let replay = request_raw(&a, "/drip/10/200", "K28").await;
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(replay.body, first.body);
+    assert_eq!(app.hits(), 1);
+    a.assert_metrics(&[
+        "attache_idempotency_store_duration_seconds_count{op=\"renew\",result=\"ok\"}",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_completion_still_answers_and_holds_the_key() {
+    // Case 33: Redis refuses writes while the response is being stored: the client still gets
+    // its answer; a retry within the lease gets 409 (the record stays in flight).
+    let redis = Redis::start();
+    let app = App::start("app").await;
+    let a = with_idempotency(&app, &redis_config(&redis, "    store_timeout: 300ms\n"));
+    let url = a.url("/slow/500");
+    let first = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("idempotency-key", "K33")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&http1(), req).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    redis.cli(&["CLIENT", "PAUSE", "2000", "WRITE"]);
+    let first = within(10, first).await.unwrap();
+    assert_eq!(first.status, 200, "the caller still gets its response");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let retry = request_raw(&a, "/slow/500", "K33").await;
+    assert_problem(&retry, 409, "idempotency-request-in-progress");
+    assert_eq!(app.hits(), 1);
+    a.assert_metrics(&[
+        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"store_error\"} 1",
+    ]);
+}
