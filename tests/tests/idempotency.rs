@@ -959,3 +959,83 @@ async fn a_failed_completion_still_answers_and_holds_the_key() {
         "attache_idempotency_outcomes_total{route=\"default\",outcome=\"store_error\"} 1",
     ]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_policy_links_and_the_published_policy() {
+    let app = App::start("app").await;
+    let a = with_idempotency(
+        &app,
+        "    policy_url: https://example.com/idempotency
+    header_aliases: [X-Idempotency-Key]
+    routes:
+      - { name: orders, match: { path_prefix: /orders }, required: true, retention: 10m }
+",
+    );
+    // Case 6: a key in the header and its alias is two field lines.
+    let both = {
+        let req = Request::post(a.url("/orders"))
+            .header("idempotency-key", "K6")
+            .header("x-idempotency-key", "K6")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&http1(), req).await.unwrap()
+    };
+    assert_problem(&both, 400, "idempotency-key-invalid");
+    assert_eq!(
+        both.headers["link"],
+        "<https://example.com/idempotency>; rel=\"describedby\""
+    );
+    let alias = {
+        let req = Request::post(a.url("/orders"))
+            .header("x-idempotency-key", "K6")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&http1(), req).await.unwrap()
+    };
+    assert_eq!(alias.status, 200, "the alias alone is the key");
+    // The effective policy of each route is published on /config.
+    let doc: serde_json::Value = serde_json::from_str(
+        &attache_tests::client::blocking_get(&a.admin_url("/config"))
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    let orders = &doc["effective"]["idempotency"][0];
+    assert_eq!(orders["route"], "orders");
+    assert_eq!(orders["required"], true);
+    assert_eq!(orders["retention"], "10m");
+    assert_eq!(orders["methods"], serde_json::json!(["POST", "PATCH"]));
+    assert_eq!(
+        orders["header_aliases"],
+        serde_json::json!(["X-Idempotency-Key"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_still_answers_its_caller() {
+    // Case 29: the record disappears mid-exchange (as when renewals stall past the lease); a
+    // retry takes over; the original's renewals and completion find another owner and write
+    // nothing, and its caller is still answered.
+    let redis = Redis::start();
+    let app = App::start("app").await;
+    let a = with_idempotency(&app, &redis_config(&redis, ""));
+    let url = a.url("/drip/6/200");
+    let original = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("idempotency-key", "K29")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(&http1(), req).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let record = redis.cli(&["KEYS", "*"]).trim().to_owned();
+    redis.cli(&["DEL", &record]);
+    let takeover = request_raw(&a, "/drip/6/200", "K29").await;
+    assert_eq!(takeover.status, 200);
+    let original = within(10, original).await.unwrap();
+    assert_eq!(original.text(), "0;1;2;3;4;5;");
+    assert_eq!(app.hits(), 2, "the takeover ran");
+    a.assert_metrics(&[
+        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"lost_lease\"}",
+    ]);
+}
