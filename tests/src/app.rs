@@ -6,7 +6,8 @@
 //! - `/status/<code>`: answers with that status;
 //! - `/ws`: accepts an HTTP Upgrade and echoes every byte back;
 //! - `/big/<n>`: answers n bytes;
-//! - `/drip/<n>/<ms>`: answers at once, then sends its body in n pieces, one every ms;
+//! - `/drip/<n>/<ms>`: answers at once, then sends its body in n pieces, one every ms
+//!   (`?sse`: as `text/event-stream`);
 //! - `/created`: 201 with `Location`, `ETag`, `Set-Cookie`, `X-Request-Id`, two `Link` lines
 //!   and a JSON body naming how many requests the app had served (so a re-execution shows);
 //! - `/trailers`: answers `ok` followed by a `grpc-status: 0` trailer (as gRPC does);
@@ -105,7 +106,14 @@ async fn handle(
                 }
             }
         });
-        return Ok(Response::new(Drip(rx).boxed_unsync()));
+        let mut res = Response::new(Drip(rx).boxed_unsync());
+        if req.uri().query() == Some("sse") {
+            res.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+        }
+        return Ok(res);
     }
     if let Some(n) = path.strip_prefix("/big/") {
         let _ = req.into_body().collect().await;

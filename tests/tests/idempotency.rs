@@ -1039,3 +1039,146 @@ async fn a_lost_lease_still_answers_its_caller() {
         "attache_idempotency_outcomes_total{route=\"default\",outcome=\"lost_lease\"}",
     ]);
 }
+
+async fn keyed(url: String, key: &str) -> Got {
+    let req = Request::post(url)
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    within(15, send(&http1(), req)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attache_dev_enforces_keys_in_memory_or_in_redis() {
+    let redis = Redis::start();
+    for store in [None, Some(redis.url())] {
+        let app = App::start("app").await;
+        let ports = Ports::new();
+        let (listen, admin) = (
+            format!("127.0.0.1:{}", ports.inbound),
+            format!("127.0.0.1:{}", ports.admin),
+        );
+        let app_url = format!("http://{}", app.addr);
+        let mut args = vec![
+            "dev", "--app", &app_url, "--listen", &listen, "--admin", &admin,
+        ];
+        if let Some(url) = &store {
+            args.extend(["--redis", url.as_str()]);
+        }
+        let mut a = Attache::spawn(ports, attache_tests::TempDir::new(), &args);
+        a.wait_ready();
+        let first = keyed(a.url("/created"), "dev-1").await;
+        let again = keyed(a.url("/created"), "dev-1").await;
+        assert_eq!((first.status, again.status), (201, 201));
+        assert_eq!(again.headers["idempotent-replayed"], "true", "{store:?}");
+        assert_eq!(app.hits(), 1);
+    }
+    assert!(
+        !redis.cli(&["KEYS", "idem:*"]).trim().is_empty(),
+        "--redis kept the record in Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_resets_after_reading_holds_the_key() {
+    // The request reached the app, which closed the connection without answering: the outcome
+    // is unknown, so the key is held (502) rather than freed.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut c, _)) = upstream.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            drop(c);
+        }
+    });
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, addr, "  idempotency: {}\n"));
+    let got = keyed(a.url("/x"), "K-reset").await;
+    assert_problem(&got, 502, "idempotency-outcome-unknown");
+    let again = keyed(a.url("/x"), "K-reset").await;
+    assert_problem(&again, 409, "idempotency-request-in-progress");
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no second attempt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_recovers_without_hanging() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let app = App::start("app").await;
+    let a = with_idempotency(&app, &redis_config(&redis, "    store_timeout: 300ms\n"));
+    assert_eq!(keyed(a.url("/created"), "R1").await.status, 201);
+    redis.stop();
+    assert_eq!(keyed(a.url("/created"), "R2").await.status, 503);
+    let _back = Redis::start_on(port, &[]);
+    // The record is gone with the data: R1 runs again (§9), and new keys work.
+    let mut status = 0;
+    for _ in 0..20 {
+        status = keyed(a.url("/created"), "R1").await.status;
+        if status == 201 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 201, "attache reconnected");
+    assert_eq!(
+        keyed(a.url("/created"), "R1").await.headers["idempotent-replayed"],
+        "true"
+    );
+    assert_eq!(app.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_event_streams_and_a_redis_that_is_down_at_start() {
+    // Case 1: with `methods: [PUT]`, PUT is enforced (and POST is not).
+    let app = App::start("app").await;
+    let a = with_idempotency(&app, "    methods: [PUT]\n");
+    request(&a, "PUT", "/created", Some("K1"), "{}").await;
+    let again = request(&a, "PUT", "/created", Some("K1"), "{}").await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    post(&a, "/created", Some("K1"), "{}").await;
+    assert!(
+        !post(&a, "/created", Some("K1"), "{}")
+            .await
+            .headers
+            .contains_key("idempotent-replayed")
+    );
+    assert_eq!(app.hits(), 3);
+
+    // Case 31: an event stream reaches the first caller whole and leaves a tombstone.
+    let a = with_idempotency(&app, "    retention: 1h\n");
+    let first = keyed(a.url("/drip/3/50?sse"), "K31").await;
+    assert_eq!(first.text(), "0;1;2;");
+    let retry = keyed(a.url("/drip/3/50?sse"), "K31").await;
+    assert!(retry.body.is_empty());
+    assert_eq!(retry.headers["idempotency-response-stored"], "false");
+    assert_eq!(retry.headers["content-type"], "text/event-stream");
+
+    // An unreachable Redis delays neither start nor readiness (Attache::run waits for /ready);
+    // keyed requests then fail closed.
+    let dead = Ports::new().inbound;
+    let a = with_idempotency(
+        &app,
+        &format!(
+            "    store: redis://127.0.0.1:{dead}\n    scope_secret: s\n    store_timeout: 300ms\n"
+        ),
+    );
+    assert_problem(
+        &keyed(a.url("/created"), "K-dead").await,
+        503,
+        "idempotency-store-unavailable",
+    );
+    assert_eq!(
+        post(&a, "/created", None, "{}").await.status,
+        201,
+        "unkeyed requests pass"
+    );
+}
