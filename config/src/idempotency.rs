@@ -129,7 +129,7 @@ with_policy_keys! {
 
 with_policy_keys! {
     /// A route with its own policy; unset keys come from `spec.idempotency`.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct IdempotencyRoute {
         /// Names the route in metrics, spans and `/config`.
@@ -274,7 +274,7 @@ impl Idempotency {
                 name: "default".to_owned(),
                 matches: RouteMatch::default(),
                 cloudevents: None,
-                ..IdempotencyRoute::inherit()
+                ..IdempotencyRoute::default()
             }];
             &implicit
         } else {
@@ -326,37 +326,6 @@ impl Idempotency {
     /// Whether records go to Redis (else memory).
     pub fn uses_redis(&self) -> bool {
         self.store != "memory"
-    }
-}
-
-impl IdempotencyRoute {
-    /// A route that sets no policy key of its own.
-    fn inherit() -> Self {
-        Self {
-            name: String::new(),
-            matches: RouteMatch::default(),
-            cloudevents: None,
-            header: None,
-            header_aliases: None,
-            strict_sf: None,
-            methods: None,
-            required: None,
-            max_request_bytes: None,
-            max_response_bytes: None,
-            retention: None,
-            lease_grace: None,
-            mismatch_status: None,
-            release_statuses: None,
-            store_5xx: None,
-            in_flight_wait: None,
-            fail_open: None,
-            scope_authorization: None,
-            scope_headers: None,
-            scope_by_route: None,
-            fingerprint_headers: None,
-            fingerprint_body: None,
-            replay_headers: None,
-        }
     }
 }
 

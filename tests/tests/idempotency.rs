@@ -339,13 +339,7 @@ async fn scope_retention_waiting_and_limits() {
 
     // Case 22: a duplicate waits for the first and gets its replay.
     let url = a.url("/slow/1000");
-    let first = tokio::spawn(async move {
-        let req = Request::post(url)
-            .header("idempotency-key", "K22")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        send(&http1(), req).await.unwrap()
-    });
+    let first = tokio::spawn(keyed(url, "K22"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let dup = request_raw(&a, "/slow/1000", "K22").await;
     assert_eq!(dup.status, 200);
@@ -658,13 +652,7 @@ async fn waiting_duplicates_give_up_or_take_over() {
     // A duplicate waiting on a request that ends well gets its replay.
     let hits = app.hits();
     let url = a.url("/slow/600");
-    let first = tokio::spawn(async move {
-        let req = Request::post(url)
-            .header("idempotency-key", "K22b")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        send(&http1(), req).await.unwrap()
-    });
+    let first = tokio::spawn(keyed(url, "K22b"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let waiter = request_raw(&a, "/slow/600", "K22b").await;
     assert_eq!(within(10, first).await.unwrap().status, 200);
@@ -674,13 +662,7 @@ async fn waiting_duplicates_give_up_or_take_over() {
 
     // One waiting on a request that ends in 503 (which releases the key) runs itself.
     let url = a.url("/slow/600?status=503");
-    let first = tokio::spawn(async move {
-        let req = Request::post(url)
-            .header("idempotency-key", "K22c")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        send(&http1(), req).await.unwrap()
-    });
+    let first = tokio::spawn(keyed(url, "K22c"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let waiter = request_raw(&a, "/slow/600?status=503", "K22c").await;
     assert_eq!(within(10, first).await.unwrap().status, 503);
@@ -911,13 +893,7 @@ async fn renewals_hold_the_key_while_a_long_response_streams() {
 ";
     let a = Attache::run(ports, &sidecar_config(ports, app.addr, extra));
     let url = a.url("/drip/10/200");
-    let first = tokio::spawn(async move {
-        let req = Request::post(url)
-            .header("idempotency-key", "K28")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        send(&http1(), req).await.unwrap()
-    });
+    let first = tokio::spawn(keyed(url, "K28"));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let dup = request_raw(&a, "/drip/10/200", "K28").await;
     assert_problem(&dup, 409, "idempotency-request-in-progress");
@@ -940,13 +916,7 @@ async fn a_failed_completion_still_answers_and_holds_the_key() {
     let app = App::start("app").await;
     let a = with_idempotency(&app, &redis_config(&redis, "    store_timeout: 300ms\n"));
     let url = a.url("/slow/500");
-    let first = tokio::spawn(async move {
-        let req = Request::post(url)
-            .header("idempotency-key", "K33")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        send(&http1(), req).await.unwrap()
-    });
+    let first = tokio::spawn(keyed(url, "K33"));
     tokio::time::sleep(Duration::from_millis(250)).await;
     redis.cli(&["CLIENT", "PAUSE", "2000", "WRITE"]);
     let first = within(10, first).await.unwrap();
@@ -1020,13 +990,7 @@ async fn a_lost_lease_still_answers_its_caller() {
     let app = App::start("app").await;
     let a = with_idempotency(&app, &redis_config(&redis, ""));
     let url = a.url("/drip/6/200");
-    let original = tokio::spawn(async move {
-        let req = Request::post(url)
-            .header("idempotency-key", "K29")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        send(&http1(), req).await.unwrap()
-    });
+    let original = tokio::spawn(keyed(url, "K29"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let record = redis.cli(&["KEYS", "*"]).trim().to_owned();
     redis.cli(&["DEL", &record]);

@@ -266,6 +266,18 @@ impl RedisStore {
         }
     }
 
+    /// Runs one script: one round trip (plus a load on `NOSCRIPT`).
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        match invocation.invoke_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(e).await),
+        }
+    }
+
     /// After a failed operation: with Sentinel, ask for the primary again next time (it may
     /// have failed over).
     async fn failed(&self, e: redis::RedisError) -> StoreError {
@@ -383,20 +395,16 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> StoreFuture<'a, Claim> {
         Box::pin(async move {
-            let mut conn = self.conn().await?;
-            let reply: redis::RedisResult<Vec<Value>> = self
-                .claim
-                .key(self.key(id))
-                .arg(fingerprint.map(|f| f.to_vec()).unwrap_or_default())
-                .arg(format!("{owner:032x}"))
-                .arg(lease.as_millis() as u64)
-                .arg(if fingerprint.is_some() { "1" } else { "0" })
-                .invoke_async(&mut conn)
-                .await;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(e) => return Err(self.failed(e).await),
-            };
+            let reply: Vec<Value> = self
+                .invoke(
+                    self.claim
+                        .key(self.key(id))
+                        .arg(fingerprint.map(|f| f.to_vec()).unwrap_or_default())
+                        .arg(format!("{owner:032x}"))
+                        .arg(lease.as_millis() as u64)
+                        .arg(if fingerprint.is_some() { "1" } else { "0" }),
+                )
+                .await?;
             let kind = bytes(reply.first());
             Ok(match &kind[..] {
                 b"claimed" => Claim::Claimed,
@@ -418,43 +426,31 @@ impl Store for RedisStore {
         retention: Duration,
     ) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
-            let mut conn = self.conn().await?;
-            let reply: redis::RedisResult<i64> = self
-                .complete
-                .key(self.key(id))
-                .arg(format!("{owner:032x}"))
-                .arg(if tombstone { "tomb" } else { "done" })
-                .arg(response.status)
-                .arg(response.encode_headers())
-                .arg(if tombstone {
-                    &[][..]
-                } else {
-                    &response.body[..]
-                })
-                .arg(retention.as_millis() as u64)
-                .invoke_async(&mut conn)
-                .await;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(e) => return Err(self.failed(e).await),
-            };
+            let reply: i64 = self
+                .invoke(
+                    self.complete
+                        .key(self.key(id))
+                        .arg(format!("{owner:032x}"))
+                        .arg(if tombstone { "tomb" } else { "done" })
+                        .arg(response.status)
+                        .arg(response.encode_headers())
+                        .arg(if tombstone {
+                            &[][..]
+                        } else {
+                            &response.body[..]
+                        })
+                        .arg(retention.as_millis() as u64),
+                )
+                .await?;
             Ok(transition(reply))
         })
     }
 
     fn release<'a>(&'a self, id: &'a RecordId, owner: Owner) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
-            let mut conn = self.conn().await?;
-            let reply: redis::RedisResult<i64> = self
-                .release
-                .key(self.key(id))
-                .arg(format!("{owner:032x}"))
-                .invoke_async(&mut conn)
-                .await;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(e) => return Err(self.failed(e).await),
-            };
+            let reply: i64 = self
+                .invoke(self.release.key(self.key(id)).arg(format!("{owner:032x}")))
+                .await?;
             Ok(transition(reply))
         })
     }
@@ -466,18 +462,14 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
-            let mut conn = self.conn().await?;
-            let reply: redis::RedisResult<i64> = self
-                .renew
-                .key(self.key(id))
-                .arg(format!("{owner:032x}"))
-                .arg(lease.as_millis() as u64)
-                .invoke_async(&mut conn)
-                .await;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(e) => return Err(self.failed(e).await),
-            };
+            let reply: i64 = self
+                .invoke(
+                    self.renew
+                        .key(self.key(id))
+                        .arg(format!("{owner:032x}"))
+                        .arg(lease.as_millis() as u64),
+                )
+                .await?;
             Ok(transition(reply))
         })
     }
