@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod errors;
+pub mod flags;
 pub mod idempotency;
 pub mod telemetry;
 pub mod trace_context;

@@ -1,0 +1,11 @@
+//! Feature flags (specs/feature-flags.md), in progress: flagd's evaluation semantics, built
+//! bottom-up. What exists so far is pure and unit-tested; sources, delivery to the app, OFREP
+//! and routing come next, and `spec.flags` stays reserved in the config until they do.
+//!
+//! - [`murmur3`]: the hash behind `fractional`;
+//! - [`logic`]: JsonLogic compiled once per flag set, with `fractional`, `starts_with` and
+//!   `ends_with`; [`semver`]: `sem_ver`.
+
+pub mod logic;
+pub mod murmur3;
+pub mod semver;
