@@ -4,8 +4,11 @@
 //!
 //! - [`murmur3`]: the hash behind `fractional`;
 //! - [`logic`]: JsonLogic compiled once per flag set, with `fractional`, `starts_with` and
-//!   `ends_with`; [`semver`]: `sem_ver`.
+//!   `ends_with`; [`semver`]: `sem_ver`;
+//! - [`eval`]: flagd documents (`$evaluators`/`$ref`, metadata) and evaluation with flagd's
+//!   reasons and error codes.
 
+pub mod eval;
 pub mod logic;
 pub mod murmur3;
 pub mod semver;

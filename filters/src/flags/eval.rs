@@ -1,0 +1,492 @@
+//! Flag sets and their evaluation (specs/feature-flags.md §2–§3): a flagd document parsed and
+//! compiled once, then evaluated per request with flagd's reasons and error codes.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::logic::{self, FractionalVersion, Rule, Scope};
+
+/// Why a document was refused as a whole; the last good one stays.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct LoadError {
+    /// JSON path of the fault, e.g. `flags.new-checkout.defaultVariant`.
+    pub path: String,
+    pub message: String,
+}
+
+fn load_error(path: impl Into<String>, message: impl Into<String>) -> LoadError {
+    LoadError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flag {
+    pub enabled: bool,
+    pub variants: Map<String, Value>,
+    pub default_variant: Option<String>,
+    /// `None`: no targeting (or `{}`); `Err`: it did not compile (`PARSE_ERROR`).
+    pub targeting: Option<Result<Rule, String>>,
+    /// The flag set's metadata overridden by the flag's, nulls dropped.
+    pub metadata: Map<String, Value>,
+}
+
+/// One compiled flag document.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlagSet {
+    pub flags: HashMap<String, Flag>,
+    /// Flags that loaded with a problem (did not compile), for the admin port.
+    pub warnings: Vec<String>,
+}
+
+impl FlagSet {
+    /// Parses and compiles a flagd document.
+    pub fn parse(doc: &Value) -> Result<FlagSet, LoadError> {
+        let Value::Object(top) = doc else {
+            return Err(load_error("$", "a flag document is a JSON object"));
+        };
+        let evaluators = top
+            .get("$evaluators")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let set_metadata = top
+            .get("metadata")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let entries: Vec<(String, &Value)> = match top.get("flags") {
+            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for (i, f) in items.iter().enumerate() {
+                    let key = f.get("key").and_then(Value::as_str).ok_or_else(|| {
+                        load_error(format!("flags[{i}].key"), "a flag in an array needs a key")
+                    })?;
+                    out.push((key.to_owned(), f));
+                }
+                out
+            }
+            _ => return Err(load_error("flags", "missing, or not an object or array")),
+        };
+        let mut set = FlagSet::default();
+        for (key, f) in entries {
+            let at = |field: &str| format!("flags.{key}.{field}");
+            let enabled = match f.get("state").and_then(Value::as_str) {
+                Some("ENABLED") => true,
+                Some("DISABLED") => false,
+                _ => return Err(load_error(at("state"), "must be ENABLED or DISABLED")),
+            };
+            let variants = match f.get("variants") {
+                Some(Value::Object(v)) if !v.is_empty() => v.clone(),
+                _ => return Err(load_error(at("variants"), "must be a non-empty object")),
+            };
+            if let Some((name, _)) = variants.iter().find(|(_, v)| v.is_null() || v.is_array()) {
+                return Err(load_error(
+                    at(&format!("variants.{name}")),
+                    "a variant is a boolean, string, number or object",
+                ));
+            }
+            let default_variant = match f.get("defaultVariant") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(d)) if variants.contains_key(d) => Some(d.clone()),
+                Some(Value::String(d)) => {
+                    return Err(load_error(
+                        at("defaultVariant"),
+                        format!("names no variant: {d:?}"),
+                    ));
+                }
+                Some(_) => {
+                    return Err(load_error(at("defaultVariant"), "must be a string or null"));
+                }
+            };
+            let targeting = match f.get("targeting") {
+                None => None,
+                Some(Value::Object(m)) if m.is_empty() => None,
+                Some(t) => {
+                    let compiled = expand_refs(t, &evaluators)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| logic::compile(&t).map_err(|e| e.to_string()));
+                    if let Err(e) = &compiled {
+                        set.warnings.push(format!("{}: {e}", at("targeting")));
+                    }
+                    Some(compiled)
+                }
+            };
+            let mut metadata = set_metadata.clone();
+            if let Some(Value::Object(m)) = f.get("metadata") {
+                for (k, v) in m {
+                    metadata.insert(k.clone(), v.clone());
+                }
+            }
+            metadata.retain(|_, v| !v.is_null());
+            set.flags.insert(
+                key,
+                Flag {
+                    enabled,
+                    variants,
+                    default_variant,
+                    targeting,
+                    metadata,
+                },
+            );
+        }
+        Ok(set)
+    }
+}
+
+/// Replaces each object that is exactly `{"$ref": name}` with `$evaluators.name`.
+fn expand_refs(v: &Value, evaluators: &Map<String, Value>) -> Result<Value, String> {
+    Ok(match v {
+        Value::Object(m) if m.len() == 1 && m.contains_key("$ref") => {
+            let name = m.get("$ref").and_then(Value::as_str).unwrap_or_default();
+            evaluators
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("$ref to an unknown evaluator {name:?}"))?
+        }
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| Ok((k.clone(), expand_refs(v, evaluators)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|v| expand_refs(v, evaluators))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Static,
+    Default,
+    TargetingMatch,
+    Disabled,
+    Cached,
+    Error,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Static => "STATIC",
+            Reason::Default => "DEFAULT",
+            Reason::TargetingMatch => "TARGETING_MATCH",
+            Reason::Disabled => "DISABLED",
+            Reason::Cached => "CACHED",
+            Reason::Error => "ERROR",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    FlagNotFound,
+    ParseError,
+    TypeMismatch,
+    General,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::FlagNotFound => "FLAG_NOT_FOUND",
+            ErrorCode::ParseError => "PARSE_ERROR",
+            ErrorCode::TypeMismatch => "TYPE_MISMATCH",
+            ErrorCode::General => "GENERAL",
+        }
+    }
+}
+
+/// The type a caller asked for; `Any` (OFREP, delivery) never mismatches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Any,
+    Boolean,
+    String,
+    Integer,
+    Float,
+    Object,
+}
+
+/// One evaluation. `value: None` means "use the caller's code default".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    pub value: Option<Value>,
+    pub variant: Option<String>,
+    pub reason: Reason,
+    pub error: Option<(ErrorCode, String)>,
+    pub metadata: Map<String, Value>,
+}
+
+impl Resolution {
+    fn error(code: ErrorCode, message: impl Into<String>, metadata: Map<String, Value>) -> Self {
+        Self {
+            value: None,
+            variant: None,
+            reason: Reason::Error,
+            error: Some((code, message.into())),
+            metadata,
+        }
+    }
+}
+
+/// A targeting result as a variant name: strings as they are, booleans as `true`/`false`,
+/// numbers as their shortest decimal.
+fn variant_name(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(logic::number_text(n)),
+        _ => None,
+    }
+}
+
+impl FlagSet {
+    /// Evaluates `key` for `context` (a JSON object) at `now` (Unix seconds).
+    pub fn evaluate(
+        &self,
+        key: &str,
+        context: &Value,
+        now: u64,
+        kind: Kind,
+        fractional: FractionalVersion,
+    ) -> Resolution {
+        let Some(flag) = self.flags.get(key) else {
+            return Resolution::error(
+                ErrorCode::FlagNotFound,
+                format!("flag {key:?} not found"),
+                Map::new(),
+            );
+        };
+        let metadata = flag.metadata.clone();
+        if !flag.enabled {
+            return Resolution {
+                value: None,
+                variant: None,
+                reason: Reason::Disabled,
+                error: None,
+                metadata,
+            };
+        }
+        let (variant, reason) = match &flag.targeting {
+            None => match &flag.default_variant {
+                Some(d) => (Some(d.clone()), Reason::Static),
+                None => (None, Reason::Default),
+            },
+            Some(Err(e)) => return Resolution::error(ErrorCode::ParseError, e.clone(), metadata),
+            Some(Ok(rule)) => {
+                let mut data = match context {
+                    Value::Object(m) => m.clone(),
+                    _ => Map::new(),
+                };
+                data.insert(
+                    "$flagd".into(),
+                    serde_json::json!({"flagKey": key, "timestamp": now}),
+                );
+                let out = rule.eval(&Scope {
+                    data: &Value::Object(data),
+                    fractional,
+                });
+                match out {
+                    Value::Null => (flag.default_variant.clone(), Reason::Default),
+                    other => match variant_name(&other).filter(|n| flag.variants.contains_key(n)) {
+                        Some(name) => (Some(name), Reason::TargetingMatch),
+                        None => {
+                            return Resolution::error(
+                                ErrorCode::General,
+                                format!("targeting returned {other}, which names no variant"),
+                                metadata,
+                            );
+                        }
+                    },
+                }
+            }
+        };
+        let Some(name) = variant else {
+            return Resolution {
+                value: None,
+                variant: None,
+                reason,
+                error: None,
+                metadata,
+            };
+        };
+        let value = flag.variants.get(&name).cloned().unwrap_or(Value::Null);
+        let value = match (kind, &value) {
+            (Kind::Any, _)
+            | (Kind::Boolean, Value::Bool(_))
+            | (Kind::String, Value::String(_))
+            | (Kind::Float, Value::Number(_))
+            | (Kind::Object, Value::Object(_)) => value,
+            (Kind::Integer, Value::Number(n)) => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                match n.as_i64() {
+                    Some(i) => Value::from(i),
+                    None if f.is_finite()
+                        && f.trunc() >= i64::MIN as f64
+                        && f.trunc() <= i64::MAX as f64 =>
+                    {
+                        Value::from(f.trunc() as i64)
+                    }
+                    None => {
+                        return Resolution::error(
+                            ErrorCode::TypeMismatch,
+                            "not an integer",
+                            metadata,
+                        );
+                    }
+                }
+            }
+            _ => {
+                return Resolution::error(
+                    ErrorCode::TypeMismatch,
+                    format!("variant {name:?} is not of the requested type"),
+                    metadata,
+                );
+            }
+        };
+        Resolution {
+            value: Some(value),
+            variant: Some(name),
+            reason,
+            error: None,
+            metadata,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set() -> FlagSet {
+        FlagSet::parse(&json!({
+            "$evaluators": {"is_acme": {"ends_with": [{"var": "email"}, "@acme.com"]}},
+            "metadata": {"team": "checkout", "version": 3},
+            "flags": {
+                "static": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"},
+                "no-default": {"state": "ENABLED", "variants": {"a": "A"}},
+                "off": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"},
+                "targeted": {
+                    "state": "ENABLED",
+                    "variants": {"red": "#f00", "blue": "#00f", "1": "one", "true": "yes"},
+                    "defaultVariant": "blue",
+                    "metadata": {"version": null, "owner": "ux"},
+                    "targeting": {"if": [{"$ref": "is_acme"}, "red",
+                                  {"==": [{"var": "n"}, 1]}, 1,
+                                  {"==": [{"var": "n"}, 2]}, true,
+                                  {"==": [{"var": "n"}, 3]}, "purple",
+                                  null]}
+                },
+                "broken": {"state": "ENABLED", "variants": {"a": 1}, "targeting": {"nope": []}},
+                "numbers": {"state": "ENABLED", "variants": {"int": 10, "float": 10.5}, "defaultVariant": "float"}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn eval(key: &str, ctx: Value, kind: Kind) -> Resolution {
+        set().evaluate(key, &ctx, 1_700_000_000, kind, FractionalVersion::V2)
+    }
+
+    #[test]
+    fn reasons_and_error_codes_are_flagds() {
+        let r = eval("static", json!({}), Kind::Boolean);
+        assert_eq!((r.value, r.reason), (Some(json!(true)), Reason::Static));
+        let r = eval("no-default", json!({}), Kind::Any);
+        assert_eq!((r.value, r.reason), (None, Reason::Default));
+        let r = eval("off", json!({}), Kind::Any);
+        assert_eq!((r.value, r.reason), (None, Reason::Disabled));
+        let r = eval("missing", json!({}), Kind::Any);
+        assert_eq!(r.error.map(|e| e.0), Some(ErrorCode::FlagNotFound));
+        let r = eval("targeted", json!({"email": "x@acme.com"}), Kind::String);
+        assert_eq!(
+            (r.value, r.reason),
+            (Some(json!("#f00")), Reason::TargetingMatch)
+        );
+        let r = eval("targeted", json!({"n": 1}), Kind::String);
+        assert_eq!(
+            r.variant.as_deref(),
+            Some("1"),
+            "a number names variant \"1\""
+        );
+        let r = eval("targeted", json!({"n": 2}), Kind::String);
+        assert_eq!(r.variant.as_deref(), Some("true"));
+        let r = eval("targeted", json!({"n": 3}), Kind::String);
+        assert_eq!(r.error.map(|e| e.0), Some(ErrorCode::General));
+        let r = eval("targeted", json!({}), Kind::String);
+        assert_eq!(
+            (r.variant.as_deref(), r.reason),
+            (Some("blue"), Reason::Default)
+        );
+        assert_eq!(r.metadata["team"], "checkout");
+        assert_eq!(r.metadata["owner"], "ux");
+        assert!(
+            !r.metadata.contains_key("version"),
+            "a null drops the set's value"
+        );
+        let r = eval("broken", json!({}), Kind::Any);
+        assert_eq!(r.error.map(|e| e.0), Some(ErrorCode::ParseError));
+        assert_eq!(set().warnings.len(), 1);
+        let r = eval("static", json!({}), Kind::String);
+        assert_eq!(r.error.map(|e| e.0), Some(ErrorCode::TypeMismatch));
+        let r = eval("numbers", json!({}), Kind::Integer);
+        assert_eq!(r.value, Some(json!(10)), "integers truncate toward zero");
+        let r = eval("numbers", json!({}), Kind::Float);
+        assert_eq!(r.value, Some(json!(10.5)));
+    }
+
+    #[test]
+    fn targeting_sees_flagd_built_ins() {
+        let s = FlagSet::parse(&json!({"flags": {"t": {
+            "state": "ENABLED", "variants": {"k": "k", "late": "late"},
+            "targeting": {"if": [{">": [{"var": "$flagd.timestamp"}, 1]}, {"if": [{"==": [{"var": "$flagd.flagKey"}, "t"]}, "late"]}]}
+        }}}))
+        .unwrap();
+        let r = s.evaluate(
+            "t",
+            &json!({"$flagd": {"flagKey": "spoofed"}}),
+            5,
+            Kind::Any,
+            FractionalVersion::V2,
+        );
+        assert_eq!(
+            r.variant.as_deref(),
+            Some("late"),
+            "attache's $flagd wins over the caller's"
+        );
+    }
+
+    #[test]
+    fn bad_documents_name_the_path() {
+        let err = |doc: Value| FlagSet::parse(&doc).unwrap_err().to_string();
+        assert_eq!(
+            err(json!({"flags": {"f": {"state": "ON", "variants": {"a": 1}}}})),
+            "flags.f.state: must be ENABLED or DISABLED"
+        );
+        assert_eq!(
+            err(
+                json!({"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "b"}}})
+            ),
+            "flags.f.defaultVariant: names no variant: \"b\""
+        );
+        assert_eq!(
+            err(json!({"flags": {"f": {"state": "ENABLED", "variants": {}}}})),
+            "flags.f.variants: must be a non-empty object"
+        );
+        let unresolved = FlagSet::parse(&json!({"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "targeting": {"$ref": "nope"}}}})).unwrap();
+        assert!(
+            unresolved.warnings[0].contains("unknown evaluator"),
+            "{:?}",
+            unresolved.warnings
+        );
+    }
+}
