@@ -1,6 +1,7 @@
 //! Feature flags (specs/feature-flags.md), in progress: flagd's evaluation semantics, built
-//! bottom-up. What exists so far is pure and unit-tested; sources, delivery to the app, OFREP
-//! and routing come next, and `spec.flags` stays reserved in the config until they do.
+//! bottom-up. What exists so far is pure, unit-tested, and passes the flagd testbed's evaluator
+//! runs 1 and 2 (`tests/tests/flagd_testbed.rs`); sources, delivery to the app, OFREP and
+//! routing come next, and `spec.flags` stays reserved in the config until they do.
 //!
 //! - [`murmur3`]: the hash behind `fractional`;
 //! - [`logic`]: JsonLogic compiled once per flag set, with `fractional`, `starts_with` and

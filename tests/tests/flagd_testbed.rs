@@ -1,0 +1,292 @@
+//! The flagd testbed's evaluator suite (specs/feature-flags.md §12.1), run with `cucumber`
+//! against attache's flag evaluator. `$FLAGD_TESTBED` names the testbed; unset, the default is
+//! `../shared/conformance/flagd-testbed` from the project root, and a missing folder is then
+//! skipped with a message (set, it must exist).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use attache_filters::flags::eval::{FlagSet, Kind, Resolution};
+use attache_filters::flags::logic::FractionalVersion;
+use cucumber::gherkin::Step;
+use cucumber::{StatsWriter, World, given, then, when};
+use serde_json::{Map, Value};
+
+/// The flag file of the current run, and its `fractional` version (one run at a time).
+static FLAGS: Mutex<Option<PathBuf>> = Mutex::new(None);
+static VERSION: AtomicU8 = AtomicU8::new(2);
+
+#[derive(Debug, Default, World)]
+struct Eval {
+    set: Option<FlagSet>,
+    kind: Option<Kind>,
+    key: String,
+    default: Value,
+    context: Map<String, Value>,
+    result: Option<Resolution>,
+}
+
+fn load() -> FlagSet {
+    let path = FLAGS.lock().unwrap().clone().expect("a flag file");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    FlagSet::parse(&doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[given(regex = r"^an evaluator$")]
+fn evaluator(w: &mut Eval) {
+    w.set = Some(load());
+}
+
+#[given(regex = r"^a stable flagd provider$")]
+fn provider(w: &mut Eval) {
+    w.set = Some(load());
+}
+
+#[given(regex = r"^an option .*$")]
+fn option(_: &mut Eval) {}
+
+fn kind_of(t: &str) -> Kind {
+    match t {
+        "Boolean" => Kind::Boolean,
+        "String" => Kind::String,
+        "Integer" => Kind::Integer,
+        "Float" => Kind::Float,
+        _ => Kind::Object,
+    }
+}
+
+/// The gherkin parser refuses `\"` in table cells, which the testbed uses inside JSON objects:
+/// feature files are read through a copy with it stood in for by a private-use character, put
+/// back here.
+const QUOTE_STAND_IN: char = '\u{e000}';
+
+fn raw(v: &str) -> String {
+    v.replace(QUOTE_STAND_IN, "\\\"")
+}
+
+/// A cell as a typed JSON value: strings stay raw, objects are JSON after `\"` → `"`.
+fn typed(t: &str, v: &str) -> Value {
+    let v = &raw(v);
+    match t {
+        "Boolean" => Value::Bool(v == "true"),
+        "Integer" => v.parse::<i64>().map_or(Value::Null, Value::from),
+        "Float" => v.parse::<f64>().map_or(Value::Null, Value::from),
+        "Object" => serde_json::from_str(&v.replace("\\\"", "\"")).unwrap_or(Value::Null),
+        _ => Value::String(v.to_owned()),
+    }
+}
+
+#[given(
+    regex = r#"^a (Boolean|String|Integer|Float|Object)-flag with key "([^"]*)" and a (?:fallback|default) value "(.*)"$"#
+)]
+fn flag(w: &mut Eval, t: String, key: String, default: String) {
+    w.kind = Some(kind_of(&t));
+    w.key = key;
+    w.default = typed(&t, &default);
+}
+
+#[given(
+    regex = r#"^a context containing a key "([^"]*)", with type "(String|Integer|Float|Boolean|Object)" and with value "(.*)"$"#
+)]
+fn context_key(w: &mut Eval, key: String, t: String, value: String) {
+    w.context.insert(key, typed(&t, &value));
+}
+
+#[given(regex = r#"^a context containing a targeting key with value "(.*)"$"#)]
+fn targeting_key(w: &mut Eval, value: String) {
+    w.context
+        .insert("targetingKey".into(), Value::String(raw(&value)));
+}
+
+#[given(
+    regex = r#"^a context containing a nested property with outer key "([^"]*)" and inner key "([^"]*)", with value "(.*)"$"#
+)]
+fn nested(w: &mut Eval, outer: String, inner: String, value: String) {
+    let entry = w
+        .context
+        .entry(outer)
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(m) = entry {
+        m.insert(inner, Value::String(raw(&value)));
+    }
+}
+
+#[when(regex = r"^the flag was evaluated with details$")]
+fn evaluated(w: &mut Eval) {
+    let set = w.set.as_ref().expect("an evaluator");
+    let version = match VERSION.load(Ordering::SeqCst) {
+        1 => FractionalVersion::V1,
+        _ => FractionalVersion::V2,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    w.result = Some(set.evaluate(
+        &w.key,
+        &Value::Object(w.context.clone()),
+        now,
+        w.kind.unwrap_or(Kind::Any),
+        version,
+    ));
+}
+
+fn result(w: &Eval) -> &Resolution {
+    w.result.as_ref().expect("an evaluation")
+}
+
+#[then(regex = r#"^the resolved details value should be "(.*)"$"#)]
+fn value(w: &mut Eval, want: String) {
+    let got = result(w).value.clone().unwrap_or_else(|| w.default.clone());
+    let t = match w.kind {
+        Some(Kind::Boolean) => "Boolean",
+        Some(Kind::Integer) => "Integer",
+        Some(Kind::Float) => "Float",
+        Some(Kind::Object) => "Object",
+        _ => "String",
+    };
+    let want = typed(t, &want);
+    match (&got, &want) {
+        (Value::Number(a), Value::Number(b)) => {
+            assert_eq!(a.as_f64(), b.as_f64(), "{:?}", result(w))
+        }
+        _ => assert_eq!(got, want, "{:?}", result(w)),
+    }
+}
+
+#[then(regex = r#"^the reason should be "([^"]*)"$"#)]
+fn reason(w: &mut Eval, want: String) {
+    assert_eq!(result(w).reason.as_str(), want, "{:?}", result(w));
+}
+
+#[then(regex = r#"^the error-code should be "([^"]*)"$"#)]
+fn error_code(w: &mut Eval, want: String) {
+    let got = result(w).error.as_ref().map_or("", |e| e.0.as_str());
+    assert_eq!(got, want, "{:?}", result(w));
+}
+
+#[then(regex = r"^the resolved metadata should contain$")]
+fn metadata(w: &mut Eval, step: &Step) {
+    let table = step.table.as_ref().expect("a table");
+    for row in table.rows.iter().skip(1) {
+        let (key, t, v) = (&row[0], &row[1], &row[2]);
+        let want = typed(t, v);
+        let got = result(w).metadata.get(key).cloned().unwrap_or(Value::Null);
+        match (&got, &want) {
+            (Value::Number(a), Value::Number(b)) => assert_eq!(a.as_f64(), b.as_f64(), "{key}"),
+            _ => assert_eq!(got, want, "{key}"),
+        }
+    }
+}
+
+#[then(regex = r"^the resolved metadata is empty$")]
+fn metadata_empty(w: &mut Eval) {
+    assert!(result(w).metadata.is_empty(), "{:?}", result(w).metadata);
+}
+
+fn tags(f: &cucumber::gherkin::Feature, s: &cucumber::gherkin::Scenario) -> Vec<String> {
+    f.tags.iter().chain(&s.tags).cloned().collect()
+}
+
+/// One run; panics unless every scenario passed and at least one ran.
+async fn run(
+    name: &str,
+    flags: PathBuf,
+    version: u8,
+    features: Vec<PathBuf>,
+    keep: fn(&[String]) -> bool,
+) {
+    *FLAGS.lock().unwrap() = Some(flags);
+    VERSION.store(version, Ordering::SeqCst);
+    let mut ran = 0;
+    let mut failed = 0;
+    let copies = attache_tests::TempDir::new();
+    for feature in features {
+        let text = std::fs::read_to_string(&feature)
+            .unwrap_or_else(|e| panic!("{}: {e}", feature.display()));
+        let feature = if text.contains("\\\"") {
+            let name = feature.file_name().unwrap().to_string_lossy().into_owned();
+            copies.write(&name, &text.replace("\\\"", &QUOTE_STAND_IN.to_string()))
+        } else {
+            feature
+        };
+        let summary = Eval::cucumber()
+            .with_cli(cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty>::default())
+            .max_concurrent_scenarios(1)
+            .filter_run(feature, move |f, _, s| keep(&tags(f, s)))
+            .await;
+        ran += summary.scenarios_stats().passed + summary.scenarios_stats().failed;
+        failed += summary.scenarios_stats().failed + summary.scenarios_stats().skipped;
+        failed += summary.parsing_errors() + summary.hook_errors();
+    }
+    assert_eq!(
+        failed, 0,
+        "run {name}: {failed} scenarios failed or were skipped"
+    );
+    assert!(ran > 0, "run {name}: no scenario ran");
+    println!("run {name}: {ran} scenarios passed");
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let testbed = match std::env::var_os("FLAGD_TESTBED") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let default = root.join("../shared/conformance/flagd-testbed");
+            if !default.exists() {
+                println!(
+                    "flagd testbed not found at {}; skipped (set FLAGD_TESTBED)",
+                    default.display()
+                );
+                return;
+            }
+            default
+        }
+    };
+    assert!(
+        testbed.exists(),
+        "FLAGD_TESTBED={} does not exist",
+        testbed.display()
+    );
+    let evaluator = testbed.join("evaluator");
+    let kit = evaluator.join("flags/testkit-flags.json");
+    let features = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| evaluator.join(format!("gherkin/{n}.feature")))
+            .collect::<Vec<_>>()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        run(
+            "1 (v2)",
+            kit.clone(),
+            2,
+            features(&[
+                "disabled",
+                "errors",
+                "evaluation",
+                "evaluator-refs",
+                "fractional",
+                "metadata",
+                "no-default-variant",
+                "semver",
+                "string",
+                "targeting",
+                "zero-values",
+            ]),
+            |t| {
+                !t.iter()
+                    .any(|t| t == "fractional-v1" || t == "fractional-v3")
+            },
+        )
+        .await;
+        run("2 (v1)", kit, 1, features(&["fractional"]), |t| {
+            t.iter().any(|t| t == "fractional-v1")
+        })
+        .await;
+    });
+}
