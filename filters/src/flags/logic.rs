@@ -12,6 +12,8 @@ pub enum FractionalVersion {
     V1,
     #[default]
     V2,
+    /// flagd's non-string hashing: the deterministic CBOR of the value is hashed.
+    V3,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -516,26 +518,61 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
     }
 }
 
-/// §4.1, versions 1 and 2.
+/// §4.1.
 fn fractional(args: &[Value], s: &Scope<'_>) -> Value {
     if args.is_empty() {
         return Value::Null;
     }
-    let (key, buckets): (String, &[Value]) = match &args[0] {
-        Value::String(k) => (k.clone(), &args[1..]),
+    let (key, buckets): (Vec<u8>, &[Value]) = if s.fractional == FractionalVersion::V3 {
+        match &args[0] {
+            Value::Array(_) => {
+                let flag = var(s.data, &Value::String("$flagd.flagKey".into()));
+                let target = var(s.data, &Value::String("targetingKey".into()));
+                let (Some(flag @ Value::String(_)), Some(target @ Value::String(_))) =
+                    (flag, target)
+                else {
+                    return Value::Null;
+                };
+                let mut key = Vec::new();
+                super::cbor::encode(&Value::Array(vec![flag, target]), &mut key);
+                (key, args)
+            }
+            Value::Null => return Value::Null,
+            first => {
+                let mut key = Vec::new();
+                super::cbor::encode(first, &mut key);
+                (key, &args[1..])
+            }
+        }
+    } else {
+        match legacy_key(args, s) {
+            Some(k) => k,
+            None => return Value::Null,
+        }
+    };
+    buckets_pick(&key, buckets, s.fractional)
+}
+
+/// v1 and v2: a string first argument is the bucketing value; otherwise flagKey + targetingKey.
+fn legacy_key<'a>(args: &'a [Value], s: &Scope<'_>) -> Option<(Vec<u8>, &'a [Value])> {
+    Some(match &args[0] {
+        Value::String(k) => (k.clone().into_bytes(), &args[1..]),
         first => {
             let flag = var(s.data, &Value::String("$flagd.flagKey".into()));
             let target = var(s.data, &Value::String("targetingKey".into()));
             let (Some(Value::String(flag)), Some(Value::String(target))) = (flag, target) else {
-                return Value::Null;
+                return None;
             };
             if target.is_empty() {
-                return Value::Null;
+                return None;
             }
             let rest = if first.is_null() { &args[1..] } else { args };
-            (format!("{flag}{target}"), rest)
+            (format!("{flag}{target}").into_bytes(), rest)
         }
-    };
+    })
+}
+
+fn buckets_pick(key: &[u8], buckets: &[Value], version: FractionalVersion) -> Value {
     let mut parsed: Vec<(&Value, u64)> = Vec::with_capacity(buckets.len());
     for b in buckets {
         let Value::Array(pair) = b else {
@@ -564,9 +601,9 @@ fn fractional(args: &[Value], s: &Scope<'_>) -> Value {
     if parsed.is_empty() || total == 0 || total > 2_147_483_647 {
         return Value::Null;
     }
-    let h = murmur3_x86_32(key.as_bytes(), 0);
-    match s.fractional {
-        FractionalVersion::V2 => {
+    let h = murmur3_x86_32(key, 0);
+    match version {
+        FractionalVersion::V2 | FractionalVersion::V3 => {
             let bucket = (u64::from(h) * total) >> 32;
             let mut end = 0;
             for (variant, w) in parsed {
@@ -722,7 +759,11 @@ mod tests {
             run_v(rule.clone(), data.clone(), FractionalVersion::V2),
             json!("hearts")
         );
-        assert_eq!(run_v(rule, data, FractionalVersion::V1), json!("spades"));
+        assert_eq!(
+            run_v(rule.clone(), data.clone(), FractionalVersion::V1),
+            json!("spades")
+        );
+        assert_eq!(run_v(rule, data, FractionalVersion::V3), json!("diamonds"));
         // The shorthand buckets flagKey + targetingKey.
         let rule = json!({"fractional": [["v2", 10], ["v1", 90]]});
         let ctx = |k: &str| json!({"targetingKey": k, "$flagd": {"flagKey": "checkout-version"}});

@@ -3,12 +3,13 @@
 //! runs 1 and 2 (`tests/tests/flagd_testbed.rs`); sources, delivery to the app, OFREP and
 //! routing come next, and `spec.flags` stays reserved in the config until they do.
 //!
-//! - [`murmur3`]: the hash behind `fractional`;
+//! - [`murmur3`]: the hash behind `fractional`; [`cbor`]: what its v3 hashes;
 //! - [`logic`]: JsonLogic compiled once per flag set, with `fractional`, `starts_with` and
 //!   `ends_with`; [`semver`]: `sem_ver`;
 //! - [`eval`]: flagd documents (`$evaluators`/`$ref`, metadata) and evaluation with flagd's
 //!   reasons and error codes.
 
+pub mod cbor;
 pub mod eval;
 pub mod logic;
 pub mod murmur3;
