@@ -282,16 +282,12 @@ impl FlagSet {
             },
             Some(Err(e)) => return Resolution::error(ErrorCode::ParseError, e.clone(), metadata),
             Some(Ok(rule)) => {
-                let mut data = match context {
-                    Value::Object(m) => m.clone(),
-                    _ => Map::new(),
-                };
-                data.insert(
-                    "$flagd".into(),
-                    serde_json::json!({"flagKey": key, "timestamp": now}),
-                );
                 let out = rule.eval(&Scope {
-                    data: &Value::Object(data),
+                    data: context,
+                    flagd: Some(logic::Flagd {
+                        flag_key: key,
+                        timestamp: now,
+                    }),
                     fractional,
                 });
                 match out {

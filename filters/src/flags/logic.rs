@@ -139,7 +139,38 @@ pub fn compile(v: &Value) -> Result<Rule, CompileError> {
 /// What a rule runs against.
 pub struct Scope<'a> {
     pub data: &'a Value,
+    /// flagd's built-ins, `$flagd.flagKey` and `$flagd.timestamp`, which shadow any caller
+    /// value at `$flagd` (top level only: inside `map` and friends the data is the item).
+    pub flagd: Option<Flagd<'a>>,
     pub fractional: FractionalVersion,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Flagd<'a> {
+    pub flag_key: &'a str,
+    pub timestamp: u64,
+}
+
+impl Scope<'_> {
+    /// `var` with the built-ins overlaid.
+    fn lookup(&self, path: &Value) -> Option<Value> {
+        if let (Some(f), Value::String(p)) = (self.flagd, path)
+            && let Some(rest) = p.strip_prefix("$flagd")
+        {
+            match rest {
+                "" => {
+                    return Some(
+                        serde_json::json!({"flagKey": f.flag_key, "timestamp": f.timestamp}),
+                    );
+                }
+                ".flagKey" => return Some(Value::String(f.flag_key.to_owned())),
+                ".timestamp" => return Some(Value::from(f.timestamp)),
+                r if r.starts_with('.') => return None,
+                _ => {}
+            }
+        }
+        var(self.data, path)
+    }
 }
 
 pub fn truthy(v: &Value) -> bool {
@@ -291,7 +322,7 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
     match op {
         Op::Var => {
             let path = arg(0);
-            var(s.data, &path)
+            s.lookup(&path)
                 .filter(|v| !v.is_null())
                 .unwrap_or_else(|| arg(1))
         }
@@ -302,7 +333,7 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
             }
             Value::Array(
                 keys.into_iter()
-                    .filter(|k| var(s.data, k).is_none_or(|v| v.is_null() || v == ""))
+                    .filter(|k| s.lookup(k).is_none_or(|v| v.is_null() || v == ""))
                     .collect(),
             )
         }
@@ -313,7 +344,7 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
             };
             let missing: Vec<Value> = keys
                 .iter()
-                .filter(|k| var(s.data, k).is_none_or(|v| v.is_null() || v == ""))
+                .filter(|k| s.lookup(k).is_none_or(|v| v.is_null() || v == ""))
                 .cloned()
                 .collect();
             if (keys.len() - missing.len()) as f64 >= need {
@@ -432,6 +463,7 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
             let each = |item: &Value| {
                 rule.eval(&Scope {
                     data: item,
+                    flagd: None,
                     fractional: s.fractional,
                 })
             };
@@ -459,6 +491,7 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
                 ctx.insert("accumulator".into(), acc);
                 acc = rule.eval(&Scope {
                     data: &Value::Object(ctx),
+                    flagd: None,
                     fractional: s.fractional,
                 });
             }
@@ -526,7 +559,7 @@ fn fractional(args: &[Value], s: &Scope<'_>) -> Value {
     let (key, buckets): (Vec<u8>, &[Value]) = if s.fractional == FractionalVersion::V3 {
         match &args[0] {
             Value::Array(_) => {
-                let flag = var(s.data, &Value::String("$flagd.flagKey".into()));
+                let flag = s.lookup(&Value::String("$flagd.flagKey".into()));
                 let target = var(s.data, &Value::String("targetingKey".into()));
                 let (Some(flag @ Value::String(_)), Some(target @ Value::String(_))) =
                     (flag, target)
@@ -558,7 +591,7 @@ fn legacy_key<'a>(args: &'a [Value], s: &Scope<'_>) -> Option<(Vec<u8>, &'a [Val
     Some(match &args[0] {
         Value::String(k) => (k.clone().into_bytes(), &args[1..]),
         first => {
-            let flag = var(s.data, &Value::String("$flagd.flagKey".into()));
+            let flag = s.lookup(&Value::String("$flagd.flagKey".into()));
             let target = var(s.data, &Value::String("targetingKey".into()));
             let (Some(Value::String(flag)), Some(Value::String(target))) = (flag, target) else {
                 return None;
@@ -638,8 +671,16 @@ mod tests {
     }
 
     fn run_v(rule: Value, data: Value, v: FractionalVersion) -> Value {
+        let key = data
+            .pointer("/$flagd/flagKey")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         compile(&rule).unwrap().eval(&Scope {
             data: &data,
+            flagd: key.as_deref().map(|flag_key| Flagd {
+                flag_key,
+                timestamp: 0,
+            }),
             fractional: v,
         })
     }
