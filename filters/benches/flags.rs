@@ -2,13 +2,15 @@
 //! `cargo bench -p attache-filters --bench flags`.
 //!
 //! Targets: a static flag under 200 ns; a three-condition targeting rule under 2 µs;
-//! `fractional` under 1 µs.
+//! `fractional` under 1 µs; loading (parsing, compiling and swapping in) 1,000 flags under
+//! 50 ms.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use attache_filters::flags::eval::{FlagSet, Kind};
 use attache_filters::flags::logic::FractionalVersion;
+use attache_filters::flags::store::FlagStore;
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
@@ -83,11 +85,41 @@ fn flags(c: &mut Criterion) {
     });
 }
 
+/// 1,000 flags, a third static, a third targeted, a third fractional.
+fn thousand() -> serde_json::Value {
+    let mut flags = serde_json::Map::new();
+    for i in 0..1000 {
+        let targeting = match i % 3 {
+            0 => json!({}),
+            1 => json!({"if": [{"and": [
+                {"ends_with": [{"var": "email"}, "@acme.com"]},
+                {"in": [{"var": "plan"}, ["pro", "enterprise"]]},
+                {"sem_ver": [{"var": "app_version"}, ">=", "2.1.0"]}
+            ]}, "on", null]}),
+            _ => json!({"fractional": [["on", 10], ["off", 90]]}),
+        };
+        flags.insert(
+            format!("flag-{i}"),
+            json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+                   "defaultVariant": "off", "targeting": targeting}),
+        );
+    }
+    json!({ "flags": flags })
+}
+
+fn reload(c: &mut Criterion) {
+    let doc = thousand();
+    let store = FlagStore::new(1);
+    c.bench_function("load 1,000 flags", |b| {
+        b.iter(|| black_box(store.update(0, black_box(&doc))))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    targets = flags
+    targets = flags, reload
 }
 criterion_main!(benches);

@@ -6,6 +6,7 @@
 //! - [`murmur3`]: the hash behind `fractional`; [`cbor`]: what its v3 hashes;
 //! - [`logic`]: JsonLogic compiled once per flag set, with `fractional`, `starts_with` and
 //!   `ends_with`; [`semver`]: `sem_ver`;
+//! - [`store`]: the merged snapshot of every source, swapped atomically, last good kept;
 //! - [`eval`]: flagd documents (`$evaluators`/`$ref`, metadata) and evaluation with flagd's
 //!   reasons and error codes.
 
@@ -14,3 +15,4 @@ pub mod eval;
 pub mod logic;
 pub mod murmur3;
 pub mod semver;
+pub mod store;
