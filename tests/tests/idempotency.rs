@@ -729,6 +729,11 @@ async fn event(a: &Attache, path: &str, headers: &[(&str, &str)], body: &str) ->
     .unwrap()
 }
 
+/// A binary-mode event: `ce-source` and `ce-id` headers.
+async fn binary_event(a: &Attache, path: &str, source: &str, id: &str, body: &str) -> Got {
+    event(a, path, &[("ce-source", source), ("ce-id", id)], body).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudevents_routes_use_source_and_id() {
     let app = App::start("app").await;
@@ -765,18 +770,12 @@ async fn cloudevents_routes_use_source_and_id() {
     )
     .await;
     assert!(replayed(&structured), "structured copy of the same event");
-    let other = event(&a, "/events", &[("ce-source", "/b"), ("ce-id", "1")], "{}").await;
+    let other = binary_event(&a, "/events", "/b", "1", "{}").await;
     assert!(!replayed(&other));
     assert_eq!(app.hits(), 2);
 
     // Case 40: percent-decoding, invalid UTF-8, batches, missing identity.
-    event(
-        &a,
-        "/events",
-        &[("ce-source", "/a"), ("ce-id", "2%20")],
-        "{}",
-    )
-    .await;
+    binary_event(&a, "/events", "/a", "2%20", "{}").await;
     let same = event(
         &a,
         "/events",
@@ -785,13 +784,7 @@ async fn cloudevents_routes_use_source_and_id() {
     )
     .await;
     assert!(replayed(&same));
-    let bad = event(
-        &a,
-        "/events",
-        &[("ce-source", "/a"), ("ce-id", "%C0%A0")],
-        "{}",
-    )
-    .await;
+    let bad = binary_event(&a, "/events", "/a", "%C0%A0", "{}").await;
     assert_problem(&bad, 400, "idempotency-key-invalid");
     let missing = event(&a, "/events", &[("ce-source", "/a")], "{}").await;
     assert_problem(&missing, 400, "idempotency-key-missing");
@@ -809,28 +802,10 @@ async fn cloudevents_routes_use_source_and_id() {
     assert_eq!(app.hits(), hits + 2, "batches pass unrecorded");
 
     // Case 41: another payload for the same event replays; with strict it mismatches.
-    let payload = event(
-        &a,
-        "/events",
-        &[("ce-source", "/a"), ("ce-id", "1")],
-        "{\"other\":1}",
-    )
-    .await;
+    let payload = binary_event(&a, "/events", "/a", "1", "{\"other\":1}").await;
     assert!(replayed(&payload));
-    event(
-        &a,
-        "/strict-events",
-        &[("ce-source", "/s"), ("ce-id", "1")],
-        "{}",
-    )
-    .await;
-    let strict = event(
-        &a,
-        "/strict-events",
-        &[("ce-source", "/s"), ("ce-id", "1")],
-        "{\"other\":1}",
-    )
-    .await;
+    binary_event(&a, "/strict-events", "/s", "1", "{}").await;
+    let strict = binary_event(&a, "/strict-events", "/s", "1", "{\"other\":1}").await;
     assert_problem(&strict, 422, "idempotency-key-reused");
 }
 
