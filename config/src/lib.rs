@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod flags;
 mod idempotency;
 mod model;
 mod telemetry;
@@ -23,6 +24,7 @@ use std::path::Path;
 use serde_json::Value;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use flags::*;
 pub use idempotency::*;
 pub use model::*;
 pub use telemetry::*;
@@ -30,7 +32,15 @@ pub use types::{ByteSize, Duration, ListenAddr, Scheme, UpstreamUrl};
 
 /// Sections of the design that later versions of attache fill in. Naming one today gets a
 /// clear "not available yet" instead of a puzzling "unknown field".
-const RESERVED_SECTIONS: &[&str] = &["spec.flags", "spec.rate_limits"];
+const RESERVED_SECTIONS: &[&str] = &["spec.rate_limits"];
+
+/// Reads a YAML or JSON document (a flag file, say) into JSON, without `${VAR}`
+/// interpolation; errors carry the line and column.
+pub fn parse_document(text: &str) -> Result<Value, ConfigError> {
+    let root = yaml::parse(text)?;
+    let mut index = yaml::PosIndex::default();
+    Ok(yaml::to_json(&root, "", None, &mut index))
+}
 
 /// Loads and validates a config file (YAML or JSON, `${VAR}` from the process environment).
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {

@@ -85,6 +85,9 @@ pub struct Spec {
     /// Idempotency-Key enforcement (specs/idempotency.md); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency: Option<crate::idempotency::Idempotency>,
+    /// Feature flags in flagd's format (specs/feature-flags.md); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<crate::flags::Flags>,
     /// Spans and their export, metrics and the access log (specs/trace-context.md §8–§11).
     #[serde(default)]
     pub telemetry: crate::telemetry::Telemetry,

@@ -105,11 +105,11 @@ spec:
 #[test]
 fn missing_and_reserved_sections() {
     let errs =
-        errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  flags: {}\n  inbound: {}\n");
+        errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  rate_limits: {}\n  inbound: {}\n");
     assert_eq!(
         errs,
         [
-            "spec.flags: `flags` is not available in this version of attache yet at line 4, column 3",
+            "spec.rate_limits: `rate_limits` is not available in this version of attache yet at line 4, column 3",
             "spec.inbound: missing required field `app` at line 5, column 12",
         ]
     );
@@ -548,4 +548,70 @@ fn idempotency_settings_are_validated_and_resolved_per_route() {
     assert_eq!(p[1].methods, ["POST", "PATCH"]);
     assert_eq!(p[1].mismatch_status, 422);
     assert_eq!(p[1].release_statuses, [401, 403, 407, 408, 425, 429]);
+}
+
+#[test]
+fn flags_validation_names_each_field() {
+    let errs = errors(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+metadata: {name: shop}
+spec:
+  inbound: {app: http://127.0.0.1:8080}
+  upstreams:
+    checkout: {endpoints: [http://127.0.0.1:9000]}
+  flags:
+    sources:
+      - {file: /f.json, url: http://x/}
+      - {url: ftp://x/}
+    context:
+      targeting_key: [{header: x-user, cookie: uid}]
+      attributes: [{header: x-plan, as: request.plan}, {baggage: t, as: targetingKeyX}]
+    deliver:
+      flags: [New_Checkout, new-checkout]
+    trust_upstream_decisions: true
+    routes:
+      - {upstream: payments, flag: v, variants: {v2: checkout-v2}}
+      - {upstream: app, flag: v, variants: {v2: checkout}}
+    ofrep: {listen: 127.0.0.1:15006}
+",
+    );
+    let expected = [
+        "spec.flags.sources[0]: a source is exactly one of `file: PATH` or `url: URL`",
+        "spec.flags.sources[1].url: \"ftp://x/\" is not an http:// or https:// URL",
+        "spec.flags.context.targeting_key[0]: name exactly one of `header`, `cookie`, `query` or `baggage`",
+        "spec.flags.context.attributes[0].as: \"request.plan\" is reserved",
+        "spec.flags.context.attributes[1].as: \"targetingKeyX\" is reserved",
+        "spec.flags.deliver.flags[1]: `new-checkout` and `New_Checkout` both map to the header x-flag-new-checkout",
+        "spec.flags.trusted_peers: trust_upstream_decisions is true but no peer is trusted",
+        "spec.flags.routes[0].upstream: upstream `payments` is not defined",
+        "spec.flags.routes[0].variants.v2: upstream `checkout-v2` is not defined",
+        "spec.flags.ofrep.listen: listen address 127.0.0.1:15006 clashes with `spec.inbound.listen`",
+    ];
+    for e in expected {
+        assert!(
+            errs.iter().any(|got| got.starts_with(e)),
+            "missing {e:?} in {errs:#?}"
+        );
+    }
+    let errs = errors(
+        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  inbound: {app: http://127.0.0.1:8080}\n  flags: {sorces: []}\n",
+    );
+    assert!(
+        errs[0].starts_with("spec.flags.sorces: unknown field `sorces`; did you mean `sources`?"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn flags_cidrs() {
+    let c: crate::Cidr = "10.0.0.0/8".parse().unwrap();
+    assert!(c.contains("10.2.3.4".parse().unwrap()));
+    assert!(!c.contains("11.0.0.1".parse().unwrap()));
+    assert!(c.contains("::ffff:10.0.0.9".parse().unwrap()), "v4-mapped v6");
+    let one: crate::Cidr = "127.0.0.1".parse().unwrap();
+    assert_eq!(one.prefix, 32);
+    assert!("10.0.0.0/33".parse::<crate::Cidr>().is_err());
+    let all: crate::Cidr = "0.0.0.0/0".parse().unwrap();
+    assert!(all.contains("8.8.8.8".parse().unwrap()));
 }

@@ -39,7 +39,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
 
 #[derive(Debug, thiserror::Error)]
 enum AdminError {
-    #[error("no admin endpoint at {0}; try /live, /ready, /metrics or /config")]
+    #[error("no admin endpoint at {0}; try /live, /ready, /metrics, /config or /flags")]
     NotFound(String),
     #[error("use GET")]
     Method,
@@ -77,6 +77,11 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 text(StatusCode::OK, "ready\n")
             } else if shared.draining.load(std::sync::atomic::Ordering::Acquire) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if !shared.flags_ready() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "waiting for flag sources (see /flags)\n",
+                )
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
             }
@@ -97,12 +102,29 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             res
         }
         "/config" => config(shared),
+        "/flags" => match &shared.snapshot.load().flags {
+            Some(f) => json(&f.admin()),
+            None => problem_response(&AdminError::NotFound(
+                "/flags (spec.flags is not configured)".to_owned(),
+            )),
+        },
         "/" => text(
             StatusCode::OK,
-            "attache admin: /live /ready /metrics /config\n",
+            "attache admin: /live /ready /metrics /config /flags\n",
         ),
         other => problem_response(&AdminError::NotFound(other.to_owned())),
     }
+}
+
+fn json(doc: &serde_json::Value) -> Response<Body> {
+    let mut res = Response::new(attache_filters::full(
+        serde_json::to_vec_pretty(doc).unwrap_or_default(),
+    ));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 fn config(shared: &Shared) -> Response<Body> {

@@ -12,6 +12,7 @@ const EXAMPLES: &str = "\
 Examples:
   attache dev                                  # demo app behind attache on 127.0.0.1:15006
   attache dev --app http://127.0.0.1:3000      # your app behind attache
+  attache dev --flags flags.json               # flags (flagd format) as x-flag-* headers + OFREP
   attache run -c /etc/attache/config.yaml      # as a sidecar, from a config file
   attache validate -c config.yaml              # check a file, list every error
   attache schema > schema.json                 # JSON schema for editors
@@ -66,6 +67,14 @@ enum Command {
         /// memory.
         #[arg(long)]
         redis: Option<String>,
+        /// A flag file in flagd's format (JSON or YAML), watched for changes; every flag is
+        /// delivered to the app as an `x-flag-<key>` header and served over OFREP
+        /// [default: ./flags.json when it exists].
+        #[arg(long)]
+        flags: Option<PathBuf>,
+        /// Where OFREP is served when flags are loaded [default: 127.0.0.1:8016].
+        #[arg(long)]
+        ofrep: Option<ListenAddr>,
     },
     /// Check config files; prints every error and exits 1 if any file is invalid.
     Validate {
@@ -101,6 +110,8 @@ pub fn main() -> ExitCode {
             admin,
             config,
             redis,
+            flags,
+            ofrep,
         } => {
             logging::init(cli.log_format);
             // Without --app (and without an app in the file), the demo app is started and its
@@ -147,6 +158,36 @@ pub fn main() -> ExitCode {
                             .unwrap_or_else(|_| "attache-dev".to_owned()),
                     );
                 }
+            }
+            // Flags with no setup: ./flags.json (or --flags FILE), every flag delivered as a
+            // header and in x-flags, OFREP on its usual port.
+            let flag_file = flags.or_else(|| {
+                let default = PathBuf::from("flags.json");
+                default.is_file().then_some(default)
+            });
+            if let Some(file) = flag_file {
+                let f = c.spec.flags.get_or_insert_with(|| attache_config::Flags {
+                    deliver: attache_config::Deliver {
+                        flags: vec!["*".to_owned()],
+                        combined_header: Some("x-flags".to_owned()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                });
+                f.sources.push(attache_config::FlagSource {
+                    file: Some(file.display().to_string()),
+                    url: None,
+                    poll_interval: attache_config::Duration(std::time::Duration::from_secs(30)),
+                    timeout: attache_config::Duration(std::time::Duration::from_secs(10)),
+                    headers: Default::default(),
+                    optional: false,
+                });
+            }
+            if let (Some(addr), Some(f)) = (ofrep, c.spec.flags.as_mut()) {
+                f.ofrep = Some(attache_config::Ofrep {
+                    listen: addr,
+                    ..Default::default()
+                });
             }
             serve(cli.workers, c, config, demo, true)
         }
@@ -203,7 +244,11 @@ fn serve(
             }
             let listen = config.spec.inbound.as_ref().map(|i| i.listen.to_string()).unwrap_or_default();
             tracing::info!(app = %addr, "no --app given: started the demo app, which echoes what it receives");
-            eprintln!("\n  attache dev is proxying http://{listen} -> demo app (JSON echo)\n  try:  curl -s http://{listen}/hello\n        curl -s http://{}/metrics\n", config.spec.admin.listen);
+            eprintln!("\n  attache dev is proxying http://{listen} -> demo app (JSON echo)\n  try:  curl -s http://{listen}/hello\n        curl -s http://{}/metrics", config.spec.admin.listen);
+            if let Some(o) = config.spec.flags.as_ref().and_then(|f| f.ofrep.as_ref()) {
+                eprintln!("        curl -s -X POST http://{}/ofrep/v1/evaluate/flags", o.listen);
+            }
+            eprintln!();
         }
         if let Err(e) = config.check() {
             anyhow::bail!("{e}");

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use attache_config::{ForwardedHeaders, Protocol, Timeouts, UpstreamUrl};
 use attache_filters::Body;
 use attache_filters::errors::{Problem, ProxyError, error_chain, problem_response};
+use attache_filters::flags::request::RouteTarget;
 use attache_filters::telemetry::span::UpstreamInfo;
 use attache_filters::telemetry::{Direction, Metrics};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -155,12 +156,16 @@ pub struct Leg {
     pub rewrite_host: bool,
 }
 
+/// Upstreams a flag route may pick instead of a leg's own (specs/feature-flags.md §9).
+pub type Routed = std::collections::HashMap<Arc<str>, Arc<Target>>;
+
 /// The tower service at the bottom of a stack.
 #[derive(Clone)]
 pub struct Forward {
     target: Arc<Target>,
     metrics: Arc<Metrics>,
     leg: Leg,
+    routed: Arc<Routed>,
 }
 
 impl Forward {
@@ -169,7 +174,13 @@ impl Forward {
             target,
             metrics,
             leg,
+            routed: Arc::default(),
         }
+    }
+
+    pub fn routed(mut self, routed: Arc<Routed>) -> Self {
+        self.routed = routed;
+        self
     }
 }
 
@@ -189,7 +200,12 @@ impl tower::Service<Request<Body>> for Forward {
 }
 
 impl Forward {
-    async fn forward(self, mut req: Request<Body>) -> Response<Body> {
+    async fn forward(mut self, mut req: Request<Body>) -> Response<Body> {
+        if let Some(RouteTarget(name)) = req.extensions().get::<RouteTarget>()
+            && let Some(target) = self.routed.get(name)
+        {
+            self.target = target.clone();
+        }
         if req.method() == http::Method::CONNECT {
             return problem_response(&ProxyError::BadRequest(
                 "CONNECT is not supported on this listener".into(),

@@ -5,7 +5,8 @@
 //! 2. trace_context: continue or start the trace, rewrite trace headers
 //! 3. telemetry: metrics, the SERVER span and the access log, around everything below
 //! 4. ratelimit (to come)
-//! 5. flags (to come: specs/feature-flags.md)
+//! 5. flags: evaluate for the app, deliver as headers and baggage, route by variant
+//!    (specs/feature-flags.md)
 //! 6. idempotency: Idempotency-Key enforcement (specs/idempotency.md)
 //! 7. forward to the app
 //!
@@ -15,22 +16,21 @@
 use std::sync::Arc;
 
 use attache_config::{Config, Inbound};
-use attache_filters::telemetry::{Direction, Metrics, ObserveLayer};
+use attache_filters::telemetry::{Direction, Metrics};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use crate::forward::{Forward, Leg, Target};
 use crate::limits::LimitsLayer;
-use crate::snapshot::{Restoration, Stack};
+use crate::snapshot::{Restoration, Stack, Steps};
 
 pub fn stack(
     config: &Config,
     inbound: &Inbound,
     app: Arc<Target>,
     metrics: &Arc<Metrics>,
-    observe: ObserveLayer,
     restoration: Option<&Restoration>,
-    idempotency: Option<attache_filters::idempotency::IdempotencyLayer>,
+    steps: Steps,
 ) -> Stack {
     let leg = Leg {
         direction: Direction::Inbound,
@@ -39,7 +39,7 @@ pub fn stack(
     };
     let svc = ServiceBuilder::new()
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
-        .layer(observe)
+        .layer(steps.observe)
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
         .option_layer(crate::snapshot::propagation(
             config,
@@ -48,7 +48,8 @@ pub fn stack(
             metrics,
             restoration,
         ))
-        .option_layer(idempotency)
-        .service(Forward::new(app, metrics.clone(), leg));
+        .option_layer(steps.flags)
+        .option_layer(steps.idempotency)
+        .service(Forward::new(app, metrics.clone(), leg).routed(steps.routed));
     BoxCloneSyncService::new(svc)
 }

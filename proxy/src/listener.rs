@@ -148,6 +148,11 @@ async fn serve(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared: A
     if snap.config.spec.admin.listen.0 == local {
         return admin::serve(stream, shared).await;
     }
+    if let Some((_, ofrep)) = snap.ofrep.as_ref().filter(|o| o.0 == local) {
+        let ofrep = ofrep.clone();
+        drop(snap);
+        return crate::flags::serve_ofrep(stream, shared, ofrep).await;
+    }
     let Some(role) = snap.listeners.get(&local).cloned() else {
         // The listener was removed between accept and now.
         return;

@@ -8,6 +8,7 @@ mod body;
 mod cli;
 mod conn;
 mod demo;
+mod flags;
 mod forward;
 mod idempotency;
 mod inbound;

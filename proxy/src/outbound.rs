@@ -5,7 +5,8 @@
 //! 2. trace_context: continue the app's trace (or start one), restore the context the app
 //!    did not forward, rewrite trace headers
 //! 3. telemetry: metrics, the CLIENT span and the access log
-//! 4. ratelimit: quotas protecting dependencies (to come)
+//! 4. flags: routing by a flag's variant (the app's baggage decisions are trusted)
+//! 5. ratelimit: quotas protecting dependencies (to come)
 //! 5. timeouts, retries, circuit breaking (timeouts now; the rest to come)
 //! 6. load balancing over endpoints (round robin now) → connection pool → upstream
 //!
@@ -15,21 +16,21 @@
 use std::sync::Arc;
 
 use attache_config::{Config, ForwardedHeaders, Outbound};
-use attache_filters::telemetry::{Direction, Metrics, ObserveLayer};
+use attache_filters::telemetry::{Direction, Metrics};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use crate::forward::{Forward, Leg, Target};
 use crate::limits::LimitsLayer;
-use crate::snapshot::{Restoration, Stack};
+use crate::snapshot::{Restoration, Stack, Steps};
 
 pub fn stack(
     config: &Config,
     listener: &Outbound,
     upstream: Arc<Target>,
     metrics: &Arc<Metrics>,
-    observe: ObserveLayer,
     restoration: Option<&Restoration>,
+    steps: Steps,
 ) -> Stack {
     let leg = Leg {
         direction: Direction::Outbound,
@@ -38,7 +39,7 @@ pub fn stack(
     };
     let svc = ServiceBuilder::new()
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
-        .layer(observe)
+        .layer(steps.observe)
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
         .option_layer(crate::snapshot::propagation(
             config,
@@ -47,6 +48,7 @@ pub fn stack(
             metrics,
             restoration,
         ))
-        .service(Forward::new(upstream, metrics.clone(), leg));
+        .option_layer(steps.flags)
+        .service(Forward::new(upstream, metrics.clone(), leg).routed(steps.routed));
     BoxCloneSyncService::new(svc)
 }

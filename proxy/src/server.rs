@@ -23,6 +23,7 @@ pub struct Shared {
     pub clients: Clients,
     pub telemetry: Telemetry,
     pub stores: crate::idempotency::Stores,
+    pub flags: crate::flags::Flags,
     pub tracker: Arc<Tracker>,
     /// Flips to true when drain starts; every connection then shuts down gracefully.
     pub shutdown: watch::Sender<bool>,
@@ -45,7 +46,18 @@ pub struct ReloadStatus {
 
 impl Shared {
     pub fn is_ready(&self) -> bool {
-        self.started.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        self.started.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && self.flags_ready()
+    }
+
+    /// Every required flag source has loaded once (true without `spec.flags`).
+    pub fn flags_ready(&self) -> bool {
+        self.snapshot
+            .load()
+            .flags
+            .as_ref()
+            .is_none_or(|f| f.ready())
     }
 
     /// Compiles `config`, binds any new listen addresses, swaps the snapshot in and stops
@@ -57,6 +69,7 @@ impl Shared {
             &self.clients,
             &self.telemetry,
             &self.stores,
+            &self.flags,
         )?;
         self.install(Arc::new(snap))
     }
@@ -71,6 +84,7 @@ impl Shared {
         for (addr, _) in &bound {
             let what = match snap.listeners.get(addr) {
                 Some(role) => role.direction().as_str(),
+                None if snap.ofrep.as_ref().is_some_and(|o| o.0 == *addr) => "ofrep",
                 None => "admin",
             };
             tracing::info!(%addr, role = what, "listening");
@@ -90,8 +104,9 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     let telemetry = Telemetry::new(metrics.clone(), dev);
     crate::idempotency::refuse_evicting_redis(&config).await?;
     let stores = crate::idempotency::Stores::default();
+    let flags = crate::flags::Flags::new(metrics.clone());
     let snapshot = Arc::new(Snapshot::build(
-        config, &metrics, &clients, &telemetry, &stores,
+        config, &metrics, &clients, &telemetry, &stores, &flags,
     )?);
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::new(snapshot.clone()),
@@ -99,6 +114,7 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
         clients,
         telemetry,
         stores,
+        flags,
         tracker: Arc::new(Tracker::default()),
         shutdown: watch::Sender::new(false),
         started: AtomicBool::new(false),

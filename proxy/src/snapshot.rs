@@ -59,6 +59,10 @@ pub struct Snapshot {
     pub deadlines: Deadlines,
     /// The HTTP/1.1 + HTTP/2 server settings derived from `spec.limits`.
     pub server: Arc<auto::Builder<TokioExecutor>>,
+    /// The flag sources this snapshot evaluates against (`spec.flags`).
+    pub flags: Option<Arc<crate::flags::Running>>,
+    /// The OFREP listener's address and service.
+    pub ofrep: Option<(SocketAddr, Arc<attache_filters::flags::ofrep::Ofrep>)>,
 }
 
 /// Upstream clients by connect timeout and pool policy, kept across reloads so connection
@@ -73,6 +77,15 @@ impl Clients {
             .or_insert_with(|| forward::client(connect, pool, protocol))
             .clone()
     }
+}
+
+/// The optional steps of a leg's request flow, built per snapshot.
+pub struct Steps {
+    pub observe: attache_filters::telemetry::ObserveLayer,
+    pub flags: Option<attache_filters::flags::request::FlagsLayer>,
+    pub idempotency: Option<attache_filters::idempotency::IdempotencyLayer>,
+    /// Upstreams flag routes may pick.
+    pub routed: Arc<crate::forward::Routed>,
 }
 
 /// The restoration state both legs of a snapshot share.
@@ -178,8 +191,32 @@ impl Snapshot {
         clients: &Clients,
         telemetry: &crate::telemetry::Telemetry,
         stores: &crate::idempotency::Stores,
+        flags: &crate::flags::Flags,
     ) -> anyhow::Result<Snapshot> {
         let spec = &config.spec;
+        let running = spec.flags.as_ref().map(|f| flags.running(f));
+        // Upstreams a flag route may send to, by name.
+        let mut routed = HashMap::new();
+        for route in spec.flags.iter().flat_map(|f| &f.routes) {
+            for name in route.variants.values() {
+                if routed.contains_key(name.as_str()) {
+                    continue;
+                }
+                let Some(up) = spec.upstreams.get(name) else {
+                    anyhow::bail!("upstream `{name}` is not defined");
+                };
+                let timeouts = spec.timeouts.with(up.timeouts);
+                let target = Target::new(
+                    name,
+                    &up.endpoints,
+                    timeouts,
+                    clients.get(timeouts.connect.get(), spec.pool, up.protocol),
+                    up.protocol,
+                )?;
+                routed.insert(Arc::<str>::from(name.as_str()), Arc::new(target));
+            }
+        }
+        let routed = Arc::new(routed);
         if let Some(warning) = spec
             .trace
             .sampling
@@ -226,9 +263,19 @@ impl Snapshot {
                     inb,
                     Arc::new(app),
                     metrics,
-                    telemetry.layer(&config, Direction::Inbound),
                     restoration.as_ref(),
-                    stores.layer(&config, metrics, telemetry.dev)?,
+                    Steps {
+                        observe: telemetry.layer(&config, Direction::Inbound),
+                        flags: crate::flags::layer(
+                            &config,
+                            running.as_ref(),
+                            Direction::Inbound,
+                            "app",
+                            metrics,
+                        ),
+                        idempotency: stores.layer(&config, metrics, telemetry.dev)?,
+                        routed: routed.clone(),
+                    },
                 ),
             );
         }
@@ -252,8 +299,19 @@ impl Snapshot {
                     out,
                     Arc::new(target),
                     metrics,
-                    telemetry.layer(&config, Direction::Outbound),
                     restoration.as_ref(),
+                    Steps {
+                        observe: telemetry.layer(&config, Direction::Outbound),
+                        flags: crate::flags::layer(
+                            &config,
+                            running.as_ref(),
+                            Direction::Outbound,
+                            &out.upstream,
+                            metrics,
+                        ),
+                        idempotency: None,
+                        routed: routed.clone(),
+                    },
                 )
             });
         }
@@ -284,7 +342,10 @@ impl Snapshot {
             .max_header_list_size(
                 u32::try_from(header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
             );
+        let ofrep = crate::flags::ofrep(&config, running.as_ref(), metrics);
         Ok(Snapshot {
+            flags: running,
+            ofrep,
             config: Arc::new(config),
             listeners,
             stacks,
@@ -295,6 +356,8 @@ impl Snapshot {
 
     /// Every address this snapshot listens on for traffic (not admin).
     pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.listeners.keys().copied().collect()
+        let mut all: Vec<SocketAddr> = self.listeners.keys().copied().collect();
+        all.extend(self.ofrep.as_ref().map(|o| o.0));
+        all
     }
 }

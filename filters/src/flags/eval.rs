@@ -1,7 +1,9 @@
 //! Flag sets and their evaluation (specs/feature-flags.md §2–§3): a flagd document parsed and
 //! compiled once, then evaluated per request with flagd's reasons and error codes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 
 use serde_json::{Map, Value};
 
@@ -25,6 +27,8 @@ fn load_error(path: impl Into<String>, message: impl Into<String>) -> LoadError 
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flag {
+    /// Index of the source the flag came from, in the merged snapshot.
+    pub source: usize,
     pub enabled: bool,
     pub variants: Map<String, Value>,
     pub default_variant: Option<String>,
@@ -32,12 +36,16 @@ pub struct Flag {
     pub targeting: Option<Result<Rule, String>>,
     /// The flag set's metadata overridden by the flag's, nulls dropped.
     pub metadata: Map<String, Value>,
+    /// Metric handles, made on first use (see `request::FlagMetrics`).
+    pub counters: super::request::Counters,
 }
 
 /// One compiled flag document.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlagSet {
-    pub flags: HashMap<String, Flag>,
+    pub flags: HashMap<String, Arc<Flag>>,
+    /// The flag-set metadata (merged key by key across sources), for OFREP bulk answers.
+    pub metadata: Map<String, Value>,
     /// Flags that loaded with a problem (did not compile), for the admin port.
     pub warnings: Vec<String>,
 }
@@ -45,6 +53,11 @@ pub struct FlagSet {
 impl FlagSet {
     /// Parses and compiles a flagd document.
     pub fn parse(doc: &Value) -> Result<FlagSet, LoadError> {
+        Self::parse_source(doc, 0)
+    }
+
+    /// [`FlagSet::parse`] for source number `source` of a merged store.
+    pub fn parse_source(doc: &Value, source: usize) -> Result<FlagSet, LoadError> {
         let Value::Object(top) = doc else {
             return Err(load_error("$", "a flag document is a JSON object"));
         };
@@ -53,7 +66,7 @@ impl FlagSet {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let set_metadata = top
+        let mut set_metadata = top
             .get("metadata")
             .and_then(Value::as_object)
             .cloned()
@@ -125,15 +138,19 @@ impl FlagSet {
             metadata.retain(|_, v| !v.is_null());
             set.flags.insert(
                 key,
-                Flag {
+                Arc::new(Flag {
+                    source,
                     enabled,
                     variants,
                     default_variant,
                     targeting,
                     metadata,
-                },
+                    counters: Default::default(),
+                }),
             );
         }
+        set_metadata.retain(|_, v| !v.is_null());
+        set.metadata = set_metadata;
         Ok(set)
     }
 }
@@ -225,26 +242,76 @@ pub struct Resolution {
     pub metadata: Map<String, Value>,
 }
 
-impl Resolution {
-    fn error(code: ErrorCode, message: impl Into<String>, metadata: Map<String, Value>) -> Self {
+/// A targeting result as a variant name: strings as they are, booleans as `true`/`false`,
+/// numbers as their shortest decimal.
+fn variant_name(v: &Value) -> Option<Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Value::Number(n) => Some(Cow::Owned(logic::number_text(n))),
+        _ => None,
+    }
+}
+
+/// One evaluation, borrowed from the snapshot: a static flag allocates nothing (§13).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision<'a> {
+    pub value: Option<Cow<'a, Value>>,
+    pub variant: Option<&'a str>,
+    pub reason: Reason,
+    pub error: Option<(ErrorCode, String)>,
+    pub metadata: &'a Map<String, Value>,
+    /// The flag, when the snapshot has it.
+    pub flag: Option<&'a Flag>,
+}
+
+static NO_METADATA: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
+
+impl<'a> Decision<'a> {
+    fn error(flag: Option<&'a Flag>, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             value: None,
             variant: None,
             reason: Reason::Error,
             error: Some((code, message.into())),
-            metadata,
+            metadata: flag.map_or(&NO_METADATA, |f| &f.metadata),
+            flag,
         }
     }
-}
 
-/// A targeting result as a variant name: strings as they are, booleans as `true`/`false`,
-/// numbers as their shortest decimal.
-fn variant_name(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(logic::number_text(n)),
-        _ => None,
+    fn no_value(flag: &'a Flag, reason: Reason) -> Self {
+        Self {
+            value: None,
+            variant: None,
+            reason,
+            error: None,
+            metadata: &flag.metadata,
+            flag: Some(flag),
+        }
+    }
+
+    /// A decision another sidecar made (§8): `variant`'s value, with reason `CACHED`; `None`
+    /// when the flag or the variant is unknown here (skew).
+    pub fn cached(flag: &'a Flag, variant: &str) -> Option<Self> {
+        let (name, value) = flag.variants.get_key_value(variant)?;
+        Some(Self {
+            value: Some(Cow::Borrowed(value)),
+            variant: Some(name),
+            reason: Reason::Cached,
+            error: None,
+            metadata: &flag.metadata,
+            flag: Some(flag),
+        })
+    }
+
+    pub fn to_resolution(&self) -> Resolution {
+        Resolution {
+            value: self.value.as_ref().map(|v| v.clone().into_owned()),
+            variant: self.variant.map(str::to_owned),
+            reason: self.reason,
+            error: self.error.clone(),
+            metadata: self.metadata.clone(),
+        }
     }
 }
 
@@ -258,29 +325,55 @@ impl FlagSet {
         kind: Kind,
         fractional: FractionalVersion,
     ) -> Resolution {
+        self.decide(key, context, now, kind, fractional)
+            .to_resolution()
+    }
+
+    /// [`FlagSet::evaluate`], borrowing from the snapshot. `context` is only read when the
+    /// flag has targeting, so a caller may pass `Value::Null` for flags without it.
+    pub fn decide<'a>(
+        &'a self,
+        key: &str,
+        context: &Value,
+        now: u64,
+        kind: Kind,
+        fractional: FractionalVersion,
+    ) -> Decision<'a> {
         let Some(flag) = self.flags.get(key) else {
-            return Resolution::error(
+            return Decision::error(
+                None,
                 ErrorCode::FlagNotFound,
                 format!("flag {key:?} not found"),
-                Map::new(),
             );
         };
-        let metadata = flag.metadata.clone();
+        flag.decide(key, context, now, kind, fractional)
+    }
+}
+
+impl Flag {
+    /// Whether evaluating the flag reads the context.
+    pub fn needs_context(&self) -> bool {
+        self.enabled && matches!(self.targeting, Some(Ok(_)))
+    }
+
+    pub fn decide<'a>(
+        &'a self,
+        key: &str,
+        context: &Value,
+        now: u64,
+        kind: Kind,
+        fractional: FractionalVersion,
+    ) -> Decision<'a> {
+        let flag = self;
         if !flag.enabled {
-            return Resolution {
-                value: None,
-                variant: None,
-                reason: Reason::Disabled,
-                error: None,
-                metadata,
-            };
+            return Decision::no_value(flag, Reason::Disabled);
         }
-        let (variant, reason) = match &flag.targeting {
+        let (variant, reason): (Option<&'a str>, Reason) = match &flag.targeting {
             None => match &flag.default_variant {
-                Some(d) => (Some(d.clone()), Reason::Static),
+                Some(d) => (Some(d), Reason::Static),
                 None => (None, Reason::Default),
             },
-            Some(Err(e)) => return Resolution::error(ErrorCode::ParseError, e.clone(), metadata),
+            Some(Err(e)) => return Decision::error(Some(flag), ErrorCode::ParseError, e.clone()),
             Some(Ok(rule)) => {
                 let out = rule.eval(&Scope {
                     data: context,
@@ -291,14 +384,16 @@ impl FlagSet {
                     fractional,
                 });
                 match out {
-                    Value::Null => (flag.default_variant.clone(), Reason::Default),
-                    other => match variant_name(&other).filter(|n| flag.variants.contains_key(n)) {
-                        Some(name) => (Some(name), Reason::TargetingMatch),
+                    Value::Null => (flag.default_variant.as_deref(), Reason::Default),
+                    other => match variant_name(&other)
+                        .and_then(|n| flag.variants.get_key_value(n.as_ref()))
+                    {
+                        Some((name, _)) => (Some(name), Reason::TargetingMatch),
                         None => {
-                            return Resolution::error(
+                            return Decision::error(
+                                Some(flag),
                                 ErrorCode::General,
                                 format!("targeting returned {other}, which names no variant"),
-                                metadata,
                             );
                         }
                     },
@@ -306,54 +401,51 @@ impl FlagSet {
             }
         };
         let Some(name) = variant else {
-            return Resolution {
-                value: None,
-                variant: None,
-                reason,
-                error: None,
-                metadata,
-            };
+            return Decision::no_value(flag, reason);
         };
-        let value = flag.variants.get(&name).cloned().unwrap_or(Value::Null);
-        let value = match (kind, &value) {
+        let Some(value) = flag.variants.get(name) else {
+            return Decision::error(Some(flag), ErrorCode::General, "no such variant");
+        };
+        let value = match (kind, value) {
             (Kind::Any, _)
             | (Kind::Boolean, Value::Bool(_))
             | (Kind::String, Value::String(_))
             | (Kind::Float, Value::Number(_))
-            | (Kind::Object, Value::Object(_)) => value,
+            | (Kind::Object, Value::Object(_)) => Cow::Borrowed(value),
             (Kind::Integer, Value::Number(n)) => {
                 let f = n.as_f64().unwrap_or(f64::NAN);
                 match n.as_i64() {
-                    Some(i) => Value::from(i),
+                    Some(_) => Cow::Borrowed(value),
                     None if f.is_finite()
                         && f.trunc() >= i64::MIN as f64
                         && f.trunc() <= i64::MAX as f64 =>
                     {
-                        Value::from(f.trunc() as i64)
+                        Cow::Owned(Value::from(f.trunc() as i64))
                     }
                     None => {
-                        return Resolution::error(
+                        return Decision::error(
+                            Some(flag),
                             ErrorCode::TypeMismatch,
                             "not an integer",
-                            metadata,
                         );
                     }
                 }
             }
             _ => {
-                return Resolution::error(
+                return Decision::error(
+                    Some(flag),
                     ErrorCode::TypeMismatch,
                     format!("variant {name:?} is not of the requested type"),
-                    metadata,
                 );
             }
         };
-        Resolution {
+        Decision {
             value: Some(value),
             variant: Some(name),
             reason,
             error: None,
-            metadata,
+            metadata: &flag.metadata,
+            flag: Some(flag),
         }
     }
 }

@@ -14,5 +14,7 @@ pub mod cbor;
 pub mod eval;
 pub mod logic;
 pub mod murmur3;
+pub mod ofrep;
+pub mod request;
 pub mod semver;
 pub mod store;

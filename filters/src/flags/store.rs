@@ -39,6 +39,17 @@ impl FlagStore {
     /// Loads source `index`'s new document. On error the source keeps its last good
     /// document, and the error is returned (and kept for [`FlagStore::errors`]).
     pub fn update(&self, index: usize, doc: &Value) -> Result<(), LoadError> {
+        match FlagSet::parse_source(doc, index) {
+            Ok(set) => self.install(index, set),
+            Err(e) => {
+                self.fail(index, e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes `set` source `index`'s good document and publishes the new merged snapshot.
+    pub fn install(&self, index: usize, set: FlagSet) -> Result<(), LoadError> {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         let Some(source) = sources.get_mut(index) else {
             return Err(LoadError {
@@ -46,23 +57,34 @@ impl FlagStore {
                 message: format!("no source {index}"),
             });
         };
-        let result = FlagSet::parse(doc);
-        match &result {
-            Ok(set) => {
-                source.good = Some(Arc::new(set.clone()));
-                source.error = None;
-            }
-            Err(e) => source.error = Some(e.clone()),
-        }
+        source.good = Some(Arc::new(set));
+        source.error = None;
         let mut merged = FlagSet::default();
         for set in sources.iter().filter_map(|s| s.good.as_ref()) {
             merged
                 .flags
                 .extend(set.flags.iter().map(|(k, f)| (k.clone(), f.clone())));
             merged.warnings.extend(set.warnings.iter().cloned());
+            merged
+                .metadata
+                .extend(set.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         self.current.store(Arc::new(merged));
-        result.map(|_| ())
+        Ok(())
+    }
+
+    /// Records a failed load of source `index`; its last good document stays.
+    pub fn fail(&self, index: usize, error: LoadError) {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(source) = sources.get_mut(index) {
+            source.error = Some(error);
+        }
+    }
+
+    /// Whether source `index` has loaded a good document at least once.
+    pub fn loaded(&self, index: usize) -> bool {
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.get(index).is_some_and(|s| s.good.is_some())
     }
 
     /// The last load error of each source that has one: (source index, error).

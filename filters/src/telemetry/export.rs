@@ -551,6 +551,16 @@ fn encode_span(s: &SpanRecord, buf: &mut Vec<u8>) {
     put_key(buf, 8, 1);
     buf.extend_from_slice(&s.end_unix_nanos.to_le_bytes());
     s.attributes(|k, v| put_attribute(buf, 9, k, &v));
+    // events = 11: Event { time_unix_nano = 1 (fixed64), name = 2, attributes = 3 }
+    let mut event = Vec::new();
+    s.flag_events(|each| {
+        event.clear();
+        put_key(&mut event, 1, 1);
+        event.extend_from_slice(&s.start_unix_nanos.to_le_bytes());
+        put_bytes(&mut event, 2, b"feature_flag.evaluation");
+        each(&mut |k, v| put_attribute(&mut event, 3, k, &v));
+        put_bytes(buf, 11, &event);
+    });
     if s.error_type().is_some() {
         // Status { code = 3: ERROR }
         put_key(buf, 15, LEN);
@@ -623,6 +633,7 @@ mod tests {
             format: Some(Format::B3),
             restored: Some(Restored::Hit),
             idempotency: None,
+            flags: None,
             settings: Arc::new(SpanSettings {
                 url_query: QueryMode::Redacted,
                 redact_query_keys: Vec::new(),

@@ -169,6 +169,123 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     pub idempotency_outcomes: Family<RouteOutcomeLabels, Counter>,
     pub idempotency_store: Family<StoreOpLabels, Histogram, fn() -> Histogram>,
+    pub flags: FlagFamilies,
+}
+
+/// Feature-flag metrics (specs/feature-flags.md §11). Flag keys not in the snapshot are
+/// labelled `_unknown`, and variants come from the snapshot, so labels stay bounded.
+pub struct FlagFamilies {
+    pub evaluations: Family<FlagEvalLabels, Counter>,
+    pub errors: Family<FlagErrorLabels, Counter>,
+    pub reused: Family<FlagLabels, Counter>,
+    pub skew: Family<FlagLabels, Counter>,
+    pub source_loads: Family<SourceResultLabels, Counter>,
+    pub source_valid: Family<SourceLabels, Gauge>,
+    pub source_last_success: Family<SourceLabels, Gauge>,
+}
+
+impl FlagFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let f = Self {
+            evaluations: Family::default(),
+            errors: Family::default(),
+            reused: Family::default(),
+            skew: Family::default(),
+            source_loads: Family::default(),
+            source_valid: Family::default(),
+            source_last_success: Family::default(),
+        };
+        registry.register(
+            "flag_evaluations",
+            "Flag evaluations by flag, variant, reason and path (proxy, route, ofrep, ofrep_bulk)",
+            f.evaluations.clone(),
+        );
+        registry.register(
+            "flag_evaluation_errors",
+            "Flag evaluations that ended in an error, by flag and error type",
+            f.errors.clone(),
+        );
+        registry.register(
+            "flag_decisions_reused",
+            "Decisions taken from a trusted peer's baggage instead of evaluated",
+            f.reused.clone(),
+        );
+        registry.register(
+            "flag_decision_skew",
+            "Peer decisions naming a flag or variant unknown here, evaluated again",
+            f.skew.clone(),
+        );
+        registry.register(
+            "flag_source_loads",
+            "Flag source loads by source and result (ok, unchanged, invalid, unreachable)",
+            f.source_loads.clone(),
+        );
+        registry.register(
+            "flag_source_valid",
+            "1 when the source's last load succeeded, 0 when it failed",
+            f.source_valid.clone(),
+        );
+        registry.register(
+            "flag_source_last_success_seconds",
+            "Unix time of the source's last successful load",
+            f.source_last_success.clone(),
+        );
+        f
+    }
+
+    /// Counts a source load (`ok`, `unchanged`, `invalid`, `unreachable`) and updates the
+    /// source's gauges.
+    pub fn source_load(&self, source: &str, result: &'static str) {
+        self.source_loads
+            .get_or_create(&SourceResultLabels {
+                source: source.to_owned(),
+                result,
+            })
+            .inc();
+        let labels = SourceLabels {
+            source: source.to_owned(),
+        };
+        let ok = matches!(result, "ok" | "unchanged");
+        self.source_valid.get_or_create(&labels).set(i64::from(ok));
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.source_last_success
+                .get_or_create(&labels)
+                .set(i64::try_from(now).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlagEvalLabels {
+    pub flag: String,
+    pub variant: String,
+    pub reason: &'static str,
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlagErrorLabels {
+    pub flag: String,
+    pub error_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlagLabels {
+    pub flag: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceResultLabels {
+    pub source: String,
+    pub result: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -335,7 +452,9 @@ impl Metrics {
             "Idempotency store operations, by op (claim, complete, release, renew) and result (ok, error, timeout, lost_lease)",
             idempotency_store.clone(),
         );
+        let flags = FlagFamilies::register(&mut registry);
         Self {
+            flags,
             idempotency_store,
             idempotency_outcomes,
             spans_exported,
@@ -467,6 +586,11 @@ impl Metrics {
         self.idempotency_store
             .get_or_create(&StoreOpLabels { op, result })
             .observe(took.as_secs_f64());
+    }
+
+    /// A baggage member dropped because it would pass the limits.
+    pub fn baggage_member_dropped(&self) {
+        self.dropped_handles[3].inc();
     }
 
     pub fn spans_dropped(&self, reason: &'static str, n: u64) {

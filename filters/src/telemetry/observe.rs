@@ -150,6 +150,7 @@ where
             ctx: None,
             upstream: None,
             idempotency: None,
+            flags: None,
             response_bytes: 0,
             ending: Ending::Abandoned,
         };
@@ -186,6 +187,7 @@ where
                 r.ctx = ext.remove::<TraceCtx>();
                 r.upstream = ext.remove::<UpstreamInfo>();
                 r.idempotency = ext.remove::<crate::idempotency::IdempotencyInfo>();
+                r.flags = ext.remove::<Arc<crate::flags::request::FlagDecisions>>();
             }
             res.map(|inner| ObservedBody { inner, record })
         }))
@@ -206,6 +208,7 @@ struct Record {
     ctx: Option<TraceCtx>,
     upstream: Option<UpstreamInfo>,
     idempotency: Option<crate::idempotency::IdempotencyInfo>,
+    flags: Option<Arc<crate::flags::request::FlagDecisions>>,
     response_bytes: u64,
     ending: Ending,
 }
@@ -276,6 +279,7 @@ impl Drop for Record {
                 settings.clone(),
             );
             span.idempotency = self.idempotency.take();
+            span.flags = self.flags.take();
             sink.send(span);
         }
     }

@@ -58,6 +58,8 @@ pub struct SpanRecord {
     pub restored: Option<Restored>,
     /// What the idempotency step did, on the SERVER span.
     pub idempotency: Option<crate::idempotency::IdempotencyInfo>,
+    /// Flag decisions made for this request: one `feature_flag.evaluation` event each.
+    pub flags: Option<Arc<crate::flags::request::FlagDecisions>>,
     pub settings: Arc<SpanSettings>,
 }
 
@@ -302,6 +304,7 @@ impl SpanRecord {
             format: ctx.format,
             restored: ctx.restored,
             idempotency: None,
+            flags: None,
             settings,
         }
     }
@@ -534,6 +537,54 @@ fn split_host_port(raw: &str) -> (&str, Option<u16>) {
 }
 
 impl SpanRecord {
+    /// The `feature_flag.evaluation` events (specs/feature-flags.md §11): for each decision,
+    /// `f(attributes)` with the semantic-convention attributes, stable names only.
+    pub fn flag_events(
+        &self,
+        mut f: impl FnMut(&mut dyn FnMut(&mut dyn FnMut(&'static str, Value<'_>))),
+    ) {
+        let Some(flags) = &self.flags else {
+            return;
+        };
+        for d in &flags.decisions {
+            f(&mut |attr: &mut dyn FnMut(&'static str, Value<'_>)| {
+                attr("feature_flag.key", Value::from(&*d.key));
+                attr("feature_flag.provider.name", Value::from("attache"));
+                if let Some(v) = &d.variant {
+                    attr("feature_flag.result.variant", Value::from(v.as_str()));
+                }
+                attr(
+                    "feature_flag.result.reason",
+                    Value::from(crate::flags::ofrep::reason_lower(d.reason)),
+                );
+                if let Some(s) = &d.set_id {
+                    attr("feature_flag.set.id", Value::from(s.as_str()));
+                }
+                if let Some(v) = &d.version {
+                    attr("feature_flag.version", Value::from(v.as_str()));
+                }
+                if let Some((code, message)) = &d.error {
+                    attr(
+                        "error.type",
+                        Value::from(crate::flags::request::error_type(*code)),
+                    );
+                    attr("feature_flag.error.message", Value::from(message.as_str()));
+                }
+                if flags.events.include_value
+                    && let Some(v) = &d.value
+                {
+                    attr(
+                        "feature_flag.result.value",
+                        Value::Str(v.to_string().into()),
+                    );
+                }
+                if let Some(id) = &flags.context_id {
+                    attr("feature_flag.context.id", Value::from(id.as_str()));
+                }
+            });
+        }
+    }
+
     /// The span as one JSON line, for `console: true`.
     pub fn to_json_line(&self) -> String {
         let mut attrs = serde_json::Map::new();
@@ -557,8 +608,25 @@ impl SpanRecord {
             "duration_ms": self.end_unix_nanos.saturating_sub(self.start_unix_nanos) as f64 / 1e6,
             "status": if self.error_type().is_some() { "error" } else { "unset" },
             "attributes": attrs,
-        })
-        .to_string();
+        });
+        let mut events = Vec::new();
+        self.flag_events(|each| {
+            let mut attrs = serde_json::Map::new();
+            each(&mut |k, v| {
+                let v = match v {
+                    Value::Str(s) => serde_json::Value::from(s.as_ref()),
+                    Value::Int(i) => serde_json::Value::from(i),
+                    Value::Bool(b) => serde_json::Value::from(b),
+                };
+                attrs.insert(k.to_owned(), v);
+            });
+            events
+                .push(serde_json::json!({"name": "feature_flag.evaluation", "attributes": attrs}));
+        });
+        if !events.is_empty() {
+            line["events"] = serde_json::Value::Array(events);
+        }
+        let mut line = line.to_string();
         line.push('\n');
         line
     }

@@ -150,7 +150,7 @@ fn trim_end(s: &[u8]) -> &[u8] {
 }
 
 /// RFC 9110 token characters.
-fn is_token(s: &[u8]) -> bool {
+pub fn is_token(s: &[u8]) -> bool {
     !s.is_empty()
         && s.iter().all(|b| {
             b.is_ascii_alphanumeric()
@@ -175,7 +175,7 @@ fn is_token(s: &[u8]) -> bool {
 }
 
 /// `%x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E`: printable ASCII but space, `"`, `,`, `;`, `\`.
-fn is_baggage_octet(b: u8) -> bool {
+pub fn is_baggage_octet(b: u8) -> bool {
     matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
 }
 

@@ -1,0 +1,942 @@
+//! The flags step of the request flow (specs/feature-flags.md §6–§9, §11): build the evaluation
+//! context from the request, evaluate the delivered flags (or reuse a trusted peer's
+//! decisions), hand the decisions to the app as headers and baggage, and pick a route by
+//! variant.
+//!
+//! Each request reads the flag snapshot once. The context is built only when a flag with
+//! targeting needs it, so static flags cost a map lookup and a pre-rendered header value.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
+use pin_project_lite::pin_project;
+use prometheus_client::metrics::counter::Counter;
+use serde_json::{Map, Value};
+use tower::{Layer, Service};
+
+use super::eval::{Decision, ErrorCode, Flag, FlagSet, Kind, Reason};
+use super::logic::FractionalVersion;
+use super::store::FlagStore;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{FlagErrorLabels, FlagEvalLabels, FlagLabels};
+use crate::trace_context::baggage::{self, BAGGAGE};
+
+/// Where an evaluation happened, for `attache_flag_evaluations_total{path}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalPath {
+    Proxy,
+    Route,
+    Ofrep,
+    OfrepBulk,
+}
+
+impl EvalPath {
+    const ALL: [EvalPath; 4] = [
+        EvalPath::Proxy,
+        EvalPath::Route,
+        EvalPath::Ofrep,
+        EvalPath::OfrepBulk,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvalPath::Proxy => "proxy",
+            EvalPath::Route => "route",
+            EvalPath::Ofrep => "ofrep",
+            EvalPath::OfrepBulk => "ofrep_bulk",
+        }
+    }
+}
+
+const REASONS: [Reason; 6] = [
+    Reason::Static,
+    Reason::Default,
+    Reason::TargetingMatch,
+    Reason::Disabled,
+    Reason::Cached,
+    Reason::Error,
+];
+
+/// Per-flag caches that live as long as the compiled flag: metric handles (so counting an
+/// evaluation is an index, not a hashed lookup with owned labels) and each variant's header
+/// value, rendered once (§13).
+#[derive(Default)]
+pub struct Counters {
+    counters: OnceLock<Box<[OnceLock<Counter>]>>,
+    headers: OnceLock<Box<[Option<HeaderValue>]>>,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counters")
+    }
+}
+
+impl Clone for Counters {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Counters {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+fn variant_index(flag: &Flag, variant: &str) -> Option<usize> {
+    flag.variants.keys().position(|k| k == variant)
+}
+
+/// Counts one evaluation of `key` (and its error, if any).
+pub fn count(metrics: &Metrics, key: &str, d: &Decision<'_>, path: EvalPath) {
+    let reason = REASONS.iter().position(|r| *r == d.reason).unwrap_or(0);
+    let path_i = EvalPath::ALL.iter().position(|p| *p == path).unwrap_or(0);
+    let labels = || FlagEvalLabels {
+        flag: if d.flag.is_some() {
+            key.to_owned()
+        } else {
+            "_unknown".to_owned()
+        },
+        variant: d.variant.unwrap_or_default().to_owned(),
+        reason: d.reason.as_str(),
+        path: path.as_str(),
+    };
+    match d.flag {
+        Some(flag) => {
+            let variant = d
+                .variant
+                .and_then(|v| variant_index(flag, v))
+                .map_or(0, |i| i + 1);
+            let per_variant = REASONS.len() * EvalPath::ALL.len();
+            let slots = flag.counters.counters.get_or_init(|| {
+                (0..(flag.variants.len() + 1) * per_variant)
+                    .map(|_| OnceLock::new())
+                    .collect()
+            });
+            let slot = variant * per_variant + reason * EvalPath::ALL.len() + path_i;
+            match slots.get(slot) {
+                Some(c) => c
+                    .get_or_init(|| metrics.flags.evaluations.get_or_create(&labels()).clone())
+                    .inc(),
+                None => metrics.flags.evaluations.get_or_create(&labels()).inc(),
+            };
+        }
+        None => {
+            metrics.flags.evaluations.get_or_create(&labels()).inc();
+        }
+    }
+    if let Some((code, _)) = &d.error {
+        metrics
+            .flags
+            .errors
+            .get_or_create(&FlagErrorLabels {
+                flag: if d.flag.is_some() {
+                    key.to_owned()
+                } else {
+                    "_unknown".to_owned()
+                },
+                error_type: error_type(*code),
+            })
+            .inc();
+    }
+}
+
+/// The OpenTelemetry `error.type` of an error code: lower case.
+pub fn error_type(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::FlagNotFound => "flag_not_found",
+        ErrorCode::ParseError => "parse_error",
+        ErrorCode::TypeMismatch => "type_mismatch",
+        ErrorCode::General => "general",
+    }
+}
+
+/// Where a context value is read from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    Baggage(String),
+}
+
+impl Source {
+    /// The value, when the request has a non-empty one.
+    fn read(&self, uri: &Uri, headers: &HeaderMap) -> Option<String> {
+        let v = match self {
+            Source::Header(h) => headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            Source::Cookie(name) => cookie(headers, name),
+            Source::Query(name) => query_param(uri.query()?, name),
+            Source::Baggage(name) => baggage::members(headers)
+                .flatten()
+                .find(|m| m.key == name)
+                .map(|m| percent_decode(m.value, false)),
+        };
+        v.filter(|v| !v.is_empty())
+    }
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| n.trim() == name)
+        .map(|(_, v)| {
+            let v = v.trim();
+            v.strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v)
+                .to_owned()
+        })
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(n, true) == name).then(|| percent_decode(v, true))
+    })
+}
+
+/// Percent-decodes `s` (and `+` as a space in query strings); an invalid escape stays as
+/// written, and invalid UTF-8 is replaced.
+pub fn percent_decode(s: &str, plus: bool) -> String {
+    if !s.contains(['%', '+']) {
+        return s.to_owned();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes the bytes outside W3C `baggage-octet`.
+pub fn percent_encode_baggage(s: &str, out: &mut String) {
+    for &b in s.as_bytes() {
+        if baggage::is_baggage_octet(b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+        }
+    }
+}
+
+/// How the evaluation context is built (§6).
+#[derive(Debug, Clone, Default)]
+pub struct ContextRules {
+    pub targeting_key: Vec<Source>,
+    /// Each source and the path it lands under (`user.plan` → `["user", "plan"]`).
+    pub attributes: Vec<(Source, Vec<String>)>,
+    pub static_attributes: Map<String, Value>,
+}
+
+/// The request parts the context reads.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub headers: &'a HeaderMap,
+    pub peer: Option<SocketAddr>,
+}
+
+impl ContextRules {
+    /// The context of a proxied request, lowest precedence first: built-ins, `static`,
+    /// attributes, `targetingKey`.
+    pub fn build(&self, r: &RequestView<'_>) -> Value {
+        let mut root = Map::new();
+        let mut request = Map::new();
+        request.insert("method".into(), r.method.as_str().into());
+        request.insert("path".into(), r.uri.path().into());
+        let host = r
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| r.uri.authority().map(|a| a.as_str()));
+        if let Some(host) = host {
+            request.insert("host".into(), host.into());
+        }
+        if let Some(peer) = r.peer {
+            request.insert("client_address".into(), peer.ip().to_string().into());
+        }
+        root.insert("request".into(), Value::Object(request));
+        for (k, v) in &self.static_attributes {
+            root.insert(k.clone(), v.clone());
+        }
+        self.add_attributes(&mut root, r.uri, r.headers);
+        if let Some(key) = self
+            .targeting_key
+            .iter()
+            .find_map(|s| s.read(r.uri, r.headers))
+        {
+            root.insert("targetingKey".into(), key.into());
+        }
+        Value::Object(root)
+    }
+
+    /// Adds the attributes read from `headers` (and `uri`) to `root`; later ones win.
+    pub fn add_attributes(&self, root: &mut Map<String, Value>, uri: &Uri, headers: &HeaderMap) {
+        for (source, path) in &self.attributes {
+            if let Some(v) = source.read(uri, headers) {
+                insert_path(root, path, Value::String(v));
+            }
+        }
+    }
+}
+
+/// Sets `root[path[0]][path[1]]… = value`, making (or replacing non-object) levels objects.
+fn insert_path(root: &mut Map<String, Value>, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut at = root;
+    for p in parents {
+        let slot = at
+            .entry(p.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !slot.is_object() {
+            *slot = Value::Object(Map::new());
+        }
+        let Value::Object(m) = slot else {
+            return;
+        };
+        at = m;
+    }
+    at.insert(last.clone(), value);
+}
+
+/// Which flags each inbound request evaluates for the app.
+#[derive(Debug, Clone)]
+pub enum DeliverFlags {
+    /// Every flag in the snapshot (`attache dev`, `flags: ["*"]`).
+    All,
+    /// The listed keys, each with its header name (when per-flag headers are on).
+    Keys(Vec<(Arc<str>, Option<HeaderName>)>),
+}
+
+/// How decisions reach the app (§7).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub flags: DeliverFlags,
+    pub header_prefix: Option<String>,
+    pub combined: Option<HeaderName>,
+    pub baggage: bool,
+    /// `deliver.defaults`, rendered.
+    pub defaults: HashMap<String, HeaderValue>,
+}
+
+/// Whose `flag.` baggage members are reused.
+#[derive(Clone)]
+pub enum Trust {
+    Never,
+    /// The app's own calls (outbound listeners).
+    Always,
+    Peers(Arc<dyn Fn(IpAddr) -> bool + Send + Sync>),
+}
+
+/// Routing by a flag's variant (§9).
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub flag: Arc<str>,
+    pub variants: HashMap<String, Arc<str>>,
+}
+
+/// In a request's extensions: the upstream a route picked instead of the leg's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget(pub Arc<str>);
+
+/// `feature_flag.evaluation` event settings (§11).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventSettings {
+    pub enabled: bool,
+    pub include_value: bool,
+    pub include_context_id: bool,
+}
+
+pub struct Settings {
+    pub store: Arc<FlagStore>,
+    pub fractional: FractionalVersion,
+    pub context: ContextRules,
+    /// Inbound only.
+    pub delivery: Option<Delivery>,
+    pub trust: Trust,
+    /// The routes of the upstream this leg sends to.
+    pub routes: Vec<Route>,
+    pub events: EventSettings,
+    pub metrics: Arc<Metrics>,
+    pub baggage: baggage::Limits,
+    pub peer_of: fn(&http::Extensions) -> Option<SocketAddr>,
+    /// Unix seconds, read once per request (`$flagd.timestamp`).
+    pub clock: fn() -> u64,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One decision, owned: what the app and the span see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlagDecision {
+    pub key: Arc<str>,
+    pub variant: Option<String>,
+    pub value: Option<Value>,
+    pub reason: Reason,
+    pub error: Option<(ErrorCode, String)>,
+    /// Metadata `flagSetId` and `version`, for the span event.
+    pub set_id: Option<String>,
+    pub version: Option<String>,
+}
+
+/// A request's decisions, in its extensions (and its response's, for the span).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlagDecisions {
+    pub decisions: Vec<FlagDecision>,
+    /// The targeting key, when `include_context_id` asks for it.
+    pub context_id: Option<String>,
+    pub events: EventSettings,
+}
+
+fn metadata_text(m: &Map<String, Value>, key: &str) -> Option<String> {
+    match m.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+impl FlagDecision {
+    pub fn of(key: Arc<str>, d: &Decision<'_>) -> Self {
+        Self {
+            key,
+            variant: d.variant.map(str::to_owned),
+            value: d.value.as_ref().map(|v| v.clone().into_owned()),
+            reason: d.reason,
+            error: d.error.clone(),
+            set_id: metadata_text(d.metadata, "flagSetId"),
+            version: metadata_text(d.metadata, "version"),
+        }
+    }
+}
+
+/// A flag's value as a header value (§7): booleans and numbers as JSON text, objects and
+/// arrays as compact JSON, a plain printable-ASCII string as is, any other string as a JSON
+/// string with non-ASCII characters escaped.
+pub fn header_value(v: &Value) -> Option<HeaderValue> {
+    let text = match v {
+        Value::String(s)
+            if !s.is_empty()
+                && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+                && !s.starts_with([' ', '"'])
+                && !s.ends_with(' ') =>
+        {
+            return HeaderValue::from_str(s).ok();
+        }
+        Value::String(s) => ascii_json_string(s),
+        other => other.to_string(),
+    };
+    HeaderValue::from_str(&ascii_json(&text)).ok()
+}
+
+fn ascii_json_string(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+/// JSON text with every non-ASCII character as `\uXXXX` (surrogate pairs beyond the BMP).
+fn ascii_json(text: &str) -> String {
+    if text.is_ascii() {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// The header value of a decision, pre-rendered per flag variant.
+fn rendered(d: &Decision<'_>) -> Option<HeaderValue> {
+    let value = d.value.as_ref()?;
+    let (Some(flag), Some(variant), std::borrow::Cow::Borrowed(_)) = (d.flag, d.variant, value)
+    else {
+        return header_value(value);
+    };
+    let cache = flag.counters.headers.get_or_init(|| {
+        flag.variants
+            .values()
+            .map(header_value)
+            .collect::<Vec<_>>()
+            .into_boxed_slice()
+    });
+    variant_index(flag, variant)
+        .and_then(|i| cache.get(i).cloned().flatten())
+        .or_else(|| header_value(value))
+}
+
+impl Settings {
+    /// Decides `key`: a trusted peer's decision when it names a known variant (`CACHED`),
+    /// otherwise an evaluation.
+    fn decide<'a>(
+        &self,
+        snap: &'a FlagSet,
+        key: &str,
+        peer: &[(String, String)],
+        ctx: &mut Option<Value>,
+        build: &dyn Fn() -> Value,
+        now: u64,
+    ) -> Decision<'a> {
+        let flag = snap.flags.get(key);
+        if let Some((_, variant)) = peer.iter().find(|(k, _)| k == key) {
+            match flag.and_then(|f| Decision::cached(f, variant)) {
+                Some(d) => {
+                    self.metrics
+                        .flags
+                        .reused
+                        .get_or_create(&FlagLabels {
+                            flag: key.to_owned(),
+                        })
+                        .inc();
+                    return d;
+                }
+                None => {
+                    let flag = if flag.is_some() { key } else { "_unknown" };
+                    self.metrics
+                        .flags
+                        .skew
+                        .get_or_create(&FlagLabels {
+                            flag: flag.to_owned(),
+                        })
+                        .inc();
+                }
+            }
+        }
+        match flag {
+            None => snap.decide(key, &Value::Null, now, Kind::Any, self.fractional),
+            Some(f) if f.needs_context() => {
+                let ctx = ctx.get_or_insert_with(build);
+                f.decide(key, ctx, now, Kind::Any, self.fractional)
+            }
+            Some(f) => f.decide(key, &Value::Null, now, Kind::Any, self.fractional),
+        }
+    }
+
+    /// Runs the step on a request: evaluates, rewrites its headers and baggage, and returns
+    /// its decisions (for the span) and the route picked, if any.
+    pub fn apply<B>(&self, req: &mut Request<B>) -> Option<Arc<FlagDecisions>> {
+        let snap = self.store.snapshot();
+        let now = (self.clock)();
+        let peer = (self.peer_of)(req.extensions());
+        let trusted = match &self.trust {
+            Trust::Never => false,
+            Trust::Always => true,
+            Trust::Peers(f) => peer.is_some_and(|p| f(p.ip())),
+        };
+        let headers = req.headers();
+        let mut peer_decisions: Vec<(String, String)> = Vec::new();
+        let mut had_flag_members = false;
+        if headers.contains_key(BAGGAGE) {
+            for m in baggage::members(headers).flatten() {
+                if let Some(k) = m.key.strip_prefix("flag.") {
+                    had_flag_members = true;
+                    if trusted {
+                        peer_decisions.push((k.to_owned(), percent_decode(m.value, false)));
+                    }
+                }
+            }
+        }
+        let view = RequestView {
+            method: req.method(),
+            uri: req.uri(),
+            headers,
+            peer,
+        };
+        let build = || self.context.build(&view);
+        let mut ctx: Option<Value> = None;
+        let mut decisions: Vec<FlagDecision> = Vec::new();
+        // Header lines and baggage members to write once the request is no longer borrowed.
+        let mut lines: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        let mut members: Vec<(Arc<str>, String)> = Vec::new();
+        let mut combined = String::new();
+        let mut route: Option<Arc<str>> = None;
+
+        if let Some(delivery) = &self.delivery {
+            let mut all: Vec<(Arc<str>, Option<HeaderName>)>;
+            let keys = match &delivery.flags {
+                DeliverFlags::Keys(keys) => keys,
+                DeliverFlags::All => {
+                    all = snap
+                        .flags
+                        .keys()
+                        .map(|k| {
+                            let name = delivery.header_prefix.as_ref().and_then(|p| {
+                                HeaderName::from_bytes(attache_header_name(p, k).as_bytes()).ok()
+                            });
+                            (Arc::<str>::from(k.as_str()), name)
+                        })
+                        .collect();
+                    all.sort_by(|a, b| a.0.cmp(&b.0));
+                    &all
+                }
+            };
+            for (key, name) in keys {
+                let d = self.decide(&snap, key, &peer_decisions, &mut ctx, &build, now);
+                count(&self.metrics, key, &d, EvalPath::Proxy);
+                if let Some(name) = name {
+                    let value = rendered(&d).or_else(|| delivery.defaults.get(&**key).cloned());
+                    if let Some(v) = value {
+                        lines.push((name.clone(), v));
+                    }
+                }
+                if delivery.combined.is_some() {
+                    combined_entry(&mut combined, key, &d);
+                }
+                if delivery.baggage
+                    && let Some(v) = d.variant
+                {
+                    members.push((key.clone(), v.to_owned()));
+                }
+                decisions.push(FlagDecision::of(key.clone(), &d));
+            }
+        }
+        for r in &self.routes {
+            let known = decisions.iter().find(|d| d.key == r.flag);
+            let variant = match known {
+                Some(d) => d.variant.clone(),
+                None => {
+                    let d = self.decide(&snap, &r.flag, &peer_decisions, &mut ctx, &build, now);
+                    count(&self.metrics, &r.flag, &d, EvalPath::Route);
+                    decisions.push(FlagDecision::of(r.flag.clone(), &d));
+                    d.variant.map(str::to_owned)
+                }
+            };
+            if let Some(v) = variant {
+                if route.is_none() {
+                    route = r.variants.get(&v).cloned();
+                }
+                if !members.iter().any(|(k, _)| *k == r.flag) {
+                    members.push((r.flag.clone(), v));
+                }
+            }
+        }
+        let context_id = if self.events.include_context_id {
+            ctx.as_ref()
+                .and_then(|c| c.get("targetingKey"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| {
+                    self.context
+                        .targeting_key
+                        .iter()
+                        .find_map(|s| s.read(view.uri, view.headers))
+                })
+        } else {
+            None
+        };
+
+        // Rewrite the request.
+        let headers = req.headers_mut();
+        if let Some(delivery) = &self.delivery {
+            if let Some(prefix) = &delivery.header_prefix {
+                strip_prefixed(headers, prefix);
+            }
+            if let Some(c) = &delivery.combined {
+                headers.remove(c);
+                if !combined.is_empty() {
+                    combined.insert(0, '{');
+                    combined.push('}');
+                    if let Ok(v) = HeaderValue::from_str(&combined) {
+                        headers.insert(c.clone(), v);
+                    }
+                }
+            }
+        }
+        for (name, value) in lines {
+            headers.append(name, value);
+        }
+        if !members.is_empty() || (had_flag_members && !trusted) {
+            self.rewrite_baggage(headers, &members, trusted);
+        }
+        if let Some(target) = route {
+            req.extensions_mut().insert(RouteTarget(target));
+        }
+        if decisions.is_empty() {
+            return None;
+        }
+        let decisions = Arc::new(FlagDecisions {
+            decisions,
+            context_id,
+            events: self.events,
+        });
+        req.extensions_mut().insert(decisions.clone());
+        Some(decisions)
+    }
+
+    /// Writes `flag.<key>=<variant>` members, replacing earlier ones for the same keys (and
+    /// every `flag.` member from an untrusted peer); other members are kept. A member past
+    /// the baggage limits is dropped and counted.
+    fn rewrite_baggage(&self, headers: &mut HeaderMap, ours: &[(Arc<str>, String)], trusted: bool) {
+        let mut out = String::new();
+        let mut count = 0usize;
+        let valid = baggage::members(headers).all(|m| m.is_ok());
+        if valid {
+            for m in baggage::members(headers).flatten() {
+                if let Some(k) = m.key.strip_prefix("flag.")
+                    && (!trusted || ours.iter().any(|(o, _)| **o == *k))
+                {
+                    continue;
+                }
+                if count > 0 {
+                    out.push(',');
+                }
+                out.push_str(m.raw);
+                count += 1;
+            }
+        }
+        let mut member = String::new();
+        for (key, variant) in ours {
+            if !baggage::is_token(format!("flag.{key}").as_bytes()) {
+                continue;
+            }
+            member.clear();
+            member.push_str("flag.");
+            member.push_str(key);
+            member.push('=');
+            percent_encode_baggage(variant, &mut member);
+            let add = member.len() + usize::from(count > 0);
+            if count + 1 > self.baggage.max_members || out.len() + add > self.baggage.max_bytes {
+                self.metrics.baggage_member_dropped();
+                continue;
+            }
+            if count > 0 {
+                out.push(',');
+            }
+            out.push_str(&member);
+            count += 1;
+        }
+        headers.remove(BAGGAGE);
+        if count > 0
+            && let Ok(v) = HeaderValue::from_str(&out)
+        {
+            headers.insert(BAGGAGE, v);
+        }
+    }
+}
+
+fn attache_header_name(prefix: &str, key: &str) -> String {
+    let mut name = String::with_capacity(prefix.len() + key.len());
+    for c in prefix.chars().chain(key.chars()) {
+        let c = c.to_ascii_lowercase();
+        name.push(
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                c
+            } else {
+                '-'
+            },
+        );
+    }
+    name
+}
+
+/// The header name of flag `key` under `prefix` (§7).
+pub fn flag_header_name(prefix: &str, key: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(attache_header_name(prefix, key).as_bytes()).ok()
+}
+
+/// Removes every header whose name starts with `prefix` (client-sent decisions).
+fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
+    let prefix = prefix.to_ascii_lowercase();
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(&prefix))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Appends `"key":{"value":…,"variant":…,"reason":…[,"error_code":…]}` to the combined header.
+fn combined_entry(out: &mut String, key: &str, d: &Decision<'_>) {
+    use std::fmt::Write as _;
+    if !out.is_empty() {
+        out.push(',');
+    }
+    let _ = write!(out, "{}:{{", ascii_json(&json_string(key)));
+    if let Some(v) = &d.value {
+        let _ = write!(out, "\"value\":{},", ascii_json(&v.to_string()));
+    }
+    if let Some(v) = d.variant {
+        let _ = write!(out, "\"variant\":{},", ascii_json(&json_string(v)));
+    }
+    let _ = write!(out, "\"reason\":\"{}\"", d.reason.as_str());
+    if let Some((code, _)) = &d.error {
+        let _ = write!(out, ",\"error_code\":\"{}\"", code.as_str());
+    }
+    out.push('}');
+}
+
+fn json_string(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+/// The flags step as a tower layer.
+#[derive(Clone)]
+pub struct FlagsLayer {
+    settings: Arc<Settings>,
+}
+
+impl FlagsLayer {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+impl<S> Layer<S> for FlagsLayer {
+    type Service = FlagsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        FlagsService {
+            inner,
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct FlagsService<S> {
+    inner: S,
+    settings: Arc<Settings>,
+}
+
+impl<S, B, RB> Service<Request<B>> for FlagsService<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = FlagsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let decisions = self.settings.apply(&mut req);
+        let decisions = decisions.filter(|d| d.events.enabled);
+        FlagsFuture {
+            inner: self.inner.call(req),
+            decisions,
+        }
+    }
+}
+
+pin_project! {
+    pub struct FlagsFuture<F> {
+        #[pin]
+        inner: F,
+        decisions: Option<Arc<FlagDecisions>>,
+    }
+}
+
+impl<F, RB, E> Future for FlagsFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx));
+        if let (Ok(res), Some(d)) = (res.as_mut(), this.decisions.take()) {
+            res.extensions_mut().insert(d);
+        }
+        Poll::Ready(res)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn header_values_follow_the_spec() {
+        let h = |v: Value| header_value(&v).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(h(json!(true)), "true");
+        assert_eq!(h(json!(1.5)), "1.5");
+        assert_eq!(h(json!("dark")), "dark");
+        assert_eq!(h(json!({"a": [1, 2]})), r#"{"a":[1,2]}"#);
+        assert_eq!(h(json!("café")), r#""caf\u00e9""#);
+        assert_eq!(h(json!("\"quoted")), r#""\"quoted""#);
+        assert_eq!(h(json!(" padded")), r#"" padded""#);
+        assert_eq!(h(json!("")), r#""""#);
+        assert_eq!(h(json!("😀")), r#""\ud83d\ude00""#);
+    }
+
+    #[test]
+    fn decoding_and_encoding() {
+        assert_eq!(percent_decode("a%20b%2", false), "a b%2");
+        assert_eq!(percent_decode("a+b", true), "a b");
+        assert_eq!(percent_decode("a+b", false), "a+b");
+        let mut s = String::new();
+        percent_encode_baggage("v 1,é%", &mut s);
+        assert_eq!(s, "v%201%2C%C3%A9%25");
+        assert_eq!(
+            attache_header_name("x-flag-", "New_Checkout.v2"),
+            "x-flag-new-checkout-v2"
+        );
+    }
+
+    #[test]
+    fn nested_attributes() {
+        let mut root = Map::new();
+        root.insert("user".into(), json!("flat"));
+        insert_path(&mut root, &["user".into(), "plan".into()], json!("pro"));
+        assert_eq!(Value::Object(root), json!({"user": {"plan": "pro"}}));
+    }
+}

@@ -1,0 +1,677 @@
+//! Feature flags in the running proxy (specs/feature-flags.md §5, §10, §11): the flag sources
+//! and their watchers, which outlive config snapshots (a reload that leaves `spec.flags.sources`
+//! alone keeps them and their last good documents); the flags step of each leg; the OFREP
+//! listener; and the admin view.
+//!
+//! - A file source is watched through its directory with `notify` (a ConfigMap swap re-points
+//!   `..data` and changes nothing at the file's own path), debounced 200 ms, and checked every
+//!   `file_poll_interval` for filesystems without inotify. A missing file is retried
+//!   6 × 200 ms. Unchanged content is a no-op.
+//! - A URL source is polled every `poll_interval` ± 10% with `If-None-Match`; 304 is a no-op.
+//! - Parsing and compiling run in `spawn_blocking`; a failure never replaces the last good
+//!   document. It is logged at WARN, counted, and shown on admin `GET /flags`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use attache_config::{Config, FlagSource, SourceKind};
+use attache_filters::Body;
+use attache_filters::flags::eval::FlagSet;
+use attache_filters::flags::logic::FractionalVersion;
+use attache_filters::flags::ofrep::Ofrep;
+use attache_filters::flags::request::{
+    ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Route, Settings, Source,
+    Trust, flag_header_name, header_value, unix_now,
+};
+use attache_filters::flags::store::FlagStore;
+use attache_filters::telemetry::{Direction, Metrics};
+use attache_filters::trace_context::baggage;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use notify::{RecursiveMode, Watcher};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::conn::ConnInfo;
+use crate::server::Shared;
+
+const DEBOUNCE: Duration = Duration::from_millis(200);
+const MISSING_RETRIES: u32 = 6;
+/// A URL source's document may not be larger than this.
+const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// One source's state, for `/flags`.
+#[derive(Debug, Clone, Default)]
+struct SourceStatus {
+    /// `loading` until the first attempt ends, then `ok` or `error`.
+    state: &'static str,
+    last_success: Option<SystemTime>,
+    last_error: Option<String>,
+    etag: Option<String>,
+}
+
+/// What decides whether the sources must be restarted on reload.
+#[derive(Clone, PartialEq)]
+struct SourcesKey {
+    sources: Vec<FlagSource>,
+    file_poll_interval: Duration,
+}
+
+/// The sources of one `spec.flags.sources` list, their watchers and the merged store.
+pub struct Running {
+    pub store: Arc<FlagStore>,
+    sources: Vec<FlagSource>,
+    status: Arc<Mutex<Vec<SourceStatus>>>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Running {
+    /// Every source that readiness waits for has loaded once.
+    pub fn ready(&self) -> bool {
+        self.sources
+            .iter()
+            .enumerate()
+            .all(|(i, s)| s.optional || self.store.loaded(i))
+    }
+
+    /// The admin view: each source's state and each flag's.
+    pub fn admin(&self) -> Value {
+        let status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        let unix = |t: Option<SystemTime>| {
+            t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+        };
+        let sources: Vec<Value> = self
+            .sources
+            .iter()
+            .zip(status.iter())
+            .map(|(src, st)| {
+                json!({
+                    "location": src.location(),
+                    "optional": src.optional,
+                    "state": st.state,
+                    "last_success_unix": unix(st.last_success),
+                    "last_error": st.last_error,
+                    "etag": st.etag,
+                })
+            })
+            .collect();
+        let snap = self.store.snapshot();
+        let flags: BTreeMap<&String, Value> = snap
+            .flags
+            .iter()
+            .map(|(key, f)| {
+                let compile_error = match &f.targeting {
+                    Some(Err(e)) => Some(e.as_str()),
+                    _ => None,
+                };
+                (
+                    key,
+                    json!({
+                        "source": self.sources.get(f.source).map(FlagSource::location),
+                        "state": if f.enabled { "ENABLED" } else { "DISABLED" },
+                        "variants": f.variants,
+                        "default_variant": f.default_variant,
+                        "compile_error": compile_error,
+                    }),
+                )
+            })
+            .collect();
+        json!({ "sources": sources, "flags": flags, "warnings": snap.warnings })
+    }
+}
+
+/// The running sources, kept across reloads.
+pub struct Flags {
+    current: Mutex<Option<(SourcesKey, Arc<Running>)>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Flags {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            current: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// The running sources for `flags`: the current ones when the list is unchanged, else
+    /// new ones (the old watchers stop once no snapshot uses them).
+    pub fn running(&self, flags: &attache_config::Flags) -> Arc<Running> {
+        let key = SourcesKey {
+            sources: flags.sources.clone(),
+            file_poll_interval: flags.file_poll_interval.get(),
+        };
+        let mut slot = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, r)) = slot.as_ref()
+            && *k == key
+        {
+            return r.clone();
+        }
+        let store = Arc::new(FlagStore::new(flags.sources.len()));
+        let status = Arc::new(Mutex::new(vec![
+            SourceStatus {
+                state: "loading",
+                ..SourceStatus::default()
+            };
+            flags.sources.len()
+        ]));
+        let mut tasks = Vec::new();
+        for (index, source) in flags.sources.iter().enumerate() {
+            let ctx = SourceCtx {
+                index,
+                label: source.location().to_owned(),
+                store: store.clone(),
+                status: status.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let task = match (&source.file, &source.url) {
+                (Some(file), _) => {
+                    tokio::spawn(watch_file(ctx, PathBuf::from(file), key.file_poll_interval))
+                }
+                (None, Some(url)) => tokio::spawn(poll_url(ctx, source.clone(), url.clone())),
+                (None, None) => continue,
+            };
+            tasks.push(task.abort_handle());
+        }
+        let running = Arc::new(Running {
+            store,
+            sources: flags.sources.clone(),
+            status,
+            tasks,
+        });
+        *slot = Some((key, running.clone()));
+        running
+    }
+}
+
+/// What a source's task needs.
+struct SourceCtx {
+    index: usize,
+    label: String,
+    store: Arc<FlagStore>,
+    status: Arc<Mutex<Vec<SourceStatus>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The document format: by extension or `Content-Type`, else a leading `{` means JSON.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    Json,
+    Yaml,
+    Sniff,
+}
+
+fn parse_document(bytes: &[u8], format: Format) -> Result<Value, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    let json = match format {
+        Format::Json => true,
+        Format::Yaml => false,
+        Format::Sniff => text.trim_start().starts_with('{'),
+    };
+    if json {
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))
+    } else {
+        attache_config::parse_document(text).map_err(|e| format!("invalid YAML: {e}"))
+    }
+}
+
+impl SourceCtx {
+    fn set_status(&self, f: impl FnOnce(&mut SourceStatus)) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = status.get_mut(self.index) {
+            f(s);
+        }
+    }
+
+    /// `result` is `ok`, `unchanged`, `invalid` or `unreachable`.
+    fn record(&self, result: &'static str, error: Option<String>) {
+        self.metrics.flags.source_load(&self.label, result);
+        match error {
+            None => self.set_status(|s| {
+                s.state = "ok";
+                s.last_success = Some(SystemTime::now());
+                s.last_error = None;
+            }),
+            Some(e) => {
+                tracing::warn!(source = %self.label, error = %e, "flag source failed; keeping its last good flags");
+                self.set_status(|s| {
+                    s.state = "error";
+                    s.last_error = Some(e);
+                });
+            }
+        }
+    }
+
+    /// Parses and compiles off the runtime, then publishes or records the failure.
+    async fn load(&self, bytes: Vec<u8>, format: Format) -> bool {
+        let index = self.index;
+        let parsed = tokio::task::spawn_blocking(move || {
+            let doc = parse_document(&bytes, format)?;
+            FlagSet::parse_source(&doc, index).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the parser failed: {e}")));
+        match parsed {
+            Ok(set) => {
+                for w in &set.warnings {
+                    tracing::warn!(source = %self.label, "flag loaded with a problem: {w}");
+                }
+                let count = set.flags.len();
+                if let Err(e) = self.store.install(index, set) {
+                    self.record("invalid", Some(e.to_string()));
+                    return false;
+                }
+                tracing::info!(source = %self.label, flags = count, "flags loaded");
+                self.record("ok", None);
+                true
+            }
+            Err(e) => {
+                self.store.fail(
+                    index,
+                    attache_filters::flags::eval::LoadError {
+                        path: "$".into(),
+                        message: e.clone(),
+                    },
+                );
+                self.record("invalid", Some(e));
+                false
+            }
+        }
+    }
+}
+
+/// What the periodic check compares: the target's identity, size and mtime.
+fn stat(path: &Path) -> Option<(u64, u64, Option<SystemTime>)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.size(), m.modified().ok()))
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
+    let format = match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => Format::Json,
+        Some("yaml" | "yml") => Format::Yaml,
+        _ => Format::Sniff,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok() {
+            let _ = tx.send(());
+        }
+    });
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let _watcher = match watcher {
+        Ok(mut w) => {
+            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the flag file's directory; polling only");
+            }
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch flag files; polling only");
+            None
+        }
+    };
+    let mut last: Option<u64> = None;
+    let mut last_stat;
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut event = true;
+    loop {
+        // Read, with retries while the file is missing (mid-swap, or not yet created).
+        let mut attempt = 0;
+        let read = loop {
+            match tokio::fs::read(&path).await {
+                Ok(b) => break Ok(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < MISSING_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(DEBOUNCE).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match read {
+            Ok(bytes) => {
+                let hash = content_hash(&bytes);
+                last_stat = stat(&path);
+                if last == Some(hash) {
+                    if event {
+                        ctx.record("unchanged", None);
+                    }
+                } else {
+                    last = Some(hash);
+                    ctx.load(bytes, format).await;
+                }
+            }
+            Err(e) => {
+                // Forget the content, so the same file coming back loads again.
+                if last.is_some() || event {
+                    ctx.record(
+                        "unreachable",
+                        Some(format!("cannot read {}: {e}", path.display())),
+                    );
+                }
+                last = None;
+                last_stat = None;
+            }
+        }
+        // Wait for a change: a directory event (debounced) or a poll that sees one.
+        event = loop {
+            tokio::select! {
+                Some(()) = rx.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while rx.try_recv().is_ok() {}
+                    break true;
+                }
+                _ = tick.tick() => {
+                    let now = stat(&path);
+                    let changed = now != last_stat || now.is_none() != last.is_none();
+                    if changed || now.is_some() && std::fs::read(&path).ok().map(|b| content_hash(&b)) != last {
+                        break false;
+                    }
+                }
+            }
+        };
+    }
+}
+
+async fn poll_url(ctx: SourceCtx, source: FlagSource, url: String) {
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let headers: Vec<(HeaderName, HeaderValue)> = source
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect();
+    let mut etag: Option<HeaderValue> = None;
+    let interval = source.poll_interval.get();
+    let timeout = source.timeout.get();
+    loop {
+        let mut builder = Request::get(url.as_str());
+        for (k, v) in &headers {
+            builder = builder.header(k, v);
+        }
+        if let Some(tag) = &etag {
+            builder = builder.header(http::header::IF_NONE_MATCH, tag);
+        }
+        match builder.body(http_body_util::Empty::new()) {
+            Err(e) => ctx.record("unreachable", Some(format!("invalid request: {e}"))),
+            Ok(req) => {
+                let fetched = tokio::time::timeout(timeout, async {
+                    let res = client.request(req).await.map_err(|e| {
+                        format!("GET {url}: {}", attache_filters::errors::error_chain(&e))
+                    })?;
+                    let (parts, body) = res.into_parts();
+                    let bytes = Limited::new(body, MAX_DOCUMENT_BYTES)
+                        .collect()
+                        .await
+                        .map_err(|e| format!("GET {url}: reading the body: {e}"))?
+                        .to_bytes();
+                    Ok::<_, String>((parts, bytes))
+                })
+                .await
+                .unwrap_or_else(|_| Err(format!("GET {url}: no answer within {timeout:?}")));
+                match fetched {
+                    Err(e) => ctx.record("unreachable", Some(e)),
+                    Ok((parts, _)) if parts.status == http::StatusCode::NOT_MODIFIED => {
+                        ctx.record("unchanged", None);
+                    }
+                    Ok((parts, _)) if !parts.status.is_success() => {
+                        ctx.record(
+                            "unreachable",
+                            Some(format!("GET {url}: HTTP {}", parts.status)),
+                        );
+                    }
+                    Ok((parts, bytes)) => {
+                        let ct = parts
+                            .headers
+                            .get(http::header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_ascii_lowercase();
+                        let format = if ct.contains("yaml") {
+                            Format::Yaml
+                        } else if ct.contains("json") {
+                            Format::Json
+                        } else {
+                            Format::Sniff
+                        };
+                        if ctx.load(bytes.to_vec(), format).await {
+                            etag = parts.headers.get(http::header::ETAG).cloned();
+                            let shown = etag
+                                .as_ref()
+                                .and_then(|e| e.to_str().ok())
+                                .map(str::to_owned);
+                            ctx.set_status(|s| s.etag = shown);
+                        }
+                    }
+                }
+            }
+        }
+        // ± 10% so replicas do not poll in step.
+        let jitter = 0.9 + rand_unit() * 0.2;
+        tokio::time::sleep(interval.mul_f64(jitter)).await;
+    }
+}
+
+/// A number in [0, 1) from the clock's low bits; jitter needs no better.
+fn rand_unit() -> f64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
+}
+
+fn fractional(v: attache_config::FractionalVersion) -> FractionalVersion {
+    match v {
+        attache_config::FractionalVersion::V1 => FractionalVersion::V1,
+        attache_config::FractionalVersion::V2 => FractionalVersion::V2,
+        attache_config::FractionalVersion::V3 => FractionalVersion::V3,
+    }
+}
+
+fn source(s: &attache_config::ContextSource) -> Option<Source> {
+    let (kind, name) = s.source()?;
+    Some(match kind {
+        SourceKind::Header => Source::Header(HeaderName::from_bytes(name.as_bytes()).ok()?),
+        SourceKind::Cookie => Source::Cookie(name.to_owned()),
+        SourceKind::Query => Source::Query(name.to_owned()),
+        SourceKind::Baggage => Source::Baggage(name.to_owned()),
+    })
+}
+
+fn context_rules(flags: &attache_config::Flags, headers_only: bool) -> ContextRules {
+    let c = &flags.context;
+    ContextRules {
+        targeting_key: c.targeting_key.iter().filter_map(source).collect(),
+        attributes: c
+            .attributes
+            .iter()
+            .filter(|a| !headers_only || a.header.is_some())
+            .filter_map(|a| Some((source(a)?, a.key().split('.').map(str::to_owned).collect())))
+            .collect(),
+        static_attributes: c.static_attributes.clone(),
+    }
+}
+
+fn peer_of(ext: &http::Extensions) -> Option<SocketAddr> {
+    ext.get::<ConnInfo>().map(|c| c.peer)
+}
+
+/// The flags step of one leg: inbound (delivery, and routes of `app`) or an outbound
+/// listener for `upstream` (its routes; the app's own baggage is trusted). `None` when the
+/// leg has nothing to do.
+pub fn layer(
+    config: &Config,
+    running: Option<&Arc<Running>>,
+    direction: Direction,
+    upstream: &str,
+    metrics: &Arc<Metrics>,
+) -> Option<FlagsLayer> {
+    let flags = config.spec.flags.as_ref()?;
+    let running = running?;
+    let routes: Vec<Route> = flags
+        .routes
+        .iter()
+        .filter(|r| r.upstream == upstream)
+        .map(|r| Route {
+            flag: Arc::from(r.flag.as_str()),
+            variants: r
+                .variants
+                .iter()
+                .map(|(v, u)| (v.clone(), Arc::from(u.as_str())))
+                .collect(),
+        })
+        .collect();
+    let d = &flags.deliver;
+    let delivery = match direction {
+        Direction::Outbound if routes.is_empty() => return None,
+        Direction::Outbound => None,
+        Direction::Inbound => Some(Delivery {
+            flags: if d.flags.iter().any(|f| f == "*") {
+                DeliverFlags::All
+            } else {
+                DeliverFlags::Keys(
+                    d.flags
+                        .iter()
+                        .map(|k| {
+                            let name = d
+                                .header_prefix
+                                .as_ref()
+                                .and_then(|p| flag_header_name(p, k));
+                            (Arc::from(k.as_str()), name)
+                        })
+                        .collect(),
+                )
+            },
+            header_prefix: d.header_prefix.as_ref().map(|p| p.to_ascii_lowercase()),
+            combined: d
+                .combined_header
+                .as_ref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            baggage: d.baggage,
+            defaults: d
+                .defaults
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), header_value(v)?)))
+                .collect::<HashMap<_, _>>(),
+        }),
+    };
+    let trust = match direction {
+        Direction::Outbound => Trust::Always,
+        Direction::Inbound if flags.trust_upstream_decisions => {
+            let peers = flags.trusted_peers.clone();
+            Trust::Peers(Arc::new(move |ip| peers.iter().any(|c| c.contains(ip))))
+        }
+        Direction::Inbound => Trust::Never,
+    };
+    let t = &config.spec.trace.baggage;
+    Some(FlagsLayer::new(Settings {
+        store: running.store.clone(),
+        fractional: fractional(flags.fractional_version),
+        context: context_rules(flags, false),
+        delivery,
+        trust,
+        routes,
+        events: EventSettings {
+            enabled: flags.telemetry.events,
+            include_value: flags.telemetry.include_value,
+            include_context_id: flags.telemetry.include_context_id,
+        },
+        metrics: metrics.clone(),
+        baggage: baggage::Limits {
+            max_members: t.max_members as usize,
+            max_bytes: t.max_bytes as usize,
+        },
+        peer_of,
+        clock: unix_now,
+    }))
+}
+
+/// The OFREP service of a snapshot, and where it listens.
+pub fn ofrep(
+    config: &Config,
+    running: Option<&Arc<Running>>,
+    metrics: &Arc<Metrics>,
+) -> Option<(SocketAddr, Arc<Ofrep>)> {
+    let flags = config.spec.flags.as_ref()?;
+    let o = flags.ofrep.as_ref()?;
+    Some((
+        o.listen.0,
+        Arc::new(Ofrep {
+            store: running?.store.clone(),
+            fractional: fractional(flags.fractional_version),
+            context: context_rules(flags, true),
+            metrics: metrics.clone(),
+            max_body_bytes: usize::try_from(o.max_body_bytes.0).unwrap_or(usize::MAX),
+            clock: unix_now,
+        }),
+    ))
+}
+
+/// Serves OFREP on one connection.
+pub async fn serve_ofrep(stream: TcpStream, shared: Arc<Shared>, ofrep: Arc<Ofrep>) {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let ofrep = ofrep.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = match Limited::new(body, ofrep.max_body_bytes).collect().await {
+                Ok(b) => Some(b.to_bytes()),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => None,
+                Err(_) => Some(Bytes::new()),
+            };
+            Ok::<Response<Body>, Infallible>(ofrep.respond(
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                body,
+            ))
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let mut conn = std::pin::pin!(conn);
+    let mut shutdown = shared.shutdown.subscribe();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { shutdown.wait_for(|d| *d).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
