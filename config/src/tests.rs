@@ -104,8 +104,9 @@ spec:
 
 #[test]
 fn missing_and_reserved_sections() {
-    let errs =
-        errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  rate_limits: {}\n  inbound: {}\n");
+    let errs = errors(
+        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  rate_limits: {}\n  inbound: {}\n",
+    );
     assert_eq!(
         errs,
         [
@@ -608,7 +609,10 @@ fn flags_cidrs() {
     let c: crate::Cidr = "10.0.0.0/8".parse().unwrap();
     assert!(c.contains("10.2.3.4".parse().unwrap()));
     assert!(!c.contains("11.0.0.1".parse().unwrap()));
-    assert!(c.contains("::ffff:10.0.0.9".parse().unwrap()), "v4-mapped v6");
+    assert!(
+        c.contains("::ffff:10.0.0.9".parse().unwrap()),
+        "v4-mapped v6"
+    );
     let one: crate::Cidr = "127.0.0.1".parse().unwrap();
     assert_eq!(one.prefix, 32);
     assert!("10.0.0.0/33".parse::<crate::Cidr>().is_err());

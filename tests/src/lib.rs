@@ -175,11 +175,24 @@ impl Attache {
     }
 
     pub fn spawn_with_env(ports: Ports, dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Self::spawn_in(ports, dir, args, env, &cwd)
+    }
+
+    /// As [`Attache::spawn_with_env`], with `cwd` as the working directory.
+    pub fn spawn_in(
+        ports: Ports,
+        dir: TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+        cwd: &Path,
+    ) -> Self {
         let log = dir.path().join("attache.log");
         let stderr = std::fs::File::create(&log).expect("log file");
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
         let child = Command::new(attache_bin())
             .args(args)
+            .current_dir(cwd)
             .envs(env.iter().copied())
             .env("ATTACHE_LOG", "info")
             .env("ATTACHE_WORKERS", "2")
