@@ -57,7 +57,7 @@ pub struct FlagSource {
     /// A file path; watched for changes, including ConfigMap symlink swaps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
-    /// An `http://` URL polled every `poll_interval`.
+    /// An `http://` URL polled every `poll_interval` (`https://` is not supported yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// URL sources: time between polls (±10% jitter).

@@ -113,3 +113,29 @@ fn the_propagation_step_keeps_unchanged_values_and_allocates_per_written_header(
     );
     assert_eq!(h.get_all("traceparent").iter().count(), 1);
 }
+
+/// `specs/feature-flags.md` §13: a static evaluation allocates nothing (the decision borrows
+/// the snapshot), and so does a disabled flag; a targeted one allocates only what the rule
+/// itself builds.
+#[test]
+fn static_flag_evaluation_allocates_nothing() {
+    use attache_filters::flags::eval::{FlagSet, Kind, Reason};
+    use attache_filters::flags::logic::FractionalVersion;
+    let set = FlagSet::parse(&serde_json::json!({"flags": {
+        "static": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"},
+        "object": {"state": "ENABLED", "variants": {"a": {"cols": [1, 2]}}, "defaultVariant": "a"},
+        "off": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"}
+    }}))
+    .unwrap();
+    let ctx = serde_json::Value::Null;
+    let info = measure(|| {
+        let d = set.decide("static", &ctx, 1, Kind::Any, FractionalVersion::V2);
+        assert_eq!(d.reason, Reason::Static);
+        assert_eq!(d.variant, Some("on"));
+        let d = set.decide("object", &ctx, 1, Kind::Object, FractionalVersion::V2);
+        assert!(d.value.is_some_and(|v| v.is_object()));
+        let d = set.decide("off", &ctx, 1, Kind::Boolean, FractionalVersion::V2);
+        assert_eq!(d.reason, Reason::Disabled);
+    });
+    assert_eq!(info.count_total, 0, "a static evaluation allocated: {info:?}");
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# What feature flags cost per request (specs/feature-flags.md §13, issue 5): attache's CPU time
+# per request at a fixed rate with no flags, and with 10 flags evaluated and delivered to the
+# app on every request (6 static, 3 targeting rules on the targeting key and a header
+# attribute, 1 fractional split), as headers, the combined x-flags header and baggage.
+# attache is pinned to core 0 with one worker; the load generator and the upstream share core 1.
+#
+#   bash bench/flags.sh                      # 20,000 req/s, 8 s per run, 3 rounds
+#   RATE=10000 ROUNDS=5 bash bench/flags.sh
+#
+# Needs: h2load, nginx (apt-get install nghttp2-client nginx-light). Traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNS=${CONNS:-50}
+RATE=${RATE:-20000}
+RATE_SECS=${RATE_SECS:-8}
+ROUNDS=${ROUNDS:-3}
+WARMUP_SECS=${WARMUP_SECS:-3}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+OUT=bench/out
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+UP=18080 ATT=18001 ATT_ADMIN=18100 OFREP=18016
+PIDS=()
+source bench/lib.sh
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+need h2load "apt-get install nghttp2-client"
+need nginx "apt-get install nginx-light"
+
+cargo build --release -q -p attache
+ATTACHE=target/release/attache
+
+cat > "$OUT/bench-flags.json" <<'JSON'
+{
+  "metadata": {"flagSetId": "bench", "version": "1"},
+  "flags": {
+    "s1": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"},
+    "s2": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"},
+    "s3": {"state": "ENABLED", "variants": {"light": "light", "dark": "dark"}, "defaultVariant": "dark"},
+    "s4": {"state": "ENABLED", "variants": {"a": 10, "b": 20}, "defaultVariant": "b"},
+    "s5": {"state": "ENABLED", "variants": {"cfg": {"cols": 3, "dense": true}}, "defaultVariant": "cfg"},
+    "s6": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"},
+    "t1": {"state": "ENABLED", "variants": {"beta": "beta", "stable": "stable"}, "defaultVariant": "stable",
+           "targeting": {"if": [{"and": [{"starts_with": [{"var": "targetingKey"}, "user-"]},
+                                          {"in": [{"var": "plan"}, ["pro", "enterprise"]]},
+                                          {"==": [{"var": "request.method"}, "GET"]}]}, "beta", null]}},
+    "t2": {"state": "ENABLED", "variants": {"yes": true, "no": false}, "defaultVariant": "no",
+           "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "yes"]}},
+    "t3": {"state": "ENABLED", "variants": {"eu": "eu", "us": "us"}, "defaultVariant": "us",
+           "targeting": {"if": [{"ends_with": [{"var": "targetingKey"}, "42"]}, "eu"]}},
+    "f1": {"state": "ENABLED", "variants": {"a": "a", "b": "b", "c": "c", "d": "d"}, "defaultVariant": "a",
+           "targeting": {"fractional": [["a", 25], ["b", 25], ["c", 25], ["d", 25]]}}
+  }
+}
+JSON
+
+upstream_nginx "$UP" "$LOAD_CPU"
+wait_port "$UP"
+
+# run_mode NAME YAML: one attache run at the fixed rate; appends "cpu mean done" to
+# $OUT/flags-NAME.runs.
+run_mode() {
+  local name=$1 extra=$2
+  cat > "$OUT/attache-flags-$name.yaml" <<CONF
+apiVersion: attache.dev/v1
+kind: Sidecar
+metadata: { name: bench }
+spec:
+  inbound: { listen: "127.0.0.1:$ATT", app: "http://127.0.0.1:$UP" }
+  admin: { listen: "127.0.0.1:$ATT_ADMIN" }
+  telemetry: { access_log: { enabled: false } }
+$extra
+CONF
+  ATTACHE_LOG=warn ATTACHE_WORKERS=1 taskset -c "$PROXY_CPU" "$ATTACHE" run -c "$OUT/attache-flags-$name.yaml" >/dev/null 2>"$OUT/attache-flags-$name.log" &
+  local pid=$!
+  wait_port "$ATT"
+  local load=(h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -H 'x-user-id: user-42' -H 'x-plan: pro')
+  taskset -c "$LOAD_CPU" "${load[@]}" -D "$WARMUP_SECS" "http://127.0.0.1:$ATT/" >/dev/null 2>&1
+  local before after
+  before=$(cpu_ticks "$pid")
+  taskset -c "$LOAD_CPU" "${load[@]}" -D "$RATE_SECS" "http://127.0.0.1:$ATT/" > "$OUT/h2load-flags-$name.txt" 2>&1
+  after=$(cpu_ticks "$pid")
+  local evaluated
+  evaluated=$(curl -s "http://127.0.0.1:$ATT_ADMIN/metrics" | awk '/^attache_flag_evaluations_total/{s+=$2} END{print s+0}')
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  local done_n mean
+  done_n=$(awk '/^requests:/{print $8}' "$OUT/h2load-flags-$name.txt")
+  mean=$(awk '/^time for request:/{print $6}' "$OUT/h2load-flags-$name.txt")
+  echo "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$done_n" 'BEGIN{printf "%.1f", d*1e6/hz/n}') $mean $done_n $evaluated" >> "$OUT/flags-$name.runs"
+}
+
+FLAGS_SECTION="  flags:
+    sources: [ { file: '$PWD/$OUT/bench-flags.json' } ]
+    ofrep: { listen: '127.0.0.1:$OFREP' }
+    context:
+      targeting_key: [ { header: x-user-id } ]
+      attributes: [ { header: x-plan, as: plan } ]"
+MODES=(none flags-configured-0-delivered 10-flags)
+declare -A YAML=(
+  [none]=""
+  [flags-configured-0-delivered]="$FLAGS_SECTION"
+  [10-flags]="$FLAGS_SECTION
+    deliver: { flags: [s1, s2, s3, s4, s5, s6, t1, t2, t3, f1], combined_header: x-flags }"
+)
+for m in "${MODES[@]}"; do rm -f "$OUT/flags-$m.runs"; done
+for round in $(seq "$ROUNDS"); do
+  for m in "${MODES[@]}"; do run_mode "$m" "${YAML[$m]}"; done
+done
+
+median() { sort -n -k1,1 "$1" | awk '{a[NR]=$0} END{print a[int((NR+1)/2)]}'; }
+{
+  echo "h2load --h1 -c$CONNS at $RATE req/s for $RATE_SECS s per run, $ROUNDS interleaved rounds (median shown); attache pinned to CPU $PROXY_CPU with one worker; load and upstream on CPU $LOAD_CPU; tracing on, access log off."
+  echo
+  echo "| mode                         | CPU µs/req (median) | all rounds            | vs none | mean latency | evaluations |"
+  echo "|------------------------------|---------------------|-----------------------|---------|--------------|-------------|"
+  base=$(median "$OUT/flags-none.runs" | awk '{print $1}')
+  for m in "${MODES[@]}"; do
+    read -r cpu mean _ evaluated <<<"$(median "$OUT/flags-$m.runs")"
+    all=$(awk '{printf "%s%s", sep, $1; sep=", "}' "$OUT/flags-$m.runs")
+    printf "| %-28s | %19s | %-21s | %6s× | %12s | %11s |\n" "$m" "$cpu" "$all" "$(awk -v c="$cpu" -v b="$base" 'BEGIN{printf "%.2f", c/b}')" "$mean" "$evaluated"
+  done
+} | tee "$OUT/flags-results.md"
