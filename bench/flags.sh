@@ -2,7 +2,8 @@
 # What feature flags cost per request (specs/feature-flags.md §13, issue 5): attache's CPU time
 # per request at a fixed rate with no flags, and with 10 flags evaluated and delivered to the
 # app on every request (6 static, 3 targeting rules on the targeting key and a header
-# attribute, 1 fractional split), as headers, the combined x-flags header and baggage.
+# attribute, 1 fractional split) as x-flag-* headers and baggage, and also with the combined
+# x-flags header.
 # attache is pinned to core 0 with one worker; the load generator and the upstream share core 1.
 #
 #   bash bench/flags.sh                      # 20,000 req/s, 8 s per run, 3 rounds
@@ -100,11 +101,13 @@ FLAGS_SECTION="  flags:
     context:
       targeting_key: [ { header: x-user-id } ]
       attributes: [ { header: x-plan, as: plan } ]"
-MODES=(none flags-configured-0-delivered 10-flags)
+MODES=(none flags-configured-0-delivered 10-flags 10-flags+x-flags)
 declare -A YAML=(
   [none]=""
   [flags-configured-0-delivered]="$FLAGS_SECTION"
   [10-flags]="$FLAGS_SECTION
+    deliver: { flags: [s1, s2, s3, s4, s5, s6, t1, t2, t3, f1] }"
+  [10-flags+x-flags]="$FLAGS_SECTION
     deliver: { flags: [s1, s2, s3, s4, s5, s6, t1, t2, t3, f1], combined_header: x-flags }"
 )
 for m in "${MODES[@]}"; do rm -f "$OUT/flags-$m.runs"; done

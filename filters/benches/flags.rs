@@ -9,6 +9,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use attache_filters::flags::eval::{FlagSet, Kind};
+
+// The proxy's allocator, so allocation costs are the proxy's.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use attache_filters::flags::logic::FractionalVersion;
 use attache_filters::flags::store::FlagStore;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -115,11 +119,104 @@ fn reload(c: &mut Criterion) {
     });
 }
 
+/// The whole request step as the proxy runs it: 10 flags (6 static, 3 targeting rules, one
+/// fractional) evaluated from a request's headers and delivered as headers and baggage.
+fn request_step(c: &mut Criterion) {
+    use attache_filters::flags::request::{
+        ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Settings, Source, Trust,
+        flag_header_name,
+    };
+    use attache_filters::telemetry::Metrics;
+    use http::{HeaderName, Request};
+    use std::sync::Arc;
+    use tower::{Layer, Service};
+
+    let doc = json!({"flags": {
+        "s1": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"},
+        "s2": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"},
+        "s3": {"state": "ENABLED", "variants": {"light": "light", "dark": "dark"}, "defaultVariant": "dark"},
+        "s4": {"state": "ENABLED", "variants": {"a": 10, "b": 20}, "defaultVariant": "b"},
+        "s5": {"state": "ENABLED", "variants": {"cfg": {"cols": 3, "dense": true}}, "defaultVariant": "cfg"},
+        "s6": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"},
+        "t1": {"state": "ENABLED", "variants": {"beta": "beta", "stable": "stable"}, "defaultVariant": "stable",
+               "targeting": {"if": [{"and": [{"starts_with": [{"var": "targetingKey"}, "user-"]},
+                                              {"in": [{"var": "plan"}, ["pro", "enterprise"]]},
+                                              {"==": [{"var": "request.method"}, "GET"]}]}, "beta", null]}},
+        "t2": {"state": "ENABLED", "variants": {"yes": true, "no": false}, "defaultVariant": "no",
+               "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "yes"]}},
+        "t3": {"state": "ENABLED", "variants": {"eu": "eu", "us": "us"}, "defaultVariant": "us",
+               "targeting": {"if": [{"ends_with": [{"var": "targetingKey"}, "42"]}, "eu"]}},
+        "f1": {"state": "ENABLED", "variants": {"a": "a", "b": "b", "c": "c", "d": "d"}, "defaultVariant": "a",
+               "targeting": {"fractional": [["a", 25], ["b", 25], ["c", 25], ["d", 25]]}}
+    }});
+    let store = Arc::new(FlagStore::new(1));
+    store.update(0, &doc).unwrap_or_default();
+    let keys = ["s1", "s2", "s3", "s4", "s5", "s6", "t1", "t2", "t3", "f1"];
+    for (name, combined) in [
+        ("request step, 10 flags", None),
+        (
+            "request step, 10 flags + x-flags",
+            Some(HeaderName::from_static("x-flags")),
+        ),
+    ] {
+        let settings = Settings {
+            store: store.clone(),
+            fractional: FractionalVersion::V2,
+            context: ContextRules {
+                targeting_key: vec![Source::Header(HeaderName::from_static("x-user-id"))],
+                attributes: vec![(
+                    Source::Header(HeaderName::from_static("x-plan")),
+                    vec!["plan".to_owned()],
+                )],
+                static_attributes: serde_json::Map::new(),
+            },
+            delivery: Some(Delivery {
+                flags: DeliverFlags::Keys(
+                    keys.iter()
+                        .map(|k| (Arc::from(*k), flag_header_name("x-flag-", k)))
+                        .collect(),
+                ),
+                header_prefix: Some("x-flag-".into()),
+                combined,
+                baggage: true,
+                defaults: Default::default(),
+            }),
+            trust: Trust::Never,
+            routes: Vec::new(),
+            events: EventSettings {
+                enabled: true,
+                include_value: false,
+                include_context_id: false,
+            },
+            metrics: Arc::new(Metrics::new()),
+            baggage: Default::default(),
+            peer_of: |_| Some(std::net::SocketAddr::from(([10, 0, 0, 1], 4000))),
+            clock: || 1_795_000_000,
+        };
+        let mut svc =
+            FlagsLayer::new(settings).layer(tower::service_fn(|req: Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(req))
+            }));
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let req = Request::get("/cart?x=1")
+                    .header("host", "shop")
+                    .header("x-user-id", "user-42")
+                    .header("x-plan", "pro")
+                    .header("baggage", "tenant=acme")
+                    .body(())
+                    .unwrap_or_default();
+                black_box(svc.call(req))
+            })
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    targets = flags, reload
+    targets = flags, reload, request_step
 }
 criterion_main!(benches);

@@ -137,5 +137,8 @@ fn static_flag_evaluation_allocates_nothing() {
         let d = set.decide("off", &ctx, 1, Kind::Boolean, FractionalVersion::V2);
         assert_eq!(d.reason, Reason::Disabled);
     });
-    assert_eq!(info.count_total, 0, "a static evaluation allocated: {info:?}");
+    assert_eq!(
+        info.count_total, 0,
+        "a static evaluation allocated: {info:?}"
+    );
 }

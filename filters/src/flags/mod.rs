@@ -1,14 +1,20 @@
-//! Feature flags (specs/feature-flags.md), in progress: flagd's evaluation semantics, built
-//! bottom-up. What exists so far is pure, unit-tested, and passes the flagd testbed's evaluator
-//! runs 1 and 2 (`tests/tests/flagd_testbed.rs`); sources, delivery to the app, OFREP and
-//! routing come next, and `spec.flags` stays reserved in the config until they do.
+//! Feature flags (specs/feature-flags.md): flagd's format and evaluation semantics, evaluated
+//! for the app behind attache and handed to it, to OpenFeature SDKs and to downstream hops.
+//! The flagd testbed's evaluator suite runs against [`eval`] in `tests/tests/flagd_testbed.rs`.
 //!
 //! - [`murmur3`]: the hash behind `fractional`; [`cbor`]: what its v3 hashes;
 //! - [`logic`]: JsonLogic compiled once per flag set, with `fractional`, `starts_with` and
 //!   `ends_with`; [`semver`]: `sem_ver`;
 //! - [`store`]: the merged snapshot of every source, swapped atomically, last good kept;
 //! - [`eval`]: flagd documents (`$evaluators`/`$ref`, metadata) and evaluation with flagd's
-//!   reasons and error codes.
+//!   reasons and error codes; a static evaluation borrows from the snapshot and allocates
+//!   nothing;
+//! - [`request`]: the step of the request flow: the context, delivery as headers and baggage,
+//!   trusted peers' decisions, routing by variant, metrics and span-event data;
+//! - [`ofrep`]: OFREP single and bulk evaluation for OpenFeature SDKs.
+//!
+//! Sources (files, URLs) and their watchers live in the proxy (`proxy/src/flags.rs`), which
+//! feeds [`store`].
 
 pub mod cbor;
 pub mod eval;

@@ -67,6 +67,10 @@ const REASONS: [Reason; 6] = [
 pub struct Counters {
     counters: OnceLock<Box<[OnceLock<Counter>]>>,
     headers: OnceLock<Box<[Option<HeaderValue>]>>,
+    /// Per variant: `"value":…,"variant":…,` for the combined header.
+    combined: OnceLock<Box<[String]>>,
+    /// The flag key as a JSON string.
+    key_json: OnceLock<String>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -93,6 +97,12 @@ fn variant_index(flag: &Flag, variant: &str) -> Option<usize> {
 
 /// Counts one evaluation of `key` (and its error, if any).
 pub fn count(metrics: &Metrics, key: &str, d: &Decision<'_>, path: EvalPath) {
+    let vi = d.flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
+    count_at(metrics, key, d, vi, path);
+}
+
+/// [`count`], with the variant's index already known.
+fn count_at(metrics: &Metrics, key: &str, d: &Decision<'_>, vi: Option<usize>, path: EvalPath) {
     let reason = REASONS.iter().position(|r| *r == d.reason).unwrap_or(0);
     let path_i = EvalPath::ALL.iter().position(|p| *p == path).unwrap_or(0);
     let labels = || FlagEvalLabels {
@@ -107,10 +117,7 @@ pub fn count(metrics: &Metrics, key: &str, d: &Decision<'_>, path: EvalPath) {
     };
     match d.flag {
         Some(flag) => {
-            let variant = d
-                .variant
-                .and_then(|v| variant_index(flag, v))
-                .map_or(0, |i| i + 1);
+            let variant = vi.map_or(0, |i| i + 1);
             let per_variant = REASONS.len() * EvalPath::ALL.len();
             let slots = flag.counters.counters.get_or_init(|| {
                 (0..(flag.variants.len() + 1) * per_variant)
@@ -412,17 +419,17 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// One decision, owned: what the app and the span see.
+/// One decision, as the request's extensions and its span keep it: a reference to the
+/// compiled flag and the variant's index, so recording a decision copies no strings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlagDecision {
     pub key: Arc<str>,
-    pub variant: Option<String>,
-    pub value: Option<Value>,
+    /// The flag, when the snapshot has it.
+    pub flag: Option<Arc<Flag>>,
+    /// The variant's index in `flag.variants`.
+    variant: Option<u32>,
     pub reason: Reason,
     pub error: Option<(ErrorCode, String)>,
-    /// Metadata `flagSetId` and `version`, for the span event.
-    pub set_id: Option<String>,
-    pub version: Option<String>,
 }
 
 /// A request's decisions, in its extensions (and its response's, for the span).
@@ -434,25 +441,54 @@ pub struct FlagDecisions {
     pub events: EventSettings,
 }
 
-fn metadata_text(m: &Map<String, Value>, key: &str) -> Option<String> {
+fn metadata_str<'a>(m: &'a Map<String, Value>, key: &str) -> Option<std::borrow::Cow<'a, str>> {
     match m.get(key)? {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
         Value::Null => None,
-        other => Some(other.to_string()),
+        other => Some(std::borrow::Cow::Owned(other.to_string())),
     }
 }
 
 impl FlagDecision {
-    pub fn of(key: Arc<str>, d: &Decision<'_>) -> Self {
+    pub fn of(key: Arc<str>, flag: Option<&Arc<Flag>>, d: &Decision<'_>) -> Self {
+        let vi = flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
+        Self::at(key, flag, d, vi)
+    }
+
+    fn at(key: Arc<str>, flag: Option<&Arc<Flag>>, d: &Decision<'_>, vi: Option<usize>) -> Self {
+        let variant = vi.and_then(|i| u32::try_from(i).ok());
         Self {
             key,
-            variant: d.variant.map(str::to_owned),
-            value: d.value.as_ref().map(|v| v.clone().into_owned()),
+            flag: flag.cloned(),
+            variant,
             reason: d.reason,
             error: d.error.clone(),
-            set_id: metadata_text(d.metadata, "flagSetId"),
-            version: metadata_text(d.metadata, "version"),
         }
+    }
+
+    pub fn variant(&self) -> Option<&str> {
+        let i = usize::try_from(self.variant?).ok()?;
+        self.flag
+            .as_ref()?
+            .variants
+            .keys()
+            .nth(i)
+            .map(String::as_str)
+    }
+
+    pub fn value(&self) -> Option<&Value> {
+        let i = usize::try_from(self.variant?).ok()?;
+        self.flag.as_ref()?.variants.values().nth(i)
+    }
+
+    /// Metadata `flagSetId`, for the span event.
+    pub fn set_id(&self) -> Option<std::borrow::Cow<'_, str>> {
+        metadata_str(&self.flag.as_ref()?.metadata, "flagSetId")
+    }
+
+    /// Metadata `version`, for the span event.
+    pub fn version(&self) -> Option<std::borrow::Cow<'_, str>> {
+        metadata_str(&self.flag.as_ref()?.metadata, "version")
     }
 }
 
@@ -499,10 +535,9 @@ fn ascii_json(text: &str) -> String {
 }
 
 /// The header value of a decision, pre-rendered per flag variant.
-fn rendered(d: &Decision<'_>) -> Option<HeaderValue> {
+fn rendered(d: &Decision<'_>, vi: Option<usize>) -> Option<HeaderValue> {
     let value = d.value.as_ref()?;
-    let (Some(flag), Some(variant), std::borrow::Cow::Borrowed(_)) = (d.flag, d.variant, value)
-    else {
+    let (Some(flag), Some(i), std::borrow::Cow::Borrowed(_)) = (d.flag, vi, value) else {
         return header_value(value);
     };
     let cache = flag.counters.headers.get_or_init(|| {
@@ -512,8 +547,10 @@ fn rendered(d: &Decision<'_>) -> Option<HeaderValue> {
             .collect::<Vec<_>>()
             .into_boxed_slice()
     });
-    variant_index(flag, variant)
-        .and_then(|i| cache.get(i).cloned().flatten())
+    cache
+        .get(i)
+        .cloned()
+        .flatten()
         .or_else(|| header_value(value))
 }
 
@@ -528,7 +565,7 @@ impl Settings {
         ctx: &mut Option<Value>,
         build: &dyn Fn() -> Value,
         now: u64,
-    ) -> Decision<'a> {
+    ) -> (Decision<'a>, Option<&'a Arc<Flag>>) {
         let flag = snap.flags.get(key);
         if let Some((_, variant)) = peer.iter().find(|(k, _)| k == key) {
             match flag.and_then(|f| Decision::cached(f, variant)) {
@@ -540,7 +577,7 @@ impl Settings {
                             flag: key.to_owned(),
                         })
                         .inc();
-                    return d;
+                    return (d, flag);
                 }
                 None => {
                     let flag = if flag.is_some() { key } else { "_unknown" };
@@ -554,14 +591,15 @@ impl Settings {
                 }
             }
         }
-        match flag {
+        let d = match flag {
             None => snap.decide(key, &Value::Null, now, Kind::Any, self.fractional),
             Some(f) if f.needs_context() => {
                 let ctx = ctx.get_or_insert_with(build);
                 f.decide(key, ctx, now, Kind::Any, self.fractional)
             }
             Some(f) => f.decide(key, &Value::Null, now, Kind::Any, self.fractional),
-        }
+        };
+        (d, flag)
     }
 
     /// Runs the step on a request: evaluates, rewrites its headers and baggage, and returns
@@ -596,11 +634,20 @@ impl Settings {
         };
         let build = || self.context.build(&view);
         let mut ctx: Option<Value> = None;
-        let mut decisions: Vec<FlagDecision> = Vec::new();
+        let planned = self.routes.len()
+            + match self.delivery.as_ref().map(|d| &d.flags) {
+                Some(DeliverFlags::Keys(k)) => k.len(),
+                Some(DeliverFlags::All) => snap.flags.len(),
+                None => 0,
+            };
+        let mut decisions: Vec<FlagDecision> = Vec::with_capacity(planned);
         // Header lines and baggage members to write once the request is no longer borrowed.
-        let mut lines: Vec<(HeaderName, HeaderValue)> = Vec::new();
-        let mut members: Vec<(Arc<str>, String)> = Vec::new();
-        let mut combined = String::new();
+        let mut lines: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(planned);
+        let mut members: Vec<(Arc<str>, std::borrow::Cow<'_, str>)> = Vec::with_capacity(planned);
+        let mut combined = String::with_capacity(match &self.delivery {
+            Some(d) if d.combined.is_some() => 1024,
+            _ => 0,
+        });
         let mut route: Option<Arc<str>> = None;
 
         if let Some(delivery) = &self.delivery {
@@ -623,10 +670,11 @@ impl Settings {
                 }
             };
             for (key, name) in keys {
-                let d = self.decide(&snap, key, &peer_decisions, &mut ctx, &build, now);
-                count(&self.metrics, key, &d, EvalPath::Proxy);
+                let (d, flag) = self.decide(&snap, key, &peer_decisions, &mut ctx, &build, now);
+                let vi = d.flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
+                count_at(&self.metrics, key, &d, vi, EvalPath::Proxy);
                 if let Some(name) = name {
-                    let value = rendered(&d).or_else(|| delivery.defaults.get(&**key).cloned());
+                    let value = rendered(&d, vi).or_else(|| delivery.defaults.get(&**key).cloned());
                     if let Some(v) = value {
                         lines.push((name.clone(), v));
                     }
@@ -637,19 +685,20 @@ impl Settings {
                 if delivery.baggage
                     && let Some(v) = d.variant
                 {
-                    members.push((key.clone(), v.to_owned()));
+                    members.push((key.clone(), std::borrow::Cow::Borrowed(v)));
                 }
-                decisions.push(FlagDecision::of(key.clone(), &d));
+                decisions.push(FlagDecision::at(key.clone(), flag, &d, vi));
             }
         }
         for r in &self.routes {
             let known = decisions.iter().find(|d| d.key == r.flag);
             let variant = match known {
-                Some(d) => d.variant.clone(),
+                Some(d) => d.variant().map(str::to_owned),
                 None => {
-                    let d = self.decide(&snap, &r.flag, &peer_decisions, &mut ctx, &build, now);
+                    let (d, flag) =
+                        self.decide(&snap, &r.flag, &peer_decisions, &mut ctx, &build, now);
                     count(&self.metrics, &r.flag, &d, EvalPath::Route);
-                    decisions.push(FlagDecision::of(r.flag.clone(), &d));
+                    decisions.push(FlagDecision::of(r.flag.clone(), flag, &d));
                     d.variant.map(str::to_owned)
                 }
             };
@@ -658,7 +707,7 @@ impl Settings {
                     route = r.variants.get(&v).cloned();
                 }
                 if !members.iter().any(|(k, _)| *k == r.flag) {
-                    members.push((r.flag.clone(), v));
+                    members.push((r.flag.clone(), std::borrow::Cow::Owned(v)));
                 }
             }
         }
@@ -694,6 +743,7 @@ impl Settings {
                 }
             }
         }
+        headers.reserve(lines.len() + 2);
         for (name, value) in lines {
             headers.append(name, value);
         }
@@ -718,7 +768,12 @@ impl Settings {
     /// Writes `flag.<key>=<variant>` members, replacing earlier ones for the same keys (and
     /// every `flag.` member from an untrusted peer); other members are kept. A member past
     /// the baggage limits is dropped and counted.
-    fn rewrite_baggage(&self, headers: &mut HeaderMap, ours: &[(Arc<str>, String)], trusted: bool) {
+    fn rewrite_baggage(
+        &self,
+        headers: &mut HeaderMap,
+        ours: &[(Arc<str>, std::borrow::Cow<'_, str>)],
+        trusted: bool,
+    ) {
         let mut out = String::new();
         let mut count = 0usize;
         let valid = baggage::members(headers).all(|m| m.is_ok());
@@ -738,7 +793,7 @@ impl Settings {
         }
         let mut member = String::new();
         for (key, variant) in ours {
-            if !baggage::is_token(format!("flag.{key}").as_bytes()) {
+            if !baggage::is_token(key.as_bytes()) {
                 continue;
             }
             member.clear();
@@ -788,10 +843,12 @@ pub fn flag_header_name(prefix: &str, key: &str) -> Option<HeaderName> {
 
 /// Removes every header whose name starts with `prefix` (client-sent decisions).
 fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
-    let prefix = prefix.to_ascii_lowercase();
+    if !headers.keys().any(|k| k.as_str().starts_with(prefix)) {
+        return;
+    }
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with(&prefix))
+        .filter(|k| k.as_str().starts_with(prefix))
         .cloned()
         .collect();
     for name in doomed {
@@ -799,22 +856,61 @@ fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
     }
 }
 
-/// Appends `"key":{"value":…,"variant":…,"reason":…[,"error_code":…]}` to the combined header.
+/// Appends `"key":{"value":…,"variant":…,"reason":…[,"error_code":…]}` to the combined
+/// header; the key and each variant's part are rendered once per compiled flag.
 fn combined_entry(out: &mut String, key: &str, d: &Decision<'_>) {
-    use std::fmt::Write as _;
     if !out.is_empty() {
         out.push(',');
     }
-    let _ = write!(out, "{}:{{", ascii_json(&json_string(key)));
-    if let Some(v) = &d.value {
-        let _ = write!(out, "\"value\":{},", ascii_json(&v.to_string()));
+    match d.flag {
+        Some(f) => out.push_str(
+            f.counters
+                .key_json
+                .get_or_init(|| ascii_json(&json_string(key))),
+        ),
+        None => out.push_str(&ascii_json(&json_string(key))),
     }
-    if let Some(v) = d.variant {
-        let _ = write!(out, "\"variant\":{},", ascii_json(&json_string(v)));
+    out.push_str(":{");
+    let cached = match (d.flag, d.variant, &d.value) {
+        (Some(f), Some(v), Some(std::borrow::Cow::Borrowed(_))) => {
+            let parts = f.counters.combined.get_or_init(|| {
+                f.variants
+                    .iter()
+                    .map(|(name, value)| {
+                        format!(
+                            "\"value\":{},\"variant\":{},",
+                            ascii_json(&value.to_string()),
+                            ascii_json(&json_string(name))
+                        )
+                    })
+                    .collect()
+            });
+            variant_index(f, v).and_then(|i| parts.get(i))
+        }
+        _ => None,
+    };
+    match cached {
+        Some(part) => out.push_str(part),
+        None => {
+            if let Some(v) = &d.value {
+                out.push_str("\"value\":");
+                out.push_str(&ascii_json(&v.to_string()));
+                out.push(',');
+            }
+            if let Some(v) = d.variant {
+                out.push_str("\"variant\":");
+                out.push_str(&ascii_json(&json_string(v)));
+                out.push(',');
+            }
+        }
     }
-    let _ = write!(out, "\"reason\":\"{}\"", d.reason.as_str());
+    out.push_str("\"reason\":\"");
+    out.push_str(d.reason.as_str());
+    out.push('"');
     if let Some((code, _)) = &d.error {
-        let _ = write!(out, ",\"error_code\":\"{}\"", code.as_str());
+        out.push_str(",\"error_code\":\"");
+        out.push_str(code.as_str());
+        out.push('"');
     }
     out.push('}');
 }

@@ -550,18 +550,18 @@ impl SpanRecord {
             f(&mut |attr: &mut dyn FnMut(&'static str, Value<'_>)| {
                 attr("feature_flag.key", Value::from(&*d.key));
                 attr("feature_flag.provider.name", Value::from("attache"));
-                if let Some(v) = &d.variant {
-                    attr("feature_flag.result.variant", Value::from(v.as_str()));
+                if let Some(v) = d.variant() {
+                    attr("feature_flag.result.variant", Value::from(v));
                 }
                 attr(
                     "feature_flag.result.reason",
                     Value::from(crate::flags::ofrep::reason_lower(d.reason)),
                 );
-                if let Some(s) = &d.set_id {
-                    attr("feature_flag.set.id", Value::from(s.as_str()));
+                if let Some(s) = d.set_id() {
+                    attr("feature_flag.set.id", Value::Str(s));
                 }
-                if let Some(v) = &d.version {
-                    attr("feature_flag.version", Value::from(v.as_str()));
+                if let Some(v) = d.version() {
+                    attr("feature_flag.version", Value::Str(v));
                 }
                 if let Some((code, message)) = &d.error {
                     attr(
@@ -571,7 +571,7 @@ impl SpanRecord {
                     attr("feature_flag.error.message", Value::from(message.as_str()));
                 }
                 if flags.events.include_value
-                    && let Some(v) = &d.value
+                    && let Some(v) = d.value()
                 {
                     attr(
                         "feature_flag.result.value",
