@@ -166,6 +166,22 @@ impl Flags {
             return r.clone();
         }
         let store = Arc::new(FlagStore::new(flags.sources.len()));
+        // A source that was already loaded keeps its flags through the reload: requests never
+        // see a window without them while its watcher starts again.
+        if let Some((_, old)) = slot.as_ref() {
+            for (index, source) in flags.sources.iter().enumerate() {
+                let Some(was) = old.sources.iter().position(|s| s == source) else {
+                    continue;
+                };
+                if let Some(set) = old.store.good(was) {
+                    let mut set = (*set).clone();
+                    for flag in set.flags.values_mut() {
+                        Arc::make_mut(flag).source = index;
+                    }
+                    let _ = store.install(index, set);
+                }
+            }
+        }
         let status = Arc::new(Mutex::new(vec![
             SourceStatus {
                 state: "loading",
@@ -199,6 +215,12 @@ impl Flags {
         });
         *slot = Some((key, running.clone()));
         running
+    }
+
+    /// `spec.flags` is gone: stop the sources once no snapshot uses them.
+    pub fn clear(&self) {
+        let mut slot = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = None;
     }
 }
 

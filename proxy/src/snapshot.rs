@@ -194,7 +194,13 @@ impl Snapshot {
         flags: &crate::flags::Flags,
     ) -> anyhow::Result<Snapshot> {
         let spec = &config.spec;
-        let running = spec.flags.as_ref().map(|f| flags.running(f));
+        let running = match &spec.flags {
+            Some(f) => Some(flags.running(f)),
+            None => {
+                flags.clear();
+                None
+            }
+        };
         // Upstreams a flag route may send to, by name.
         let mut routed = HashMap::new();
         for route in spec.flags.iter().flat_map(|f| &f.routes) {

@@ -1298,3 +1298,65 @@ async fn bad_input_never_fails_the_request() {
         assert_eq!(got.json()["headers"]["x-flag-theme"], "light");
     }
 }
+
+/// A config reload that changes `spec.flags` keeps the flags of sources it still lists: no
+/// request in between misses them. Removing `spec.flags` stops delivery (and the watchers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reloads_keep_the_flags_of_unchanged_sources() {
+    let app = App::start("app").await;
+    let f = flagged(&app, FLAGS, "    deliver: { flags: [beta] }\n", "");
+    let config = std::fs::read_to_string(f.a.config_path()).unwrap();
+    let url = f.a.url("/");
+    let client = http1();
+    let hammer = async |rounds: usize| -> (usize, usize) {
+        let (mut with, mut without) = (0, 0);
+        for _ in 0..rounds {
+            let got = get(&client, &url).await.unwrap();
+            match got.json()["headers"]["x-flag-beta"].as_str() {
+                Some("true") => with += 1,
+                _ => without += 1,
+            }
+        }
+        (with, without)
+    };
+    // A second source (optional, never reachable): a new source list.
+    let file = f.file("flags.json");
+    let changed = config.replace(
+        &format!("      - {{ file: '{}' }}\n", file.display()),
+        &format!(
+            "      - {{ file: '{}' }}\n      - {{ url: 'http://127.0.0.1:{}/none', optional: true }}\n",
+            file.display(),
+            free_port()
+        ),
+    );
+    assert_ne!(changed, config);
+    std::fs::write(f.a.config_path(), &changed).unwrap();
+    let (with, without) = hammer(300).await;
+    assert_eq!(
+        without,
+        0,
+        "{without} of {} requests missed the flag",
+        with + without
+    );
+    assert!(
+        eventually(10, async || {
+            let flags: Value = get(&http1(), &f.a.admin_url("/flags"))
+                .await
+                .unwrap()
+                .json();
+            flags["sources"].as_array().is_some_and(|s| s.len() == 2)
+        })
+        .await,
+        "the reload applied"
+    );
+    // Without spec.flags, nothing is delivered and client headers pass untouched.
+    let start = config.find("  flags:").unwrap();
+    std::fs::write(f.a.config_path(), &config[..start]).unwrap();
+    assert!(
+        eventually(10, async || app_headers(&url, &[])
+            .await
+            .get("x-flag-beta")
+            .is_none())
+        .await
+    );
+}

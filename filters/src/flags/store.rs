@@ -81,6 +81,12 @@ impl FlagStore {
         }
     }
 
+    /// Source `index`'s last good document.
+    pub fn good(&self, index: usize) -> Option<Arc<FlagSet>> {
+        let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.get(index).and_then(|s| s.good.clone())
+    }
+
     /// Whether source `index` has loaded a good document at least once.
     pub fn loaded(&self, index: usize) -> bool {
         let sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
