@@ -56,7 +56,7 @@ fn flags(c: &mut Criterion) {
     let now = 1_795_000_000;
     c.bench_function("static flag", |b| {
         b.iter(|| {
-            black_box(set.evaluate(
+            black_box(set.decide(
                 black_box("static"),
                 &ctx,
                 now,
@@ -67,7 +67,7 @@ fn flags(c: &mut Criterion) {
     });
     c.bench_function("three-condition targeting", |b| {
         b.iter(|| {
-            black_box(set.evaluate(
+            black_box(set.decide(
                 black_box("targeted"),
                 &ctx,
                 now,
@@ -78,7 +78,7 @@ fn flags(c: &mut Criterion) {
     });
     c.bench_function("fractional", |b| {
         b.iter(|| {
-            black_box(set.evaluate(
+            black_box(set.decide(
                 black_box("split"),
                 &ctx,
                 now,
