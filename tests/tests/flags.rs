@@ -37,6 +37,7 @@ const FLAGS: &str = r#"{
     "env": {"state": "ENABLED", "variants": {"prod": "prod", "staging": "staging"}, "defaultVariant": "prod",
             "targeting": {"var": "env"}},
     "broken": {"state": "ENABLED", "variants": {"a": 1}, "targeting": {"no_such_op": [1]}},
+    "bad-ref": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": {"$ref": "no_such_evaluator"}},
     "split": {"state": "ENABLED", "variants": {"v1": "v1", "v2": "v2"}, "defaultVariant": "v1",
               "targeting": {"fractional": [["v2", 10], ["v1", 90]]}},
     "fractional-flag": {"state": "ENABLED", "variants": {"clubs": "clubs", "diamonds": "diamonds", "hearts": "hearts", "spades": "spades"},
@@ -847,6 +848,10 @@ async fn ofrep_single_and_bulk() {
     let got = post(&f.ofrep_url("/ofrep/v1/evaluate/flags/broken"), "{}", &[]).await;
     assert_eq!(got.status, 400);
     assert_eq!(got.json()["errorCode"], "PARSE_ERROR");
+    let got = post(&f.ofrep_url("/ofrep/v1/evaluate/flags/bad-ref"), "{}", &[]).await;
+    assert_eq!(got.status, 400, "a $ref to nothing");
+    assert_eq!(got.json()["errorCode"], "PARSE_ERROR");
+    assert!(got.json()["errorDetails"].as_str().unwrap().contains("no_such_evaluator"));
     // Case 29.
     let got = post(
         &f.ofrep_url("/ofrep/v1/evaluate/flags/theme"),
@@ -1036,7 +1041,7 @@ async fn yaml_json_and_array_forms_agree() {
     }
     assert_eq!(bulks[0], bulks[1], "YAML twin");
     assert_eq!(bulks[0], bulks[2], "array form");
-    assert_eq!(bulks[0]["flags"].as_array().unwrap().len(), 11);
+    assert_eq!(bulks[0]["flags"].as_array().unwrap().len(), 12);
 }
 
 /// Case 33: one `feature_flag.evaluation` event per delivered flag on the SERVER span, with
@@ -1211,7 +1216,7 @@ async fn dev_loads_flags_json_from_the_working_directory() {
     assert_eq!(h["x-flag-theme"], "light");
     assert_eq!(h["x-flag-split"], "v1", "no targeting key: the default");
     let combined: Value = serde_json::from_str(&h["x-flags"]).unwrap();
-    assert_eq!(combined.as_object().unwrap().len(), 11, "every flag");
+    assert_eq!(combined.as_object().unwrap().len(), 12, "every flag");
     let got = post(
         &format!("http://{ofrep_addr}/ofrep/v1/evaluate/flags/beta"),
         "",
