@@ -57,7 +57,8 @@ pub struct FlagSource {
     /// A file path; watched for changes, including ConfigMap symlink swaps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
-    /// An `http://` URL polled every `poll_interval` (`https://` is not supported yet).
+    /// An `http://` or `https://` URL polled every `poll_interval`; HTTPS trusts the system's
+    /// CA store (`SSL_CERT_FILE` names another).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// URL sources: time between polls (±10% jitter).

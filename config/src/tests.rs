@@ -565,7 +565,6 @@ spec:
     sources:
       - {file: /f.json, url: http://x/}
       - {url: ftp://x/}
-      - {url: 'https://flags.example/f.json'}
     context:
       targeting_key: [{header: x-user, cookie: uid}]
       attributes: [{header: x-plan, as: request.plan}, {baggage: t, as: targetingKeyX}]
@@ -580,8 +579,7 @@ spec:
     );
     let expected = [
         "spec.flags.sources[0]: a source is exactly one of `file: PATH` or `url: URL`",
-        "spec.flags.sources[1].url: \"ftp://x/\" is not an http:// URL",
-        "spec.flags.sources[2].url: https:// flag sources are not supported yet",
+        "spec.flags.sources[1].url: \"ftp://x/\" is not an http:// or https:// URL",
         "spec.flags.context.targeting_key[0]: name exactly one of `header`, `cookie`, `query` or `baggage`",
         "spec.flags.context.attributes[0].as: \"request.plan\" is reserved",
         "spec.flags.context.attributes[1].as: \"targetingKeyX\" is reserved",

@@ -420,15 +420,10 @@ fn flags(flags: &crate::Flags, spec: &crate::Spec, errors: &mut Vec<ConfigError>
                 errors.push(ConfigError::new(format!("{at}.file"), "must not be empty"));
             }
             (None, Some(u)) => {
-                if u.starts_with("https://") {
+                if !u.starts_with("http://") && !u.starts_with("https://") {
                     errors.push(ConfigError::new(
                         format!("{at}.url"),
-                        "https:// flag sources are not supported yet: serve the flags over http:// inside the cluster, or mount them as a file (a ConfigMap)",
-                    ));
-                } else if !u.starts_with("http://") {
-                    errors.push(ConfigError::new(
-                        format!("{at}.url"),
-                        format!("{u:?} is not an http:// URL"),
+                        format!("{u:?} is not an http:// or https:// URL"),
                     ));
                 } else if u.parse::<http::Uri>().is_err() {
                     errors.push(ConfigError::new(

@@ -8,6 +8,7 @@
 //!   `file_poll_interval` for filesystems without inotify. A missing file is retried
 //!   6 × 200 ms. Unchanged content is a no-op.
 //! - A URL source is polled every `poll_interval` ± 10% with `If-None-Match`; 304 is a no-op.
+//!   HTTPS uses rustls and the system's CA store.
 //! - Parsing and compiling run in `spawn_blocking`; a failure never replaces the last good
 //!   document. It is logged at WARN, counted, and shown on admin `GET /flags`.
 
@@ -426,10 +427,30 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
     }
 }
 
+/// The connector for URL sources: `http://`, and `https://` with rustls against the system's
+/// CA store (`SSL_CERT_FILE` or `SSL_CERT_DIR` name another). Without any CA certificate,
+/// only `http://` works, and an `https://` source says why.
+fn url_connector()
+-> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String>
+{
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| {
+            format!("no CA certificates for https:// (install ca-certificates, or set SSL_CERT_FILE): {e}")
+        })?;
+    Ok(builder.https_or_http().enable_http1().build())
+}
+
 async fn poll_url(ctx: SourceCtx, source: FlagSource, url: String) {
+    let connector = match url_connector() {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.record("unreachable", Some(e));
+            return;
+        }
+    };
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
     let headers: Vec<(HeaderName, HeaderValue)> = source
         .headers
         .iter()

@@ -603,6 +603,43 @@ struct FlagServer {
 
 impl FlagServer {
     async fn start(doc: &str) -> (FlagServer, SocketAddr) {
+        Self::serve(doc, None).await
+    }
+
+    /// Over TLS, with a certificate for 127.0.0.1 signed by a CA made up here; returns the
+    /// CA's PEM, which attache is told to trust through `SSL_CERT_FILE`.
+    async fn start_tls(doc: &str) -> (FlagServer, SocketAddr, String) {
+        use tokio_rustls::rustls;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "attache test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .unwrap()
+                .signed_by(&leaf_key, &ca, &ca_key)
+                .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
+        );
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (server, addr) = Self::serve(doc, Some(acceptor)).await;
+        (server, addr, ca.pem())
+    }
+
+    async fn serve(doc: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> (FlagServer, SocketAddr) {
         let server = FlagServer::default();
         *server.doc.lock().unwrap() = doc.to_owned();
         *server.mode.lock().unwrap() = "ok";
@@ -615,6 +652,7 @@ impl FlagServer {
                     continue;
                 };
                 let s = s.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -650,9 +688,18 @@ impl FlagServer {
                                 Ok::<_, Infallible>(res.unwrap())
                             }
                         });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -851,7 +898,12 @@ async fn ofrep_single_and_bulk() {
     let got = post(&f.ofrep_url("/ofrep/v1/evaluate/flags/bad-ref"), "{}", &[]).await;
     assert_eq!(got.status, 400, "a $ref to nothing");
     assert_eq!(got.json()["errorCode"], "PARSE_ERROR");
-    assert!(got.json()["errorDetails"].as_str().unwrap().contains("no_such_evaluator"));
+    assert!(
+        got.json()["errorDetails"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_evaluator")
+    );
     // Case 29.
     let got = post(
         &f.ofrep_url("/ofrep/v1/evaluate/flags/theme"),
@@ -1362,5 +1414,61 @@ async fn config_reloads_keep_the_flags_of_unchanged_sources() {
             .await
             .contains_key("x-flag-beta"))
         .await
+    );
+}
+
+/// URL sources over HTTPS: rustls, trusting the CA that `SSL_CERT_FILE` names; without that
+/// CA the certificate is refused and the error shows on the admin port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_url_sources_trust_the_configured_ca() {
+    let app = App::start("app").await;
+    let doc = r#"{"flags": {"secure": {"state": "ENABLED", "variants": {"y": "over-tls"}, "defaultVariant": "y"}}}"#;
+    let (_server, addr, ca_pem) = FlagServer::start_tls(doc).await;
+    let dir = TempDir::new();
+    let ca = dir.write("ca.pem", &ca_pem);
+    let other_ca = dir.write("other.pem", &FlagServer::start_tls(doc).await.2);
+    let run = |ca: &std::path::Path, optional: bool| {
+        let ofrep = free_port();
+        let ports = Ports::new();
+        let config = sidecar_config(
+            ports,
+            app.addr,
+            &format!(
+                "  flags:
+    sources: [ {{ url: 'https://127.0.0.1:{}/flags.json', poll_interval: 300ms, timeout: 2s, optional: {optional} }} ]
+    ofrep: {{ listen: '127.0.0.1:{ofrep}' }}
+",
+                addr.port()
+            ),
+        );
+        let a = Attache::run_with_env(ports, &config, &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+        Flagged {
+            a,
+            dir: TempDir::new(),
+            ofrep,
+        }
+    };
+    let trusted = run(&ca, false);
+    assert_eq!(
+        ofrep_value(&trusted, "secure", json!({})).await["value"],
+        "over-tls"
+    );
+    let untrusted = run(&other_ca, true);
+    let admin = async || -> Value {
+        get(&http1(), &untrusted.a.admin_url("/flags"))
+            .await
+            .unwrap()
+            .json()
+    };
+    assert!(
+        eventually(10, async || admin().await["sources"][0]["state"] == "error").await,
+        "{}",
+        admin().await
+    );
+    let error = admin().await["sources"][0]["last_error"].to_string();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert_eq!(
+        ofrep_value(&untrusted, "secure", json!({})).await["errorCode"],
+        "FLAG_NOT_FOUND"
     );
 }
