@@ -2,6 +2,8 @@
 //! operators (specs/feature-flags.md §3–§4). Coercion and truthiness follow jsonlogic.com
 //! (JavaScript's rules); an unknown operator is a compile error.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Number, Value};
 
 use super::murmur3::murmur3_x86_32;
@@ -116,9 +118,14 @@ fn op_of(name: &str) -> Option<Op> {
 /// are data.
 pub fn compile(v: &Value) -> Result<Rule, CompileError> {
     match v {
-        Value::Array(items) => Ok(Rule::Array(
-            items.iter().map(compile).collect::<Result<_, _>>()?,
-        )),
+        Value::Array(items) => {
+            let rules: Vec<Rule> = items.iter().map(compile).collect::<Result<_, _>>()?;
+            // An array of constants is a constant: evaluated once here, borrowed after.
+            if rules.iter().all(|r| matches!(r, Rule::Literal(_))) {
+                return Ok(Rule::Literal(v.clone()));
+            }
+            Ok(Rule::Array(rules))
+        }
         Value::Object(m) if m.len() == 1 => {
             let (name, args) = m
                 .iter()
@@ -151,25 +158,36 @@ pub struct Flagd<'a> {
     pub timestamp: u64,
 }
 
-impl Scope<'_> {
+impl<'a> Scope<'a> {
     /// `var` with the built-ins overlaid.
-    fn lookup(&self, path: &Value) -> Option<Value> {
+    fn lookup(&self, path: &Value) -> Option<Cow<'a, Value>> {
         if let (Some(f), Value::String(p)) = (self.flagd, path)
             && let Some(rest) = p.strip_prefix("$flagd")
         {
             match rest {
                 "" => {
-                    return Some(
+                    return Some(Cow::Owned(
                         serde_json::json!({"flagKey": f.flag_key, "timestamp": f.timestamp}),
-                    );
+                    ));
                 }
-                ".flagKey" => return Some(Value::String(f.flag_key.to_owned())),
-                ".timestamp" => return Some(Value::from(f.timestamp)),
+                ".flagKey" => return Some(Cow::Owned(Value::String(f.flag_key.to_owned()))),
+                ".timestamp" => return Some(Cow::Owned(Value::from(f.timestamp))),
                 r if r.starts_with('.') => return None,
                 _ => {}
             }
         }
-        var(self.data, path)
+        var(self.data, path).map(Cow::Borrowed)
+    }
+
+    /// `$flagd.flagKey` as `fractional` reads it, without building a path.
+    fn flag_key(&self) -> Option<Cow<'a, str>> {
+        match self.flagd {
+            Some(f) => Some(Cow::Borrowed(f.flag_key)),
+            None => match var_str(self.data, "$flagd.flagKey")? {
+                Value::String(k) => Some(Cow::Borrowed(k)),
+                _ => None,
+            },
+        }
     }
 }
 
@@ -287,14 +305,20 @@ fn less(a: &Value, b: &Value, or_equal: bool) -> bool {
     }
 }
 
-fn var(data: &Value, path: &Value) -> Option<Value> {
-    let path = match path {
-        Value::Null => return Some(data.clone()),
-        Value::String(s) if s.is_empty() => return Some(data.clone()),
-        Value::String(s) => s.clone(),
-        Value::Number(n) => number_text(n),
-        _ => return None,
-    };
+fn var<'a>(data: &'a Value, path: &Value) -> Option<&'a Value> {
+    match path {
+        Value::Null => Some(data),
+        Value::String(s) => var_str(data, s),
+        Value::Number(n) => var_str(data, &number_text(n)),
+        _ => None,
+    }
+}
+
+/// A dotted path into `data`; the empty path is `data` itself.
+fn var_str<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
+    if path.is_empty() {
+        return Some(data);
+    }
     let mut cur = data;
     for part in path.split('.') {
         cur = match cur {
@@ -303,10 +327,18 @@ fn var(data: &Value, path: &Value) -> Option<Value> {
             _ => return None,
         };
     }
-    Some(cur.clone())
+    Some(cur)
 }
 
 impl Rule {
+    /// [`Rule::eval`], borrowing constants instead of copying them.
+    fn eval_ref<'r>(&'r self, s: &Scope<'_>) -> Cow<'r, Value> {
+        match self {
+            Rule::Literal(v) => Cow::Borrowed(v),
+            other => Cow::Owned(other.eval(s)),
+        }
+    }
+
     pub fn eval(&self, s: &Scope<'_>) -> Value {
         match self {
             Rule::Literal(v) => v.clone(),
@@ -321,10 +353,12 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
     let all = || args.iter().map(|r| r.eval(s)).collect::<Vec<_>>();
     match op {
         Op::Var => {
-            let path = arg(0);
+            let path = args
+                .first()
+                .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s));
             s.lookup(&path)
                 .filter(|v| !v.is_null())
-                .unwrap_or_else(|| arg(1))
+                .map_or_else(|| arg(1), Cow::into_owned)
         }
         Op::Missing => {
             let mut keys = all();
@@ -333,7 +367,7 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
             }
             Value::Array(
                 keys.into_iter()
-                    .filter(|k| s.lookup(k).is_none_or(|v| v.is_null() || v == ""))
+                    .filter(|k| s.lookup(k).is_none_or(|v| v.is_null() || *v == ""))
                     .collect(),
             )
         }
@@ -344,7 +378,7 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
             };
             let missing: Vec<Value> = keys
                 .iter()
-                .filter(|k| s.lookup(k).is_none_or(|v| v.is_null() || v == ""))
+                .filter(|k| s.lookup(k).is_none_or(|v| v.is_null() || *v == ""))
                 .cloned()
                 .collect();
             if (keys.len() - missing.len()) as f64 >= need {
@@ -506,11 +540,19 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
                 })
                 .collect(),
         ),
-        Op::In => match (arg(0), arg(1)) {
-            (needle, Value::Array(hay)) => Value::Bool(hay.iter().any(|h| strict_eq(h, &needle))),
-            (needle, Value::String(hay)) => Value::Bool(hay.contains(&to_text(&needle))),
-            _ => Value::Bool(false),
-        },
+        Op::In => {
+            let needle = args
+                .first()
+                .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s));
+            let hay = args
+                .get(1)
+                .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s));
+            match &*hay {
+                Value::Array(hay) => Value::Bool(hay.iter().any(|h| strict_eq(h, &needle))),
+                Value::String(hay) => Value::Bool(hay.contains(&to_text(&needle))),
+                _ => Value::Bool(false),
+            }
+        }
         Op::Cat => Value::String(all().iter().map(to_text).collect()),
         Op::Substr => {
             let text: Vec<char> = to_text(&arg(0)).chars().collect();
@@ -538,36 +580,50 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
                     .collect(),
             )
         }
-        Op::StartsWith | Op::EndsWith => match all().as_slice() {
-            [Value::String(a), Value::String(b)] => Value::Bool(if op == Op::StartsWith {
-                a.starts_with(b.as_str())
-            } else {
-                a.ends_with(b.as_str())
-            }),
-            _ => Value::Null,
-        },
+        Op::StartsWith | Op::EndsWith => {
+            let v: Vec<Cow<'_, Value>> = args.iter().map(|r| r.eval_ref(s)).collect();
+            match v.as_slice() {
+                [a, b] => match (&**a, &**b) {
+                    (Value::String(a), Value::String(b)) => Value::Bool(if op == Op::StartsWith {
+                        a.starts_with(b.as_str())
+                    } else {
+                        a.ends_with(b.as_str())
+                    }),
+                    _ => Value::Null,
+                },
+                _ => Value::Null,
+            }
+        }
         Op::SemVer => super::semver::evaluate(&all()),
-        Op::Fractional => fractional(&all(), s),
+        Op::Fractional => {
+            let v: Vec<Cow<'_, Value>> = args.iter().map(|r| r.eval_ref(s)).collect();
+            let refs: Vec<&Value> = v.iter().map(|c| &**c).collect();
+            fractional(&refs, s)
+        }
     }
 }
 
 /// §4.1.
-fn fractional(args: &[Value], s: &Scope<'_>) -> Value {
+fn fractional(args: &[&Value], s: &Scope<'_>) -> Value {
     if args.is_empty() {
         return Value::Null;
     }
-    let (key, buckets): (Vec<u8>, &[Value]) = if s.fractional == FractionalVersion::V3 {
-        match &args[0] {
+    let (key, buckets): (Vec<u8>, &[&Value]) = if s.fractional == FractionalVersion::V3 {
+        match args[0] {
             Value::Array(_) => {
-                let flag = s.lookup(&Value::String("$flagd.flagKey".into()));
-                let target = var(s.data, &Value::String("targetingKey".into()));
-                let (Some(flag @ Value::String(_)), Some(target @ Value::String(_))) =
-                    (flag, target)
+                let (Some(flag), Some(Value::String(target))) =
+                    (s.flag_key(), var_str(s.data, "targetingKey"))
                 else {
                     return Value::Null;
                 };
                 let mut key = Vec::new();
-                super::cbor::encode(&Value::Array(vec![flag, target]), &mut key);
+                super::cbor::encode(
+                    &Value::Array(vec![
+                        Value::String(flag.into_owned()),
+                        Value::String(target.clone()),
+                    ]),
+                    &mut key,
+                );
                 (key, args)
             }
             Value::Null => return Value::Null,
@@ -587,28 +643,31 @@ fn fractional(args: &[Value], s: &Scope<'_>) -> Value {
 }
 
 /// v1 and v2: a string first argument is the bucketing value; otherwise flagKey + targetingKey.
-fn legacy_key<'a>(args: &'a [Value], s: &Scope<'_>) -> Option<(Vec<u8>, &'a [Value])> {
-    Some(match &args[0] {
+fn legacy_key<'a, 'v>(args: &'a [&'v Value], s: &Scope<'_>) -> Option<(Vec<u8>, &'a [&'v Value])> {
+    Some(match args[0] {
         Value::String(k) => (k.clone().into_bytes(), &args[1..]),
         first => {
-            let flag = s.lookup(&Value::String("$flagd.flagKey".into()));
-            let target = var(s.data, &Value::String("targetingKey".into()));
-            let (Some(Value::String(flag)), Some(Value::String(target))) = (flag, target) else {
+            let (Some(flag), Some(Value::String(target))) =
+                (s.flag_key(), var_str(s.data, "targetingKey"))
+            else {
                 return None;
             };
             if target.is_empty() {
                 return None;
             }
             let rest = if first.is_null() { &args[1..] } else { args };
-            (format!("{flag}{target}").into_bytes(), rest)
+            let mut key = Vec::with_capacity(flag.len() + target.len());
+            key.extend_from_slice(flag.as_bytes());
+            key.extend_from_slice(target.as_bytes());
+            (key, rest)
         }
     })
 }
 
-fn buckets_pick(key: &[u8], buckets: &[Value], version: FractionalVersion) -> Value {
+fn buckets_pick(key: &[u8], buckets: &[&Value], version: FractionalVersion) -> Value {
     let mut parsed: Vec<(&Value, u64)> = Vec::with_capacity(buckets.len());
     for b in buckets {
-        let Value::Array(pair) = b else {
+        let Value::Array(pair) = *b else {
             return Value::Null;
         };
         let Some(variant) = pair.first() else {

@@ -774,7 +774,8 @@ impl Settings {
         ours: &[(Arc<str>, std::borrow::Cow<'_, str>)],
         trusted: bool,
     ) {
-        let mut out = String::new();
+        let existing: usize = headers.get_all(BAGGAGE).iter().map(|v| v.len() + 1).sum();
+        let mut out = String::with_capacity(existing + ours.len() * 32);
         let mut count = 0usize;
         let valid = baggage::members(headers).all(|m| m.is_ok());
         if valid {
