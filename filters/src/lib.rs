@@ -37,6 +37,20 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// The whole body, or `None` past `limit` bytes.
+pub async fn read_limited(mut body: Body, limit: u64) -> Result<Option<Bytes>, BoxError> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if (buf.len() + data.len()) as u64 > limit {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(buf.freeze()))
+}
+
 /// Boxes any body whose error converts to [`BoxError`].
 pub fn boxed<B>(body: B) -> Body
 where

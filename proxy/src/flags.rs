@@ -683,28 +683,58 @@ pub fn ofrep(
             metrics: metrics.clone(),
             max_body_bytes: usize::try_from(o.max_body_bytes.0).unwrap_or(usize::MAX),
             clock: unix_now,
+            events: EventSettings {
+                enabled: flags.telemetry.events,
+                include_value: flags.telemetry.include_value,
+                include_context_id: flags.telemetry.include_context_id,
+            },
         }),
     ))
 }
 
+/// The OFREP request flow: a SERVER span (continuing the caller's trace, if any) whose
+/// `feature_flag.evaluation` event records a single evaluation, then OFREP itself.
+pub fn ofrep_stack(
+    config: &Config,
+    ofrep: Arc<Ofrep>,
+    metrics: &Arc<Metrics>,
+    telemetry: &crate::telemetry::Telemetry,
+) -> crate::snapshot::Stack {
+    let svc = tower::ServiceBuilder::new()
+        .map_response(|res: Response<_>| res.map(attache_filters::boxed))
+        .layer(telemetry.spans_only(config))
+        .option_layer(crate::snapshot::propagation(
+            config,
+            Direction::Inbound,
+            None,
+            metrics,
+            None,
+        ))
+        .service(tower::service_fn(move |req: Request<Body>| {
+            let ofrep = ofrep.clone();
+            async move { Ok::<_, Infallible>(ofrep.serve(req).await) }
+        }));
+    tower::util::BoxCloneSyncService::new(svc)
+}
+
 /// Serves OFREP on one connection.
-pub async fn serve_ofrep(stream: TcpStream, shared: Arc<Shared>, ofrep: Arc<Ofrep>) {
+pub async fn serve_ofrep(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stack: crate::snapshot::Stack,
+) {
+    let info = ConnInfo {
+        peer,
+        state: Arc::new(crate::conn::ConnState::default()),
+        tracker: shared.tracker.clone(),
+    };
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let ofrep = ofrep.clone();
-        async move {
-            let (parts, body) = req.into_parts();
-            let body = match Limited::new(body, ofrep.max_body_bytes).collect().await {
-                Ok(b) => Some(b.to_bytes()),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => None,
-                Err(_) => Some(Bytes::new()),
-            };
-            Ok::<Response<Body>, Infallible>(ofrep.respond(
-                &parts.method,
-                &parts.uri,
-                &parts.headers,
-                body,
-            ))
-        }
+        let mut req: Request<Body> = req.map(attache_filters::boxed);
+        req.extensions_mut().insert(info.clone());
+        // The stack is always ready (as on the traffic listeners), so it is called directly.
+        let mut stack = stack.clone();
+        tower::Service::call(&mut stack, req)
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(stream), svc);

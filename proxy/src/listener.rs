@@ -151,7 +151,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared: A
     if let Some((_, ofrep)) = snap.ofrep.as_ref().filter(|o| o.0 == local) {
         let ofrep = ofrep.clone();
         drop(snap);
-        return crate::flags::serve_ofrep(stream, shared, ofrep).await;
+        return crate::flags::serve_ofrep(stream, peer, shared, ofrep).await;
     }
     let Some(role) = snap.listeners.get(&local).cloned() else {
         // The listener was removed between accept and now.

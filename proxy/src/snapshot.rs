@@ -61,8 +61,8 @@ pub struct Snapshot {
     pub server: Arc<auto::Builder<TokioExecutor>>,
     /// The flag sources this snapshot evaluates against (`spec.flags`).
     pub flags: Option<Arc<crate::flags::Running>>,
-    /// The OFREP listener's address and service.
-    pub ofrep: Option<(SocketAddr, Arc<attache_filters::flags::ofrep::Ofrep>)>,
+    /// The OFREP listener's address and request flow.
+    pub ofrep: Option<(SocketAddr, Stack)>,
 }
 
 /// Upstream clients by connect timeout and pool policy, kept across reloads so connection
@@ -348,7 +348,12 @@ impl Snapshot {
             .max_header_list_size(
                 u32::try_from(header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
             );
-        let ofrep = crate::flags::ofrep(&config, running.as_ref(), metrics);
+        let ofrep = crate::flags::ofrep(&config, running.as_ref(), metrics).map(|(addr, svc)| {
+            (
+                addr,
+                crate::flags::ofrep_stack(&config, svc, metrics, telemetry),
+            )
+        });
         Ok(Snapshot {
             flags: running,
             ofrep,

@@ -43,9 +43,19 @@ impl Telemetry {
     /// The observe layer (metrics, spans, access log) of one direction under `config`,
     /// starting or replacing the pipelines it needs. Runs inside the tokio runtime.
     pub fn layer(&self, config: &Config, direction: Direction) -> ObserveLayer {
+        self.observe(config, direction, true)
+    }
+
+    /// SERVER spans only, for the OFREP listener: its calls come from the app beside attache,
+    /// so they stay out of the request metrics and the access log.
+    pub fn spans_only(&self, config: &Config) -> ObserveLayer {
+        self.observe(config, Direction::Inbound, false)
+    }
+
+    fn observe(&self, config: &Config, direction: Direction, traffic: bool) -> ObserveLayer {
         let t = &config.spec.telemetry;
         let mut layer = ObserveLayer::new(self.metrics.clone(), direction)
-            .record_metrics(t.metrics.enabled)
+            .record_metrics(traffic && t.metrics.enabled)
             .peer_of(|ext| ext.get::<ConnInfo>().map(|c| c.peer));
         if config.spec.trace.enabled
             && let Some(exporter) = self.exporter(config)
@@ -62,7 +72,7 @@ impl Telemetry {
                 },
             );
         }
-        if t.access_log.enabled {
+        if traffic && t.access_log.enabled {
             layer = layer.access_log(self.access_log(t.access_log.output));
         }
         layer

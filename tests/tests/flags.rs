@@ -1166,6 +1166,56 @@ async fn span_events_reach_the_collector() {
         }
     }
     assert!(events[0].time_unix_nano >= span.start_time_unix_nano);
+
+    // A single OFREP evaluation adds one event to its request's span, which continues the
+    // caller's trace; a bulk evaluation adds none.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let got = post(
+        &f.ofrep_url("/ofrep/v1/evaluate/flags/theme"),
+        r#"{"context": {"targetingKey": "u-dark"}}"#,
+        &[("traceparent", &traceparent)],
+    )
+    .await;
+    assert_eq!(got.json()["variant"], "dark");
+    let bulk = post(
+        &f.ofrep_url("/ofrep/v1/evaluate/flags"),
+        "",
+        &[("traceparent", &traceparent)],
+    )
+    .await;
+    assert_eq!(bulk.status, 200);
+    let ofrep_spans = async || -> Vec<attache_tests::otlp::Received> {
+        collector
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id() == trace)
+            .collect()
+    };
+    assert!(eventually(10, async || ofrep_spans().await.len() == 2).await);
+    let spans = ofrep_spans().await;
+    let single = spans
+        .iter()
+        .find(|s| s.attr("url.path").as_deref() == Some("/ofrep/v1/evaluate/flags/theme"))
+        .expect("the single evaluation's span");
+    assert_eq!(single.parent_id(), "00f067aa0ba902b7");
+    let events: Vec<_> = single
+        .span
+        .events
+        .iter()
+        .filter(|e| e.name == "feature_flag.evaluation")
+        .collect();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let bulk_span = spans
+        .iter()
+        .find(|s| s.attr("url.path").as_deref() == Some("/ofrep/v1/evaluate/flags"))
+        .expect("the bulk evaluation's span");
+    assert!(bulk_span.span.events.is_empty(), "bulk adds no events");
+    // OFREP calls come from the app beside attache: not counted as traffic.
+    assert!(
+        !metrics(&f.a).contains("method=\"POST\""),
+        "OFREP requests stay out of attache_http_requests_total"
+    );
 }
 
 /// Case 36: reloading 1,000 flags while requests flow fails none of them.

@@ -18,7 +18,9 @@ use sha2::{Digest, Sha256};
 
 use super::eval::{Decision, ErrorCode, Kind, Reason};
 use super::logic::FractionalVersion;
-use super::request::{ContextRules, EvalPath, count, percent_decode};
+use super::request::{
+    ContextRules, EvalPath, EventSettings, FlagDecision, FlagDecisions, count, percent_decode,
+};
 use super::store::FlagStore;
 use crate::Body;
 use crate::telemetry::Metrics;
@@ -33,6 +35,8 @@ pub struct Ofrep {
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub clock: fn() -> u64,
+    /// A single evaluation adds a `feature_flag.evaluation` event to the request's span.
+    pub events: EventSettings,
 }
 
 enum Endpoint {
@@ -181,7 +185,25 @@ impl Ofrep {
                 let d = snap.decide(&key, &ctx, now, Kind::Any, self.fractional);
                 count(&self.metrics, &key, &d, EvalPath::Ofrep);
                 let (status, body) = result_object(&key, &d);
-                json_response(status, &body)
+                let mut res = json_response(status, &body);
+                if self.events.enabled {
+                    let context_id = self
+                        .events
+                        .include_context_id
+                        .then(|| ctx.get("targetingKey").and_then(Value::as_str))
+                        .flatten()
+                        .map(str::to_owned);
+                    res.extensions_mut().insert(Arc::new(FlagDecisions {
+                        decisions: vec![FlagDecision::of(
+                            Arc::from(key.as_str()),
+                            snap.flags.get(&key),
+                            &d,
+                        )],
+                        context_id,
+                        events: self.events,
+                    }));
+                }
+                res
             }
             Endpoint::Bulk => {
                 let ctx = match body_ctx {
@@ -230,6 +252,21 @@ impl Ofrep {
                 }
                 res
             }
+        }
+    }
+}
+
+impl Ofrep {
+    /// Serves one OFREP request: reads its body (up to `max_body_bytes`) and answers.
+    pub async fn serve(self: Arc<Self>, req: http::Request<Body>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let limit = u64::try_from(self.max_body_bytes).unwrap_or(u64::MAX);
+        match crate::read_limited(body, limit).await {
+            Ok(body) => self.respond(&parts.method, &parts.uri, &parts.headers, body),
+            Err(e) => details(
+                StatusCode::BAD_REQUEST,
+                &format!("reading the request body failed: {e}"),
+            ),
         }
     }
 }

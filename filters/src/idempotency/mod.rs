@@ -533,19 +533,7 @@ fn transition_label(t: &Transition) -> &'static str {
     }
 }
 
-/// The whole body, or `None` past `limit` bytes.
-async fn read_limited(mut body: Body, limit: u64) -> Result<Option<Bytes>, crate::BoxError> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            if (buf.len() + data.len()) as u64 > limit {
-                return Ok(None);
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(Some(buf.freeze()))
-}
+use crate::read_limited;
 
 fn record_id(
     s: &Settings,
