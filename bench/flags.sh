@@ -3,7 +3,8 @@
 # per request at a fixed rate with no flags, and with 10 flags evaluated and delivered to the
 # app on every request (6 static, 3 targeting rules on the targeting key and a header
 # attribute, 1 fractional split) as x-flag-* headers and baggage, and also with the combined
-# x-flags header.
+# x-flags header. A control run sends, from the client, the same headers the 10 flags add, with
+# no flags configured: what carrying those bytes costs by itself.
 # attache is pinned to core 0 with one worker; the load generator and the upstream share core 1.
 #
 #   bash bench/flags.sh                      # 20,000 req/s, 8 s per run, 3 rounds
@@ -81,6 +82,13 @@ CONF
   local pid=$!
   wait_port "$ATT"
   local load=(h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -H 'x-user-id: user-42' -H 'x-plan: pro')
+  # The bytes-only control: the client itself sends what the 10 flags add to each request.
+  if [ "$name" = none+same-headers-from-client ]; then
+    load+=(-H 'x-flag-s1: true' -H 'x-flag-s2: false' -H 'x-flag-s3: dark' -H 'x-flag-s4: 20'
+      -H 'x-flag-s5: {"cols":3,"dense":true}' -H 'x-flag-t1: beta' -H 'x-flag-t2: true'
+      -H 'x-flag-t3: eu' -H 'x-flag-f1: c'
+      -H 'baggage: flag.f1=c,flag.s1=on,flag.s2=off,flag.s3=dark,flag.s4=b,flag.s5=cfg,flag.t1=beta,flag.t2=yes,flag.t3=eu')
+  fi
   taskset -c "$LOAD_CPU" "${load[@]}" -D "$WARMUP_SECS" "http://127.0.0.1:$ATT/" >/dev/null 2>&1
   local before after
   before=$(cpu_ticks "$pid")
@@ -101,9 +109,10 @@ FLAGS_SECTION="  flags:
     context:
       targeting_key: [ { header: x-user-id } ]
       attributes: [ { header: x-plan, as: plan } ]"
-MODES=(none flags-configured-0-delivered 10-flags 10-flags+x-flags)
+MODES=(none none+same-headers-from-client flags-configured-0-delivered 10-flags 10-flags+x-flags)
 declare -A YAML=(
   [none]=""
+  [none+same-headers-from-client]=""
   [flags-configured-0-delivered]="$FLAGS_SECTION"
   [10-flags]="$FLAGS_SECTION
     deliver: { flags: [s1, s2, s3, s4, s5, s6, t1, t2, t3, f1] }"
