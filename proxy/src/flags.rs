@@ -36,7 +36,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use notify::{RecursiveMode, Watcher};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -418,7 +418,10 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
                 _ = tick.tick() => {
                     let now = stat(&path);
                     let changed = now != last_stat || now.is_none() != last.is_none();
-                    if changed || now.is_some() && std::fs::read(&path).ok().map(|b| content_hash(&b)) != last {
+                    if changed
+                        || now.is_some()
+                            && tokio::fs::read(&path).await.ok().map(|b| content_hash(&b)) != last
+                    {
                         break false;
                     }
                 }
@@ -451,16 +454,7 @@ async fn poll_url(ctx: SourceCtx, source: FlagSource, url: String) {
     };
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<Bytes>> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
-    let headers: Vec<(HeaderName, HeaderValue)> = source
-        .headers
-        .iter()
-        .filter_map(|(k, v)| {
-            Some((
-                HeaderName::from_bytes(k.as_bytes()).ok()?,
-                HeaderValue::from_str(v).ok()?,
-            ))
-        })
-        .collect();
+    let headers = crate::telemetry::header_lines(&source.headers);
     let mut etag: Option<HeaderValue> = None;
     let interval = source.poll_interval.get();
     let timeout = source.timeout.get();
@@ -736,15 +730,5 @@ pub async fn serve_ofrep(
         let mut stack = stack.clone();
         tower::Service::call(&mut stack, req)
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    let mut conn = std::pin::pin!(conn);
-    let mut shutdown = shared.shutdown.subscribe();
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = async { shutdown.wait_for(|d| *d).await.map(|_| ()) } => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    crate::admin::serve_side_connection(stream, &shared, svc).await;
 }

@@ -30,6 +30,22 @@ pub struct Telemetry {
     access_log: Mutex<Option<(LogOutput, AccessLog)>>,
 }
 
+/// Configured `name: value` headers as header lines (validation has already refused invalid
+/// ones, so none is dropped in practice).
+pub fn header_lines<'a>(
+    headers: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .into_iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
 impl Telemetry {
     pub fn new(metrics: Arc<Metrics>, dev: bool) -> Self {
         Self {
@@ -106,16 +122,7 @@ impl Telemetry {
                 OtlpProtocol::HttpProtobuf => Protocol::HttpProtobuf,
                 OtlpProtocol::Grpc => Protocol::Grpc,
             },
-            headers: e
-                .headers
-                .iter()
-                .filter_map(|(k, v)| {
-                    Some((
-                        HeaderName::from_bytes(k.as_bytes()).ok()?,
-                        HeaderValue::from_str(v).ok()?,
-                    ))
-                })
-                .collect(),
+            headers: header_lines(&e.headers),
             timeout: e.timeout,
             gzip: e.compression == Compression::Gzip,
             max_queue_size: e.max_queue_size,

@@ -680,7 +680,7 @@ impl Settings {
                     }
                 }
                 if delivery.combined.is_some() {
-                    combined_entry(&mut combined, key, &d);
+                    combined_entry(&mut combined, key, &d, vi);
                 }
                 if delivery.baggage
                     && let Some(v) = d.variant
@@ -859,7 +859,7 @@ fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
 
 /// Appends `"key":{"value":…,"variant":…,"reason":…[,"error_code":…]}` to the combined
 /// header; the key and each variant's part are rendered once per compiled flag.
-fn combined_entry(out: &mut String, key: &str, d: &Decision<'_>) {
+fn combined_entry(out: &mut String, key: &str, d: &Decision<'_>, vi: Option<usize>) {
     if !out.is_empty() {
         out.push(',');
     }
@@ -872,8 +872,8 @@ fn combined_entry(out: &mut String, key: &str, d: &Decision<'_>) {
         None => out.push_str(&ascii_json(&json_string(key))),
     }
     out.push_str(":{");
-    let cached = match (d.flag, d.variant, &d.value) {
-        (Some(f), Some(v), Some(std::borrow::Cow::Borrowed(_))) => {
+    let cached = match (d.flag, vi, &d.value) {
+        (Some(f), Some(i), Some(std::borrow::Cow::Borrowed(_))) => {
             let parts = f.counters.combined.get_or_init(|| {
                 f.variants
                     .iter()
@@ -886,7 +886,7 @@ fn combined_entry(out: &mut String, key: &str, d: &Decision<'_>) {
                     })
                     .collect()
             });
-            variant_index(f, v).and_then(|i| parts.get(i))
+            parts.get(i)
         }
         _ => None,
     };
