@@ -37,29 +37,6 @@ need nginx "apt-get install nginx-light"
 cargo build --release -q -p attache
 ATTACHE=target/release/attache
 
-cat > "$OUT/bench-flags.json" <<'JSON'
-{
-  "metadata": {"flagSetId": "bench", "version": "1"},
-  "flags": {
-    "s1": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"},
-    "s2": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"},
-    "s3": {"state": "ENABLED", "variants": {"light": "light", "dark": "dark"}, "defaultVariant": "dark"},
-    "s4": {"state": "ENABLED", "variants": {"a": 10, "b": 20}, "defaultVariant": "b"},
-    "s5": {"state": "ENABLED", "variants": {"cfg": {"cols": 3, "dense": true}}, "defaultVariant": "cfg"},
-    "s6": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"},
-    "t1": {"state": "ENABLED", "variants": {"beta": "beta", "stable": "stable"}, "defaultVariant": "stable",
-           "targeting": {"if": [{"and": [{"starts_with": [{"var": "targetingKey"}, "user-"]},
-                                          {"in": [{"var": "plan"}, ["pro", "enterprise"]]},
-                                          {"==": [{"var": "request.method"}, "GET"]}]}, "beta", null]}},
-    "t2": {"state": "ENABLED", "variants": {"yes": true, "no": false}, "defaultVariant": "no",
-           "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "yes"]}},
-    "t3": {"state": "ENABLED", "variants": {"eu": "eu", "us": "us"}, "defaultVariant": "us",
-           "targeting": {"if": [{"ends_with": [{"var": "targetingKey"}, "42"]}, "eu"]}},
-    "f1": {"state": "ENABLED", "variants": {"a": "a", "b": "b", "c": "c", "d": "d"}, "defaultVariant": "a",
-           "targeting": {"fractional": [["a", 25], ["b", 25], ["c", 25], ["d", 25]]}}
-  }
-}
-JSON
 
 upstream_nginx "$UP" "$LOAD_CPU"
 wait_port "$UP"
@@ -104,7 +81,7 @@ CONF
 }
 
 FLAGS_SECTION="  flags:
-    sources: [ { file: '$PWD/$OUT/bench-flags.json' } ]
+    sources: [ { file: '$PWD/bench/flags-10.json' } ]
     ofrep: { listen: '127.0.0.1:$OFREP' }
     context:
       targeting_key: [ { header: x-user-id } ]

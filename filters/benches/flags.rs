@@ -120,7 +120,8 @@ fn reload(c: &mut Criterion) {
 }
 
 /// The whole request step as the proxy runs it: 10 flags (6 static, 3 targeting rules, one
-/// fractional) evaluated from a request's headers and delivered as headers and baggage.
+/// fractional; `bench/flags-10.json`) evaluated from a request's headers and delivered as
+/// headers and baggage.
 fn request_step(c: &mut Criterion) {
     use attache_filters::flags::request::{
         ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Settings, Source, Trust,
@@ -131,24 +132,9 @@ fn request_step(c: &mut Criterion) {
     use std::sync::Arc;
     use tower::{Layer, Service};
 
-    let doc = json!({"flags": {
-        "s1": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"},
-        "s2": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"},
-        "s3": {"state": "ENABLED", "variants": {"light": "light", "dark": "dark"}, "defaultVariant": "dark"},
-        "s4": {"state": "ENABLED", "variants": {"a": 10, "b": 20}, "defaultVariant": "b"},
-        "s5": {"state": "ENABLED", "variants": {"cfg": {"cols": 3, "dense": true}}, "defaultVariant": "cfg"},
-        "s6": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"},
-        "t1": {"state": "ENABLED", "variants": {"beta": "beta", "stable": "stable"}, "defaultVariant": "stable",
-               "targeting": {"if": [{"and": [{"starts_with": [{"var": "targetingKey"}, "user-"]},
-                                              {"in": [{"var": "plan"}, ["pro", "enterprise"]]},
-                                              {"==": [{"var": "request.method"}, "GET"]}]}, "beta", null]}},
-        "t2": {"state": "ENABLED", "variants": {"yes": true, "no": false}, "defaultVariant": "no",
-               "targeting": {"if": [{"==": [{"var": "plan"}, "pro"]}, "yes"]}},
-        "t3": {"state": "ENABLED", "variants": {"eu": "eu", "us": "us"}, "defaultVariant": "us",
-               "targeting": {"if": [{"ends_with": [{"var": "targetingKey"}, "42"]}, "eu"]}},
-        "f1": {"state": "ENABLED", "variants": {"a": "a", "b": "b", "c": "c", "d": "d"}, "defaultVariant": "a",
-               "targeting": {"fractional": [["a", 25], ["b", 25], ["c", 25], ["d", 25]]}}
-    }});
+    // The same 10 flags as the end-to-end scenario, bench/flags.sh.
+    let doc: serde_json::Value =
+        serde_json::from_str(include_str!("../../bench/flags-10.json")).unwrap_or_default();
     let store = Arc::new(FlagStore::new(1));
     store.update(0, &doc).unwrap_or_default();
     let keys = ["s1", "s2", "s3", "s4", "s5", "s6", "t1", "t2", "t3", "f1"];
