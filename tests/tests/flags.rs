@@ -47,12 +47,18 @@ const FLAGS: &str = r#"{
   }
 }"#;
 
-/// A flags section with one source, `file`, and the given extra keys (indented by 4).
-fn flags_section(files: &[&str], ofrep: u16, extra: &str) -> String {
-    let sources: String = files
+/// Source lines for `files`, as [`flags_section`] takes them.
+fn file_sources(files: &[&std::path::Path]) -> String {
+    files
         .iter()
-        .map(|f| format!("      - {{ file: '{f}' }}\n"))
-        .collect();
+        .map(|f| format!("      - {{ file: '{}' }}\n", f.display()))
+        .collect()
+}
+
+/// A flags section with `sources` (lines of `      - {…}`), files checked every 300 ms, OFREP
+/// on `ofrep` unless `extra` sets its own (`{ofrep}` in `extra` is that port), and `extra`
+/// (indented by 4).
+fn flags_section(sources: &str, ofrep: u16, extra: &str) -> String {
     format!(
         "  flags:
     sources:
@@ -86,19 +92,29 @@ impl Flagged {
 /// `spec.flags`, `spec_extra` under `spec`.
 fn flagged(app: &App, doc: &str, extra: &str, spec_extra: &str) -> Flagged {
     let dir = TempDir::new();
-    let file = dir.write("flags.json", doc);
+    let sources = file_sources(&[&dir.write("flags.json", doc)]);
+    start(app, dir, &sources, extra, spec_extra, &[])
+}
+
+/// A sidecar in front of `app` with the given source lines (see [`flags_section`]), run with
+/// `env`; `dir` holds the test's files and lives as long as the result.
+fn start(
+    app: &App,
+    dir: TempDir,
+    sources: &str,
+    extra: &str,
+    spec_extra: &str,
+    env: &[(&str, &str)],
+) -> Flagged {
     let ofrep = free_port();
     let ports = Ports::new();
     let config = sidecar_config(
         ports,
         app.addr,
-        &format!(
-            "{}{spec_extra}",
-            flags_section(&[file.to_str().unwrap()], ofrep, extra)
-        ),
+        &format!("{}{spec_extra}", flags_section(sources, ofrep, extra)),
     );
     Flagged {
-        a: Attache::run(ports, &config),
+        a: Attache::run_with_env(ports, &config, env),
         dir,
         ofrep,
     }
@@ -355,30 +371,25 @@ async fn routes_follow_the_variant() {
         "checkout-version": {"state": "ENABLED", "variants": {"v1": "v1", "v2": "v2"}, "defaultVariant": "v1",
             "targeting": {"fractional": [["v2", 10], ["v1", 90]]}}
     }}"#;
-    let ports = Ports::new();
     let dir = TempDir::new();
     let file = dir.write("flags.json", doc);
-    let ofrep = free_port();
     let outbound = free_port();
-    let spec = format!(
+    let upstreams = format!(
         "  outbound: [ {{ listen: '127.0.0.1:{outbound}', upstream: checkout }} ]
   upstreams:
     checkout: {{ endpoints: ['http://{}'] }}
     checkout-v2: {{ endpoints: ['http://{}'] }}
-{}",
-        v1.addr,
-        v2.addr,
-        flags_section(
-            &[file.to_str().unwrap()],
-            ofrep,
-            "    context: { targeting_key: [ { header: x-user-id } ] }
+",
+        v1.addr, v2.addr,
+    );
+    let routes = "    context: { targeting_key: [ { header: x-user-id } ] }
     routes:
       - { upstream: checkout, flag: checkout-version, variants: { v2: checkout-v2 } }
       - { upstream: checkout, flag: missing-flag, variants: { x: checkout-v2 } }
-"
-        )
-    );
-    let a = Attache::run(ports, &sidecar_config(ports, app.addr, &spec));
+";
+    // `f` keeps the flag file's directory for the edit below.
+    let f = start(&app, dir, &file_sources(&[&file]), routes, &upstreams, &[]);
+    let a = &f.a;
     let url = format!("http://127.0.0.1:{outbound}/order");
     let name = |g: Got| g.json()["app"].as_str().unwrap_or_default().to_owned();
     // §4.1: user-7 is bucket 3 (v2), user-42 bucket 66 (v1).
@@ -564,19 +575,16 @@ async fn configmap_symlink_swaps_all_apply() {
     };
     swap(0);
     std::os::unix::fs::symlink("..data/flags.json", dir.path().join("flags.json")).unwrap();
-    let ofrep = free_port();
-    let ports = Ports::new();
-    let file = dir.path().join("flags.json");
-    let config = sidecar_config(
-        ports,
-        app.addr,
-        &flags_section(
-            &[file.to_str().unwrap()],
-            ofrep,
-            "    deliver: { flags: [n] }\n",
-        ),
-    );
-    let a = Attache::run(ports, &config);
+    let sources = file_sources(&[&dir.path().join("flags.json")]);
+    let a = start(
+        &app,
+        TempDir::new(),
+        &sources,
+        "    deliver: { flags: [n] }\n",
+        "",
+        &[],
+    )
+    .a;
     for n in 1..=3 {
         swap(n);
         let want = n.to_string();
@@ -720,23 +728,11 @@ async fn url_sources_poll_with_etags_and_merge_in_order() {
         "local.yaml",
         "flags:\n  shared:\n    state: ENABLED\n    variants: { l: local }\n    defaultVariant: l\n",
     );
-    let ofrep = free_port();
-    let ports = Ports::new();
-    let config = sidecar_config(
-        ports,
-        app.addr,
-        &format!(
-            "  flags:
-    sources:
-      - {{ file: '{}' }}
-      - {{ url: 'http://{addr}/flags.json', poll_interval: 300ms, timeout: 500ms, headers: {{ authorization: 'Bearer t' }} }}
-    ofrep: {{ listen: '127.0.0.1:{ofrep}' }}
-",
-            local.display()
-        ),
+    let sources = format!(
+        "{}      - {{ url: 'http://{addr}/flags.json', poll_interval: 300ms, timeout: 500ms, headers: {{ authorization: 'Bearer t' }} }}\n",
+        file_sources(&[&local])
     );
-    let a = Attache::run(ports, &config);
-    let f = Flagged { a, dir, ofrep };
+    let f = start(&app, dir, &sources, "", "", &[]);
     // Case 25: the later source wins per key.
     assert_eq!(
         ofrep_value(&f, "shared", json!({})).await["value"],
@@ -812,23 +808,13 @@ async fn readiness_waits_for_required_sources() {
     let app = App::start("app").await;
     let dir = TempDir::new();
     let later = dir.path().join("later.json");
-    let ofrep = free_port();
-    let ports = Ports::new();
-    let config = sidecar_config(
-        ports,
-        app.addr,
-        &format!(
-            "  flags:
-    sources:
-      - {{ file: '{}' }}
-      - {{ url: 'http://127.0.0.1:{}/never', optional: true, poll_interval: 1s }}
-    file_poll_interval: 200ms
-    ofrep: {{ listen: '127.0.0.1:{ofrep}' }}
-",
-            later.display(),
-            free_port()
-        ),
+    let sources = format!(
+        "{}      - {{ url: 'http://127.0.0.1:{}/never', optional: true, poll_interval: 1s }}\n",
+        file_sources(&[&later]),
+        free_port()
     );
+    let ports = Ports::new();
+    let config = sidecar_config(ports, app.addr, &flags_section(&sources, free_port(), ""));
     let mut a = Attache::spawn(
         ports,
         TempDir::new(),
@@ -1067,21 +1053,7 @@ async fn yaml_json_and_array_forms_agree() {
     let array_file = dir.write("c.json", &array.to_string());
     let mut bulks = Vec::new();
     for file in [&json_file, &yaml_file, &array_file] {
-        let ofrep = free_port();
-        let ports = Ports::new();
-        let a = Attache::run(
-            ports,
-            &sidecar_config(
-                ports,
-                app.addr,
-                &flags_section(&[file.to_str().unwrap()], ofrep, ""),
-            ),
-        );
-        let f = Flagged {
-            a,
-            dir: TempDir::new(),
-            ofrep,
-        };
+        let f = start(&app, TempDir::new(), &file_sources(&[file]), "", "", &[]);
         let got = post(
             &f.ofrep_url("/ofrep/v1/evaluate/flags"),
             r#"{"context": {"targetingKey": "u-dark", "user": {"plan": "pro", "name": "jack"}}}"#,
@@ -1478,25 +1450,12 @@ async fn https_url_sources_trust_the_configured_ca() {
     let ca = dir.write("ca.pem", &ca_pem);
     let other_ca = dir.write("other.pem", &FlagServer::start_tls(doc).await.2);
     let run = |ca: &std::path::Path, optional: bool| {
-        let ofrep = free_port();
-        let ports = Ports::new();
-        let config = sidecar_config(
-            ports,
-            app.addr,
-            &format!(
-                "  flags:
-    sources: [ {{ url: 'https://127.0.0.1:{}/flags.json', poll_interval: 300ms, timeout: 2s, optional: {optional} }} ]
-    ofrep: {{ listen: '127.0.0.1:{ofrep}' }}
-",
-                addr.port()
-            ),
+        let source = format!(
+            "      - {{ url: 'https://127.0.0.1:{}/flags.json', poll_interval: 300ms, timeout: 2s, optional: {optional} }}\n",
+            addr.port()
         );
-        let a = Attache::run_with_env(ports, &config, &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
-        Flagged {
-            a,
-            dir: TempDir::new(),
-            ofrep,
-        }
+        let env = [("SSL_CERT_FILE", ca.to_str().unwrap())];
+        start(&app, TempDir::new(), &source, "", "", &env)
     };
     let trusted = run(&ca, false);
     assert_eq!(
