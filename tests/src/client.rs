@@ -65,6 +65,21 @@ pub async fn get(client: &TestClient, url: &str) -> Result<Got, String> {
     send(client, req).await
 }
 
+/// One HTTP/1.1 request with `headers` and `body`, failing the test on any error or after
+/// 10 s.
+pub async fn exchange(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Got {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("a valid request");
+    crate::within(10, send(&http1(), req))
+        .await
+        .expect("the request got an answer")
+}
+
 /// A blocking GET over a fresh connection: status and body.
 pub fn blocking_get(url: &str) -> std::io::Result<(u16, String)> {
     let rest = url.strip_prefix("http://").unwrap_or(url);

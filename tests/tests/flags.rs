@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attache_tests::client::{Got, get, http1, send};
+use attache_tests::client::{Got, exchange, get, http1, send};
 use attache_tests::otlp::{Collector, Protocol};
 use attache_tests::{App, Attache, Ports, TempDir, eventually, free_port, sidecar_config, within};
 use bytes::Bytes;
@@ -121,32 +121,11 @@ fn start(
 }
 
 async fn call(url: &str, method: &str, headers: &[(&str, &str)]) -> Got {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    within(
-        10,
-        send(&http1(), req.body(Full::new(Bytes::new())).unwrap()),
-    )
-    .await
-    .unwrap()
+    exchange(method, url, headers, "").await
 }
 
 async fn post(url: &str, body: &str, headers: &[(&str, &str)]) -> Got {
-    let mut req = Request::builder().method("POST").uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    within(
-        10,
-        send(
-            &http1(),
-            req.body(Full::new(Bytes::from(body.to_owned()))).unwrap(),
-        ),
-    )
-    .await
-    .unwrap()
+    exchange("POST", url, headers, body).await
 }
 
 /// What the echo app received: its request headers.

@@ -4,12 +4,9 @@
 
 use std::time::Duration;
 
-use attache_tests::client::{get, http1, send};
+use attache_tests::client::{get, http1};
 use attache_tests::otlp::{Collector, Protocol, Received, SpanKind};
 use attache_tests::{App, Attache, Ports, TempDir, sidecar_config, within};
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
 
 const T: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const P: &str = "00f067aa0ba902b7";
@@ -42,16 +39,7 @@ fn traced(
 }
 
 async fn call(url: &str, method: &str, headers: &[(&str, &str)]) -> attache_tests::client::Got {
-    let mut req = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    within(
-        10,
-        send(&http1(), req.body(Full::new(Bytes::new())).unwrap()),
-    )
-    .await
-    .unwrap()
+    attache_tests::client::exchange(method, url, headers, "").await
 }
 
 fn one<'a>(spans: &'a [Received], what: &str, pred: impl Fn(&Received) -> bool) -> &'a Received {
