@@ -572,13 +572,15 @@ fn peer_of(ext: &http::Extensions) -> Option<SocketAddr> {
 
 /// The flags step of one leg: inbound (delivery, and routes of `app`) or an outbound
 /// listener for `upstream` (its routes; the app's own baggage is trusted). `None` when the
-/// leg has nothing to do.
+/// leg has nothing to do. `spans`: whether the leg's spans are exported; when they are not,
+/// no decision is kept for span events.
 pub fn layer(
     config: &Config,
     running: Option<&Arc<Running>>,
     direction: Direction,
     upstream: &str,
     metrics: &Arc<Metrics>,
+    spans: bool,
 ) -> Option<FlagsLayer> {
     let flags = config.spec.flags.as_ref()?;
     let running = running?;
@@ -646,7 +648,7 @@ pub fn layer(
         trust,
         routes,
         events: EventSettings {
-            enabled: flags.telemetry.events,
+            enabled: flags.telemetry.events && spans,
             include_value: flags.telemetry.include_value,
             include_context_id: flags.telemetry.include_context_id,
         },

@@ -262,6 +262,7 @@ impl Snapshot {
                 inb.app_protocol,
             )?;
             listeners.insert(inb.listen.0, Role::Inbound);
+            let observe = telemetry.layer(&config, Direction::Inbound);
             stacks.insert(
                 Role::Inbound,
                 inbound::stack(
@@ -271,14 +272,15 @@ impl Snapshot {
                     metrics,
                     restoration.as_ref(),
                     Steps {
-                        observe: telemetry.layer(&config, Direction::Inbound),
                         flags: crate::flags::layer(
                             &config,
                             running.as_ref(),
                             Direction::Inbound,
                             "app",
                             metrics,
+                            observe.records_spans(),
                         ),
+                        observe,
                         idempotency: stores.layer(&config, metrics, telemetry.dev)?,
                         routed: routed.clone(),
                     },
@@ -300,6 +302,7 @@ impl Snapshot {
             let role = Role::Outbound(Arc::from(out.upstream.as_str()), out.trace.clone());
             listeners.insert(out.listen.0, role.clone());
             stacks.entry(role).or_insert_with(|| {
+                let observe = telemetry.layer(&config, Direction::Outbound);
                 outbound::stack(
                     &config,
                     out,
@@ -307,14 +310,15 @@ impl Snapshot {
                     metrics,
                     restoration.as_ref(),
                     Steps {
-                        observe: telemetry.layer(&config, Direction::Outbound),
                         flags: crate::flags::layer(
                             &config,
                             running.as_ref(),
                             Direction::Outbound,
                             &out.upstream,
                             metrics,
+                            observe.records_spans(),
                         ),
+                        observe,
                         idempotency: None,
                         routed: routed.clone(),
                     },

@@ -279,6 +279,15 @@ impl<'a> Decision<'a> {
         }
     }
 
+    /// `FLAG_NOT_FOUND` for `key`.
+    pub fn not_found(key: &str) -> Self {
+        Self::error(
+            None,
+            ErrorCode::FlagNotFound,
+            format!("flag {key:?} not found"),
+        )
+    }
+
     fn no_value(flag: &'a Flag, reason: Reason) -> Self {
         Self {
             value: None,
@@ -340,11 +349,7 @@ impl FlagSet {
         fractional: FractionalVersion,
     ) -> Decision<'a> {
         let Some(flag) = self.flags.get(key) else {
-            return Decision::error(
-                None,
-                ErrorCode::FlagNotFound,
-                format!("flag {key:?} not found"),
-            );
+            return Decision::not_found(key);
         };
         flag.decide(key, context, now, kind, fractional)
     }
@@ -375,7 +380,7 @@ impl Flag {
             },
             Some(Err(e)) => return Decision::error(Some(flag), ErrorCode::ParseError, e.clone()),
             Some(Ok(rule)) => {
-                let out = rule.eval(&Scope {
+                let out = rule.eval_ref(&Scope {
                     data: context,
                     flagd: Some(logic::Flagd {
                         flag_key: key,
@@ -383,9 +388,9 @@ impl Flag {
                     }),
                     fractional,
                 });
-                match out {
+                match &*out {
                     Value::Null => (flag.default_variant.as_deref(), Reason::Default),
-                    other => match variant_name(&other)
+                    other => match variant_name(other)
                         .and_then(|n| flag.variants.get_key_value(n.as_ref()))
                     {
                         Some((name, _)) => (Some(name), Reason::TargetingMatch),

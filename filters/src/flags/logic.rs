@@ -305,6 +305,15 @@ fn less(a: &Value, b: &Value, or_equal: bool) -> bool {
     }
 }
 
+fn strings_in(v: &Value, f: &mut dyn FnMut(&str)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter().for_each(|v| strings_in(v, f)),
+        Value::Object(m) => m.values().for_each(|v| strings_in(v, f)),
+        _ => {}
+    }
+}
+
 fn var<'a>(data: &'a Value, path: &Value) -> Option<&'a Value> {
     match path {
         Value::Null => Some(data),
@@ -320,45 +329,82 @@ fn var_str<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
         return Some(data);
     }
     let mut cur = data;
-    for part in path.split('.') {
+    let mut rest = path;
+    loop {
+        // A byte scan: paths are a few short segments, too short for `split`'s searcher.
+        let (part, tail) = match rest.bytes().position(|b| b == b'.') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
         cur = match cur {
             Value::Object(m) => m.get(part)?,
             Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
             _ => return None,
         };
+        match tail {
+            Some(t) => rest = t,
+            None => return Some(cur),
+        }
     }
-    Some(cur)
 }
 
 impl Rule {
-    /// [`Rule::eval`], borrowing constants instead of copying them.
-    fn eval_ref<'r>(&'r self, s: &Scope<'_>) -> Cow<'r, Value> {
+    /// Calls `f` with every constant string in the rule, operands and paths alike. Returns
+    /// `false` when a `var`, `missing` or `missing_some` takes a computed path, or `var` the
+    /// whole data: then any part of the context may be read.
+    pub fn constant_strings(&self, f: &mut dyn FnMut(&str)) -> bool {
+        match self {
+            Rule::Literal(v) => {
+                strings_in(v, f);
+                true
+            }
+            Rule::Array(items) => items.iter().all(|r| r.constant_strings(f)),
+            Rule::Op(op, args) => {
+                let computed = match op {
+                    Op::Var => !matches!(
+                        args.first(),
+                        Some(Rule::Literal(Value::String(_) | Value::Number(_)))
+                    ),
+                    Op::Missing | Op::MissingSome => {
+                        args.iter().any(|a| !matches!(a, Rule::Literal(_)))
+                    }
+                    _ => false,
+                };
+                !computed && args.iter().all(|r| r.constant_strings(f))
+            }
+        }
+    }
+
+    /// Evaluates the rule, borrowing constants and context values instead of copying them:
+    /// `var`, `if`, `and`, `or` and the comparisons copy nothing.
+    pub fn eval_ref<'r>(&'r self, s: &Scope<'r>) -> Cow<'r, Value> {
         match self {
             Rule::Literal(v) => Cow::Borrowed(v),
-            other => Cow::Owned(other.eval(s)),
+            Rule::Array(items) => {
+                Cow::Owned(Value::Array(items.iter().map(|r| r.eval(s)).collect()))
+            }
+            Rule::Op(op, args) => eval_op(*op, args, s),
         }
     }
 
     pub fn eval(&self, s: &Scope<'_>) -> Value {
-        match self {
-            Rule::Literal(v) => v.clone(),
-            Rule::Array(items) => Value::Array(items.iter().map(|r| r.eval(s)).collect()),
-            Rule::Op(op, args) => eval_op(*op, args, s),
-        }
+        self.eval_ref(s).into_owned()
     }
 }
 
-fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
-    let arg = |i: usize| args.get(i).map_or(Value::Null, |r| r.eval(s));
+fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
+    let arg = |i: usize| {
+        args.get(i)
+            .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s))
+    };
     let all = || args.iter().map(|r| r.eval(s)).collect::<Vec<_>>();
-    match op {
+    Cow::Owned(match op {
         Op::Var => {
-            let path = args
-                .first()
-                .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s));
-            s.lookup(&path)
-                .filter(|v| !v.is_null())
-                .map_or_else(|| arg(1), Cow::into_owned)
+            let path = arg(0);
+            return match s.lookup(&path).filter(|v| !v.is_null()) {
+                Some(v) => v,
+                None => arg(1),
+            };
         }
         Op::Missing => {
             let mut keys = all();
@@ -373,8 +419,9 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
         }
         Op::MissingSome => {
             let need = to_number(&arg(0)).unwrap_or(0.0);
-            let Value::Array(keys) = arg(1) else {
-                return Value::Array(Vec::new());
+            let keys = arg(1);
+            let Value::Array(keys) = &*keys else {
+                return Cow::Owned(Value::Array(Vec::new()));
             };
             let missing: Vec<Value> = keys
                 .iter()
@@ -390,16 +437,15 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
         Op::If => {
             let mut i = 0;
             while i + 1 < args.len() {
-                if truthy(&args[i].eval(s)) {
-                    return args[i + 1].eval(s);
+                if truthy(&args[i].eval_ref(s)) {
+                    return args[i + 1].eval_ref(s);
                 }
                 i += 2;
             }
-            if i < args.len() {
-                args[i].eval(s)
-            } else {
-                Value::Null
-            }
+            return match args.get(i) {
+                Some(r) => r.eval_ref(s),
+                None => Cow::Owned(Value::Null),
+            };
         }
         Op::Eq => Value::Bool(loose_eq(&arg(0), &arg(1))),
         Op::Ne => Value::Bool(!loose_eq(&arg(0), &arg(1))),
@@ -407,32 +453,24 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
         Op::StrictNe => Value::Bool(!strict_eq(&arg(0), &arg(1))),
         Op::Not => Value::Bool(!truthy(&arg(0))),
         Op::NotNot => Value::Bool(truthy(&arg(0))),
-        Op::Or => {
-            let mut last = Value::Bool(false);
+        Op::Or | Op::And => {
+            let mut last = Cow::Owned(Value::Bool(op == Op::And));
             for r in args {
-                last = r.eval(s);
-                if truthy(&last) {
+                last = r.eval_ref(s);
+                if truthy(&last) == (op == Op::Or) {
                     return last;
                 }
             }
-            last
-        }
-        Op::And => {
-            let mut last = Value::Bool(true);
-            for r in args {
-                last = r.eval(s);
-                if !truthy(&last) {
-                    return last;
-                }
-            }
-            last
+            return last;
         }
         Op::Lt | Op::Le => {
             let eq = op == Op::Le;
-            let v = all();
-            let ok = match v.as_slice() {
-                [a, b] => less(a, b, eq),
-                [a, b, c, ..] => less(a, b, eq) && less(b, c, eq),
+            let ok = match args.len() {
+                2 => less(&arg(0), &arg(1), eq),
+                n if n > 2 => {
+                    let b = arg(1);
+                    less(&arg(0), &b, eq) && less(&b, &arg(2), eq)
+                }
                 _ => false,
             };
             Value::Bool(ok)
@@ -444,7 +482,7 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
             for v in all() {
                 match to_number(&v) {
                     Some(n) => sum += n,
-                    None => return Value::Null,
+                    None => return Cow::Owned(Value::Null),
                 }
             }
             num(sum)
@@ -454,7 +492,7 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
             for v in all() {
                 match to_number(&v) {
                     Some(n) => p *= n,
-                    None => return Value::Null,
+                    None => return Cow::Owned(Value::Null),
                 }
             }
             num(p)
@@ -484,15 +522,16 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
             }
         }
         Op::Map | Op::Filter | Op::All | Op::None | Op::Some => {
-            let Value::Array(items) = arg(0) else {
-                return match op {
+            let items = arg(0);
+            let Value::Array(items) = &*items else {
+                return Cow::Owned(match op {
                     Op::Map | Op::Filter => Value::Array(Vec::new()),
                     Op::All | Op::Some => Value::Bool(false),
                     _ => Value::Bool(true),
-                };
+                });
             };
             let Some(rule) = args.get(1) else {
-                return Value::Null;
+                return Cow::Owned(Value::Null);
             };
             let each = |item: &Value| {
                 rule.eval(&Scope {
@@ -512,13 +551,13 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
             }
         }
         Op::Reduce => {
-            let Value::Array(items) = arg(0) else {
+            let Value::Array(items) = arg(0).into_owned() else {
                 return arg(2);
             };
             let Some(rule) = args.get(1) else {
-                return Value::Null;
+                return Cow::Owned(Value::Null);
             };
-            let mut acc = arg(2);
+            let mut acc = arg(2).into_owned();
             for item in items {
                 let mut ctx = Map::new();
                 ctx.insert("current".into(), item);
@@ -541,12 +580,8 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
                 .collect(),
         ),
         Op::In => {
-            let needle = args
-                .first()
-                .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s));
-            let hay = args
-                .get(1)
-                .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s));
+            let needle = arg(0);
+            let hay = arg(1);
             match &*hay {
                 Value::Array(hay) => Value::Bool(hay.iter().any(|h| strict_eq(h, &needle))),
                 Value::String(hay) => Value::Bool(hay.contains(&to_text(&needle))),
@@ -580,27 +615,22 @@ fn eval_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Value {
                     .collect(),
             )
         }
-        Op::StartsWith | Op::EndsWith => {
-            let v: Vec<Cow<'_, Value>> = args.iter().map(|r| r.eval_ref(s)).collect();
-            match v.as_slice() {
-                [a, b] => match (&**a, &**b) {
-                    (Value::String(a), Value::String(b)) => Value::Bool(if op == Op::StartsWith {
-                        a.starts_with(b.as_str())
-                    } else {
-                        a.ends_with(b.as_str())
-                    }),
-                    _ => Value::Null,
-                },
-                _ => Value::Null,
-            }
-        }
+        Op::StartsWith | Op::EndsWith if args.len() == 2 => match (&*arg(0), &*arg(1)) {
+            (Value::String(a), Value::String(b)) => Value::Bool(if op == Op::StartsWith {
+                a.starts_with(b.as_str())
+            } else {
+                a.ends_with(b.as_str())
+            }),
+            _ => Value::Null,
+        },
+        Op::StartsWith | Op::EndsWith => Value::Null,
         Op::SemVer => super::semver::evaluate(&all()),
         Op::Fractional => {
             let v: Vec<Cow<'_, Value>> = args.iter().map(|r| r.eval_ref(s)).collect();
             let refs: Vec<&Value> = v.iter().map(|c| &**c).collect();
             fractional(&refs, s)
         }
-    }
+    })
 }
 
 /// §4.1.

@@ -11,6 +11,8 @@
 //!   nothing;
 //! - [`request`]: the step of the request flow: the context, delivery as headers and baggage,
 //!   trusted peers' decisions, routing by variant, metrics and span-event data;
+//! - [`plan`]: a snapshot's delivery compiled for one leg: flags looked up once, decisions
+//!   that read nothing from the request made once, the context cut to what rules read;
 //! - [`ofrep`]: OFREP single and bulk evaluation for OpenFeature SDKs.
 //!
 //! Sources (files, URLs) and their watchers live in the proxy (`proxy/src/flags.rs`), which
@@ -21,6 +23,7 @@ pub mod eval;
 pub mod logic;
 pub mod murmur3;
 pub mod ofrep;
+pub mod plan;
 pub mod request;
 pub mod semver;
 pub mod store;

@@ -6,24 +6,27 @@
 //! Each request reads the flag snapshot once. The context is built only when a flag with
 //! targeting needs it, so static flags cost a map lookup and a pre-rendered header value.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
+use arc_swap::ArcSwapOption;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, header};
 use pin_project_lite::pin_project;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
-use super::eval::{Decision, ErrorCode, Flag, FlagSet, Kind, Reason};
+use super::eval::{Decision, ErrorCode, Flag, Kind, Reason};
 use super::logic::FractionalVersion;
+use super::plan::{Needs, Out, Plan};
 use super::store::FlagStore;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{FlagErrorLabels, FlagEvalLabels, FlagLabels};
-use crate::trace_context::baggage::{self, BAGGAGE};
+use crate::trace_context::baggage::{self, BAGGAGE_HEADER};
 
 /// Where an evaluation happened, for `attache_flag_evaluations_total{path}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,8 @@ const REASONS: [Reason; 6] = [
 pub struct Counters {
     counters: OnceLock<Box<[OnceLock<Counter>]>>,
     headers: OnceLock<Box<[Option<HeaderValue>]>>,
+    /// Per variant: its baggage member, `flag.<key>=<variant>`.
+    members: OnceLock<Box<[Option<String>]>>,
     /// Per variant: `"value":…,"variant":…,` for the combined header.
     combined: OnceLock<Box<[String]>>,
     /// The flag key as a JSON string.
@@ -91,7 +96,7 @@ impl PartialEq for Counters {
     }
 }
 
-fn variant_index(flag: &Flag, variant: &str) -> Option<usize> {
+pub(super) fn variant_index(flag: &Flag, variant: &str) -> Option<usize> {
     flag.variants.keys().position(|k| k == variant)
 }
 
@@ -103,8 +108,21 @@ pub fn count(metrics: &Metrics, key: &str, d: &Decision<'_>, path: EvalPath) {
 
 /// [`count`], with the variant's index already known.
 fn count_at(metrics: &Metrics, key: &str, d: &Decision<'_>, vi: Option<usize>, path: EvalPath) {
-    let reason = REASONS.iter().position(|r| *r == d.reason).unwrap_or(0);
-    let path_i = EvalPath::ALL.iter().position(|p| *p == path).unwrap_or(0);
+    evaluation_counter(metrics, key, d, vi, path).inc();
+    if let Some(errors) = error_counter(metrics, key, d) {
+        errors.inc();
+    }
+}
+
+/// The `attache_flag_evaluations_total` counter of a decision: cached per compiled flag,
+/// variant, reason and path.
+pub(super) fn evaluation_counter<'m>(
+    metrics: &Metrics,
+    key: &str,
+    d: &Decision<'m>,
+    vi: Option<usize>,
+    path: EvalPath,
+) -> Cow<'m, Counter> {
     let labels = || FlagEvalLabels {
         flag: if d.flag.is_some() {
             key.to_owned()
@@ -115,28 +133,31 @@ fn count_at(metrics: &Metrics, key: &str, d: &Decision<'_>, vi: Option<usize>, p
         reason: d.reason.as_str(),
         path: path.as_str(),
     };
-    match d.flag {
-        Some(flag) => {
-            let variant = vi.map_or(0, |i| i + 1);
-            let per_variant = REASONS.len() * EvalPath::ALL.len();
-            let slots = flag.counters.counters.get_or_init(|| {
-                (0..(flag.variants.len() + 1) * per_variant)
-                    .map(|_| OnceLock::new())
-                    .collect()
-            });
-            let slot = variant * per_variant + reason * EvalPath::ALL.len() + path_i;
-            match slots.get(slot) {
-                Some(c) => c
-                    .get_or_init(|| metrics.flags.evaluations.get_or_create(&labels()).clone())
-                    .inc(),
-                None => metrics.flags.evaluations.get_or_create(&labels()).inc(),
-            };
-        }
-        None => {
-            metrics.flags.evaluations.get_or_create(&labels()).inc();
-        }
+    let Some(flag) = d.flag else {
+        return Cow::Owned(metrics.flags.evaluations.get_or_create(&labels()).clone());
+    };
+    let reason = REASONS.iter().position(|r| *r == d.reason).unwrap_or(0);
+    let path_i = EvalPath::ALL.iter().position(|p| *p == path).unwrap_or(0);
+    let variant = vi.map_or(0, |i| i + 1);
+    let per_variant = REASONS.len() * EvalPath::ALL.len();
+    let slots = flag.counters.counters.get_or_init(|| {
+        (0..(flag.variants.len() + 1) * per_variant)
+            .map(|_| OnceLock::new())
+            .collect()
+    });
+    let slot = variant * per_variant + reason * EvalPath::ALL.len() + path_i;
+    match slots.get(slot) {
+        Some(c) => Cow::Borrowed(
+            c.get_or_init(|| metrics.flags.evaluations.get_or_create(&labels()).clone()),
+        ),
+        None => Cow::Owned(metrics.flags.evaluations.get_or_create(&labels()).clone()),
     }
-    if let Some((code, _)) = &d.error {
+}
+
+/// The `attache_flag_errors_total` counter of a decision that is an error.
+pub(super) fn error_counter(metrics: &Metrics, key: &str, d: &Decision<'_>) -> Option<Counter> {
+    let (code, _) = d.error.as_ref()?;
+    Some(
         metrics
             .flags
             .errors
@@ -148,8 +169,8 @@ fn count_at(metrics: &Metrics, key: &str, d: &Decision<'_>, vi: Option<usize>, p
                 },
                 error_type: error_type(*code),
             })
-            .inc();
-    }
+            .clone(),
+    )
 }
 
 /// The OpenTelemetry `error.type` of an error code: lower case.
@@ -284,25 +305,36 @@ pub struct RequestView<'a> {
 }
 
 impl ContextRules {
-    /// The context of a proxied request, lowest precedence first: built-ins, `static`,
-    /// attributes, `targetingKey`.
-    pub fn build(&self, r: &RequestView<'_>) -> Value {
+    /// The context of a proxied request, lowest precedence first: the built-ins in `needs`,
+    /// `static`, attributes, `targetingKey`.
+    pub fn build(&self, r: &RequestView<'_>, needs: Needs) -> Value {
         let mut root = Map::new();
-        let mut request = Map::new();
-        request.insert("method".into(), r.method.as_str().into());
-        request.insert("path".into(), r.uri.path().into());
-        let host = r
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| r.uri.authority().map(|a| a.as_str()));
-        if let Some(host) = host {
-            request.insert("host".into(), host.into());
+        if needs.any() {
+            let mut request = Map::new();
+            if needs.method {
+                request.insert("method".into(), r.method.as_str().into());
+            }
+            if needs.path {
+                request.insert("path".into(), r.uri.path().into());
+            }
+            let host = || {
+                r.headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| r.uri.authority().map(|a| a.as_str()))
+            };
+            if needs.host
+                && let Some(host) = host()
+            {
+                request.insert("host".into(), host.into());
+            }
+            if needs.client_address
+                && let Some(peer) = r.peer
+            {
+                request.insert("client_address".into(), peer.ip().to_string().into());
+            }
+            root.insert("request".into(), Value::Object(request));
         }
-        if let Some(peer) = r.peer {
-            request.insert("client_address".into(), peer.ip().to_string().into());
-        }
-        root.insert("request".into(), Value::Object(request));
         for (k, v) in &self.static_attributes {
             root.insert(k.clone(), v.clone());
         }
@@ -455,7 +487,12 @@ impl FlagDecision {
         Self::at(key, flag, d, vi)
     }
 
-    fn at(key: Arc<str>, flag: Option<&Arc<Flag>>, d: &Decision<'_>, vi: Option<usize>) -> Self {
+    pub(super) fn at(
+        key: Arc<str>,
+        flag: Option<&Arc<Flag>>,
+        d: &Decision<'_>,
+        vi: Option<usize>,
+    ) -> Self {
         let variant = vi.and_then(|i| u32::try_from(i).ok());
         Self {
             key,
@@ -535,7 +572,7 @@ fn ascii_json(text: &str) -> String {
 }
 
 /// The header value of a decision, pre-rendered per flag variant.
-fn rendered(d: &Decision<'_>, vi: Option<usize>) -> Option<HeaderValue> {
+pub(super) fn rendered(d: &Decision<'_>, vi: Option<usize>) -> Option<HeaderValue> {
     let value = d.value.as_ref()?;
     let (Some(flag), Some(i), std::borrow::Cow::Borrowed(_)) = (d.flag, vi, value) else {
         return header_value(value);
@@ -556,17 +593,15 @@ fn rendered(d: &Decision<'_>, vi: Option<usize>) -> Option<HeaderValue> {
 
 impl Settings {
     /// Decides `key`: a trusted peer's decision when it names a known variant (`CACHED`),
-    /// otherwise an evaluation.
+    /// otherwise an evaluation against `ctx`.
     fn decide<'a>(
         &self,
-        snap: &'a FlagSet,
         key: &str,
+        flag: Option<&'a Arc<Flag>>,
         peer: &[(String, String)],
-        ctx: &mut Option<Value>,
-        build: &dyn Fn() -> Value,
+        ctx: &Value,
         now: u64,
-    ) -> (Decision<'a>, Option<&'a Arc<Flag>>) {
-        let flag = snap.flags.get(key);
+    ) -> Decision<'a> {
         if let Some((_, variant)) = peer.iter().find(|(k, _)| k == key) {
             match flag.and_then(|f| Decision::cached(f, variant)) {
                 Some(d) => {
@@ -577,7 +612,7 @@ impl Settings {
                             flag: key.to_owned(),
                         })
                         .inc();
-                    return (d, flag);
+                    return d;
                 }
                 None => {
                     let flag = if flag.is_some() { key } else { "_unknown" };
@@ -591,217 +626,41 @@ impl Settings {
                 }
             }
         }
-        let d = match flag {
-            None => snap.decide(key, &Value::Null, now, Kind::Any, self.fractional),
-            Some(f) if f.needs_context() => {
-                let ctx = ctx.get_or_insert_with(build);
-                f.decide(key, ctx, now, Kind::Any, self.fractional)
-            }
-            Some(f) => f.decide(key, &Value::Null, now, Kind::Any, self.fractional),
-        };
-        (d, flag)
-    }
-
-    /// Runs the step on a request: evaluates, rewrites its headers and baggage, and returns
-    /// its decisions (for the span) and the route picked, if any.
-    pub fn apply<B>(&self, req: &mut Request<B>) -> Option<Arc<FlagDecisions>> {
-        let snap = self.store.snapshot();
-        let now = (self.clock)();
-        let peer = (self.peer_of)(req.extensions());
-        let trusted = match &self.trust {
-            Trust::Never => false,
-            Trust::Always => true,
-            Trust::Peers(f) => peer.is_some_and(|p| f(p.ip())),
-        };
-        let headers = req.headers();
-        let mut peer_decisions: Vec<(String, String)> = Vec::new();
-        let mut had_flag_members = false;
-        if headers.contains_key(BAGGAGE) {
-            for m in baggage::members(headers).flatten() {
-                if let Some(k) = m.key.strip_prefix("flag.") {
-                    had_flag_members = true;
-                    if trusted {
-                        peer_decisions.push((k.to_owned(), percent_decode(m.value, false)));
-                    }
-                }
-            }
+        match flag {
+            Some(f) => f.decide(key, ctx, now, Kind::Any, self.fractional),
+            None => Decision::not_found(key),
         }
-        let view = RequestView {
-            method: req.method(),
-            uri: req.uri(),
-            headers,
-            peer,
-        };
-        let build = || self.context.build(&view);
-        let mut ctx: Option<Value> = None;
-        let planned = self.routes.len()
-            + match self.delivery.as_ref().map(|d| &d.flags) {
-                Some(DeliverFlags::Keys(k)) => k.len(),
-                Some(DeliverFlags::All) => snap.flags.len(),
-                None => 0,
-            };
-        let mut decisions: Vec<FlagDecision> = Vec::with_capacity(planned);
-        // Header lines and baggage members to write once the request is no longer borrowed.
-        let mut lines: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(planned);
-        let mut members: Vec<(Arc<str>, std::borrow::Cow<'_, str>)> = Vec::with_capacity(planned);
-        let mut combined = String::with_capacity(match &self.delivery {
-            Some(d) if d.combined.is_some() => 1024,
-            _ => 0,
-        });
-        let mut route: Option<Arc<str>> = None;
-
-        if let Some(delivery) = &self.delivery {
-            let mut all: Vec<(Arc<str>, Option<HeaderName>)>;
-            let keys = match &delivery.flags {
-                DeliverFlags::Keys(keys) => keys,
-                DeliverFlags::All => {
-                    all = snap
-                        .flags
-                        .keys()
-                        .map(|k| {
-                            let name = delivery.header_prefix.as_ref().and_then(|p| {
-                                HeaderName::from_bytes(attache_header_name(p, k).as_bytes()).ok()
-                            });
-                            (Arc::<str>::from(k.as_str()), name)
-                        })
-                        .collect();
-                    all.sort_by(|a, b| a.0.cmp(&b.0));
-                    &all
-                }
-            };
-            for (key, name) in keys {
-                let (d, flag) = self.decide(&snap, key, &peer_decisions, &mut ctx, &build, now);
-                let vi = d.flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
-                count_at(&self.metrics, key, &d, vi, EvalPath::Proxy);
-                if let Some(name) = name {
-                    let value = rendered(&d, vi).or_else(|| delivery.defaults.get(&**key).cloned());
-                    if let Some(v) = value {
-                        lines.push((name.clone(), v));
-                    }
-                }
-                if delivery.combined.is_some() {
-                    combined_entry(&mut combined, key, &d, vi);
-                }
-                if delivery.baggage
-                    && let Some(v) = d.variant
-                {
-                    members.push((key.clone(), std::borrow::Cow::Borrowed(v)));
-                }
-                decisions.push(FlagDecision::at(key.clone(), flag, &d, vi));
-            }
-        }
-        for r in &self.routes {
-            let known = decisions.iter().find(|d| d.key == r.flag);
-            let variant = match known {
-                Some(d) => d.variant().map(str::to_owned),
-                None => {
-                    let (d, flag) =
-                        self.decide(&snap, &r.flag, &peer_decisions, &mut ctx, &build, now);
-                    count(&self.metrics, &r.flag, &d, EvalPath::Route);
-                    decisions.push(FlagDecision::of(r.flag.clone(), flag, &d));
-                    d.variant.map(str::to_owned)
-                }
-            };
-            if let Some(v) = variant {
-                if route.is_none() {
-                    route = r.variants.get(&v).cloned();
-                }
-                if !members.iter().any(|(k, _)| *k == r.flag) {
-                    members.push((r.flag.clone(), std::borrow::Cow::Owned(v)));
-                }
-            }
-        }
-        let context_id = if self.events.include_context_id {
-            ctx.as_ref()
-                .and_then(|c| c.get("targetingKey"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .or_else(|| {
-                    self.context
-                        .targeting_key
-                        .iter()
-                        .find_map(|s| s.read(view.uri, view.headers))
-                })
-        } else {
-            None
-        };
-
-        // Rewrite the request.
-        let headers = req.headers_mut();
-        if let Some(delivery) = &self.delivery {
-            if let Some(prefix) = &delivery.header_prefix {
-                strip_prefixed(headers, prefix);
-            }
-            if let Some(c) = &delivery.combined {
-                headers.remove(c);
-                if !combined.is_empty() {
-                    combined.insert(0, '{');
-                    combined.push('}');
-                    if let Ok(v) = HeaderValue::from_str(&combined) {
-                        headers.insert(c.clone(), v);
-                    }
-                }
-            }
-        }
-        headers.reserve(lines.len() + 2);
-        for (name, value) in lines {
-            headers.append(name, value);
-        }
-        if !members.is_empty() || (had_flag_members && !trusted) {
-            self.rewrite_baggage(headers, &members, trusted);
-        }
-        if let Some(target) = route {
-            req.extensions_mut().insert(RouteTarget(target));
-        }
-        if decisions.is_empty() {
-            return None;
-        }
-        let decisions = Arc::new(FlagDecisions {
-            decisions,
-            context_id,
-            events: self.events,
-        });
-        req.extensions_mut().insert(decisions.clone());
-        Some(decisions)
     }
 
     /// Writes `flag.<key>=<variant>` members, replacing earlier ones for the same keys (and
-    /// every `flag.` member from an untrusted peer); other members are kept. A member past
-    /// the baggage limits is dropped and counted.
+    /// every `flag.` member from an untrusted peer); other members are kept, unless the
+    /// header is invalid. A member past the baggage limits is dropped and counted.
     fn rewrite_baggage(
         &self,
         headers: &mut HeaderMap,
-        ours: &[(Arc<str>, std::borrow::Cow<'_, str>)],
+        ours: &[(&str, Cow<'_, str>)],
         trusted: bool,
     ) {
-        let existing: usize = headers.get_all(BAGGAGE).iter().map(|v| v.len() + 1).sum();
-        let mut out = String::with_capacity(existing + ours.len() * 32);
+        let mut out = String::with_capacity(256);
         let mut count = 0usize;
-        let valid = baggage::members(headers).all(|m| m.is_ok());
-        if valid {
-            for m in baggage::members(headers).flatten() {
-                if let Some(k) = m.key.strip_prefix("flag.")
-                    && (!trusted || ours.iter().any(|(o, _)| **o == *k))
-                {
-                    continue;
-                }
-                if count > 0 {
-                    out.push(',');
-                }
-                out.push_str(m.raw);
-                count += 1;
-            }
-        }
-        let mut member = String::new();
-        for (key, variant) in ours {
-            if !baggage::is_token(key.as_bytes()) {
+        for m in baggage::members(headers) {
+            let Ok(m) = m else {
+                out.clear();
+                count = 0;
+                break;
+            };
+            if let Some(k) = m.key.strip_prefix("flag.")
+                && (!trusted || ours.iter().any(|(o, _)| *o == k))
+            {
                 continue;
             }
-            member.clear();
-            member.push_str("flag.");
-            member.push_str(key);
-            member.push('=');
-            percent_encode_baggage(variant, &mut member);
+            if count > 0 {
+                out.push(',');
+            }
+            out.push_str(m.raw);
+            count += 1;
+        }
+        for (_, member) in ours {
             let add = member.len() + usize::from(count > 0);
             if count + 1 > self.baggage.max_members || out.len() + add > self.baggage.max_bytes {
                 self.metrics.baggage_member_dropped();
@@ -810,15 +669,257 @@ impl Settings {
             if count > 0 {
                 out.push(',');
             }
-            out.push_str(&member);
+            out.push_str(member);
             count += 1;
         }
-        headers.remove(BAGGAGE);
-        if count > 0
-            && let Ok(v) = HeaderValue::from_str(&out)
-        {
-            headers.insert(BAGGAGE, v);
+        match HeaderValue::try_from(out) {
+            Ok(v) if count > 0 => {
+                headers.insert(BAGGAGE_HEADER, v);
+            }
+            _ => {
+                headers.remove(&BAGGAGE_HEADER);
+            }
         }
+    }
+}
+
+/// The flags step of one leg: its settings, and the plan of the snapshot it last saw.
+struct Step {
+    settings: Settings,
+    plan: ArcSwapOption<Plan>,
+}
+
+/// The `flag.` members of a request's baggage: whether there are any, and (from a trusted
+/// peer) the decisions they carry, percent-decoded.
+fn flag_members(headers: &HeaderMap, trusted: bool) -> (bool, Vec<(String, String)>) {
+    let maybe = headers
+        .get_all(&BAGGAGE_HEADER)
+        .iter()
+        .any(|v| v.as_bytes().windows(5).any(|w| w == b"flag."));
+    let mut decisions = Vec::new();
+    let mut any = false;
+    if maybe {
+        for m in baggage::members(headers).flatten() {
+            if let Some(k) = m.key.strip_prefix("flag.") {
+                any = true;
+                if trusted {
+                    decisions.push((k.to_owned(), percent_decode(m.value, false)));
+                }
+            }
+        }
+    }
+    (any, decisions)
+}
+
+/// The baggage member of a decision, rendered once per flag variant.
+pub(super) fn rendered_member<'a>(
+    key: &str,
+    d: &Decision<'a>,
+    vi: Option<usize>,
+) -> Option<Cow<'a, str>> {
+    let variant = d.variant?;
+    match (d.flag, vi) {
+        (Some(f), Some(i)) => {
+            let cache = f
+                .counters
+                .members
+                .get_or_init(|| f.variants.keys().map(|v| member(key, v)).collect());
+            cache.get(i)?.as_deref().map(Cow::Borrowed)
+        }
+        _ => member(key, variant).map(Cow::Owned),
+    }
+}
+
+/// `flag.<key>=<variant>` as a baggage member; `None` when the key is not a baggage token.
+pub(super) fn member(key: &str, variant: &str) -> Option<String> {
+    if !baggage::is_token(key.as_bytes()) {
+        return None;
+    }
+    let mut m = String::with_capacity(key.len() + variant.len() + 8);
+    m.push_str("flag.");
+    m.push_str(key);
+    m.push('=');
+    percent_encode_baggage(variant, &mut m);
+    Some(m)
+}
+
+impl Step {
+    /// The plan of the current snapshot: the cached one, or a new one when the snapshot
+    /// changed since.
+    fn plan(&self) -> Arc<Plan> {
+        let snap = self.settings.store.current();
+        if let Some(plan) = &*self.plan.load()
+            && Arc::ptr_eq(&plan.snap, &snap)
+        {
+            return plan.clone();
+        }
+        let plan = Arc::new(Plan::new(&self.settings, Arc::clone(&snap)));
+        self.plan.store(Some(plan.clone()));
+        plan
+    }
+
+    /// Runs the step on a request: evaluates, rewrites its headers and baggage, picks the
+    /// route, and returns its decisions when span events record them.
+    fn apply<B>(&self, req: &mut Request<B>) -> Option<Arc<FlagDecisions>> {
+        let s = &self.settings;
+        let plan = self.plan();
+        let peer = (s.peer_of)(req.extensions());
+        let trusted = match &s.trust {
+            Trust::Never => false,
+            Trust::Always => true,
+            Trust::Peers(f) => peer.is_some_and(|p| f(p.ip())),
+        };
+        let (had_flag_members, peer_decisions) = flag_members(req.headers(), trusted);
+        let view = RequestView {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            peer,
+        };
+        let ctx = if plan.needs_context {
+            s.context.build(&view, plan.needs)
+        } else {
+            Value::Null
+        };
+        let keep = s.events.enabled;
+        let context_id = if keep && s.events.include_context_id {
+            ctx.get("targetingKey")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| {
+                    s.context
+                        .targeting_key
+                        .iter()
+                        .find_map(|src| src.read(view.uri, view.headers))
+                })
+        } else {
+            None
+        };
+        let now = if plan.needs_context { (s.clock)() } else { 0 };
+        let mut decisions = Vec::with_capacity(if keep {
+            plan.entries.len() + plan.routes.len()
+        } else {
+            0
+        });
+        // Per entry, its variant: what routes on a delivered flag go by.
+        let mut variants: Vec<Option<&str>> = Vec::with_capacity(if plan.routes.is_empty() {
+            0
+        } else {
+            plan.entries.len()
+        });
+        let mut members: Vec<(&str, Cow<'_, str>)> =
+            Vec::with_capacity(plan.entries.len() + plan.routes.len());
+        let headers = req.headers_mut();
+        if let Some(delivery) = &s.delivery {
+            if let Some(prefix) = &delivery.header_prefix {
+                strip_prefixed(headers, prefix);
+            }
+            let mut combined = String::new();
+            if let Some(c) = &delivery.combined {
+                headers.remove(c);
+                combined.reserve(64 * plan.entries.len());
+                combined.push('{');
+            }
+            headers.reserve(plan.entries.len() + 2);
+            for e in &plan.entries {
+                let peer_decides = peer_decisions.iter().any(|(k, _)| **k == *e.key);
+                let out = match e.fixed.as_ref().filter(|_| !peer_decides) {
+                    Some(f) => {
+                        f.evaluations.inc();
+                        if let Some(c) = &f.errors {
+                            c.inc();
+                        }
+                        if keep {
+                            decisions.push(f.decision.clone());
+                        }
+                        Out {
+                            header: f.out.header.as_ref().map(|h| Cow::Borrowed(&**h)),
+                            combined: Cow::Borrowed(&f.out.combined),
+                            member: f.out.member.as_ref().map(|m| Cow::Borrowed(&**m)),
+                            variant: None,
+                        }
+                    }
+                    None => {
+                        let d = s.decide(&e.key, e.flag.as_ref(), &peer_decisions, &ctx, now);
+                        let vi = d.flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
+                        count_at(&s.metrics, &e.key, &d, vi, EvalPath::Proxy);
+                        if keep {
+                            decisions.push(FlagDecision::at(
+                                e.key.clone(),
+                                e.flag.as_ref(),
+                                &d,
+                                vi,
+                            ));
+                        }
+                        Out::of(delivery, &e.key, &d, vi)
+                    }
+                };
+                if let (Some(name), Some(value)) = (&e.header, out.header) {
+                    headers.append(name.clone(), value.into_owned());
+                }
+                if !out.combined.is_empty() {
+                    if combined.len() > 1 {
+                        combined.push(',');
+                    }
+                    combined.push_str(&out.combined);
+                }
+                if let Some(m) = out.member {
+                    members.push((&e.key, m));
+                }
+                if !plan.routes.is_empty() {
+                    variants.push(match &e.fixed {
+                        Some(f) if !peer_decides => f.decision.variant(),
+                        _ => out.variant,
+                    });
+                }
+            }
+            if let Some(c) = &delivery.combined
+                && combined.len() > 1
+            {
+                combined.push('}');
+                if let Ok(v) = HeaderValue::try_from(combined) {
+                    headers.insert(c.clone(), v);
+                }
+            }
+        }
+        let mut route: Option<Arc<str>> = None;
+        for (r, (flag, delivered)) in s.routes.iter().zip(&plan.routes) {
+            let variant = match delivered {
+                Some(i) => variants.get(*i).copied().flatten(),
+                None => {
+                    let d = s.decide(&r.flag, flag.as_ref(), &peer_decisions, &ctx, now);
+                    count(&s.metrics, &r.flag, &d, EvalPath::Route);
+                    if keep {
+                        decisions.push(FlagDecision::of(r.flag.clone(), flag.as_ref(), &d));
+                    }
+                    d.variant
+                }
+            };
+            let Some(v) = variant else { continue };
+            if route.is_none() {
+                route = r.variants.get(v).cloned();
+            }
+            if !members.iter().any(|(k, _)| *k == &*r.flag)
+                && let Some(m) = member(&r.flag, v)
+            {
+                members.push((&r.flag, Cow::Owned(m)));
+            }
+        }
+        if !members.is_empty() || (had_flag_members && !trusted) {
+            s.rewrite_baggage(headers, &members, trusted);
+        }
+        drop(members);
+        if let Some(target) = route {
+            req.extensions_mut().insert(RouteTarget(target));
+        }
+        if decisions.is_empty() {
+            return None;
+        }
+        Some(Arc::new(FlagDecisions {
+            decisions,
+            context_id,
+            events: s.events,
+        }))
     }
 }
 
@@ -859,7 +960,7 @@ fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
 
 /// Appends `"key":{"value":…,"variant":…,"reason":…[,"error_code":…]}` to the combined
 /// header; the key and each variant's part are rendered once per compiled flag.
-fn combined_entry(out: &mut String, key: &str, d: &Decision<'_>, vi: Option<usize>) {
+pub(super) fn combined_entry(out: &mut String, key: &str, d: &Decision<'_>, vi: Option<usize>) {
     if !out.is_empty() {
         out.push(',');
     }
@@ -923,13 +1024,16 @@ fn json_string(s: &str) -> String {
 /// The flags step as a tower layer.
 #[derive(Clone)]
 pub struct FlagsLayer {
-    settings: Arc<Settings>,
+    step: Arc<Step>,
 }
 
 impl FlagsLayer {
     pub fn new(settings: Settings) -> Self {
         Self {
-            settings: Arc::new(settings),
+            step: Arc::new(Step {
+                settings,
+                plan: ArcSwapOption::empty(),
+            }),
         }
     }
 }
@@ -939,7 +1043,7 @@ impl<S> Layer<S> for FlagsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         FlagsService {
             inner,
-            settings: self.settings.clone(),
+            step: self.step.clone(),
         }
     }
 }
@@ -947,7 +1051,7 @@ impl<S> Layer<S> for FlagsLayer {
 #[derive(Clone)]
 pub struct FlagsService<S> {
     inner: S,
-    settings: Arc<Settings>,
+    step: Arc<Step>,
 }
 
 impl<S, B, RB> Service<Request<B>> for FlagsService<S>
@@ -963,8 +1067,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let decisions = self.settings.apply(&mut req);
-        let decisions = decisions.filter(|d| d.events.enabled);
+        let decisions = self.step.apply(&mut req);
         FlagsFuture {
             inner: self.inner.call(req),
             decisions,
@@ -1026,6 +1129,99 @@ mod tests {
         assert_eq!(
             attache_header_name("x-flag-", "New_Checkout.v2"),
             "x-flag-new-checkout-v2"
+        );
+    }
+
+    fn step(store: Arc<FlagStore>, flags: DeliverFlags) -> Step {
+        Step {
+            settings: Settings {
+                store,
+                fractional: FractionalVersion::V2,
+                context: ContextRules {
+                    targeting_key: vec![Source::Header(HeaderName::from_static("x-user"))],
+                    ..ContextRules::default()
+                },
+                delivery: Some(Delivery {
+                    flags,
+                    header_prefix: Some("x-flag-".into()),
+                    combined: None,
+                    baggage: true,
+                    defaults: HashMap::new(),
+                }),
+                trust: Trust::Never,
+                routes: Vec::new(),
+                events: EventSettings::default(),
+                metrics: Arc::new(Metrics::new()),
+                baggage: baggage::Limits::default(),
+                peer_of: |_| None,
+                clock: || 0,
+            },
+            plan: ArcSwapOption::empty(),
+        }
+    }
+
+    fn run(step: &Step, user: &str) -> HeaderMap {
+        let mut req = Request::get("/")
+            .header("x-user", user)
+            .header("x-flag-forged", "1")
+            .body(())
+            .unwrap();
+        assert_eq!(step.apply(&mut req), None, "no span events asked for");
+        req.headers().clone()
+    }
+
+    /// The plan is made once per snapshot, and a new snapshot (a new flag, a changed static
+    /// value) is picked up by the next request.
+    #[test]
+    fn plans_follow_the_snapshot() {
+        let store = Arc::new(FlagStore::new(1));
+        let doc = |color: &str| {
+            json!({"flags": {
+                "theme": {"state": "ENABLED", "variants": {"c": color}, "defaultVariant": "c"},
+                "beta": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                         "defaultVariant": "off",
+                         "targeting": {"if": [{"==": [{"var": "targetingKey"}, "u1"]}, "on"]}}
+            }})
+        };
+        store.update(0, &doc("red")).unwrap();
+        let all = step(store.clone(), DeliverFlags::All);
+        let h = run(&all, "u1");
+        assert_eq!(h["x-flag-theme"], "red");
+        assert_eq!(h["x-flag-beta"], "true");
+        assert!(!h.contains_key("x-flag-forged"));
+        assert_eq!(h["baggage"], "flag.beta=on,flag.theme=c");
+        let first = all.plan.load_full().unwrap();
+        assert_eq!(run(&all, "u2")["x-flag-beta"], "false");
+        assert!(
+            Arc::ptr_eq(&first, &all.plan.load_full().unwrap()),
+            "one plan per snapshot"
+        );
+
+        let mut next = doc("blue");
+        next["flags"]["added"] =
+            json!({"state": "ENABLED", "variants": {"x": 1}, "defaultVariant": "x"});
+        store.update(0, &next).unwrap();
+        let h = run(&all, "u1");
+        assert_eq!(h["x-flag-theme"], "blue");
+        assert_eq!(h["x-flag-added"], "1");
+        assert_eq!(h["baggage"], "flag.added=x,flag.beta=on,flag.theme=c");
+
+        // A listed key the snapshot lacks: no header, FLAG_NOT_FOUND counted per request.
+        let listed = step(
+            store,
+            DeliverFlags::Keys(vec![(
+                Arc::from("gone"),
+                flag_header_name("x-flag-", "gone"),
+            )]),
+        );
+        assert!(!run(&listed, "u1").contains_key("x-flag-gone"));
+        run(&listed, "u1");
+        let text = listed.settings.metrics.encode();
+        assert!(
+            text.contains(
+                r#"attache_flag_evaluation_errors_total{flag="_unknown",error_type="flag_not_found"} 2"#
+            ),
+            "{text}"
         );
     }
 

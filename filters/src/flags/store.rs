@@ -36,6 +36,11 @@ impl FlagStore {
         self.current.load_full()
     }
 
+    /// [`FlagStore::snapshot`], borrowed for a moment (no reference count touched).
+    pub fn current(&self) -> arc_swap::Guard<Arc<FlagSet>> {
+        self.current.load()
+    }
+
     /// Loads source `index`'s new document. On error the source keeps its last good
     /// document, and the error is returned (and kept for [`FlagStore::errors`]).
     pub fn update(&self, index: usize, doc: &Value) -> Result<(), LoadError> {

@@ -75,6 +75,11 @@ impl ObserveLayer {
         self.with(|s| s.spans = Some((sink, Arc::new(settings))))
     }
 
+    /// Whether the leg's spans go anywhere (so that what they would carry is worth keeping).
+    pub fn records_spans(&self) -> bool {
+        self.shared.spans.is_some()
+    }
+
     pub fn access_log(self, log: AccessLog) -> Self {
         self.with(|s| s.access_log = Some(log))
     }

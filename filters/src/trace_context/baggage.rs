@@ -9,11 +9,14 @@
 //!
 //! Sizes count the members as written (trimmed of OWS) and one `,` between each two.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{is_ows, trim_ows};
 
 pub const BAGGAGE: &str = "baggage";
+/// The header's name, ready for lookups (a `&str` is first matched against the standard
+/// names, then hashed).
+pub const BAGGAGE_HEADER: HeaderName = HeaderName::from_static(BAGGAGE);
 
 /// The W3C minimums, which attache's configuration may raise but not lower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +95,7 @@ pub fn extract(headers: &HeaderMap, limits: Limits) -> Result<Baggage, Invalid> 
 /// The members of every `baggage` line in order, each validated; empty elements are skipped.
 pub fn members(headers: &HeaderMap) -> impl Iterator<Item = Result<Member<'_>, Invalid>> {
     headers
-        .get_all(BAGGAGE)
+        .get_all(&BAGGAGE_HEADER)
         .iter()
         .flat_map(|line| line.as_bytes().split(|b| *b == b','))
         .map(trim_ows)

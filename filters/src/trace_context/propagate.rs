@@ -642,7 +642,7 @@ const TRACEPARENT: HeaderName = HeaderName::from_static(traceparent::TRACEPARENT
 const TRACESTATE: HeaderName = HeaderName::from_static(tracestate::TRACESTATE);
 const B3: HeaderName = HeaderName::from_static(b3::B3);
 const UBER_TRACE_ID: HeaderName = HeaderName::from_static(jaeger::UBER_TRACE_ID);
-const BAGGAGE: HeaderName = HeaderName::from_static(baggage::BAGGAGE);
+use baggage::BAGGAGE_HEADER as BAGGAGE;
 
 fn write(headers: &mut HeaderMap, format: Format, ctx: &TraceCtx) {
     match format {

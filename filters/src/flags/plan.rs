@@ -1,0 +1,301 @@
+//! One snapshot's delivery, compiled for one leg of the request flow and rebuilt when the
+//! snapshot changes (specs/feature-flags.md §7, §13). Every delivered flag is looked up once,
+//! and the decision of every flag that reads nothing from the request (no targeting, disabled,
+//! unknown, or targeting that did not compile) is made once, with its header value, its
+//! `x-flags` entry, its baggage member and its metric handles. A request then evaluates only
+//! the flags with targeting, and builds only the parts of the context their rules can read.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use prometheus_client::metrics::counter::Counter;
+use serde_json::Value;
+
+use super::eval::{Decision, Flag, FlagSet, Kind};
+use super::logic::Rule;
+use super::request::{
+    DeliverFlags, Delivery, EvalPath, FlagDecision, Settings, combined_entry, error_counter,
+    evaluation_counter, flag_header_name, rendered, rendered_member, variant_index,
+};
+
+/// Which built-in `request.*` attributes the context carries: only those a rule may read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub method: bool,
+    pub path: bool,
+    pub host: bool,
+    pub client_address: bool,
+}
+
+impl Needs {
+    pub const ALL: Needs = Needs {
+        method: true,
+        path: true,
+        host: true,
+        client_address: true,
+    };
+
+    /// What `rule` may read of the built-ins: every part named by one of its constant
+    /// strings, or all of them when a path is computed.
+    pub fn of(rule: &Rule) -> Needs {
+        let mut needs = Needs::default();
+        let reads = |s: &str, part: &str| {
+            s.is_empty()
+                || s == "request"
+                || s.strip_prefix("request.").is_some_and(|rest| {
+                    rest.strip_prefix(part)
+                        .is_some_and(|tail| tail.is_empty() || tail.starts_with('.'))
+                })
+        };
+        let known = rule.constant_strings(&mut |s| {
+            needs.method |= reads(s, "method");
+            needs.path |= reads(s, "path");
+            needs.host |= reads(s, "host");
+            needs.client_address |= reads(s, "client_address");
+        });
+        if known { needs } else { Needs::ALL }
+    }
+
+    fn union(self, o: Needs) -> Needs {
+        Needs {
+            method: self.method || o.method,
+            path: self.path || o.path,
+            host: self.host || o.host,
+            client_address: self.client_address || o.client_address,
+        }
+    }
+
+    pub fn any(self) -> bool {
+        self.method || self.path || self.host || self.client_address
+    }
+}
+
+/// What `flag`'s evaluation may read of the built-ins.
+fn needs_of(flag: &Flag) -> Needs {
+    match &flag.targeting {
+        Some(Ok(rule)) if flag.needs_context() => Needs::of(rule),
+        _ => Needs::default(),
+    }
+}
+
+pub struct Plan {
+    pub snap: Arc<FlagSet>,
+    /// The delivered flags, in delivery order.
+    pub entries: Vec<Entry>,
+    /// Per route of the leg: its flag, and the index of the entry that delivers it, if any.
+    pub routes: Vec<(Option<Arc<Flag>>, Option<usize>)>,
+    /// Whether some flag evaluated per request reads the context, and which built-ins.
+    pub needs_context: bool,
+    pub needs: Needs,
+}
+
+pub struct Entry {
+    pub key: Arc<str>,
+    pub flag: Option<Arc<Flag>>,
+    pub header: Option<HeaderName>,
+    /// The decision, when it does not depend on the request.
+    pub fixed: Option<Fixed>,
+}
+
+/// A decision made when the plan is, and what it adds to every request.
+pub struct Fixed {
+    pub decision: FlagDecision,
+    pub out: Out<'static>,
+    pub evaluations: Counter,
+    pub errors: Option<Counter>,
+}
+
+/// What one delivered decision adds to a request.
+pub struct Out<'a> {
+    /// The `x-flag-<key>` value (or the configured default).
+    pub header: Option<Cow<'a, HeaderValue>>,
+    /// `"key":{…}` for the combined header, when there is one.
+    pub combined: Cow<'a, str>,
+    /// `flag.<key>=<variant>`, when baggage delivery is on and there is a variant.
+    pub member: Option<Cow<'a, str>>,
+    pub variant: Option<&'a str>,
+}
+
+impl Out<'_> {
+    /// What `d` adds under `delivery`.
+    pub fn of<'a>(delivery: &Delivery, key: &str, d: &Decision<'a>, vi: Option<usize>) -> Out<'a> {
+        let header = rendered(d, vi)
+            .or_else(|| delivery.defaults.get(key).cloned())
+            .map(Cow::Owned);
+        let mut combined = String::new();
+        if delivery.combined.is_some() {
+            combined_entry(&mut combined, key, d, vi);
+        }
+        Out {
+            header,
+            combined: Cow::Owned(combined),
+            member: if delivery.baggage {
+                rendered_member(key, d, vi)
+            } else {
+                None
+            },
+            variant: d.variant,
+        }
+    }
+}
+
+impl Plan {
+    pub fn new(settings: &Settings, snap: Arc<FlagSet>) -> Plan {
+        let mut entries = Vec::new();
+        if let Some(delivery) = &settings.delivery {
+            let keys: Vec<(Arc<str>, Option<HeaderName>)> = match &delivery.flags {
+                DeliverFlags::Keys(keys) => keys.clone(),
+                DeliverFlags::All => {
+                    let mut all: Vec<_> = snap
+                        .flags
+                        .keys()
+                        .map(|k| {
+                            let name = delivery
+                                .header_prefix
+                                .as_ref()
+                                .and_then(|p| flag_header_name(p, k));
+                            (Arc::<str>::from(k.as_str()), name)
+                        })
+                        .collect();
+                    all.sort_by(|a, b| a.0.cmp(&b.0));
+                    all
+                }
+            };
+            entries = keys
+                .into_iter()
+                .map(|(key, header)| {
+                    let flag = snap.flags.get(&*key).cloned();
+                    let fixed = fixed(settings, delivery, &key, flag.as_ref());
+                    Entry {
+                        key,
+                        flag,
+                        header,
+                        fixed,
+                    }
+                })
+                .collect();
+        }
+        let routes: Vec<_> = settings
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    snap.flags.get(&*r.flag).cloned(),
+                    entries.iter().position(|e| e.key == r.flag),
+                )
+            })
+            .collect();
+        let evaluated = entries
+            .iter()
+            .filter(|e| e.fixed.is_none())
+            .filter_map(|e| e.flag.as_deref())
+            .chain(routes.iter().filter_map(|(f, _)| f.as_deref()))
+            .filter(|f| f.needs_context());
+        let mut needs_context = false;
+        let mut needs = Needs::default();
+        for f in evaluated {
+            needs_context = true;
+            needs = needs.union(needs_of(f));
+        }
+        Plan {
+            snap,
+            entries,
+            routes,
+            needs_context,
+            needs,
+        }
+    }
+}
+
+/// The decision of a flag that reads nothing from the request, made once.
+fn fixed(
+    settings: &Settings,
+    delivery: &Delivery,
+    key: &str,
+    flag: Option<&Arc<Flag>>,
+) -> Option<Fixed> {
+    let d = match flag {
+        Some(f) if f.needs_context() => return None,
+        Some(f) => f.decide(key, &Value::Null, 0, Kind::Any, settings.fractional),
+        None => Decision::not_found(key),
+    };
+    let vi = d.flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
+    let out = Out::of(delivery, key, &d, vi);
+    Some(Fixed {
+        decision: FlagDecision::at(Arc::from(key), flag, &d, vi),
+        out: Out {
+            header: out.header.map(|h| Cow::Owned(h.into_owned())),
+            combined: Cow::Owned(out.combined.into_owned()),
+            member: out.member.map(|m| Cow::Owned(m.into_owned())),
+            variant: None,
+        },
+        evaluations: evaluation_counter(&settings.metrics, key, &d, vi, EvalPath::Proxy)
+            .into_owned(),
+        errors: error_counter(&settings.metrics, key, &d),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn needs(rule: Value) -> Needs {
+        Needs::of(&super::super::logic::compile(&rule).unwrap())
+    }
+
+    #[test]
+    fn the_context_carries_only_the_built_ins_a_rule_can_read() {
+        assert_eq!(
+            needs(json!({"==": [{"var": "plan"}, "pro"]})),
+            Needs::default()
+        );
+        assert_eq!(
+            needs(json!({"==": [{"var": "request.method"}, "GET"]})),
+            Needs {
+                method: true,
+                ..Needs::default()
+            }
+        );
+        assert_eq!(
+            needs(json!({"in": [{"var": "request.client_address"}, ["10.0.0.1"]]})),
+            Needs {
+                client_address: true,
+                ..Needs::default()
+            }
+        );
+        // `request.path_prefix` is not `request.path`; `request.host.x` reads the host.
+        assert_eq!(
+            needs(json!({"var": "request.path_prefix"})),
+            Needs::default()
+        );
+        assert_eq!(
+            needs(json!({"var": "request.host.x"})),
+            Needs {
+                host: true,
+                ..Needs::default()
+            }
+        );
+        // The whole `request` object, the whole data, or a computed path: everything.
+        assert_eq!(needs(json!({"var": "request"})), Needs::ALL);
+        assert_eq!(needs(json!({"var": ""})), Needs::ALL);
+        assert_eq!(needs(json!({"var": []})), Needs::ALL);
+        assert_eq!(
+            needs(json!({"var": {"cat": ["request.", "method"]}})),
+            Needs::ALL
+        );
+        assert_eq!(
+            needs(json!({"missing": {"merge": [["a"], ["request.path"]]}})),
+            Needs::ALL
+        );
+        // A path inside a constant list (`missing`) counts.
+        assert_eq!(
+            needs(json!({"missing": ["request.path"]})),
+            Needs {
+                path: true,
+                ..Needs::default()
+            }
+        );
+    }
+}
