@@ -228,6 +228,7 @@ fn fixed(
             header: out.header.map(|h| Cow::Owned(h.into_owned())),
             combined: Cow::Owned(out.combined.into_owned()),
             member: out.member.map(|m| Cow::Owned(m.into_owned())),
+            // Borrowed from the snapshot, so read from `decision` per request.
             variant: None,
         },
         evaluations: evaluation_counter(&settings.metrics, key, &d, vi, EvalPath::Proxy)

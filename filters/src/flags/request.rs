@@ -836,7 +836,12 @@ impl Step {
                             header: f.out.header.as_ref().map(|h| Cow::Borrowed(&**h)),
                             combined: Cow::Borrowed(&f.out.combined),
                             member: f.out.member.as_ref().map(|m| Cow::Borrowed(&**m)),
-                            variant: None,
+                            // Only routes read it, and finding it is a scan.
+                            variant: if plan.routes.is_empty() {
+                                None
+                            } else {
+                                f.decision.variant()
+                            },
                         }
                     }
                     None => {
@@ -867,10 +872,7 @@ impl Step {
                     members.push((&e.key, m));
                 }
                 if !plan.routes.is_empty() {
-                    variants.push(match &e.fixed {
-                        Some(f) if !peer_decides => f.decision.variant(),
-                        _ => out.variant,
-                    });
+                    variants.push(out.variant);
                 }
             }
             if let Some(c) = &delivery.combined
@@ -908,7 +910,6 @@ impl Step {
         if !members.is_empty() || (had_flag_members && !trusted) {
             s.rewrite_baggage(headers, &members, trusted);
         }
-        drop(members);
         if let Some(target) = route {
             req.extensions_mut().insert(RouteTarget(target));
         }
@@ -1223,6 +1224,49 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// Routes go by a delivered flag's decision, made once (a static flag) or per request,
+    /// and by flags routed on without being delivered.
+    #[test]
+    fn routes_go_by_delivered_and_undelivered_flags() {
+        let store = Arc::new(FlagStore::new(1));
+        store
+            .update(
+                0,
+                &json!({"flags": {
+                    "pin": {"state": "ENABLED", "variants": {"v1": 1, "v2": 2}, "defaultVariant": "v2"},
+                    "split": {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a",
+                              "targeting": {"if": [{"==": [{"var": "targetingKey"}, "u1"]}, "b"]}}
+                }}),
+            )
+            .unwrap();
+        let route = |flag: &str, variant: &str, to: &str| Route {
+            flag: Arc::from(flag),
+            variants: HashMap::from([(variant.to_owned(), Arc::from(to))]),
+        };
+        let target = |st: &Step, user: &str| {
+            let mut req = Request::get("/").header("x-user", user).body(()).unwrap();
+            st.apply(&mut req);
+            let baggage = req.headers()["baggage"].to_str().unwrap().to_owned();
+            (req.extensions().get::<RouteTarget>().cloned(), baggage)
+        };
+        let mut delivered = step(
+            store.clone(),
+            DeliverFlags::Keys(vec![(Arc::from("pin"), None)]),
+        );
+        delivered.settings.routes = vec![route("pin", "v2", "canary")];
+        assert_eq!(
+            target(&delivered, "u1"),
+            (Some(RouteTarget(Arc::from("canary"))), "flag.pin=v2".into())
+        );
+        let mut routed = step(store, DeliverFlags::Keys(Vec::new()));
+        routed.settings.routes = vec![route("split", "b", "beta")];
+        assert_eq!(
+            target(&routed, "u1"),
+            (Some(RouteTarget(Arc::from("beta"))), "flag.split=b".into())
+        );
+        assert_eq!(target(&routed, "u2"), (None, "flag.split=a".into()));
     }
 
     #[test]
