@@ -125,7 +125,6 @@ fn reload(c: &mut Criterion) {
 fn request_step(c: &mut Criterion) {
     use attache_filters::flags::request::{
         ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Settings, Source, Trust,
-        flag_header_name,
     };
     use attache_filters::telemetry::Metrics;
     use http::{HeaderName, Request};
@@ -175,10 +174,14 @@ fn request_step(c: &mut Criterion) {
             delivery: Some(Delivery {
                 flags: DeliverFlags::Keys(
                     keys.iter()
-                        .map(|k| (Arc::from(*k), flag_header_name("x-flag-", k)))
+                        .map(|k| {
+                            let name = HeaderName::from_bytes(format!("x-flag-{k}").as_bytes());
+                            (Arc::from(*k), name.ok())
+                        })
                         .collect(),
                 ),
                 header_prefix: Some("x-flag-".into()),
+                header_name: |p, k| format!("{p}{k}"),
                 combined,
                 baggage: true,
                 defaults: Default::default(),

@@ -27,7 +27,7 @@ use attache_filters::flags::logic::FractionalVersion;
 use attache_filters::flags::ofrep::Ofrep;
 use attache_filters::flags::request::{
     ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Route, Settings, Source,
-    Trust, flag_header_name, header_value, unix_now,
+    Trust, header_value, unix_now,
 };
 use attache_filters::flags::store::FlagStore;
 use attache_filters::telemetry::{Direction, Metrics};
@@ -609,16 +609,17 @@ pub fn layer(
                     d.flags
                         .iter()
                         .map(|k| {
-                            let name = d
-                                .header_prefix
-                                .as_ref()
-                                .and_then(|p| flag_header_name(p, k));
+                            let name = d.header_prefix.as_ref().and_then(|p| {
+                                let name = attache_config::flag_header_name(p, k);
+                                HeaderName::from_bytes(name.as_bytes()).ok()
+                            });
                             (Arc::from(k.as_str()), name)
                         })
                         .collect(),
                 )
             },
             header_prefix: d.header_prefix.as_ref().map(|p| p.to_ascii_lowercase()),
+            header_name: attache_config::flag_header_name,
             combined: d
                 .combined_header
                 .as_ref()

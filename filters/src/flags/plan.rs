@@ -16,7 +16,7 @@ use super::eval::{Decision, Flag, FlagSet, Kind};
 use super::logic::Rule;
 use super::request::{
     DeliverFlags, Delivery, EvalPath, FlagDecision, Settings, combined_entry, error_counter,
-    evaluation_counter, flag_header_name, rendered, rendered_member, variant_index,
+    evaluation_counter, rendered, rendered_member, variant_index,
 };
 
 /// Which built-in `request.*` attributes the context carries: only those a rule may read.
@@ -151,10 +151,9 @@ impl Plan {
                         .flags
                         .keys()
                         .map(|k| {
-                            let name = delivery
-                                .header_prefix
-                                .as_ref()
-                                .and_then(|p| flag_header_name(p, k));
+                            let name = delivery.header_prefix.as_ref().and_then(|p| {
+                                HeaderName::from_bytes((delivery.header_name)(p, k).as_bytes()).ok()
+                            });
                             (Arc::<str>::from(k.as_str()), name)
                         })
                         .collect();

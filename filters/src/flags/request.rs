@@ -394,6 +394,9 @@ pub enum DeliverFlags {
 pub struct Delivery {
     pub flags: DeliverFlags,
     pub header_prefix: Option<String>,
+    /// §7's rule from prefix and key to a header name (the config's `flag_header_name`, which
+    /// validation also uses), for `DeliverFlags::All`.
+    pub header_name: fn(&str, &str) -> String,
     pub combined: Option<HeaderName>,
     pub baggage: bool,
     /// `deliver.defaults`, rendered.
@@ -924,26 +927,6 @@ impl Step {
     }
 }
 
-fn attache_header_name(prefix: &str, key: &str) -> String {
-    let mut name = String::with_capacity(prefix.len() + key.len());
-    for c in prefix.chars().chain(key.chars()) {
-        let c = c.to_ascii_lowercase();
-        name.push(
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
-                c
-            } else {
-                '-'
-            },
-        );
-    }
-    name
-}
-
-/// The header name of flag `key` under `prefix` (§7).
-pub fn flag_header_name(prefix: &str, key: &str) -> Option<HeaderName> {
-    HeaderName::from_bytes(attache_header_name(prefix, key).as_bytes()).ok()
-}
-
 /// Removes every header whose name starts with `prefix` (client-sent decisions).
 fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
     if !headers.keys().any(|k| k.as_str().starts_with(prefix)) {
@@ -1127,10 +1110,6 @@ mod tests {
         let mut s = String::new();
         percent_encode_baggage("v 1,é%", &mut s);
         assert_eq!(s, "v%201%2C%C3%A9%25");
-        assert_eq!(
-            attache_header_name("x-flag-", "New_Checkout.v2"),
-            "x-flag-new-checkout-v2"
-        );
     }
 
     fn step(store: Arc<FlagStore>, flags: DeliverFlags) -> Step {
@@ -1145,6 +1124,7 @@ mod tests {
                 delivery: Some(Delivery {
                     flags,
                     header_prefix: Some("x-flag-".into()),
+                    header_name: |p, k| format!("{p}{k}"),
                     combined: None,
                     baggage: true,
                     defaults: HashMap::new(),
@@ -1212,7 +1192,7 @@ mod tests {
             store,
             DeliverFlags::Keys(vec![(
                 Arc::from("gone"),
-                flag_header_name("x-flag-", "gone"),
+                Some(HeaderName::from_static("x-flag-gone")),
             )]),
         );
         assert!(!run(&listed, "u1").contains_key("x-flag-gone"));
