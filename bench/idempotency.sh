@@ -16,13 +16,8 @@ CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-OUT=bench/out
-mkdir -p "$OUT"
 UP=18080 ATT=18001 ATT_ADMIN=18100 REDIS=18379
-PIDS=()
 source bench/lib.sh
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
 need wrk "apt-get install wrk"
 need nginx "apt-get install nginx-light"
 need redis-server "apt-get install redis-server"

@@ -19,3 +19,12 @@ http { access_log off; keepalive_requests 1000000;
 CONF
   taskset -c "$2" nginx -c "$PWD/$OUT/upstream.conf" -p "$PWD/$OUT" & PIDS+=($!)
 }
+
+# Every scenario: results under bench/out, the file-descriptor limit raised, and the processes
+# it starts (appended to PIDS) stopped when it exits.
+OUT=bench/out
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT

@@ -21,15 +21,9 @@ RATE=${RATE:-20000}
 RATE_SECS=${RATE_SECS:-10}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-OUT=bench/out
-mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 UP=18080 ATT=18001 NGX=18002 HAP=18003 ENV=18004 ATT_ADMIN=18100 ENV_ADMIN=18101
-PIDS=()
 source bench/lib.sh
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
 
 need wrk "apt-get install wrk"
 need nginx "apt-get install nginx-light"

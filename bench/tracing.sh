@@ -18,15 +18,9 @@ ROUNDS=${ROUNDS:-3}
 WARMUP_SECS=${WARMUP_SECS:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-OUT=bench/out
-mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 UP=18080 ATT=18001 ATT_ADMIN=18100 OTLP_HTTP=18318 OTLP_GRPC=18317
-PIDS=()
 source bench/lib.sh
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
 
 need h2load "apt-get install nghttp2-client"
 need nginx "apt-get install nginx-light"
