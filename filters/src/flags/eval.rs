@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 
 use serde_json::{Map, Value};
 
-use super::logic::{self, FractionalVersion, Rule, Scope};
+use super::logic::{self, Data, FractionalVersion, Rule, Scope};
 
 /// Why a document was refused as a whole; the last good one stays.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -365,6 +365,18 @@ impl Flag {
         &'a self,
         key: &str,
         context: &Value,
+        now: u64,
+        kind: Kind,
+        fractional: FractionalVersion,
+    ) -> Decision<'a> {
+        self.decide_in(key, Data::Json(context), now, kind, fractional)
+    }
+
+    /// [`Flag::decide`] against any form of context.
+    pub fn decide_in<'a>(
+        &'a self,
+        key: &str,
+        context: Data<'_>,
         now: u64,
         kind: Kind,
         fractional: FractionalVersion,

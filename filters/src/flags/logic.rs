@@ -143,9 +143,46 @@ pub fn compile(v: &Value) -> Result<Rule, CompileError> {
     }
 }
 
+/// The data a rule reads with `var` and `missing`.
+#[derive(Debug, Clone, Copy)]
+pub enum Data<'a> {
+    /// A JSON document: what OFREP callers send, and the items of `map` and friends.
+    Json(&'a Value),
+    /// A flat context: values at whole dotted paths, e.g. `targetingKey`, `user.plan`,
+    /// `request.method`. A path reads the field it names or a path inside one; no field is
+    /// inside another. The proxy builds this for a request when no rule of the snapshot reads
+    /// a parent of a field or the whole data (`Needs`, in `plan.rs`, checks), so that every
+    /// read answers as it would against the same context as a JSON document.
+    Fields(&'a [Field<'a>]),
+}
+
+/// One value of a flat context.
+#[derive(Debug, Clone)]
+pub struct Field<'a> {
+    pub path: &'a str,
+    pub value: Cow<'a, Value>,
+}
+
+impl<'a> Data<'a> {
+    /// The value at a dotted path; the empty path is the whole data.
+    pub fn get(self, path: &str) -> Option<&'a Value> {
+        match self {
+            Data::Json(v) => var_str(v, path),
+            Data::Fields(fields) => fields.iter().find_map(|f| {
+                let rest = path.strip_prefix(f.path)?;
+                if rest.is_empty() {
+                    Some(&*f.value)
+                } else {
+                    descend(&f.value, rest.strip_prefix('.')?)
+                }
+            }),
+        }
+    }
+}
+
 /// What a rule runs against.
 pub struct Scope<'a> {
-    pub data: &'a Value,
+    pub data: Data<'a>,
     /// flagd's built-ins, `$flagd.flagKey` and `$flagd.timestamp`, which shadow any caller
     /// value at `$flagd` (top level only: inside `map` and friends the data is the item).
     pub flagd: Option<Flagd<'a>>,
@@ -176,14 +213,23 @@ impl<'a> Scope<'a> {
                 _ => {}
             }
         }
-        var(self.data, path).map(Cow::Borrowed)
+        match path {
+            Value::Null => match self.data {
+                Data::Json(v) => Some(Cow::Borrowed(v)),
+                // Never built for rules that read the whole data.
+                Data::Fields(_) => None,
+            },
+            Value::String(p) => self.data.get(p).map(Cow::Borrowed),
+            Value::Number(n) => self.data.get(&number_text(n)).map(Cow::Borrowed),
+            _ => None,
+        }
     }
 
     /// `$flagd.flagKey` as `fractional` reads it, without building a path.
     fn flag_key(&self) -> Option<Cow<'a, str>> {
         match self.flagd {
             Some(f) => Some(Cow::Borrowed(f.flag_key)),
-            None => match var_str(self.data, "$flagd.flagKey")? {
+            None => match self.data.get("$flagd.flagKey")? {
                 Value::String(k) => Some(Cow::Borrowed(k)),
                 _ => None,
             },
@@ -314,20 +360,16 @@ fn strings_in(v: &Value, f: &mut dyn FnMut(&str)) {
     }
 }
 
-fn var<'a>(data: &'a Value, path: &Value) -> Option<&'a Value> {
-    match path {
-        Value::Null => Some(data),
-        Value::String(s) => var_str(data, s),
-        Value::Number(n) => var_str(data, &number_text(n)),
-        _ => None,
-    }
-}
-
 /// A dotted path into `data`; the empty path is `data` itself.
 fn var_str<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
     if path.is_empty() {
         return Some(data);
     }
+    descend(data, path)
+}
+
+/// The value at `path` (one segment or more, dot-separated) below `data`.
+fn descend<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
     let mut cur = data;
     let mut rest = path;
     loop {
@@ -375,15 +417,155 @@ impl Rule {
         }
     }
 
+    /// Calls `f` with every path the rule reads with `var`, `missing` and `missing_some`
+    /// (those of `map` and friends too, though they read an item, not the context). Returns
+    /// `false` when a path is computed or the whole data is read: then any part may be.
+    pub fn read_paths(&self, f: &mut dyn FnMut(&str)) -> bool {
+        let Rule::Op(op, args) = self else {
+            return match self {
+                Rule::Array(items) => items.iter().all(|r| r.read_paths(f)),
+                _ => true,
+            };
+        };
+        let mut key = |v: &Value| match v {
+            Value::String(p) if !p.is_empty() => {
+                f(p);
+                true
+            }
+            Value::Number(n) => {
+                f(&number_text(n));
+                true
+            }
+            _ => false,
+        };
+        let own = match op {
+            Op::Var => match args.first() {
+                Some(Rule::Literal(p)) => key(p),
+                _ => false,
+            },
+            Op::Missing => args.iter().all(|a| match a {
+                Rule::Literal(Value::Array(keys)) => keys.iter().all(&mut key),
+                Rule::Literal(k) => key(k),
+                _ => false,
+            }),
+            Op::MissingSome => match args.get(1) {
+                Some(Rule::Literal(Value::Array(keys))) => keys.iter().all(&mut key),
+                _ => false,
+            },
+            _ => true,
+        };
+        own && args.iter().all(|r| r.read_paths(f))
+    }
+
     /// Evaluates the rule, borrowing constants and context values instead of copying them:
     /// `var`, `if`, `and`, `or` and the comparisons copy nothing.
+    ///
+    /// The operators targeting rules are mostly made of (`var`, `if`, `and`, `or`, the
+    /// comparisons, `in`, `starts_with`, `ends_with`) are handled here, in a small function;
+    /// the rest go to [`eval_op`]. Conditions are evaluated by [`Rule::test`], to a `bool`.
     pub fn eval_ref<'r>(&'r self, s: &Scope<'r>) -> Cow<'r, Value> {
         match self {
             Rule::Literal(v) => Cow::Borrowed(v),
             Rule::Array(items) => {
                 Cow::Owned(Value::Array(items.iter().map(|r| r.eval(s)).collect()))
             }
-            Rule::Op(op, args) => eval_op(*op, args, s),
+            Rule::Op(op, args) => match op {
+                Op::Var => var_op(args, s),
+                Op::If => {
+                    let mut i = 0;
+                    while i + 1 < args.len() {
+                        if args[i].test(s) {
+                            return args[i + 1].eval_ref(s);
+                        }
+                        i += 2;
+                    }
+                    match args.get(i) {
+                        Some(r) => r.eval_ref(s),
+                        None => Cow::Owned(Value::Null),
+                    }
+                }
+                Op::Eq
+                | Op::Ne
+                | Op::StrictEq
+                | Op::StrictNe
+                | Op::Not
+                | Op::NotNot
+                | Op::Lt
+                | Op::Le
+                | Op::Gt
+                | Op::Ge
+                | Op::In => Cow::Owned(Value::Bool(self.test(s))),
+                _ => eval_op(*op, args, s),
+            },
+        }
+    }
+
+    /// Whether the rule's value is truthy; comparisons and the logical operators answer
+    /// without building a value.
+    pub fn test(&self, s: &Scope<'_>) -> bool {
+        let Rule::Op(op, args) = self else {
+            return truthy(&self.eval_ref(s));
+        };
+        let arg = |i: usize| {
+            args.get(i)
+                .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s))
+        };
+        match op {
+            Op::Eq => loose_eq(&arg(0), &arg(1)),
+            Op::Ne => !loose_eq(&arg(0), &arg(1)),
+            Op::StrictEq => strict_eq(&arg(0), &arg(1)),
+            Op::StrictNe => !strict_eq(&arg(0), &arg(1)),
+            Op::Not => !args.first().is_some_and(|r| r.test(s)),
+            Op::NotNot => args.first().is_some_and(|r| r.test(s)),
+            // `and` yields its first falsy operand or its last; `or` its first truthy one or
+            // its last: either way, the truthiness is all()/any() of the operands'.
+            Op::And => args.iter().all(|r| r.test(s)),
+            Op::Or => args.iter().any(|r| r.test(s)),
+            Op::If => {
+                let mut i = 0;
+                while i + 1 < args.len() {
+                    if args[i].test(s) {
+                        return args[i + 1].test(s);
+                    }
+                    i += 2;
+                }
+                args.get(i).is_some_and(|r| r.test(s))
+            }
+            Op::Lt | Op::Le => {
+                let eq = *op == Op::Le;
+                match args.len() {
+                    2 => less(&arg(0), &arg(1), eq),
+                    n if n > 2 => {
+                        let b = arg(1);
+                        less(&arg(0), &b, eq) && less(&b, &arg(2), eq)
+                    }
+                    _ => false,
+                }
+            }
+            Op::Gt => less(&arg(1), &arg(0), false),
+            Op::Ge => less(&arg(1), &arg(0), true),
+            Op::In => {
+                let needle = arg(0);
+                match &*arg(1) {
+                    Value::Array(hay) => hay.iter().any(|h| strict_eq(h, &needle)),
+                    Value::String(hay) => hay.contains(&to_text(&needle)),
+                    _ => false,
+                }
+            }
+            Op::StartsWith | Op::EndsWith => {
+                args.len() == 2
+                    && match (&*arg(0), &*arg(1)) {
+                        (Value::String(a), Value::String(b)) => {
+                            if *op == Op::StartsWith {
+                                a.starts_with(b.as_str())
+                            } else {
+                                a.ends_with(b.as_str())
+                            }
+                        }
+                        _ => false,
+                    }
+            }
+            _ => truthy(&self.eval_ref(s)),
         }
     }
 
@@ -392,6 +574,25 @@ impl Rule {
     }
 }
 
+/// `var`: the value at a path (a literal one is not copied), or the default when it is
+/// missing or null.
+fn var_op<'r>(args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
+    let found = match args.first() {
+        Some(Rule::Literal(path)) => s.lookup(path),
+        Some(r) => s.lookup(&r.eval_ref(s)),
+        None => s.lookup(&Value::Null),
+    };
+    match found.filter(|v| !v.is_null()) {
+        Some(v) => v,
+        None => args
+            .get(1)
+            .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s)),
+    }
+}
+
+/// Every operator. [`Rule::eval_ref`] answers the common ones itself; this is the rest, kept
+/// out of line so that the common path stays small.
+#[inline(never)]
 fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
     let arg = |i: usize| {
         args.get(i)
@@ -399,13 +600,7 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
     };
     let all = || args.iter().map(|r| r.eval(s)).collect::<Vec<_>>();
     Cow::Owned(match op {
-        Op::Var => {
-            let path = arg(0);
-            return match s.lookup(&path).filter(|v| !v.is_null()) {
-                Some(v) => v,
-                None => arg(1),
-            };
-        }
+        Op::Var => return var_op(args, s),
         Op::Missing => {
             let mut keys = all();
             if let [Value::Array(inner)] = keys.as_slice() {
@@ -535,7 +730,7 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
             };
             let each = |item: &Value| {
                 rule.eval(&Scope {
-                    data: item,
+                    data: Data::Json(item),
                     flagd: None,
                     fractional: s.fractional,
                 })
@@ -563,7 +758,7 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
                 ctx.insert("current".into(), item);
                 ctx.insert("accumulator".into(), acc);
                 acc = rule.eval(&Scope {
-                    data: &Value::Object(ctx),
+                    data: Data::Json(&Value::Object(ctx)),
                     flagd: None,
                     fractional: s.fractional,
                 });
@@ -627,26 +822,25 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
         Op::SemVer => super::semver::evaluate(&all()),
         Op::Fractional => {
             let v: Vec<Cow<'_, Value>> = args.iter().map(|r| r.eval_ref(s)).collect();
-            let refs: Vec<&Value> = v.iter().map(|c| &**c).collect();
-            fractional(&refs, s)
+            fractional(&v, s)
         }
     })
 }
 
-/// §4.1.
-fn fractional(args: &[&Value], s: &Scope<'_>) -> Value {
-    if args.is_empty() {
+/// §4.1. `args` are the evaluated operands.
+fn fractional<V: std::ops::Deref<Target = Value>>(args: &[V], s: &Scope<'_>) -> Value {
+    let Some(first) = args.first() else {
         return Value::Null;
-    }
-    let (key, buckets): (Vec<u8>, &[&Value]) = if s.fractional == FractionalVersion::V3 {
-        match args[0] {
+    };
+    if s.fractional == FractionalVersion::V3 {
+        let mut key = Vec::new();
+        let buckets = match &**first {
             Value::Array(_) => {
                 let (Some(flag), Some(Value::String(target))) =
-                    (s.flag_key(), var_str(s.data, "targetingKey"))
+                    (s.flag_key(), s.data.get("targetingKey"))
                 else {
                     return Value::Null;
                 };
-                let mut key = Vec::new();
                 super::cbor::encode(
                     &Value::Array(vec![
                         Value::String(flag.into_owned()),
@@ -654,83 +848,102 @@ fn fractional(args: &[&Value], s: &Scope<'_>) -> Value {
                     ]),
                     &mut key,
                 );
-                (key, args)
+                args
             }
             Value::Null => return Value::Null,
             first => {
-                let mut key = Vec::new();
                 super::cbor::encode(first, &mut key);
-                (key, &args[1..])
+                &args[1..]
             }
-        }
-    } else {
-        match legacy_key(args, s) {
-            Some(k) => k,
-            None => return Value::Null,
-        }
-    };
-    buckets_pick(&key, buckets, s.fractional)
-}
-
-/// v1 and v2: a string first argument is the bucketing value; otherwise flagKey + targetingKey.
-fn legacy_key<'a, 'v>(args: &'a [&'v Value], s: &Scope<'_>) -> Option<(Vec<u8>, &'a [&'v Value])> {
-    Some(match args[0] {
-        Value::String(k) => (k.clone().into_bytes(), &args[1..]),
-        first => {
-            let (Some(flag), Some(Value::String(target))) =
-                (s.flag_key(), var_str(s.data, "targetingKey"))
-            else {
-                return None;
-            };
-            if target.is_empty() {
-                return None;
-            }
-            let rest = if first.is_null() { &args[1..] } else { args };
-            let mut key = Vec::with_capacity(flag.len() + target.len());
-            key.extend_from_slice(flag.as_bytes());
-            key.extend_from_slice(target.as_bytes());
-            (key, rest)
-        }
-    })
-}
-
-fn buckets_pick(key: &[u8], buckets: &[&Value], version: FractionalVersion) -> Value {
-    let mut parsed: Vec<(&Value, u64)> = Vec::with_capacity(buckets.len());
-    for b in buckets {
-        let Value::Array(pair) = *b else {
-            return Value::Null;
         };
-        let Some(variant) = pair.first() else {
-            return Value::Null;
-        };
-        if matches!(variant, Value::Array(_) | Value::Object(_)) {
-            return Value::Null;
-        }
-        let weight = match pair.get(1) {
-            None | Some(Value::Null) => 1,
-            Some(Value::Number(n)) => {
-                let f = n.as_f64().unwrap_or(-1.0);
-                if f.fract() != 0.0 || f > 2_147_483_647.0 {
-                    return Value::Null;
-                }
-                if f < 0.0 { 0 } else { f as u64 }
-            }
-            Some(_) => return Value::Null,
-        };
-        parsed.push((variant, weight));
+        return buckets_pick(murmur3_x86_32(&key, 0), buckets, s.fractional);
     }
-    let total: u64 = parsed.iter().map(|(_, w)| w).sum();
-    if parsed.is_empty() || total == 0 || total > 2_147_483_647 {
+    // v1 and v2: a string first operand is the bucketing value; otherwise flagKey +
+    // targetingKey, concatenated (on the stack when short, as they nearly always are).
+    if let Value::String(k) = &**first {
+        return buckets_pick(murmur3_x86_32(k.as_bytes(), 0), &args[1..], s.fractional);
+    }
+    let (Some(flag), Some(Value::String(target))) = (s.flag_key(), s.data.get("targetingKey"))
+    else {
+        return Value::Null;
+    };
+    if target.is_empty() {
         return Value::Null;
     }
-    let h = murmur3_x86_32(key, 0);
+    let buckets = if first.is_null() { &args[1..] } else { args };
+    let (flag, target) = (flag.as_bytes(), target.as_bytes());
+    let len = flag.len() + target.len();
+    let mut short = [0u8; 128];
+    let h = if len <= short.len() {
+        short[..flag.len()].copy_from_slice(flag);
+        short[flag.len()..len].copy_from_slice(target);
+        murmur3_x86_32(&short[..len], 0)
+    } else {
+        murmur3_x86_32(&[flag, target].concat(), 0)
+    };
+    buckets_pick(h, buckets, s.fractional)
+}
+
+/// One `[variant, weight]` bucket: `None` when malformed (which makes the whole operation
+/// null). A missing or null weight is 1; a negative one is 0.
+fn bucket(b: &Value) -> Option<(&Value, u64)> {
+    let Value::Array(pair) = b else {
+        return None;
+    };
+    let variant = pair.first()?;
+    if matches!(variant, Value::Array(_) | Value::Object(_)) {
+        return None;
+    }
+    let weight = match pair.get(1) {
+        None | Some(Value::Null) => 1,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|w| w <= 2_147_483_647) => {
+            n.as_u64().unwrap_or_default()
+        }
+        Some(Value::Number(n)) => {
+            let f = n.as_f64().unwrap_or(-1.0);
+            if f.fract() != 0.0 || f > 2_147_483_647.0 {
+                return None;
+            }
+            if f < 0.0 { 0 } else { f as u64 }
+        }
+        Some(_) => return None,
+    };
+    Some((variant, weight))
+}
+
+/// The variant whose share of the weights holds hash `h`.
+fn buckets_pick<V: std::ops::Deref<Target = Value>>(
+    h: u32,
+    buckets: &[V],
+    version: FractionalVersion,
+) -> Value {
+    // Parsed once, onto the stack for the usual handful of buckets.
+    let mut first: [Option<(&Value, u64)>; 8] = [None; 8];
+    let mut total = 0u64;
+    for (i, b) in buckets.iter().enumerate() {
+        let Some(parsed) = bucket(b) else {
+            return Value::Null;
+        };
+        total += parsed.1;
+        if let Some(slot) = first.get_mut(i) {
+            *slot = Some(parsed);
+        }
+    }
+    if buckets.is_empty() || total == 0 || total > 2_147_483_647 {
+        return Value::Null;
+    }
+    // Every bucket was checked above, so none is skipped here.
+    let parsed = first
+        .into_iter()
+        .flatten()
+        .chain(buckets.iter().skip(first.len()).filter_map(|b| bucket(b)));
     match version {
         FractionalVersion::V2 | FractionalVersion::V3 => {
-            let bucket = (u64::from(h) * total) >> 32;
+            let at = (u64::from(h) * total) >> 32;
             let mut end = 0;
             for (variant, w) in parsed {
                 end += w;
-                if bucket < end {
+                if at < end {
                     return variant.clone();
                 }
             }
@@ -765,7 +978,7 @@ mod tests {
             .and_then(Value::as_str)
             .map(str::to_owned);
         compile(&rule).unwrap().eval(&Scope {
-            data: &data,
+            data: Data::Json(&data),
             flagd: key.as_deref().map(|flag_key| Flagd {
                 flag_key,
                 timestamp: 0,

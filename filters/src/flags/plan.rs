@@ -88,6 +88,9 @@ pub struct Plan {
     /// Whether some flag evaluated per request reads the context, and which built-ins.
     pub needs_context: bool,
     pub needs: Needs,
+    /// When the context can be built flat (`logic::Data::Fields`): the dotted path of each
+    /// configured attribute, in order. `None`: it is built as a JSON document.
+    pub flat: Option<Vec<String>>,
 }
 
 pub struct Entry {
@@ -193,18 +196,85 @@ impl Plan {
             .filter(|f| f.needs_context());
         let mut needs_context = false;
         let mut needs = Needs::default();
+        let mut reads = Vec::new();
+        let mut known = true;
         for f in evaluated {
             needs_context = true;
             needs = needs.union(needs_of(f));
+            if let Some(Ok(rule)) = &f.targeting {
+                known &= rule.read_paths(&mut |p| reads.push(p.to_owned()));
+            }
         }
+        let flat = if known {
+            flat_layout(settings, needs, &reads)
+        } else {
+            None
+        };
         Plan {
             snap,
             entries,
             routes,
             needs_context,
             needs,
+            flat,
         }
     }
+}
+
+/// Whether `inner` is the path `outer` or a path inside it (segment-wise: `a.b` is inside
+/// `a`, `ab` is not).
+fn within(outer: &str, inner: &str) -> bool {
+    inner
+        .strip_prefix(outer)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+/// The attribute paths of a flat context, when one answers every read in `reads` exactly as
+/// the JSON context would: no field may be inside another (so precedence never matters), no
+/// read may name a parent of a field (a flat context has no such object), and no static key
+/// may contain a dot (the JSON context would not find it by that path).
+fn flat_layout(settings: &Settings, needs: Needs, reads: &[String]) -> Option<Vec<String>> {
+    let rules = &settings.context;
+    let attributes: Vec<String> = rules
+        .attributes
+        .iter()
+        .map(|(_, path)| path.join("."))
+        .collect();
+    let odd_path = |path: &Vec<String>| path.is_empty() || path.iter().any(String::is_empty);
+    if rules.attributes.iter().any(|(_, path)| odd_path(path))
+        || rules
+            .static_attributes
+            .keys()
+            .any(|k| k.is_empty() || k.contains('.'))
+    {
+        return None;
+    }
+    let built_ins = [
+        (needs.method, "request.method"),
+        (needs.path, "request.path"),
+        (needs.host, "request.host"),
+        (needs.client_address, "request.client_address"),
+    ];
+    let fields: Vec<&str> = built_ins
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, p)| *p)
+        .chain(rules.static_attributes.keys().map(String::as_str))
+        .chain(attributes.iter().map(String::as_str))
+        .chain(["targetingKey"])
+        .collect();
+    for (i, a) in fields.iter().enumerate() {
+        if fields[i + 1..].iter().any(|b| within(a, b) || within(b, a)) {
+            return None;
+        }
+    }
+    let parent_read = reads
+        .iter()
+        .any(|r| fields.iter().any(|f| f.len() > r.len() && within(r, f)));
+    if parent_read {
+        return None;
+    }
+    Some(attributes)
 }
 
 /// The decision of a flag that reads nothing from the request, made once.

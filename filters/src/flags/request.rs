@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
 use super::eval::{Decision, ErrorCode, Flag, Kind, Reason};
-use super::logic::FractionalVersion;
+use super::logic::{Data, Field, FractionalVersion};
 use super::plan::{Needs, Out, Plan};
 use super::store::FlagStore;
 use crate::telemetry::Metrics;
@@ -349,6 +349,62 @@ impl ContextRules {
         Value::Object(root)
     }
 
+    /// The context of a proxied request as a flat list of fields, for a plan that allows it
+    /// (`Plan::flat`, which holds the attributes' dotted `paths`): what [`ContextRules::build`]
+    /// would put in a JSON document, without its maps and their keys.
+    pub fn fields<'a>(
+        &'a self,
+        r: &RequestView<'_>,
+        needs: Needs,
+        paths: &'a [String],
+    ) -> Vec<Field<'a>> {
+        let mut fields =
+            Vec::with_capacity(4 + self.static_attributes.len() + self.attributes.len() + 1);
+        let mut add = |path: &'a str, value: String| {
+            fields.push(Field {
+                path,
+                value: Cow::Owned(Value::String(value)),
+            });
+        };
+        if needs.method {
+            add("request.method", r.method.as_str().to_owned());
+        }
+        if needs.path {
+            add("request.path", r.uri.path().to_owned());
+        }
+        if needs.host
+            && let Some(host) = r
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| r.uri.authority().map(|a| a.as_str()))
+        {
+            add("request.host", host.to_owned());
+        }
+        if needs.client_address
+            && let Some(peer) = r.peer
+        {
+            add("request.client_address", peer.ip().to_string());
+        }
+        for ((source, _), path) in self.attributes.iter().zip(paths) {
+            if let Some(v) = source.read(r.uri, r.headers) {
+                add(path, v);
+            }
+        }
+        if let Some(key) = self
+            .targeting_key
+            .iter()
+            .find_map(|s| s.read(r.uri, r.headers))
+        {
+            add("targetingKey", key);
+        }
+        fields.extend(self.static_attributes.iter().map(|(k, v)| Field {
+            path: k,
+            value: Cow::Borrowed(v),
+        }));
+        fields
+    }
+
     /// Adds the attributes read from `headers` (and `uri`) to `root`; later ones win.
     pub fn add_attributes(&self, root: &mut Map<String, Value>, uri: &Uri, headers: &HeaderMap) {
         for (source, path) in &self.attributes {
@@ -602,7 +658,7 @@ impl Settings {
         key: &str,
         flag: Option<&'a Arc<Flag>>,
         peer: &[(String, String)],
-        ctx: &Value,
+        ctx: Data<'_>,
         now: u64,
     ) -> Decision<'a> {
         if let Some((_, variant)) = peer.iter().find(|(k, _)| k == key) {
@@ -630,7 +686,7 @@ impl Settings {
             }
         }
         match flag {
-            Some(f) => f.decide(key, ctx, now, Kind::Any, self.fractional),
+            Some(f) => f.decide_in(key, ctx, now, Kind::Any, self.fractional),
             None => Decision::not_found(key),
         }
     }
@@ -779,10 +835,14 @@ impl Step {
             headers: req.headers(),
             peer,
         };
-        let ctx = if plan.needs_context {
-            s.context.build(&view, plan.needs)
-        } else {
-            Value::Null
+        let (json, fields) = match (&plan.flat, plan.needs_context) {
+            (_, false) => (Value::Null, Vec::new()),
+            (Some(paths), true) => (Value::Null, s.context.fields(&view, plan.needs, paths)),
+            (None, true) => (s.context.build(&view, plan.needs), Vec::new()),
+        };
+        let ctx = match plan.flat {
+            Some(_) => Data::Fields(&fields),
+            None => Data::Json(&json),
         };
         let keep = s.events.enabled;
         let context_id = if keep && s.events.include_context_id {
@@ -848,7 +908,7 @@ impl Step {
                         }
                     }
                     None => {
-                        let d = s.decide(&e.key, e.flag.as_ref(), &peer_decisions, &ctx, now);
+                        let d = s.decide(&e.key, e.flag.as_ref(), &peer_decisions, ctx, now);
                         let vi = d.flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
                         count_at(&s.metrics, &e.key, &d, vi, EvalPath::Proxy);
                         if keep {
@@ -892,7 +952,7 @@ impl Step {
             let variant = match delivered {
                 Some(i) => variants.get(*i).copied().flatten(),
                 None => {
-                    let d = s.decide(&r.flag, flag.as_ref(), &peer_decisions, &ctx, now);
+                    let d = s.decide(&r.flag, flag.as_ref(), &peer_decisions, ctx, now);
                     count(&s.metrics, &r.flag, &d, EvalPath::Route);
                     if keep {
                         decisions.push(FlagDecision::of(r.flag.clone(), flag.as_ref(), &d));
@@ -1085,6 +1145,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::logic::{Flagd, Scope, compile};
     use super::*;
     use serde_json::json;
 
@@ -1204,6 +1265,122 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// The flat context and the JSON one answer every rule alike; the plan builds the flat one
+    /// only when no rule reads a parent of a field or the whole data.
+    #[test]
+    fn a_flat_context_answers_like_the_json_one() {
+        let mut rules = ContextRules {
+            targeting_key: vec![Source::Header(HeaderName::from_static("x-user"))],
+            attributes: vec![
+                (
+                    Source::Header(HeaderName::from_static("x-plan")),
+                    vec!["user".into(), "plan".into()],
+                ),
+                (
+                    Source::Header(HeaderName::from_static("x-absent")),
+                    vec!["absent".into()],
+                ),
+            ],
+            static_attributes: Map::new(),
+        };
+        rules
+            .static_attributes
+            .insert("region".into(), json!({"name": "eu-west", "zones": [1, 2]}));
+        let req = Request::post("/cart?x=1")
+            .header("host", "shop.example")
+            .header("x-user", "user-42")
+            .header("x-plan", "pro")
+            .body(())
+            .unwrap();
+        let view = RequestView {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            peer: Some(SocketAddr::from(([10, 0, 0, 7], 4000))),
+        };
+        let paths = vec!["user.plan".to_owned(), "absent".to_owned()];
+        let json = rules.build(&view, Needs::ALL);
+        let fields = rules.fields(&view, Needs::ALL, &paths);
+        let reads = [
+            "targetingKey",
+            "user.plan",
+            "user.plan.deeper",
+            "user.planet",
+            "absent",
+            "region",
+            "region.name",
+            "region.zones.1",
+            "region.zones.9",
+            "request.method",
+            "request.path",
+            "request.host",
+            "request.client_address",
+            "request.methods",
+            "nothing.at.all",
+            "$flagd.flagKey",
+        ];
+        let scope = |data| Scope {
+            data,
+            flagd: Some(Flagd {
+                flag_key: "f",
+                timestamp: 1,
+            }),
+            fractional: FractionalVersion::V2,
+        };
+        for path in reads {
+            let rule = compile(&json!({"var": [path, "fallback"]})).unwrap();
+            assert_eq!(
+                rule.eval(&scope(Data::Fields(&fields))),
+                rule.eval(&scope(Data::Json(&json))),
+                "{path}"
+            );
+        }
+        for rule in [
+            json!({"missing": ["user.plan", "absent", "targetingKey"]}),
+            json!({"missing_some": [1, ["absent", "region.name"]]}),
+            json!({"fractional": [["a", 50], ["b", 50]]}),
+            json!({"if": [{"in": [{"var": "user.plan"}, ["pro"]]}, "yes", "no"]}),
+        ] {
+            let rule = compile(&rule).unwrap();
+            assert_eq!(
+                rule.eval(&scope(Data::Fields(&fields))),
+                rule.eval(&scope(Data::Json(&json))),
+                "{rule:?}"
+            );
+        }
+
+        // The layout: flat for the reads above, JSON for a parent of a field, for the whole
+        // data, for a computed path, and for fields inside one another.
+        let layout = |rule: Value, rules: &ContextRules| {
+            let store = Arc::new(FlagStore::new(1));
+            store
+                .update(0, &json!({"flags": {"f": {"state": "ENABLED",
+                    "variants": {"a": 1, "b": 2}, "defaultVariant": "a",
+                    "targeting": {"if": [rule, "b"]}}}}))
+                .unwrap();
+            let mut step = step(store, DeliverFlags::All);
+            step.settings.context = rules.clone();
+            step.plan().flat.clone()
+        };
+        assert_eq!(
+            layout(json!({"var": "user.plan"}), &rules),
+            Some(paths.clone())
+        );
+        assert_eq!(layout(json!({"var": "user"}), &rules), None);
+        assert_eq!(layout(json!({"var": ""}), &rules), None);
+        assert_eq!(layout(json!({"var": "request"}), &rules), None);
+        assert_eq!(layout(json!({"var": {"cat": ["user", ".plan"]}}), &rules), None);
+        let mut nested = rules.clone();
+        nested.attributes.push((
+            Source::Header(HeaderName::from_static("x-tier")),
+            vec!["region".into(), "tier".into()],
+        ));
+        assert_eq!(layout(json!({"var": "user.plan"}), &nested), None);
+        let mut dotted = rules.clone();
+        dotted.static_attributes.insert("a.b".into(), json!(1));
+        assert_eq!(layout(json!({"var": "user.plan"}), &dotted), None);
     }
 
     /// Routes go by a delivered flag's decision, made once (a static flag) or per request,
