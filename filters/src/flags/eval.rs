@@ -263,6 +263,9 @@ pub struct Decision<'a> {
     pub metadata: &'a Map<String, Value>,
     /// The flag, when the snapshot has it.
     pub flag: Option<&'a Flag>,
+    /// The variant's position among the flag's variants (in their sorted order), which
+    /// indexes what is rendered once per variant.
+    pub index: Option<usize>,
 }
 
 static NO_METADATA: LazyLock<Map<String, Value>> = LazyLock::new(Map::new);
@@ -276,6 +279,7 @@ impl<'a> Decision<'a> {
             error: Some((code, message.into())),
             metadata: flag.map_or(&NO_METADATA, |f| &f.metadata),
             flag,
+            index: None,
         }
     }
 
@@ -296,13 +300,14 @@ impl<'a> Decision<'a> {
             error: None,
             metadata: &flag.metadata,
             flag: Some(flag),
+            index: None,
         }
     }
 
     /// A decision another sidecar made (§8): `variant`'s value, with reason `CACHED`; `None`
     /// when the flag or the variant is unknown here (skew).
     pub fn cached(flag: &'a Flag, variant: &str) -> Option<Self> {
-        let (name, value) = flag.variants.get_key_value(variant)?;
+        let (index, name, value) = flag.variant(variant)?;
         Some(Self {
             value: Some(Cow::Borrowed(value)),
             variant: Some(name),
@@ -310,6 +315,7 @@ impl<'a> Decision<'a> {
             error: None,
             metadata: &flag.metadata,
             flag: Some(flag),
+            index: Some(index),
         })
     }
 
@@ -356,6 +362,16 @@ impl FlagSet {
 }
 
 impl Flag {
+    /// The variant named `name`: its position, its name as the flag holds it, its value.
+    /// One scan of the (few, sorted) variants finds all three.
+    pub fn variant(&self, name: &str) -> Option<(usize, &str, &Value)> {
+        self.variants
+            .iter()
+            .enumerate()
+            .find(|(_, (k, _))| k.as_str() == name)
+            .map(|(i, (k, v))| (i, k.as_str(), v))
+    }
+
     /// Whether evaluating the flag reads the context.
     pub fn needs_context(&self) -> bool {
         self.enabled && matches!(self.targeting, Some(Ok(_)))
@@ -385,6 +401,8 @@ impl Flag {
         if !flag.enabled {
             return Decision::no_value(flag, Reason::Disabled);
         }
+        // What targeting matched, found once.
+        let mut matched = None;
         let (variant, reason): (Option<&'a str>, Reason) = match &flag.targeting {
             None => match &flag.default_variant {
                 Some(d) => (Some(d), Reason::Static),
@@ -402,10 +420,11 @@ impl Flag {
                 });
                 match &*out {
                     Value::Null => (flag.default_variant.as_deref(), Reason::Default),
-                    other => match variant_name(other)
-                        .and_then(|n| flag.variants.get_key_value(n.as_ref()))
-                    {
-                        Some((name, _)) => (Some(name), Reason::TargetingMatch),
+                    other => match variant_name(other).and_then(|n| flag.variant(n.as_ref())) {
+                        Some(found) => {
+                            matched = Some(found);
+                            (Some(found.1), Reason::TargetingMatch)
+                        }
                         None => {
                             return Decision::error(
                                 Some(flag),
@@ -420,7 +439,7 @@ impl Flag {
         let Some(name) = variant else {
             return Decision::no_value(flag, reason);
         };
-        let Some(value) = flag.variants.get(name) else {
+        let Some((index, name, value)) = matched.or_else(|| flag.variant(name)) else {
             return Decision::error(Some(flag), ErrorCode::General, "no such variant");
         };
         let value = match (kind, value) {
@@ -463,6 +482,7 @@ impl Flag {
             error: None,
             metadata: &flag.metadata,
             flag: Some(flag),
+            index: Some(index),
         }
     }
 }

@@ -16,7 +16,7 @@ use super::eval::{Decision, Flag, FlagSet, Kind};
 use super::logic::Rule;
 use super::request::{
     DeliverFlags, Delivery, EvalPath, FlagDecision, Settings, combined_entry, error_counter,
-    evaluation_counter, rendered, rendered_member, variant_index,
+    evaluation_counter, rendered, rendered_member,
 };
 
 /// Which built-in `request.*` attributes the context carries: only those a rule may read.
@@ -289,7 +289,7 @@ fn fixed(
         Some(f) => f.decide(key, &Value::Null, 0, Kind::Any, settings.fractional),
         None => Decision::not_found(key),
     };
-    let vi = d.flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
+    let vi = d.index;
     let out = Out::of(delivery, key, &d, vi);
     Some(Fixed {
         decision: FlagDecision::at(Arc::from(key), flag, &d, vi),

@@ -96,13 +96,9 @@ impl PartialEq for Counters {
     }
 }
 
-pub(super) fn variant_index(flag: &Flag, variant: &str) -> Option<usize> {
-    flag.variants.keys().position(|k| k == variant)
-}
-
 /// Counts one evaluation of `key` (and its error, if any).
 pub fn count(metrics: &Metrics, key: &str, d: &Decision<'_>, path: EvalPath) {
-    let vi = d.flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
+    let vi = d.index;
     count_at(metrics, key, d, vi, path);
 }
 
@@ -542,7 +538,7 @@ fn metadata_str<'a>(m: &'a Map<String, Value>, key: &str) -> Option<std::borrow:
 
 impl FlagDecision {
     pub fn of(key: Arc<str>, flag: Option<&Arc<Flag>>, d: &Decision<'_>) -> Self {
-        let vi = flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
+        let vi = d.index;
         Self::at(key, flag, d, vi)
     }
 
@@ -909,7 +905,7 @@ impl Step {
                     }
                     None => {
                         let d = s.decide(&e.key, e.flag.as_ref(), &peer_decisions, ctx, now);
-                        let vi = d.flag.zip(d.variant).and_then(|(f, v)| variant_index(f, v));
+                        let vi = d.index;
                         count_at(&s.metrics, &e.key, &d, vi, EvalPath::Proxy);
                         if keep {
                             decisions.push(FlagDecision::at(
@@ -1356,9 +1352,12 @@ mod tests {
         let layout = |rule: Value, rules: &ContextRules| {
             let store = Arc::new(FlagStore::new(1));
             store
-                .update(0, &json!({"flags": {"f": {"state": "ENABLED",
+                .update(
+                    0,
+                    &json!({"flags": {"f": {"state": "ENABLED",
                     "variants": {"a": 1, "b": 2}, "defaultVariant": "a",
-                    "targeting": {"if": [rule, "b"]}}}}))
+                    "targeting": {"if": [rule, "b"]}}}}),
+                )
                 .unwrap();
             let mut step = step(store, DeliverFlags::All);
             step.settings.context = rules.clone();
@@ -1371,7 +1370,10 @@ mod tests {
         assert_eq!(layout(json!({"var": "user"}), &rules), None);
         assert_eq!(layout(json!({"var": ""}), &rules), None);
         assert_eq!(layout(json!({"var": "request"}), &rules), None);
-        assert_eq!(layout(json!({"var": {"cat": ["user", ".plan"]}}), &rules), None);
+        assert_eq!(
+            layout(json!({"var": {"cat": ["user", ".plan"]}}), &rules),
+            None
+        );
         let mut nested = rules.clone();
         nested.attributes.push((
             Source::Header(HeaderName::from_static("x-tier")),
