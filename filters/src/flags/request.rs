@@ -1325,6 +1325,16 @@ mod tests {
             }),
             fractional: FractionalVersion::V2,
         };
+        let flat = |path: &str| {
+            compile(&json!({"var": path}))
+                .unwrap()
+                .eval(&scope(Data::Fields(&fields)))
+        };
+        assert_eq!(flat("user.plan"), json!("pro"));
+        assert_eq!(flat("targetingKey"), json!("user-42"));
+        assert_eq!(flat("request.method"), json!("POST"));
+        assert_eq!(flat("region.zones.1"), json!(2));
+        assert_eq!(flat("$flagd.flagKey"), json!("f"));
         for path in reads {
             let rule = compile(&json!({"var": [path, "fallback"]})).unwrap();
             assert_eq!(
