@@ -460,42 +460,25 @@ impl Rule {
     /// Evaluates the rule, borrowing constants and context values instead of copying them:
     /// `var`, `if`, `and`, `or` and the comparisons copy nothing.
     ///
-    /// The operators targeting rules are mostly made of (`var`, `if`, `and`, `or`, the
-    /// comparisons, `in`, `starts_with`, `ends_with`) are handled here, in a small function;
-    /// the rest go to [`eval_op`]. Conditions are evaluated by [`Rule::test`], to a `bool`.
+    /// `var`, `if`, `starts_with`, `ends_with` and the operators whose value is a boolean
+    /// (comparisons, `in`, `!`, `!!`) are answered here, in a small function; the rest go to [`eval_op`]. Conditions are
+    /// evaluated by [`Rule::test`], to a `bool`.
     pub fn eval_ref<'r>(&'r self, s: &Scope<'r>) -> Cow<'r, Value> {
         match self {
             Rule::Literal(v) => Cow::Borrowed(v),
             Rule::Array(items) => {
                 Cow::Owned(Value::Array(items.iter().map(|r| r.eval(s)).collect()))
             }
-            Rule::Op(op, args) => match op {
-                Op::Var => var_op(args, s),
-                Op::If => {
-                    let mut i = 0;
-                    while i + 1 < args.len() {
-                        if args[i].test(s) {
-                            return args[i + 1].eval_ref(s);
-                        }
-                        i += 2;
-                    }
-                    match args.get(i) {
-                        Some(r) => r.eval_ref(s),
-                        None => Cow::Owned(Value::Null),
-                    }
-                }
-                Op::Eq
-                | Op::Ne
-                | Op::StrictEq
-                | Op::StrictNe
-                | Op::Not
-                | Op::NotNot
-                | Op::Lt
-                | Op::Le
-                | Op::Gt
-                | Op::Ge
-                | Op::In => Cow::Owned(Value::Bool(self.test(s))),
-                _ => eval_op(*op, args, s),
+            Rule::Op(Op::Var, args) => var_op(args, s),
+            Rule::Op(Op::If, args) => {
+                if_branch(args, s).map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s))
+            }
+            Rule::Op(op @ (Op::StartsWith | Op::EndsWith), args) => {
+                Cow::Owned(affix_op(*op, args, s).map_or(Value::Null, Value::Bool))
+            }
+            Rule::Op(op, args) => match boolean_op(*op, args, s) {
+                Some(b) => Cow::Owned(Value::Bool(b)),
+                None => eval_op(*op, args, s),
             },
         }
     }
@@ -506,66 +489,14 @@ impl Rule {
         let Rule::Op(op, args) = self else {
             return truthy(&self.eval_ref(s));
         };
-        let arg = |i: usize| {
-            args.get(i)
-                .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s))
-        };
         match op {
-            Op::Eq => loose_eq(&arg(0), &arg(1)),
-            Op::Ne => !loose_eq(&arg(0), &arg(1)),
-            Op::StrictEq => strict_eq(&arg(0), &arg(1)),
-            Op::StrictNe => !strict_eq(&arg(0), &arg(1)),
-            Op::Not => !args.first().is_some_and(|r| r.test(s)),
-            Op::NotNot => args.first().is_some_and(|r| r.test(s)),
             // `and` yields its first falsy operand or its last; `or` its first truthy one or
             // its last: either way, the truthiness is all()/any() of the operands'.
             Op::And => args.iter().all(|r| r.test(s)),
             Op::Or => args.iter().any(|r| r.test(s)),
-            Op::If => {
-                let mut i = 0;
-                while i + 1 < args.len() {
-                    if args[i].test(s) {
-                        return args[i + 1].test(s);
-                    }
-                    i += 2;
-                }
-                args.get(i).is_some_and(|r| r.test(s))
-            }
-            Op::Lt | Op::Le => {
-                let eq = *op == Op::Le;
-                match args.len() {
-                    2 => less(&arg(0), &arg(1), eq),
-                    n if n > 2 => {
-                        let b = arg(1);
-                        less(&arg(0), &b, eq) && less(&b, &arg(2), eq)
-                    }
-                    _ => false,
-                }
-            }
-            Op::Gt => less(&arg(1), &arg(0), false),
-            Op::Ge => less(&arg(1), &arg(0), true),
-            Op::In => {
-                let needle = arg(0);
-                match &*arg(1) {
-                    Value::Array(hay) => hay.iter().any(|h| strict_eq(h, &needle)),
-                    Value::String(hay) => hay.contains(&to_text(&needle)),
-                    _ => false,
-                }
-            }
-            Op::StartsWith | Op::EndsWith => {
-                args.len() == 2
-                    && match (&*arg(0), &*arg(1)) {
-                        (Value::String(a), Value::String(b)) => {
-                            if *op == Op::StartsWith {
-                                a.starts_with(b.as_str())
-                            } else {
-                                a.ends_with(b.as_str())
-                            }
-                        }
-                        _ => false,
-                    }
-            }
-            _ => truthy(&self.eval_ref(s)),
+            Op::If => if_branch(args, s).is_some_and(|r| r.test(s)),
+            Op::StartsWith | Op::EndsWith => affix_op(*op, args, s).unwrap_or(false),
+            _ => boolean_op(*op, args, s).unwrap_or_else(|| truthy(&self.eval_ref(s))),
         }
     }
 
@@ -590,8 +521,74 @@ fn var_op<'r>(args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
     }
 }
 
-/// Every operator. [`Rule::eval_ref`] answers the common ones itself; this is the rest, kept
-/// out of line so that the common path stays small.
+/// The operand `if` yields: the branch after the first truthy condition, else the trailing
+/// else-branch, if any.
+fn if_branch<'r>(args: &'r [Rule], s: &Scope<'_>) -> Option<&'r Rule> {
+    let mut i = 0;
+    while i + 1 < args.len() {
+        if args[i].test(s) {
+            return Some(&args[i + 1]);
+        }
+        i += 2;
+    }
+    args.get(i)
+}
+
+/// `starts_with` and `ends_with`: `None` (their value is null) unless given two strings.
+fn affix_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Option<bool> {
+    let [a, b] = args else {
+        return None;
+    };
+    match (&*a.eval_ref(s), &*b.eval_ref(s)) {
+        (Value::String(a), Value::String(b)) => Some(if op == Op::StartsWith {
+            a.starts_with(b.as_str())
+        } else {
+            a.ends_with(b.as_str())
+        }),
+        _ => None,
+    }
+}
+
+/// The operators whose value is always a boolean: that boolean; `None` for the others.
+fn boolean_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Option<bool> {
+    let arg = |i: usize| {
+        args.get(i)
+            .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s))
+    };
+    Some(match op {
+        Op::Eq => loose_eq(&arg(0), &arg(1)),
+        Op::Ne => !loose_eq(&arg(0), &arg(1)),
+        Op::StrictEq => strict_eq(&arg(0), &arg(1)),
+        Op::StrictNe => !strict_eq(&arg(0), &arg(1)),
+        Op::Not => !args.first().is_some_and(|r| r.test(s)),
+        Op::NotNot => args.first().is_some_and(|r| r.test(s)),
+        Op::Lt | Op::Le => {
+            let eq = op == Op::Le;
+            match args.len() {
+                2 => less(&arg(0), &arg(1), eq),
+                n if n > 2 => {
+                    let b = arg(1);
+                    less(&arg(0), &b, eq) && less(&b, &arg(2), eq)
+                }
+                _ => false,
+            }
+        }
+        Op::Gt => less(&arg(1), &arg(0), false),
+        Op::Ge => less(&arg(1), &arg(0), true),
+        Op::In => {
+            let needle = arg(0);
+            match &*arg(1) {
+                Value::Array(hay) => hay.iter().any(|h| strict_eq(h, &needle)),
+                Value::String(hay) => hay.contains(&to_text(&needle)),
+                _ => false,
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// The operators [`Rule::eval_ref`] does not answer itself (`var`, `if` and the boolean
+/// ones), kept out of line so that the common path stays small.
 #[inline(never)]
 fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
     let arg = |i: usize| {
@@ -600,7 +597,21 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
     };
     let all = || args.iter().map(|r| r.eval(s)).collect::<Vec<_>>();
     Cow::Owned(match op {
+        // Answered by `Rule::eval_ref` before it calls here.
         Op::Var => return var_op(args, s),
+        Op::If => return if_branch(args, s).map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s)),
+        Op::Eq
+        | Op::Ne
+        | Op::StrictEq
+        | Op::StrictNe
+        | Op::Not
+        | Op::NotNot
+        | Op::Lt
+        | Op::Le
+        | Op::Gt
+        | Op::Ge
+        | Op::In => Value::Bool(boolean_op(op, args, s).unwrap_or_default()),
+        Op::StartsWith | Op::EndsWith => affix_op(op, args, s).map_or(Value::Null, Value::Bool),
         Op::Missing => {
             let mut keys = all();
             if let [Value::Array(inner)] = keys.as_slice() {
@@ -629,25 +640,6 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
                 Value::Array(missing)
             }
         }
-        Op::If => {
-            let mut i = 0;
-            while i + 1 < args.len() {
-                if truthy(&args[i].eval_ref(s)) {
-                    return args[i + 1].eval_ref(s);
-                }
-                i += 2;
-            }
-            return match args.get(i) {
-                Some(r) => r.eval_ref(s),
-                None => Cow::Owned(Value::Null),
-            };
-        }
-        Op::Eq => Value::Bool(loose_eq(&arg(0), &arg(1))),
-        Op::Ne => Value::Bool(!loose_eq(&arg(0), &arg(1))),
-        Op::StrictEq => Value::Bool(strict_eq(&arg(0), &arg(1))),
-        Op::StrictNe => Value::Bool(!strict_eq(&arg(0), &arg(1))),
-        Op::Not => Value::Bool(!truthy(&arg(0))),
-        Op::NotNot => Value::Bool(truthy(&arg(0))),
         Op::Or | Op::And => {
             let mut last = Cow::Owned(Value::Bool(op == Op::And));
             for r in args {
@@ -658,20 +650,6 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
             }
             return last;
         }
-        Op::Lt | Op::Le => {
-            let eq = op == Op::Le;
-            let ok = match args.len() {
-                2 => less(&arg(0), &arg(1), eq),
-                n if n > 2 => {
-                    let b = arg(1);
-                    less(&arg(0), &b, eq) && less(&b, &arg(2), eq)
-                }
-                _ => false,
-            };
-            Value::Bool(ok)
-        }
-        Op::Gt => Value::Bool(less(&arg(1), &arg(0), false)),
-        Op::Ge => Value::Bool(less(&arg(1), &arg(0), true)),
         Op::Add => {
             let mut sum = 0.0;
             for v in all() {
@@ -774,15 +752,6 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
                 })
                 .collect(),
         ),
-        Op::In => {
-            let needle = arg(0);
-            let hay = arg(1);
-            match &*hay {
-                Value::Array(hay) => Value::Bool(hay.iter().any(|h| strict_eq(h, &needle))),
-                Value::String(hay) => Value::Bool(hay.contains(&to_text(&needle))),
-                _ => Value::Bool(false),
-            }
-        }
         Op::Cat => Value::String(all().iter().map(to_text).collect()),
         Op::Substr => {
             let text: Vec<char> = to_text(&arg(0)).chars().collect();
@@ -810,15 +779,6 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
                     .collect(),
             )
         }
-        Op::StartsWith | Op::EndsWith if args.len() == 2 => match (&*arg(0), &*arg(1)) {
-            (Value::String(a), Value::String(b)) => Value::Bool(if op == Op::StartsWith {
-                a.starts_with(b.as_str())
-            } else {
-                a.ends_with(b.as_str())
-            }),
-            _ => Value::Null,
-        },
-        Op::StartsWith | Op::EndsWith => Value::Null,
         Op::SemVer => super::semver::evaluate(&all()),
         Op::Fractional => {
             let v: Vec<Cow<'_, Value>> = args.iter().map(|r| r.eval_ref(s)).collect();
