@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use attache_config::{Config, FlagSource, SourceKind};
 use attache_filters::Body;
 use attache_filters::flags::eval::FlagSet;
+use attache_filters::flags::intern;
 use attache_filters::flags::logic::FractionalVersion;
 use attache_filters::flags::ofrep::Ofrep;
 use attache_filters::flags::request::{
@@ -628,7 +629,7 @@ pub fn layer(
             defaults: d
                 .defaults
                 .iter()
-                .filter_map(|(k, v)| Some((k.clone(), header_value(v)?)))
+                .filter_map(|(k, v)| Some((k.clone(), intern::value(header_value(v)?))))
                 .collect::<HashMap<_, _>>(),
         }),
     };

@@ -30,7 +30,7 @@ pub struct Flag {
     /// Index of the source the flag came from, in the merged snapshot.
     pub source: usize,
     pub enabled: bool,
-    pub variants: Map<String, Value>,
+    pub variants: Variants,
     pub default_variant: Option<String>,
     /// `None`: no targeting (or `{}`); `Err`: it did not compile (`PARSE_ERROR`).
     pub targeting: Option<Result<Rule, String>>,
@@ -38,6 +38,66 @@ pub struct Flag {
     pub metadata: Map<String, Value>,
     /// Metric handles, made on first use (see `request::FlagMetrics`).
     pub counters: super::request::Counters,
+}
+
+/// A flag's variants, in name order (the order of flagd's JSON object as read, and of
+/// everything rendered once per variant). There are a few per flag: a vector scanned in order
+/// finds a name faster than a map, and its position directly.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Variants(Vec<(String, Value)>);
+
+impl Variants {
+    /// The variant named `name`: its position, its name as held here, and its value.
+    pub fn find(&self, name: &str) -> Option<(usize, &str, &Value)> {
+        self.0
+            .iter()
+            .enumerate()
+            .find(|(_, (k, _))| k.len() == name.len() && k == name)
+            .map(|(i, (k, v))| (i, k.as_str(), v))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.find(name).map(|(_, _, v)| v)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Value> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
+impl From<&Map<String, Value>> for Variants {
+    fn from(m: &Map<String, Value>) -> Self {
+        let mut v: Vec<(String, Value)> = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // A `Map` iterates in key order already (unless serde_json keeps insertion order).
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Variants(v)
+    }
+}
+
+impl serde::Serialize for Variants {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
 }
 
 /// One compiled flag document.
@@ -94,7 +154,7 @@ impl FlagSet {
                 _ => return Err(load_error(at("state"), "must be ENABLED or DISABLED")),
             };
             let variants = match f.get("variants") {
-                Some(Value::Object(v)) if !v.is_empty() => v.clone(),
+                Some(Value::Object(v)) if !v.is_empty() => Variants::from(v),
                 _ => return Err(load_error(at("variants"), "must be a non-empty object")),
             };
             if let Some((name, _)) = variants.iter().find(|(_, v)| v.is_null() || v.is_array()) {
@@ -365,11 +425,7 @@ impl Flag {
     /// The variant named `name`: its position, its name as the flag holds it, its value.
     /// One scan of the (few, sorted) variants finds all three.
     pub fn variant(&self, name: &str) -> Option<(usize, &str, &Value)> {
-        self.variants
-            .iter()
-            .enumerate()
-            .find(|(_, (k, _))| k.as_str() == name)
-            .map(|(i, (k, v))| (i, k.as_str(), v))
+        self.variants.find(name)
     }
 
     /// Whether evaluating the flag reads the context.

@@ -153,14 +153,95 @@ pub enum Data<'a> {
     /// inside another. The proxy builds this for a request when no rule of the snapshot reads
     /// a parent of a field or the whole data (`Needs`, in `plan.rs`, checks), so that every
     /// read answers as it would against the same context as a JSON document.
-    Fields(&'a [Field<'a>]),
+    Fields(Flat<'a>),
+}
+
+/// A flat context, and where the `var` paths of the rule being evaluated land in it.
+#[derive(Debug, Clone, Copy)]
+pub struct Flat<'a> {
+    pub fields: &'a [Field<'a>],
+    /// Worked out once per plan ([`Slot::of_rule`]); a path not listed here is found by
+    /// comparing it with the fields' paths.
+    pub slots: &'a [Slot],
 }
 
 /// One value of a flat context.
 #[derive(Debug, Clone)]
 pub struct Field<'a> {
     pub path: &'a str,
-    pub value: Cow<'a, Value>,
+    /// `None` when the request has no value for it.
+    pub value: Option<Cow<'a, Value>>,
+}
+
+/// Where a path lands among the fields of a flat context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The field at this index.
+    Field(usize),
+    /// Inside the field at this index; the rest of the path starts at this byte.
+    Inside(usize, usize),
+    /// In no field.
+    Nowhere,
+}
+
+impl Place {
+    /// Where `path` lands among fields at `paths` (no one inside another, so at most one
+    /// matches).
+    pub fn of<'p>(paths: impl Iterator<Item = &'p str>, path: &str) -> Place {
+        for (i, f) in paths.enumerate() {
+            if let Some(rest) = path.strip_prefix(f) {
+                if rest.is_empty() {
+                    return Place::Field(i);
+                }
+                if rest.starts_with('.') {
+                    return Place::Inside(i, f.len() + 1);
+                }
+            }
+        }
+        Place::Nowhere
+    }
+}
+
+/// One constant `var` path of a compiled rule, and where it lands in a flat layout. The path
+/// is known by the address and length of its text inside the rule, which the plan that holds
+/// the slots keeps alive (and unchanged): equal addresses are the same text, so a read finds
+/// its field without comparing strings, and any other text is compared as usual.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    text: (usize, usize),
+    pub place: Place,
+}
+
+impl Slot {
+    /// The slots of every constant `var` path in `rule`, against fields at `paths`.
+    pub fn of_rule(rule: &Rule, paths: &[String]) -> Vec<Slot> {
+        let mut slots: Vec<Slot> = Vec::new();
+        rule.var_texts(&mut |text| {
+            let key = (text.as_ptr() as usize, text.len());
+            if !slots.iter().any(|s| s.text == key) {
+                slots.push(Slot {
+                    text: key,
+                    place: Place::of(paths.iter().map(String::as_str), text),
+                });
+            }
+        });
+        slots
+    }
+}
+
+impl<'a> Flat<'a> {
+    fn get(self, path: &str) -> Option<&'a Value> {
+        let key = (path.as_ptr() as usize, path.len());
+        let place = match self.slots.iter().find(|s| s.text == key) {
+            Some(s) => s.place,
+            None => Place::of(self.fields.iter().map(|f| f.path), path),
+        };
+        match place {
+            Place::Field(i) => self.fields.get(i)?.value.as_deref(),
+            Place::Inside(i, at) => descend(self.fields.get(i)?.value.as_deref()?, path.get(at..)?),
+            Place::Nowhere => None,
+        }
+    }
 }
 
 impl<'a> Data<'a> {
@@ -168,14 +249,7 @@ impl<'a> Data<'a> {
     pub fn get(self, path: &str) -> Option<&'a Value> {
         match self {
             Data::Json(v) => var_str(v, path),
-            Data::Fields(fields) => fields.iter().find_map(|f| {
-                let rest = path.strip_prefix(f.path)?;
-                if rest.is_empty() {
-                    Some(&*f.value)
-                } else {
-                    descend(&f.value, rest.strip_prefix('.')?)
-                }
-            }),
+            Data::Fields(flat) => flat.get(path),
         }
     }
 }
@@ -413,6 +487,21 @@ impl Rule {
                     _ => false,
                 };
                 !computed && args.iter().all(|r| r.constant_strings(f))
+            }
+        }
+    }
+
+    /// Calls `f` with the text of every constant string path of a `var` in the rule, as it
+    /// lies in the rule (not a copy): what [`Slot::of_rule`] keys by address.
+    pub fn var_texts<'r>(&'r self, f: &mut dyn FnMut(&'r str)) {
+        match self {
+            Rule::Literal(_) => {}
+            Rule::Array(items) => items.iter().for_each(|r| r.var_texts(f)),
+            Rule::Op(op, args) => {
+                if let (Op::Var, Some(Rule::Literal(Value::String(p)))) = (op, args.first()) {
+                    f(p);
+                }
+                args.iter().for_each(|r| r.var_texts(f));
             }
         }
     }
@@ -780,26 +869,51 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
             )
         }
         Op::SemVer => super::semver::evaluate(&all()),
-        Op::Fractional => {
-            let v: Vec<Cow<'_, Value>> = args.iter().map(|r| r.eval_ref(s)).collect();
-            fractional(&v, s)
-        }
+        Op::Fractional => return fractional_op(args, s),
     })
 }
 
-/// §4.1. `args` are the evaluated operands.
-fn fractional<V: std::ops::Deref<Target = Value>>(args: &[V], s: &Scope<'_>) -> Value {
-    let Some(first) = args.first() else {
-        return Value::Null;
-    };
+/// `fractional`: when its operands are constants, as they nearly always are (the shorthand
+/// that buckets flagKey + targetingKey), they are read in place, and the chosen bucket's
+/// variant is borrowed from the rule.
+fn fractional_op<'r>(args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
+    static NULL: Value = Value::Null;
+    const ON_STACK: usize = 8;
+    if args.len() <= ON_STACK {
+        let mut v: [&'r Value; ON_STACK] = [&NULL; ON_STACK];
+        let mut constant = true;
+        for (slot, r) in v.iter_mut().zip(args) {
+            match r {
+                Rule::Literal(x) => *slot = x,
+                _ => constant = false,
+            }
+        }
+        if constant {
+            return fractional(&v[..args.len()], s)
+                .and_then(|i| bucket(v[i]))
+                .map_or(Cow::Owned(Value::Null), |(variant, _)| {
+                    Cow::Borrowed(variant)
+                });
+        }
+    }
+    let v: Vec<Cow<'r, Value>> = args.iter().map(|r| r.eval_ref(s)).collect();
+    let picked = fractional(&v, s).and_then(|i| bucket(&v[i]).map(|(variant, _)| variant));
+    Cow::Owned(picked.cloned().unwrap_or(Value::Null))
+}
+
+/// §4.1. `args` are the evaluated operands; the answer is the index of the chosen bucket
+/// among them (`None`: the operation's value is null).
+fn fractional<V: std::ops::Deref<Target = Value>>(args: &[V], s: &Scope<'_>) -> Option<usize> {
+    let first = args.first()?;
     if s.fractional == FractionalVersion::V3 {
         let mut key = Vec::new();
+        // Where the buckets start among the operands.
         let buckets = match &**first {
             Value::Array(_) => {
                 let (Some(flag), Some(Value::String(target))) =
                     (s.flag_key(), s.data.get("targetingKey"))
                 else {
-                    return Value::Null;
+                    return None;
                 };
                 super::cbor::encode(
                     &Value::Array(vec![
@@ -808,29 +922,31 @@ fn fractional<V: std::ops::Deref<Target = Value>>(args: &[V], s: &Scope<'_>) -> 
                     ]),
                     &mut key,
                 );
-                args
+                0
             }
-            Value::Null => return Value::Null,
+            Value::Null => return None,
             first => {
                 super::cbor::encode(first, &mut key);
-                &args[1..]
+                1
             }
         };
-        return buckets_pick(murmur3_x86_32(&key, 0), buckets, s.fractional);
+        return buckets_pick(murmur3_x86_32(&key, 0), &args[buckets..], s.fractional)
+            .map(|i| i + buckets);
     }
     // v1 and v2: a string first operand is the bucketing value; otherwise flagKey +
     // targetingKey, concatenated (on the stack when short, as they nearly always are).
     if let Value::String(k) = &**first {
-        return buckets_pick(murmur3_x86_32(k.as_bytes(), 0), &args[1..], s.fractional);
+        return buckets_pick(murmur3_x86_32(k.as_bytes(), 0), &args[1..], s.fractional)
+            .map(|i| i + 1);
     }
     let (Some(flag), Some(Value::String(target))) = (s.flag_key(), s.data.get("targetingKey"))
     else {
-        return Value::Null;
+        return None;
     };
     if target.is_empty() {
-        return Value::Null;
+        return None;
     }
-    let buckets = if first.is_null() { &args[1..] } else { args };
+    let skip = usize::from(first.is_null());
     let (flag, target) = (flag.as_bytes(), target.as_bytes());
     let len = flag.len() + target.len();
     let mut short = [0u8; 128];
@@ -841,7 +957,7 @@ fn fractional<V: std::ops::Deref<Target = Value>>(args: &[V], s: &Scope<'_>) -> 
     } else {
         murmur3_x86_32(&[flag, target].concat(), 0)
     };
-    buckets_pick(h, buckets, s.fractional)
+    buckets_pick(h, &args[skip..], s.fractional).map(|i| i + skip)
 }
 
 /// One `[variant, weight]` bucket: `None` when malformed (which makes the whole operation
@@ -871,54 +987,53 @@ fn bucket(b: &Value) -> Option<(&Value, u64)> {
     Some((variant, weight))
 }
 
-/// The variant whose share of the weights holds hash `h`.
+/// The index of the bucket whose share of the weights holds hash `h`; `None` when a bucket
+/// is malformed or the weights are out of range.
 fn buckets_pick<V: std::ops::Deref<Target = Value>>(
     h: u32,
     buckets: &[V],
     version: FractionalVersion,
-) -> Value {
-    // Parsed once, onto the stack for the usual handful of buckets.
-    let mut first: [Option<(&Value, u64)>; 8] = [None; 8];
+) -> Option<usize> {
+    // Weights parsed once, onto the stack for the usual handful of buckets.
+    let mut first = [0u64; 8];
     let mut total = 0u64;
     for (i, b) in buckets.iter().enumerate() {
-        let Some(parsed) = bucket(b) else {
-            return Value::Null;
-        };
-        total += parsed.1;
+        let (_, w) = bucket(b)?;
+        total += w;
         if let Some(slot) = first.get_mut(i) {
-            *slot = Some(parsed);
+            *slot = w;
         }
     }
     if buckets.is_empty() || total == 0 || total > 2_147_483_647 {
-        return Value::Null;
+        return None;
     }
-    // Every bucket was checked above, so none is skipped here.
-    let parsed = first
-        .into_iter()
-        .flatten()
-        .chain(buckets.iter().skip(first.len()).filter_map(|b| bucket(b)));
+    // Every bucket was checked above, so each has a weight here.
+    let weights = buckets.iter().enumerate().map(|(i, b)| match first.get(i) {
+        Some(w) => *w,
+        None => bucket(b).map_or(0, |(_, w)| w),
+    });
     match version {
         FractionalVersion::V2 | FractionalVersion::V3 => {
             let at = (u64::from(h) * total) >> 32;
             let mut end = 0;
-            for (variant, w) in parsed {
+            for (i, w) in weights.enumerate() {
                 end += w;
                 if at < end {
-                    return variant.clone();
+                    return Some(i);
                 }
             }
-            Value::Null
+            None
         }
         FractionalVersion::V1 => {
             let b = f64::from((h as i32).unsigned_abs()) / 2_147_483_647.0 * 100.0;
             let mut end = 0.0;
-            for (variant, w) in parsed {
+            for (i, w) in weights.enumerate() {
                 end += 100.0 * w as f64 / total as f64;
                 if b < end {
-                    return variant.clone();
+                    return Some(i);
                 }
             }
-            Value::Null
+            None
         }
     }
 }

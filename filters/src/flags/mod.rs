@@ -13,6 +13,8 @@
 //!   trusted peers' decisions, routing by variant, metrics and span-event data;
 //! - [`plan`]: a snapshot's delivery compiled for one leg: flags looked up once, decisions
 //!   that read nothing from the request made once, the context cut to what rules read;
+//! - [`intern`]: the header names and values delivered per request, kept for the process's
+//!   life so that adding one to a request copies a pointer;
 //! - [`ofrep`]: OFREP single and bulk evaluation for OpenFeature SDKs.
 //!
 //! Sources (files, URLs) and their watchers live in the proxy (`proxy/src/flags.rs`), which
@@ -20,6 +22,7 @@
 
 pub mod cbor;
 pub mod eval;
+pub mod intern;
 pub mod logic;
 pub mod murmur3;
 pub mod ofrep;

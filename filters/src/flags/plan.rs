@@ -13,10 +13,11 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 
 use super::eval::{Decision, Flag, FlagSet, Kind};
-use super::logic::Rule;
+use super::intern;
+use super::logic::{Rule, Slot};
 use super::request::{
     DeliverFlags, Delivery, EvalPath, FlagDecision, Settings, combined_entry, error_counter,
-    evaluation_counter, rendered, rendered_member,
+    evaluation_counter, header_value, member, rendered, rendered_member,
 };
 
 /// Which built-in `request.*` attributes the context carries: only those a rule may read.
@@ -91,6 +92,11 @@ pub struct Plan {
     /// When the context can be built flat (`logic::Data::Fields`): the dotted path of each
     /// configured attribute, in order. `None`: it is built as a JSON document.
     pub flat: Option<Vec<String>>,
+    /// The flat context's field paths, in order (`ContextRules::layout`); empty when `flat`
+    /// is `None`.
+    pub layout: Vec<String>,
+    /// Per route, where its flag's `var` paths land in the flat context.
+    pub route_slots: Vec<Vec<Slot>>,
 }
 
 pub struct Entry {
@@ -99,6 +105,18 @@ pub struct Entry {
     pub header: Option<HeaderName>,
     /// The decision, when it does not depend on the request.
     pub fixed: Option<Fixed>,
+    /// Where the flag's `var` paths land in the flat context (when there is one).
+    pub slots: Vec<Slot>,
+    /// For a flag decided per request: what each of its variants adds, by variant index.
+    pub variants: Vec<Prepared>,
+}
+
+/// What a variant of a flag decided per request adds to the request, rendered with the plan.
+pub struct Prepared {
+    /// The header value (or the configured default, when the value has no header form).
+    pub header: Option<HeaderValue>,
+    /// The baggage member, when baggage delivery is on.
+    pub member: Option<String>,
 }
 
 /// A decision made when the plan is, and what it adds to every request.
@@ -121,6 +139,33 @@ pub struct Out<'a> {
 }
 
 impl Out<'_> {
+    /// What `d` adds under `delivery`, from the plan's rendering of its variant when there is
+    /// one (the common case: a variant's value, borrowed from the flag).
+    pub fn prepared<'a>(
+        delivery: &Delivery,
+        key: &str,
+        d: &Decision<'a>,
+        prepared: &'a [Prepared],
+    ) -> Out<'a> {
+        let p = match (d.index, &d.value) {
+            (Some(i), Some(Cow::Borrowed(_))) => prepared.get(i),
+            _ => None,
+        };
+        let Some(p) = p else {
+            return Out::of(delivery, key, d, d.index);
+        };
+        let mut combined = String::new();
+        if delivery.combined.is_some() {
+            combined_entry(&mut combined, key, d, d.index);
+        }
+        Out {
+            header: p.header.as_ref().map(Cow::Borrowed),
+            combined: Cow::Owned(combined),
+            member: p.member.as_deref().map(Cow::Borrowed),
+            variant: d.variant,
+        }
+    }
+
     /// What `d` adds under `delivery`.
     pub fn of<'a>(delivery: &Delivery, key: &str, d: &Decision<'a>, vi: Option<usize>) -> Out<'a> {
         let header = rendered(d, vi)
@@ -167,13 +212,20 @@ impl Plan {
             entries = keys
                 .into_iter()
                 .map(|(key, header)| {
+                    let header = header.map(intern::name);
                     let flag = snap.flags.get(&*key).cloned();
                     let fixed = fixed(settings, delivery, &key, flag.as_ref());
+                    let variants = match (&fixed, &flag) {
+                        (None, Some(f)) => prepared(delivery, &key, f),
+                        _ => Vec::new(),
+                    };
                     Entry {
+                        variants,
                         key,
                         flag,
                         header,
                         fixed,
+                        slots: Vec::new(),
                     }
                 })
                 .collect();
@@ -210,6 +262,18 @@ impl Plan {
         } else {
             None
         };
+        let layout = match &flat {
+            Some(paths) => settings.context.layout(needs, paths),
+            None => Vec::new(),
+        };
+        let slots = |flag: Option<&Arc<Flag>>| match flag.map(|f| &f.targeting) {
+            Some(Some(Ok(rule))) if flat.is_some() => Slot::of_rule(rule, &layout),
+            _ => Vec::new(),
+        };
+        for e in entries.iter_mut().filter(|e| e.fixed.is_none()) {
+            e.slots = slots(e.flag.as_ref());
+        }
+        let route_slots = routes.iter().map(|(f, _)| slots(f.as_ref())).collect();
         Plan {
             snap,
             entries,
@@ -217,6 +281,8 @@ impl Plan {
             needs_context,
             needs,
             flat,
+            layout,
+            route_slots,
         }
     }
 }
@@ -249,20 +315,7 @@ fn flat_layout(settings: &Settings, needs: Needs, reads: &[String]) -> Option<Ve
     {
         return None;
     }
-    let built_ins = [
-        (needs.method, "request.method"),
-        (needs.path, "request.path"),
-        (needs.host, "request.host"),
-        (needs.client_address, "request.client_address"),
-    ];
-    let fields: Vec<&str> = built_ins
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, p)| *p)
-        .chain(rules.static_attributes.keys().map(String::as_str))
-        .chain(attributes.iter().map(String::as_str))
-        .chain(["targetingKey"])
-        .collect();
+    let fields = rules.layout(needs, &attributes);
     for (i, a) in fields.iter().enumerate() {
         if fields[i + 1..].iter().any(|b| within(a, b) || within(b, a)) {
             return None;
@@ -275,6 +328,23 @@ fn flat_layout(settings: &Settings, needs: Needs, reads: &[String]) -> Option<Ve
         return None;
     }
     Some(attributes)
+}
+
+/// What each variant of `flag` adds to a request, by variant index.
+fn prepared(delivery: &Delivery, key: &str, flag: &Arc<Flag>) -> Vec<Prepared> {
+    flag.variants
+        .iter()
+        .map(|(name, value)| Prepared {
+            header: header_value(value)
+                .map(intern::value)
+                .or_else(|| delivery.defaults.get(key).cloned()),
+            member: if delivery.baggage {
+                member(key, name)
+            } else {
+                None
+            },
+        })
+        .collect()
 }
 
 /// The decision of a flag that reads nothing from the request, made once.

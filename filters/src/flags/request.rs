@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use arc_swap::ArcSwapOption;
@@ -21,7 +21,8 @@ use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
 use super::eval::{Decision, ErrorCode, Flag, Kind, Reason};
-use super::logic::{Data, Field, FractionalVersion};
+use super::intern;
+use super::logic::{Data, Field, Flat, FractionalVersion};
 use super::plan::{Needs, Out, Plan};
 use super::store::FlagStore;
 use crate::telemetry::Metrics;
@@ -283,6 +284,30 @@ pub fn percent_encode_baggage(s: &str, out: &mut String) {
     }
 }
 
+/// `request.method` as a context value, made once for the standard methods.
+fn method_value(method: &Method) -> Option<&'static Value> {
+    static METHODS: LazyLock<Vec<(Method, Value)>> = LazyLock::new(|| {
+        [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::CONNECT,
+            Method::TRACE,
+        ]
+        .into_iter()
+        .map(|m| {
+            let v = Value::String(m.as_str().to_owned());
+            (m, v)
+        })
+        .collect()
+    });
+    METHODS.iter().find(|(m, _)| m == method).map(|(_, v)| v)
+}
+
 /// How the evaluation context is built (§6).
 #[derive(Debug, Clone, Default)]
 pub struct ContextRules {
@@ -345,9 +370,28 @@ impl ContextRules {
         Value::Object(root)
     }
 
+    /// The paths of a flat context's fields, in the order [`ContextRules::fields`] gives
+    /// them: `targetingKey` (read by every `fractional`, so first), the built-ins in `needs`,
+    /// the attributes (at their dotted `paths`), the static attributes.
+    pub fn layout(&self, needs: Needs, paths: &[String]) -> Vec<String> {
+        let built_ins = [
+            (needs.method, "request.method"),
+            (needs.path, "request.path"),
+            (needs.host, "request.host"),
+            (needs.client_address, "request.client_address"),
+        ];
+        std::iter::once("targetingKey")
+            .chain(built_ins.iter().filter(|(on, _)| *on).map(|(_, p)| *p))
+            .chain(paths.iter().map(String::as_str))
+            .chain(self.static_attributes.keys().map(String::as_str))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The context of a proxied request as a flat list of fields, for a plan that allows it
     /// (`Plan::flat`, which holds the attributes' dotted `paths`): what [`ContextRules::build`]
-    /// would put in a JSON document, without its maps and their keys.
+    /// would put in a JSON document, without its maps and their keys. There is one field per
+    /// path of [`ContextRules::layout`], in its order, with no value when the request has none.
     pub fn fields<'a>(
         &'a self,
         r: &RequestView<'_>,
@@ -355,48 +399,48 @@ impl ContextRules {
         paths: &'a [String],
     ) -> Vec<Field<'a>> {
         let mut fields =
-            Vec::with_capacity(4 + self.static_attributes.len() + self.attributes.len() + 1);
-        let mut add = |path: &'a str, value: String| {
-            fields.push(Field {
-                path,
-                value: Cow::Owned(Value::String(value)),
-            });
+            Vec::with_capacity(5 + self.attributes.len() + self.static_attributes.len());
+        let mut add = |path: &'a str, value: Option<Cow<'a, Value>>| {
+            fields.push(Field { path, value });
         };
+        let text = |v: String| Cow::Owned(Value::String(v));
+        add(
+            "targetingKey",
+            self.targeting_key
+                .iter()
+                .find_map(|s| s.read(r.uri, r.headers))
+                .map(text),
+        );
         if needs.method {
-            add("request.method", r.method.as_str().to_owned());
+            let method = match method_value(r.method) {
+                Some(m) => Cow::Borrowed(m),
+                None => text(r.method.as_str().to_owned()),
+            };
+            add("request.method", Some(method));
         }
         if needs.path {
-            add("request.path", r.uri.path().to_owned());
+            add("request.path", Some(text(r.uri.path().to_owned())));
         }
-        if needs.host
-            && let Some(host) = r
+        if needs.host {
+            let host = r
                 .headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .or_else(|| r.uri.authority().map(|a| a.as_str()))
-        {
-            add("request.host", host.to_owned());
+                .or_else(|| r.uri.authority().map(|a| a.as_str()));
+            add("request.host", host.map(|h| text(h.to_owned())));
         }
-        if needs.client_address
-            && let Some(peer) = r.peer
-        {
-            add("request.client_address", peer.ip().to_string());
+        if needs.client_address {
+            add(
+                "request.client_address",
+                r.peer.map(|peer| text(peer.ip().to_string())),
+            );
         }
         for ((source, _), path) in self.attributes.iter().zip(paths) {
-            if let Some(v) = source.read(r.uri, r.headers) {
-                add(path, v);
-            }
-        }
-        if let Some(key) = self
-            .targeting_key
-            .iter()
-            .find_map(|s| s.read(r.uri, r.headers))
-        {
-            add("targetingKey", key);
+            add(path, source.read(r.uri, r.headers).map(text));
         }
         fields.extend(self.static_attributes.iter().map(|(k, v)| Field {
             path: k,
-            value: Cow::Borrowed(v),
+            value: Some(Cow::Borrowed(v)),
         }));
         fields
     }
@@ -635,7 +679,7 @@ pub(super) fn rendered(d: &Decision<'_>, vi: Option<usize>) -> Option<HeaderValu
     let cache = flag.counters.headers.get_or_init(|| {
         flag.variants
             .values()
-            .map(header_value)
+            .map(|v| header_value(v).map(intern::value))
             .collect::<Vec<_>>()
             .into_boxed_slice()
     });
@@ -836,13 +880,18 @@ impl Step {
             (Some(paths), true) => (Value::Null, s.context.fields(&view, plan.needs, paths)),
             (None, true) => (s.context.build(&view, plan.needs), Vec::new()),
         };
-        let ctx = match plan.flat {
-            Some(_) => Data::Fields(&fields),
+        // The context as one flag's rule reads it: with the plan's slots for its paths.
+        let ctx = |slots| match plan.flat {
+            Some(_) => Data::Fields(Flat {
+                fields: &fields,
+                slots,
+            }),
             None => Data::Json(&json),
         };
         let keep = s.events.enabled;
         let context_id = if keep && s.events.include_context_id {
-            ctx.get("targetingKey")
+            ctx(&[])
+                .get("targetingKey")
                 .and_then(Value::as_str)
                 .map(str::to_owned)
                 .or_else(|| {
@@ -904,7 +953,8 @@ impl Step {
                         }
                     }
                     None => {
-                        let d = s.decide(&e.key, e.flag.as_ref(), &peer_decisions, ctx, now);
+                        let d =
+                            s.decide(&e.key, e.flag.as_ref(), &peer_decisions, ctx(&e.slots), now);
                         let vi = d.index;
                         count_at(&s.metrics, &e.key, &d, vi, EvalPath::Proxy);
                         if keep {
@@ -915,7 +965,7 @@ impl Step {
                                 vi,
                             ));
                         }
-                        Out::of(delivery, &e.key, &d, vi)
+                        Out::prepared(delivery, &e.key, &d, &e.variants)
                     }
                 };
                 if let (Some(name), Some(value)) = (&e.header, out.header) {
@@ -944,11 +994,13 @@ impl Step {
             }
         }
         let mut route: Option<Arc<str>> = None;
-        for (r, (flag, delivered)) in s.routes.iter().zip(&plan.routes) {
+        for ((r, (flag, delivered)), slots) in
+            s.routes.iter().zip(&plan.routes).zip(&plan.route_slots)
+        {
             let variant = match delivered {
                 Some(i) => variants.get(*i).copied().flatten(),
                 None => {
-                    let d = s.decide(&r.flag, flag.as_ref(), &peer_decisions, ctx, now);
+                    let d = s.decide(&r.flag, flag.as_ref(), &peer_decisions, ctx(slots), now);
                     count(&s.metrics, &r.flag, &d, EvalPath::Route);
                     if keep {
                         decisions.push(FlagDecision::of(r.flag.clone(), flag.as_ref(), &d));
@@ -1141,7 +1193,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::super::logic::{Flagd, Scope, compile};
+    use super::super::logic::{Flagd, Place, Rule, Scope, Slot, compile};
     use super::*;
     use serde_json::json;
 
@@ -1317,44 +1369,88 @@ mod tests {
             "nothing.at.all",
             "$flagd.flagKey",
         ];
-        let scope = |data| Scope {
-            data,
-            flagd: Some(Flagd {
-                flag_key: "f",
-                timestamp: 1,
-            }),
-            fractional: FractionalVersion::V2,
+        fn scope(data: Data<'_>) -> Scope<'_> {
+            Scope {
+                data,
+                flagd: Some(Flagd {
+                    flag_key: "f",
+                    timestamp: 1,
+                }),
+                fractional: FractionalVersion::V2,
+            }
+        }
+        let layout = rules.layout(Needs::ALL, &paths);
+        assert_eq!(
+            fields.iter().map(|f| f.path).collect::<Vec<_>>(),
+            layout,
+            "one field per path of the layout, in its order"
+        );
+        // Each rule is evaluated against the JSON document, the flat fields, and the flat
+        // fields with the slots a plan works out for the rule: all three must agree.
+        let three = |rule: &Rule| {
+            let slots = Slot::of_rule(rule, &layout);
+            let no_slots = Flat {
+                fields: &fields,
+                slots: &[],
+            };
+            let with_slots = Flat {
+                fields: &fields,
+                slots: &slots,
+            };
+            [
+                rule.eval(&scope(Data::Json(&json))),
+                rule.eval(&scope(Data::Fields(no_slots))),
+                rule.eval(&scope(Data::Fields(with_slots))),
+            ]
         };
         let flat = |path: &str| {
-            compile(&json!({"var": path}))
-                .unwrap()
-                .eval(&scope(Data::Fields(&fields)))
+            let [json, no_slots, with_slots] = three(&compile(&json!({"var": path})).unwrap());
+            assert_eq!(no_slots, json, "{path}");
+            assert_eq!(with_slots, json, "{path}");
+            with_slots
         };
         assert_eq!(flat("user.plan"), json!("pro"));
         assert_eq!(flat("targetingKey"), json!("user-42"));
         assert_eq!(flat("request.method"), json!("POST"));
         assert_eq!(flat("region.zones.1"), json!(2));
         assert_eq!(flat("$flagd.flagKey"), json!("f"));
+        assert_eq!(flat("absent"), Value::Null);
+        assert_eq!(flat("user.plan.deeper"), Value::Null);
         for path in reads {
-            let rule = compile(&json!({"var": [path, "fallback"]})).unwrap();
-            assert_eq!(
-                rule.eval(&scope(Data::Fields(&fields))),
-                rule.eval(&scope(Data::Json(&json))),
-                "{path}"
-            );
+            let [json, no_slots, with_slots] =
+                three(&compile(&json!({"var": [path, "fallback"]})).unwrap());
+            assert_eq!(no_slots, json, "{path}");
+            assert_eq!(with_slots, json, "{path}");
         }
+        // The slots of a rule: where each `var` path lands.
+        let rule = compile(
+            &json!({"and": [{"var": "user.plan"}, {"var": "region.zones.1"},
+            {"var": "nothing"}, {"var": "user.plan"}]}),
+        )
+        .unwrap();
+        let places: Vec<Place> = Slot::of_rule(&rule, &layout)
+            .iter()
+            .map(|s| s.place)
+            .collect();
+        let at = |p: &str| layout.iter().position(|l| l == p).unwrap();
+        assert_eq!(
+            places,
+            [
+                Place::Field(at("user.plan")),
+                Place::Inside(at("region"), "region.".len()),
+                Place::Nowhere,
+                Place::Field(at("user.plan")),
+            ]
+        );
         for rule in [
             json!({"missing": ["user.plan", "absent", "targetingKey"]}),
             json!({"missing_some": [1, ["absent", "region.name"]]}),
             json!({"fractional": [["a", 50], ["b", 50]]}),
             json!({"if": [{"in": [{"var": "user.plan"}, ["pro"]]}, "yes", "no"]}),
         ] {
-            let rule = compile(&rule).unwrap();
-            assert_eq!(
-                rule.eval(&scope(Data::Fields(&fields))),
-                rule.eval(&scope(Data::Json(&json))),
-                "{rule:?}"
-            );
+            let [json, no_slots, with_slots] = three(&compile(&rule).unwrap());
+            assert_eq!(no_slots, json, "{rule}");
+            assert_eq!(with_slots, json, "{rule}");
         }
 
         // The layout: flat for the reads above, JSON for a parent of a field, for the whole
