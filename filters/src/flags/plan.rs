@@ -89,6 +89,8 @@ pub struct Plan {
     /// Whether some flag evaluated per request reads the context, and which built-ins.
     pub needs_context: bool,
     pub needs: Needs,
+    /// Whether a rule may read `$flagd.timestamp`, so that a request reads the clock.
+    pub needs_time: bool,
     /// When the context can be built flat (`logic::Data::Fields`): the dotted path of each
     /// configured attribute, in order. `None`: it is built as a JSON document.
     pub flat: Option<Vec<String>>,
@@ -257,6 +259,7 @@ impl Plan {
                 known &= rule.read_paths(&mut |p| reads.push(p.to_owned()));
             }
         }
+        let needs_time = needs_context && (!known || reads.iter().any(|r| r.starts_with("$flagd")));
         let flat = if known {
             flat_layout(settings, needs, &reads)
         } else {
@@ -280,6 +283,7 @@ impl Plan {
             routes,
             needs_context,
             needs,
+            needs_time,
             flat,
             layout,
             route_slots,

@@ -862,7 +862,11 @@ impl Step {
     fn apply<B>(&self, req: &mut Request<B>) -> Option<Arc<FlagDecisions>> {
         let s = &self.settings;
         let plan = self.plan();
-        let peer = (s.peer_of)(req.extensions());
+        // The peer's address: for trusted peers and `request.client_address` only.
+        let peer = match (&s.trust, plan.needs.client_address) {
+            (Trust::Peers(_), _) | (_, true) => (s.peer_of)(req.extensions()),
+            _ => None,
+        };
         let trusted = match &s.trust {
             Trust::Never => false,
             Trust::Always => true,
@@ -903,7 +907,7 @@ impl Step {
         } else {
             None
         };
-        let now = if plan.needs_context { (s.clock)() } else { 0 };
+        let now = if plan.needs_time { (s.clock)() } else { 0 };
         let mut decisions = Vec::with_capacity(if keep {
             plan.entries.len() + plan.routes.len()
         } else {
@@ -1313,6 +1317,49 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// A request reads the clock only when a rule may read `$flagd.timestamp`, and the peer's
+    /// address only for `request.client_address` (or trusted peers); when they do, the rules
+    /// see them.
+    #[test]
+    fn the_clock_and_the_peer_are_read_when_rules_need_them() {
+        let store = Arc::new(FlagStore::new(1));
+        store
+            .update(
+                0,
+                &json!({"flags": {
+                    "late": {"state": "ENABLED", "variants": {"late": "late", "early": "early"},
+                             "defaultVariant": "early",
+                             "targeting": {"if": [{">": [{"var": "$flagd.timestamp"}, 100]}, "late"]}},
+                    "local": {"state": "ENABLED", "variants": {"yes": "yes", "no": "no"},
+                              "defaultVariant": "no",
+                              "targeting": {"if": [{"==": [{"var": "request.client_address"}, "10.0.0.7"]}, "yes"]}}
+                }}),
+            )
+            .unwrap();
+        let mut st = step(store.clone(), DeliverFlags::All);
+        st.settings.clock = || 1000;
+        st.settings.peer_of = |_| Some(SocketAddr::from(([10, 0, 0, 7], 4000)));
+        let h = run(&st, "u1");
+        assert_eq!(h["x-flag-late"], "late");
+        assert_eq!(h["x-flag-local"], "yes");
+        let plan = st.plan();
+        assert!(plan.needs_time && plan.needs.client_address);
+
+        let other = Arc::new(FlagStore::new(1));
+        other
+            .update(
+                0,
+                &json!({"flags": {"beta": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                    "defaultVariant": "off",
+                    "targeting": {"if": [{"==": [{"var": "targetingKey"}, "u1"]}, "on"]}}}}),
+            )
+            .unwrap();
+        let st = step(other, DeliverFlags::All);
+        assert_eq!(run(&st, "u1")["x-flag-beta"], "true");
+        let plan = st.plan();
+        assert!(!plan.needs_time && !plan.needs.client_address);
     }
 
     /// The flat context and the JSON one answer every rule alike; the plan builds the flat one
