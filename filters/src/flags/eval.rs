@@ -52,7 +52,7 @@ impl Variants {
         self.0
             .iter()
             .enumerate()
-            .find(|(_, (k, _))| k.len() == name.len() && k == name)
+            .find(|(_, (k, _))| k == name)
             .map(|(i, (k, v))| (i, k.as_str(), v))
     }
 

@@ -1225,6 +1225,13 @@ mod tests {
         assert_eq!(s, "v%201%2C%C3%A9%25");
     }
 
+    /// A store holding one source's document.
+    fn store_with(doc: Value) -> Arc<FlagStore> {
+        let store = Arc::new(FlagStore::new(1));
+        store.update(0, &doc).unwrap();
+        store
+    }
+
     fn step(store: Arc<FlagStore>, flags: DeliverFlags) -> Step {
         Step {
             settings: Settings {
@@ -1324,20 +1331,14 @@ mod tests {
     /// see them.
     #[test]
     fn the_clock_and_the_peer_are_read_when_rules_need_them() {
-        let store = Arc::new(FlagStore::new(1));
-        store
-            .update(
-                0,
-                &json!({"flags": {
-                    "late": {"state": "ENABLED", "variants": {"late": "late", "early": "early"},
-                             "defaultVariant": "early",
-                             "targeting": {"if": [{">": [{"var": "$flagd.timestamp"}, 100]}, "late"]}},
-                    "local": {"state": "ENABLED", "variants": {"yes": "yes", "no": "no"},
-                              "defaultVariant": "no",
-                              "targeting": {"if": [{"==": [{"var": "request.client_address"}, "10.0.0.7"]}, "yes"]}}
-                }}),
-            )
-            .unwrap();
+        let store = store_with(json!({"flags": {
+            "late": {"state": "ENABLED", "variants": {"late": "late", "early": "early"},
+                     "defaultVariant": "early",
+                     "targeting": {"if": [{">": [{"var": "$flagd.timestamp"}, 100]}, "late"]}},
+            "local": {"state": "ENABLED", "variants": {"yes": "yes", "no": "no"},
+                      "defaultVariant": "no",
+                      "targeting": {"if": [{"==": [{"var": "request.client_address"}, "10.0.0.7"]}, "yes"]}}
+        }}));
         let mut st = step(store.clone(), DeliverFlags::All);
         st.settings.clock = || 1000;
         st.settings.peer_of = |_| Some(SocketAddr::from(([10, 0, 0, 7], 4000)));
@@ -1347,15 +1348,11 @@ mod tests {
         let plan = st.plan();
         assert!(plan.needs_time && plan.needs.client_address);
 
-        let other = Arc::new(FlagStore::new(1));
-        other
-            .update(
-                0,
-                &json!({"flags": {"beta": {"state": "ENABLED", "variants": {"on": true, "off": false},
+        let other = store_with(
+            json!({"flags": {"beta": {"state": "ENABLED", "variants": {"on": true, "off": false},
                     "defaultVariant": "off",
                     "targeting": {"if": [{"==": [{"var": "targetingKey"}, "u1"]}, "on"]}}}}),
-            )
-            .unwrap();
+        );
         let st = step(other, DeliverFlags::All);
         assert_eq!(run(&st, "u1")["x-flag-beta"], "true");
         let plan = st.plan();
@@ -1503,15 +1500,9 @@ mod tests {
         // The layout: flat for the reads above, JSON for a parent of a field, for the whole
         // data, for a computed path, and for fields inside one another.
         let layout = |rule: Value, rules: &ContextRules| {
-            let store = Arc::new(FlagStore::new(1));
-            store
-                .update(
-                    0,
-                    &json!({"flags": {"f": {"state": "ENABLED",
+            let store = store_with(json!({"flags": {"f": {"state": "ENABLED",
                     "variants": {"a": 1, "b": 2}, "defaultVariant": "a",
-                    "targeting": {"if": [rule, "b"]}}}}),
-                )
-                .unwrap();
+                    "targeting": {"if": [rule, "b"]}}}}));
             let mut step = step(store, DeliverFlags::All);
             step.settings.context = rules.clone();
             step.plan().flat.clone()
@@ -1542,17 +1533,11 @@ mod tests {
     /// and by flags routed on without being delivered.
     #[test]
     fn routes_go_by_delivered_and_undelivered_flags() {
-        let store = Arc::new(FlagStore::new(1));
-        store
-            .update(
-                0,
-                &json!({"flags": {
-                    "pin": {"state": "ENABLED", "variants": {"v1": 1, "v2": 2}, "defaultVariant": "v2"},
-                    "split": {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a",
-                              "targeting": {"if": [{"==": [{"var": "targetingKey"}, "u1"]}, "b"]}}
-                }}),
-            )
-            .unwrap();
+        let store = store_with(json!({"flags": {
+            "pin": {"state": "ENABLED", "variants": {"v1": 1, "v2": 2}, "defaultVariant": "v2"},
+            "split": {"state": "ENABLED", "variants": {"a": "a", "b": "b"}, "defaultVariant": "a",
+                      "targeting": {"if": [{"==": [{"var": "targetingKey"}, "u1"]}, "b"]}}
+        }}));
         let route = |flag: &str, variant: &str, to: &str| Route {
             flag: Arc::from(flag),
             variants: HashMap::from([(variant.to_owned(), Arc::from(to))]),
