@@ -22,33 +22,25 @@ use attache_filters::telemetry::{Direction, Metrics};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
 use crate::conn::ConnInfo;
+use crate::pool::{self, SendError};
 
-pub type HttpClient = Client<HttpConnector, Body>;
+pub type HttpClient = pool::Client;
 
-/// Builds the pooled client for a connect timeout, pool policy and protocol.
+/// The connection pools for a connect timeout, pool policy and protocol.
 pub fn client(
     connect_timeout: std::time::Duration,
     pool: attache_config::Pool,
     protocol: Protocol,
 ) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(pool.idle_timeout.get())
-        .pool_max_idle_per_host(pool.max_idle_per_endpoint as usize)
-        // The Host header is the client's; attache sets it itself where it must.
-        .set_host(false)
-        .http2_only(protocol == Protocol::Http2)
-        .build(connector)
+    pool::Client::new(pool::Settings {
+        connect_timeout,
+        idle_timeout: pool.idle_timeout.get(),
+        max_idle: pool.max_idle_per_endpoint as usize,
+        protocol,
+    })
 }
 
 /// A place requests are sent: the app, or a named upstream with its endpoints.
@@ -58,11 +50,12 @@ pub struct Target {
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     pub timeouts: Timeouts,
-    pub client: HttpClient,
     pub protocol: Protocol,
 }
 
 struct Endpoint {
+    /// Its keep-alive connections.
+    pool: Arc<pool::Endpoint>,
     authority: Authority,
     host: HeaderValue,
     /// `Authorization: Basic` from credentials in the endpoint URL, sent when the request
@@ -103,6 +96,7 @@ impl Target {
                     None => format!("http://{authority}"),
                 };
                 Ok(Endpoint {
+                    pool: client.endpoint(authority.as_str()),
                     authority,
                     host,
                     authorization,
@@ -118,7 +112,6 @@ impl Target {
             endpoints,
             next: AtomicUsize::new(0),
             timeouts,
-            client,
             protocol,
         })
     }
@@ -237,8 +230,7 @@ impl Forward {
         let timeout = self.target.timeouts.request.get();
         let started = tokio::time::Instant::now();
         let mut res = loop {
-            let sent =
-                tokio::time::timeout_at(started + timeout, self.target.client.request(req)).await;
+            let sent = tokio::time::timeout_at(started + timeout, endpoint.pool.send(req)).await;
             match sent {
                 Ok(Ok(res)) => break res,
                 Ok(Err(e)) => {
@@ -302,11 +294,11 @@ impl Forward {
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
-            return res.map(attache_filters::boxed);
+            return res;
         }
 
         strip_hop_by_hop(res.headers_mut(), false);
-        res.map(attache_filters::boxed)
+        res
     }
 
     /// Rewrites the request for the endpoint: URI, version, Host, hop-by-hop and forwarding
@@ -330,14 +322,19 @@ impl Forward {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(endpoint.authority.clone());
-        parts.path_and_query = Some(pq);
-        *req.uri_mut() = Uri::from_parts(parts)
-            .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
-        // attache speaks the target's protocol whatever the client spoke.
+        // attache speaks the target's protocol whatever the client spoke: HTTP/1.1 with the
+        // origin-form target (`/path?query`), HTTP/2 with scheme and authority.
         let http2 = self.target.protocol == Protocol::Http2;
+        *req.uri_mut() = if http2 {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(endpoint.authority.clone());
+            parts.path_and_query = Some(pq);
+            Uri::from_parts(parts)
+                .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?
+        } else {
+            Uri::from(pq)
+        };
         *req.version_mut() = if http2 {
             Version::HTTP_2
         } else {
@@ -380,11 +377,7 @@ impl Forward {
         Ok(())
     }
 
-    fn failed(
-        &self,
-        e: &hyper_util::client::legacy::Error,
-        mut info: UpstreamInfo,
-    ) -> Response<Body> {
+    fn failed(&self, e: &SendError, mut info: UpstreamInfo) -> Response<Body> {
         let name = self.target.name.to_string();
         if has_source::<crate::limits::BodyLimitExceeded>(e) {
             info.error = Some("body");
@@ -500,23 +493,15 @@ fn body_limit(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
     None
 }
 
-fn connect_reason(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-                std::io::ErrorKind::TimedOut => "connect timed out".to_owned(),
-                _ => io.to_string(),
-            };
-        }
-        cur = err.source();
-    }
-    let chain = error_chain(e);
-    if chain.contains("timeout") || chain.contains("timed out") {
-        "connect timed out".to_owned()
-    } else {
-        chain
+fn connect_reason(e: &SendError) -> String {
+    match e {
+        SendError::ConnectTimeout => "connect timed out".to_owned(),
+        SendError::Connect(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+            std::io::ErrorKind::TimedOut => "connect timed out".to_owned(),
+            _ => io.to_string(),
+        },
+        _ => error_chain(e),
     }
 }
 

@@ -16,6 +16,7 @@ mod limits;
 mod listener;
 mod logging;
 mod outbound;
+mod pool;
 mod reload;
 mod server;
 mod snapshot;
