@@ -29,8 +29,24 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[derive(Clone)]
 pub struct ConnInfo {
     pub peer: std::net::SocketAddr,
+    /// The peer's address as `X-Forwarded-For` carries it, formatted once per connection
+    /// (formatting an address costs about as much as the rest of the header rewriting).
+    pub peer_ip: http::HeaderValue,
     pub state: Arc<ConnState>,
     pub tracker: Arc<Tracker>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: std::net::SocketAddr, state: Arc<ConnState>, tracker: Arc<Tracker>) -> Self {
+        let peer_ip = http::HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        Self {
+            peer,
+            peer_ip,
+            state,
+            tracker,
+        }
+    }
 }
 
 /// What the request side tells the IO side about one connection.

@@ -722,11 +722,11 @@ pub async fn serve_ofrep(
     shared: Arc<Shared>,
     stack: crate::snapshot::Stack,
 ) {
-    let info = ConnInfo {
+    let info = ConnInfo::new(
         peer,
-        state: Arc::new(crate::conn::ConnState::default()),
-        tracker: shared.tracker.clone(),
-    };
+        Arc::new(crate::conn::ConnState::default()),
+        shared.tracker.clone(),
+    );
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut req: Request<Body> = req.map(attache_filters::boxed);
         req.extensions_mut().insert(info.clone());

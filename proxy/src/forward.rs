@@ -187,22 +187,23 @@ impl tower::Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.forward(req).await) })
+        Box::pin(self.clone().forward(req))
     }
 }
 
 impl Forward {
-    async fn forward(mut self, mut req: Request<Body>) -> Response<Body> {
+    /// The whole exchange; its future is the one `call` boxes (no wrapper future around it, so
+    /// the state is moved once, into the box).
+    async fn forward(mut self, mut req: Request<Body>) -> Result<Response<Body>, Infallible> {
         if let Some(RouteTarget(name)) = req.extensions().get::<RouteTarget>()
             && let Some(target) = self.routed.get(name)
         {
             self.target = target.clone();
         }
         if req.method() == http::Method::CONNECT {
-            return problem_response(&ProxyError::BadRequest(
+            return Ok(problem_response(&ProxyError::BadRequest(
                 "CONNECT is not supported on this listener".into(),
-            ));
+            )));
         }
         let mut endpoint = self.target.pick();
         let upgrade = is_upgrade(&req);
@@ -224,7 +225,7 @@ impl Forward {
         let mut info = self.target.info(endpoint);
 
         if let Err(e) = self.prepare(&mut req, endpoint, upgrade, conn.as_ref()) {
-            return problem_response(&e);
+            return Ok(problem_response(&e));
         }
 
         let timeout = self.target.timeouts.request.get();
@@ -249,23 +250,23 @@ impl Forward {
                         let (parts, ()) = copy.into_parts();
                         req = Request::from_parts(parts, attache_filters::empty());
                         if let Err(e) = self.prepare(&mut req, endpoint, false, conn.as_ref()) {
-                            return problem_response(&e);
+                            return Ok(problem_response(&e));
                         }
                         continue;
                     }
-                    return self.failed(&e, info);
+                    return Ok(self.failed(&e, info));
                 }
                 Err(_) => {
                     self.metrics
                         .upstream_error(self.leg.direction, &self.target.name, "timeout");
                     info.error = Some("timeout");
-                    return self.problem(
+                    return Ok(self.problem(
                         ProxyError::UpstreamTimeout {
                             upstream: self.target.name.to_string(),
                             after: timeout,
                         },
                         info,
-                    );
+                    ));
                 }
             }
         };
@@ -294,11 +295,11 @@ impl Forward {
                     Err(e) => tracing::debug!(error = %e, "upgrade failed"),
                 }
             });
-            return res;
+            return Ok(res);
         }
 
         strip_hop_by_hop(res.headers_mut(), false);
-        res
+        Ok(res)
     }
 
     /// Rewrites the request for the endpoint: URI, version, Host, hop-by-hop and forwarding
@@ -595,13 +596,10 @@ fn set_forwarded(
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let client = conn.peer.ip().to_string();
     match mode {
         ForwardedHeaders::Off => {}
         ForwardedHeaders::Replace => {
-            if let Ok(v) = HeaderValue::from_str(&client) {
-                headers.insert(XFF, v);
-            }
+            headers.insert(XFF, conn.peer_ip.clone());
             headers.insert(XFP, HeaderValue::from_static("http"));
             match host {
                 Some(h) => {
@@ -618,13 +616,13 @@ fn set_forwarded(
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            let value = if prior.is_empty() {
-                client
+            if prior.is_empty() {
+                headers.insert(XFF, conn.peer_ip.clone());
             } else {
-                format!("{}, {client}", prior.join(", "))
-            };
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(XFF, v);
+                let client = conn.peer_ip.to_str().unwrap_or("unknown");
+                if let Ok(v) = HeaderValue::from_str(&format!("{}, {client}", prior.join(", "))) {
+                    headers.insert(XFF, v);
+                }
             }
             if !headers.contains_key(&XFP) {
                 headers.insert(XFP, HeaderValue::from_static("http"));

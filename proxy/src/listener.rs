@@ -167,11 +167,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared: A
         shared.metrics.clone(),
         snap.deadlines,
     );
-    let info = ConnInfo {
-        peer,
-        state: state.clone(),
-        tracker: shared.tracker.clone(),
-    };
+    let info = ConnInfo::new(peer, state.clone(), shared.tracker.clone());
     let svc_shared = shared.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let in_flight = state.begin();

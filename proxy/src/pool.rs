@@ -157,7 +157,9 @@ impl Endpoint {
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect_h1().await?, false),
+                // Boxed: the connect future is large and rare; inline, every request's
+                // future would carry (and move) its space.
+                None => (Box::pin(self.connect_h1()).await?, false),
             };
             match conn.try_send_request(req).await {
                 Ok(res) => {
@@ -189,7 +191,7 @@ impl Endpoint {
                     let _connecting = self.h2_connecting.lock().await;
                     match self.shared_h2() {
                         Some(conn) => (conn, true),
-                        None => (self.connect_h2().await?, false),
+                        None => (Box::pin(self.connect_h2()).await?, false),
                     }
                 }
             };
