@@ -257,7 +257,7 @@ impl Endpoint {
         }
     }
 
-    /// Idle connections held now (for tests and the admin port's future pool view).
+    /// Idle connections held now.
     #[cfg(test)]
     fn idle_count(&self) -> usize {
         lock(&self.idle).len()
