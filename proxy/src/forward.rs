@@ -611,11 +611,26 @@ fn set_forwarded(
             }
         }
         ForwardedHeaders::Append => {
-            let prior: Vec<&str> = headers
-                .get_all(&XFF)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
+            // One pass of name comparisons finds which are present (most requests carry
+            // none); each lookup by name would hash it.
+            let (mut has_xff, mut has_xfp, mut has_xfh) = (false, false, false);
+            for name in headers.keys() {
+                match name.as_str() {
+                    "x-forwarded-for" => has_xff = true,
+                    "x-forwarded-proto" => has_xfp = true,
+                    "x-forwarded-host" => has_xfh = true,
+                    _ => {}
+                }
+            }
+            let prior: Vec<&str> = if has_xff {
+                headers
+                    .get_all(&XFF)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             if prior.is_empty() {
                 headers.insert(XFF, conn.peer_ip.clone());
             } else {
@@ -624,13 +639,11 @@ fn set_forwarded(
                     headers.insert(XFF, v);
                 }
             }
-            if !headers.contains_key(&XFP) {
-                headers.insert(XFP, HeaderValue::from_static("http"));
+            if !has_xfp {
+                headers.append(XFP, HeaderValue::from_static("http"));
             }
-            if !headers.contains_key(&XFH)
-                && let Some(h) = host
-            {
-                headers.insert(XFH, h);
+            if !has_xfh && let Some(h) = host {
+                headers.append(XFH, h);
             }
         }
     }
@@ -639,6 +652,58 @@ fn set_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn conn_from(ip: &str) -> ConnInfo {
+        ConnInfo::new(
+            format!("{ip}:40000").parse().expect("address"),
+            Arc::default(),
+            Arc::default(),
+        )
+    }
+
+    fn text(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().expect("text").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn forwarded_headers_are_added_appended_or_replaced() {
+        let host = Some(HeaderValue::from_static("shop.example"));
+        let conn = conn_from("10.0.0.9");
+
+        // Append, on a request that carries none: all three are added.
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, ForwardedHeaders::Append, &conn, host.clone());
+        assert_eq!(text(&h, "x-forwarded-for"), ["10.0.0.9"]);
+        assert_eq!(text(&h, "x-forwarded-proto"), ["http"]);
+        assert_eq!(text(&h, "x-forwarded-host"), ["shop.example"]);
+
+        // Append, on a request from another proxy: the chain grows, the rest stays.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("edge.example"));
+        set_forwarded(&mut h, ForwardedHeaders::Append, &conn, host.clone());
+        assert_eq!(text(&h, "x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 10.0.0.9"]);
+        assert_eq!(text(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(text(&h, "x-forwarded-host"), ["edge.example"]);
+
+        // Replace: attache's view only; no Host, no X-Forwarded-Host.
+        set_forwarded(&mut h, ForwardedHeaders::Replace, &conn, None);
+        assert_eq!(text(&h, "x-forwarded-for"), ["10.0.0.9"]);
+        assert_eq!(text(&h, "x-forwarded-proto"), ["http"]);
+        assert!(text(&h, "x-forwarded-host").is_empty());
+
+        // Off: untouched; an IPv6 peer is written without brackets.
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, ForwardedHeaders::Off, &conn, host.clone());
+        assert!(h.is_empty());
+        set_forwarded(&mut h, ForwardedHeaders::Append, &conn_from("[::1]"), host);
+        assert_eq!(text(&h, "x-forwarded-for"), ["::1"]);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_connection_tokens_go() {
