@@ -9,6 +9,7 @@
 #
 #   bash bench/flags.sh                      # 20,000 req/s, 8 s per run, 3 rounds
 #   RATE=10000 ROUNDS=5 bash bench/flags.sh
+#   MODES="none 10-flags" ROUNDS=9 bash bench/flags.sh   # the target's two rows only
 #
 # Needs: h2load, nginx (apt-get install nghttp2-client nginx-light). Traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -80,7 +81,9 @@ FLAGS_SECTION="  flags:
     context:
       targeting_key: [ { header: x-user-id } ]
       attributes: [ { header: x-plan, as: plan } ]"
-MODES=(none none+same-headers-from-client flags-configured-0-delivered 10-flags 10-flags+x-flags)
+ALL_MODES=(none none+same-headers-from-client flags-configured-0-delivered 10-flags 10-flags+x-flags)
+# MODES="none 10-flags" ROUNDS=9 measures just the target's two rows, with more rounds.
+read -r -a MODES <<<"${MODES:-${ALL_MODES[*]}}"
 declare -A YAML=(
   [none]=""
   [none+same-headers-from-client]=""
