@@ -34,13 +34,17 @@ pub fn client(
     connect_timeout: std::time::Duration,
     pool: attache_config::Pool,
     protocol: Protocol,
+    metrics: &Arc<Metrics>,
 ) -> HttpClient {
-    pool::Client::new(pool::Settings {
-        connect_timeout,
-        idle_timeout: pool.idle_timeout.get(),
-        max_idle: pool.max_idle_per_endpoint as usize,
-        protocol,
-    })
+    pool::Client::new(
+        pool::Settings {
+            connect_timeout,
+            idle_timeout: pool.idle_timeout.get(),
+            max_idle: pool.max_idle_per_endpoint as usize,
+            protocol,
+        },
+        metrics.clone(),
+    )
 }
 
 /// A place requests are sent: the app, or a named upstream with its endpoints.

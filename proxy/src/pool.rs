@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use attache_config::Protocol;
 use attache_filters::Body;
+use attache_filters::telemetry::Metrics;
+use attache_filters::telemetry::metrics::EndpointLabels;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
@@ -49,13 +51,15 @@ pub struct Settings {
 #[derive(Clone)]
 pub struct Client {
     settings: Settings,
+    metrics: Arc<Metrics>,
     endpoints: Arc<Mutex<HashMap<String, Weak<Endpoint>>>>,
 }
 
 impl Client {
-    pub fn new(settings: Settings) -> Self {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         Self {
             settings,
+            metrics,
             endpoints: Arc::default(),
         }
     }
@@ -67,7 +71,14 @@ impl Client {
             return pool;
         }
         map.retain(|_, w| w.strong_count() > 0);
-        let pool = Endpoint::new(addr.to_owned(), self.settings);
+        let opened = self
+            .metrics
+            .upstream_connections
+            .get_or_create(&EndpointLabels {
+                endpoint: addr.to_owned(),
+            })
+            .clone();
+        let pool = Endpoint::new(addr.to_owned(), self.settings, opened);
         map.insert(addr.to_owned(), Arc::downgrade(&pool));
         pool
     }
@@ -99,6 +110,8 @@ impl SendError {
 pub struct Endpoint {
     addr: String,
     settings: Settings,
+    /// `attache_upstream_connections_opened_total` for this endpoint.
+    opened: prometheus_client::metrics::counter::Counter,
     /// Idle HTTP/1.1 connections, the most recently used on top.
     idle: Mutex<Vec<Idle>>,
     /// The HTTP/2 connection every request shares.
@@ -113,10 +126,15 @@ struct Idle {
 }
 
 impl Endpoint {
-    fn new(addr: String, settings: Settings) -> Arc<Self> {
+    fn new(
+        addr: String,
+        settings: Settings,
+        opened: prometheus_client::metrics::counter::Counter,
+    ) -> Arc<Self> {
         let pool = Arc::new(Self {
             addr,
             settings,
+            opened,
             idle: Mutex::default(),
             h2: Mutex::default(),
             h2_connecting: tokio::sync::Mutex::default(),
@@ -314,6 +332,7 @@ impl Endpoint {
         let stream = tokio::time::timeout(self.settings.connect_timeout, attempt)
             .await
             .map_err(|_| SendError::ConnectTimeout)??;
+        self.opened.inc();
         // Best effort: a socket that refuses these options still carries requests.
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));

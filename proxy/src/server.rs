@@ -100,7 +100,7 @@ impl Shared {
 /// (spans on the console unless the file says otherwise).
 pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let clients = Clients::default();
+    let clients = Clients::new(metrics.clone());
     let telemetry = Telemetry::new(metrics.clone(), dev);
     crate::idempotency::refuse_evicting_redis(&config).await?;
     let stores = crate::idempotency::Stores::default();

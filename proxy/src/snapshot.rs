@@ -67,14 +67,23 @@ pub struct Snapshot {
 
 /// Upstream clients by connect timeout and pool policy, kept across reloads so connection
 /// pools survive them.
-#[derive(Default)]
-pub struct Clients(Mutex<HashMap<(Duration, Pool, Protocol), HttpClient>>);
+pub struct Clients {
+    metrics: Arc<Metrics>,
+    by_policy: Mutex<HashMap<(Duration, Pool, Protocol), HttpClient>>,
+}
 
 impl Clients {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            by_policy: Mutex::default(),
+        }
+    }
+
     fn get(&self, connect: Duration, pool: Pool, protocol: Protocol) -> HttpClient {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.by_policy.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((connect, pool, protocol))
-            .or_insert_with(|| forward::client(connect, pool, protocol))
+            .or_insert_with(|| forward::client(connect, pool, protocol, &self.metrics))
             .clone()
     }
 }

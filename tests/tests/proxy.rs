@@ -63,6 +63,11 @@ async fn http2_prior_knowledge_reaches_an_http1_app() {
         );
     }
     assert_eq!(app.hits(), 3);
+    // Sequential requests ride one kept-alive connection to the app.
+    a.assert_metrics(&[&format!(
+        "attache_upstream_connections_opened_total{{endpoint=\"{}\"}} 1",
+        app.addr
+    )]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,6 +120,15 @@ spec:
     );
     a.assert_metrics(&[
         "attache_http_requests_total{direction=\"outbound\",method=\"GET\",status_class=\"2xx\"} 4",
+        // Each endpoint's pool keeps its one connection for its second request.
+        &format!(
+            "attache_upstream_connections_opened_total{{endpoint=\"{}\"}} 1",
+            a1.addr
+        ),
+        &format!(
+            "attache_upstream_connections_opened_total{{endpoint=\"{}\"}} 1",
+            a2.addr
+        ),
     ]);
 }
 

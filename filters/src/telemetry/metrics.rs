@@ -106,6 +106,12 @@ pub struct DirectionLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// `host:port` of an endpoint of the app or an upstream: bounded by the config.
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
     pub direction: Direction,
     /// A configured upstream name (`app` for the inbound app): bounded by the config.
@@ -150,6 +156,9 @@ pub struct Metrics {
     pub open_connections: Family<DirectionLabels, Gauge>,
     pub connections: Family<DirectionLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// Connections attache opened to each endpoint: with keep-alive working, this grows with
+    /// concurrency, not with requests.
+    pub upstream_connections: Family<EndpointLabels, Counter>,
     pub client_errors: Family<ResultLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub trace_context: Family<TraceLabels, Counter>,
@@ -316,6 +325,7 @@ impl Metrics {
         let open_connections = Family::<DirectionLabels, Gauge>::default();
         let connections = Family::<DirectionLabels, Counter>::default();
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let upstream_connections = Family::<EndpointLabels, Counter>::default();
         let client_errors = Family::<ResultLabels, Counter>::default();
         let config_reloads = Family::<ResultLabels, Counter>::default();
         let trace_context = Family::<TraceLabels, Counter>::default();
@@ -368,6 +378,11 @@ impl Metrics {
             "upstream_errors",
             "Failed calls to the app or an upstream, by kind",
             upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_connections_opened",
+            "Connections opened to each endpoint of the app and the upstreams (keep-alive reuses them)",
+            upstream_connections.clone(),
         );
         registry.register(
             "client_errors",
@@ -478,6 +493,7 @@ impl Metrics {
             open_connections,
             connections,
             upstream_errors,
+            upstream_connections,
             client_errors,
             config_reloads,
         }

@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::{Client, Endpoint, SendError, Settings};
+use attache_filters::telemetry::Metrics;
 
 /// A hyper server on a free port that counts the connections it accepted and holds open.
 struct Upstream {
@@ -86,13 +87,17 @@ async fn upstream(b: Behaviour) -> Upstream {
 }
 
 fn pool(addr: SocketAddr, protocol: Protocol, max_idle: usize, idle: Duration) -> Arc<Endpoint> {
-    Client::new(Settings {
+    client(Settings {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: idle,
         max_idle,
         protocol,
     })
     .endpoint(&addr.to_string())
+}
+
+fn client(settings: Settings) -> Client {
+    Client::new(settings, Arc::new(Metrics::new()))
 }
 
 fn get(addr: SocketAddr) -> Request<attache_filters::Body> {
@@ -128,17 +133,32 @@ async fn eventually(f: impl Fn() -> bool) -> bool {
 #[tokio::test]
 async fn sequential_requests_share_one_connection() {
     let up = upstream(PLAIN).await;
-    let ep = pool(up.addr, Protocol::Http1, 8, Duration::from_secs(30));
+    let metrics = Arc::new(Metrics::new());
+    let ep = Client::new(
+        Settings {
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
+            max_idle: 8,
+            protocol: Protocol::Http1,
+        },
+        metrics.clone(),
+    )
+    .endpoint(&up.addr.to_string());
     for _ in 0..5 {
         assert_eq!(body_len(&ep, up.addr).await, 5);
     }
     assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(ep.idle_count(), 1);
+    let line = format!(
+        "attache_upstream_connections_opened_total{{endpoint=\"{}\"}} 1",
+        up.addr
+    );
+    assert!(metrics.encode().contains(&line), "{}", metrics.encode());
 }
 
 #[tokio::test]
 async fn the_same_address_gets_the_same_pool_while_in_use() {
-    let client = Client::new(Settings {
+    let client = client(Settings {
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(30),
         max_idle: 8,
@@ -281,7 +301,7 @@ async fn a_refused_connection_is_a_connect_error() {
 
 #[tokio::test]
 async fn an_unresolvable_name_is_a_dns_error() {
-    let ep = Client::new(Settings {
+    let ep = client(Settings {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(30),
         max_idle: 8,
