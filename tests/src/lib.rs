@@ -22,14 +22,42 @@ pub use app::App;
 /// A loopback port nobody listens on right now, and never handed out before in this test
 /// process: tests run in parallel threads, and two of them asking before either binds would
 /// otherwise be able to get the same port.
+///
+/// Ports come from below the kernel's ephemeral range. A port that `bind(0)` picks is an
+/// ephemeral one, which any outgoing connection (a test client's, attache's own to an app) may
+/// take as its local port between this call and attache binding it; the ports below the range
+/// are never handed out that way.
 pub fn free_port() -> u16 {
+    use std::hash::BuildHasher;
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static START: OnceLock<u32> = OnceLock::new();
+    let low: u32 = 10_000;
+    let high: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+        .max(low + 1_000);
+    let span = high - low;
+    // Where this process starts in the range: random, so test binaries run side by side
+    // rarely meet.
+    let start = *START.get_or_init(|| {
+        (std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+            % u64::from(span)) as u32
+    });
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for i in 0..span {
+        let port = (low + (start + given.len() as u32 + i) % span) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    // The whole range is busy: an ephemeral port, as a last resort.
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("no free port on loopback");
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
         if !given.contains(&port) {
             given.push(port);
             return port;
