@@ -202,9 +202,13 @@ impl Endpoint {
         self: &Arc<Self>,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, SendError> {
+        // After a request came back unsent, it goes on a connection of its own making.
+        let mut fresh = false;
         loop {
-            let (mut conn, reused) = match self.shared_h2() {
+            let shared = if fresh { None } else { self.shared_h2() };
+            let (mut conn, reused) = match shared {
                 Some(conn) => (conn, true),
+                None if fresh => (Box::pin(self.connect_h2()).await?, false),
                 None => {
                     let _connecting = self.h2_connecting.lock().await;
                     match self.shared_h2() {
@@ -217,7 +221,14 @@ impl Endpoint {
                 Ok(res) => return Ok(res.map(attache_filters::boxed)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => {
-                        lock(&self.h2).take();
+                        // Forget the closed connection (not a fresh one another request
+                        // may have made meanwhile).
+                        let mut shared = lock(&self.h2);
+                        if shared.as_ref().is_some_and(|c| c.is_closed()) {
+                            *shared = None;
+                        }
+                        drop(shared);
+                        fresh = true;
                         req = unsent;
                     }
                     _ => return Err(SendError::Exchange(e.into_error())),
