@@ -114,8 +114,8 @@ pub struct Endpoint {
     opened: prometheus_client::metrics::counter::Counter,
     /// Idle HTTP/1.1 connections, the most recently used on top.
     idle: Mutex<Vec<Idle>>,
-    /// The HTTP/2 connection every request shares.
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// The HTTP/2 connection every request shares, and when a request last took it.
+    h2: Mutex<Option<Shared>>,
     /// Held while an HTTP/2 connection is being made, so a burst makes one, not one each.
     h2_connecting: tokio::sync::Mutex<()>,
 }
@@ -123,6 +123,11 @@ pub struct Endpoint {
 struct Idle {
     conn: http1::SendRequest<Body>,
     since: Instant,
+}
+
+struct Shared {
+    conn: http2::SendRequest<Body>,
+    used: Instant,
 }
 
 impl Endpoint {
@@ -224,7 +229,7 @@ impl Endpoint {
                         // Forget the closed connection (not a fresh one another request
                         // may have made meanwhile).
                         let mut shared = lock(&self.h2);
-                        if shared.as_ref().is_some_and(|c| c.is_closed()) {
+                        if shared.as_ref().is_some_and(|s| s.conn.is_closed()) {
                             *shared = None;
                         }
                         drop(shared);
@@ -238,7 +243,10 @@ impl Endpoint {
     }
 
     fn shared_h2(&self) -> Option<http2::SendRequest<Body>> {
-        lock(&self.h2).as_ref().filter(|c| !c.is_closed()).cloned()
+        let mut shared = lock(&self.h2);
+        let s = shared.as_mut().filter(|s| !s.conn.is_closed())?;
+        s.used = Instant::now();
+        Some(s.conn.clone())
     }
 
     /// The most recently used idle connection that is still open.
@@ -280,8 +288,13 @@ impl Endpoint {
     fn close_expired(&self) {
         let timeout = self.settings.idle_timeout;
         lock(&self.idle).retain(|i| i.conn.is_ready() && i.since.elapsed() < timeout);
+        // Dropping the pool's handle closes the HTTP/2 connection once its streams are done;
+        // a stream still running keeps it open until then.
         let mut h2 = lock(&self.h2);
-        if h2.as_ref().is_some_and(|c| c.is_closed()) {
+        if h2
+            .as_ref()
+            .is_some_and(|s| s.conn.is_closed() || s.used.elapsed() >= timeout)
+        {
             *h2 = None;
         }
     }
@@ -318,7 +331,10 @@ impl Endpoint {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        *lock(&self.h2) = Some(conn.clone());
+        *lock(&self.h2) = Some(Shared {
+            conn: conn.clone(),
+            used: Instant::now(),
+        });
         Ok(conn)
     }
 

@@ -348,3 +348,29 @@ async fn http2_requests_share_one_connection() {
     }
     assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let up = upstream(Behaviour { h2: true, ..PLAIN }).await;
+    let ep = pool(up.addr, Protocol::Http2, 8, Duration::from_millis(200));
+    let send = || async {
+        let mut req = get(up.addr);
+        *req.uri_mut() = format!("http://{}/", up.addr).parse().expect("uri");
+        *req.version_mut() = http::Version::HTTP_2;
+        let res = ep.send(req).await.expect("response");
+        res.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .len()
+    };
+    assert_eq!(send().await, 5);
+    assert_eq!(up.open.load(Ordering::SeqCst), 1);
+    assert!(
+        eventually(|| up.open.load(Ordering::SeqCst) == 0).await,
+        "the idle HTTP/2 connection is closed"
+    );
+    assert_eq!(send().await, 5);
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+}
