@@ -108,8 +108,21 @@ fn get(addr: SocketAddr) -> Request<attache_filters::Body> {
         .expect("request")
 }
 
+/// An HTTP/2 request to `addr`: with the scheme and authority HTTP/2 carries.
+fn get_h2(addr: SocketAddr) -> Request<attache_filters::Body> {
+    let mut req = get(addr);
+    *req.uri_mut() = format!("http://{addr}/").parse().expect("uri");
+    *req.version_mut() = http::Version::HTTP_2;
+    req
+}
+
 async fn body_len(ep: &Arc<Endpoint>, addr: SocketAddr) -> usize {
-    let res = ep.send(get(addr)).await.expect("response");
+    len_of(ep, get(addr)).await
+}
+
+/// Sends `req` and reads the whole response body; its length.
+async fn len_of(ep: &Arc<Endpoint>, req: Request<attache_filters::Body>) -> usize {
+    let res = ep.send(req).await.expect("response");
     assert_eq!(res.status(), 200);
     res.into_body()
         .collect()
@@ -329,18 +342,7 @@ async fn http2_requests_share_one_connection() {
     let calls: Vec<_> = (0..4)
         .map(|_| {
             let ep = ep.clone();
-            tokio::spawn(async move {
-                let mut req = get(up.addr);
-                *req.uri_mut() = format!("http://{}/", up.addr).parse().expect("uri");
-                *req.version_mut() = http::Version::HTTP_2;
-                let res = ep.send(req).await.expect("response");
-                res.into_body()
-                    .collect()
-                    .await
-                    .expect("body")
-                    .to_bytes()
-                    .len()
-            })
+            tokio::spawn(async move { len_of(&ep, get_h2(up.addr)).await })
         })
         .collect();
     for c in calls {
@@ -353,24 +355,12 @@ async fn http2_requests_share_one_connection() {
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     let up = upstream(Behaviour { h2: true, ..PLAIN }).await;
     let ep = pool(up.addr, Protocol::Http2, 8, Duration::from_millis(200));
-    let send = || async {
-        let mut req = get(up.addr);
-        *req.uri_mut() = format!("http://{}/", up.addr).parse().expect("uri");
-        *req.version_mut() = http::Version::HTTP_2;
-        let res = ep.send(req).await.expect("response");
-        res.into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-            .len()
-    };
-    assert_eq!(send().await, 5);
+    assert_eq!(len_of(&ep, get_h2(up.addr)).await, 5);
     assert_eq!(up.open.load(Ordering::SeqCst), 1);
     assert!(
         eventually(|| up.open.load(Ordering::SeqCst) == 0).await,
         "the idle HTTP/2 connection is closed"
     );
-    assert_eq!(send().await, 5);
+    assert_eq!(len_of(&ep, get_h2(up.addr)).await, 5);
     assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
 }
