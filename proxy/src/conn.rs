@@ -119,6 +119,11 @@ pub struct ConnIo<T> {
     /// Bytes of a 408 still to write before the socket is shut down.
     farewell: Option<(Vec<u8>, usize)>,
     closed: bool,
+    /// The first bytes, read by [`ConnIo::sniff`] to pick the protocol, and how many of them
+    /// hyper has been given back so far.
+    sniffed: [u8; H2_PREFACE.len()],
+    sniffed_len: u8,
+    sniffed_at: u8,
 }
 
 impl<T> ConnIo<T> {
@@ -136,11 +141,63 @@ impl<T> ConnIo<T> {
             last_activity: now,
             farewell: None,
             closed: false,
+            sniffed: [0; H2_PREFACE.len()],
+            sniffed_len: 0,
+            sniffed_at: 0,
         }
     }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> ConnIo<T> {
+    /// Reads the connection's first bytes, as many as it takes to tell HTTP/2's prior-knowledge
+    /// preface from anything else, and keeps them for hyper to read before the socket's.
+    /// `Some(true)` for HTTP/2, `Some(false)` for HTTP/1.1; `None` when the client closed, or
+    /// sent nothing before the header-read deadline, so there is nothing to serve.
+    ///
+    /// attache picks the protocol itself, rather than through hyper-util's `auto` server, so
+    /// that an HTTP/1.1 connection holds hyper's HTTP/1.1 state alone (0.9 KiB) and not room
+    /// for the larger HTTP/2 one (1.8 KiB): that is most of an idle connection's memory after
+    /// hyper's buffers.
+    pub async fn sniff(&mut self) -> Option<bool> {
+        let mut first = [0u8; H2_PREFACE.len()];
+        let mut len = 0;
+        let h2 = loop {
+            let n = std::future::poll_fn(|cx| {
+                let mut buf = ReadBuf::new(&mut first[len..]);
+                Pin::new(&mut *self)
+                    .poll_read(cx, &mut buf)
+                    .map_ok(|()| buf.filled().len())
+            })
+            .await;
+            match n {
+                Ok(0) if len == 0 => return None,
+                // The client closed mid-way: hyper reads what came, then the end.
+                Ok(0) => break false,
+                Ok(n) => len += n,
+                Err(_) => return None,
+            }
+            if first[..len] != H2_PREFACE[..len] {
+                break false;
+            }
+            if len == H2_PREFACE.len() {
+                break true;
+            }
+        };
+        self.sniffed = first;
+        self.sniffed_len = len as u8;
+        self.proto = if h2 { Proto::Http2 } else { Proto::Http1 };
+        // The first head (HTTP/1.1) is due by the deadline counted from the accept.
+        self.phase = if h2 {
+            Phase::Open
+        } else {
+            Phase::Head {
+                deadline: self.accepted + self.limits.header_read,
+                started: self.state.started.load(Ordering::Acquire),
+            }
+        };
+        Some(h2)
+    }
+
     /// The next deadline and whether missing it deserves a 408.
     fn deadline(
         phase: &mut Phase,
@@ -173,20 +230,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
         if this.closed {
             return Poll::Ready(Ok(()));
         }
+        if this.sniffed_at < this.sniffed_len {
+            let rest = &this.sniffed[usize::from(this.sniffed_at)..usize::from(this.sniffed_len)];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.sniffed_at += n as u8;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
                 if !got.is_empty() {
                     this.last_activity = Instant::now();
-                    if this.proto == Proto::Unknown {
-                        let n = got.len().min(H2_PREFACE.len());
-                        this.proto = if got[..n] == H2_PREFACE[..n] {
-                            Proto::Http2
-                        } else {
-                            Proto::Http1
-                        };
-                    }
                     let idle = this.state.in_flight.load(Ordering::Acquire) == 0;
                     let head_pending = matches!(this.phase, Phase::Head { .. } | Phase::New);
                     if this.proto == Proto::Http1 && idle && !head_pending {
@@ -195,16 +251,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
                             deadline: this.last_activity + this.limits.header_read,
                             started: this.state.started.load(Ordering::Acquire),
                         };
-                    } else if let Phase::New = this.phase {
-                        this.phase = if this.proto == Proto::Http1 {
-                            Phase::Head {
-                                deadline: this.accepted + this.limits.header_read,
-                                started: this.state.started.load(Ordering::Acquire),
-                            }
-                        } else {
-                            Phase::Open
-                        };
                     }
+                    // `New` lasts until `sniff` has picked the protocol.
                 }
                 Poll::Ready(Ok(()))
             }
@@ -345,5 +393,87 @@ impl Drop for Tracked {
         if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn conn_io(header_read: Duration) -> (ConnIo<DuplexStream>, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let limits = Deadlines {
+            header_read,
+            idle: Duration::from_secs(60),
+        };
+        let io = ConnIo::new(ours, Arc::default(), Arc::new(Metrics::new()), limits);
+        (io, theirs)
+    }
+
+    /// Everything hyper would read after `sniff`, until the peer's end.
+    async fn rest(io: &mut ConnIo<DuplexStream>) -> Vec<u8> {
+        let mut out = Vec::new();
+        io.read_to_end(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn sniff_tells_http2_from_http1_and_gives_every_byte_back() {
+        // The preface in three pieces, as a slow client might send it.
+        let (mut io, mut peer) = conn_io(Duration::from_secs(5));
+        let sending = tokio::spawn(async move {
+            for piece in [
+                &H2_PREFACE[..3],
+                &H2_PREFACE[3..16],
+                &H2_PREFACE[16..],
+                b"frames",
+            ] {
+                peer.write_all(piece).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert_eq!(io.sniff().await, Some(true));
+        assert_eq!(io.proto, Proto::Http2);
+        sending.await.expect("sender");
+        let mut want = H2_PREFACE.to_vec();
+        want.extend_from_slice(b"frames");
+        assert_eq!(rest(&mut io).await, want);
+
+        // HTTP/1.1, including a head that starts like the preface and parts from it late.
+        for head in [
+            &b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"[..],
+            b"PRI * HTTP/1.1\r\nhost: x\r\n\r\n",
+            b"G",
+        ] {
+            let (mut io, mut peer) = conn_io(Duration::from_secs(5));
+            peer.write_all(head).await.expect("write");
+            drop(peer);
+            assert_eq!(io.sniff().await, Some(false), "{head:?}");
+            assert_eq!(io.proto, Proto::Http1);
+            assert!(
+                matches!(io.phase, Phase::Head { .. }),
+                "the head's deadline runs"
+            );
+            assert_eq!(rest(&mut io).await, head);
+        }
+    }
+
+    #[tokio::test]
+    async fn sniff_gives_up_on_clients_that_close_or_say_nothing() {
+        let (mut io, peer) = conn_io(Duration::from_secs(5));
+        drop(peer);
+        assert_eq!(io.sniff().await, None);
+
+        // Silent past the header-read deadline: nothing to serve, and counted.
+        let (mut io, _peer) = conn_io(Duration::from_millis(300));
+        let started = Instant::now();
+        assert_eq!(io.sniff().await, None);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let text = io.metrics.encode();
+        assert!(
+            text.contains("attache_client_errors_total{result=\"header_timeout\"} 1"),
+            "{text}"
+        );
     }
 }

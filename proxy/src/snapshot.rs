@@ -21,8 +21,8 @@ use attache_filters::trace_context::restore::{self, InFlight, Table};
 use attache_filters::trace_context::{Format, baggage};
 use http::HeaderName;
 use http::{Request, Response};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tower::util::BoxCloneSyncService;
 
 use crate::conn::Deadlines;
@@ -57,12 +57,19 @@ pub struct Snapshot {
     /// The request flow of each role.
     pub stacks: HashMap<Role, Stack>,
     pub deadlines: Deadlines,
-    /// The HTTP/1.1 + HTTP/2 server settings derived from `spec.limits`.
-    pub server: Arc<auto::Builder<TokioExecutor>>,
+    /// The HTTP/1.1 and HTTP/2 server settings derived from `spec.limits`.
+    pub server: Arc<Servers>,
     /// The flag sources this snapshot evaluates against (`spec.flags`).
     pub flags: Option<Arc<crate::flags::Running>>,
     /// The OFREP listener's address and request flow.
     pub ofrep: Option<(SocketAddr, Stack)>,
+}
+
+/// hyper's server settings for client connections, one per protocol: a connection is served
+/// by the one its first bytes call for (see [`crate::conn::ConnIo::sniff`]).
+pub struct Servers {
+    pub http1: http1::Builder,
+    pub http2: http2::Builder<TokioExecutor>,
 }
 
 /// Upstream clients by connect timeout and pool policy, kept across reloads so connection
@@ -342,9 +349,8 @@ impl Snapshot {
         // hyper's own limits sit above attache's exact ones, so that attache, not hyper,
         // answers (with problem+json) in all but absurd cases.
         let header_bytes = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
-        let mut server = auto::Builder::new(TokioExecutor::new());
-        server
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(None)
             .keep_alive(true)
@@ -355,12 +361,11 @@ impl Snapshot {
                     .saturating_add(16 * 1024)
                     .max(64 * 1024),
             );
-        server
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(
-                u32::try_from(header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
-            );
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new()).max_header_list_size(
+            u32::try_from(header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+        let server = Servers { http1, http2 };
         let ofrep = crate::flags::ofrep(&config, running.as_ref(), metrics).map(|(addr, svc)| {
             (
                 addr,
