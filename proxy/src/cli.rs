@@ -223,12 +223,18 @@ fn serve(
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)
         .max(1);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("attache-worker")
-        .enable_all()
-        .build()
-    {
+    // One worker: tokio's current-thread scheduler, on the main thread. The multi-thread one
+    // with a single worker still pays for work stealing and cross-thread wakeups: 3% more CPU
+    // per request and a higher p99 on a core of its own, 15% more when the core is shared
+    // (bench/RESULTS.md).
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let rt = match builder.thread_name("attache-worker").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("attache: cannot start the runtime: {e}");

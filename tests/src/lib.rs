@@ -215,6 +215,18 @@ impl Attache {
         Self::run(ports, &sidecar_config(ports, app, extra))
     }
 
+    /// [`Attache::sidecar`] with `workers` runtime threads (the harness's default is 2; 1 runs
+    /// tokio's current-thread scheduler).
+    pub fn sidecar_on(app: SocketAddr, extra: &str, workers: usize) -> Self {
+        let ports = Ports::new();
+        let workers = workers.to_string();
+        Self::run_with_env(
+            ports,
+            &sidecar_config(ports, app, extra),
+            &[("ATTACHE_WORKERS", &workers)],
+        )
+    }
+
     /// Any attache command line; does not wait.
     pub fn spawn(ports: Ports, dir: TempDir, args: &[&str]) -> Self {
         Self::spawn_with_env(ports, dir, args, &[])
@@ -239,9 +251,9 @@ impl Attache {
         let child = Command::new(attache_bin())
             .args(args)
             .current_dir(cwd)
-            .envs(env.iter().copied())
             .env("ATTACHE_LOG", "info")
             .env("ATTACHE_WORKERS", "2")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

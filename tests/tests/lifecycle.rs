@@ -169,8 +169,19 @@ async fn a_changed_listen_address_is_rebound_without_dropping_open_connections()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_under_load_finishes_every_in_flight_request() {
+    drain_under_load(2).await;
+}
+
+/// The same with one worker, where attache runs tokio's current-thread scheduler (as the
+/// Kubernetes sidecar manifest configures it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_under_load_finishes_every_in_flight_request_on_one_worker() {
+    drain_under_load(1).await;
+}
+
+async fn drain_under_load(workers: usize) {
     let app = App::start("app").await;
-    let mut a = Attache::sidecar(app.addr, "  drain: { grace_period: 10s }\n");
+    let mut a = Attache::sidecar_on(app.addr, "  drain: { grace_period: 10s }\n", workers);
     let c = http1();
     // Warm keep-alive connections, then 60 requests that take 1 s each at the app.
     let mut inflight = Vec::new();

@@ -197,8 +197,18 @@ async fn a_1gib_upload_streams_through_with_flat_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_request_does_not_hold_up_others() {
+    slow_request_alone(2).await;
+}
+
+/// One worker: tokio's current-thread scheduler runs every connection on one thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_does_not_hold_up_others_on_one_worker() {
+    slow_request_alone(1).await;
+}
+
+async fn slow_request_alone(workers: usize) {
     let app = App::start("app").await;
-    let a = Attache::sidecar(app.addr, "");
+    let a = Attache::sidecar_on(app.addr, "", workers);
     let slow = tokio::spawn({
         let url = a.url("/slow/1500");
         async move { get(&http1(), &url).await }
