@@ -180,8 +180,15 @@ async fn serve(
 
     let state = Arc::new(ConnState::default());
     let mut io = ConnIo::new(stream, state.clone(), shared.metrics.clone(), deadlines);
-    let Some(h2) = io.sniff().await else {
-        // Closed, or silent past the header-read deadline: nothing to serve.
+    let mut shutdown = shared.shutdown.subscribe();
+    let sniffed = tokio::select! {
+        h2 = io.sniff() => h2,
+        // Draining: a connection that has not spoken yet is closed at once.
+        _ = shutdown.wait_for(|draining| *draining) => None,
+    };
+    let Some(h2) = sniffed else {
+        // Closed, silent past the header-read deadline, or still silent when drain began:
+        // nothing to serve.
         return;
     };
     let info = ConnInfo::new(peer, state.clone(), shared.tracker.clone());
@@ -199,13 +206,13 @@ async fn serve(
     // HTTP/1.1 state is 0.9 KiB and its HTTP/2 state 1.8 KiB (bench/RESULTS.md, memory).
     if h2 {
         let conn = Box::pin(server.http2.serve_connection(TokioIo::new(io), svc));
-        drive(conn, |c| c.graceful_shutdown(), &shared, peer).await;
+        drive(conn, |c| c.graceful_shutdown(), shutdown, peer).await;
     } else {
         let conn = server.http1.serve_connection(TokioIo::new(io), svc);
         drive(
             Box::pin(conn.with_upgrades()),
             |c| c.graceful_shutdown(),
-            &shared,
+            shutdown,
             peer,
         )
         .await;
@@ -217,12 +224,11 @@ async fn serve(
 async fn drive<C>(
     mut conn: Pin<Box<C>>,
     graceful: impl FnOnce(Pin<&mut C>),
-    shared: &Shared,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
     peer: SocketAddr,
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
 {
-    let mut shutdown = shared.shutdown.subscribe();
     tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {

@@ -193,6 +193,9 @@ async fn drain_under_load(workers: usize) {
         eventually(5, async || app.hits() == 60).await,
         "all requests reached the app"
     );
+    // A client that connected and has said nothing yet does not hold the drain up (its
+    // header-read deadline is 10 s).
+    let mut silent = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
     a.signal("TERM");
     let started = Instant::now();
     // /ready fails at once, while the admin port stays up.
@@ -220,6 +223,11 @@ async fn drain_under_load(workers: usize) {
         "drain waited for the requests, not the grace period"
     );
     assert!(tokio::net::TcpStream::connect(a.inbound()).await.is_err());
+    let mut buf = [0u8; 64];
+    let n = within(1, tokio::io::AsyncReadExt::read(&mut silent, &mut buf))
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the silent connection was closed without a response");
     assert!(a.log_text().contains("drained: all connections closed"));
 }
 
