@@ -225,7 +225,7 @@ fn serve(
         .max(1);
     // One worker: tokio's current-thread scheduler, on the main thread. The multi-thread one
     // with a single worker still pays for work stealing and cross-thread wakeups: 3% more CPU
-    // per request and a higher p99 on a core of its own, 15% more when the core is shared
+    // per request and a higher p99 on a core of its own, 15-20% more when the core is shared
     // (bench/RESULTS.md).
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
