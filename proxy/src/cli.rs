@@ -32,8 +32,8 @@ struct Cli {
         env = "ATTACHE_LOG_FORMAT"
     )]
     log_format: LogFormat,
-    /// Worker threads (default: the CPUs this process may run on). Set it to the pod's CPU
-    /// limit, which Kubernetes does not show as CPU affinity.
+    /// Worker threads (default: the CPUs this process may run on, capped by a container CPU
+    /// limit). One runs everything on a single thread.
     #[arg(long, global = true, env = "ATTACHE_WORKERS")]
     workers: Option<usize>,
     #[command(subcommand)]
