@@ -155,9 +155,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ConnIo<T> {
     /// sent nothing before the header-read deadline, so there is nothing to serve.
     ///
     /// attache picks the protocol itself, rather than through hyper-util's `auto` server, so
-    /// that an HTTP/1.1 connection holds hyper's HTTP/1.1 state alone (0.9 KiB) and not room
-    /// for the larger HTTP/2 one (1.8 KiB): that is most of an idle connection's memory after
-    /// hyper's buffers.
+    /// that an HTTP/1.1 connection holds hyper's HTTP/1.1 state alone (0.96 KiB) and not room
+    /// for the larger HTTP/2 one (1.84 KiB), and so that hyper gets the sniffed bytes together
+    /// with the rest of the head (see `poll_read`).
     pub async fn sniff(&mut self) -> Option<bool> {
         let mut first = [0u8; H2_PREFACE.len()];
         let mut len = 0;
