@@ -559,9 +559,13 @@ impl Rule {
                 Cow::Owned(Value::Array(items.iter().map(|r| r.eval(s)).collect()))
             }
             Rule::Op(Op::Var, args) => var_op(args, s),
-            Rule::Op(Op::If, args) => {
-                if_branch(args, s).map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s))
-            }
+            Rule::Op(Op::If, args) => match if_branch(args, s) {
+                None => Cow::Borrowed(&NULL),
+                Some(r) => match quick(r, s) {
+                    Some(v) => Cow::Borrowed(v),
+                    None => r.eval_ref(s),
+                },
+            },
             Rule::Op(op @ (Op::StartsWith | Op::EndsWith), args) => {
                 Cow::Owned(affix_op(*op, args, s).map_or(Value::Null, Value::Bool))
             }
@@ -574,10 +578,13 @@ impl Rule {
 
     /// Whether the rule's value is truthy; comparisons and the logical operators answer
     /// without building a value.
-    pub fn test(&self, s: &Scope<'_>) -> bool {
+    pub fn test<'r>(&'r self, s: &Scope<'r>) -> bool {
         let Rule::Op(op, args) = self else {
             return truthy(&self.eval_ref(s));
         };
+        if let Some(v) = quick(self, s) {
+            return truthy(v);
+        }
         match op {
             // `and` yields its first falsy operand or its last; `or` its first truthy one or
             // its last: either way, the truthiness is all()/any() of the operands'.
@@ -612,7 +619,7 @@ fn var_op<'r>(args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
 
 /// The operand `if` yields: the branch after the first truthy condition, else the trailing
 /// else-branch, if any.
-fn if_branch<'r>(args: &'r [Rule], s: &Scope<'_>) -> Option<&'r Rule> {
+fn if_branch<'r>(args: &'r [Rule], s: &Scope<'r>) -> Option<&'r Rule> {
     let mut i = 0;
     while i + 1 < args.len() {
         if args[i].test(s) {
@@ -624,11 +631,11 @@ fn if_branch<'r>(args: &'r [Rule], s: &Scope<'_>) -> Option<&'r Rule> {
 }
 
 /// `starts_with` and `ends_with`: `None` (their value is null) unless given two strings.
-fn affix_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Option<bool> {
-    let [a, b] = args else {
+fn affix_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Option<bool> {
+    if args.len() != 2 {
         return None;
-    };
-    match (&*a.eval_ref(s), &*b.eval_ref(s)) {
+    }
+    match (&*operand(args, 0, s), &*operand(args, 1, s)) {
         (Value::String(a), Value::String(b)) => Some(if op == Op::StartsWith {
             a.starts_with(b.as_str())
         } else {
@@ -638,12 +645,42 @@ fn affix_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Option<bool> {
     }
 }
 
+static NULL: Value = Value::Null;
+
+/// An operand that needs no evaluation: a constant, or a `var` with a constant path, no
+/// default and no built-in, borrowed from the rule or the context (null when the path finds
+/// nothing, as `var` gives). `None` for any other rule. Nearly every targeting condition
+/// compares such operands, and this skips the evaluator's dispatch, `var`'s general form and
+/// a `Cow` per operand.
+#[inline]
+fn quick<'r>(r: &'r Rule, s: &Scope<'r>) -> Option<&'r Value> {
+    match r {
+        Rule::Literal(v) => Some(v),
+        Rule::Op(Op::Var, args) => match args.as_slice() {
+            [Rule::Literal(Value::String(p))] if !p.starts_with('$') => {
+                Some(s.data.get(p).unwrap_or(&NULL))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The value of operand `i`: borrowed when [`quick`] can, else evaluated; null past the end.
+#[inline]
+fn operand<'r>(args: &'r [Rule], i: usize, s: &Scope<'r>) -> Cow<'r, Value> {
+    match args.get(i) {
+        None => Cow::Borrowed(&NULL),
+        Some(r) => match quick(r, s) {
+            Some(v) => Cow::Borrowed(v),
+            None => r.eval_ref(s),
+        },
+    }
+}
+
 /// The operators whose value is always a boolean: that boolean; `None` for the others.
-fn boolean_op(op: Op, args: &[Rule], s: &Scope<'_>) -> Option<bool> {
-    let arg = |i: usize| {
-        args.get(i)
-            .map_or(Cow::Owned(Value::Null), |r| r.eval_ref(s))
-    };
+fn boolean_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Option<bool> {
+    let arg = |i: usize| operand(args, i, s);
     Some(match op {
         Op::Eq => loose_eq(&arg(0), &arg(1)),
         Op::Ne => !loose_eq(&arg(0), &arg(1)),
@@ -877,7 +914,6 @@ fn eval_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
 /// that buckets flagKey + targetingKey), they are read in place, and the chosen bucket's
 /// variant is borrowed from the rule.
 fn fractional_op<'r>(args: &'r [Rule], s: &Scope<'r>) -> Cow<'r, Value> {
-    static NULL: Value = Value::Null;
     const ON_STACK: usize = 8;
     if args.len() <= ON_STACK {
         let mut v: [&'r Value; ON_STACK] = [&NULL; ON_STACK];

@@ -734,30 +734,35 @@ impl Settings {
     /// Writes `flag.<key>=<variant>` members, replacing earlier ones for the same keys (and
     /// every `flag.` member from an untrusted peer); other members are kept, unless the
     /// header is invalid. A member past the baggage limits is dropped and counted.
+    /// `present`: whether the request has a baggage header at all (when it has none, there
+    /// are no members to keep, and the header map is not searched for them).
     fn rewrite_baggage(
         &self,
         headers: &mut HeaderMap,
         ours: &[(&str, Cow<'_, str>)],
         trusted: bool,
+        present: bool,
     ) {
         let mut out = String::with_capacity(256);
         let mut count = 0usize;
-        for m in baggage::members(headers) {
-            let Ok(m) = m else {
-                out.clear();
-                count = 0;
-                break;
-            };
-            if let Some(k) = m.key.strip_prefix("flag.")
-                && (!trusted || ours.iter().any(|(o, _)| *o == k))
-            {
-                continue;
+        if present {
+            for m in baggage::members(headers) {
+                let Ok(m) = m else {
+                    out.clear();
+                    count = 0;
+                    break;
+                };
+                if let Some(k) = m.key.strip_prefix("flag.")
+                    && (!trusted || ours.iter().any(|(o, _)| *o == k))
+                {
+                    continue;
+                }
+                if count > 0 {
+                    out.push(',');
+                }
+                out.push_str(m.raw);
+                count += 1;
             }
-            if count > 0 {
-                out.push(',');
-            }
-            out.push_str(m.raw);
-            count += 1;
         }
         for (_, member) in ours {
             let add = member.len() + usize::from(count > 0);
@@ -788,13 +793,24 @@ struct Step {
     plan: ArcSwapOption<Plan>,
 }
 
-/// The `flag.` members of a request's baggage: whether there are any, and (from a trusted
-/// peer) the decisions they carry, percent-decoded.
-fn flag_members(headers: &HeaderMap, trusted: bool) -> (bool, Vec<(String, String)>) {
-    let maybe = headers
-        .get_all(&BAGGAGE_HEADER)
-        .iter()
-        .any(|v| v.as_bytes().windows(5).any(|w| w == b"flag."));
+/// What a request's baggage holds for the flags step.
+struct FlagMembers {
+    /// The request has a baggage header.
+    present: bool,
+    /// It has `flag.` members.
+    any: bool,
+    /// From a trusted peer: the decisions those members carry, percent-decoded.
+    decisions: Vec<(String, String)>,
+}
+
+/// The `flag.` members of a request's baggage.
+fn flag_members(headers: &HeaderMap, trusted: bool) -> FlagMembers {
+    let values = headers.get_all(&BAGGAGE_HEADER);
+    let present = values.iter().next().is_some();
+    let maybe = present
+        && values
+            .iter()
+            .any(|v| v.as_bytes().windows(5).any(|w| w == b"flag."));
     let mut decisions = Vec::new();
     let mut any = false;
     if maybe {
@@ -807,7 +823,11 @@ fn flag_members(headers: &HeaderMap, trusted: bool) -> (bool, Vec<(String, Strin
             }
         }
     }
-    (any, decisions)
+    FlagMembers {
+        present,
+        any,
+        decisions,
+    }
 }
 
 /// The baggage member of a decision, rendered once per flag variant.
@@ -872,7 +892,11 @@ impl Step {
             Trust::Always => true,
             Trust::Peers(f) => peer.is_some_and(|p| f(p.ip())),
         };
-        let (had_flag_members, peer_decisions) = flag_members(req.headers(), trusted);
+        let FlagMembers {
+            present: had_baggage,
+            any: had_flag_members,
+            decisions: peer_decisions,
+        } = flag_members(req.headers(), trusted);
         let view = RequestView {
             method: req.method(),
             uri: req.uri(),
@@ -1023,7 +1047,7 @@ impl Step {
             }
         }
         if !members.is_empty() || (had_flag_members && !trusted) {
-            s.rewrite_baggage(headers, &members, trusted);
+            s.rewrite_baggage(headers, &members, trusted, had_baggage);
         }
         if let Some(target) = route {
             req.extensions_mut().insert(RouteTarget(target));
