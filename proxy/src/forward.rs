@@ -151,6 +151,10 @@ pub struct Leg {
     pub forwarded: ForwardedHeaders,
     /// Outbound: the upstream sees its own authority in `Host`, not the ambassador port's.
     pub rewrite_host: bool,
+    /// A successful response carries the exchange's [`UpstreamInfo`] up to the span and the
+    /// access log. Off when the leg has neither: then only the responses attache makes on a
+    /// failure carry it (the idempotency step reads their error).
+    pub hand_up: bool,
 }
 
 /// Upstreams a flag route may pick instead of a leg's own (specs/feature-flags.md §9).
@@ -274,7 +278,9 @@ impl Forward {
                 }
             }
         };
-        res.extensions_mut().insert(info);
+        if self.leg.hand_up {
+            res.extensions_mut().insert(info);
+        }
 
         if res.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade

@@ -32,22 +32,27 @@ pub fn stack(
     restoration: Option<&Restoration>,
     steps: Steps,
 ) -> Stack {
+    let hand_up = steps.observe.records_exchanges();
     let leg = Leg {
         direction: Direction::Outbound,
         forwarded: ForwardedHeaders::Off,
         rewrite_host: true,
+        hand_up,
     };
     let svc = ServiceBuilder::new()
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
         .layer(steps.observe)
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
-        .option_layer(crate::snapshot::propagation(
-            config,
-            Direction::Outbound,
-            listener.trace.as_ref(),
-            metrics,
-            restoration,
-        ))
+        .option_layer(
+            crate::snapshot::propagation(
+                config,
+                Direction::Outbound,
+                listener.trace.as_ref(),
+                metrics,
+                restoration,
+            )
+            .map(|p| p.hand_up(hand_up)),
+        )
         .option_layer(steps.flags)
         .service(Forward::new(upstream, metrics.clone(), leg).routed(steps.routed));
     BoxCloneSyncService::new(svc)

@@ -1021,7 +1021,17 @@ async fn attache_dev_enforces_keys_in_memory_or_in_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_resets_after_reading_holds_the_key() {
     // The request reached the app, which closed the connection without answering: the outcome
-    // is unknown, so the key is held (502) rather than freed.
+    // is unknown, so the key is held (502) rather than freed. The same with the access log
+    // off: then nothing reads the exchange's details from successful responses and they are
+    // not handed up, but a failure's still are.
+    app_resets_after_reading("  idempotency: {}\n").await;
+    app_resets_after_reading(
+        "  idempotency: {}\n  telemetry: { access_log: { enabled: false } }\n",
+    )
+    .await;
+}
+
+async fn app_resets_after_reading(extra: &str) {
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = upstream.local_addr().unwrap();
     let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1036,7 +1046,7 @@ async fn an_app_that_resets_after_reading_holds_the_key() {
         }
     });
     let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, addr, "  idempotency: {}\n"));
+    let a = Attache::run(ports, &sidecar_config(ports, addr, extra));
     let got = keyed(a.url("/x"), "K-reset").await;
     assert_problem(&got, 502, "idempotency-outcome-unknown");
     let again = keyed(a.url("/x"), "K-reset").await;

@@ -80,6 +80,13 @@ impl ObserveLayer {
         self.shared.spans.is_some()
     }
 
+    /// Whether anything reads an exchange's details (its trace context, its upstream) from
+    /// the response: the span or the access log. When neither is on, the steps below need not
+    /// hand them up.
+    pub fn records_exchanges(&self) -> bool {
+        self.shared.spans.is_some() || self.shared.access_log.is_some()
+    }
+
     pub fn access_log(self, log: AccessLog) -> Self {
         self.with(|s| s.access_log = Some(log))
     }

@@ -678,12 +678,13 @@ fn write(headers: &mut HeaderMap, format: Format, ctx: &TraceCtx) {
 
 // === impl PropagationLayer ===
 
-/// Applies [`Settings`] to every request, counts what it found, and leaves the [`TraceCtx`]
-/// in the request's extensions.
+/// Applies [`Settings`] to every request, counts what it found, and hands the [`TraceCtx`]
+/// up in the response's extensions (unless told nobody reads it).
 #[derive(Clone)]
 pub struct PropagationLayer {
     settings: Arc<Settings>,
     metrics: Option<(Arc<Metrics>, Direction)>,
+    hand_up: bool,
 }
 
 impl PropagationLayer {
@@ -691,7 +692,15 @@ impl PropagationLayer {
         Self {
             settings: Arc::new(settings),
             metrics: None,
+            hand_up: true,
         }
+    }
+
+    /// Whether the response carries the [`TraceCtx`] up, for the span and the access log
+    /// (on by default). A leg with neither turns it off and saves an allocation per request.
+    pub fn hand_up(mut self, on: bool) -> Self {
+        self.hand_up = on;
+        self
     }
 
     /// Counts outcomes in `attache_trace_context_total` and drops in
@@ -709,6 +718,7 @@ impl<S> Layer<S> for PropagationLayer {
             inner,
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
+            hand_up: self.hand_up,
         }
     }
 }
@@ -718,6 +728,7 @@ pub struct Propagation<S> {
     inner: S,
     settings: Arc<Settings>,
     metrics: Option<(Arc<Metrics>, Direction)>,
+    hand_up: bool,
 }
 
 impl<S, B, ResB> Service<Request<B>> for Propagation<S>
@@ -763,7 +774,7 @@ where
         PropagationFuture {
             inner: self.inner.call(req),
             guard,
-            ctx: Some(ctx),
+            ctx: self.hand_up.then_some(ctx),
         }
     }
 }
