@@ -99,15 +99,21 @@ for round in $(seq "$ROUNDS"); do
 done
 
 median() { sort -n -k1,1 "$1" | awk '{a[NR]=$0} END{print a[int((NR+1)/2)]}'; }
+# paired FILE: the median, over rounds, of FILE's CPU against the `none` run of the same round
+# (runs of one round are seconds apart, so a drift of the machine's speed cancels out).
+paired() {
+  paste -d' ' "$OUT/flags-none.runs" "$1" | awk '{printf "%.4f\n", $5/$1}' | sort -n |
+    awk '{a[NR]=$1} END{printf "%.2f", a[int((NR+1)/2)]}'
+}
 {
   echo "h2load --h1 -c$CONNS at $RATE req/s for $RATE_SECS s per run, $ROUNDS interleaved rounds (median shown); attache pinned to CPU $PROXY_CPU with one worker; load and upstream on CPU $LOAD_CPU; tracing on, access log off."
   echo
-  echo "| mode                         | CPU µs/req (median) | all rounds            | vs none | mean latency | evaluations |"
-  echo "|------------------------------|---------------------|-----------------------|---------|--------------|-------------|"
+  echo "| mode                         | CPU µs/req (median) | all rounds            | vs none | round by round | mean latency | evaluations |"
+  echo "|------------------------------|---------------------|-----------------------|---------|----------------|--------------|-------------|"
   base=$(median "$OUT/flags-none.runs" | awk '{print $1}')
   for m in "${MODES[@]}"; do
     read -r cpu mean _ evaluated <<<"$(median "$OUT/flags-$m.runs")"
     all=$(awk '{printf "%s%s", sep, $1; sep=", "}' "$OUT/flags-$m.runs")
-    printf "| %-28s | %19s | %-21s | %6s× | %12s | %11s |\n" "$m" "$cpu" "$all" "$(awk -v c="$cpu" -v b="$base" 'BEGIN{printf "%.2f", c/b}')" "$mean" "$evaluated"
+    printf "| %-28s | %19s | %-21s | %6s× | %13s× | %12s | %11s |\n" "$m" "$cpu" "$all" "$(awk -v c="$cpu" -v b="$base" 'BEGIN{printf "%.2f", c/b}')" "$(paired "$OUT/flags-$m.runs")" "$mean" "$evaluated"
   done
 } | tee "$OUT/flags-results.md"
