@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 
 use crate::logging::{self, LogFormat};
 
+/// Where `attache dev` reads the flags' targeting key when it sets the flags up itself.
+const DEV_TARGETING_KEY_HEADER: &str = "x-user-id";
+
 const EXAMPLES: &str = "\
 Examples:
   attache dev                                  # demo app behind attache on 127.0.0.1:15006
@@ -68,8 +71,9 @@ enum Command {
         #[arg(long)]
         redis: Option<String>,
         /// A flag file in flagd's format (JSON or YAML), watched for changes; every flag is
-        /// delivered to the app as an `x-flag-<key>` header and served over OFREP
-        /// [default: ./flags.json when it exists].
+        /// delivered to the app as an `x-flag-<key>` header and served over OFREP, with the
+        /// targeting key taken from the `x-user-id` header [default: ./flags.json when it
+        /// exists].
         #[arg(long)]
         flags: Option<PathBuf>,
         /// Where OFREP is served when flags are loaded [default: 127.0.0.1:8016].
@@ -160,7 +164,9 @@ pub fn main() -> ExitCode {
                 }
             }
             // Flags with no setup: ./flags.json (or --flags FILE), every flag delivered as a
-            // header and in x-flags, OFREP on its usual port.
+            // header and in x-flags, OFREP on its usual port, and the targeting key read from
+            // `x-user-id` (so a `fractional` rollout or a per-user rule can be tried with curl;
+            // a config file's `spec.flags` is taken as it is).
             let flag_file = flags.or_else(|| {
                 let default = PathBuf::from("flags.json");
                 default.is_file().then_some(default)
@@ -170,6 +176,16 @@ pub fn main() -> ExitCode {
                     deliver: attache_config::Deliver {
                         flags: vec!["*".to_owned()],
                         combined_header: Some("x-flags".to_owned()),
+                        ..Default::default()
+                    },
+                    context: attache_config::FlagContext {
+                        targeting_key: vec![attache_config::ContextSource {
+                            header: Some(DEV_TARGETING_KEY_HEADER.to_owned()),
+                            cookie: None,
+                            query: None,
+                            baggage: None,
+                            name: None,
+                        }],
                         ..Default::default()
                     },
                     ..Default::default()

@@ -3,7 +3,7 @@
 //! baggage, trusted peers, routing by variant, OFREP, span events and metrics, `attache dev`.
 //! The app is the tests' echo app, so what it received is in each answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1277,6 +1277,24 @@ async fn dev_loads_flags_json_from_the_working_directory() {
     )
     .await;
     assert_eq!(got.json()["value"], true);
+    // The targeting key comes from `x-user-id`: each user is bucketed, exactly as OFREP
+    // buckets the same key, and the 10/90 split puts some of 100 users on each side.
+    let mut seen = HashSet::new();
+    for i in 0..100 {
+        let user = format!("user-{i}");
+        let h = app_headers(&a.url("/"), &[("x-user-id", &user)]).await;
+        let combined: Value = serde_json::from_str(&h["x-flags"]).unwrap();
+        assert_eq!(combined["split"]["reason"], "TARGETING_MATCH", "{user}");
+        let ofrep = post(
+            &format!("http://{ofrep_addr}/ofrep/v1/evaluate/flags/split"),
+            &json!({"context": {"targetingKey": user}}).to_string(),
+            &[("content-type", "application/json")],
+        )
+        .await;
+        assert_eq!(ofrep.json()["value"], h["x-flag-split"], "{user}");
+        seen.insert(h["x-flag-split"].clone());
+    }
+    assert_eq!(seen.len(), 2, "both variants among 100 users: {seen:?}");
 }
 
 /// Case 32: an OpenFeature SDK with the OFREP provider, configured only by `OFREP_ENDPOINT`,
