@@ -343,7 +343,9 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        // Opening and reading a file are events too (attache's own reads among them): only
+        // what may change the content wakes the source, or each read would cause the next.
+        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.send(());
         }
     });
@@ -365,6 +367,9 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
         }
     };
     let mut last: Option<u64> = None;
+    // Whether the content hashed in `last` loaded: unchanged content that failed is still
+    // failing, and must not read as a success.
+    let mut loaded = false;
     let mut last_stat;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -388,12 +393,12 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
                 let hash = content_hash(&bytes);
                 last_stat = stat(&path);
                 if last == Some(hash) {
-                    if event {
+                    if event && loaded {
                         ctx.record("unchanged", None);
                     }
                 } else {
                     last = Some(hash);
-                    ctx.load(bytes, format).await;
+                    loaded = ctx.load(bytes, format).await;
                 }
             }
             Err(e) => {

@@ -37,7 +37,9 @@ pub fn spawn(shared: Arc<Shared>, path: PathBuf) {
 async fn run(shared: Arc<Shared>, path: PathBuf) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        // Opening and reading a file are events too, and checking the file reads it: only
+        // what may change the content counts, or each check would wake the next.
+        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.send(());
         }
     })?;

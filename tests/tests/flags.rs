@@ -534,6 +534,77 @@ async fn file_edits_apply_and_bad_files_keep_the_last_good_flags() {
     assert!(eventually(10, async || theme().await.as_deref() == Some("back")).await);
 }
 
+/// A file source is read again only when something may have changed it: its own reads do not
+/// wake it (with inotify, opening a file is an event too, so each read used to cause the
+/// next, five times a second), and content that failed to load stays failed when it is read
+/// again unchanged (it used to turn `ok` on the next read).
+#[tokio::test]
+async fn a_file_source_rereads_only_changes_and_a_bad_file_stays_bad() {
+    let app = App::start("app").await;
+    let unchanged = |a: &Attache, label: &str| -> u64 {
+        metrics(a)
+            .lines()
+            .find(|l| {
+                l.starts_with("attache_flag_source_loads_total{")
+                    && l.contains(label)
+                    && l.contains(r#"result="unchanged""#)
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    // A good file, checked every 300 ms: nothing changes, so nothing counts as a reload.
+    let good = flagged(
+        &app,
+        r#"{"flags": {"on": {"state": "ENABLED", "variants": {"y": true}, "defaultVariant": "y"}}}"#,
+        "    deliver: { flags: [on] }\n",
+        "",
+    );
+    assert_eq!(
+        app_headers(&good.a.url("/"), &[]).await["x-flag-on"],
+        "true"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let label = good.file("flags.json").display().to_string();
+    assert_eq!(unchanged(&good.a, &label), 0, "{}", metrics(&good.a));
+
+    // A bad file (optional, so attache gets ready without it): an error, and still one after
+    // more checks and after the same content is written again.
+    let dir = TempDir::new();
+    let bad = r#"{"flags": {"x": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "nope"}}}"#;
+    let path = dir.write("flags.json", bad);
+    let sources = format!("      - {{ file: '{}', optional: true }}\n", path.display());
+    let f = start(&app, dir, &sources, "", "", &[]);
+    let source = async || -> Value {
+        let got = get(&http1(), &f.a.admin_url("/flags")).await.unwrap();
+        got.json()["sources"][0].clone()
+    };
+    assert!(
+        eventually(10, async || source().await["state"] == "error").await,
+        "{}",
+        source().await
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::write(&path, bad).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let now = source().await;
+    assert_eq!(now["state"], "error", "{now}");
+    assert!(now["last_success_unix"].is_null(), "{now}");
+    assert!(
+        now["last_error"].as_str().unwrap().contains("nope"),
+        "{now}"
+    );
+    let label = path.display().to_string();
+    assert!(
+        metrics(&f.a)
+            .lines()
+            .any(|l| l.starts_with("attache_flag_source_valid{")
+                && l.contains(&label)
+                && l.ends_with(" 0")),
+        "{}",
+        metrics(&f.a)
+    );
+}
+
 /// Case 17: three Kubernetes ConfigMap-style swaps (`..data` re-pointed to a new directory).
 #[tokio::test]
 async fn configmap_symlink_swaps_all_apply() {

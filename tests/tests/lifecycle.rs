@@ -95,6 +95,55 @@ async fn sighup_reloads_even_without_a_change() {
     assert_eq!(app_name(&a.url("/")).await, "app");
 }
 
+/// An idle attache reads nothing: watching its config file and a flag file costs no reads
+/// until one changes. (With inotify, reading a file is an event too: each check of the file
+/// used to wake the next, about 20 read calls a second for as long as attache ran.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_attache_reads_no_files() {
+    let app = App::start("app").await;
+    let dir = attache_tests::TempDir::new();
+    let flags = dir.write(
+        "flags.json",
+        r#"{"flags": {"on": {"state": "ENABLED", "variants": {"y": true}, "defaultVariant": "y"}}}"#,
+    );
+    let a = Attache::sidecar(
+        app.addr,
+        &format!(
+            "  flags:\n    sources: [ {{ file: '{}' }} ]\n    ofrep: null\n",
+            flags.display()
+        ),
+    );
+    assert_eq!(app_name(&a.url("/")).await, "app");
+    let reads = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/io", a.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("syscr: ")?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = reads();
+    assert!(before > 0, "/proc/<pid>/io is readable");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // At most the periodic checks (every 5 s) of the two files, two reads each.
+    let during = reads() - before;
+    assert!(during <= 4, "{during} read calls in 3 idle seconds");
+    // And a change is still seen.
+    replace_file(
+        &a.config_path(),
+        &std::fs::read_to_string(a.config_path())
+            .unwrap()
+            .replace("name: e2e", "name: e2e-renamed"),
+    );
+    assert!(
+        eventually(10, async || metric(
+            &a,
+            "attache_config_reloads_total{result=\"success\"} 1"
+        ))
+        .await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_configmap_symlink_swap_is_picked_up() {
     // A ConfigMap volume: config.yaml -> ..data/config.yaml, ..data -> ..<timestamp>/.
