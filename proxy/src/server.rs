@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use attache_config::Config;
@@ -126,7 +126,29 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     tracing::info!(config = %snapshot.config.redacted(), "effective configuration");
     shared.install(snapshot)?;
     shared.started.store(true, Ordering::Release);
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "attache is ready");
+    if shared.is_ready() {
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "attache is ready");
+    } else {
+        // Listening, but `/ready` waits for the required flag sources: say so, and say when
+        // they are in (checked with a backoff, so a source that never loads costs a wakeup
+        // every 2 s, not a busy loop).
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            "listening; /ready waits for the flag sources (see /flags on the admin port)"
+        );
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(50);
+            while !s.draining.load(Ordering::Acquire) {
+                tokio::time::sleep(wait).await;
+                if s.is_ready() {
+                    tracing::info!("flag sources loaded: attache is ready");
+                    return;
+                }
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
 
     if let Some(path) = source {
         crate::reload::spawn(shared.clone(), path);

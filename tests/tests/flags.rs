@@ -874,12 +874,25 @@ async fn readiness_waits_for_required_sources() {
     let (status, body) = attache_tests::client::blocking_get(&a.admin_url("/ready")).unwrap();
     assert_eq!(status, 503);
     assert!(body.contains("flag sources"), "{body}");
+    // The log says what /ready says: listening, but waiting; not "ready".
+    let log = a.log_text();
+    assert!(log.contains("/ready waits for the flag sources"), "{log}");
+    assert!(!log.contains("attache is ready"), "{log}");
     std::fs::write(
         &later,
         r#"{"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}"#,
     )
     .unwrap();
     a.wait_ready();
+    let says_ready = || {
+        a.log_text()
+            .contains("flag sources loaded: attache is ready")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !says_ready() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(says_ready(), "{}", a.log_text());
 }
 
 /// Cases 27–31: OFREP single and bulk answers, errors, sizes, ETags.
