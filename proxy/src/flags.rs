@@ -343,9 +343,7 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Opening and reading a file are events too (attache's own reads among them): only
-        // what may change the content wakes the source, or each read would cause the next.
-        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+        if ev.is_ok_and(|e| crate::reload::may_change(&e.kind)) {
             let _ = tx.send(());
         }
     });

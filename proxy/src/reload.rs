@@ -37,9 +37,7 @@ pub fn spawn(shared: Arc<Shared>, path: PathBuf) {
 async fn run(shared: Arc<Shared>, path: PathBuf) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Opening and reading a file are events too, and checking the file reads it: only
-        // what may change the content counts, or each check would wake the next.
-        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+        if ev.is_ok_and(|e| may_change(&e.kind)) {
             let _ = tx.send(());
         }
     })?;
@@ -79,6 +77,14 @@ async fn run(shared: Arc<Shared>, path: PathBuf) -> anyhow::Result<()> {
     }
 }
 
+/// Whether a watched directory's event may have changed a file's content. Opening, reading
+/// and closing a file are events too, and checking a file reads it: were they counted, each
+/// check would wake the next. A close after writing counts (the writer is done).
+pub(crate) fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    !matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write))
+}
+
 /// A hash of the file's content; `None` when it cannot be read (mid-swap, say).
 fn fingerprint(path: &Path) -> Option<u64> {
     let bytes = std::fs::read(path).ok()?;
@@ -112,4 +118,36 @@ fn reload(shared: &Arc<Shared>, path: &Path) {
         .config_reloads
         .get_or_create(&ResultLabels { result: outcome })
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+
+    use super::may_change;
+
+    #[test]
+    fn only_events_that_may_change_content_count() {
+        for quiet in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ] {
+            assert!(!may_change(&quiet), "{quiet:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(may_change(&change), "{change:?}");
+        }
+    }
 }
