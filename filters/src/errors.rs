@@ -48,6 +48,20 @@ pub enum ProxyError {
     UpstreamFailed { upstream: String, reason: String },
     #[error("{0}")]
     Unavailable(String),
+    /// A request head that could not be parsed, answered before any request exists: the
+    /// status hyper chose for it (400, or 414 and 431 for a target or head past its limits).
+    #[error("{}", malformed_detail(*.0))]
+    Malformed(StatusCode),
+}
+
+fn malformed_detail(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            "the request head is too large, or has too many header fields, to be read"
+        }
+        StatusCode::URI_TOO_LONG => "the request target is too long",
+        _ => "the request head is not valid HTTP/1.1: a malformed request line or header field",
+    }
 }
 
 impl Problem for ProxyError {
@@ -64,6 +78,7 @@ impl Problem for ProxyError {
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Malformed(status) => *status,
         }
     }
 
@@ -78,6 +93,9 @@ impl Problem for ProxyError {
             Self::UpstreamTimeout { .. } => "upstream-timeout",
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::Unavailable(_) => "unavailable",
+            Self::Malformed(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE) => "headers-too-large",
+            Self::Malformed(StatusCode::URI_TOO_LONG) => "uri-too-long",
+            Self::Malformed(_) => "malformed-request",
         }
     }
 
@@ -92,6 +110,11 @@ impl Problem for ProxyError {
             Self::UpstreamTimeout { .. } => "Upstream timed out",
             Self::UpstreamFailed { .. } => "Upstream failed",
             Self::Unavailable(_) => "Service unavailable",
+            Self::Malformed(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE) => {
+                "Request headers too large"
+            }
+            Self::Malformed(StatusCode::URI_TOO_LONG) => "Request target too long",
+            Self::Malformed(_) => "Malformed request",
         }
     }
 
@@ -135,7 +158,8 @@ pub fn problem_response(problem: &dyn Problem) -> Response<Body> {
 }
 
 /// The same response as raw HTTP/1.1 bytes, ending the connection: for the few errors found
-/// before a request exists to answer (a client too slow to send its request head).
+/// before a request exists to answer (a client too slow to send its request head, a head that
+/// cannot be parsed).
 pub fn problem_http1_bytes(problem: &dyn Problem) -> Vec<u8> {
     let body = problem_body(problem);
     let status = problem.status();

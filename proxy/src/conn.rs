@@ -116,8 +116,12 @@ pub struct ConnIo<T> {
     phase: Phase,
     accepted: Instant,
     last_activity: Instant,
-    /// Bytes of a 408 still to write before the socket is shut down.
+    /// Bytes of a 408 (or of the answer to a head that could not be parsed) still to write
+    /// before the socket is shut down.
     farewell: Option<(Vec<u8>, usize)>,
+    /// hyper's own answer to a head it could not parse is being replaced: its bytes are
+    /// swallowed, attache's are written instead.
+    swapped: bool,
     closed: bool,
     /// The first bytes, read by [`ConnIo::sniff`] to pick the protocol, and how many of them
     /// hyper has been given back so far.
@@ -140,6 +144,7 @@ impl<T> ConnIo<T> {
             accepted: now,
             last_activity: now,
             farewell: None,
+            swapped: false,
             closed: false,
             sniffed: [0; H2_PREFACE.len()],
             sniffed_len: 0,
@@ -196,6 +201,40 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ConnIo<T> {
             }
         };
         Some(h2)
+    }
+
+    /// The status of hyper's answer to a request head it could not parse, when `first` (the
+    /// start of a write) is one: on HTTP/1.1, hyper writes nothing else while a head is being
+    /// read and no request has been handed to attache since (`100 Continue` and every response
+    /// come after a request). hyper's answer is an empty 400 (431, 414 past its limits) that
+    /// closes the connection, and only a write of that shape is taken for one. (A head that
+    /// follows another in the same read, pipelined, is not told apart: hyper's 400 goes out.)
+    fn parse_error_status(&self, first: &[u8]) -> Option<http::StatusCode> {
+        let Phase::Head { started, .. } = self.phase else {
+            return None;
+        };
+        if self.proto != Proto::Http1
+            || self.state.started.load(Ordering::Acquire) != started
+            || self.state.in_flight.load(Ordering::Acquire) != 0
+        {
+            return None;
+        }
+        // `HTTP/1.1 400 Bad Request`
+        let code = first.strip_prefix(b"HTTP/1.")?.get(2..5)?;
+        let status = http::StatusCode::from_bytes(code).ok()?;
+        let has = |line: &[u8]| first.windows(line.len()).any(|w| w == line);
+        (status.is_client_error()
+            && has(b"\r\nconnection: close\r\n")
+            && has(b"\r\ncontent-length: 0\r\n"))
+        .then_some(status)
+    }
+
+    /// Answers with attache's problem+json instead of hyper's empty error (whose bytes are
+    /// swallowed from here on; hyper closes the connection after it).
+    fn swap_for_problem(&mut self, status: http::StatusCode) {
+        self.metrics.client_error("malformed_head");
+        self.farewell = Some((problem_http1_bytes(&ProxyError::Malformed(status)), 0));
+        self.swapped = true;
     }
 
     /// The next deadline and whether missing it deserves a 408.
@@ -299,7 +338,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
     }
 }
 
-/// Writes what is left of the 408; best effort, the connection is going away regardless.
+/// Writes what is left of the farewell (a 408, or the answer to a head that could not be
+/// parsed); best effort, the connection is going away regardless.
 fn flush_farewell<T: AsyncWrite>(
     mut inner: Pin<&mut T>,
     farewell: &mut Option<(Vec<u8>, usize)>,
@@ -322,6 +362,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if !this.swapped
+            && let Some(status) = this.parse_error_status(buf)
+        {
+            this.swap_for_problem(status);
+        }
+        if this.swapped {
+            let _ = flush_farewell(Pin::new(&mut this.inner), &mut this.farewell, cx);
+            return Poll::Ready(Ok(buf.len()));
+        }
         let res = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res
             && n > 0
@@ -337,6 +386,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if !this.swapped
+            && let Some(status) = bufs.first().and_then(|b| this.parse_error_status(b))
+        {
+            this.swap_for_problem(status);
+        }
+        if this.swapped {
+            let _ = flush_farewell(Pin::new(&mut this.inner), &mut this.farewell, cx);
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res
             && n > 0
@@ -351,7 +409,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if this.farewell.is_some()
+            && flush_farewell(Pin::new(&mut this.inner), &mut this.farewell, cx).is_pending()
+        {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

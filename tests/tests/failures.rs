@@ -98,6 +98,79 @@ async fn too_many_or_too_large_headers_give_431() {
     assert_eq!(app.hits(), 0, "rejected requests never reach the app");
 }
 
+/// A request head that cannot be parsed gets problem+json too (hyper's own answer would be an
+/// empty 400), on a new connection and on a kept-alive one, and the connection closes; an
+/// app's own 4xx passes through untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_get_problem_json() {
+    let app = App::start("app").await;
+    let a = Attache::sidecar(app.addr, "");
+    let long_target = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+    for (head, status, slug) in [
+        (
+            &b"GET / HTTP/1.1\r\nhost: x\r\nx-bad: a\x01b\r\n\r\n"[..],
+            400,
+            "malformed-request",
+        ),
+        (b"GARBAGE\r\n\r\n", 400, "malformed-request"),
+        (
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+            400,
+            "malformed-request",
+        ),
+        (long_target.as_bytes(), 414, "uri-too-long"),
+    ] {
+        let out = within(10, client::raw(a.inbound(), head, Duration::from_secs(5))).await;
+        let (top, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        assert!(top.starts_with(&format!("HTTP/1.1 {status} ")), "{out}");
+        assert!(
+            top.contains("content-type: application/problem+json"),
+            "{out}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(
+            v["type"],
+            format!("https://attache.dev/problems/{slug}"),
+            "{v}"
+        );
+        assert_eq!(v["status"], status, "{v}");
+    }
+    // On a kept-alive connection, after a good exchange.
+    let mut s = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = within(5, s.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    s.write_all(b"GET /b HTTP/1.1\r\nhost: x\r\nx-bad: a\x01b\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within(5, s.read_to_end(&mut rest)).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 400 "), "{rest}");
+    assert!(rest.contains("malformed-request"), "{rest}");
+    // The app's own empty 400 is the app's.
+    let out = within(
+        10,
+        client::raw(
+            a.inbound(),
+            b"GET /status/400 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        ),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    assert!(!out.contains("problem+json"), "{out}");
+    let m = client::blocking_get(&a.admin_url("/metrics")).unwrap().1;
+    assert!(
+        m.contains("attache_client_errors_total{result=\"malformed_head\"} 5"),
+        "{m}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_too_slow_with_its_head_gets_408_and_is_closed() {
     let app = App::start("app").await;
