@@ -7,6 +7,8 @@
 //! documents are the same, and `EnvFilter`'s span and field filters would link a regex engine
 //! (0.43 MB of code, resident in every pod) that no documented use needs.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -27,12 +29,23 @@ pub fn init(format: LogFormat) {
     });
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colors(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_target(false);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry.with(fmt).init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
     }
+}
+
+/// Colours only for a person at a terminal: a container runtime, `kubectl logs`, systemd or a
+/// redirect to a file gets plain text, and `NO_COLOR` (any non-empty value, no-color.org)
+/// turns them off everywhere.
+fn colors(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The filter of a directives string.
@@ -48,6 +61,14 @@ mod tests {
     use super::*;
     use tracing::Level;
     use tracing_subscriber::filter::LevelFilter;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colors(true, None));
+        assert!(colors(true, Some("".into())), "an empty NO_COLOR is unset");
+        assert!(!colors(true, Some("1".into())));
+        assert!(!colors(false, None), "a pipe or file gets plain text");
+    }
 
     #[test]
     fn levels_and_target_directives_parse_as_documented() {

@@ -267,3 +267,30 @@ async fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_off_a_terminal_carry_no_colour_codes() {
+    // `kubectl logs`, `docker logs` and a redirect to a file are not terminals: the default
+    // text format must read as plain text there, not as ANSI escape sequences.
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let dir = TempDir::new();
+    let config = dir.write(
+        "config.yaml",
+        &attache_tests::sidecar_config(ports, app.addr, ""),
+    );
+    let mut a = Attache::spawn(ports, dir, &["run", "-c", config.to_str().unwrap()]);
+    a.wait_ready();
+    let log = a.log_text();
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in a log file:\n{log:?}"
+    );
+    assert!(
+        log.contains(&format!(
+            "listening addr=127.0.0.1:{} role=\"inbound\"",
+            ports.inbound
+        )),
+        "{log}"
+    );
+}
