@@ -1067,17 +1067,18 @@ async fn redis_restarted_empty_recovers_without_hanging() {
     assert_eq!(keyed(a.url("/created"), "R1").await.status, 201);
     redis.stop();
     assert_eq!(keyed(a.url("/created"), "R2").await.status, 503);
+    assert_eq!(keyed(a.url("/created"), "R3").await.status, 503);
+    // Redis stays down past any reconnection attempt those failures started.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let _back = Redis::start_on(port, &[]);
-    // The record is gone with the data: R1 runs again (§9), and new keys work.
-    let mut status = 0;
-    for _ in 0..20 {
-        status = keyed(a.url("/created"), "R1").await.status;
-        if status == 201 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(status, 201, "attache reconnected");
+    // The first keyed request once Redis answers again is served, not refused on the strength
+    // of the last failed connection attempt. The record is gone with the data: R1 runs again
+    // (§9).
+    assert_eq!(
+        keyed(a.url("/created"), "R1").await.status,
+        201,
+        "attache reconnected"
+    );
     assert_eq!(
         keyed(a.url("/created"), "R1").await.headers["idempotent-replayed"],
         "true"

@@ -214,7 +214,10 @@ impl RedisStore {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1);
+                // One attempt per (re)connection: a refusal is retried once by `invoke`, and
+                // while Redis is down a keyed request gets its 503 at once rather than after a
+                // backoff sleep.
+                .set_number_of_retries(0);
             Backend::Single(
                 ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
             )
@@ -274,6 +277,19 @@ impl RedisStore {
         let mut conn = self.conn().await?;
         match invocation.invoke_async(&mut conn).await {
             Ok(v) => Ok(v),
+            // A refused connection sent nothing, so one more try is safe, and it is what makes
+            // a Redis that came back usable at once: the connection manager keeps the result of
+            // its last attempt, made while Redis was down, hands that error to the next caller
+            // and only then starts a new attempt. That caller, the first request after Redis
+            // returns, waits for the new attempt instead of failing.
+            Err(e) if e.is_connection_refusal() => {
+                drop(self.failed(e).await);
+                let mut conn = self.conn().await?;
+                match invocation.invoke_async(&mut conn).await {
+                    Ok(v) => Ok(v),
+                    Err(e) => Err(self.failed(e).await),
+                }
+            }
             Err(e) => Err(self.failed(e).await),
         }
     }
