@@ -121,9 +121,9 @@ impl Target {
     }
 
     /// Round robin over the endpoints.
-    fn pick(&self) -> &Endpoint {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        &self.endpoints[i]
+    /// The index of the next endpoint, round robin.
+    fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()
     }
 
     /// What spans and the access log say about a call to `endpoint`.
@@ -155,6 +155,14 @@ pub struct Leg {
     /// access log. Off when the leg has neither: then only the responses attache makes on a
     /// failure carry it (the idempotency step reads their error).
     pub hand_up: bool,
+}
+
+/// What [`Forward::prepare`] took from the endpoint, for [`Forward::retarget`] to change.
+struct Prepared {
+    /// `Host` is the endpoint's (the leg rewrites it, or the client sent none).
+    endpoint_host: bool,
+    /// `Authorization` is the endpoint's credentials (the client sent none).
+    endpoint_auth: bool,
 }
 
 /// Upstreams a flag route may pick instead of a leg's own (specs/feature-flags.md §9).
@@ -213,28 +221,20 @@ impl Forward {
                 "CONNECT is not supported on this listener".into(),
             )));
         }
-        let mut endpoint = self.target.pick();
+        let mut at = self.target.pick();
+        let mut endpoint = &self.target.endpoints[at];
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let conn = req.extensions().get::<ConnInfo>().cloned();
-        // A request without a body can go to another endpoint when the first refuses the
-        // connection: it was never sent. Only then is its head copied.
-        let mut retry = (self.target.endpoints.len() > 1
-            && !upgrade
-            && http_body::Body::is_end_stream(req.body()))
-        .then(|| {
-            let mut copy = Request::new(());
-            *copy.method_mut() = req.method().clone();
-            *copy.uri_mut() = req.uri().clone();
-            *copy.version_mut() = req.version();
-            *copy.headers_mut() = req.headers().clone();
-            copy
-        });
+        // When no connection to the endpoint can be made, the request comes back unsent (body
+        // unread) and goes to the next endpoint, once, whatever its method.
+        let mut may_retry = self.target.endpoints.len() > 1;
         let mut info = self.target.info(endpoint);
 
-        if let Err(e) = self.prepare(&mut req, endpoint, upgrade, conn.as_ref()) {
-            return Ok(problem_response(&e));
-        }
+        let mut prepared = match self.prepare(&mut req, endpoint, upgrade, conn.as_ref()) {
+            Ok(p) => p,
+            Err(e) => return Ok(problem_response(&e)),
+        };
 
         let timeout = self.target.timeouts.request.get();
         let started = tokio::time::Instant::now();
@@ -242,27 +242,26 @@ impl Forward {
             let sent = tokio::time::timeout_at(started + timeout, endpoint.pool.send(req)).await;
             match sent {
                 Ok(Ok(res)) => break res,
-                Ok(Err(e)) => {
-                    if e.is_connect()
-                        && let Some(copy) = retry.take()
-                    {
+                Ok(Err(pool::Failure { error, unsent })) => {
+                    if let Some(unsent) = unsent.filter(|_| may_retry) {
+                        may_retry = false;
                         self.metrics.upstream_error(
                             self.leg.direction,
                             &self.target.name,
                             "connect",
                         );
-                        tracing::debug!(upstream = %self.target.name, error = %error_chain(&e), "endpoint refused; trying the next one");
-                        endpoint = self.target.pick();
+                        tracing::debug!(upstream = %self.target.name, error = %error_chain(&error), "no connection to the endpoint; trying the next one");
+                        at = (at + 1) % self.target.endpoints.len();
+                        endpoint = &self.target.endpoints[at];
                         info = self.target.info(endpoint);
                         info.resend_count = 1;
-                        let (parts, ()) = copy.into_parts();
-                        req = Request::from_parts(parts, attache_filters::empty());
-                        if let Err(e) = self.prepare(&mut req, endpoint, false, conn.as_ref()) {
+                        req = *unsent;
+                        if let Err(e) = self.retarget(&mut req, endpoint, &mut prepared) {
                             return Ok(problem_response(&e));
                         }
                         continue;
                     }
-                    return Ok(self.failed(&e, info));
+                    return Ok(self.failed(&error, info));
                 }
                 Err(_) => {
                     self.metrics
@@ -320,7 +319,7 @@ impl Forward {
         endpoint: &Endpoint,
         upgrade: bool,
         conn: Option<&ConnInfo>,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Prepared, ProxyError> {
         let original_host = match req.headers().get(header::HOST) {
             Some(h) => Some(h.clone()),
             None => req
@@ -362,28 +361,59 @@ impl Forward {
         if te_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        let host = if self.leg.rewrite_host {
-            Some(endpoint.host.clone())
-        } else {
-            original_host.clone()
+        let mut prepared = Prepared {
+            endpoint_host: self.leg.rewrite_host || original_host.is_none(),
+            endpoint_auth: false,
         };
-        match host {
-            Some(h) => {
-                headers.insert(header::HOST, h);
-            }
-            None => {
-                headers.insert(header::HOST, endpoint.host.clone());
-            }
-        }
+        match original_host.as_ref().filter(|_| !prepared.endpoint_host) {
+            Some(h) => headers.insert(header::HOST, h.clone()),
+            None => headers.insert(header::HOST, endpoint.host.clone()),
+        };
         if let Some(auth) = &endpoint.authorization
             && !headers.contains_key(header::AUTHORIZATION)
         {
             headers.insert(header::AUTHORIZATION, auth.clone());
+            prepared.endpoint_auth = true;
         }
         if self.leg.direction == Direction::Inbound
             && let Some(conn) = conn
         {
             set_forwarded(headers, self.leg.forwarded, conn, original_host);
+        }
+        Ok(prepared)
+    }
+
+    /// Points a prepared request that no connection took at another endpoint: only what
+    /// `prepare` took from the endpoint changes (the HTTP/2 authority, a `Host` that was the
+    /// endpoint's, the endpoint's credentials); hop-by-hop and `X-Forwarded-*` handling was
+    /// done once and is not repeated.
+    fn retarget(
+        &self,
+        req: &mut Request<Body>,
+        endpoint: &Endpoint,
+        prepared: &mut Prepared,
+    ) -> Result<(), ProxyError> {
+        if self.target.protocol == Protocol::Http2 {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(endpoint.authority.clone());
+            parts.path_and_query = req.uri().path_and_query().cloned();
+            *req.uri_mut() = Uri::from_parts(parts)
+                .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
+        }
+        let headers = req.headers_mut();
+        if prepared.endpoint_host {
+            headers.insert(header::HOST, endpoint.host.clone());
+        }
+        if prepared.endpoint_auth {
+            headers.remove(header::AUTHORIZATION);
+            prepared.endpoint_auth = false;
+        }
+        if let Some(auth) = &endpoint.authorization
+            && !headers.contains_key(header::AUTHORIZATION)
+        {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+            prepared.endpoint_auth = true;
         }
         Ok(())
     }

@@ -106,6 +106,33 @@ impl SendError {
     }
 }
 
+/// A request that got no response, and the request itself when it never left attache: no
+/// connection could be made, so nothing of it was sent or read (its body included) and it may
+/// go to another endpoint whole, whatever its method.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: SendError,
+    /// Boxed: it is there only on this rare path, and the `Result` every exchange returns
+    /// stays the size of a response.
+    pub unsent: Option<Box<Request<Body>>>,
+}
+
+impl Failure {
+    fn sent(error: hyper::Error) -> Self {
+        Self {
+            error: SendError::Exchange(error),
+            unsent: None,
+        }
+    }
+
+    fn unsent(error: SendError, req: Request<Body>) -> Self {
+        Self {
+            error,
+            unsent: Some(Box::new(req)),
+        }
+    }
+}
+
 /// The connections to one endpoint.
 pub struct Endpoint {
     addr: String,
@@ -166,23 +193,23 @@ impl Endpoint {
     /// Sends `req` on a pooled connection or a new one. The response body gives the connection
     /// back when it has been read to the end. The request target goes out as it is: origin-form
     /// (`/path`) for HTTP/1.1; HTTP/2 needs the scheme and authority.
-    pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, SendError> {
+    pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, Failure> {
         match self.settings.protocol {
             Protocol::Http1 => self.send_h1(req).await,
             Protocol::Http2 => self.send_h2(req).await,
         }
     }
 
-    async fn send_h1(
-        self: &Arc<Self>,
-        mut req: Request<Body>,
-    ) -> Result<Response<Body>, SendError> {
+    async fn send_h1(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, Failure> {
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(conn) => (conn, true),
                 // Boxed: the connect future is large and rare; inline, every request's
                 // future would carry (and move) its space.
-                None => (Box::pin(self.connect_h1()).await?, false),
+                None => match Box::pin(self.connect_h1()).await {
+                    Ok(conn) => (conn, false),
+                    Err(e) => return Err(Failure::unsent(e, req)),
+                },
             };
             match conn.try_send_request(req).await {
                 Ok(res) => {
@@ -197,30 +224,31 @@ impl Endpoint {
                     // A pooled connection closed as the request was handed to it; the request
                     // never went out, so it goes on a fresh connection.
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(SendError::Exchange(e.into_error())),
+                    _ => return Err(Failure::sent(e.into_error())),
                 },
             }
         }
     }
 
-    async fn send_h2(
-        self: &Arc<Self>,
-        mut req: Request<Body>,
-    ) -> Result<Response<Body>, SendError> {
+    async fn send_h2(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, Failure> {
         // After a request came back unsent, it goes on a connection of its own making.
         let mut fresh = false;
         loop {
             let shared = if fresh { None } else { self.shared_h2() };
-            let (mut conn, reused) = match shared {
-                Some(conn) => (conn, true),
-                None if fresh => (Box::pin(self.connect_h2()).await?, false),
+            let made = match shared {
+                Some(conn) => Ok((conn, true)),
+                None if fresh => Box::pin(self.connect_h2()).await.map(|c| (c, false)),
                 None => {
                     let _connecting = self.h2_connecting.lock().await;
                     match self.shared_h2() {
-                        Some(conn) => (conn, true),
-                        None => (Box::pin(self.connect_h2()).await?, false),
+                        Some(conn) => Ok((conn, true)),
+                        None => Box::pin(self.connect_h2()).await.map(|c| (c, false)),
                     }
                 }
+            };
+            let (mut conn, reused) = match made {
+                Ok(made) => made,
+                Err(e) => return Err(Failure::unsent(e, req)),
             };
             match conn.try_send_request(req).await {
                 Ok(res) => return Ok(res.map(attache_filters::boxed)),
@@ -236,7 +264,7 @@ impl Endpoint {
                         fresh = true;
                         req = unsent;
                     }
-                    _ => return Err(SendError::Exchange(e.into_error())),
+                    _ => return Err(Failure::sent(e.into_error())),
                 },
             }
         }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use attache_tests::client::{self, get, http1, http2, send};
+use attache_tests::client::{self, exchange, get, http1, http2, send};
 use attache_tests::{App, Attache, Ports, within};
 use bytes::Bytes;
 use http::Request;
@@ -68,6 +68,61 @@ async fn http2_prior_knowledge_reaches_an_http1_app() {
         "attache_upstream_connections_opened_total{{endpoint=\"{}\"}} 1",
         app.addr
     )]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_endpoint_hands_any_request_to_the_next_whole() {
+    // One endpoint of two refuses connections. Nothing of a request reached it, so every
+    // request, a POST with its body included, goes whole to the other one: with that
+    // endpoint's Host and credentials, never the refusing one's. Over HTTP/1.1 and HTTP/2.
+    for protocol in ["http1", "http2"] {
+        let live = App::start("payments").await;
+        let dead = Ports::new().inbound;
+        let ports = Ports::new();
+        let config = format!(
+            "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound:
+    - listen: 127.0.0.1:{out}
+      upstream: payments
+  upstreams:
+    payments:
+      endpoints: ['http://dead:secret@127.0.0.1:{dead}', 'http://{live}']
+      protocol: {protocol}
+  admin: {{ listen: 127.0.0.1:{admin} }}
+",
+            out = ports.outbound,
+            live = live.addr,
+            admin = ports.admin
+        );
+        let a = Attache::run(ports, &config);
+        let body = "0123456789".repeat(1000);
+        for method in ["POST", "PUT", "GET", "POST"] {
+            let got = exchange(
+                method,
+                &format!("http://127.0.0.1:{}/charge", ports.outbound),
+                &[("content-type", "text/plain")],
+                if method == "GET" { "" } else { &body },
+            )
+            .await;
+            assert_eq!(got.status, 200, "{protocol} {method}: {}", got.text());
+            let v = got.json();
+            assert_eq!(v["method"], method, "{protocol}");
+            let sent = if method == "GET" { 0 } else { body.len() };
+            assert_eq!(v["body_bytes"], sent, "{protocol} {method}: the whole body");
+            assert_eq!(v["headers"]["host"], live.addr.to_string(), "{protocol}");
+            assert!(
+                v["headers"].get("authorization").is_none(),
+                "{protocol} {method}: the refusing endpoint's credentials stay with it: {v}"
+            );
+        }
+        assert_eq!(live.hits(), 4, "{protocol}: each request ran once");
+        a.assert_metrics(&[
+            "attache_http_requests_total{direction=\"outbound\",method=\"POST\",status_class=\"2xx\"} 2",
+            "attache_upstream_errors_total{direction=\"outbound\",upstream=\"payments\",kind=\"connect\"} 2",
+        ]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::{Client, Endpoint, SendError, Settings};
+use super::{Client, Endpoint, Failure, SendError, Settings};
 use attache_filters::telemetry::Metrics;
 
 /// A hyper server on a free port that counts the connections it accepted and holds open.
@@ -301,13 +301,20 @@ async fn a_refused_connection_is_a_connect_error() {
     drop(listener);
     let ep = pool(addr, Protocol::Http1, 8, Duration::from_secs(30));
     match ep.send(get(addr)).await {
-        Err(e @ SendError::Connect(_)) => {
+        Err(Failure {
+            error: e @ SendError::Connect(_),
+            unsent,
+        }) => {
             assert!(e.is_connect());
             assert!(
                 matches!(&e, SendError::Connect(io) if io.kind() == std::io::ErrorKind::ConnectionRefused)
             );
+            assert!(
+                unsent.is_some(),
+                "the request comes back for another endpoint"
+            );
         }
-        Err(e) => panic!("expected a refused connection, got {e}"),
+        Err(f) => panic!("expected a refused connection, got {}", f.error),
         Ok(res) => panic!("expected a refused connection, got {}", res.status()),
     }
 }
@@ -325,9 +332,14 @@ async fn an_unresolvable_name_is_a_dns_error() {
         .uri("/")
         .body(attache_filters::empty())
         .expect("request");
-    let err = ep.send(req).await.expect_err("an error");
+    let failure = ep.send(req).await.expect_err("an error");
+    let err = &failure.error;
     assert!(err.is_connect());
     assert!(err.to_string().starts_with("dns error"), "{err}");
+    let unsent = failure
+        .unsent
+        .expect("a request no connection took comes back");
+    assert_eq!(unsent.uri(), "/");
 }
 
 #[tokio::test]
