@@ -11,7 +11,9 @@
 //! connection is only reused once its previous exchange is complete. A pooled connection that
 //! the upstream closed meanwhile is noticed on checkout (hyper's connection task watches the
 //! socket) or, in the race where it closes as the request is handed over, by the request coming
-//! back unsent: it is then sent once more on a fresh connection.
+//! back unsent: it is then sent once more on a fresh connection. In the race where it closes
+//! just after the request went out (the upstream's keep-alive timer), only a request that may
+//! run twice goes again (see `MAY_BE_CLOSING_AFTER`).
 //!
 //! Pools are kept across config reloads ([`Client`] hands out the same endpoint pool for the
 //! same address) and close their connections when the last snapshot using them is dropped.
@@ -82,6 +84,57 @@ impl Client {
         map.insert(addr.to_owned(), Arc::downgrade(&pool));
         pool
     }
+}
+
+/// A kept-alive connection idle at least this long may be closed by the upstream's keep-alive
+/// timer just as a request goes out on it (Node.js and uvicorn close idle connections after
+/// 5 s, gunicorn after 2 s): the request reaches a socket being closed and gets no answer. On
+/// such a connection a request that may safely be sent twice (an idempotent method, no body,
+/// not an upgrade: RFC 9110 §9.2.2) keeps a copy of its head, and goes once more on a new
+/// connection if the old one closes unanswered. A busier connection makes no copy: keep-alive
+/// timers are not that short, and the copy would cost every request under load.
+const MAY_BE_CLOSING_AFTER: Duration = Duration::from_secs(1);
+
+/// The head of `req` if it may be sent again after it went out unanswered.
+fn replayable(req: &Request<Body>) -> Option<Request<()>> {
+    use http::Method;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent
+        || !http_body::Body::is_end_stream(req.body())
+        || req.headers().contains_key(http::header::UPGRADE)
+    {
+        return None;
+    }
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    Some(head)
+}
+
+/// The connection ended before any of the response arrived: closed (end of stream, or reset
+/// as the request reached a socket being closed).
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Why a request got no response from an endpoint.
@@ -201,9 +254,19 @@ impl Endpoint {
     }
 
     async fn send_h1(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, Failure> {
+        // The head of a request that may go again, kept while it rides a connection that may be
+        // closing (see `MAY_BE_CLOSING_AFTER`).
+        let mut replay: Option<Request<()>> = None;
+        // After such a connection closed unanswered, the copy goes on a new connection.
+        let mut fresh = false;
         loop {
-            let (mut conn, reused) = match self.checkout() {
-                Some(conn) => (conn, true),
+            let (mut conn, reused) = match if fresh { None } else { self.checkout() } {
+                Some((conn, idle)) => {
+                    if idle >= MAY_BE_CLOSING_AFTER {
+                        replay = replayable(&req);
+                    }
+                    (conn, true)
+                }
                 // Boxed: the connect future is large and rare; inline, every request's
                 // future would carry (and move) its space.
                 None => match Box::pin(self.connect_h1()).await {
@@ -224,6 +287,17 @@ impl Endpoint {
                     // A pooled connection closed as the request was handed to it; the request
                     // never went out, so it goes on a fresh connection.
                     Some(unsent) if reused => req = unsent,
+                    // It closed after the request went out and before any answer: the
+                    // upstream's keep-alive timer fired as the request arrived. A request that
+                    // may safely run twice goes once more, on a new connection.
+                    None if reused
+                        && closed_unanswered(e.error())
+                        && let Some(head) = replay.take() =>
+                    {
+                        tracing::debug!(endpoint = %self.addr, error = %e.error(), "a kept-alive connection closed unanswered; sending the request again on a new one");
+                        req = head.map(|()| attache_filters::empty());
+                        fresh = true;
+                    }
                     _ => return Err(Failure::sent(e.into_error())),
                 },
             }
@@ -277,12 +351,13 @@ impl Endpoint {
         Some(s.conn.clone())
     }
 
-    /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+    /// The most recently used idle connection that is still open, and how long it was idle.
+    fn checkout(&self) -> Option<(http1::SendRequest<Body>, Duration)> {
         let mut idle = lock(&self.idle);
         while let Some(Idle { conn, since }) = idle.pop() {
-            if conn.is_ready() && since.elapsed() < self.settings.idle_timeout {
-                return Some(conn);
+            let idle_for = since.elapsed();
+            if conn.is_ready() && idle_for < self.settings.idle_timeout {
+                return Some((conn, idle_for));
             }
         }
         None

@@ -39,6 +39,83 @@ async fn app_refusing_connections_gives_502() {
     ]);
 }
 
+/// An app whose keep-alive timer fires as the next request arrives: it answers the first
+/// request on each connection and closes the connection, unanswered, when a second one comes.
+/// Counts the request heads it received, by method.
+async fn closing_app() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered = false;
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let method = head.split(' ').next().unwrap_or_default().to_owned();
+                        log.lock().unwrap().push(method);
+                        if answered {
+                            return; // closed, unanswered
+                        }
+                        answered = true;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_closing_unanswered_repeats_only_safe_requests() {
+    let (app, seen) = closing_app().await;
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app, ""));
+    let c = http1();
+    let request = |method: &str| {
+        Request::builder()
+            .method(method)
+            .uri(a.url("/x"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // Each request after a second of quiet finds its kept-alive connection closing.
+    for method in ["GET", "HEAD", "PUT", "DELETE"] {
+        let got = within(10, send(&c, request(method))).await.unwrap();
+        assert_eq!(got.status, 200, "{method}: {}", got.text());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // Nothing went missing and nothing safe failed: the first GET opened a connection; each
+    // later request reached the closing one, then went again on a new one.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["GET", "HEAD", "HEAD", "PUT", "PUT", "DELETE", "DELETE"]
+    );
+    // A POST may have run: it is not repeated, and the caller learns it failed.
+    let got = within(10, send(&c, request("POST"))).await.unwrap();
+    assert_problem(&got, 502, "upstream-failed");
+    assert_eq!(
+        seen.lock().unwrap().iter().filter(|m| *m == "POST").count(),
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_too_slow_gives_504_at_the_configured_timeout() {
     let app = App::start("app").await;
