@@ -14,7 +14,7 @@ const DEV_TARGETING_KEY_HEADER: &str = "x-user-id";
 const EXAMPLES: &str = "\
 Examples:
   attache dev                                  # demo app behind attache on 127.0.0.1:15006
-  attache dev --app http://127.0.0.1:3000      # your app behind attache
+  attache dev --app 3000                       # your app on 127.0.0.1:3000 behind attache
   attache dev --flags flags.json               # flags (flagd format) as x-flag-* headers + OFREP
   attache run -c /etc/attache/config.yaml      # as a sidecar, from a config file
   attache validate -c config.yaml              # check a file, list every error
@@ -54,8 +54,9 @@ enum Command {
     /// A zero-config local proxy in front of an app; without --app, in front of a demo app
     /// that echoes what it receives.
     Dev {
-        /// The app to proxy to, e.g. http://127.0.0.1:3000.
-        #[arg(long)]
+        /// The app to proxy to: http://127.0.0.1:3000, localhost:3000, or a port on this
+        /// machine (3000).
+        #[arg(long, value_parser = app_arg)]
         app: Option<UpstreamUrl>,
         /// Where to listen [default: 127.0.0.1:15006].
         #[arg(long)]
@@ -228,6 +229,23 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// `--app` as a developer types it: a URL, `host:port` (http is implied), or a bare port on
+/// this machine.
+fn app_arg(s: &str) -> Result<UpstreamUrl, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return match s.parse::<u16>() {
+            Ok(port) if port > 0 => format!("http://127.0.0.1:{port}").parse(),
+            _ => Err(format!("{s} is not a port (1-65535)")),
+        };
+    }
+    if s.contains("://") {
+        s.parse()
+    } else {
+        format!("http://{s}").parse()
+    }
+}
+
 fn serve(
     workers: Option<usize>,
     mut config: Config,
@@ -275,6 +293,17 @@ fn serve(
         if let Err(e) = config.check() {
             anyhow::bail!("{e}");
         }
+        if dev
+            && !demo
+            && let Some(inbound) = &config.spec.inbound
+        {
+            eprintln!(
+                "\n  attache dev is proxying http://{} -> http://{}\n  metrics, config, flags: http://{}/\n",
+                inbound.listen,
+                inbound.app.authority(),
+                config.spec.admin.listen
+            );
+        }
         crate::server::run(config, source, dev).await
     });
     match result {
@@ -284,5 +313,26 @@ fn serve(
             eprintln!("attache: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::app_arg;
+
+    #[test]
+    fn app_takes_a_url_a_host_and_port_or_a_port() {
+        let authority = |s: &str| app_arg(s).map(|u| u.authority());
+        assert_eq!(
+            authority("http://127.0.0.1:3000").as_deref(),
+            Ok("127.0.0.1:3000")
+        );
+        assert_eq!(authority("localhost:8080").as_deref(), Ok("localhost:8080"));
+        assert_eq!(authority("3000").as_deref(), Ok("127.0.0.1:3000"));
+        assert_eq!(authority(" 3000 ").as_deref(), Ok("127.0.0.1:3000"));
+        let https = app_arg("https://127.0.0.1:8443").expect_err("https");
+        assert!(https.contains("not supported yet"), "{https}");
+        assert!(app_arg("ftp://x:1").is_err());
+        assert!(app_arg("70000").is_err(), "not a port, not a host");
     }
 }

@@ -151,17 +151,25 @@ async fn dev_with_an_app_proxies_to_it() {
     let ports = Ports::new();
     let listen = format!("127.0.0.1:{}", ports.inbound);
     let admin = format!("127.0.0.1:{}", ports.admin);
-    let app_url = format!("http://{}", app.addr);
+    // A bare port is an app on this machine, as a developer types it.
+    let port = app.addr.port().to_string();
     let mut a = Attache::spawn(
         ports,
         TempDir::new(),
         &[
-            "dev", "--app", &app_url, "--listen", &listen, "--admin", &admin,
+            "dev", "--app", &port, "--listen", &listen, "--admin", &admin,
         ],
     );
     a.wait_ready();
     let got = within(10, get(&http1(), &a.url("/"))).await.unwrap();
     assert_eq!(got.json()["app"], "mine");
+    assert!(
+        a.log_text().contains(&format!(
+            "attache dev is proxying http://{listen} -> http://127.0.0.1:{port}"
+        )),
+        "{}",
+        a.log_text()
+    );
 }
 
 #[test]
