@@ -229,6 +229,26 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// Each proxied connection holds two file descriptors (the client's and the upstream's), and
+/// many systems start processes with a soft limit of 1,024 under a far higher hard limit: the
+/// soft limit is raised to the hard one, as Go programs do, so a laptop's `attache dev` does not
+/// refuse connections at about 500 clients. A limit that stays low is logged.
+fn raise_open_file_limit() {
+    const LOW: u64 = 4096;
+    let before = rlimit::Resource::NOFILE.get().map(|(soft, _)| soft).ok();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) if now < LOW => tracing::warn!(
+            limit = now,
+            "the open-file limit is low: each proxied connection takes two; raise it (ulimit -n, or LimitNOFILE= under systemd)"
+        ),
+        Ok(now) if before.is_some_and(|b| b < now) => {
+            tracing::debug!(from = before, to = now, "raised the open-file limit")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+}
+
 /// `--app` as a developer types it: a URL, `host:port` (http is implied), or a bare port on
 /// this machine.
 fn app_arg(s: &str) -> Result<UpstreamUrl, String> {
@@ -253,6 +273,7 @@ fn serve(
     demo: bool,
     dev: bool,
 ) -> ExitCode {
+    raise_open_file_limit();
     let workers = workers
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)

@@ -245,10 +245,30 @@ impl Attache {
         env: &[(&str, &str)],
         cwd: &Path,
     ) -> Self {
+        Self::launch(Command::new(attache_bin()), ports, dir, args, env, cwd)
+    }
+
+    /// attache started by another program that then runs it, e.g. `prlimit --nofile=256:8192`.
+    pub fn spawn_under(ports: Ports, dir: TempDir, wrapper: &[&str], args: &[&str]) -> Self {
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
+        let mut cmd = Command::new(program);
+        cmd.args(wrapper_args).arg(attache_bin());
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Self::launch(cmd, ports, dir, args, &[], &cwd)
+    }
+
+    fn launch(
+        mut cmd: Command,
+        ports: Ports,
+        dir: TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+        cwd: &Path,
+    ) -> Self {
         let log = dir.path().join("attache.log");
         let stderr = std::fs::File::create(&log).expect("log file");
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
-        let child = Command::new(attache_bin())
+        let child = cmd
             .args(args)
             .current_dir(cwd)
             .env("ATTACHE_LOG", "info")

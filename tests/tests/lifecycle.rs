@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use attache_tests::client::{self, get, http1};
-use attache_tests::{App, Attache, Ports, eventually, free_port, sidecar_config, within};
+use attache_tests::{App, Attache, Ports, TempDir, eventually, free_port, sidecar_config, within};
 
 /// Replaces a file the way editors and config tools do: write aside, then rename over.
 fn replace_file(path: &std::path::Path, contents: &str) {
@@ -320,4 +320,41 @@ async fn grace_period_bounds_the_drain() {
         "the cut request fails rather than hanging"
     );
     assert!(a.log_text().contains("grace period over"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    // Started as many systems start processes: a soft limit far under the hard one.
+    let app = App::start("app").await;
+    for (limits, soft, warned) in [("256:8192", 8192, false), ("256:256", 256, true)] {
+        let ports = Ports::new();
+        let dir = TempDir::new();
+        let config = dir.write(
+            "config.yaml",
+            &attache_tests::sidecar_config(ports, app.addr, ""),
+        );
+        let nofile = format!("--nofile={limits}");
+        let mut a = Attache::spawn_under(
+            ports,
+            dir,
+            &["prlimit", &nofile],
+            &["run", "-c", config.to_str().unwrap()],
+        );
+        a.wait_ready();
+        let proc_limits = std::fs::read_to_string(format!("/proc/{}/limits", a.pid())).unwrap();
+        let line = proc_limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let now: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(now[3], soft.to_string(), "{limits}: {line}");
+        assert_eq!(
+            a.log_text().contains("the open-file limit is low"),
+            warned,
+            "{limits}: {}",
+            a.log_text()
+        );
+        let got = within(10, get(&http1(), &a.url("/"))).await.unwrap();
+        assert_eq!(got.status, 200);
+    }
 }
