@@ -320,12 +320,13 @@ impl Forward {
         upgrade: bool,
         conn: Option<&ConnInfo>,
     ) -> Result<Prepared, ProxyError> {
-        let original_host = match req.headers().get(header::HOST) {
-            Some(h) => Some(h.clone()),
-            None => req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        // The request target's authority when it has one (HTTP/2's `:authority`, an HTTP/1.1
+        // absolute-form target), else Host: RFC 9112 §3.2.2 has a server ignore Host for an
+        // absolute-form target, and RFC 9113 §8.3.1 prefers `:authority`.
+        let original_host = match req.uri().authority() {
+            // Without userinfo: Host is `host[:port]`.
+            Some(a) => HeaderValue::from_str(a.as_str().rsplit('@').next().unwrap_or("")).ok(),
+            None => req.headers().get(header::HOST).cloned(),
         };
         let pq = req
             .uri()

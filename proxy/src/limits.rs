@@ -19,15 +19,6 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-/// The size attache counts for a header section: name + value + 4 bytes (`: ` and CRLF) per
-/// field, which matches the bytes on the wire for HTTP/1.1.
-pub fn header_section_size(headers: &http::HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum()
-}
-
 #[derive(Clone)]
 pub struct LimitsLayer {
     max_header_bytes: u64,
@@ -85,13 +76,27 @@ where
                 limit: l.max_headers,
             });
         }
-        let size = header_section_size(req.headers());
+        // One pass over the fields: the section's size as attache counts it (name + value + 4
+        // bytes for `: ` and CRLF per field, the bytes on the wire for HTTP/1.1), and the Host
+        // lines.
+        let (mut size, mut hosts, mut host) = (0, 0, None);
+        for (n, v) in req.headers() {
+            size += n.as_str().len() + v.len() + 4;
+            if n == header::HOST {
+                hosts += 1;
+                host = Some(v);
+            }
+        }
         if size as u64 > l.max_header_bytes {
             l.metrics.client_error("headers_too_large");
             return reject(ProxyError::HeadersTooLarge {
                 size,
                 limit: l.max_header_bytes,
             });
+        }
+        if let Some(why) = host_problem(req.version(), hosts, host) {
+            l.metrics.client_error("bad_host");
+            return reject(ProxyError::BadRequest(why.into()));
         }
         let Some(limit) = l.max_body else {
             return Either::Right(self.inner.call(req));
@@ -114,6 +119,56 @@ where
         });
         Either::Right(self.inner.call(req))
     }
+}
+
+/// RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without Host, and to any
+/// request with more than one Host line or an invalid one. Forwarding such a request would let
+/// attache and the app disagree on which host it is for. (HTTP/2 and HTTP/1.0 may leave Host
+/// out.)
+fn host_problem(
+    version: http::Version,
+    hosts: usize,
+    host: Option<&http::HeaderValue>,
+) -> Option<&'static str> {
+    match (hosts, host) {
+        (0, _) if version == http::Version::HTTP_11 => {
+            Some("an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)")
+        }
+        (0, _) => None,
+        (1, Some(h)) if valid_host(h.as_bytes()) => None,
+        (1, _) => Some("the Host header is not a valid host[:port]"),
+        _ => Some("a request may carry one Host header, not several"),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 3986): a registered name, an IPv4 address or a bracketed IPv6
+/// one, with an optional port. Empty is allowed (a target without an authority); userinfo,
+/// paths, spaces and controls are not.
+fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
 }
 
 fn reject<F>(err: ProxyError) -> Either<Ready<Result<Response<Body>, Infallible>>, F> {
@@ -188,6 +243,38 @@ mod tests {
         })
     }
 
+    /// An HTTP/1.1 request with the Host it needs.
+    fn request(body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
+        req.headers_mut()
+            .insert(header::HOST, http::HeaderValue::from_static("app"));
+        req
+    }
+
+    #[test]
+    fn host_lines_follow_rfc_9112() {
+        use http::{HeaderValue, Version};
+        let h = |v: &'static str| HeaderValue::from_static(v);
+        let ok = |version, n, v: Option<&HeaderValue>| host_problem(version, n, v).is_none();
+        for good in [
+            "app",
+            "app:8080",
+            "10.0.0.1:80",
+            "[::1]:8080",
+            "xn--bcher-kva.example",
+            "",
+        ] {
+            assert!(ok(Version::HTTP_11, 1, Some(&h(good))), "{good:?}");
+        }
+        for bad in ["a b", "user@app", "app/path", "app?x", "app#f", "\"app\""] {
+            assert!(!ok(Version::HTTP_11, 1, Some(&h(bad))), "{bad:?}");
+        }
+        assert!(!ok(Version::HTTP_11, 0, None), "HTTP/1.1 needs Host");
+        assert!(ok(Version::HTTP_10, 0, None), "HTTP/1.0 may leave it out");
+        assert!(ok(Version::HTTP_2, 0, None), "HTTP/2 has :authority");
+        assert!(!ok(Version::HTTP_2, 2, Some(&h("app"))), "never two");
+    }
+
     fn limits(body: Option<u64>) -> Limits {
         Limits {
             max_headers: 3,
@@ -200,7 +287,7 @@ mod tests {
     #[tokio::test]
     async fn too_many_or_too_large_headers_get_431() {
         let svc = LimitsLayer::new(&limits(None), Arc::new(Metrics::new())).layer(echo_len());
-        let mut req = Request::new(attache_filters::empty());
+        let mut req = request(attache_filters::empty());
         for i in 0..4 {
             req.headers_mut().insert(
                 http::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
@@ -208,11 +295,11 @@ mod tests {
             );
         }
         assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), 431);
-        let mut req = Request::new(attache_filters::empty());
+        let mut req = request(attache_filters::empty());
         req.headers_mut()
             .insert("x-big", "a".repeat(1020).parse().unwrap());
         assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), 431);
-        let mut req = Request::new(attache_filters::empty());
+        let mut req = request(attache_filters::empty());
         req.headers_mut()
             .insert("x-ok", "a".repeat(900).parse().unwrap());
         assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
@@ -221,19 +308,19 @@ mod tests {
     #[tokio::test]
     async fn bodies_over_the_limit_fail_early_or_midstream() {
         let svc = LimitsLayer::new(&limits(Some(10)), Arc::new(Metrics::new())).layer(echo_len());
-        let mut req = Request::new(attache_filters::full("x".repeat(11)));
+        let mut req = request(attache_filters::full("x".repeat(11)));
         req.headers_mut().insert(header::CONTENT_LENGTH, 11.into());
         assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), 413);
         // Undeclared length: the body itself fails once past the limit.
         let res = svc
             .clone()
-            .oneshot(Request::new(attache_filters::full("x".repeat(11))))
+            .oneshot(request(attache_filters::full("x".repeat(11))))
             .await
             .unwrap();
         let text = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(text, "request body exceeds the limit of 10 bytes");
         let res = svc
-            .oneshot(Request::new(attache_filters::full("x".repeat(10))))
+            .oneshot(request(attache_filters::full("x".repeat(10))))
             .await
             .unwrap();
         assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "10");

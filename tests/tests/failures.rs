@@ -179,6 +179,55 @@ async fn too_many_or_too_large_headers_give_431() {
 /// empty 400), on a new connection and on a kept-alive one, and the connection closes; an
 /// app's own 4xx passes through untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_lines_are_checked_and_an_absolute_target_names_the_host() {
+    // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, with two, or with an invalid
+    // one; the app never sees them, so attache and the app cannot disagree on the host.
+    let app = App::start("app").await;
+    let a = Attache::sidecar(app.addr, "");
+    for head in [
+        &b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: a b\r\nconnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: user@a\r\nconnection: close\r\n\r\n",
+    ] {
+        let out = within(10, client::raw(a.inbound(), head, Duration::from_secs(2))).await;
+        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+        assert!(
+            out.contains("https://attache.dev/problems/bad-request"),
+            "{out}"
+        );
+    }
+    assert_eq!(app.hits(), 0);
+    a.assert_metrics(&["attache_client_errors_total{result=\"bad_host\"} 4"]);
+    // HTTP/1.0 may leave Host out.
+    let out = within(
+        10,
+        client::raw(
+            a.inbound(),
+            b"GET / HTTP/1.0\r\n\r\n",
+            Duration::from_secs(2),
+        ),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.0 200 "), "{out}");
+    // An absolute-form target's authority is the host (RFC 9112 §3.2.2), not the Host line.
+    let out = within(
+        10,
+        client::raw(
+            a.inbound(),
+            b"GET http://shop.example:8080/p HTTP/1.1\r\nhost: other\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        ),
+    )
+    .await;
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["path"], "/p");
+    assert_eq!(v["headers"]["host"], "shop.example:8080", "{v}");
+    assert_eq!(v["headers"]["x-forwarded-host"], "shop.example:8080", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_heads_get_problem_json() {
     let app = App::start("app").await;
     let a = Attache::sidecar(app.addr, "");

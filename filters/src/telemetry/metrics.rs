@@ -386,7 +386,7 @@ impl Metrics {
         );
         registry.register(
             "client_errors",
-            "Client connections or requests refused: header_timeout, headers_too_large, body_too_large, malformed_head",
+            "Client connections or requests refused: header_timeout, headers_too_large, body_too_large, malformed_head, bad_host",
             client_errors.clone(),
         );
         registry.register(
