@@ -295,17 +295,28 @@ fn redact(v: &mut Value, secret_key: bool) {
     match v {
         Value::String(s) if secret_key => *s = "REDACTED".to_owned(),
         Value::String(s) => {
-            if let Some((scheme, rest)) = s.split_once("://")
-                && let Some((_, host)) = rest.split_once('@')
-            {
-                *s = format!("{scheme}://REDACTED@{host}");
+            if let Some(shown) = redact_url(s) {
+                *s = shown;
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|i| redact(i, secret_key)),
         Value::Object(m) => {
             for (k, val) in m.iter_mut() {
                 let k = k.to_ascii_lowercase();
-                let secret = ["password", "secret", "token", "authorization", "credential"]
+                // A map of request headers to send (a flag source's, the OTLP exporter's)
+                // carries credentials under any name: `x-api-key`, `x-honeycomb-team`...
+                let header_map = k == "headers" && val.is_object();
+                let secret = header_map
+                    || [
+                        "password",
+                        "secret",
+                        "token",
+                        "authorization",
+                        "credential",
+                        "api-key",
+                        "api_key",
+                        "apikey",
+                    ]
                     .iter()
                     .any(|w| k.contains(w));
                 redact(val, secret_key || secret);
@@ -313,6 +324,16 @@ fn redact(v: &mut Value, secret_key: bool) {
         }
         _ => {}
     }
+}
+
+/// `scheme://user:pass@host/...` with the userinfo replaced by `REDACTED`; `None` when the URL
+/// carries none. Only the authority counts: an `@` in the path or query is not userinfo.
+pub fn redact_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (_, host) = authority.rsplit_once('@')?;
+    Some(format!("{scheme}://REDACTED@{host}{tail}"))
 }
 
 /// The JSON schema of the config file, as committed in `config/schema.json`.

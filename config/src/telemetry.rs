@@ -232,11 +232,14 @@ mod duration_str {
 }
 
 impl EffectiveTelemetry {
-    /// For `/config`: header values replaced.
+    /// For `/config`: header values replaced, and credentials in the endpoint URL.
     pub fn redacted(&self) -> Self {
         let mut c = self.clone();
         for v in c.headers.values_mut() {
             *v = "<redacted>".to_owned();
+        }
+        if let Some(shown) = c.endpoint.as_deref().and_then(crate::redact_url) {
+            c.endpoint = Some(shown);
         }
         c
     }

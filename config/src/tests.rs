@@ -183,6 +183,55 @@ spec:
     let shown = c.redacted().to_string();
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("http://REDACTED@p:80"), "{shown}");
+
+    // Header maps hide every value, whatever the header is called; lists of header names
+    // (what restoration carries) stay readable; an `@` past the authority is not userinfo.
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound: { app: 'http://app:1' }
+  trace: { restore: { headers: [x-request-id, x-tenant-id] } }
+  flags:
+    sources:
+      - url: 'http://flags:80/f.json?owner=team@example.com'
+        headers: { authorization: 'Bearer flagtoken', x-api-key: k123 }
+  telemetry:
+    otlp: { endpoint: 'http://user:otlppass@collector:4318', headers: { x-honeycomb-team: hc1 } }
+";
+    let c = load(text).unwrap();
+    let shown = c.redacted().to_string();
+    for secret in ["flagtoken", "k123", "otlppass", "hc1"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    assert!(
+        shown.contains(r#""headers":["x-request-id","x-tenant-id"]"#),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("http://flags:80/f.json?owner=team@example.com"),
+        "{shown}"
+    );
+    let effective = c.spec.telemetry.effective("x", &|_| None).redacted();
+    let effective = serde_json::to_string(&effective).unwrap();
+    assert!(!effective.contains("otlppass"), "{effective}");
+    assert!(effective.contains("REDACTED@collector:4318"), "{effective}");
+}
+
+#[test]
+fn a_flag_source_url_with_credentials_is_refused_without_echoing_them() {
+    let e = load(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound: { app: 'http://app:1' }
+  flags:
+    sources: [ { url: 'https://bot:hunter2@flags.internal/f.json' } ]
+",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("credentials in the URL are not sent"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
 }
 
 #[test]

@@ -425,6 +425,12 @@ fn flags(flags: &crate::Flags, spec: &crate::Spec, errors: &mut Vec<ConfigError>
                         format!("{at}.url"),
                         format!("{u:?} is not an http:// or https:// URL"),
                     ));
+                } else if let Some(shown) = crate::redact_url(u) {
+                    // Not echoed: the message goes to logs.
+                    errors.push(ConfigError::new(
+                        format!("{at}.url"),
+                        format!("{shown}: credentials in the URL are not sent; put them in `headers: {{ authorization: ... }}`"),
+                    ));
                 } else if u.parse::<http::Uri>().is_err() {
                     errors.push(ConfigError::new(
                         format!("{at}.url"),

@@ -32,6 +32,21 @@ pub struct Telemetry {
 
 /// Configured `name: value` headers as header lines (validation has already refused invalid
 /// ones, so none is dropped in practice).
+/// `scheme://user:pass@host/path` as the URL without its userinfo, and the userinfo.
+fn split_userinfo(url: &str) -> (String, Option<String>) {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        if let Some((userinfo, host)) = authority.rsplit_once('@') {
+            return (
+                format!("{scheme}://{host}{tail}"),
+                Some(userinfo.to_owned()),
+            );
+        }
+    }
+    (url.to_owned(), None)
+}
+
 pub fn header_lines<'a>(
     headers: impl IntoIterator<Item = (&'a String, &'a String)>,
 ) -> Vec<(HeaderName, HeaderValue)> {
@@ -116,13 +131,33 @@ impl Telemetry {
             tracing::warn!("{w}");
         }
         let e = &key.effective;
+        // Credentials in the endpoint URL go as `Authorization: Basic`, as for upstream
+        // endpoints (an explicit `authorization` header wins); the URL itself never carries
+        // them, so no log shows them.
+        let (endpoint, userinfo) = match e.endpoint.as_deref() {
+            Some(u) => split_userinfo(u),
+            None => (String::new(), None),
+        };
+        let mut headers = header_lines(&e.headers);
+        if let Some(userinfo) = userinfo
+            && !headers
+                .iter()
+                .any(|(k, _)| k == http::header::AUTHORIZATION)
+            && let Ok(mut v) = HeaderValue::from_str(&format!(
+                "Basic {}",
+                crate::forward::base64(userinfo.as_bytes())
+            ))
+        {
+            v.set_sensitive(true);
+            headers.push((http::header::AUTHORIZATION, v));
+        }
         let settings = ExportSettings {
-            endpoint: e.endpoint.as_deref().and_then(|u| u.parse().ok()),
+            endpoint: e.endpoint.as_ref().and_then(|_| endpoint.parse().ok()),
             protocol: match e.protocol {
                 OtlpProtocol::HttpProtobuf => Protocol::HttpProtobuf,
                 OtlpProtocol::Grpc => Protocol::Grpc,
             },
-            headers: header_lines(&e.headers),
+            headers,
             timeout: e.timeout,
             gzip: e.compression == Compression::Gzip,
             max_queue_size: e.max_queue_size,
@@ -133,7 +168,7 @@ impl Telemetry {
             resource: e.resource.clone(),
         };
         tracing::info!(
-            endpoint = e.endpoint.as_deref().unwrap_or("none"),
+            endpoint = if e.endpoint.is_some() { &endpoint } else { "none" },
             protocol = ?e.protocol,
             console = key.console,
             "span export configured"

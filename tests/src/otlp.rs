@@ -48,6 +48,8 @@ struct State {
     count_only: bool,
     counted: AtomicUsize,
     batches: AtomicUsize,
+    /// The `Authorization` of each HTTP export request ("" without one).
+    authorizations: Mutex<Vec<String>>,
 }
 
 impl State {
@@ -197,6 +199,15 @@ impl Collector {
         format!("http://{}", self.addr)
     }
 
+    /// The `Authorization` header of every HTTP export request so far ("" when absent).
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state
+            .authorizations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn fail_next(&self, n: usize) {
         self.state.fail_next.store(n, Ordering::SeqCst);
     }
@@ -279,6 +290,15 @@ async fn http_export(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>
     {
         return respond(415, Vec::new());
     }
+    let authorization = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    st.authorizations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(authorization);
     let gzip = req
         .headers()
         .get(hyper::header::CONTENT_ENCODING)

@@ -570,3 +570,30 @@ async fn a_reload_that_adds_an_endpoint_starts_exporting() {
     );
     a.wait_ready();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_collector_url_go_as_basic_auth_and_show_nowhere() {
+    let collector = Collector::start(Protocol::Http).await;
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let endpoint = format!("http://bob:pw-1234@{}", collector.addr);
+    let a = Attache::run(
+        ports,
+        &sidecar_config(
+            ports,
+            app.addr,
+            &format!(
+                "  telemetry:\n    otlp: {{ endpoint: '{endpoint}' }}\n    batch: {{ scheduled_delay: 100ms }}\n"
+            ),
+        ),
+    );
+    assert_eq!(call(&a.url("/x"), "GET", &[]).await.status, 200);
+    collector.wait_spans(1, 10).await;
+    // base64("bob:pw-1234")
+    assert_eq!(collector.authorizations()[0], "Basic Ym9iOnB3LTEyMzQ=");
+    let config = attache_tests::client::blocking_get(&a.admin_url("/config"))
+        .unwrap()
+        .1;
+    assert!(!config.contains("pw-1234"), "{config}");
+    assert!(!a.log_text().contains("pw-1234"), "{}", a.log_text());
+}
