@@ -114,6 +114,11 @@ with_policy_keys! {
         /// The memory store refuses new claims beyond this many records.
         #[serde(default = "default_memory_max_records")]
         pub memory_max_records: u32,
+        /// The memory store holds at most this much (responses, headers and bookkeeping):
+        /// past it, new claims are refused and a response that would not fit is kept as a
+        /// tombstone (status and headers).
+        #[serde(default = "default_memory_max_bytes")]
+        pub memory_max_bytes: ByteSize,
         /// Key for hashing scopes and keys (HMAC-SHA-256); replicas sharing Redis must share
         /// it. Required with Redis; the memory store picks a random one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,6 +204,9 @@ fn default_key_prefix() -> String {
 fn default_memory_max_records() -> u32 {
     100_000
 }
+fn default_memory_max_bytes() -> ByteSize {
+    ByteSize(256 << 20)
+}
 
 impl Default for Idempotency {
     fn default() -> Self {
@@ -208,6 +216,7 @@ impl Default for Idempotency {
             key_prefix: default_key_prefix(),
             eviction_check: EvictionCheck::default(),
             memory_max_records: default_memory_max_records(),
+            memory_max_bytes: default_memory_max_bytes(),
             scope_secret: None,
             policy_url: None,
             routes: Vec::new(),

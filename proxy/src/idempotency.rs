@@ -20,6 +20,7 @@ struct StoreKey {
     prefix: String,
     timeout: Duration,
     memory_max_records: u32,
+    memory_max_bytes: u64,
 }
 
 /// The store, kept across reloads, and the secret the memory store made up.
@@ -61,6 +62,7 @@ impl Stores {
             prefix: idem.key_prefix.clone(),
             timeout: idem.store_timeout.get(),
             memory_max_records: idem.memory_max_records,
+            memory_max_bytes: idem.memory_max_bytes.0,
         };
         let mut slot = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((k, s)) = slot.as_ref()
@@ -91,7 +93,10 @@ impl Stores {
             }
             redis
         } else {
-            Arc::new(MemoryStore::new(idem.memory_max_records as usize))
+            Arc::new(
+                MemoryStore::new(idem.memory_max_records as usize)
+                    .max_bytes(usize::try_from(idem.memory_max_bytes.0).unwrap_or(usize::MAX)),
+            )
         };
         *slot = Some((key, store.clone()));
         Ok(store)

@@ -216,3 +216,79 @@ async fn a_full_memory_store_refuses_new_claims_but_keeps_old_ones() {
         Claim::InFlight
     );
 }
+
+#[tokio::test]
+async fn the_memory_store_holds_at_most_max_bytes() {
+    let now = Arc::new(Mutex::new(Instant::now()));
+    let clock = now.clone();
+    let store =
+        MemoryStore::with_clock(100, Arc::new(move || *clock.lock().unwrap())).max_bytes(10_000);
+    let body = |n: usize| Stored {
+        status: 201,
+        headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
+        body: Bytes::from(vec![b'x'; n]),
+    };
+    let retention = Duration::from_secs(60);
+    // A 6 kB response fits and is replayed whole.
+    assert_eq!(
+        store.claim(&id(1), None, 1, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+    let stored = store
+        .complete(&id(1), 1, &body(6_000), false, retention)
+        .await;
+    assert_eq!(stored.unwrap(), Transition::Done);
+    match store.claim(&id(1), None, 2, LEASE).await.unwrap() {
+        Claim::Done(s) => assert_eq!(s.body.len(), 6_000),
+        other => panic!("{other:?}"),
+    }
+    // Another 6 kB would pass 10 kB: the request ran, so it is kept as a tombstone (status and
+    // headers), never dropped.
+    assert_eq!(
+        store.claim(&id(2), None, 1, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+    let stored = store
+        .complete(&id(2), 1, &body(6_000), false, retention)
+        .await;
+    assert_eq!(stored.unwrap(), Transition::Done);
+    match store.claim(&id(2), None, 2, LEASE).await.unwrap() {
+        Claim::Tombstone(s) => {
+            assert_eq!(s.status, 201);
+            assert!(s.body.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(store.bytes() <= 10_000, "{}", store.bytes());
+    // Filled to the limit, new claims are refused; old records keep answering.
+    let mut n = 3;
+    loop {
+        match store.claim(&id(n), None, 1, LEASE).await {
+            Ok(Claim::Claimed) => {
+                let stored = store
+                    .complete(&id(n), 1, &body(500), false, retention)
+                    .await;
+                assert_eq!(stored.unwrap(), Transition::Done);
+                n += 1;
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => {
+                assert!(e.to_string().contains("10000 bytes"), "{e}");
+                break;
+            }
+        }
+        assert!(n < 50, "never full");
+    }
+    assert!(store.bytes() <= 10_000, "{}", store.bytes());
+    assert!(matches!(
+        store.claim(&id(1), None, 3, LEASE).await.unwrap(),
+        Claim::Done(_)
+    ));
+    // Once records expire, their bytes are free again.
+    *now.lock().unwrap() += retention * 2;
+    assert_eq!(
+        store.claim(&id(99), None, 1, LEASE).await.unwrap(),
+        Claim::Claimed
+    );
+    assert!(store.bytes() < 1_000, "{}", store.bytes());
+}

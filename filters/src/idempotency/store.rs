@@ -81,8 +81,8 @@ pub enum Transition {
 pub enum StoreError {
     #[error("the idempotency store is unavailable: {0}")]
     Unavailable(String),
-    #[error("the memory store is full ({0} records)")]
-    Full(usize),
+    #[error("the memory store is full ({0})")]
+    Full(String),
 }
 
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -139,16 +139,63 @@ struct Entry {
     state: State,
     fingerprint: Option<[u8; 32]>,
     expires: Instant,
+    /// The bytes this record holds, as counted against `max_bytes`.
+    size: usize,
+}
+
+/// What a record costs beyond its response: the map slot, ids and fingerprint, roughly.
+const ENTRY_OVERHEAD: usize = 128;
+
+impl Stored {
+    /// The bytes a stored response holds in memory.
+    fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 16)
+                .sum::<usize>()
+    }
+}
+
+struct Records {
+    map: HashMap<RecordId, Entry>,
+    /// The sum of the entries' `size`.
+    bytes: usize,
+}
+
+impl Records {
+    /// Drops expired records.
+    fn purge(&mut self, now: Instant) {
+        let mut freed = 0;
+        self.map.retain(|_, e| {
+            let live = e.expires > now;
+            if !live {
+                freed += e.size;
+            }
+            live
+        });
+        self.bytes -= freed;
+    }
+
+    fn remove(&mut self, id: &RecordId) {
+        if let Some(e) = self.map.remove(id) {
+            self.bytes -= e.size;
+        }
+    }
 }
 
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 /// The in-process store: one map behind a lock, with the same semantics as Redis. Full at
-/// `max_records`, it refuses new claims (a store error) and never evicts a live record. It is
-/// per process: never shared by replicas.
+/// `max_records` records or `max_bytes` of stored responses, it refuses new claims (a store
+/// error) and never evicts a live record; a response that would pass `max_bytes` is kept as a
+/// tombstone (status and headers), as an oversized one is. It is per process: never shared by
+/// replicas.
 pub struct MemoryStore {
-    records: Mutex<HashMap<RecordId, Entry>>,
+    records: Mutex<Records>,
     max_records: usize,
+    max_bytes: usize,
     clock: Clock,
 }
 
@@ -159,23 +206,38 @@ impl MemoryStore {
 
     pub fn with_clock(max_records: usize, clock: Clock) -> Self {
         Self {
-            records: Mutex::new(HashMap::new()),
+            records: Mutex::new(Records {
+                map: HashMap::new(),
+                bytes: 0,
+            }),
             max_records,
+            max_bytes: usize::MAX,
             clock,
         }
+    }
+
+    /// Bounds the memory the records hold.
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The bytes the records hold now.
+    pub fn bytes(&self) -> usize {
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
     fn owned<R>(
         &self,
         id: &RecordId,
         owner: Owner,
-        f: impl FnOnce(&mut HashMap<RecordId, Entry>, Instant) -> R,
+        f: impl FnOnce(&mut Records, Instant) -> R,
     ) -> Option<R> {
         let now = (self.clock)();
-        let mut map = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(id) {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        match records.map.get(id) {
             Some(e) if e.expires > now && matches!(e.state, State::Run(o) if o == owner) => {
-                Some(f(&mut map, now))
+                Some(f(&mut records, now))
             }
             _ => None,
         }
@@ -192,8 +254,8 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, Claim> {
         Box::pin(async move {
             let now = (self.clock)();
-            let mut map = self.records.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = map.get(id).filter(|e| e.expires > now) {
+            let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = records.map.get(id).filter(|e| e.expires > now) {
                 if let (Some(want), Some(have)) = (fingerprint, e.fingerprint)
                     && want != have
                 {
@@ -205,20 +267,33 @@ impl Store for MemoryStore {
                     State::Tomb(s) => Claim::Tombstone(s.clone()),
                 });
             }
-            if map.len() >= self.max_records {
-                map.retain(|_, e| e.expires > now);
-                if map.len() >= self.max_records {
-                    return Err(StoreError::Full(self.max_records));
+            let full = |r: &Records| {
+                r.map.len() >= self.max_records || r.bytes + ENTRY_OVERHEAD > self.max_bytes
+            };
+            if full(&records) {
+                records.purge(now);
+                if records.map.len() >= self.max_records {
+                    return Err(StoreError::Full(format!("{} records", self.max_records)));
+                }
+                if full(&records) {
+                    return Err(StoreError::Full(format!(
+                        "{} bytes of records",
+                        self.max_bytes
+                    )));
                 }
             }
-            map.insert(
+            // An expired record under the same id is replaced: its bytes go.
+            records.remove(id);
+            records.map.insert(
                 id.clone(),
                 Entry {
                     state: State::Run(owner),
                     fingerprint,
                     expires: now + lease,
+                    size: ENTRY_OVERHEAD,
                 },
             );
+            records.bytes += ENTRY_OVERHEAD;
             Ok(Claim::Claimed)
         })
     }
@@ -232,19 +307,30 @@ impl Store for MemoryStore {
         retention: Duration,
     ) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
-            let done = self.owned(id, owner, |map, now| {
-                if let Some(e) = map.get_mut(id) {
-                    e.state = if tombstone {
-                        // Status and headers only, as Redis keeps it.
-                        State::Tomb(Stored {
-                            body: Bytes::new(),
-                            ..response.clone()
-                        })
-                    } else {
-                        State::Done(response.clone())
+            let max_bytes = self.max_bytes;
+            let done = self.owned(id, owner, |records, now| {
+                let Some(e) = records.map.get_mut(id) else {
+                    return;
+                };
+                let whole = ENTRY_OVERHEAD + response.size();
+                // Held bytes without this record, to which its new size is added.
+                let others = records.bytes - e.size;
+                let (state, size) = if !tombstone && others + whole <= max_bytes {
+                    (State::Done(response.clone()), whole)
+                } else {
+                    // Status and headers only, as Redis keeps a tombstone; also what a
+                    // response gets when keeping it whole would pass `max_bytes`.
+                    let tomb = Stored {
+                        body: Bytes::new(),
+                        ..response.clone()
                     };
-                    e.expires = now + retention;
-                }
+                    let size = ENTRY_OVERHEAD + tomb.size();
+                    (State::Tomb(tomb), size)
+                };
+                e.state = state;
+                e.expires = now + retention;
+                e.size = size;
+                records.bytes = others + size;
             });
             Ok(done.map_or(Transition::LostLease, |()| Transition::Done))
         })
@@ -252,9 +338,7 @@ impl Store for MemoryStore {
 
     fn release<'a>(&'a self, id: &'a RecordId, owner: Owner) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
-            let done = self.owned(id, owner, |map, _| {
-                map.remove(id);
-            });
+            let done = self.owned(id, owner, |records, _| records.remove(id));
             Ok(done.map_or(Transition::LostLease, |()| Transition::Done))
         })
     }
@@ -266,8 +350,8 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> StoreFuture<'a, Transition> {
         Box::pin(async move {
-            let done = self.owned(id, owner, |map, now| {
-                if let Some(e) = map.get_mut(id) {
+            let done = self.owned(id, owner, |records, now| {
+                if let Some(e) = records.map.get_mut(id) {
                     e.expires = now + lease;
                 }
             });
