@@ -120,7 +120,6 @@ impl Target {
         })
     }
 
-    /// Round robin over the endpoints.
     /// The index of the next endpoint, round robin.
     fn pick(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()
