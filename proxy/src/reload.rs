@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use attache_filters::telemetry::metrics::ResultLabels;
 use notify::{RecursiveMode, Watcher};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
 use crate::server::Shared;
@@ -26,15 +26,17 @@ use crate::server::Shared;
 const DEBOUNCE: Duration = Duration::from_millis(200);
 const POLL: Duration = Duration::from_secs(5);
 
-pub fn spawn(shared: Arc<Shared>, path: PathBuf) {
+/// Watches `path` and reloads on change or on `hup` (SIGHUP, registered by the caller before
+/// the listeners open, so that no SIGHUP can find the default action, which ends the process).
+pub fn spawn(shared: Arc<Shared>, path: PathBuf, hup: Signal) {
     tokio::spawn(async move {
-        if let Err(e) = run(shared, path).await {
+        if let Err(e) = run(shared, path, hup).await {
             tracing::error!(error = %e, "config reload is disabled");
         }
     });
 }
 
-async fn run(shared: Arc<Shared>, path: PathBuf) -> anyhow::Result<()> {
+async fn run(shared: Arc<Shared>, path: PathBuf, mut hup: Signal) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if ev.is_ok_and(|e| may_change(&e.kind)) {
@@ -48,7 +50,6 @@ async fn run(shared: Arc<Shared>, path: PathBuf) -> anyhow::Result<()> {
     if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; polling every 5s");
     }
-    let mut hup = signal(SignalKind::hangup())?;
     let mut poll = tokio::time::interval(POLL);
     poll.tick().await;
     let mut last = fingerprint(&path);

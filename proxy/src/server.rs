@@ -99,6 +99,10 @@ impl Shared {
 /// Runs attache with `config` until SIGTERM/SIGINT and drain complete. `dev` is `attache dev`
 /// (spans on the console unless the file says otherwise).
 pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
+    // Before any listener opens: from then on no signal meets its default action.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let hup = signal(SignalKind::hangup())?;
     let metrics = Arc::new(Metrics::new());
     let clients = Clients::new(metrics.clone());
     let telemetry = Telemetry::new(metrics.clone(), dev);
@@ -150,15 +154,24 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
         });
     }
 
-    if let Some(path) = source {
-        crate::reload::spawn(shared.clone(), path);
+    // SIGHUP reloads the config file. Without one (`attache dev` with no -c) there is nothing to
+    // reload, and a SIGHUP usually means the terminal closed: attache drains and exits, as it
+    // would have without a handler, but cleanly.
+    let mut hangup_ends = None;
+    match source {
+        Some(path) => crate::reload::spawn(shared.clone(), path, hup),
+        None => hangup_ends = Some(hup),
     }
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let hangup = async {
+        match hangup_ends.as_mut() {
+            Some(h) => h.recv().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = hangup => tracing::info!("SIGHUP received: no config file to reload; exiting"),
     }
     drain(&shared, &mut term, &mut int).await;
     let timeout = shared

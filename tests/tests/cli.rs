@@ -140,6 +140,17 @@ async fn dev_without_an_app_serves_the_demo_echo() {
         a.log_text()
             .contains(&format!("curl -s http://{listen}/hello"))
     );
+    // Without a config file there is nothing to reload: a SIGHUP (a closed terminal) ends it
+    // cleanly, where the default action would have killed it mid-request.
+    a.signal("HUP");
+    let status = a.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        a.log_text()
+            .contains("SIGHUP received: no config file to reload; exiting"),
+        "{}",
+        a.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
