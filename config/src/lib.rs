@@ -326,14 +326,27 @@ fn redact(v: &mut Value, secret_key: bool) {
     }
 }
 
-/// `scheme://user:pass@host/...` with the userinfo replaced by `REDACTED`; `None` when the URL
-/// carries none. Only the authority counts: an `@` in the path or query is not userinfo.
-pub fn redact_url(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
+/// `scheme://user:pass@host/...` as (`scheme://`, `user:pass`, `host/...`); `None` when the
+/// URL carries no userinfo. Only the authority counts: an `@` in the path or query is not
+/// userinfo.
+fn userinfo_parts(url: &str) -> Option<(&str, &str, &str)> {
+    let start = url.find("://")? + 3;
+    let rest = &url[start..];
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (_, host) = authority.rsplit_once('@')?;
-    Some(format!("{scheme}://REDACTED@{host}{tail}"))
+    let at = rest[..end].rfind('@')?;
+    Some((&url[..start], &rest[..at], &rest[at + 1..]))
+}
+
+/// The URL with its userinfo replaced by `REDACTED`; `None` when it carries none.
+pub fn redact_url(url: &str) -> Option<String> {
+    let (head, _, tail) = userinfo_parts(url)?;
+    Some(format!("{head}REDACTED@{tail}"))
+}
+
+/// The URL without its userinfo, and the userinfo; `None` when it carries none.
+pub fn strip_userinfo(url: &str) -> Option<(String, String)> {
+    let (head, userinfo, tail) = userinfo_parts(url)?;
+    Some((format!("{head}{tail}"), userinfo.to_owned()))
 }
 
 /// The JSON schema of the config file, as committed in `config/schema.json`.

@@ -32,21 +32,6 @@ pub struct Telemetry {
 
 /// Configured `name: value` headers as header lines (validation has already refused invalid
 /// ones, so none is dropped in practice).
-/// `scheme://user:pass@host/path` as the URL without its userinfo, and the userinfo.
-fn split_userinfo(url: &str) -> (String, Option<String>) {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
-        if let Some((userinfo, host)) = authority.rsplit_once('@') {
-            return (
-                format!("{scheme}://{host}{tail}"),
-                Some(userinfo.to_owned()),
-            );
-        }
-    }
-    (url.to_owned(), None)
-}
-
 pub fn header_lines<'a>(
     headers: impl IntoIterator<Item = (&'a String, &'a String)>,
 ) -> Vec<(HeaderName, HeaderValue)> {
@@ -135,7 +120,10 @@ impl Telemetry {
         // endpoints (an explicit `authorization` header wins); the URL itself never carries
         // them, so no log shows them.
         let (endpoint, userinfo) = match e.endpoint.as_deref() {
-            Some(u) => split_userinfo(u),
+            Some(u) => match attache_config::strip_userinfo(u) {
+                Some((url, userinfo)) => (url, Some(userinfo)),
+                None => (u.to_owned(), None),
+            },
             None => (String::new(), None),
         };
         let mut headers = header_lines(&e.headers);
