@@ -94,7 +94,8 @@ where
                 limit: l.max_header_bytes,
             });
         }
-        if let Some(why) = host_problem(req.version(), hosts, host) {
+        let authority = req.uri().authority().map(|a| a.as_str());
+        if let Some(why) = host_problem(req.version(), hosts, host, authority) {
             l.metrics.client_error("bad_host");
             return reject(ProxyError::BadRequest(why.into()));
         }
@@ -122,21 +123,31 @@ where
 }
 
 /// RFC 9112 §3.2: a server answers 400 to an HTTP/1.1 request without Host, and to any
-/// request with more than one Host line or an invalid one. Forwarding such a request would let
-/// attache and the app disagree on which host it is for. (HTTP/2 and HTTP/1.0 may leave Host
-/// out.)
+/// request with more than one Host line or an invalid one; RFC 9113 §8.3.1: an HTTP/2 request
+/// whose Host names another host than its `:authority` is malformed. Forwarding such a request
+/// would let attache (its flags, spans, routes) and the app disagree on which host it is for.
+/// (HTTP/2 and HTTP/1.0 may leave Host out.)
 fn host_problem(
     version: http::Version,
     hosts: usize,
     host: Option<&http::HeaderValue>,
+    authority: Option<&str>,
 ) -> Option<&'static str> {
     match (hosts, host) {
         (0, _) if version == http::Version::HTTP_11 => {
             Some("an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)")
         }
         (0, _) => None,
-        (1, Some(h)) if valid_host(h.as_bytes()) => None,
-        (1, _) => Some("the Host header is not a valid host[:port]"),
+        (1, Some(h)) if !valid_host(h.as_bytes()) => {
+            Some("the Host header is not a valid host[:port]")
+        }
+        (1, Some(h))
+            if version == http::Version::HTTP_2
+                && authority.is_some_and(|a| !a.as_bytes().eq_ignore_ascii_case(h.as_bytes())) =>
+        {
+            Some("the Host header and :authority name different hosts (RFC 9113 §8.3.1)")
+        }
+        (1, _) => None,
         _ => Some("a request may carry one Host header, not several"),
     }
 }
@@ -252,7 +263,7 @@ mod tests {
     fn host_lines_follow_rfc_9112() {
         use http::{HeaderValue, Version};
         let h = |v: &'static str| HeaderValue::from_static(v);
-        let ok = |version, n, v: Option<&HeaderValue>| host_problem(version, n, v).is_none();
+        let ok = |version, n, v: Option<&HeaderValue>| host_problem(version, n, v, None).is_none();
         for good in [
             "app",
             "app:8080",
@@ -270,6 +281,11 @@ mod tests {
         assert!(ok(Version::HTTP_10, 0, None), "HTTP/1.0 may leave it out");
         assert!(ok(Version::HTTP_2, 0, None), "HTTP/2 has :authority");
         assert!(!ok(Version::HTTP_2, 2, Some(&h("app"))), "never two");
+        let h2 = |host: &'static str, authority| {
+            host_problem(Version::HTTP_2, 1, Some(&h(host)), Some(authority)).is_none()
+        };
+        assert!(h2("app:80", "app:80") && h2("APP:80", "app:80"));
+        assert!(!h2("other", "app:80"), "Host and :authority disagree");
     }
 
     fn limits(body: Option<u64>) -> Limits {

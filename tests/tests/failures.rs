@@ -225,6 +225,19 @@ async fn host_lines_are_checked_and_an_absolute_target_names_the_host() {
     assert_eq!(v["path"], "/p");
     assert_eq!(v["headers"]["host"], "shop.example:8080", "{v}");
     assert_eq!(v["headers"]["x-forwarded-host"], "shop.example:8080", "{v}");
+    // Over HTTP/2, a Host naming another host than :authority is malformed (RFC 9113
+    // §8.3.1); the same one is fine.
+    for (host, status) in [("elsewhere.example", 400), ("", 200)] {
+        let mut req = Request::get(a.url("/h2")).body(Full::new(Bytes::new())).unwrap();
+        if !host.is_empty() {
+            req.headers_mut().insert("host", host.parse().unwrap());
+        } else {
+            req.headers_mut()
+                .insert("host", a.inbound().to_string().parse().unwrap());
+        }
+        let got = within(10, send(&client::http2(), req)).await.unwrap();
+        assert_eq!(got.status, status, "{host:?}: {}", got.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

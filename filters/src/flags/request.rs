@@ -338,11 +338,12 @@ impl ContextRules {
             if needs.path {
                 request.insert("path".into(), r.uri.path().into());
             }
+            // The target's authority first, as the proxy forwards it (RFC 9112 §3.2.2).
             let host = || {
-                r.headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .or_else(|| r.uri.authority().map(|a| a.as_str()))
+                r.uri
+                    .authority()
+                    .map(|a| a.as_str())
+                    .or_else(|| r.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
             };
             if needs.host
                 && let Some(host) = host()
@@ -423,10 +424,10 @@ impl ContextRules {
         }
         if needs.host {
             let host = r
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| r.uri.authority().map(|a| a.as_str()));
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| r.headers.get(header::HOST).and_then(|h| h.to_str().ok()));
             add("request.host", host.map(|h| text(h.to_owned())));
         }
         if needs.client_address {
