@@ -240,7 +240,12 @@ impl Forward {
         let mut res = loop {
             let sent = tokio::time::timeout_at(started + timeout, endpoint.pool.send(req)).await;
             match sent {
-                Ok(Ok(res)) => break res,
+                Ok(Ok(mut res)) => {
+                    if res.extensions_mut().remove::<pool::Resent>().is_some() {
+                        info.resend_count += 1;
+                    }
+                    break res;
+                }
                 Ok(Err(pool::Failure { error, unsent })) => {
                     if let Some(unsent) = unsent.filter(|_| may_retry) {
                         may_retry = false;

@@ -95,6 +95,11 @@ impl Client {
 /// timers are not that short, and the copy would cost every request under load.
 const MAY_BE_CLOSING_AFTER: Duration = Duration::from_secs(1);
 
+/// On a response to a request that went out twice (see `MAY_BE_CLOSING_AFTER`): its span
+/// counts the resend.
+#[derive(Clone, Copy)]
+pub struct Resent;
+
 /// The head of `req` if it may be sent again after it went out unanswered.
 fn replayable(req: &Request<Body>) -> Option<Request<()>> {
     use http::Method;
@@ -281,7 +286,11 @@ impl Endpoint {
                         return Ok(res.map(attache_filters::boxed));
                     }
                     let back = Some((conn, self.clone()));
-                    return Ok(res.map(|inner| attache_filters::boxed(Pooled { inner, back })));
+                    let mut res = res.map(|inner| attache_filters::boxed(Pooled { inner, back }));
+                    if fresh {
+                        res.extensions_mut().insert(Resent);
+                    }
+                    return Ok(res);
                 }
                 Err(mut e) => match e.take_message() {
                     // A pooled connection closed as the request was handed to it; the request

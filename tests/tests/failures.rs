@@ -85,13 +85,27 @@ async fn closing_app() -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_connection_closing_unanswered_repeats_only_safe_requests() {
     let (app, seen) = closing_app().await;
+    let collector =
+        attache_tests::otlp::Collector::start(attache_tests::otlp::Protocol::Http).await;
     let ports = Ports::new();
-    let a = Attache::run(ports, &sidecar_config(ports, app, ""));
+    // The app's calls through the ambassador port: their CLIENT spans count resends.
+    let extra = format!(
+        "  outbound: [ {{ listen: '127.0.0.1:{}', upstream: closing }} ]
+  upstreams: {{ closing: {{ endpoints: ['http://{app}'] }} }}
+  telemetry:
+    otlp: {{ endpoint: '{}' }}
+    batch: {{ scheduled_delay: 100ms }}
+",
+        ports.outbound,
+        collector.endpoint()
+    );
+    let _attache = Attache::run(ports, &sidecar_config(ports, app, &extra));
+    let url = format!("http://127.0.0.1:{}/x", ports.outbound);
     let c = http1();
     let request = |method: &str| {
         Request::builder()
             .method(method)
-            .uri(a.url("/x"))
+            .uri(&url)
             .body(Full::new(Bytes::new()))
             .unwrap()
     };
@@ -106,6 +120,23 @@ async fn a_kept_alive_connection_closing_unanswered_repeats_only_safe_requests()
     assert_eq!(
         *seen.lock().unwrap(),
         ["GET", "HEAD", "HEAD", "PUT", "PUT", "DELETE", "DELETE"]
+    );
+    // Each CLIENT span says whether its request went out again.
+    let spans = collector.wait_spans(4, 10).await;
+    let mut resent: Vec<(String, String)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s.attr("http.request.method").unwrap_or_default(),
+                s.attr("http.request.resend_count").unwrap_or_default(),
+            )
+        })
+        .collect();
+    resent.sort();
+    assert_eq!(
+        resent,
+        [("DELETE", "1"), ("GET", ""), ("HEAD", "1"), ("PUT", "1")]
+            .map(|(m, n)| (m.to_owned(), n.to_owned()))
     );
     // A POST may have run: it is not repeated, and the caller learns it failed.
     let got = within(10, send(&c, request("POST"))).await.unwrap();
@@ -228,7 +259,9 @@ async fn host_lines_are_checked_and_an_absolute_target_names_the_host() {
     // Over HTTP/2, a Host naming another host than :authority is malformed (RFC 9113
     // §8.3.1); the same one is fine.
     for (host, status) in [("elsewhere.example", 400), ("", 200)] {
-        let mut req = Request::get(a.url("/h2")).body(Full::new(Bytes::new())).unwrap();
+        let mut req = Request::get(a.url("/h2"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         if !host.is_empty() {
             req.headers_mut().insert("host", host.parse().unwrap());
         } else {
