@@ -358,3 +358,51 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit() {
         assert_eq!(got.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_access_log_output_loses_lines_countably_and_nothing_else() {
+    // stdout is a pipe nobody reads any more (`attache run ... | head -1` after head exits).
+    let app = App::start("app").await;
+    let ports = Ports::new();
+    let dir = TempDir::new();
+    let config = dir.write(
+        "config.yaml",
+        &attache_tests::sidecar_config(ports, app.addr, ""),
+    );
+    let mut child = std::process::Command::new(attache_tests::attache_bin())
+        .args(["run", "-c", config.to_str().unwrap()])
+        .env("ATTACHE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let admin = format!("http://127.0.0.1:{}/metrics", ports.admin);
+    assert!(
+        eventually(10, async || get(&http1(), &admin).await.is_ok()).await,
+        "attache did not start"
+    );
+    for _ in 0..3 {
+        let got = within(
+            10,
+            get(&http1(), &format!("http://127.0.0.1:{}/", ports.inbound)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.status, 200, "requests are served");
+    }
+    let counted = eventually(5, async || {
+        get(&http1(), &admin)
+            .await
+            .is_ok_and(|m| m.text().contains("attache_access_log_dropped_total 3"))
+    })
+    .await;
+    let _ = child.kill();
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+    let _ = child.wait();
+    assert!(counted, "the three lost lines are counted");
+    assert!(stderr.contains("the access log output failed"), "{stderr}");
+}

@@ -45,6 +45,7 @@ impl AccessLog {
             ready: Condvar::new(),
         });
         let weak = Arc::downgrade(&buffer);
+        let counter = metrics.clone();
         let spawned = std::thread::Builder::new()
             .name("attache-access-log".into())
             .spawn(move || {
@@ -62,7 +63,7 @@ impl AccessLog {
                     }
                     drop(buffer);
                     if !spare.is_empty() {
-                        write_out(output, &spare);
+                        write_out(output, &spare, &counter);
                         spare.clear();
                     }
                 }
@@ -95,22 +96,31 @@ impl AccessLog {
     pub fn flush(&self) {
         let pending =
             std::mem::take(&mut *self.buffer.lines.lock().unwrap_or_else(|p| p.into_inner()));
-        write_out(self.output, &pending);
+        write_out(self.output, &pending, &self.metrics);
     }
 }
 
-fn write_out(output: Output, text: &str) {
+/// Writes `text`; lines that a closed or failing output loses are counted as dropped (and the
+/// first failure logged): attache keeps serving.
+fn write_out(output: Output, text: &str, metrics: &Metrics) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
     if text.is_empty() {
         return;
     }
-    // A closed or full output loses the lines; attache keeps serving.
-    let _ = match output {
+    let written = match output {
         Output::Stdout => {
             let mut out = std::io::stdout().lock();
             out.write_all(text.as_bytes()).and_then(|()| out.flush())
         }
         Output::Stderr => std::io::stderr().lock().write_all(text.as_bytes()),
     };
+    if let Err(e) = written {
+        let lines = text.bytes().filter(|&b| b == b'\n').count();
+        metrics.access_log_dropped.inc_by(lines as u64);
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, ?output, "the access log output failed; its lines are dropped and counted in attache_access_log_dropped_total");
+        });
+    }
 }
 
 /// One request, as the access log records it.

@@ -455,7 +455,7 @@ impl Metrics {
         );
         registry.register(
             "access_log_dropped",
-            "Access log lines dropped because the output could not keep up",
+            "Access log lines dropped because the output could not keep up or failed (closed)",
             access_log_dropped.clone(),
         );
         let idempotency_store =
