@@ -332,6 +332,15 @@ fn serve(
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("attache: {e:#}");
+            let taken = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+            });
+            if dev && taken {
+                eprintln!(
+                    "attache: another process (another attache dev?) has that port; pick others with --listen, --admin and --ofrep"
+                );
+            }
             ExitCode::FAILURE
         }
     }

@@ -45,7 +45,8 @@ impl Listeners {
             if self.running.contains_key(addr) {
                 continue;
             }
-            let l = bind(*addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            let l = bind(*addr)
+                .map_err(|e| anyhow::Error::new(e).context(format!("cannot listen on {addr}")))?;
             bound.push((*addr, l));
         }
         Ok(bound)

@@ -310,3 +310,23 @@ async fn text_logs_off_a_terminal_carry_no_colour_codes() {
         "{log}"
     );
 }
+
+#[test]
+fn dev_on_a_taken_port_says_which_flags_move_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TempDir::new();
+    let out = Command::new(attache_bin())
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--listen, --admin and --ofrep"), "{stderr}");
+}
