@@ -83,7 +83,7 @@ enum Command {
     },
     /// Check config files; prints every error and exits 1 if any file is invalid.
     Validate {
-        /// Files to check.
+        /// Files to check (`-` for standard input).
         #[arg(short, long = "config", required = true, num_args = 1..)]
         config: Vec<PathBuf>,
     },
@@ -214,7 +214,24 @@ pub fn main() -> ExitCode {
 fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for f in files {
-        match attache_config::load_file(f) {
+        // `-`: standard input, e.g. `kubectl get configmap ... | attache validate -c -`.
+        let loaded = if f.as_os_str() == "-" {
+            let mut text = String::new();
+            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                Ok(_) => {
+                    attache_config::load_str(&text, "<stdin>", &|name| std::env::var(name).ok())
+                }
+                Err(e) => {
+                    eprintln!("<stdin>: cannot read: {e}");
+                    ok = false;
+                    continue;
+                }
+            }
+        } else {
+            attache_config::load_file(f)
+        };
+        match loaded {
+            Ok(_) if f.as_os_str() == "-" => println!("<stdin>: valid"),
             Ok(_) => println!("{}: valid", f.display()),
             Err(e) => {
                 ok = false;

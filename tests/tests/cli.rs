@@ -330,3 +330,40 @@ fn dev_on_a_taken_port_says_which_flags_move_it() {
     );
     assert!(stderr.contains("--listen, --admin and --ofrep"), "{stderr}");
 }
+
+#[test]
+fn validate_reads_standard_input() {
+    use std::io::Write;
+    let check = |text: &str| {
+        let mut child = Command::new(attache_bin())
+            .args(["validate", "-c", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, _) = check(
+        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  inbound: { app: 'http://127.0.0.1:8080' }\n",
+    );
+    assert_eq!((code, stdout.trim()), (Some(0), "<stdin>: valid"));
+    let (code, _, stderr) =
+        check("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  inbound: { ap: 'x' }\n");
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("<stdin>") && stderr.contains("spec.inbound.ap"),
+        "{stderr}"
+    );
+}
