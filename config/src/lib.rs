@@ -83,8 +83,15 @@ pub fn load_str(
     for path in &failed {
         remove(&mut value, path);
     }
-    let config = deserialize_all(value, &index, failed, &mut errors);
-    if let Some(config) = &config {
+    let interpolated_ok = failed.is_empty();
+    let (config, only_unknown_fields) = deserialize_all(value, &index, failed, &mut errors);
+    // The checks across fields run on a model that is the file's: with no errors so far, or
+    // with only unknown fields (left out, they change nothing else), so that one run lists a
+    // typo and, say, an undefined upstream together. After a bad value the model holds a
+    // default in its place, and checks on it could report mistakes the file does not make.
+    if let Some(config) = &config
+        && (errors.is_empty() || (only_unknown_fields && interpolated_ok))
+    {
         for e in validate::validate(config) {
             let at = index.best(&e.path);
             errors.push(e.at(at));
@@ -99,16 +106,19 @@ pub fn load_str(
 }
 
 /// Deserializes the model, collecting as many errors as possible: each failing node is removed
-/// and deserialization retried, so one run lists every unknown field and bad value.
+/// and deserialization retried, so one run lists every unknown field and bad value. Returns
+/// the model once it deserializes (without the failing nodes), and whether every error was
+/// an unknown field.
 fn deserialize_all(
     mut value: Value,
     index: &yaml::PosIndex,
     mut removed: Vec<String>,
     errors: &mut Vec<ConfigError>,
-) -> Option<Config> {
+) -> (Option<Config>, bool) {
+    let mut only_unknown_fields = true;
     for _ in 0..64 {
         let err = match serde_path_to_error::deserialize::<_, Config>(&value) {
-            Ok(config) => return errors.is_empty().then_some(config),
+            Ok(config) => return (Some(config), only_unknown_fields),
             Err(e) => e,
         };
         let path = err.path().to_string();
@@ -122,11 +132,12 @@ fn deserialize_all(
             // A required field removed for an earlier error is not a second mistake: drop
             // its parent too and look on for errors elsewhere.
             if path.is_empty() || !remove(&mut value, &path) {
-                return None;
+                return (None, false);
             }
             removed.push(path);
             continue;
         }
+        only_unknown_fields &= raw.starts_with("unknown field `");
         let (message, key) = humanize(&path, &raw);
         let at = if key {
             index.key(&path).or_else(|| index.nearest(&path))
@@ -135,11 +146,11 @@ fn deserialize_all(
         };
         errors.push(ConfigError::new(path.clone(), message).at(at));
         if path.is_empty() || !remove(&mut value, &path) {
-            return None;
+            return (None, false);
         }
         removed.push(path);
     }
-    None
+    (None, false)
 }
 
 /// Rewrites serde's messages into attache's voice. Returns the message and whether it is about

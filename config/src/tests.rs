@@ -82,6 +82,46 @@ spec:
 }
 
 #[test]
+fn a_typo_and_a_mistake_across_fields_are_listed_together() {
+    // Unknown fields leave the rest of the model as written, so the checks across fields run
+    // in the same pass.
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound: { app: 'http://a:1', lisen: '0.0.0.0:1' }
+  outbound:
+    - { listen: 127.0.0.1:15001, upstream: payy }
+  upstreams:
+    pay: { endpoints: ['http://p:1'], balanse: round_robin }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "spec.inbound.lisen: unknown field `lisen`; did you mean `listen`? at line 4, column 33",
+            "spec.outbound[0].upstream: upstream `payy` is not defined in spec.upstreams (defined: `pay`) at line 6, column 44",
+            "spec.upstreams.pay.balanse: unknown field `balanse`; did you mean `balance`? at line 8, column 39",
+        ]
+    );
+    // After a bad value the model holds a default in its place: those checks wait for a
+    // clean file rather than report what the file does not say.
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  inbound: { app: 'http://a:1' }
+  outbound:
+    - { listen: 127.0.0.1:15001, upstream: pay }
+  upstreams:
+    pay: { endpoints: 'http://p:1' }
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("spec.upstreams.pay.endpoints"),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn semantic_errors_point_at_the_field() {
     let text = "apiVersion: attache.dev/v1
 kind: Sidecar
