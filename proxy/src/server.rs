@@ -127,7 +127,13 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
         reload: Mutex::new(ReloadStatus::default()),
         source: source.clone(),
     });
-    tracing::info!(config = %snapshot.config.redacted(), "effective configuration");
+    // On a laptop the banner says what runs, and a 2 kB line would bury it: `attache dev`
+    // logs the config at debug (and `/config` always shows it).
+    if dev {
+        tracing::debug!(config = %snapshot.config.redacted(), "effective configuration");
+    } else {
+        tracing::info!(config = %snapshot.config.redacted(), "effective configuration");
+    }
     shared.install(snapshot)?;
     shared.started.store(true, Ordering::Release);
     if shared.is_ready() {

@@ -178,6 +178,8 @@ async fn dev_with_an_app_proxies_to_it() {
         "{}",
         a.log_text()
     );
+    // The banner says what runs; the whole config is on /config, not in the terminal.
+    assert!(!a.log_text().contains("effective configuration"));
 }
 
 #[test]
