@@ -337,6 +337,94 @@ fn kubernetes_manifests_embed_valid_configs() {
 }
 
 #[test]
+fn the_kubernetes_manifest_wires_ports_probes_and_ordering_consistently() {
+    // What a cluster would only show at deploy time: attache is a native sidecar (started
+    // before the app, stopped after it), its probes reach admin paths attache serves on the
+    // admin port its config listens on, the Service reaches attache's inbound port, and the
+    // inbound forwards to the app's container port.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/sidecar.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .map(|d| {
+            yaml::to_json(
+                &yaml::parse(d).unwrap(),
+                "",
+                None,
+                &mut yaml::PosIndex::default(),
+            )
+        })
+        .collect();
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
+    let config_map = of_kind("ConfigMap")
+        .into_iter()
+        .find(|d| d["data"]["config.yaml"].is_string())
+        .expect("the attache ConfigMap");
+    let config = load_str(
+        config_map["data"]["config.yaml"].as_str().unwrap(),
+        "config.yaml",
+        &no_env,
+    )
+    .unwrap();
+    let port_of = |listen: &crate::ListenAddr| {
+        listen
+            .to_string()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let inbound = config.spec.inbound.as_ref().expect("an inbound listener");
+
+    let deployment = of_kind("Deployment")[0];
+    let pod = &deployment["spec"]["template"]["spec"];
+    let attache = pod["initContainers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "attache"))
+        .expect("attache among the init containers");
+    assert_eq!(attache["restartPolicy"], "Always", "a native sidecar");
+    let named_port = |c: &Value, name: &str| {
+        c["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("no port {name} on {}", c["name"]))
+    };
+    assert_eq!(
+        named_port(attache, "admin"),
+        port_of(&config.spec.admin.listen)
+    );
+    assert_eq!(named_port(attache, "http"), port_of(&inbound.listen));
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let get = &attache[probe]["httpGet"];
+        assert_eq!(get["port"], "admin", "{probe}");
+        assert!(
+            ["/ready", "/live"].contains(&get["path"].as_str().unwrap_or_default()),
+            "{probe}: {get}"
+        );
+    }
+    let app = pod["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "app"))
+        .expect("the app container");
+    assert_eq!(named_port(app, "app"), u64::from(inbound.app.port));
+
+    let service = of_kind("Service")[0];
+    let target = service["spec"]["ports"][0]["targetPort"].as_str().unwrap();
+    assert_eq!(named_port(attache, target), port_of(&inbound.listen));
+    assert_eq!(
+        config.spec.drain.delay.get(),
+        std::time::Duration::ZERO,
+        "stopped after the app, attache has nothing to wait for"
+    );
+}
+
+#[test]
 fn trace_settings_are_validated() {
     let text = "apiVersion: attache.dev/v1
 kind: Sidecar
