@@ -1,5 +1,6 @@
 //! Request limits, checked before anything else looks at a request: header count and size
-//! (431) and body size (413). hyper enforces looser limits of its own on the raw bytes as a
+//! (431), the Host lines (400: missing, several, invalid, or not the HTTP/2 `:authority`) and
+//! body size (413). hyper enforces looser limits of its own on the raw bytes as a
 //! safety net; these are the exact, documented ones, counted the same way for HTTP/1.1 and
 //! HTTP/2, and answered with problem+json.
 
