@@ -462,7 +462,14 @@ impl Forward {
                 )
             }
         } else {
-            let reason = error_chain(e);
+            let too_large = matches!(e, SendError::Exchange(h) if h.is_parse_too_large());
+            let reason = if too_large {
+                // hyper's limits for a response head, as Envoy's defaults: say which.
+                "its response head is too large (more than 100 header lines, or over 400 KiB)"
+                    .to_owned()
+            } else {
+                error_chain(e)
+            };
             let (kind, error_type) = if reason.contains("reset") || reason.contains("closed") {
                 ("reset", "connection_reset")
             } else {

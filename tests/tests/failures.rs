@@ -568,3 +568,33 @@ async fn admin_endpoints() {
         .unwrap();
     assert_problem(&got, 404, "admin-not-found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_answering_with_too_many_header_lines_gets_a_502_that_says_so() {
+    // 150 Set-Cookie lines: over the 100 a response head may carry (Envoy's default too).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let mut head = String::from("HTTP/1.1 200 OK\r\n");
+                for i in 0..150 {
+                    head.push_str(&format!("set-cookie: c{i}=v\r\n"));
+                }
+                head.push_str("content-length: 2\r\nconnection: close\r\n\r\nok");
+                let _ = s.write_all(head.as_bytes()).await;
+            });
+        }
+    });
+    let ports = Ports::new();
+    let a = Attache::run(ports, &sidecar_config(ports, app, ""));
+    let got = within(10, get(&http1(), &a.url("/"))).await.unwrap();
+    assert_problem(&got, 502, "upstream-failed");
+    assert!(
+        got.text().contains("response head is too large"),
+        "{}",
+        got.text()
+    );
+}
