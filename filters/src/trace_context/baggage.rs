@@ -93,29 +93,129 @@ pub fn extract(headers: &HeaderMap, limits: Limits) -> Result<Baggage, Invalid> 
 }
 
 /// The members of every `baggage` line in order, each validated; empty elements are skipped.
-pub fn members(headers: &HeaderMap) -> impl Iterator<Item = Result<Member<'_>, Invalid>> {
-    headers
-        .get_all(&BAGGAGE_HEADER)
-        .iter()
-        .flat_map(|line| line.as_bytes().split(|b| *b == b','))
-        .map(trim_ows)
-        .filter(|m| !m.is_empty())
-        .map(parse_member)
+/// A line that is not visible ASCII yields one `Invalid` (no baggage byte lies outside it).
+pub fn members(headers: &HeaderMap) -> Members<'_> {
+    Members {
+        lines: headers.get_all(&BAGGAGE_HEADER).into_iter(),
+        rest: None,
+    }
 }
 
-fn parse_member(raw: &[u8]) -> Result<Member<'_>, Invalid> {
-    let eq = raw.iter().position(|b| *b == b'=').ok_or(Invalid)?;
-    let key = trim_end(&raw[..eq]);
-    if !is_token(key) {
+/// The iterator of [`members`]: one pass over each line, which is checked as text once and
+/// then cut at commas, so that each member's parts are slices of it.
+pub struct Members<'a> {
+    lines: http::header::ValueIter<'a, HeaderValue>,
+    /// What is left of the current line.
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = Result<Member<'a>, Invalid>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let Some(rest) = self.rest else {
+                let line = self.lines.next()?;
+                match line.to_str() {
+                    Ok(text) => self.rest = Some(text),
+                    Err(_) => return Some(Err(Invalid)),
+                }
+                continue;
+            };
+            // A byte scan: elements are short, too short for `str::find`'s searcher.
+            let (element, tail) = match rest.bytes().position(|b| b == b',') {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            self.rest = tail;
+            let element = element.trim_matches(|c| c == ' ' || c == '\t');
+            if !element.is_empty() {
+                return Some(parse_member(element));
+            }
+        }
+    }
+}
+
+/// Byte classes for one-pass member parsing.
+const TOKEN: u8 = 1;
+const OCTET: u8 = 2;
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        let token = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        // `%x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E`: printable ASCII but space, `"`,
+        // `,`, `;`, `\`.
+        let octet = matches!(c, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e);
+        t[b] = (if token { TOKEN } else { 0 }) | (if octet { OCTET } else { 0 });
+        b += 1;
+    }
+    t
+};
+
+/// How many leading bytes of `s` are of `class`.
+fn run(s: &[u8], from: usize, class: u8) -> usize {
+    let mut i = from;
+    while i < s.len() && CLASS[s[i] as usize] & class != 0 {
+        i += 1;
+    }
+    i
+}
+
+fn skip_ows(s: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while i < s.len() && is_ows(s[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// One member, `raw` trimmed of OWS: `key OWS "=" OWS value OWS *( ";" property )`.
+fn parse_member(raw: &str) -> Result<Member<'_>, Invalid> {
+    let b = raw.as_bytes();
+    let key_end = run(b, 0, TOKEN);
+    let eq = skip_ows(b, key_end);
+    if key_end == 0 || b.get(eq) != Some(&b'=') {
         return Err(Invalid);
     }
-    let rest = trim_start(&raw[eq + 1..]);
-    let mut parts = rest.split(|b| *b == b';');
-    let value = trim_end(parts.next().unwrap_or_default());
-    if !value.iter().all(|b| is_baggage_octet(*b)) {
-        return Err(Invalid);
+    let value_start = skip_ows(b, eq + 1);
+    let value_end = run(b, value_start, OCTET);
+    let after = skip_ows(b, value_end);
+    match b.get(after) {
+        None => {}
+        Some(b';') => properties(&b[after + 1..])?,
+        Some(_) => return Err(Invalid),
     }
-    for property in parts {
+    // Every byte was checked to be ASCII, so these cuts fall on character boundaries.
+    Ok(Member {
+        key: raw.get(..key_end).ok_or(Invalid)?,
+        value: raw.get(value_start..value_end).ok_or(Invalid)?,
+        raw,
+    })
+}
+
+/// The `;`-separated properties after a member's value: each a token key, optionally with
+/// `= value`.
+fn properties(rest: &[u8]) -> Result<(), Invalid> {
+    for property in rest.split(|b| *b == b';') {
         let property = trim_ows(property);
         let ok = match property.iter().position(|b| *b == b'=') {
             Some(i) => {
@@ -130,16 +230,7 @@ fn parse_member(raw: &[u8]) -> Result<Member<'_>, Invalid> {
             return Err(Invalid);
         }
     }
-    // Every accepted byte is ASCII, so these are valid UTF-8.
-    Ok(Member {
-        key: ascii(key)?,
-        value: ascii(value)?,
-        raw: ascii(raw)?,
-    })
-}
-
-fn ascii(b: &[u8]) -> Result<&str, Invalid> {
-    std::str::from_utf8(b).map_err(|_| Invalid)
+    Ok(())
 }
 
 fn trim_start(s: &[u8]) -> &[u8] {
@@ -154,32 +245,12 @@ fn trim_end(s: &[u8]) -> &[u8] {
 
 /// RFC 9110 token characters.
 pub fn is_token(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.iter().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    !s.is_empty() && s.iter().all(|b| CLASS[*b as usize] & TOKEN != 0)
 }
 
 /// `%x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E`: printable ASCII but space, `"`, `,`, `;`, `\`.
 pub fn is_baggage_octet(b: u8) -> bool {
-    matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e)
+    CLASS[b as usize] & OCTET != 0
 }
 
 #[cfg(test)]
@@ -267,6 +338,30 @@ mod tests {
                 Err(Invalid),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn ows_is_space_or_tab_and_other_bytes_invalidate() {
+        let headers = h(&["\tk1\t=\tv1\t;\tp\t, k2=v2"]);
+        let got: Vec<_> = members(&headers).map(Result::unwrap).collect();
+        assert_eq!(
+            got.iter().map(|m| (m.key, m.value)).collect::<Vec<_>>(),
+            [("k1", "v1"), ("k2", "v2")]
+        );
+        assert_eq!(got[0].raw, "k1\t=\tv1\t;\tp");
+        // A byte outside visible ASCII (obs-text) makes the whole header invalid.
+        let mut bad = HeaderMap::new();
+        bad.append(BAGGAGE, HeaderValue::from_static("good=1"));
+        bad.append(BAGGAGE, HeaderValue::from_bytes(b"k=caf\xc3\xa9").unwrap());
+        assert_eq!(extract(&bad, Limits::default()), Err(Invalid));
+        for bad in ["k=v w", "k v=1", "k=\"v\"", "k=v;;", "k=v\x7f"] {
+            let Ok(v) = HeaderValue::from_str(bad) else {
+                continue;
+            };
+            let mut hm = HeaderMap::new();
+            hm.append(BAGGAGE, v);
+            assert_eq!(extract(&hm, Limits::default()), Err(Invalid), "{bad:?}");
         }
     }
 
