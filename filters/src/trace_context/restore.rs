@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use super::TraceId;
@@ -42,6 +43,30 @@ impl Record {
             && self.tracestate.is_none()
             && !self.debug
             && !self.formats.contains(&true)
+    }
+
+    /// The record with its own copy of every value. A value parsed from a request is a slice
+    /// of the connection's read buffer, and holding it would keep that whole buffer (8 KiB or
+    /// more) allocated for as long as the entry lives, where `max_bytes` counts only the
+    /// value; it would also make the connection allocate a new read buffer for its next
+    /// request instead of reusing the one it has.
+    pub fn detached(mut self) -> Record {
+        let copy = |v: &HeaderValue| {
+            let mut c = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(v.as_bytes()))
+                .unwrap_or_else(|_| v.clone());
+            c.set_sensitive(v.is_sensitive());
+            c
+        };
+        for (_, v) in &mut self.headers {
+            *v = copy(v);
+        }
+        for v in &mut self.baggage {
+            *v = copy(v);
+        }
+        if let Some(t) = &mut self.tracestate {
+            *t = copy(t);
+        }
+        self
     }
 
     /// Bytes counted against `max_bytes`: the header bytes plus a fixed overhead per entry.
@@ -213,6 +238,7 @@ impl Table {
         if size > self.limits.max_record_bytes {
             return;
         }
+        let record = record.detached();
         let now = (self.clock)();
         let mut shard = self.shard(id).lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = shard.map.remove(&id) {
@@ -423,6 +449,43 @@ mod tests {
         assert!(t.get(id(3)).is_none(), "3 expired");
         assert!(t.get(id(1)).is_some(), "1 was refreshed at 119 s");
         assert_eq!(t.usage().0, 1);
+    }
+
+    #[test]
+    fn stored_values_do_not_hold_the_buffer_they_were_parsed_from() {
+        // As hyper parses a request: every value a slice of one read buffer.
+        let buffer =
+            Bytes::from(b"x-request-id: r-1\r\nbaggage: k=v\r\ntracestate: a=b\r\n".to_vec());
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let slice = |from: usize, to: usize| {
+            HeaderValue::from_maybe_shared(buffer.slice(from..to)).unwrap()
+        };
+        let mut sensitive = slice(14, 17);
+        sensitive.set_sensitive(true);
+        let rec = Record {
+            headers: vec![(HeaderName::from_static("x-request-id"), sensitive)],
+            baggage: vec![slice(28, 31)],
+            tracestate: Some(slice(45, 48)),
+            ..Record::default()
+        };
+        assert!(range.contains(&(rec.baggage[0].as_bytes().as_ptr() as usize)));
+        let t = Table::new(limits(100));
+        t.insert(id(1), rec);
+        let got = t.get(id(1)).unwrap();
+        let values = [
+            &got.headers[0].1,
+            &got.baggage[0],
+            got.tracestate.as_ref().unwrap(),
+        ];
+        assert_eq!(values.map(|v| v.to_str().unwrap()), ["r-1", "k=v", "a=b"]);
+        for v in values {
+            let at = v.as_bytes().as_ptr() as usize;
+            assert!(
+                !range.contains(&at),
+                "{v:?} still points into the read buffer"
+            );
+        }
+        assert!(got.headers[0].1.is_sensitive(), "sensitivity is kept");
     }
 
     #[test]
