@@ -101,15 +101,16 @@ done
 median() { sort -n -k1,1 "$1" | awk '{a[NR]=$0} END{print a[int((NR+1)/2)]}'; }
 # paired FILE: the median, over rounds, of FILE's CPU against the `none` run of the same round
 # (runs of one round are seconds apart, so a drift of the machine's speed cancels out).
+ratios() { paste -d' ' "$OUT/flags-none.runs" "$1" | awk '{printf "%.4f\n", $5/$1}' | sort -n; }
 paired() {
-  paste -d' ' "$OUT/flags-none.runs" "$1" | awk '{printf "%.4f\n", $5/$1}' | sort -n |
+  ratios "$1" |
     awk '{a[NR]=$1} END{printf "%.2f", a[int((NR+1)/2)]}'
 }
 # interval FILE: a 95% confidence interval for that median ratio that assumes nothing about
 # how the rounds are distributed (the sign test's: with n rounds, the k-th smallest and the
 # k-th largest ratio, k the largest with P(Binomial(n, 1/2) < k) <= 0.025).
 interval() {
-  paste -d' ' "$OUT/flags-none.runs" "$1" | awk '{printf "%.4f\n", $5/$1}' | sort -n |
+  ratios "$1" |
     awk '{a[NR]=$1} END{
       n = NR; pk = 1; for (i = 0; i < n; i++) pk /= 2
       cum = 0; k = 0

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use super::TraceId;
@@ -52,8 +51,8 @@ impl Record {
     /// request instead of reusing the one it has.
     pub fn detached(mut self) -> Record {
         let copy = |v: &HeaderValue| {
-            let mut c = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(v.as_bytes()))
-                .unwrap_or_else(|_| v.clone());
+            // `from_bytes` copies; the bytes are those of a valid value, so it cannot fail.
+            let mut c = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
             c.set_sensitive(v.is_sensitive());
             c
         };
@@ -396,6 +395,7 @@ impl Drop for InFlightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::sync::atomic::AtomicU64;
 
     fn limits(max_entries: usize) -> Limits {
