@@ -566,12 +566,17 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    connection_options(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The options of every `Connection` line, each trimmed of spaces and tabs, read as bytes: one
+/// element that is not a token (a byte outside ASCII, say) does not hide the others.
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
 }
 
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -613,17 +618,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     // Other headers named in `Connection` are hop-by-hop too.
     let mut named = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.to_str().unwrap_or_default().split(',') {
-            let token = token.trim();
-            let known = token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|h| h.as_str().eq_ignore_ascii_case(token));
-            if !known && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
-            }
+    for token in connection_options(headers) {
+        let known = token.is_empty()
+            || token.eq_ignore_ascii_case(b"close")
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(token));
+        if !known && let Ok(name) = HeaderName::from_bytes(token) {
+            named.push(name);
         }
     }
     for name in named {
@@ -674,20 +676,19 @@ fn set_forwarded(
                     _ => {}
                 }
             }
-            let prior: Vec<&str> = if has_xff {
-                headers
-                    .get_all(&XFF)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            if prior.is_empty() {
+            // Earlier hops' lines are kept byte for byte, whatever they hold, as one line.
+            let mut chain = Vec::new();
+            if has_xff {
+                for v in headers.get_all(&XFF) {
+                    chain.extend_from_slice(v.as_bytes());
+                    chain.extend_from_slice(b", ");
+                }
+            }
+            if chain.is_empty() {
                 headers.insert(XFF, conn.peer_ip.clone());
             } else {
-                let client = conn.peer_ip.to_str().unwrap_or("unknown");
-                if let Ok(v) = HeaderValue::from_str(&format!("{}, {client}", prior.join(", "))) {
+                chain.extend_from_slice(conn.peer_ip.as_bytes());
+                if let Ok(v) = HeaderValue::from_bytes(&chain) {
                     headers.insert(XFF, v);
                 }
             }
@@ -743,6 +744,19 @@ mod tests {
         assert_eq!(text(&h, "x-forwarded-proto"), ["https"]);
         assert_eq!(text(&h, "x-forwarded-host"), ["edge.example"]);
 
+        // Append to a line that is not text: it is kept as it came, byte for byte.
+        let mut o = HeaderMap::new();
+        o.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"h\xe9te").unwrap(),
+        );
+        o.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        set_forwarded(&mut o, ForwardedHeaders::Append, &conn, None);
+        assert_eq!(
+            o["x-forwarded-for"].as_bytes(),
+            b"h\xe9te, 2.2.2.2, 10.0.0.9"
+        );
+
         // Replace: attache's view only; no Host, no X-Forwarded-Host.
         set_forwarded(&mut h, ForwardedHeaders::Replace, &conn, None);
         assert_eq!(text(&h, "x-forwarded-for"), ["10.0.0.9"]);
@@ -775,6 +789,22 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn an_option_that_is_not_a_token_does_not_hide_the_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-secret,\tcaf\xe9 , X-Other").unwrap(),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(connection_has(&h, "Upgrade"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]

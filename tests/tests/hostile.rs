@@ -1,11 +1,12 @@
 //! Malformed and hostile context headers through the real binary. Several hundred requests
 //! carry mutated `traceparent`, `tracestate`, `baggage`, B3, `uber-trace-id`, forged
-//! `x-flag-*` headers, and targeting keys from a header, a cookie and the query string; a
-//! seeded generator makes the run repeatable. Every request must reach the app and be
-//! forwarded well formed: one valid `traceparent` (the caller's trace when it sent a valid
-//! one), a `baggage` that is valid W3C baggage within its limits, only the snapshot's own
-//! `x-flag-*` headers. The fuzz targets in `fuzz/` check the same properties on the filters
-//! alone, coverage-guided; this test keeps them true for the whole proxy in every CI run.
+//! `x-flag-*` headers, `Connection`, `X-Forwarded-For`, and targeting keys from a header, a
+//! cookie and the query string; a seeded generator makes the run repeatable. Every request
+//! must reach the app and be forwarded well formed: one valid `traceparent` (the caller's
+//! trace when it sent a valid one), a `baggage` that is valid W3C baggage within its limits,
+//! only the snapshot's own `x-flag-*` headers, no hop-by-hop header, and the client's address
+//! last in `X-Forwarded-For`. The fuzz targets in `fuzz/` check the same properties on the
+//! filters alone, coverage-guided; this test keeps them true for the whole proxy in CI.
 
 use attache_tests::client::{Got, get, http1, send};
 use attache_tests::{App, Attache, TempDir, within};
@@ -24,7 +25,7 @@ const FLAGS: &str = r#"{"flags": {
 }}"#;
 
 /// The headers a request may carry, each with a well-formed value to mutate.
-const SEEDS: [(&str, &str); 9] = [
+const SEEDS: [(&str, &str); 12] = [
     (
         "traceparent",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -37,6 +38,9 @@ const SEEDS: [(&str, &str); 9] = [
     ("cookie", "theme=dark; uid=user-7"),
     ("x-flag-tier", "gold"),
     ("x-flags", "{\"tier\":{\"value\":\"gold\"}}"),
+    ("connection", "keep-alive, x-hop, café"),
+    ("x-hop", "1"),
+    ("x-forwarded-for", "10.0.0.1, 10.0.0.2"),
 ];
 
 /// Bytes a mutation writes: separators, percent signs, spaces, tabs, quotes and non-ASCII.
@@ -186,6 +190,7 @@ async fn mutated_context_headers_are_answered_and_forwarded_well_formed() {
     let mut rng = Rng(0x5eed_a77a_c4e0_0001);
     let mut continued = 0;
     let mut rewritten_baggage = 0;
+    let mut hop_stripped = 0;
     const REQUESTS: usize = 400;
     for i in 0..REQUESTS {
         let mut req = Request::get(match rng.below(3) {
@@ -194,6 +199,8 @@ async fn mutated_context_headers_are_answered_and_forwarded_well_formed() {
             _ => format!("{base}/r{i}"),
         });
         let mut sent_traceparent = None;
+        let mut hop_named = false;
+        let mut sent_xff = None;
         for (name, seed) in SEEDS {
             let value = match rng.below(4) {
                 0 => continue,
@@ -205,6 +212,17 @@ async fn mutated_context_headers_are_answered_and_forwarded_well_formed() {
             };
             if name == "traceparent" {
                 sent_traceparent = value.to_str().ok().map(str::to_owned);
+            }
+            if name == "x-forwarded-for" {
+                // As the proxy reads it: without surrounding spaces and tabs (OWS).
+                let v = String::from_utf8_lossy(value.as_bytes());
+                sent_xff = Some(v.trim_matches([' ', '\t']).to_owned());
+            }
+            if name == "connection" {
+                hop_named = value
+                    .as_bytes()
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"x-hop"));
             }
             req = req.header(HeaderName::from_static(name), value);
         }
@@ -253,6 +271,31 @@ async fn mutated_context_headers_are_answered_and_forwarded_well_formed() {
             h["x-flag-beta"], "true",
             "request {i}: static flag delivered"
         );
+        // Hop-by-hop headers stay on the client's hop; the client's address is appended.
+        assert!(
+            h.get("connection").is_none(),
+            "request {i}: connection forwarded"
+        );
+        if hop_named {
+            hop_stripped += 1;
+            assert!(
+                h.get("x-hop").is_none(),
+                "request {i}: x-hop named in Connection, forwarded"
+            );
+        }
+        // Earlier hops' addresses are kept as sent, whatever bytes they hold.
+        let xff = h["x-forwarded-for"].as_str().unwrap_or_default();
+        let expected = match &sent_xff {
+            Some(prior) => format!("{prior}, 127.0.0.1"),
+            None => "127.0.0.1".to_owned(),
+        };
+        assert_eq!(xff, expected, "request {i}: x-forwarded-for");
+        assert_eq!(
+            xff.rsplit(',').next().map(str::trim),
+            Some("127.0.0.1"),
+            "request {i}: x-forwarded-for {:?}",
+            short(xff)
+        );
         let tier = h["x-flag-tier"].as_str().unwrap_or_default();
         assert!(
             ["gold", "basic"].contains(&tier),
@@ -274,6 +317,10 @@ async fn mutated_context_headers_are_answered_and_forwarded_well_formed() {
     assert!(
         rewritten_baggage > 100,
         "only {rewritten_baggage} baggage headers rewritten"
+    );
+    assert!(
+        hop_stripped > 20,
+        "only {hop_stripped} requests named x-hop in Connection"
     );
     // And the proxy kept serving: every request was answered, and it still answers.
     let live = get(

@@ -193,9 +193,10 @@ impl Source {
     /// The value, when the request has a non-empty one.
     fn read(&self, uri: &Uri, headers: &HeaderMap) -> Option<String> {
         let v = match self {
+            // UTF-8 text is read as sent (a user name with an accent, say); other bytes are not.
             Source::Header(h) => headers
                 .get(h)
-                .and_then(|v| v.to_str().ok())
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
                 .map(str::to_owned),
             Source::Cookie(name) => cookie(headers, name),
             Source::Query(name) => query_param(uri.query()?, name),
@@ -208,21 +209,23 @@ impl Source {
     }
 }
 
+/// The cookie `name`, read as bytes: a cookie elsewhere in the header with bytes outside ASCII
+/// (browsers send UTF-8 values) does not hide it. Its value must be UTF-8.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
+    let (_, v) = headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| n.trim() == name)
-        .map(|(_, v)| {
-            let v = v.trim();
-            v.strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v)
-                .to_owned()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
         })
+        .find(|(n, _)| *n == name.as_bytes())?;
+    let v = v
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(v);
+    std::str::from_utf8(v).ok().map(str::to_owned)
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -1589,6 +1592,39 @@ mod tests {
             (Some(RouteTarget(Arc::from("beta"))), "flag.split=b".into())
         );
         assert_eq!(target(&routed, "u2"), (None, "flag.split=a".into()));
+    }
+
+    #[test]
+    fn sources_read_utf8_and_other_cookies_do_not_hide_theirs() {
+        let uri: Uri = "/".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-user",
+            HeaderValue::from_bytes("josé".as_bytes()).unwrap(),
+        );
+        h.insert("x-bad", HeaderValue::from_bytes(b"a\xffb").unwrap());
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes("name=José; theme=\"dark\"".as_bytes()).unwrap(),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"bad=\xff; uid = u-7 ").unwrap(),
+        );
+        let read = |s: Source| s.read(&uri, &h);
+        assert_eq!(
+            read(Source::Header(HeaderName::from_static("x-user"))).as_deref(),
+            Some("josé")
+        );
+        assert_eq!(read(Source::Header(HeaderName::from_static("x-bad"))), None);
+        assert_eq!(read(Source::Cookie("uid".into())).as_deref(), Some("u-7"));
+        assert_eq!(
+            read(Source::Cookie("theme".into())).as_deref(),
+            Some("dark")
+        );
+        assert_eq!(read(Source::Cookie("name".into())).as_deref(), Some("José"));
+        assert_eq!(read(Source::Cookie("bad".into())), None);
+        assert_eq!(read(Source::Cookie("missing".into())), None);
     }
 
     #[test]
