@@ -1,12 +1,13 @@
-//! Malformed and hostile context headers through the real binary. Several hundred requests
-//! carry mutated `traceparent`, `tracestate`, `baggage`, B3, `uber-trace-id`, forged
-//! `x-flag-*` headers, `Connection`, `X-Forwarded-For`, and targeting keys from a header, a
-//! cookie and the query string; a seeded generator makes the run repeatable. Every request
-//! must reach the app and be forwarded well formed: one valid `traceparent` (the caller's
-//! trace when it sent a valid one), a `baggage` that is valid W3C baggage within its limits,
-//! only the snapshot's own `x-flag-*` headers, no hop-by-hop header, and the client's address
-//! last in `X-Forwarded-For`. The fuzz targets in `fuzz/` check the same properties on the
-//! filters alone, coverage-guided; this test keeps them true for the whole proxy in CI.
+//! Malformed and hostile context headers through the real binary. 400 requests over HTTP/1.1,
+//! and as many over HTTP/2, carry mutated `traceparent`, `tracestate`, `baggage`, B3,
+//! `uber-trace-id`, forged `x-flag-*` headers, `Connection`, `X-Forwarded-For`, and targeting
+//! keys from a header, a cookie and the query string; a seeded generator makes the run
+//! repeatable. Every request must reach the app and be forwarded well formed: one valid
+//! `traceparent` (the caller's trace when it sent a valid one), a `baggage` that is valid W3C
+//! baggage within its limits, only the snapshot's own `x-flag-*` headers, no hop-by-hop
+//! header, and earlier hops' `X-Forwarded-For` kept, with the client's address last. The fuzz
+//! targets in `fuzz/` check the same properties on the filters alone, coverage-guided; this
+//! test keeps them true for the whole proxy in CI.
 
 use attache_tests::client::{Got, get, http1, http2, send};
 use attache_tests::{App, Attache, TempDir, within};
