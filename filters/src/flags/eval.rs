@@ -60,6 +60,11 @@ impl Variants {
         self.find(name).map(|(_, _, v)| v)
     }
 
+    /// The variant at position `i`: its name and value.
+    pub fn at(&self, i: usize) -> Option<(&str, &Value)> {
+        self.0.get(i).map(|(k, v)| (k.as_str(), v))
+    }
+
     pub fn contains_key(&self, name: &str) -> bool {
         self.find(name).is_some()
     }
@@ -304,7 +309,7 @@ pub struct Resolution {
 
 /// A targeting result as a variant name: strings as they are, booleans as `true`/`false`,
 /// numbers as their shortest decimal.
-fn variant_name(v: &Value) -> Option<Cow<'_, str>> {
+pub(super) fn variant_name(v: &Value) -> Option<Cow<'_, str>> {
     match v {
         Value::String(s) => Some(Cow::Borrowed(s)),
         Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
@@ -352,7 +357,7 @@ impl<'a> Decision<'a> {
         )
     }
 
-    fn no_value(flag: &'a Flag, reason: Reason) -> Self {
+    pub(super) fn no_value(flag: &'a Flag, reason: Reason) -> Self {
         Self {
             value: None,
             variant: None,
@@ -362,6 +367,21 @@ impl<'a> Decision<'a> {
             flag: Some(flag),
             index: None,
         }
+    }
+
+    /// The variant at `index` of `flag`'s variants, as [`Flag::decide_in`] decides it
+    /// untyped; `None` when there is no such variant.
+    pub(super) fn by_index(flag: &'a Flag, index: usize, reason: Reason) -> Option<Self> {
+        let (name, value) = flag.variants.at(index)?;
+        Some(Self {
+            value: Some(Cow::Borrowed(value)),
+            variant: Some(name),
+            reason,
+            error: None,
+            metadata: &flag.metadata,
+            flag: Some(flag),
+            index: Some(index),
+        })
     }
 
     /// A decision another sidecar made (§8): `variant`'s value, with reason `CACHED`; `None`

@@ -379,7 +379,7 @@ pub fn number_text(n: &Number) -> String {
 }
 
 /// JavaScript's `==` on JSON values.
-fn loose_eq(a: &Value, b: &Value) -> bool {
+pub(super) fn loose_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Null, Value::Null) => true,
         (Value::Null, _) | (_, Value::Null) => false,
@@ -400,7 +400,7 @@ fn loose_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn strict_eq(a: &Value, b: &Value) -> bool {
+pub(super) fn strict_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         (Value::Array(_) | Value::Object(_), _) => false,
@@ -409,7 +409,7 @@ fn strict_eq(a: &Value, b: &Value) -> bool {
 }
 
 /// JavaScript's relational comparison: strings compare as strings, anything else as numbers.
-fn less(a: &Value, b: &Value, or_equal: bool) -> bool {
+pub(super) fn less(a: &Value, b: &Value, or_equal: bool) -> bool {
     if let (Value::String(x), Value::String(y)) = (a, b) {
         return if or_equal { x <= y } else { x < y };
     }
@@ -998,7 +998,7 @@ fn fractional<V: std::ops::Deref<Target = Value>>(args: &[V], s: &Scope<'_>) -> 
 
 /// One `[variant, weight]` bucket: `None` when malformed (which makes the whole operation
 /// null). A missing or null weight is 1; a negative one is 0.
-fn bucket(b: &Value) -> Option<(&Value, u64)> {
+pub(super) fn bucket(b: &Value) -> Option<(&Value, u64)> {
     let Value::Array(pair) = b else {
         return None;
     };
@@ -1048,6 +1048,17 @@ fn buckets_pick<V: std::ops::Deref<Target = Value>>(
         Some(w) => *w,
         None => bucket(b).map_or(0, |(_, w)| w),
     });
+    pick(h, weights, total, version)
+}
+
+/// The index of the bucket, among buckets of `weights` (summing to `total`, at most
+/// 2³¹ − 1), whose share holds hash `h`.
+pub(super) fn pick(
+    h: u32,
+    weights: impl Iterator<Item = u64>,
+    total: u64,
+    version: FractionalVersion,
+) -> Option<usize> {
     match version {
         FractionalVersion::V2 | FractionalVersion::V3 => {
             let at = (u64::from(h) * total) >> 32;

@@ -13,6 +13,8 @@
 //!   trusted peers' decisions, routing by variant, metrics and span-event data;
 //! - [`plan`]: a snapshot's delivery compiled for one leg: flags looked up once, decisions
 //!   that read nothing from the request made once, the context cut to what rules read;
+//! - [`fast`]: targeting rules of the common shapes compiled for a plan's flat context (field
+//!   and variant indexes, bucket weights), answering as [`logic`] does;
 //! - [`intern`]: the header names and values delivered per request, kept for the process's
 //!   life so that adding one to a request copies a pointer;
 //! - [`ofrep`]: OFREP single and bulk evaluation for OpenFeature SDKs.
@@ -22,6 +24,7 @@
 
 pub mod cbor;
 pub mod eval;
+pub mod fast;
 pub mod intern;
 pub mod logic;
 pub mod murmur3;

@@ -13,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 
 use super::eval::{Decision, Flag, FlagSet, Kind};
+use super::fast::Fast;
 use super::intern;
 use super::logic::{Rule, Slot};
 use super::request::{
@@ -111,6 +112,8 @@ pub struct Entry {
     pub slots: Vec<Slot>,
     /// For a flag decided per request: what each of its variants adds, by variant index.
     pub variants: Vec<Prepared>,
+    /// Its targeting compiled for the flat context, when the rule has a common shape.
+    pub fast: Option<Fast>,
 }
 
 /// What a variant of a flag decided per request adds to the request, rendered with the plan.
@@ -228,6 +231,7 @@ impl Plan {
                         header,
                         fixed,
                         slots: Vec::new(),
+                        fast: None,
                     }
                 })
                 .collect();
@@ -275,6 +279,11 @@ impl Plan {
         };
         for e in entries.iter_mut().filter(|e| e.fixed.is_none()) {
             e.slots = slots(e.flag.as_ref());
+            if let (Some(f), Some(_)) = (&e.flag, &flat)
+                && let Some(Ok(rule)) = &f.targeting
+            {
+                e.fast = Fast::compile(rule, f, &layout, settings.fractional);
+            }
         }
         let route_slots = routes.iter().map(|(f, _)| slots(f.as_ref())).collect();
         Plan {

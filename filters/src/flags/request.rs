@@ -194,9 +194,14 @@ impl Source {
     fn read(&self, uri: &Uri, headers: &HeaderMap) -> Option<String> {
         let v = match self {
             // UTF-8 text is read as sent (a user name with an accent, say); other bytes are not.
+            // Most values are ASCII, which `to_str` checks faster.
             Source::Header(h) => headers
                 .get(h)
-                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                .and_then(|v| {
+                    v.to_str()
+                        .ok()
+                        .or_else(|| std::str::from_utf8(v.as_bytes()).ok())
+                })
                 .map(str::to_owned),
             Source::Cookie(name) => cookie(headers, name),
             Source::Query(name) => query_param(uri.query()?, name),
@@ -985,8 +990,18 @@ impl Step {
                         }
                     }
                     None => {
-                        let d =
-                            s.decide(&e.key, e.flag.as_ref(), &peer_decisions, ctx(&e.slots), now);
+                        let d = match (&e.fast, &e.flag) {
+                            (Some(fast), Some(f)) if !peer_decides => {
+                                fast.decide(&e.key, f, &fields)
+                            }
+                            _ => s.decide(
+                                &e.key,
+                                e.flag.as_ref(),
+                                &peer_decisions,
+                                ctx(&e.slots),
+                                now,
+                            ),
+                        };
                         let vi = d.index;
                         count_at(&s.metrics, &e.key, &d, vi, EvalPath::Proxy);
                         if keep {
