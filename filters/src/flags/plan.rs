@@ -100,6 +100,8 @@ pub struct Plan {
     pub layout: Vec<String>,
     /// Per route, where its flag's `var` paths land in the flat context.
     pub route_slots: Vec<Vec<Slot>>,
+    /// Per route, its flag's targeting compiled, when it has a common shape.
+    pub route_fast: Vec<Option<Fast>>,
 }
 
 pub struct Entry {
@@ -277,15 +279,21 @@ impl Plan {
             Some(Some(Ok(rule))) if flat.is_some() => Slot::of_rule(rule, &layout),
             _ => Vec::new(),
         };
+        // Compiled targeting: for an enabled flag whose rule has a common shape, with a flat
+        // context (`fast`).
+        let fast = |flag: Option<&Arc<Flag>>| match flag {
+            Some(f) if flat.is_some() && f.needs_context() => match &f.targeting {
+                Some(Ok(rule)) => Fast::compile(rule, f, &layout, settings.fractional),
+                _ => None,
+            },
+            _ => None,
+        };
         for e in entries.iter_mut().filter(|e| e.fixed.is_none()) {
             e.slots = slots(e.flag.as_ref());
-            if let (Some(f), Some(_)) = (&e.flag, &flat)
-                && let Some(Ok(rule)) = &f.targeting
-            {
-                e.fast = Fast::compile(rule, f, &layout, settings.fractional);
-            }
+            e.fast = fast(e.flag.as_ref());
         }
         let route_slots = routes.iter().map(|(f, _)| slots(f.as_ref())).collect();
+        let route_fast = routes.iter().map(|(f, _)| fast(f.as_ref())).collect();
         Plan {
             snap,
             entries,
@@ -296,6 +304,7 @@ impl Plan {
             flat,
             layout,
             route_slots,
+            route_fast,
         }
     }
 }

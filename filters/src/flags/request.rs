@@ -1041,13 +1041,21 @@ impl Step {
             }
         }
         let mut route: Option<Arc<str>> = None;
-        for ((r, (flag, delivered)), slots) in
-            s.routes.iter().zip(&plan.routes).zip(&plan.route_slots)
+        for (((r, (flag, delivered)), slots), fast) in s
+            .routes
+            .iter()
+            .zip(&plan.routes)
+            .zip(&plan.route_slots)
+            .zip(&plan.route_fast)
         {
             let variant = match delivered {
                 Some(i) => variants.get(*i).copied().flatten(),
                 None => {
-                    let d = s.decide(&r.flag, flag.as_ref(), &peer_decisions, ctx(slots), now);
+                    let peer_decides = peer_decisions.iter().any(|(k, _)| **k == *r.flag);
+                    let d = match (fast, flag) {
+                        (Some(fast), Some(f)) if !peer_decides => fast.decide(&r.flag, f, &fields),
+                        _ => s.decide(&r.flag, flag.as_ref(), &peer_decisions, ctx(slots), now),
+                    };
                     count(&s.metrics, &r.flag, &d, EvalPath::Route);
                     if keep {
                         decisions.push(FlagDecision::of(r.flag.clone(), flag.as_ref(), &d));
