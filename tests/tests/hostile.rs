@@ -9,6 +9,7 @@
 //! targets in `fuzz/` check the same properties on the filters alone, coverage-guided; this
 //! test keeps them true for the whole proxy in CI.
 
+use attache_filters::trace_context::ids::{IdGenerator, SeededIds};
 use attache_tests::client::{Got, get, http1, http2, send};
 use attache_tests::{App, Attache, TempDir, within};
 use bytes::Bytes;
@@ -47,19 +48,12 @@ const SEEDS: [(&str, &str); 12] = [
 /// Bytes a mutation writes: separators, percent signs, spaces, tabs, quotes and non-ASCII.
 const NASTY: &[u8] = b",;=%-: \t\"'\\/{}[]0fFzZ\x80\xc3\xa9\xff";
 
-/// splitmix64: a small seeded generator, so a failure can be replayed.
-struct Rng(u64);
+/// A seeded generator (attache's own test ids, splitmix64), so a failure can be replayed.
+struct Rng(SeededIds);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.0.next_u64() % n as u64) as usize
     }
 }
 
@@ -192,7 +186,7 @@ async fn mutated_context_headers_are_answered_and_forwarded_well_formed() {
     // §8.2.2 makes a request carrying one malformed, so it is not sent there).
     for (proto, client) in [("HTTP/1.1", http1()), ("HTTP/2", http2())] {
         let h2 = proto == "HTTP/2";
-        let mut rng = Rng(0x5eed_a77a_c4e0_0001);
+        let mut rng = Rng(SeededIds::new(0x5eed_a77a_c4e0_0001));
         let mut continued = 0;
         let mut rewritten_baggage = 0;
         let mut hop_stripped = 0;

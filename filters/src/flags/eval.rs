@@ -387,16 +387,8 @@ impl<'a> Decision<'a> {
     /// A decision another sidecar made (§8): `variant`'s value, with reason `CACHED`; `None`
     /// when the flag or the variant is unknown here (skew).
     pub fn cached(flag: &'a Flag, variant: &str) -> Option<Self> {
-        let (index, name, value) = flag.variant(variant)?;
-        Some(Self {
-            value: Some(Cow::Borrowed(value)),
-            variant: Some(name),
-            reason: Reason::Cached,
-            error: None,
-            metadata: &flag.metadata,
-            flag: Some(flag),
-            index: Some(index),
-        })
+        let (index, _, _) = flag.variant(variant)?;
+        Self::by_index(flag, index, Reason::Cached)
     }
 
     pub fn to_resolution(&self) -> Resolution {

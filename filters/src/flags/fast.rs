@@ -21,7 +21,6 @@ use serde_json::Value;
 
 use super::eval::{Decision, Flag, Reason};
 use super::logic::{self, Field, FractionalVersion, Op, Place, Rule};
-use super::murmur3::murmur3_x86_32;
 
 /// A compiled targeting rule.
 #[derive(Debug)]
@@ -155,16 +154,7 @@ impl Fractional {
             Some(Value::String(t)) if !t.is_empty() => t.as_bytes(),
             _ => return None,
         };
-        let flag = key.as_bytes();
-        let len = flag.len() + target.len();
-        let mut short = [0u8; 128];
-        let h = if len <= short.len() {
-            short[..flag.len()].copy_from_slice(flag);
-            short[flag.len()..len].copy_from_slice(target);
-            murmur3_x86_32(&short[..len], 0)
-        } else {
-            murmur3_x86_32(&[flag, target].concat(), 0)
-        };
+        let h = logic::default_bucketing_hash(key.as_bytes(), target);
         let bucket = logic::pick(h, self.weights.iter().copied(), self.total, self.version)?;
         self.outcomes.get(bucket).copied()
     }
@@ -356,6 +346,7 @@ mod tests {
     use super::*;
     use crate::flags::eval::{FlagSet, Kind};
     use crate::flags::logic::{Data, Flat, Slot};
+    use crate::trace_context::ids::{IdGenerator, SeededIds};
 
     /// Field paths of the tests' flat context.
     fn layout() -> Vec<String> {
@@ -365,15 +356,11 @@ mod tests {
     }
 
     /// A small generator of rules of the compiled shapes (and some others), and contexts.
-    struct Gen(u64);
+    struct Gen(SeededIds);
 
     impl Gen {
         fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
+            self.0.next_u64()
         }
         fn pick<T: Clone>(&mut self, items: &[T]) -> T {
             items[(self.next() % items.len() as u64) as usize].clone()
@@ -482,7 +469,7 @@ mod tests {
     #[test]
     fn a_compiled_rule_answers_as_the_general_evaluator() {
         let layout = layout();
-        let mut g = Gen(42);
+        let mut g = Gen(SeededIds::new(42));
         let (mut compiled, mut checked) = (0, 0);
         for n in 0..3000 {
             let rule = g.rule(0);

@@ -983,17 +983,22 @@ fn fractional<V: std::ops::Deref<Target = Value>>(args: &[V], s: &Scope<'_>) -> 
         return None;
     }
     let skip = usize::from(first.is_null());
-    let (flag, target) = (flag.as_bytes(), target.as_bytes());
+    let h = default_bucketing_hash(flag.as_bytes(), target.as_bytes());
+    buckets_pick(h, &args[skip..], s.fractional).map(|i| i + skip)
+}
+
+/// flagd's default bucketing value, flag key + targeting key, hashed (v1 and v2); the two are
+/// joined on the stack when short, as they nearly always are.
+pub(super) fn default_bucketing_hash(flag: &[u8], target: &[u8]) -> u32 {
     let len = flag.len() + target.len();
     let mut short = [0u8; 128];
-    let h = if len <= short.len() {
+    if len <= short.len() {
         short[..flag.len()].copy_from_slice(flag);
         short[flag.len()..len].copy_from_slice(target);
         murmur3_x86_32(&short[..len], 0)
     } else {
         murmur3_x86_32(&[flag, target].concat(), 0)
-    };
-    buckets_pick(h, &args[skip..], s.fractional).map(|i| i + skip)
+    }
 }
 
 /// One `[variant, weight]` bucket: `None` when malformed (which makes the whole operation
