@@ -32,6 +32,21 @@ static BENCH_STORE: LazyLock<Arc<FlagStore>> = LazyLock::new(|| {
 });
 static METRICS: LazyLock<Arc<Metrics>> = LazyLock::new(|| Arc::new(Metrics::new()));
 
+/// §7's header name for a flag: lower case, characters outside `[a-z0-9-]` as `-`.
+fn header_name(prefix: &str, key: &str) -> String {
+    format!("{prefix}{key}")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 fuzz_target!(|data: &[u8]| {
     // Input: `doc 0xff user 0xff cookie 0xff query 0xff baggage 0xff plan 0xff forged 0xff t`.
     let parts: Vec<&[u8]> = data.split(|b| *b == 0xff).collect();
@@ -77,20 +92,7 @@ fuzz_target!(|data: &[u8]| {
         delivery: Some(Delivery {
             flags: DeliverFlags::All,
             header_prefix: Some("x-flag-".into()),
-            header_name: |p, k| {
-                let mut n = format!("{p}{k}").to_ascii_lowercase();
-                n = n
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || c == '-' {
-                            c
-                        } else {
-                            '-'
-                        }
-                    })
-                    .collect();
-                n
-            },
+            header_name,
             combined: Some(HeaderName::from_static("x-flags")),
             baggage: true,
             defaults: HashMap::new(),
@@ -140,22 +142,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(forwarded) = futures_executor::block_on(async { svc.ready().await?.call(req).await });
     let forwarded = forwarded.into_body();
 
-    let names: Vec<String> = keys
-        .iter()
-        .map(|k| {
-            format!("x-flag-{k}")
-                .to_ascii_lowercase()
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '-'
-                    }
-                })
-                .collect()
-        })
-        .collect();
+    let names: Vec<String> = keys.iter().map(|k| header_name("x-flag-", k)).collect();
     for name in forwarded.headers().keys() {
         if name.as_str().starts_with("x-flag-") {
             assert!(
