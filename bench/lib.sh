@@ -6,6 +6,9 @@ cpu_ticks() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '{print $14+$
 rss_kib() { local t=0; for p in $(procs "$1"); do t=$((t + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo "$t"; }
 HZ=$(getconf CLK_TCK)
 
+# The P-th percentile (0-100) of the request durations in an h2load --log-file, in ms.
+pct_ms() { cut -f3 "$1" | sort -n | awk -v p="$2" '{a[NR]=$1} END{i=int(NR*p/100+0.5); if (i<1) i=1; if (i>NR) i=NR; printf "%.2f", a[i]/1000}'; }
+
 need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 

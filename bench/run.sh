@@ -177,23 +177,24 @@ row() { # name port pid [nomem]
   printf "| %-8s | %7s | %8s | %8s | %6s | %6s | %7s | %8s |%s\n" "$name" "$rps" "$p50" "$p99" "$cpu" "$(mib "$idle")" "$(mib "$held")" "$(mib "$busy")" "${errs:+ $errs}"
 }
 
-# Same load at a fixed rate, where no proxy is saturated: CPU per request and mean latency.
+# Same load at a fixed rate, where no proxy is saturated: CPU per request, and latency from
+# every request's duration (h2load --log-file), which is what a sidecar's clients see day to day.
 rate_row() { # name port pid
   local name=$1 port=$2 pid=${3:-}
   local before=0 after=0
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  taskset -c "$LOAD_CPU" h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -D "$RATE_SECS" "http://127.0.0.1:$port/" > "$OUT/h2load-$name.txt" 2>&1
+  taskset -c "$LOAD_CPU" h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -D "$RATE_SECS" --log-file="$OUT/h2load-$name.log" "http://127.0.0.1:$port/" > "$OUT/h2load-$name.txt" 2>&1
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   local done_n mean rps cpu="-"
   done_n=$(awk '/^requests:/{print $8}' "$OUT/h2load-$name.txt")
   mean=$(awk '/^time for request:/{print $6}' "$OUT/h2load-$name.txt")
   rps=$(awk -v n="$done_n" -v s="$RATE_SECS" 'BEGIN{printf "%.0f", n/s}')
   [ -n "$pid" ] && cpu=$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$done_n" 'BEGIN{printf "%.1f", d*1e6/hz/n}')
-  printf "| %-8s | %10s | %12s | %10s |\n" "$name" "$rps" "$mean" "$cpu"
+  printf "| %-8s | %10s | %12s | %8sms | %8sms | %10s |\n" "$name" "$rps" "$mean" "$(pct_ms "$OUT/h2load-$name.log" 50)" "$(pct_ms "$OUT/h2load-$name.log" 99)" "$cpu"
 }
 
 # One round for one proxy: closed-loop wrk, then the fixed rate; prints
-# "req/s p99-ms cpu-wrk cpu-rate".
+# "req/s p99-ms cpu-wrk cpu-rate p99-ms-rate".
 round() { # name port pid
   local name=$1 port=$2 pid=$3 b a reqs
   b=$(cpu_ticks "$pid")
@@ -206,11 +207,11 @@ round() { # name port pid
   p99=$(awk '$1=="99%"{v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; printf "%.2f", v}' "$OUT/wrk-round-$name.txt")
   cpu1=$(awk -v d=$((a - b)) -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.1f", d*1e6/hz/n}')
   b=$(cpu_ticks "$pid")
-  taskset -c "$LOAD_CPU" h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -D "$RATE_SECS" "http://127.0.0.1:$port/" > "$OUT/h2load-round-$name.txt" 2>&1
+  taskset -c "$LOAD_CPU" h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -D "$RATE_SECS" --log-file="$OUT/h2load-round-$name.log" "http://127.0.0.1:$port/" > "$OUT/h2load-round-$name.txt" 2>&1
   a=$(cpu_ticks "$pid")
   done_n=$(awk '/^requests:/{print $8}' "$OUT/h2load-round-$name.txt")
   cpu2=$(awk -v d=$((a - b)) -v hz="$HZ" -v n="$done_n" 'BEGIN{printf "%.1f", d*1e6/hz/n}')
-  echo "$rps $p99 $cpu1 $cpu2"
+  echo "$rps $p99 $cpu1 $cpu2 $(pct_ms "$OUT/h2load-round-$name.log" 99)"
 }
 
 {
@@ -228,8 +229,8 @@ round() { # name port pid
   echo
   echo "Fixed rate: h2load --h1 -c$CONNS at $RATE req/s in total for $RATE_SECS s; a proxy that cannot keep up shows fewer req/s done."
   echo
-  echo "| target   | req/s done | mean latency | CPU µs/req |"
-  echo "|----------|------------|--------------|------------|"
+  echo "| target   | req/s done | mean latency | p50        | p99        | CPU µs/req |"
+  echo "|----------|------------|--------------|------------|------------|------------|"
   rate_row direct "$UP"
   rate_row attache "$ATT" "$ATT_PID"
   rate_row floor "$FLR" "$FLR_PID"
@@ -251,12 +252,12 @@ round() { # name port pid
     echo
     echo "$ROUNDS interleaved rounds per proxy (wrk -c$CONNS for $DURATION, then h2load at $RATE req/s for $RATE_SECS s); medians, and every round's CPU:"
     echo
-    echo "| target   | req/s   | p99      | CPU µs/req (wrk) | rounds | CPU µs/req (fixed rate) | rounds |"
-    echo "|----------|---------|----------|------------------|--------|-------------------------|--------|"
+    echo "| target   | req/s   | p99      | CPU µs/req (wrk) | rounds | CPU µs/req (fixed rate) | rounds | p99 (fixed rate) | rounds |"
+    echo "|----------|---------|----------|------------------|--------|-------------------------|--------|------------------|--------|"
     for t in attache floor nginx haproxy envoy; do
       med() { awk -v c="$1" '{print $c}' "$OUT/rounds-$t" | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
       all() { awk -v c="$1" '{printf "%s%s", sep, $c; sep=", "}' "$OUT/rounds-$t"; }
-      printf "| %-8s | %7s | %6sms | %16s | %s | %23s | %s |\n" "$t" "$(med 1)" "$(med 2)" "$(med 3)" "$(all 3)" "$(med 4)" "$(all 4)"
+      printf "| %-8s | %7s | %6sms | %16s | %s | %23s | %s | %14sms | %s |\n" "$t" "$(med 1)" "$(med 2)" "$(med 3)" "$(all 3)" "$(med 4)" "$(all 4)" "$(med 5)" "$(all 5)"
     done
   fi
 } | tee "$OUT/results.md"

@@ -7,6 +7,13 @@
 //! sees every byte, and learns from [`ConnState`] when hyper has handed a request to attache's
 //! service (the head is complete) and when the response has finished.
 //!
+//! The deadlines cost next to nothing per request: the clock is read once each time a read
+//! has to wait, not on every read and write (bytes moving only mark the last activity as out
+//! of date), and the timer is moved only when a deadline comes *earlier*. An idle deadline that
+//! moved later lets the timer fire at the old time once, and it is set again then. (Reading
+//! the clock three times and moving the timer on every request cost about 700 of the 31,000
+//! instructions a proxied request took.)
+//!
 //! [`Tracker`] counts live connections (and upgraded tunnels) so drain can wait for them.
 
 use std::future::Future;
@@ -94,7 +101,12 @@ enum Phase {
     /// Accepted, nothing received yet: the first head must start and finish in time.
     New,
     /// Bytes of a request head are arriving; the service has seen `started` requests so far.
-    Head { deadline: Instant, started: u64 },
+    /// The head is due by `deadline`; `None` until the clock is next read (a kept-alive
+    /// connection's head is due a header-read timeout after its first bytes came).
+    Head {
+        deadline: Option<Instant>,
+        started: u64,
+    },
     /// Anything else: only the idle limit applies.
     Open,
 }
@@ -115,7 +127,11 @@ pub struct ConnIo<T> {
     proto: Proto,
     phase: Phase,
     accepted: Instant,
+    /// When bytes last moved, as of the last reading of the clock.
     last_activity: Instant,
+    /// Bytes have moved since `last_activity` was taken: it is out of date by less than the
+    /// time since then, and the next reading of the clock replaces it.
+    moved: bool,
     /// Bytes of a 408 (or of the answer to a head that could not be parsed) still to write
     /// before the socket is shut down.
     farewell: Option<(Vec<u8>, usize)>,
@@ -143,6 +159,7 @@ impl<T> ConnIo<T> {
             phase: Phase::New,
             accepted: now,
             last_activity: now,
+            moved: false,
             farewell: None,
             swapped: false,
             closed: false,
@@ -196,7 +213,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ConnIo<T> {
             Phase::Open
         } else {
             Phase::Head {
-                deadline: self.accepted + self.limits.header_read,
+                deadline: Some(self.accepted + self.limits.header_read),
                 started: self.state.started.load(Ordering::Acquire),
             }
         };
@@ -237,24 +254,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ConnIo<T> {
         self.swapped = true;
     }
 
-    /// The next deadline and whether missing it deserves a 408.
-    fn deadline(
-        phase: &mut Phase,
-        state: &ConnState,
-        accepted: Instant,
-        last: Instant,
-        limits: Deadlines,
-    ) -> (Instant, bool) {
-        if let Phase::Head { started, .. } = *phase
-            && state.started.load(Ordering::Acquire) != started
-        {
-            *phase = Phase::Open;
+    /// The next deadline and whether missing it deserves a 408, with the clock read as `now`.
+    fn deadline(&mut self, now: Instant) -> (Instant, bool) {
+        if std::mem::take(&mut self.moved) {
+            self.last_activity = now;
         }
-        let upgraded = state.upgraded.load(Ordering::Acquire);
-        match *phase {
-            Phase::New if !upgraded => (accepted + limits.header_read, false),
-            Phase::Head { deadline, .. } if !upgraded => (deadline, true),
-            _ => (last + limits.idle, false),
+        if let Phase::Head { started, .. } = self.phase
+            && self.state.started.load(Ordering::Acquire) != started
+        {
+            self.phase = Phase::Open;
+        }
+        let upgraded = self.state.upgraded.load(Ordering::Acquire);
+        match &mut self.phase {
+            Phase::New if !upgraded => (self.accepted + self.limits.header_read, false),
+            Phase::Head { deadline, .. } if !upgraded => (
+                *deadline.get_or_insert(self.last_activity + self.limits.header_read),
+                true,
+            ),
+            _ => (self.last_activity + self.limits.idle, false),
         }
     }
 }
@@ -287,13 +304,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
                 if !got.is_empty() {
-                    this.last_activity = Instant::now();
+                    this.moved = true;
                     let idle = this.state.in_flight.load(Ordering::Acquire) == 0;
                     let head_pending = matches!(this.phase, Phase::Head { .. } | Phase::New);
                     if this.proto == Proto::Http1 && idle && !head_pending {
                         // First bytes of a new request on a kept-alive connection.
                         this.phase = Phase::Head {
-                            deadline: this.last_activity + this.limits.header_read,
+                            deadline: None,
                             started: this.state.started.load(Ordering::Acquire),
                         };
                     }
@@ -305,14 +322,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
             Poll::Ready(Err(_)) | Poll::Pending if sniffed => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => loop {
-                let (deadline, head) = Self::deadline(
-                    &mut this.phase,
-                    &this.state,
-                    this.accepted,
-                    this.last_activity,
-                    this.limits,
-                );
-                if Instant::now() >= deadline {
+                let now = Instant::now();
+                let (deadline, head) = this.deadline(now);
+                if now >= deadline {
                     this.closed = true;
                     if head && this.proto == Proto::Http1 {
                         this.metrics.client_error("header_timeout");
@@ -327,7 +339,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
                     // EOF: hyper closes the connection.
                     return Poll::Ready(Ok(()));
                 }
-                if this.timer.deadline() != deadline {
+                // Moved only to an earlier deadline, or once the one it had has passed (it
+                // fired, maybe before a deadline that has moved on since).
+                let armed = this.timer.deadline();
+                if deadline < armed || armed <= now {
                     this.timer.as_mut().reset(deadline);
                 }
                 if this.timer.as_mut().poll(cx).is_pending() {
@@ -375,7 +390,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
         if let Poll::Ready(Ok(n)) = res
             && n > 0
         {
-            this.last_activity = Instant::now();
+            this.moved = true;
         }
         res
     }
@@ -399,7 +414,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
         if let Poll::Ready(Ok(n)) = res
             && n > 0
         {
-            this.last_activity = Instant::now();
+            this.moved = true;
         }
         res
     }

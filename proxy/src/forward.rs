@@ -238,15 +238,29 @@ impl Forward {
         let timeout = self.target.timeouts.request.get();
         let started = tokio::time::Instant::now();
         let mut res = loop {
-            let sent = tokio::time::timeout_at(started + timeout, endpoint.pool.send(req)).await;
-            match sent {
-                Ok(Ok(mut res)) => {
+            match endpoint.pool.send(req, started, started + timeout).await {
+                Ok(mut res) => {
                     if res.extensions_mut().remove::<pool::Resent>().is_some() {
                         info.resend_count += 1;
                     }
                     break res;
                 }
-                Ok(Err(pool::Failure { error, unsent })) => {
+                Err(pool::Failure {
+                    error: pool::SendError::TimedOut,
+                    ..
+                }) => {
+                    self.metrics
+                        .upstream_error(self.leg.direction, &self.target.name, "timeout");
+                    info.error = Some("timeout");
+                    return Ok(self.problem(
+                        ProxyError::UpstreamTimeout {
+                            upstream: self.target.name.to_string(),
+                            after: timeout,
+                        },
+                        info,
+                    ));
+                }
+                Err(pool::Failure { error, unsent }) => {
                     if let Some(unsent) = unsent.filter(|_| may_retry) {
                         may_retry = false;
                         self.metrics.upstream_error(
@@ -266,18 +280,6 @@ impl Forward {
                         continue;
                     }
                     return Ok(self.failed(&error, info));
-                }
-                Err(_) => {
-                    self.metrics
-                        .upstream_error(self.leg.direction, &self.target.name, "timeout");
-                    info.error = Some("timeout");
-                    return Ok(self.problem(
-                        ProxyError::UpstreamTimeout {
-                            upstream: self.target.name.to_string(),
-                            after: timeout,
-                        },
-                        info,
-                    ));
                 }
             }
         };

@@ -19,6 +19,13 @@
 //! same address) and close their connections when the last snapshot using them is dropped.
 //! Idle connections past `spec.pool.idle_timeout` are closed by a timer task per endpoint;
 //! past `spec.pool.max_idle_per_endpoint`, a returning connection is closed instead.
+//!
+//! The request timeout (the response head is due by a deadline) runs on a timer that each
+//! HTTP/1.1 connection keeps for its whole life, not on one made per request: registering a
+//! timer and cancelling it cost about 650 of the 31,000 instructions a proxied request took.
+//! A connection's exchanges run one after another, so each deadline is later than the last;
+//! the timer is moved only when it fires before the exchange in flight is due (once per
+//! timeout period on a busy connection) or when a deadline is earlier than the one it holds.
 
 use std::collections::HashMap;
 use std::io;
@@ -38,7 +45,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// How connections to every endpoint of a [`Client`] are made and kept.
 #[derive(Debug, Clone, Copy)]
@@ -145,6 +152,9 @@ fn closed_unanswered(e: &hyper::Error) -> bool {
 /// Why a request got no response from an endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    /// No response head by the exchange's deadline (the request timeout).
+    #[error("no response by the deadline")]
+    TimedOut,
     #[error("dns error: {0}")]
     Resolve(#[source] io::Error),
     #[error("connect timed out")]
@@ -160,7 +170,7 @@ pub enum SendError {
 impl SendError {
     /// No connection was made: the request never left attache.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, SendError::Exchange(_))
+        !matches!(self, SendError::Exchange(_) | SendError::TimedOut)
     }
 }
 
@@ -189,6 +199,32 @@ impl Failure {
             unsent: Some(Box::new(req)),
         }
     }
+
+    fn timed_out() -> Self {
+        Self {
+            error: SendError::TimedOut,
+            unsent: None,
+        }
+    }
+}
+
+/// An HTTP/1.1 connection's timer for the deadlines of its exchanges (see the module's note).
+type Timer = Pin<Box<Sleep>>;
+
+/// Ready once `deadline` has passed, by `timer`, which may hold an earlier exchange's deadline
+/// (it is then moved on when it fires) or a later one (it is moved back at once).
+fn poll_deadline(timer: &mut Timer, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+    if timer.deadline() > deadline {
+        timer.as_mut().reset(deadline);
+    }
+    loop {
+        ready!(timer.as_mut().poll(cx));
+        if timer.deadline() >= deadline {
+            return Poll::Ready(());
+        }
+        // It fired for an exchange that ended before its deadline.
+        timer.as_mut().reset(deadline);
+    }
 }
 
 /// The connections to one endpoint.
@@ -207,6 +243,7 @@ pub struct Endpoint {
 
 struct Idle {
     conn: http1::SendRequest<Body>,
+    timer: Timer,
     since: Instant,
 }
 
@@ -248,44 +285,77 @@ impl Endpoint {
         pool
     }
 
-    /// Sends `req` on a pooled connection or a new one. The response body gives the connection
-    /// back when it has been read to the end. The request target goes out as it is: origin-form
-    /// (`/path`) for HTTP/1.1; HTTP/2 needs the scheme and authority.
-    pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, Failure> {
+    /// Sends `req` on a pooled connection or a new one; its response head is due by `deadline`
+    /// (`now` is the clock as the exchange began). The response body gives the connection
+    /// back when it has been read to the end. The request target goes out as it is:
+    /// origin-form (`/path`) for HTTP/1.1; HTTP/2 needs the scheme and authority.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        now: Instant,
+        deadline: Instant,
+    ) -> Result<Response<Body>, Failure> {
         match self.settings.protocol {
-            Protocol::Http1 => self.send_h1(req).await,
-            Protocol::Http2 => self.send_h2(req).await,
+            Protocol::Http1 => self.send_h1(req, now, deadline).await,
+            Protocol::Http2 => tokio::time::timeout_at(deadline, self.send_h2(req))
+                .await
+                .unwrap_or_else(|_| Err(Failure::timed_out())),
         }
     }
 
-    async fn send_h1(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, Failure> {
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+        now: Instant,
+        deadline: Instant,
+    ) -> Result<Response<Body>, Failure> {
         // The head of a request that may go again, kept while it rides a connection that may be
         // closing (see `MAY_BE_CLOSING_AFTER`).
         let mut replay: Option<Request<()>> = None;
         // After such a connection closed unanswered, the copy goes on a new connection.
         let mut fresh = false;
         loop {
-            let (mut conn, reused) = match if fresh { None } else { self.checkout() } {
-                Some((conn, idle)) => {
+            let (mut conn, mut timer, reused) = match if fresh { None } else { self.checkout(now) }
+            {
+                Some((conn, timer, idle)) => {
                     if idle >= MAY_BE_CLOSING_AFTER {
                         replay = replayable(&req);
                     }
-                    (conn, true)
+                    (conn, timer, true)
                 }
                 // Boxed: the connect future is large and rare; inline, every request's
                 // future would carry (and move) its space.
-                None => match Box::pin(self.connect_h1()).await {
-                    Ok(conn) => (conn, false),
-                    Err(e) => return Err(Failure::unsent(e, req)),
-                },
+                None => {
+                    match Box::pin(tokio::time::timeout_at(deadline, self.connect_h1())).await {
+                        Ok(Ok(conn)) => (conn, Box::pin(tokio::time::sleep_until(deadline)), false),
+                        Ok(Err(e)) => return Err(Failure::unsent(e, req)),
+                        Err(_) => return Err(Failure::timed_out()),
+                    }
+                }
             };
-            match conn.try_send_request(req).await {
+            let mut sent = std::pin::pin!(conn.try_send_request(req));
+            let answered = std::future::poll_fn(|cx| {
+                if let Poll::Ready(answer) = sent.as_mut().poll(cx) {
+                    return Poll::Ready(Some(answer));
+                }
+                poll_deadline(&mut timer, deadline, cx).map(|()| None)
+            })
+            .await;
+            // Past the deadline the exchange is abandoned, and the connection closes with it.
+            let Some(answer) = answered else {
+                return Err(Failure::timed_out());
+            };
+            match answer {
                 Ok(res) => {
                     // After a protocol switch the connection belongs to the tunnel.
                     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                         return Ok(res.map(attache_filters::boxed));
                     }
-                    let back = Some((conn, self.clone()));
+                    let back = Some(Back {
+                        conn,
+                        timer,
+                        pool: self.clone(),
+                    });
                     let mut res = res.map(|inner| attache_filters::boxed(Pooled { inner, back }));
                     if fresh {
                         res.extensions_mut().insert(Resent);
@@ -360,38 +430,40 @@ impl Endpoint {
         Some(s.conn.clone())
     }
 
-    /// The most recently used idle connection that is still open, and how long it was idle.
-    fn checkout(&self) -> Option<(http1::SendRequest<Body>, Duration)> {
+    /// The most recently used idle connection that is still open, its timer, and how long it
+    /// was idle as of `now`.
+    fn checkout(&self, now: Instant) -> Option<(http1::SendRequest<Body>, Timer, Duration)> {
         let mut idle = lock(&self.idle);
-        while let Some(Idle { conn, since }) = idle.pop() {
-            let idle_for = since.elapsed();
+        while let Some(Idle { conn, timer, since }) = idle.pop() {
+            let idle_for = now.saturating_duration_since(since);
             if conn.is_ready() && idle_for < self.settings.idle_timeout {
-                return Some((conn, idle_for));
+                return Some((conn, timer, idle_for));
             }
         }
         None
     }
 
     /// Takes back a connection whose exchange is complete.
-    fn put(self: Arc<Self>, mut conn: http1::SendRequest<Body>) {
+    fn put(self: Arc<Self>, mut conn: http1::SendRequest<Body>, timer: Timer) {
         if conn.is_ready() {
-            self.push(conn);
+            self.push(conn, timer);
         } else if !conn.is_closed() {
             // The connection task has not yet seen the end of the exchange (a request body
             // still being written after an early response): it rejoins the pool once ready.
             tokio::spawn(async move {
                 if conn.ready().await.is_ok() {
-                    self.push(conn);
+                    self.push(conn, timer);
                 }
             });
         }
     }
 
-    fn push(&self, conn: http1::SendRequest<Body>) {
+    fn push(&self, conn: http1::SendRequest<Body>, timer: Timer) {
         let mut idle = lock(&self.idle);
         if idle.len() < self.settings.max_idle {
             idle.push(Idle {
                 conn,
+                timer,
                 since: Instant::now(),
             });
         }
@@ -488,13 +560,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// dropped after the end, when the server never polls an empty body).
 struct Pooled {
     inner: Incoming,
-    back: Option<(http1::SendRequest<Body>, Arc<Endpoint>)>,
+    back: Option<Back>,
+}
+
+/// What goes back to the pool with a connection.
+struct Back {
+    conn: http1::SendRequest<Body>,
+    timer: Timer,
+    pool: Arc<Endpoint>,
 }
 
 impl Pooled {
     fn release(&mut self) {
-        if let Some((conn, pool)) = self.back.take() {
-            pool.put(conn);
+        if let Some(Back { conn, timer, pool }) = self.back.take() {
+            pool.put(conn, timer);
         }
     }
 }

@@ -57,8 +57,14 @@ async fn upstream(b: Behaviour) -> Upstream {
             op.fetch_add(1, Ordering::SeqCst);
             let op = op.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |_req: Request<Incoming>| async move {
-                    tokio::time::sleep(b.delay).await;
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    // `x-delay-ms` sets this request's delay; else the upstream's.
+                    let delay = req
+                        .headers()
+                        .get("x-delay-ms")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .map_or(b.delay, Duration::from_millis);
+                    tokio::time::sleep(delay).await;
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![
                         b'x';
                         b.body_len
@@ -122,7 +128,7 @@ async fn body_len(ep: &Arc<Endpoint>, addr: SocketAddr) -> usize {
 
 /// Sends `req` and reads the whole response body; its length.
 async fn len_of(ep: &Arc<Endpoint>, req: Request<attache_filters::Body>) -> usize {
-    let res = ep.send(req).await.expect("response");
+    let res = send(ep, req).await.expect("response");
     assert_eq!(res.status(), 200);
     res.into_body()
         .collect()
@@ -130,6 +136,23 @@ async fn len_of(ep: &Arc<Endpoint>, req: Request<attache_filters::Body>) -> usiz
         .expect("body")
         .to_bytes()
         .len()
+}
+
+/// Sends `req` with 30 s for its response head.
+async fn send(
+    ep: &Arc<Endpoint>,
+    req: Request<attache_filters::Body>,
+) -> Result<Response<attache_filters::Body>, Failure> {
+    send_within(ep, req, Duration::from_secs(30)).await
+}
+
+async fn send_within(
+    ep: &Arc<Endpoint>,
+    req: Request<attache_filters::Body>,
+    timeout: Duration,
+) -> Result<Response<attache_filters::Body>, Failure> {
+    let now = tokio::time::Instant::now();
+    ep.send(req, now, now + timeout).await
 }
 
 /// Waits up to 2 s for `f` to hold (connection tasks finish in the background).
@@ -223,6 +246,70 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
 }
 
+/// A request slower than `ms` milliseconds, by the upstream's `x-delay-ms`.
+fn slow(addr: SocketAddr, ms: u64) -> Request<attache_filters::Body> {
+    let mut req = get(addr);
+    req.headers_mut()
+        .insert("x-delay-ms", http::HeaderValue::from(ms));
+    req
+}
+
+#[tokio::test]
+async fn each_exchange_on_a_kept_connection_gets_its_own_deadline() {
+    let up = upstream(PLAIN).await;
+    let ep = pool(up.addr, Protocol::Http1, 8, Duration::from_secs(30));
+    let timeout = Duration::from_millis(400);
+    // The connection's timer is set for this first exchange's deadline, 400 ms from now.
+    let res = send_within(&ep, get(up.addr), timeout)
+        .await
+        .expect("response");
+    res.into_body().collect().await.expect("body");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The next exchange on the same connection outlives that first deadline and is still
+    // within its own: the timer fires at the old deadline and is moved on, not obeyed.
+    let began = tokio::time::Instant::now();
+    let res = send_within(&ep, slow(up.addr, 300), timeout)
+        .await
+        .expect("answered within its own deadline");
+    assert_eq!(res.status(), 200);
+    assert!(began.elapsed() >= Duration::from_millis(300));
+    res.into_body().collect().await.expect("body");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "one kept connection");
+
+    // One past its deadline gets `TimedOut` at the deadline, not at the upstream's answer,
+    // and its connection is not reused (the exchange was abandoned mid-way).
+    let began = tokio::time::Instant::now();
+    match send_within(&ep, slow(up.addr, 2_000), timeout).await {
+        Err(Failure {
+            error: SendError::TimedOut,
+            unsent: None,
+        }) => {}
+        Err(f) => panic!("expected a timeout, got {}", f.error),
+        Ok(res) => panic!("expected a timeout, got {}", res.status()),
+    }
+    let waited = began.elapsed();
+    assert!(
+        waited >= timeout && waited < Duration::from_millis(1_500),
+        "timed out after {waited:?}"
+    );
+    assert_eq!(ep.idle_count(), 0);
+    assert_eq!(body_len(&ep, up.addr).await, 5);
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+
+    // A shorter timeout than the one the connection's timer holds is obeyed at once.
+    let began = tokio::time::Instant::now();
+    let short = send_within(&ep, slow(up.addr, 2_000), Duration::from_millis(100)).await;
+    assert!(matches!(
+        short,
+        Err(Failure {
+            error: SendError::TimedOut,
+            ..
+        })
+    ));
+    assert!(began.elapsed() < Duration::from_millis(1_000));
+}
+
 #[tokio::test]
 async fn a_connection_the_upstream_closes_is_not_reused() {
     // An upstream that answers with `Connection: close`.
@@ -283,7 +370,7 @@ async fn a_body_dropped_unread_does_not_return_its_connection() {
     })
     .await;
     let ep = pool(up.addr, Protocol::Http1, 8, Duration::from_secs(30));
-    let res = ep.send(get(up.addr)).await.expect("response");
+    let res = send(&ep, get(up.addr)).await.expect("response");
     let mut body = res.into_body();
     let first = body.frame().await.expect("a frame").expect("data");
     assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
@@ -300,7 +387,7 @@ async fn a_refused_connection_is_a_connect_error() {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     let ep = pool(addr, Protocol::Http1, 8, Duration::from_secs(30));
-    match ep.send(get(addr)).await {
+    match send(&ep, get(addr)).await {
         Err(Failure {
             error: e @ SendError::Connect(_),
             unsent,
@@ -332,7 +419,7 @@ async fn an_unresolvable_name_is_a_dns_error() {
         .uri("/")
         .body(attache_filters::empty())
         .expect("request");
-    let failure = ep.send(req).await.expect_err("an error");
+    let failure = send(&ep, req).await.expect_err("an error");
     let err = &failure.error;
     assert!(err.is_connect());
     assert!(err.to_string().starts_with("dns error"), "{err}");
