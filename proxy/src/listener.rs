@@ -5,6 +5,7 @@
 //! addresses that are new, stops accepting on those that went away, and leaves every open
 //! connection to finish on its own.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,7 +28,7 @@ use tower::Service;
 
 use crate::conn::{ConnInfo, ConnIo, ConnState, Deadlines, InFlight};
 use crate::server::Shared;
-use crate::snapshot::{Role, Servers, Stack};
+use crate::snapshot::{Role, Servers, Snapshot, Stack};
 use crate::{admin, body};
 
 /// The accept loops currently running, by address.
@@ -121,12 +122,12 @@ type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infalli
 /// Runs one request through its listener's stack. Every layer attache stacks is always ready
 /// (none applies backpressure through `poll_ready`), so the stack is called directly.
 fn handle(
-    stack: Option<Stack>,
+    stack: Option<&mut Stack>,
     req: Request<Body>,
     in_flight: InFlight,
-) -> impl Future<Output = Result<Response<body::Finish<InFlight>>, Infallible>> + Send {
+) -> impl Future<Output = Result<Response<body::Finish<InFlight>>, Infallible>> + Send + use<> {
     let fut: ResponseFuture = match stack {
-        Some(mut stack) => stack.call(req),
+        Some(stack) => stack.call(req),
         None => {
             // A reload removed this connection's role (an outbound upstream, say).
             let err = ProxyError::Unavailable("this listener was removed from the config".into());
@@ -197,10 +198,20 @@ async fn serve(
     };
     let info = ConnInfo::new(peer, state.clone(), shared.tracker.clone());
     let svc_shared = shared.clone();
+    // The stack of the snapshot the last request used, kept while no reload replaces it: a
+    // request then calls it where it is, instead of finding its role's stack in the snapshot
+    // and cloning it (a hash, an allocation, a reference count per layer).
+    let current: RefCell<Option<(Arc<Snapshot>, Option<Stack>)>> = RefCell::new(None);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let in_flight = state.begin();
         // One snapshot per request: a reload never changes the rules under it.
-        let stack = svc_shared.snapshot.load().stacks.get(&role).cloned();
+        let snap = svc_shared.snapshot.load();
+        let mut current = current.borrow_mut();
+        if !current.as_ref().is_some_and(|(s, _)| Arc::ptr_eq(s, &snap)) {
+            let stack = snap.stacks.get(&role).cloned();
+            *current = Some((Arc::clone(&snap), stack));
+        }
+        let stack = current.as_mut().and_then(|(_, stack)| stack.as_mut());
         let mut req: Request<Body> = req.map(attache_filters::boxed);
         req.extensions_mut().insert(info.clone());
         handle(stack, req, in_flight)

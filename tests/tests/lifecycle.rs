@@ -80,6 +80,46 @@ async fn reload_applies_a_good_file_and_keeps_the_running_config_on_a_bad_one() 
     );
 }
 
+/// A client connection kept open across a reload: its next request goes by the new config
+/// (attache keeps the stack of the last request's snapshot per connection, and must notice
+/// that the snapshot was replaced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_follows_a_reload() {
+    use http_body_util::{BodyExt, Empty};
+
+    let (blue, green) = (App::start("blue").await, App::start("green").await);
+    let a = Attache::sidecar(blue.addr, "");
+    let stream = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
+    let (mut conn, task) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(task);
+    let mut app_on_this_connection = async || {
+        conn.ready().await.unwrap();
+        let req = http::Request::get("/")
+            .header(http::header::HOST, "x")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let res = within(5, conn.send_request(req)).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["app"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(app_on_this_connection().await, "blue");
+
+    replace_file(&a.config_path(), &sidecar_config(a.ports, green.addr, ""));
+    assert!(
+        eventually(10, async || metric(
+            &a,
+            "attache_config_reloads_total{result=\"success\"} 1"
+        ))
+        .await
+    );
+    assert_eq!(app_on_this_connection().await, "green");
+    assert_eq!(app_on_this_connection().await, "green");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_even_without_a_change() {
     let app = App::start("app").await;
