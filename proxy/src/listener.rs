@@ -200,7 +200,11 @@ async fn serve(
     let svc_shared = shared.clone();
     // The stack of the snapshot the last request used, kept while no reload replaces it: a
     // request then calls it where it is, instead of finding its role's stack in the snapshot
-    // and cloning it (a hash, an allocation, a reference count per layer).
+    // and cloning it (a hash, an allocation, a reference count per layer; about 430 of the
+    // 30,000 instructions a request cost). An idle connection so holds on to the snapshot of
+    // its last request until its next one or its end. Meanwhile an endpoint pool that only
+    // the old config used still closes its idle upstream connections after
+    // `spec.pool.idle_timeout`, and is freed with the snapshot.
     let current: RefCell<Option<(Arc<Snapshot>, Option<Stack>)>> = RefCell::new(None);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let in_flight = state.begin();

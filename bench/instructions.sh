@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by valgrind's callgrind: deterministic,
+# so a change of a few hundred instructions shows where wall-clock CPU time (±10% from run to
+# run on a shared machine) cannot. For attache (filters off, as bench/run.sh runs it), the
+# hyper floor (proxy/examples/hyper_floor.rs: hyper's server and client with nothing between)
+# and nginx, each in front of the same nginx upstream.
+#
+# Each target serves two loads of different length, and the difference between the two counts
+# is divided by the difference in requests, so start-up and shutdown drop out.
+#
+#   bash bench/instructions.sh                   # attache, floor, nginx; saturated
+#   TARGETS=attache bash bench/instructions.sh   # one target
+#   LOAD=rate bash bench/instructions.sh         # 400 req/s: every request wakes the proxy alone
+#
+# Needs: valgrind, h2load, nginx (apt-get install valgrind nghttp2-client nginx-light).
+# Takes about a minute per target. Traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGETS=${TARGETS:-attache floor nginx}
+LOAD=${LOAD:-saturated}
+UP=18080 PROXY=18001 ADMIN=18100
+source bench/lib.sh
+
+need valgrind "apt-get install valgrind"
+need h2load "apt-get install nghttp2-client"
+need nginx "apt-get install nginx-light"
+
+cargo build --release -q -p attache --bin attache --example hyper_floor
+
+upstream_nginx "$UP" 1
+wait_port "$UP"
+
+cat > "$OUT/instr-attache.yaml" <<CONF
+apiVersion: attache.dev/v1
+kind: Sidecar
+metadata: { name: bench }
+spec:
+  inbound: { listen: "127.0.0.1:$PROXY", app: "http://127.0.0.1:$UP" }
+  admin: { listen: "127.0.0.1:$ADMIN" }
+  telemetry: { access_log: { enabled: false } }
+  trace: { enabled: false }
+CONF
+cat > "$OUT/instr-nginx.conf" <<CONF
+worker_processes 1; master_process off; daemon off; pid $PWD/$OUT/instr-nginx.pid; error_log /dev/null crit;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$PROXY;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+CONF
+
+# load SIZE: one load against the proxy; prints the requests completed.
+load() {
+  if [ "$LOAD" = rate ]; then
+    h2load --h1 -c20 --rps=20 -D "$1" "http://127.0.0.1:$PROXY/" > "$OUT/instr-h2load.txt" 2>&1
+  else
+    h2load --h1 -c20 -n "$1" "http://127.0.0.1:$PROXY/" > "$OUT/instr-h2load.txt" 2>&1
+  fi
+  grep -q "0 failed" "$OUT/instr-h2load.txt" || { echo "requests failed:" >&2; cat "$OUT/instr-h2load.txt" >&2; exit 1; }
+  awk '/^requests:/{print $8}' "$OUT/instr-h2load.txt"
+}
+
+# count TARGET SIZE: instructions collected over one run; prints "instructions requests".
+count() {
+  local log="$OUT/instr-$1.log" pid n
+  case $1 in
+    attache) ATTACHE_LOG=warn ATTACHE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        target/release/attache run -c "$OUT/instr-attache.yaml" 2>"$log" >/dev/null & ;;
+    floor) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        target/release/examples/hyper_floor "127.0.0.1:$PROXY" "127.0.0.1:$UP" 2>"$log" >/dev/null & ;;
+    nginx) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        nginx -c "$PWD/$OUT/instr-nginx.conf" -p "$PWD/$OUT" 2>"$log" >/dev/null & ;;
+    *) echo "unknown target $1 (attache, floor, nginx)" >&2; exit 1 ;;
+  esac
+  pid=$!
+  wait_port "$PROXY"
+  n=$(load "$2")
+  # nginx finishes gracefully on QUIT; the others on TERM.
+  if [ "$1" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
+  wait "$pid" || true
+  echo "$(grep -o 'Collected : [0-9]*' "$log" | awk '{print $3}') $n"
+}
+
+if [ "$LOAD" = rate ]; then short=4 long=12; else short=4000 long=12000; fi
+echo "instructions per request ($LOAD load, h2load --h1 -c20):"
+for t in $TARGETS; do
+  read -r i1 n1 < <(count "$t" "$short")
+  read -r i2 n2 < <(count "$t" "$long")
+  awk -v t="$t" -v d=$((i2 - i1)) -v n=$((n2 - n1)) 'BEGIN{printf "  %-8s %6.1fk\n", t, d/n/1000}'
+done
