@@ -26,25 +26,8 @@ cargo build --release -q -p attache --bin attache --example hyper_floor
 upstream_nginx "$UP" 1
 wait_port "$UP"
 
-cat > "$OUT/split-attache.yaml" <<CONF
-apiVersion: attache.dev/v1
-kind: Sidecar
-metadata: { name: bench }
-spec:
-  inbound: { listen: "127.0.0.1:$PROXY", app: "http://127.0.0.1:$UP" }
-  admin: { listen: "127.0.0.1:$ADMIN" }
-  telemetry: { access_log: { enabled: false } }
-  trace: { enabled: false }
-CONF
-cat > "$OUT/split-nginx.conf" <<CONF
-worker_processes 1; master_process off; daemon off; pid $PWD/$OUT/split-nginx.pid; error_log /dev/null crit;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$PROXY;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
-CONF
+attache_plain_yaml "$OUT/split-attache.yaml" "$PROXY" "$ADMIN" "$UP"
+nginx_proxy_conf "$PWD/$OUT/split-nginx.conf" "$PROXY" "$UP" master-off
 
 load() { taskset -c 1 h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -D "$1" "http://127.0.0.1:$PROXY/" > "$OUT/split-h2load.txt" 2>&1; }
 

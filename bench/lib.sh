@@ -23,6 +23,38 @@ CONF
   taskset -c "$2" nginx -c "$PWD/$OUT/upstream.conf" -p "$PWD/$OUT" & PIDS+=($!)
 }
 
+# nginx as a proxy to the upstream, the way every comparison here configures it: one worker,
+# keep-alive to the upstream, X-Forwarded-For added as attache adds it.
+# nginx_proxy_conf FILE PORT UPSTREAM_PORT [master_process off, for valgrind]
+nginx_proxy_conf() {
+  local master=""
+  [ -n "${4:-}" ] && master=" master_process off;"
+  cat > "$1" <<CONF
+worker_processes 1;$master daemon off; pid $1.pid; error_log /dev/null crit;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$3; keepalive 128; }
+  server { listen 127.0.0.1:$2;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+CONF
+}
+
+# attache with its filters off (as issue 2 compares it with plain proxies), in front of the
+# upstream. attache_plain_yaml FILE PORT ADMIN_PORT UPSTREAM_PORT
+attache_plain_yaml() {
+  cat > "$1" <<CONF
+apiVersion: attache.dev/v1
+kind: Sidecar
+metadata: { name: bench }
+spec:
+  inbound: { listen: "127.0.0.1:$2", app: "http://127.0.0.1:$4" }
+  admin: { listen: "127.0.0.1:$3" }
+  telemetry: { access_log: { enabled: false } }
+  trace: { enabled: false }
+CONF
+}
+
 # Every scenario: results under bench/out, the file-descriptor limit raised, and the processes
 # it starts (appended to PIDS) stopped when it exits.
 OUT=bench/out

@@ -63,15 +63,7 @@ ATTACHE_LOG=warn ATTACHE_WORKERS=1 taskset -c "$PROXY_CPU" "$ATTACHE" run -c "$O
 taskset -c "$PROXY_CPU" target/release/examples/hyper_floor "127.0.0.1:$FLR" "127.0.0.1:$UP" 2>"$OUT/floor.log" & PIDS+=($!); FLR_PID=$!
 
 # --- nginx as a proxy ---
-cat > "$OUT/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $PWD/$OUT/nginx.pid; error_log /dev/null crit;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$NGX;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
-CONF
+nginx_proxy_conf "$PWD/$OUT/nginx.conf" "$NGX" "$UP"
 taskset -c "$PROXY_CPU" nginx -c "$PWD/$OUT/nginx.conf" -p "$PWD/$OUT" & PIDS+=($!); NGX_PID=$!
 
 # --- HAProxy ---
