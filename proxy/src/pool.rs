@@ -227,6 +227,18 @@ fn poll_deadline(timer: &mut Timer, deadline: Instant, cx: &mut Context<'_>) -> 
     }
 }
 
+/// `fut`'s output, or `None` once `deadline` has passed by `timer`.
+async fn by_deadline<F: Future>(fut: F, timer: &mut Timer, deadline: Instant) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        poll_deadline(timer, deadline, cx).map(|()| None)
+    })
+    .await
+}
+
 /// The connections to one endpoint.
 pub struct Endpoint {
     addr: String,
@@ -325,24 +337,19 @@ impl Endpoint {
                 }
                 // Boxed: the connect future is large and rare; inline, every request's
                 // future would carry (and move) its space.
+                // The new connection's timer bounds the connect too.
                 None => {
-                    match Box::pin(tokio::time::timeout_at(deadline, self.connect_h1())).await {
-                        Ok(Ok(conn)) => (conn, Box::pin(tokio::time::sleep_until(deadline)), false),
-                        Ok(Err(e)) => return Err(Failure::unsent(e, req)),
-                        Err(_) => return Err(Failure::timed_out()),
+                    let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+                    match by_deadline(Box::pin(self.connect_h1()), &mut timer, deadline).await {
+                        Some(Ok(conn)) => (conn, timer, false),
+                        Some(Err(e)) => return Err(Failure::unsent(e, req)),
+                        None => return Err(Failure::timed_out()),
                     }
                 }
             };
-            let mut sent = std::pin::pin!(conn.try_send_request(req));
-            let answered = std::future::poll_fn(|cx| {
-                if let Poll::Ready(answer) = sent.as_mut().poll(cx) {
-                    return Poll::Ready(Some(answer));
-                }
-                poll_deadline(&mut timer, deadline, cx).map(|()| None)
-            })
-            .await;
             // Past the deadline the exchange is abandoned, and the connection closes with it.
-            let Some(answer) = answered else {
+            let Some(answer) = by_deadline(conn.try_send_request(req), &mut timer, deadline).await
+            else {
                 return Err(Failure::timed_out());
             };
             match answer {
