@@ -358,6 +358,7 @@ impl Forward {
             Version::HTTP_11
         };
 
+        let chunked = !http2 && body_needs_chunked(req);
         let headers = req.headers_mut();
         // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
         let te_trailers = http2
@@ -367,6 +368,12 @@ impl Forward {
         strip_hop_by_hop(headers, upgrade);
         if te_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if chunked {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
         }
         let mut prepared = Prepared {
             endpoint_host: self.leg.rewrite_host || original_host.is_none(),
@@ -579,6 +586,20 @@ fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(|t| t.trim_ascii())
+}
+
+/// Whether a request going out over HTTP/1.1 must be framed as chunked by us: its body may hold
+/// bytes, its length is not known, and hyper's client would otherwise send it as no body at
+/// all. hyper chunks an unknown-length body itself for most methods, but assumes GET, HEAD and
+/// CONNECT carry none (a body that arrived chunked, or in HTTP/2 DATA frames without
+/// `content-length`, would be dropped: Elasticsearch's `_search` and some RPC setups read GET
+/// bodies). Saying `chunked` here makes hyper frame it whatever the method.
+fn body_needs_chunked(req: &Request<Body>) -> bool {
+    use http_body::Body as _;
+    let body = req.body();
+    !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
 }
 
 static HOP_BY_HOP: [HeaderName; 9] = [
