@@ -564,7 +564,8 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(300));
         let text = io.metrics.encode();
         assert!(
-            text.contains("attache_client_errors_total{result=\"header_timeout\"} 1"),
+            text.lines()
+                .any(|l| l == "attache_client_errors_total{result=\"header_timeout\"} 1"),
             "{text}"
         );
     }

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod client;
+pub mod metrics;
 pub mod otlp;
 pub mod redis;
 
@@ -348,13 +349,24 @@ impl Attache {
         assert!(status.success());
     }
 
-    /// Fails the test unless every line appears in the admin port's `/metrics`.
-    pub fn assert_metrics(&self, lines: &[&str]) {
-        let metrics = client::blocking_get(&self.admin_url("/metrics"))
+    /// The admin port's `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        client::blocking_get(&self.admin_url("/metrics"))
             .expect("GET /metrics")
-            .1;
-        for line in lines {
-            assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+            .1
+    }
+
+    /// The current value of one series (`name{labels}`, as attache writes it), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metrics::value(&self.metrics_text(), series)
+    }
+
+    /// Fails the test unless each sample (`name{labels} value`) is in `/metrics`, with that
+    /// very value.
+    pub fn assert_metrics(&self, samples: &[&str]) {
+        let text = self.metrics_text();
+        for sample in samples {
+            assert!(metrics::has(&text, sample), "missing {sample}:\n{text}");
         }
     }
 

@@ -1,21 +1,39 @@
 //! The flagd testbed's evaluator suite (specs/feature-flags.md §12.1), run with `cucumber`
-//! against attache's flag evaluator. `$FLAGD_TESTBED` names the testbed; unset, the default is
-//! `../shared/conformance/flagd-testbed` from the project root, and a missing folder is then
-//! skipped with a message (set, it must exist).
+//! against attache's flag evaluator. `$FLAGD_TESTBED` names the testbed (a checkout of
+//! open-feature/flagd-testbed at the version pinned in [`TESTBED_VERSION`]); unset, the default
+//! is `../shared/conformance/flagd-testbed` beside the project. A missing testbed is skipped
+//! with a message on a developer's machine and is a failure under `CI=true`; a testbed of
+//! another version is always a failure.
+//!
+//! Every scenario is evaluated twice more, the way a proxied request is: against a flat
+//! context (one field per context key, `logic::Data::Fields`, as the request plan builds it)
+//! when the rule's reads allow one, and by the compiled `fast` rules when the rule has one of
+//! their shapes. Both must give the general evaluator's decision; the run fails unless each
+//! path replayed some scenarios.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use std::borrow::Cow;
+use std::sync::atomic::AtomicUsize;
+
 use attache_filters::flags::eval::{FlagSet, Kind, Resolution};
-use attache_filters::flags::logic::FractionalVersion;
+use attache_filters::flags::fast::Fast;
+use attache_filters::flags::logic::{Data, Field, Flat, FractionalVersion, Slot};
 use cucumber::gherkin::Step;
 use cucumber::{StatsWriter, World, given, then, when};
 use serde_json::{Map, Value};
 
+/// The testbed release these scenarios are checked against (its `version.txt`).
+const TESTBED_VERSION: &str = "3.9.0";
+
 /// The flag file of the current run, and its `fractional` version (one run at a time).
 static FLAGS: Mutex<Option<PathBuf>> = Mutex::new(None);
 static VERSION: AtomicU8 = AtomicU8::new(2);
+/// Scenarios replayed on the request path: against a flat context, and by compiled rules.
+static FLAT_REPLAYS: AtomicUsize = AtomicUsize::new(0);
+static FAST_REPLAYS: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Debug, Default, World)]
 struct Eval {
@@ -124,13 +142,72 @@ fn evaluated(w: &mut Eval) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    w.result = Some(set.evaluate(
-        &w.key,
-        &Value::Object(w.context.clone()),
-        now,
-        w.kind.unwrap_or(Kind::Any),
-        version,
-    ));
+    let context = Value::Object(w.context.clone());
+    let kind = w.kind.unwrap_or(Kind::Any);
+    w.result = Some(set.evaluate(&w.key, &context, now, kind, version));
+    replay_on_the_request_path(set, &w.key, &w.context, now, kind, version);
+}
+
+/// The scenario's evaluation as a proxied request makes it: against a flat context with one
+/// field per context key (when every read of the rule finds the same value there as in the
+/// JSON context, the condition `plan.rs` checks before it builds one), and by the compiled
+/// rule when there is one. Each must equal the general evaluator's decision.
+fn replay_on_the_request_path(
+    set: &FlagSet,
+    key: &str,
+    context: &Map<String, Value>,
+    now: u64,
+    kind: Kind,
+    version: FractionalVersion,
+) {
+    let Some(flag) = set.flags.get(key) else {
+        return;
+    };
+    let Some(Ok(rule)) = &flag.targeting else {
+        return;
+    };
+    if !flag.enabled {
+        return;
+    }
+    let layout: Vec<String> = context.keys().cloned().collect();
+    let mut reads = Vec::new();
+    let known = rule.read_paths(&mut |p| reads.push(p.to_owned()));
+    // A read of the whole data or of a parent of a field, or a field whose key holds a dot,
+    // has no flat form: the proxy evaluates such rules against the JSON context.
+    let flat_ok = known
+        && layout.iter().all(|f| !f.contains('.'))
+        && reads
+            .iter()
+            .all(|r| !r.is_empty() && !layout.iter().any(|f| f.starts_with(&format!("{r}."))));
+    if !flat_ok {
+        return;
+    }
+    let fields: Vec<Field<'_>> = layout
+        .iter()
+        .map(|path| Field {
+            path,
+            value: context.get(path).map(Cow::Borrowed),
+        })
+        .collect();
+    let slots = Slot::of_rule(rule, &layout);
+    let data = Data::Fields(Flat {
+        fields: &fields,
+        slots: &slots,
+    });
+    let json = Value::Object(context.clone());
+    let want = flag.decide(key, &json, now, kind, version);
+    let got = flag.decide_in(key, data, now, kind, version);
+    assert_eq!(got, want, "flat context for {key} on {context:?}");
+    FLAT_REPLAYS.fetch_add(1, Ordering::SeqCst);
+    if let Some(fast) = Fast::compile(rule, flag, &layout, version) {
+        let want = flag.decide(key, &json, now, Kind::Any, version);
+        assert_eq!(
+            fast.decide(key, flag, &fields),
+            want,
+            "compiled rule for {key} on {context:?}"
+        );
+        FAST_REPLAYS.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 fn result(w: &Eval) -> &Resolution {
@@ -231,11 +308,18 @@ async fn run(
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let testbed = match std::env::var_os("FLAGD_TESTBED") {
         Some(p) => PathBuf::from(p),
         None => {
             let default = root.join("../shared/conformance/flagd-testbed");
             if !default.exists() {
+                assert!(
+                    !ci,
+                    "CI=true and no flagd testbed at {}: set FLAGD_TESTBED to a checkout of \
+                     open-feature/flagd-testbed v{TESTBED_VERSION}",
+                    default.display()
+                );
                 println!(
                     "flagd testbed not found at {}; skipped (set FLAGD_TESTBED)",
                     default.display()
@@ -248,6 +332,13 @@ fn main() {
     assert!(
         testbed.exists(),
         "FLAGD_TESTBED={} does not exist",
+        testbed.display()
+    );
+    let version = std::fs::read_to_string(testbed.join("version.txt")).unwrap_or_default();
+    assert_eq!(
+        version.trim(),
+        TESTBED_VERSION,
+        "the flagd testbed at {} is not the pinned version",
         testbed.display()
     );
     let evaluator = testbed.join("evaluator");
@@ -304,4 +395,10 @@ fn main() {
         )
         .await;
     });
+    let (flat, fast) = (
+        FLAT_REPLAYS.load(Ordering::SeqCst),
+        FAST_REPLAYS.load(Ordering::SeqCst),
+    );
+    println!("request path: {flat} scenarios replayed on a flat context, {fast} by compiled rules");
+    assert!(flat > 0 && fast > 0, "the request path replayed nothing");
 }

@@ -152,11 +152,11 @@ async fn memory_store_enforces_keys() {
     assert_eq!(app.hits(), before + 1);
 
     a.assert_metrics(&[
-        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"replayed\"}",
+        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"replayed\"} 2",
         "attache_idempotency_outcomes_total{route=\"default\",outcome=\"mismatch_422\"} 3",
         "attache_idempotency_outcomes_total{route=\"default\",outcome=\"released\"} 4",
-        "attache_idempotency_store_duration_seconds_count{op=\"claim\",result=\"ok\"}",
-        "attache_idempotency_store_duration_seconds_count{op=\"complete\",result=\"ok\"}",
+        "attache_idempotency_store_duration_seconds_count{op=\"claim\",result=\"ok\"} 12",
+        "attache_idempotency_store_duration_seconds_count{op=\"complete\",result=\"ok\"} 3",
         "attache_idempotency_store_duration_seconds_count{op=\"release\",result=\"ok\"} 4",
     ]);
 }
@@ -878,9 +878,11 @@ async fn renewals_hold_the_key_while_a_long_response_streams() {
     assert_eq!(replay.headers["idempotent-replayed"], "true");
     assert_eq!(replay.body, first.body);
     assert_eq!(app.hits(), 1);
-    a.assert_metrics(&[
-        "attache_idempotency_store_duration_seconds_count{op=\"renew\",result=\"ok\"}",
-    ]);
+    // Three leases or more went by while the body streamed: each was renewed in time.
+    let renewed = a
+        .metric("attache_idempotency_store_duration_seconds_count{op=\"renew\",result=\"ok\"}")
+        .unwrap_or(0.0);
+    assert!(renewed >= 3.0, "{renewed} renewals");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -975,7 +977,7 @@ async fn a_lost_lease_still_answers_its_caller() {
     assert_eq!(original.text(), "0;1;2;3;4;5;");
     assert_eq!(app.hits(), 2, "the takeover ran");
     a.assert_metrics(&[
-        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"lost_lease\"}",
+        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"lost_lease\"} 1",
     ]);
 }
 

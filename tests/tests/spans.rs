@@ -2,11 +2,11 @@
 //! (`specs/trace-context.md` §8–§12, cases 39–44). Spans are checked at a test collector
 //! (`attache_tests::otlp`) that speaks OTLP over HTTP/protobuf (hyper) or gRPC (tonic).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use attache_tests::client::{get, http1};
 use attache_tests::otlp::{Collector, Protocol, Received, SpanKind};
-use attache_tests::{App, Attache, Ports, TempDir, sidecar_config, within};
+use attache_tests::{App, Attache, Ports, TempDir, metrics, sidecar_config, within};
 
 const T: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const P: &str = "00f067aa0ba902b7";
@@ -180,7 +180,7 @@ async fn span_tree_reaches_the_collector(protocol: Protocol, workers: &str) {
     assert!(
         attache_tests::eventually(5, async || {
             attache_tests::client::blocking_get(&a.admin_url("/metrics"))
-                .is_ok_and(|(_, m)| m.contains("attache_spans_exported_total 8"))
+                .is_ok_and(|(_, m)| metrics::has(&m, "attache_spans_exported_total 8"))
         })
         .await,
         "attache_spans_exported_total 8"
@@ -309,8 +309,25 @@ async fn a_retried_call_is_one_span_with_credentials_redacted() {
         format!("http://REDACTED:REDACTED@{}/x?sig=REDACTED", payments.addr)
     );
     assert!(!c.is_error());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(collector.spans().len(), 1, "retries stay inside one span");
+    // A marker call after it: once its span arrived, any span of a second attempt (queued
+    // earlier) would have too.
+    call(
+        &format!("http://127.0.0.1:{}/marker", ports.outbound),
+        "GET",
+        &[],
+    )
+    .await;
+    let spans = collector.wait_spans(2, 10).await;
+    let path = |s: &Received| s.attr("url.full").unwrap_or_default();
+    assert!(
+        spans.iter().any(|s| path(s).contains("/marker")),
+        "{spans:#?}"
+    );
+    assert_eq!(
+        spans.iter().filter(|s| path(s).contains("/x?")).count(),
+        1,
+        "retries stay inside one span: {spans:#?}"
+    );
     drop(a);
 }
 
@@ -338,10 +355,10 @@ async fn sampling_arg_zero_exports_roots_as_unsampled() {
     );
     let tp = format!("00-{T}-{P}-01");
     call(&a.url("/followed"), "GET", &[("traceparent", &tp)]).await;
+    // `/followed` ended after `/root` and spans leave in the order they end: once its span
+    // arrived, a span of the unsampled root would have too.
     let spans = collector.wait_spans(1, 10).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let spans_now = collector.spans();
-    assert_eq!(spans_now.len(), 1, "{spans_now:#?}");
+    assert_eq!(spans.len(), 1, "{spans:#?}");
     assert_eq!(spans[0].attr("url.path").as_deref(), Some("/followed"));
 }
 
@@ -377,42 +394,57 @@ async fn a_dead_collector_costs_requests_nothing_and_sigterm_flushes() {
     let ports = Ports::new();
     let extra = format!(
         "  telemetry:
-    otlp: {{ endpoint: 'http://127.0.0.1:{dead}', timeout: 500ms }}
+    otlp: {{ endpoint: 'http://127.0.0.1:{dead}', timeout: 5s }}
     batch: {{ max_queue_size: 8, max_export_batch_size: 4, scheduled_delay: 50ms }}
 "
     );
     let a = Attache::run(ports, &sidecar_config(ports, app.addr, &extra));
     let client = http1();
+    let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let (client, url) = (client.clone(), a.url("/"));
         tasks.push(tokio::spawn(async move {
-            let mut ok = 0;
+            let (mut ok, mut slowest) = (0, Duration::ZERO);
             for _ in 0..25 {
+                let t = Instant::now();
                 if get(&client, &url).await.is_ok_and(|g| g.status == 200) {
                     ok += 1;
                 }
+                slowest = slowest.max(t.elapsed());
             }
-            ok
+            (ok, slowest)
         }));
     }
-    let mut ok = 0;
+    let (mut ok, mut slowest) = (0, Duration::ZERO);
     for t in tasks {
-        ok += within(30, t).await.unwrap();
+        let (n, s) = within(30, t).await.unwrap();
+        ok += n;
+        slowest = slowest.max(s);
     }
+    let total = started.elapsed();
     assert_eq!(ok, 200, "every request succeeded with the collector down");
-    let metrics = attache_tests::client::blocking_get(&a.admin_url("/metrics"))
-        .unwrap()
-        .1;
-    let dropped: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("attache_spans_dropped_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(dropped > 0.0, "drops are counted:\n{metrics}");
+    // No request waited on an export: each took a fraction of the 5 s export timeout, and all
+    // 200 (25 in a row on each of 8 clients) less than two timeouts.
     assert!(
-        metrics.contains("attache_spans_exported_total 0"),
-        "{metrics}"
+        slowest < Duration::from_secs(1),
+        "slowest request {slowest:?}"
+    );
+    assert!(
+        total < Duration::from_secs(10),
+        "200 requests took {total:?}"
+    );
+    // Every span is dropped and counted, whatever the reason (a full queue, a failed export),
+    // but those still queued (8) or in the batch being tried (4).
+    let text = a.metrics_text();
+    let dropped: f64 = metrics::samples(&text)
+        .filter(|(s, _)| s.starts_with("attache_spans_dropped_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(dropped >= 188.0, "drops are counted:\n{text}");
+    assert!(
+        metrics::has(&text, "attache_spans_exported_total 0"),
+        "{text}"
     );
     drop(a);
 
@@ -533,12 +565,27 @@ async fn a_collector_that_never_answers_costs_requests_nothing() {
     );
     let a = Attache::run(ports, &sidecar_config(ports, app.addr, &extra));
     let client = http1();
+    let started = Instant::now();
     for _ in 0..100 {
+        let t = Instant::now();
         let got = within(5, get(&client, &a.url("/"))).await.unwrap();
         assert_eq!(got.status, 200);
+        // Far under the 5 s export timeout: the request did not wait on the stuck export.
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
-    // The export task is stuck on its first batch; the queue filled and overflowed.
-    a.assert_metrics(&["attache_spans_dropped_total{reason=\"queue_full\"}"]);
+    // 100 requests in a row in less than two export timeouts.
+    let total = started.elapsed();
+    assert!(
+        total < Duration::from_secs(10),
+        "100 requests took {total:?}"
+    );
+    // The export task is stuck on its first batch (at most 8 spans) and the queue holds 16:
+    // of 100 spans, at least 76 were dropped as the queue overflowed, and none exported.
+    let dropped = a
+        .metric("attache_spans_dropped_total{reason=\"queue_full\"}")
+        .unwrap_or(0.0);
+    assert!((76.0..=100.0).contains(&dropped), "{dropped} dropped");
+    a.assert_metrics(&["attache_spans_exported_total 0"]);
     held.abort();
 }
 

@@ -689,11 +689,13 @@ mod tests {
         drop(a);
         let text = metrics.encode();
         assert!(
-            text.contains("attache_open_connections{direction=\"outbound\"} 1"),
+            text.lines()
+                .any(|l| l == "attache_open_connections{direction=\"outbound\"} 1"),
             "{text}"
         );
         assert!(
-            text.contains("attache_connections_total{direction=\"outbound\"} 2"),
+            text.lines()
+                .any(|l| l == "attache_connections_total{direction=\"outbound\"} 2"),
             "{text}"
         );
     }
