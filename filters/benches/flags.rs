@@ -4,6 +4,14 @@
 //! Targets: a static flag under 200 ns; a three-condition targeting rule under 2 µs;
 //! `fractional` under 1 µs; loading (parsing, compiling and swapping in) 1,000 flags under
 //! 50 ms.
+//!
+//! A broken flag document fails the bench, and each benchmark first asserts the decision it
+//! is about to time, so a bench that stopped measuring its path (a flag that no longer loads,
+//! a rule that errors, a step that delivers nothing) fails instead of timing the wrong thing.
+//! `.ci/run` runs every bench once in test mode (`cargo test --benches`).
+
+// A failed `expect` is how a bench reports a broken setup.
+#![allow(clippy::unwrap_used)]
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -40,7 +48,7 @@ fn set() -> FlagSet {
             }
         }
     }))
-    .unwrap_or_default()
+    .expect("the bench's flag document loads")
 }
 
 fn flags(c: &mut Criterion) {
@@ -54,6 +62,24 @@ fn flags(c: &mut Criterion) {
         "country": "FR"
     });
     let now = 1_795_000_000;
+    // What each benchmark measures: a static flag's default, the rule's match, a bucket.
+    let decided = |key: &str, kind: Kind| {
+        let d = set.decide(key, &ctx, now, kind, FractionalVersion::V2);
+        (d.variant.map(str::to_owned), d.reason.as_str().to_owned())
+    };
+    assert_eq!(
+        decided("static", Kind::Boolean),
+        (Some("on".into()), "STATIC".into())
+    );
+    assert_eq!(
+        decided("targeted", Kind::String),
+        (Some("beta".into()), "TARGETING_MATCH".into())
+    );
+    let (split, reason) = decided("split", Kind::String);
+    assert!(
+        split.is_some() && reason == "TARGETING_MATCH",
+        "{split:?} {reason}"
+    );
     c.bench_function("static flag", |b| {
         b.iter(|| {
             black_box(set.decide(
@@ -114,6 +140,8 @@ fn thousand() -> serde_json::Value {
 fn reload(c: &mut Criterion) {
     let doc = thousand();
     let store = FlagStore::new(1);
+    store.update(0, &doc).expect("1,000 flags load");
+    assert_eq!(store.snapshot().flags.len(), 1000);
     c.bench_function("load 1,000 flags", |b| {
         b.iter(|| black_box(store.update(0, black_box(&doc))))
     });
@@ -133,9 +161,10 @@ fn request_step(c: &mut Criterion) {
 
     // The same 10 flags as the end-to-end scenario, bench/flags.sh.
     let doc: serde_json::Value =
-        serde_json::from_str(include_str!("../../bench/flags-10.json")).unwrap_or_default();
+        serde_json::from_str(include_str!("../../bench/flags-10.json")).expect("flags-10.json");
     let store = Arc::new(FlagStore::new(1));
-    store.update(0, &doc).unwrap_or_default();
+    store.update(0, &doc).expect("flags-10.json loads");
+    assert_eq!(store.snapshot().flags.len(), 10);
     let keys = ["s1", "s2", "s3", "s4", "s5", "s6", "t1", "t2", "t3", "f1"];
     let request = || {
         Request::get("/cart?x=1")
@@ -144,7 +173,7 @@ fn request_step(c: &mut Criterion) {
             .header("x-plan", "pro")
             .header("baggage", "tenant=acme")
             .body(())
-            .unwrap_or_default()
+            .expect("a request")
     };
     // The floor: building the request and dropping the response, with no step.
     c.bench_function("request step, none (building the request only)", |b| {
@@ -202,6 +231,32 @@ fn request_step(c: &mut Criterion) {
             FlagsLayer::new(settings).layer(tower::service_fn(|req: Request<()>| async move {
                 Ok::<_, std::convert::Infallible>(http::Response::new(req))
             }));
+        // The step delivers every flag to the app before it is timed, but the disabled `s6`,
+        // which has no value to deliver.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let delivered = match rt.block_on(svc.call(request())) {
+            Ok(res) => res.into_body(),
+            Err(never) => match never {},
+        };
+        for k in keys {
+            assert_eq!(
+                delivered
+                    .headers()
+                    .contains_key(format!("x-flag-{k}").as_str()),
+                k != "s6",
+                "{name}: x-flag-{k}: {:?}",
+                delivered.headers()
+            );
+        }
+        assert!(
+            delivered
+                .headers()
+                .get("baggage")
+                .is_some_and(|b| b.to_str().is_ok_and(|b| b.contains("flag.t1="))),
+            "{name}: no flag baggage"
+        );
         c.bench_function(name, |b| b.iter(|| black_box(svc.call(request()))));
     }
 }
