@@ -7,7 +7,8 @@
 //! - `/ws`: accepts an HTTP Upgrade and echoes every byte back;
 //! - `/big/<n>`: answers n bytes;
 //! - `/drip/<n>/<ms>`: answers at once, then sends its body in n pieces, one every ms
-//!   (`?sse`: as `text/event-stream`);
+//!   (`?sse`: as `text/event-stream`; `?hit`: the first piece is `#<request number>;`, so
+//!   two executions of one request differ);
 //! - `/created`: 201 with `Location`, `ETag`, `Set-Cookie`, `X-Request-Id`, two `Link` lines
 //!   and a JSON body naming how many requests the app had served (so a re-execution shows);
 //! - `/trailers`: answers `ok` followed by a `grpc-status: 0` trailer (as gRPC does);
@@ -74,6 +75,16 @@ impl App {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+
+    /// Waits (up to 10 s, else fails the test) until the app has received `n` requests in all:
+    /// the way a test knows a request reached the app before it sends the next one.
+    pub async fn wait_hits(&self, n: usize) {
+        assert!(
+            crate::eventually(10, async || self.hits() >= n).await,
+            "the app has {} requests, not {n}",
+            self.hits()
+        );
+    }
 }
 
 impl Drop for App {
@@ -98,7 +109,13 @@ async fn handle(
         let (n, ms) = rest.split_once('/').unwrap_or((rest, "0"));
         let (n, ms): (usize, u64) = (n.parse().unwrap_or(1), ms.parse().unwrap_or(0));
         let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let tag = (req.uri().query() == Some("hit")).then(|| Bytes::from(format!("#{hits};")));
         tokio::spawn(async move {
+            if let Some(tag) = tag
+                && tx.send(tag).await.is_err()
+            {
+                return;
+            }
             for i in 0..n {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 if tx.send(Bytes::from(format!("{i};"))).await.is_err() {

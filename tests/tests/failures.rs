@@ -83,7 +83,7 @@ async fn closing_app() -> (
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kept_alive_connection_closing_unanswered_repeats_only_safe_requests() {
+async fn a_kept_alive_connection_closing_unanswered_repeats_idempotent_requests() {
     let (app, seen) = closing_app().await;
     let collector =
         attache_tests::otlp::Collector::start(attache_tests::otlp::Protocol::Http).await;
@@ -115,7 +115,7 @@ async fn a_kept_alive_connection_closing_unanswered_repeats_only_safe_requests()
         assert_eq!(got.status, 200, "{method}: {}", got.text());
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
-    // Nothing went missing and nothing safe failed: the first GET opened a connection; each
+    // Nothing went missing and no idempotent request failed: the first GET opened a connection; each
     // later request reached the closing one, then went again on a new one.
     assert_eq!(
         *seen.lock().unwrap(),

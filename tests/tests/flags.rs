@@ -582,9 +582,29 @@ async fn a_file_source_rereads_only_changes_and_a_bad_file_stays_bad() {
         app_headers(&good.a.url("/"), &[]).await["x-flag-on"],
         "true"
     );
+    // Several checks go by (every 300 ms); then a real change, the marker: once it is seen,
+    // the checks before it have run, and none of them counted as a reload.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::write(
+        good.file("flags.json"),
+        r#"{"flags": {"on": {"state": "ENABLED", "variants": {"y": false}, "defaultVariant": "y"}}}"#,
+    )
+    .unwrap();
+    assert!(
+        eventually(
+            10,
+            async || app_headers(&good.a.url("/"), &[]).await["x-flag-on"] == "false"
+        )
+        .await
+    );
     let label = good.file("flags.json").display().to_string();
     assert_eq!(unchanged(&good.a, &label), 0, "{}", metrics(&good.a));
+    let ok = format!("attache_flag_source_loads_total{{source=\"{label}\",result=\"ok\"}}");
+    assert_eq!(
+        good.a.metric(&ok),
+        Some(2.0),
+        "the first load and the change"
+    );
 
     // A bad file (optional, so attache gets ready without it): an error, and still one after
     // more checks and after the same content is written again.
@@ -602,9 +622,22 @@ async fn a_file_source_rereads_only_changes_and_a_bad_file_stays_bad() {
         "{}",
         source().await
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The same bad content written again, then another bad document (the marker): the
+    // invalid-load counter moves once the marker is read, and nothing ever loaded.
+    let label = path.display().to_string();
+    let invalid_series =
+        format!("attache_flag_source_loads_total{{source=\"{label}\",result=\"invalid\"}}");
+    let invalid = f.a.metric(&invalid_series).unwrap_or(0.0);
+    assert!(invalid >= 1.0, "{}", metrics(&f.a));
     std::fs::write(&path, bad).unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::write(&path, bad.replace("\"nope\"", "\"nope-again\"")).unwrap();
+    assert!(
+        eventually(10, async || f.a.metric(&invalid_series) > Some(invalid)).await,
+        "{}",
+        metrics(&f.a)
+    );
+    let ok = format!("attache_flag_source_loads_total{{source=\"{label}\",result=\"ok\"}}");
+    assert_eq!(f.a.metric(&ok), None, "nothing loaded: {}", metrics(&f.a));
     let now = source().await;
     assert_eq!(now["state"], "error", "{now}");
     assert!(now["last_success_unix"].is_null(), "{now}");
@@ -612,7 +645,6 @@ async fn a_file_source_rereads_only_changes_and_a_bad_file_stays_bad() {
         now["last_error"].as_str().unwrap().contains("nope"),
         "{now}"
     );
-    let label = path.display().to_string();
     assert!(
         metrics(&f.a)
             .lines()
@@ -1308,51 +1340,64 @@ async fn reloading_a_thousand_flags_under_load_fails_nothing() {
         "    deliver: { flags: [flag-7, flag-500] }\n",
         "",
     );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Each reload is a new document written beside the file and renamed over it. Batches of
+    // 8 concurrent requests keep going until one of them carries the new decision (the swap
+    // happened while requests were in flight), then 4 more batches run on the new snapshot.
     let path = f.file("flags.json");
-    let writer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) && n < 20 {
-                n += 1;
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, doc(&format!("a{n}"))).unwrap();
-                std::fs::rename(&tmp, &path).unwrap();
-                std::thread::sleep(Duration::from_millis(150));
-            }
-            n
-        })
-    };
     let client = http1();
-    let mut seen = std::collections::HashSet::new();
-    let mut failed = 0;
-    let mut sent = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(4);
     let url = f.a.url("/");
-    while std::time::Instant::now() < deadline {
+    let (mut sent, mut failed) = (0, 0);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut batch = async || -> Vec<String> {
         let calls = (0..8).map(|_| get(&client, &url));
+        let mut decisions = Vec::new();
         for got in futures_util::future::join_all(calls).await {
             sent += 1;
             match got {
-                Ok(g) if g.status == 200 => {
-                    seen.insert(
-                        g.json()["headers"]["x-flag-flag-500"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
-                }
+                Ok(g) if g.status == 200 => decisions.push(
+                    g.json()["headers"]["x-flag-flag-500"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
                 _ => failed += 1,
             }
         }
+        decisions
+    };
+    for n in 1..=6 {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, doc(&format!("a{n}"))).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let new = format!("a{n}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let decisions = batch().await;
+            let swapped = decisions.contains(&new);
+            seen.extend(decisions);
+            if swapped {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {n} never seen"
+            );
+        }
+        for _ in 0..4 {
+            let decisions = batch().await;
+            assert!(
+                decisions.iter().all(|d| *d == new),
+                "after the swap every request sees reload {n}: {decisions:?}"
+            );
+        }
     }
-    stop.store(true, Ordering::SeqCst);
-    let reloads = writer.join().unwrap();
     assert_eq!(failed, 0, "{failed} of {sent} failed");
-    assert!(reloads >= 5, "{reloads} reloads");
-    assert!(seen.len() >= 3, "decisions followed the reloads: {seen:?}");
     assert!(!seen.contains(""), "every request had the header");
+    let want: std::collections::BTreeSet<String> = (0..=6).map(|n| format!("a{n}")).collect();
+    assert!(
+        seen.is_subset(&want) && seen.len() >= 6,
+        "decisions followed the reloads: {seen:?}"
+    );
 }
 
 /// `attache dev` loads ./flags.json, delivers every flag as a header and serves OFREP.

@@ -188,7 +188,8 @@ async fn required_routes_and_in_flight_conflicts() {
             .unwrap();
         send(&http1(), req).await.unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The first is at the app (after /other): it holds the key.
+    app.wait_hits(2).await;
     let dup = post(&a, "/slow/1500", Some("K19"), "{}").await;
     assert_problem(&dup, 409, "idempotency-request-in-progress");
     assert_eq!(dup.headers["retry-after"], "1");
@@ -216,10 +217,16 @@ async fn a_client_that_leaves_does_not_cancel_the_exchange() {
             .unwrap();
         let _ = send(&http1(), req).await;
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The client leaves once its request is at the app.
+    app.wait_hits(1).await;
     gone.abort();
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let retry = post(&a, "/slow/1000", Some("K27"), "{}").await;
+    // Retries get 409 while the exchange runs on without its client, then its replay.
+    let mut retry = post(&a, "/slow/1000", Some("K27"), "{}").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while retry.status == 409 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        retry = post(&a, "/slow/1000", Some("K27"), "{}").await;
+    }
     assert_eq!(retry.status, 200);
     assert_eq!(retry.headers["idempotent-replayed"], "true");
     assert_eq!(app.hits(), 1);
@@ -340,7 +347,7 @@ async fn scope_retention_waiting_and_limits() {
     // Case 22: a duplicate waits for the first and gets its replay.
     let url = a.url("/slow/1000");
     let first = tokio::spawn(keyed(url, "K22"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.wait_hits(3).await;
     let dup = request_raw(&a, "/slow/1000", "K22").await;
     assert_eq!(dup.status, 200);
     assert_eq!(
@@ -364,14 +371,23 @@ async fn scope_retention_waiting_and_limits() {
             .contains_key("idempotent-replayed")
     );
 
-    // Case 23: after the retention the key runs anew (and frees room).
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert!(
-        !with_auth("Bearer bob")
-            .await
-            .headers
-            .contains_key("idempotent-replayed")
-    );
+    // Case 23: after the retention (2 s) the key runs anew (and frees room): until then each
+    // retry is a replay that never reaches the app.
+    let stored_at = std::time::Instant::now();
+    let mut replays = 0;
+    while with_auth("Bearer bob")
+        .await
+        .headers
+        .contains_key("idempotent-replayed")
+    {
+        replays += 1;
+        assert!(
+            stored_at.elapsed() < Duration::from_secs(10),
+            "never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(replays > 0, "replayed within the retention");
     assert_eq!(app.hits(), 4);
 }
 
@@ -400,11 +416,19 @@ async fn unknown_outcomes_hold_the_key_and_big_responses_leave_tombstones() {
     assert_eq!(got.headers["retry-after"], "2");
     let again = request_raw(&a, "/slow/3000", "K26").await;
     assert_problem(&again, 409, "idempotency-request-in-progress");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
     let after = request_raw(&a, "/slow/10", "K26b").await;
-    assert_eq!(after.status, 200);
+    assert_eq!(after.status, 200, "other keys are served meanwhile");
+    // Retries get 409 for the lease (timeout + grace, 1.5 s), then the key runs again.
     let hits = app.hits();
-    let retried = request_raw(&a, "/slow/3000", "K26").await;
+    let mut retried = request_raw(&a, "/slow/3000", "K26").await;
+    let mut held = 0;
+    while retried.status == 409 {
+        held += 1;
+        assert!(held < 200, "the key was never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        retried = request_raw(&a, "/slow/3000", "K26").await;
+    }
+    assert!(held > 0, "held for the lease");
     assert_problem(&retried, 504, "idempotency-outcome-unknown");
     assert_eq!(app.hits(), hits + 1, "after the lease the key ran again");
 
@@ -642,7 +666,7 @@ async fn waiting_duplicates_give_up_or_take_over() {
             .unwrap();
         send(&http1(), req).await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.wait_hits(1).await;
     let started = std::time::Instant::now();
     let dup = request_raw(&a, "/slow/3000", "K22a").await;
     assert_problem(&dup, 409, "idempotency-request-in-progress");
@@ -653,7 +677,7 @@ async fn waiting_duplicates_give_up_or_take_over() {
     let hits = app.hits();
     let url = a.url("/slow/600");
     let first = tokio::spawn(keyed(url, "K22b"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.wait_hits(hits + 1).await;
     let waiter = request_raw(&a, "/slow/600", "K22b").await;
     assert_eq!(within(10, first).await.unwrap().status, 200);
     assert_eq!(waiter.status, 200);
@@ -663,7 +687,7 @@ async fn waiting_duplicates_give_up_or_take_over() {
     // One waiting on a request that ends in 503 (which releases the key) runs itself.
     let url = a.url("/slow/600?status=503");
     let first = tokio::spawn(keyed(url, "K22c"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.wait_hits(hits + 2).await;
     let waiter = request_raw(&a, "/slow/600?status=503", "K22c").await;
     assert_eq!(within(10, first).await.unwrap().status, 503);
     assert_eq!(waiter.status, 503);
@@ -869,7 +893,12 @@ async fn renewals_hold_the_key_while_a_long_response_streams() {
     let a = Attache::run(ports, &sidecar_config(ports, app.addr, extra));
     let url = a.url("/drip/10/200");
     let first = tokio::spawn(keyed(url, "K28"));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Two renewals: the first lease (600 ms) is over, and the key is still held.
+    let renew = "attache_idempotency_store_duration_seconds_count{op=\"renew\",result=\"ok\"}";
+    assert!(
+        attache_tests::eventually(10, async || a.metric(renew) >= Some(2.0)).await,
+        "no renewals"
+    );
     let dup = request_raw(&a, "/drip/10/200", "K28").await;
     assert_problem(&dup, 409, "idempotency-request-in-progress");
     let first = within(10, first).await.unwrap();
@@ -894,17 +923,23 @@ async fn a_failed_completion_still_answers_and_holds_the_key() {
     let a = with_idempotency(&app, &redis_config(&redis, "    store_timeout: 300ms\n"));
     let url = a.url("/slow/500");
     let first = tokio::spawn(keyed(url, "K33"));
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    redis.cli(&["CLIENT", "PAUSE", "2000", "WRITE"]);
+    // The key is claimed once the request is at the app; then writes stop.
+    app.wait_hits(1).await;
+    redis.cli(&["CLIENT", "PAUSE", "20000", "WRITE"]);
     let first = within(10, first).await.unwrap();
     assert_eq!(first.status, 200, "the caller still gets its response");
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // The completion timed out and was counted; then Redis takes writes again.
+    let store_error =
+        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"store_error\"}";
+    assert!(
+        attache_tests::eventually(10, async || a.metric(store_error) == Some(1.0)).await,
+        "{}",
+        a.metrics_text()
+    );
+    redis.cli(&["CLIENT", "UNPAUSE"]);
     let retry = request_raw(&a, "/slow/500", "K33").await;
     assert_problem(&retry, 409, "idempotency-request-in-progress");
     assert_eq!(app.hits(), 1);
-    a.assert_metrics(&[
-        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"store_error\"} 1",
-    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -966,16 +1001,38 @@ async fn a_lost_lease_still_answers_its_caller() {
     let redis = Redis::start();
     let app = App::start("app").await;
     let a = with_idempotency(&app, &redis_config(&redis, ""));
-    let url = a.url("/drip/6/200");
-    let original = tokio::spawn(keyed(url, "K29"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two exchanges with one key and different bodies, each answer naming its execution.
+    let url = a.url("/drip/6/200?hit");
+    let original = tokio::spawn(async move {
+        let req = Request::post(url)
+            .header("idempotency-key", "K29")
+            .body(Full::new(Bytes::from_static(b"{\"from\":\"original\"}")))
+            .unwrap();
+        within(15, send(&http1(), req)).await.unwrap()
+    });
+    app.wait_hits(1).await;
     let record = redis.cli(&["KEYS", "*"]).trim().to_owned();
+    assert!(!record.is_empty(), "the original's record is in Redis");
     redis.cli(&["DEL", &record]);
-    let takeover = request_raw(&a, "/drip/6/200", "K29").await;
+    let takeover_body = "{\"from\":\"takeover\"}";
+    let takeover = request_body(&a, "/drip/6/200?hit", "K29", takeover_body).await;
     assert_eq!(takeover.status, 200);
+    assert_eq!(takeover.text(), "#2;0;1;2;3;4;5;");
     let original = within(10, original).await.unwrap();
-    assert_eq!(original.text(), "0;1;2;3;4;5;");
+    assert_eq!(
+        original.text(),
+        "#1;0;1;2;3;4;5;",
+        "its caller is still answered"
+    );
     assert_eq!(app.hits(), 2, "the takeover ran");
+    // The takeover's record survived: its body replays the takeover's answer, and the
+    // original's body no longer matches the key's record.
+    let replay = request_body(&a, "/drip/6/200?hit", "K29", takeover_body).await;
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(replay.text(), "#2;0;1;2;3;4;5;");
+    let mismatch = request_body(&a, "/drip/6/200?hit", "K29", "{\"from\":\"original\"}").await;
+    assert_problem(&mismatch, 422, "idempotency-key-reused");
+    assert_eq!(app.hits(), 2);
     a.assert_metrics(&[
         "attache_idempotency_outcomes_total{route=\"default\",outcome=\"lost_lease\"} 1",
     ]);

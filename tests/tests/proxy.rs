@@ -268,7 +268,8 @@ async fn slow_request_alone(workers: usize) {
         let url = a.url("/slow/1500");
         async move { get(&http1(), &url).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The slow request is at the app before the fast one is sent.
+    app.wait_hits(1).await;
     let fast = within(10, get(&http1(), &a.url("/fast"))).await.unwrap();
     assert_eq!(fast.status, 200);
     assert!(
