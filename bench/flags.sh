@@ -98,26 +98,6 @@ for round in $(seq "$ROUNDS"); do
   for m in "${MODES[@]}"; do run_mode "$m" "${YAML[$m]}"; done
 done
 
-median() { sort -n -k1,1 "$1" | awk '{a[NR]=$0} END{print a[int((NR+1)/2)]}'; }
-# paired FILE: the median, over rounds, of FILE's CPU against the `none` run of the same round
-# (runs of one round are seconds apart, so a drift of the machine's speed cancels out).
-ratios() { paste -d' ' "$OUT/flags-none.runs" "$1" | awk '{printf "%.4f\n", $5/$1}' | sort -n; }
-paired() {
-  ratios "$1" |
-    awk '{a[NR]=$1} END{printf "%.2f", a[int((NR+1)/2)]}'
-}
-# interval FILE: a 95% confidence interval for that median ratio that assumes nothing about
-# how the rounds are distributed (the sign test's: with n rounds, the k-th smallest and the
-# k-th largest ratio, k the largest with P(Binomial(n, 1/2) < k) <= 0.025).
-interval() {
-  ratios "$1" |
-    awk '{a[NR]=$1} END{
-      n = NR; pk = 1; for (i = 0; i < n; i++) pk /= 2
-      cum = 0; k = 0
-      for (i = 0; i <= n; i++) { if (cum + pk > 0.025) break; cum += pk; k = i + 1; pk = pk * (n - i) / (i + 1) }
-      if (k < 1) { printf "none (%d rounds are too few; 6 or more give one)", n; exit }
-      printf "%.2f× to %.2f× (%d rounds, %.1f%% confidence)", a[k], a[n - k + 1], n, 100 * (1 - 2 * cum) }'
-}
 {
   echo "h2load --h1 -c$CONNS at $RATE req/s for $RATE_SECS s per run, $ROUNDS interleaved rounds (median shown); attache pinned to CPU $PROXY_CPU with one worker; load and upstream on CPU $LOAD_CPU; tracing on, access log off."
   echo
@@ -127,11 +107,11 @@ interval() {
   for m in "${MODES[@]}"; do
     read -r cpu mean _ evaluated <<<"$(median "$OUT/flags-$m.runs")"
     all=$(awk '{printf "%s%s", sep, $1; sep=", "}' "$OUT/flags-$m.runs")
-    printf "| %-28s | %19s | %-21s | %6s× | %13s× | %12s | %11s |\n" "$m" "$cpu" "$all" "$(awk -v c="$cpu" -v b="$base" 'BEGIN{printf "%.2f", c/b}')" "$(paired "$OUT/flags-$m.runs")" "$mean" "$evaluated"
+    printf "| %-28s | %19s | %-21s | %6s× | %13s× | %12s | %11s |\n" "$m" "$cpu" "$all" "$(awk -v c="$cpu" -v b="$base" 'BEGIN{printf "%.2f", c/b}')" "$(paired "$OUT/flags-none.runs" "$OUT/flags-$m.runs")" "$mean" "$evaluated"
   done
   echo
   for m in "${MODES[@]}"; do
     [ "$m" = none ] && continue
-    echo "$m against none, round by round: median $(paired "$OUT/flags-$m.runs")×, interval $(interval "$OUT/flags-$m.runs")"
+    echo "$m against none, round by round: median $(paired "$OUT/flags-none.runs" "$OUT/flags-$m.runs")×, interval $(interval "$OUT/flags-none.runs" "$OUT/flags-$m.runs")"
   done
 } | tee "$OUT/flags-results.md"

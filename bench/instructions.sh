@@ -3,13 +3,22 @@
 # so a change of a few hundred instructions shows where wall-clock CPU time (±10% from run to
 # run on a shared machine) cannot. For attache (filters off, as bench/run.sh runs it), the
 # hyper floor (proxy/examples/hyper_floor.rs: hyper's server and client with nothing between)
-# and nginx, each in front of the same nginx upstream.
+# and nginx, each in front of the same nginx upstream; and for attache with its filters on, as
+# bench/tracing.sh and bench/flags.sh run it:
+#
+#   traced         tracing on (propagation, request id, restoration), access log off: the
+#                  `none` row of bench/flags.sh and `propagation-only` of bench/tracing.sh
+#   10-flags       traced, plus the 10 flags of bench/flags-10.json evaluated and delivered
+#   control        traced, the client sending the headers and baggage the 10 flags would add
+#
+# The three filtered targets send what bench/flags.sh sends (x-user-id, x-plan).
 #
 # Each target serves two loads of different length, and the difference between the two counts
 # is divided by the difference in requests, so start-up and shutdown drop out.
 #
 #   bash bench/instructions.sh                   # attache, floor, nginx; saturated
 #   TARGETS=attache bash bench/instructions.sh   # one target
+#   TARGETS="traced 10-flags control" bash bench/instructions.sh   # the filters' cost
 #   LOAD=rate bash bench/instructions.sh         # 400 req/s: every request wakes the proxy alone
 #
 # Needs: valgrind, h2load, nginx (apt-get install valgrind nghttp2-client nginx-light).
@@ -33,13 +42,44 @@ wait_port "$UP"
 
 attache_plain_yaml "$OUT/instr-attache.yaml" "$PROXY" "$ADMIN" "$UP"
 nginx_proxy_conf "$PWD/$OUT/instr-nginx.conf" "$PROXY" "$UP" master-off
+# The filtered targets: attache's defaults (tracing on) without the access log, as flags.sh.
+filtered_yaml() {
+  cat > "$OUT/instr-$1.yaml" <<CONF
+apiVersion: attache.dev/v1
+kind: Sidecar
+metadata: { name: bench }
+spec:
+  inbound: { listen: "127.0.0.1:$PROXY", app: "http://127.0.0.1:$UP" }
+  admin: { listen: "127.0.0.1:$ADMIN" }
+  telemetry: { access_log: { enabled: false } }
+$2
+CONF
+}
+filtered_yaml traced ""
+filtered_yaml control ""
+filtered_yaml 10-flags "  flags:
+    sources: [ { file: '$PWD/bench/flags-10.json' } ]
+    ofrep: null
+    context:
+      targeting_key: [ { header: x-user-id } ]
+      attributes: [ { header: x-plan, as: plan } ]
+    deliver: { flags: [s1, s2, s3, s4, s5, s6, t1, t2, t3, f1] }"
 
-# load SIZE: one load against the proxy; prints the requests completed.
+# load TARGET SIZE: one load against the proxy; prints the requests completed.
 load() {
+  local h=()
+  case $1 in
+    traced | 10-flags) h=(-H 'x-user-id: user-42' -H 'x-plan: pro') ;;
+    control) h=(-H 'x-user-id: user-42' -H 'x-plan: pro'
+      -H 'x-flag-s1: true' -H 'x-flag-s2: false' -H 'x-flag-s3: dark' -H 'x-flag-s4: 20'
+      -H 'x-flag-s5: {"cols":3,"dense":true}' -H 'x-flag-t1: beta' -H 'x-flag-t2: true'
+      -H 'x-flag-t3: eu' -H 'x-flag-f1: c'
+      -H 'baggage: flag.f1=c,flag.s1=on,flag.s2=off,flag.s3=dark,flag.s4=b,flag.s5=cfg,flag.t1=beta,flag.t2=yes,flag.t3=eu') ;;
+  esac
   if [ "$LOAD" = rate ]; then
-    h2load --h1 -c20 --rps=20 -D "$1" "http://127.0.0.1:$PROXY/" > "$OUT/instr-h2load.txt" 2>&1
+    h2load --h1 -c20 --rps=20 -D "$2" "${h[@]}" "http://127.0.0.1:$PROXY/" > "$OUT/instr-h2load.txt" 2>&1
   else
-    h2load --h1 -c20 -n "$1" "http://127.0.0.1:$PROXY/" > "$OUT/instr-h2load.txt" 2>&1
+    h2load --h1 -c20 -n "$2" "${h[@]}" "http://127.0.0.1:$PROXY/" > "$OUT/instr-h2load.txt" 2>&1
   fi
   grep -q "0 failed" "$OUT/instr-h2load.txt" || { echo "requests failed:" >&2; cat "$OUT/instr-h2load.txt" >&2; exit 1; }
   awk '/^requests:/{print $8}' "$OUT/instr-h2load.txt"
@@ -49,17 +89,17 @@ load() {
 count() {
   local log="$OUT/instr-$1.log" pid n
   case $1 in
-    attache) ATTACHE_LOG=warn ATTACHE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-        target/release/attache run -c "$OUT/instr-attache.yaml" 2>"$log" >/dev/null & ;;
+    attache | traced | 10-flags | control) ATTACHE_LOG=warn ATTACHE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        target/release/attache run -c "$OUT/instr-$1.yaml" 2>"$log" >/dev/null & ;;
     floor) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         target/release/examples/hyper_floor "127.0.0.1:$PROXY" "127.0.0.1:$UP" 2>"$log" >/dev/null & ;;
     nginx) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         nginx -c "$PWD/$OUT/instr-nginx.conf" -p "$PWD/$OUT" 2>"$log" >/dev/null & ;;
-    *) echo "unknown target $1 (attache, floor, nginx)" >&2; exit 1 ;;
+    *) echo "unknown target $1 (attache, floor, nginx, traced, 10-flags, control)" >&2; exit 1 ;;
   esac
   pid=$!
   wait_port "$PROXY"
-  n=$(load "$2")
+  n=$(load "$1" "$2")
   # nginx finishes gracefully on QUIT; the others on TERM.
   if [ "$1" = nginx ]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
   wait "$pid" || true

@@ -9,6 +9,26 @@ HZ=$(getconf CLK_TCK)
 # The P-th percentile (0-100) of the request durations in an h2load --log-file, in ms.
 pct_ms() { cut -f3 "$1" | sort -n | awk -v p="$2" '{a[NR]=$1} END{i=int(NR*p/100+0.5); if (i<1) i=1; if (i>NR) i=NR; printf "%.2f", a[i]/1000}'; }
 
+# Runs of interleaved rounds, one line per round, CPU µs/req first: median FILE prints the
+# median round's line.
+median() { sort -n -k1,1 "$1" | awk '{a[NR]=$0} END{print a[int((NR+1)/2)]}'; }
+# paired BASE FILE: the median, over rounds, of FILE's CPU against BASE's run of the same round
+# (runs of one round are seconds apart, so a drift of the machine's speed cancels out).
+ratios() { paste -d' ' "$1" "$2" | awk -v w="$(head -1 "$1" | wc -w)" '{printf "%.4f\n", $(w + 1) / $1}' | sort -n; }
+paired() { ratios "$1" "$2" | awk '{a[NR]=$1} END{printf "%.2f", a[int((NR+1)/2)]}'; }
+# interval BASE FILE: a 95% confidence interval for that median ratio that assumes nothing
+# about how the rounds are distributed (the sign test's: with n rounds, the k-th smallest and
+# the k-th largest ratio, k the largest with P(Binomial(n, 1/2) < k) <= 0.025).
+interval() {
+  ratios "$1" "$2" |
+    awk '{a[NR]=$1} END{
+      n = NR; pk = 1; for (i = 0; i < n; i++) pk /= 2
+      cum = 0; k = 0
+      for (i = 0; i <= n; i++) { if (cum + pk > 0.025) break; cum += pk; k = i + 1; pk = pk * (n - i) / (i + 1) }
+      if (k < 1) { printf "none (%d rounds are too few; 6 or more give one)", n; exit }
+      printf "%.2f× to %.2f× (%d rounds, %.1f%% confidence)", a[k], a[n - k + 1], n, 100 * (1 - 2 * cum) }'
+}
+
 need() { command -v "$1" >/dev/null || { echo "missing $1: $2" >&2; exit 1; }; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 

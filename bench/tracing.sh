@@ -81,21 +81,26 @@ declare -A YAML=(
 )
 for m in "${MODES[@]}"; do rm -f "$OUT/trace-$m.runs"; done
 # Rounds interleave the modes, so drift on the machine hits them alike; the table shows the
-# median round of each.
+# median round of each, and each mode's CPU against `off`'s in the same round (paired).
 for round in $(seq "$ROUNDS"); do
   for m in "${MODES[@]}"; do run_mode "$m" "${YAML[$m]}"; done
 done
 
-median() { sort -n -k1,1 "$1" | awk '{a[NR]=$0} END{print a[int((NR+1)/2)]}'; }
 {
   echo "h2load --h1 -c$CONNS at $RATE req/s for $RATE_SECS s per run, $ROUNDS interleaved rounds (median shown); attache pinned to CPU $PROXY_CPU with one worker; load, upstream and collector on CPU $LOAD_CPU."
   echo
-  echo "| mode                   | CPU µs/req (median) | all rounds                   | vs off | mean latency | spans exported | dropped |"
-  echo "|------------------------|---------------------|------------------------------|--------|--------------|----------------|---------|"
+  echo "| mode                   | CPU µs/req (median) | all rounds                   | vs off | round by round | mean latency | spans exported | dropped |"
+  echo "|------------------------|---------------------|------------------------------|--------|----------------|--------------|----------------|---------|"
   base=$(median "$OUT/trace-off.runs" | awk '{print $1}')
   for m in "${MODES[@]}"; do
     read -r cpu mean exported dropped _ <<<"$(median "$OUT/trace-$m.runs")"
     all=$(awk '{printf "%s%s", sep, $1; sep=", "}' "$OUT/trace-$m.runs")
-    printf "| %-22s | %19s | %-28s | %5s× | %12s | %14s | %7s |\n" "$m" "$cpu" "$all" "$(awk -v c="$cpu" -v b="$base" 'BEGIN{printf "%.2f", c/b}')" "$mean" "$exported" "$dropped"
+    printf "| %-22s | %19s | %-28s | %5s× | %13s× | %12s | %14s | %7s |\n" "$m" "$cpu" "$all" "$(awk -v c="$cpu" -v b="$base" 'BEGIN{printf "%.2f", c/b}')" "$(paired "$OUT/trace-off.runs" "$OUT/trace-$m.runs")" "$mean" "$exported" "$dropped"
+  done
+  echo
+  # Each mode against `off` of the same round: the machine's drift cancels out.
+  for m in "${MODES[@]}"; do
+    [ "$m" = off ] && continue
+    echo "$m against off, round by round: median $(paired "$OUT/trace-off.runs" "$OUT/trace-$m.runs")×, interval $(interval "$OUT/trace-off.runs" "$OUT/trace-$m.runs")"
   done
 } | tee "$OUT/tracing-results.md"
