@@ -232,6 +232,15 @@ mod tests {
     }
 
     #[test]
+    fn single_writes_128_bit_ids_and_each_state() {
+        let t = TraceId(u128::from_str_radix(T, 16).unwrap());
+        let s = SpanId(u64::from_str_radix(P, 16).unwrap());
+        assert_eq!(write_single(t, s, true, false), format!("{T}-{P}-1").as_str());
+        assert_eq!(write_single(t, s, false, false), format!("{T}-{P}-0").as_str());
+        assert_eq!(write_single(t, s, false, true), format!("{T}-{P}-d").as_str());
+    }
+
+    #[test]
     fn case_19_a_lone_state_is_only_a_sampling_decision() {
         assert_eq!(
             single("0"),
