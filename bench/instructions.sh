@@ -20,6 +20,8 @@
 #   TARGETS=attache bash bench/instructions.sh   # one target
 #   TARGETS="traced 10-flags control" bash bench/instructions.sh   # the filters' cost
 #   LOAD=rate bash bench/instructions.sh         # 400 req/s: every request wakes the proxy alone
+#   HEADERS=flags bash bench/instructions.sh     # every target's requests carry x-user-id and
+#                                                # x-plan, as the counts before 569daca did
 #
 # Needs: valgrind, h2load, nginx (apt-get install valgrind nghttp2-client nginx-light).
 # Takes about a minute per target. Traffic stays on 127.0.0.1.
@@ -68,6 +70,7 @@ filtered_yaml 10-flags "  flags:
 # load TARGET SIZE: one load against the proxy; prints the requests completed.
 load() {
   local h=()
+  [ "${HEADERS:-}" = flags ] && h=(-H 'x-user-id: user-42' -H 'x-plan: pro')
   case $1 in
     traced | 10-flags) h=(-H 'x-user-id: user-42' -H 'x-plan: pro') ;;
     control) h=(-H 'x-user-id: user-42' -H 'x-plan: pro'
