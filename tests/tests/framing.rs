@@ -5,7 +5,9 @@
 //! the client sent (hop-by-hop ones aside), with one well-formed framing; and the connection must
 //! stay usable for the next request. A seeded generator makes a failing run repeatable.
 //!
-//! Framings over HTTP/1.1: no body, `Content-Length`, chunked (with chunk extensions and
+//! Every method (GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH) × framing × body size (0, 1,
+//! 137 and 20,000 bytes) is sent once per protocol, six (HTTP/1.1) or twelve (HTTP/2) to a
+//! connection. Framings over HTTP/1.1: no body, `Content-Length`, chunked (with chunk extensions and
 //! trailers), and an empty chunked body; over HTTP/2: no body (END_STREAM on HEADERS), DATA
 //! frames with `content-length`, and DATA frames without one. A body the client sent must reach
 //! the app whatever the method: a GET with a chunked body once reached the app with none.
@@ -253,16 +255,27 @@ impl Rng {
     }
 }
 
+/// Every method × framing × body size (a body-less framing has size 0 only), in a seeded
+/// order: 63 requests, each with a generated target and headers ([`case`]).
+fn grid(rng: &mut Rng) -> Vec<(&'static str, Framing, usize)> {
+    let mut all = Vec::new();
+    for method in METHODS {
+        all.push((method, Framing::None, 0));
+        for size in SIZES {
+            all.push((method, Framing::Length, size));
+            all.push((method, Framing::Chunked, size));
+        }
+    }
+    // Fisher-Yates: neighbours on one connection differ from run to run of the seed only.
+    for i in (1..all.len()).rev() {
+        all.swap(i, rng.below(i + 1));
+    }
+    all
+}
+
 /// A request: a method, a framing (over HTTP/2, `Chunked` means DATA frames with no length),
 /// a body size, a target and a few end-to-end headers, one of them repeated.
-fn case(rng: &mut Rng, n: usize) -> Case {
-    let method = METHODS[rng.below(METHODS.len())];
-    let framing = [Framing::None, Framing::Length, Framing::Chunked][rng.below(3)];
-    let size = if framing == Framing::None {
-        0
-    } else {
-        SIZES[rng.below(SIZES.len())]
-    };
+fn case(rng: &mut Rng, n: usize, (method, framing, size): (&'static str, Framing, usize)) -> Case {
     let body: Vec<u8> = (0..size).map(|i| (i * 7 + n) as u8).collect();
     let target = match rng.below(3) {
         0 => format!("/case/{n}"),
@@ -404,13 +417,14 @@ async fn over_http1_the_app_receives_what_the_client_sent() {
     let app = RawApp::start().await;
     let a = Attache::sidecar(app.addr, "");
     let mut rng = Rng(SeededIds::new(0x5eed_f4a3));
+    let grid = grid(&mut rng);
     let mut n = 0;
-    for _conn in 0..24 {
+    for requests in grid.chunks(PER_CONNECTION) {
         let stream = TcpStream::connect(a.inbound()).await.expect("connect");
         let mut stream = BufReader::new(stream);
-        for _ in 0..PER_CONNECTION {
+        for &shape in requests {
             n += 1;
-            let c = case(&mut rng, n);
+            let c = case(&mut rng, n, shape);
             stream
                 .get_mut()
                 .write_all(&h1_bytes(&c, "app.test"))
@@ -422,6 +436,7 @@ async fn over_http1_the_app_receives_what_the_client_sent() {
             check(&c, &app.get(seq), "HTTP/1.1");
         }
     }
+    assert_eq!(n, grid.len(), "every shape was sent");
     assert_eq!(
         app.seen.lock().unwrap().len(),
         n,
@@ -462,17 +477,18 @@ async fn over_http2_the_app_receives_what_the_client_sent() {
     let app = RawApp::start().await;
     let a = Attache::sidecar(app.addr, "");
     let mut rng = Rng(SeededIds::new(0x5eed_0002));
+    let grid = grid(&mut rng);
     let mut n = 0;
-    for _conn in 0..12 {
+    for requests in grid.chunks(PER_CONNECTION * 2) {
         let stream = TcpStream::connect(a.inbound()).await.expect("connect");
         let (mut send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await
                 .expect("h2 handshake");
         let driver = tokio::spawn(conn);
-        for _ in 0..PER_CONNECTION * 2 {
+        for &shape in requests {
             n += 1;
-            let c = case(&mut rng, n);
+            let c = case(&mut rng, n, shape);
             let res = within(10, send.send_request(h2_request(&c, "app.test")))
                 .await
                 .unwrap_or_else(|e| panic!("{c:?}: {e}"));
@@ -487,6 +503,7 @@ async fn over_http2_the_app_receives_what_the_client_sent() {
         drop(send);
         let _ = within(5, driver).await;
     }
+    assert_eq!(n, grid.len(), "every shape was sent");
     assert_eq!(
         app.seen.lock().unwrap().len(),
         n,

@@ -235,9 +235,18 @@ mod tests {
     fn single_writes_128_bit_ids_and_each_state() {
         let t = TraceId(u128::from_str_radix(T, 16).unwrap());
         let s = SpanId(u64::from_str_radix(P, 16).unwrap());
-        assert_eq!(write_single(t, s, true, false), format!("{T}-{P}-1").as_str());
-        assert_eq!(write_single(t, s, false, false), format!("{T}-{P}-0").as_str());
-        assert_eq!(write_single(t, s, false, true), format!("{T}-{P}-d").as_str());
+        assert_eq!(
+            write_single(t, s, true, false),
+            format!("{T}-{P}-1").as_str()
+        );
+        assert_eq!(
+            write_single(t, s, false, false),
+            format!("{T}-{P}-0").as_str()
+        );
+        assert_eq!(
+            write_single(t, s, false, true),
+            format!("{T}-{P}-d").as_str()
+        );
     }
 
     #[test]

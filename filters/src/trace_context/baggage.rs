@@ -332,24 +332,40 @@ mod tests {
 
     #[test]
     fn trimming_keeps_whole_members_up_to_exactly_the_limits_and_counts_the_rest() {
-        let trimmed = |lines: &[&str], max_members, max_bytes| {
-            match extract(&h(lines), Limits { max_members, max_bytes }) {
-                Ok(Baggage::Trimmed { value, dropped }) => (value, dropped),
-                other => panic!("{lines:?}: {other:?}"),
-            }
+        let trimmed = |lines: &[&str], max_members, max_bytes| match extract(
+            &h(lines),
+            Limits {
+                max_members,
+                max_bytes,
+            },
+        ) {
+            Ok(Baggage::Trimmed { value, dropped }) => (value, dropped),
+            other => panic!("{lines:?}: {other:?}"),
         };
         // The kept members fill the byte limit exactly (3 + 1 + 3): both stay.
-        assert_eq!(trimmed(&["a=1,b=2,c=3"], 64, 7), ("a=1,b=2".parse().unwrap(), 1));
+        assert_eq!(
+            trimmed(&["a=1,b=2,c=3"], 64, 7),
+            ("a=1,b=2".parse().unwrap(), 1)
+        );
         // By count: five members, two kept, three dropped; across lines alike.
         assert_eq!(
             trimmed(&["a=1,b=2", "c=3,d=4,e=5"], 2, 8192),
             ("a=1,b=2".parse().unwrap(), 3)
         );
         // One byte under what two members need: only the first stays.
-        assert_eq!(trimmed(&["a=1,b=2,c=3"], 64, 6), ("a=1".parse().unwrap(), 2));
+        assert_eq!(
+            trimmed(&["a=1,b=2,c=3"], 64, 6),
+            ("a=1".parse().unwrap(), 2)
+        );
         // Exactly at both limits is no trimming at all.
         assert_eq!(
-            extract(&h(&["a=1,b=2"]), Limits { max_members: 2, max_bytes: 7 }),
+            extract(
+                &h(&["a=1,b=2"]),
+                Limits {
+                    max_members: 2,
+                    max_bytes: 7
+                }
+            ),
             Ok(Baggage::Unchanged)
         );
     }
