@@ -1,8 +1,6 @@
 //! Traffic through the real binary: HTTP/1.1 and HTTP/2 inbound, the outbound ambassador,
 //! WebSocket upgrades and large streamed uploads.
 
-use std::time::Duration;
-
 use attache_tests::client::{self, exchange, get, http1, http2, send};
 use attache_tests::{App, Attache, Ports, within};
 use bytes::Bytes;
