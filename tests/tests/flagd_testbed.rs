@@ -5,11 +5,13 @@
 //! with a message on a developer's machine and is a failure under `CI=true`; a testbed of
 //! another version is always a failure.
 //!
-//! Every scenario is evaluated twice more, the way a proxied request is: against a flat
-//! context (one field per context key, `logic::Data::Fields`, as the request plan builds it)
-//! when the rule's reads allow one, and by the compiled `fast` rules when the rule has one of
-//! their shapes. Both must give the general evaluator's decision; the run fails unless each
-//! path replayed some scenarios.
+//! Every scenario is also replayed on the request path, three ways: through the flags step
+//! itself (`FlagsLayer`, whose per-snapshot plan picks the flat context and compiled rules
+//! when it can), with the targeting key in a request header and the other context keys as
+//! static attributes; against a flat context directly (one field per context key,
+//! `logic::Data::Fields`) when the rule's reads allow one; and by the compiled `fast` rules
+//! when the rule has one of their shapes. Each must give the general evaluator's decision; the
+//! run fails unless each way replayed some scenarios.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -32,6 +34,7 @@ const TESTBED_VERSION: &str = "3.9.0";
 static FLAGS: Mutex<Option<PathBuf>> = Mutex::new(None);
 static VERSION: AtomicU8 = AtomicU8::new(2);
 /// Scenarios replayed on the request path: against a flat context, and by compiled rules.
+static STEP_REPLAYS: AtomicUsize = AtomicUsize::new(0);
 static FLAT_REPLAYS: AtomicUsize = AtomicUsize::new(0);
 static FAST_REPLAYS: AtomicUsize = AtomicUsize::new(0);
 
@@ -146,6 +149,109 @@ fn evaluated(w: &mut Eval) {
     let kind = w.kind.unwrap_or(Kind::Any);
     w.result = Some(set.evaluate(&w.key, &context, now, kind, version));
     replay_on_the_request_path(set, &w.key, &w.context, now, kind, version);
+    replay_through_the_flags_step(set, &w.key, &w.context, version);
+}
+
+/// The scenario through the flags step as the proxy runs it: a request whose `x-tk` header is
+/// the targeting key, the other context keys as the config's static attributes, the flag
+/// delivered to the app. The decision the step records must be the general evaluator's.
+/// Scenarios a request cannot carry (a targeting key that is not a plain header value, a key
+/// that is no header name) are left to the other replays.
+fn replay_through_the_flags_step(
+    set: &FlagSet,
+    key: &str,
+    context: &Map<String, Value>,
+    version: FractionalVersion,
+) {
+    use attache_filters::flags::request::{
+        ContextRules, DeliverFlags, Delivery, EventSettings, FlagDecisions, FlagsLayer, Settings,
+        Source, Trust, unix_now,
+    };
+    use attache_filters::flags::store::FlagStore;
+    use futures_util::FutureExt;
+    use http::HeaderName;
+    use std::sync::Arc;
+    use tower::{Layer, ServiceExt};
+
+    let tk = match context.get("targetingKey") {
+        None => None,
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| (0x21..0x7f).contains(&b)) => {
+            Some(s.clone())
+        }
+        Some(_) => return,
+    };
+    let Ok(header) = HeaderName::from_bytes(format!("x-flag-{key}").as_bytes()) else {
+        return;
+    };
+    let path = FLAGS.lock().unwrap().clone().expect("a flag file");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let store = Arc::new(FlagStore::new(1));
+    store.update(0, &doc).expect("the testbed's flags load");
+    let mut statics = context.clone();
+    statics.remove("targetingKey");
+    let settings = Settings {
+        store,
+        fractional: version,
+        context: ContextRules {
+            targeting_key: vec![Source::Header(HeaderName::from_static("x-tk"))],
+            attributes: Vec::new(),
+            static_attributes: statics,
+        },
+        delivery: Some(Delivery {
+            flags: DeliverFlags::Keys(vec![(Arc::from(key), Some(header))]),
+            header_prefix: Some("x-flag-".into()),
+            header_name: |p, k| format!("{p}{k}"),
+            combined: None,
+            baggage: false,
+            defaults: Default::default(),
+        }),
+        trust: Trust::Never,
+        routes: Vec::new(),
+        events: EventSettings {
+            enabled: true,
+            include_value: false,
+            include_context_id: false,
+        },
+        metrics: Arc::new(attache_filters::telemetry::Metrics::new()),
+        baggage: Default::default(),
+        peer_of: |_| None,
+        clock: unix_now,
+    };
+    let app = tower::service_fn(|_req: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    });
+    let mut req = http::Request::get("/").body(()).unwrap();
+    if let Some(tk) = tk {
+        req.headers_mut().insert("x-tk", tk.parse().unwrap());
+    }
+    let res = FlagsLayer::new(settings)
+        .layer(app)
+        .oneshot(req)
+        .now_or_never()
+        .expect("the flags step answers at once")
+        .unwrap();
+    let decisions = res
+        .extensions()
+        .get::<Arc<FlagDecisions>>()
+        .expect("the step recorded its decisions");
+    let got = decisions
+        .decisions
+        .iter()
+        .find(|d| &*d.key == key)
+        .expect("a decision for the delivered flag");
+    let want = set.decide(
+        key,
+        &Value::Object(context.clone()),
+        unix_now(),
+        Kind::Any,
+        version,
+    );
+    assert_eq!(
+        (got.variant(), got.reason, got.error.as_ref().map(|e| e.0)),
+        (want.variant, want.reason, want.error.as_ref().map(|e| e.0)),
+        "the flags step for {key} on {context:?}"
+    );
+    STEP_REPLAYS.fetch_add(1, Ordering::SeqCst);
 }
 
 /// The scenario's evaluation as a proxied request makes it: against a flat context with one
@@ -395,10 +501,17 @@ fn main() {
         )
         .await;
     });
-    let (flat, fast) = (
+    let (step, flat, fast) = (
+        STEP_REPLAYS.load(Ordering::SeqCst),
         FLAT_REPLAYS.load(Ordering::SeqCst),
         FAST_REPLAYS.load(Ordering::SeqCst),
     );
-    println!("request path: {flat} scenarios replayed on a flat context, {fast} by compiled rules");
-    assert!(flat > 0 && fast > 0, "the request path replayed nothing");
+    println!(
+        "request path: {step} scenarios replayed through the flags step, {flat} on a flat \
+         context, {fast} by compiled rules"
+    );
+    assert!(
+        step > 0 && flat > 0 && fast > 0,
+        "the request path replayed nothing"
+    );
 }
