@@ -371,6 +371,24 @@ mod tests {
     }
 
     #[test]
+    fn property_keys_and_values_are_checked_after_trimming_ows() {
+        for good in ["k=1;p=x", "k=1;p = x", "k=1; p\t=\tx ;q", "k=1;p="] {
+            assert_eq!(
+                extract(&h(&[good]), Limits::default()),
+                Ok(Baggage::Unchanged),
+                "{good:?}"
+            );
+        }
+        for bad in ["k=1;p=a\\b", "k=1;p= a b", "k=1;p=\"x\"", "k=1; =x"] {
+            assert_eq!(
+                extract(&h(&[bad]), Limits::default()),
+                Err(Invalid),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn case_36_one_bad_member_invalidates_all_lines() {
         for bad in ["k v=1", "=v", "k=a\"b", "k=1;", "k", "k=1;p q=2"] {
             assert_eq!(
