@@ -25,6 +25,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::conn::ConnInfo;
+use crate::hop_by_hop::{is_upgrade, strip_hop_by_hop};
 use crate::pool::{self, SendError};
 
 pub type HttpClient = pool::Client;
@@ -567,27 +568,6 @@ fn connect_reason(e: &SendError) -> String {
     }
 }
 
-/// An HTTP/1.1 request asking to switch protocols (WebSocket and friends).
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && connection_has(req.headers(), "upgrade")
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    connection_options(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// The options of every `Connection` line, each trimmed of spaces and tabs, read as bytes: one
-/// element that is not a token (a byte outside ASCII, say) does not hide the others.
-fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|t| t.trim_ascii())
-}
-
 /// Whether a request going out over HTTP/1.1 must be framed as chunked by us: its body may hold
 /// bytes, its length is not known, and hyper's client would otherwise send it as no body at
 /// all. hyper chunks an unknown-length body itself for most methods, but assumes GET, HEAD and
@@ -600,68 +580,6 @@ fn body_needs_chunked(req: &Request<Body>) -> bool {
     !body.is_end_stream()
         && body.size_hint().exact().is_none()
         && !req.headers().contains_key(header::CONTENT_LENGTH)
-}
-
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, and those the `Connection` header names. With `keep_upgrade`
-/// the upgrade handshake (`Connection: upgrade`, `Upgrade`) survives.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass of name comparisons finds which are present; most messages carry none or only
-    // `Connection: keep-alive`, and then nothing is hashed or allocated.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        // A match on the name's text: its length picks the few candidates to compare.
-        let i = match name.as_str() {
-            "connection" => 0,
-            "keep-alive" => 1,
-            "proxy-connection" => 2,
-            "proxy-authenticate" => 3,
-            "proxy-authorization" => 4,
-            "te" => 5,
-            "trailer" => 6,
-            "transfer-encoding" => 7,
-            "upgrade" => 8,
-            _ => continue,
-        };
-        present |= 1 << i;
-    }
-    if present == 0 && !keep_upgrade {
-        return;
-    }
-    // Other headers named in `Connection` are hop-by-hop too.
-    let mut named = Vec::new();
-    for token in connection_options(headers) {
-        let known = token.is_empty()
-            || token.eq_ignore_ascii_case(b"close")
-            || HOP_BY_HOP
-                .iter()
-                .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(token));
-        if !known && let Ok(name) = HeaderName::from_bytes(token) {
-            named.push(name);
-        }
-    }
-    for name in named {
-        headers.remove(name);
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 && !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(name);
-        }
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
 }
 
 fn set_forwarded(
@@ -795,54 +713,6 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_headers_and_connection_tokens_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn an_option_that_is_not_a_token_does_not_hide_the_others() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_bytes(b"x-secret,\tcaf\xe9 , X-Other").unwrap(),
-        );
-        h.append(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("x-other", HeaderValue::from_static("1"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        assert!(connection_has(&h, "Upgrade"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
-    }
-
-    #[test]
-    fn each_hop_by_hop_header_alone_is_removed() {
-        for name in &HOP_BY_HOP {
-            let mut h = HeaderMap::new();
-            h.insert(name.clone(), HeaderValue::from_static("x"));
-            h.insert("x-kept", HeaderValue::from_static("1"));
-            strip_hop_by_hop(&mut h, false);
-            assert!(!h.contains_key(name), "{name} was kept");
-            assert!(h.contains_key("x-kept"));
-        }
-    }
-
-    #[test]
     fn basic_credentials_are_base64() {
         assert_eq!(base64(b"u:p"), "dTpw");
         assert_eq!(
@@ -850,15 +720,5 @@ mod tests {
             "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
         );
         assert_eq!(base64(b"ab"), "YWI=");
-    }
-
-    #[test]
-    fn upgrade_handshake_survives_when_asked() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h[header::CONNECTION], "upgrade");
-        assert_eq!(h[header::UPGRADE], "websocket");
     }
 }

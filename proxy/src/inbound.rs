@@ -1,7 +1,8 @@
 //! The inbound request flow (network → app), fixed here in one place. In order:
 //!
 //! 1. limits: header count and size (431), body size (413); header-read and idle deadlines are
-//!    enforced on the connection itself (`conn.rs`)
+//!    enforced on the connection itself (`conn.rs`); then the fields the client's `Connection`
+//!    names are removed, before any step adds its own (`hop_by_hop.rs`)
 //! 2. trace_context: continue or start the trace, rewrite trace headers
 //! 3. telemetry: metrics, the SERVER span and the access log, around everything below
 //! 4. ratelimit (to come)
@@ -43,6 +44,10 @@ pub fn stack(
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
         .layer(steps.observe)
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
+        .map_request(|mut req: http::Request<attache_filters::Body>| {
+            crate::hop_by_hop::on_arrival(req.headers_mut());
+            req
+        })
         .option_layer(
             crate::snapshot::propagation(
                 config,

@@ -10,6 +10,7 @@ mod conn;
 mod demo;
 mod flags;
 mod forward;
+mod hop_by_hop;
 mod idempotency;
 mod inbound;
 mod limits;

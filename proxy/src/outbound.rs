@@ -1,7 +1,7 @@
 //! The outbound request flow (app → upstream), for ambassador listeners bound to one named
 //! upstream. In order:
 //!
-//! 1. limits, as inbound
+//! 1. limits, and the fields the app's `Connection` names removed, as inbound
 //! 2. trace_context: continue the app's trace (or start one), restore the context the app
 //!    did not forward, rewrite trace headers
 //! 3. telemetry: metrics, the CLIENT span and the access log
@@ -43,6 +43,10 @@ pub fn stack(
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
         .layer(steps.observe)
         .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
+        .map_request(|mut req: http::Request<attache_filters::Body>| {
+            crate::hop_by_hop::on_arrival(req.headers_mut());
+            req
+        })
         .option_layer(
             crate::snapshot::propagation(
                 config,
