@@ -102,3 +102,26 @@ fn writes_version_00_with_reserved_bits_zero() {
         "00-00000000000000000000000000000001-0000000000000002-00"
     );
 }
+
+#[test]
+fn setting_one_flag_keeps_the_other_and_is_idempotent() {
+    for bits in 0..4u8 {
+        let f = TraceFlags::new(bits);
+        for on in [false, true] {
+            let s = f.with_sampled(on);
+            assert_eq!(
+                (s.sampled(), s.random()),
+                (on, f.random()),
+                "{bits:02x} sampled={on}"
+            );
+            assert_eq!(s.with_sampled(on), s, "setting it again changes nothing");
+            let r = f.with_random(on);
+            assert_eq!(
+                (r.random(), r.sampled()),
+                (on, f.sampled()),
+                "{bits:02x} random={on}"
+            );
+            assert_eq!(r.with_random(on), r);
+        }
+    }
+}
