@@ -9,7 +9,8 @@
 //! 5. flags: evaluate for the app, deliver as headers and baggage, route by variant
 //!    (specs/feature-flags.md)
 //! 6. idempotency: Idempotency-Key enforcement (specs/idempotency.md)
-//! 7. forward to the app
+//! 7. record for context restoration what the app receives (after the flags step removed an
+//!    untrusted client's decisions and added attache's), then forward to the app
 //!
 //! Telemetry wraps the limits here so that 431/413 rejections show in the request metrics; the
 //! trace step runs inside them, so rejected requests start no trace.
@@ -60,6 +61,8 @@ pub fn stack(
         )
         .option_layer(steps.flags)
         .option_layer(steps.idempotency)
+        // Restoration records what the app receives: after the flags step, never before.
+        .layer(attache_filters::trace_context::propagate::RecordLayer)
         .service(Forward::new(app, metrics.clone(), leg).routed(steps.routed));
     BoxCloneSyncService::new(svc)
 }

@@ -81,3 +81,48 @@ async fn a_clients_connection_line_cannot_remove_what_attache_adds() {
     );
     assert!(h.get("connection").is_none(), "{h}");
 }
+
+/// Issue 20, bug 2: a client's forged decision (`flag.tier=gold` in its baggage, or Jaeger's
+/// `uberctx-flag.tier`) is removed for the app; it must not come back through context
+/// restoration when the app calls out with only `traceparent`, where the outbound route would
+/// follow it to the `gold` upstream and the next sidecar would read it as a decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_decision_does_not_come_back_through_restoration() {
+    let app = App::start("app").await;
+    let basic = App::start("checkout").await;
+    let gold = App::start("checkout-gold").await;
+    let dir = TempDir::new();
+    let flags = dir.write("flags.json", FLAGS);
+    let outbound = attache_tests::free_port();
+    let a = Attache::sidecar(
+        app.addr,
+        &format!(
+            "  outbound: [ {{ listen: '127.0.0.1:{outbound}', upstream: checkout }} ]
+  upstreams:
+    checkout: {{ endpoints: ['http://{}'] }}
+    checkout-gold: {{ endpoints: ['http://{}'] }}
+  flags:
+    sources: [ {{ file: '{}' }} ]
+    ofrep: null
+    deliver: {{ flags: [tier] }}
+    routes:
+      - {{ upstream: checkout, flag: tier, variants: {{ gold: checkout-gold }} }}
+",
+            basic.addr,
+            gold.addr,
+            flags.display()
+        ),
+    );
+    for forged in [
+        "baggage: flag.tier=gold,plan=pro\r\n",
+        "uberctx-flag.tier: gold\r\nbaggage: plan=pro\r\n",
+    ] {
+        let request = format!(
+            "GET /call/{outbound}/order HTTP/1.1\r\nhost: app\r\n{forged}connection: close\r\n\r\n"
+        );
+        let out = raw(a.inbound(), request.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(echoed(&out)["status"], 200, "{forged:?}: {out}");
+    }
+    assert_eq!(gold.hits(), 0, "a forged decision routed the app's call");
+    assert_eq!(basic.hits(), 2, "each call went by attache's own decision");
+}

@@ -11,6 +11,13 @@
 //! 5. add a request id where asked.
 //!
 //! The decision is left in the request's extensions as a [`TraceCtx`] for the layers below.
+//!
+//! On the inbound leg with restoration on, what is recorded is what the app receives: the
+//! propagation step leaves a [`PendingRecord`] in the request's extensions, and
+//! [`RecordLayer`], placed just before the request leaves for the app, stores the request's
+//! headers as they are then. Steps between the two (the flags step removing an untrusted
+//! client's `flag.*` baggage members and adding attache's own decisions) are thereby in the
+//! record, and a forged member can never come back through restoration on the app's calls.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -203,8 +210,25 @@ impl Settings {
         r >= threshold
     }
 
-    /// Applies the propagation rules to a request's headers.
+    /// Applies the propagation rules to a request's headers and, on a recording leg, records
+    /// the headers as they are now (a stack records later, with [`RecordLayer`]).
     pub fn apply(&self, headers: &mut HeaderMap) -> TraceCtx {
+        let ctx = self.propagate(headers);
+        if let Some(r) = self.recording() {
+            self.record(r, headers, &ctx);
+        }
+        ctx
+    }
+
+    /// The restoration settings of a leg that records (inbound).
+    fn recording(&self) -> Option<&Restore> {
+        self.restore
+            .as_ref()
+            .filter(|r| r.leg == RestoreLeg::Record)
+    }
+
+    /// The propagation rules, without recording.
+    fn propagate(&self, headers: &mut HeaderMap) -> TraceCtx {
         let ex = super::extract_present(headers, &self.extract, super::present(headers));
         let span_id = self.ids.span_id();
         // A valid context is continued; without one a new trace starts, sampled by a lone
@@ -312,13 +336,6 @@ impl Settings {
                     Some(RequestId::Generated(text))
                 }
             };
-        }
-        if let Some(r) = self
-            .restore
-            .as_ref()
-            .filter(|r| r.leg == RestoreLeg::Record)
-        {
-            self.record(r, headers, &ctx);
         }
         ctx
     }
@@ -744,15 +761,16 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ctx = self.settings.apply(req.headers_mut());
+        let ctx = self.settings.propagate(req.headers_mut());
         if let Some((metrics, direction)) = &self.metrics {
             metrics.record_trace(*direction, &ctx);
-            if let Some(r) = &self.settings.restore
-                && r.leg == RestoreLeg::Record
-            {
-                let (entries, bytes) = r.table.usage();
-                metrics.restore_usage(entries, bytes);
-            }
+        }
+        if self.settings.recording().is_some() {
+            req.extensions_mut().insert(PendingRecord {
+                settings: self.settings.clone(),
+                ctx: ctx.clone(),
+                metrics: self.metrics.as_ref().map(|(m, _)| m.clone()),
+            });
         }
         // An inbound request is in flight until its response head is ready (or it is
         // dropped): the window in which the app makes the calls it causes.
@@ -805,6 +823,67 @@ where
             res.extensions_mut().insert(ctx);
         }
         Poll::Ready(out)
+    }
+}
+
+/// In an inbound request's extensions, between the propagation step and [`RecordLayer`]: the
+/// trace decision to record under, once the request's headers are final.
+#[derive(Clone)]
+pub struct PendingRecord {
+    settings: Arc<Settings>,
+    ctx: TraceCtx,
+    /// Where the table's size is reported once the record is in.
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl PendingRecord {
+    /// Records `headers` (what the app receives) for restoration on the app's calls.
+    pub fn commit(&self, headers: &HeaderMap) {
+        if let Some(r) = self.settings.recording() {
+            self.settings.record(r, headers, &self.ctx);
+            if let Some(metrics) = &self.metrics {
+                let (entries, bytes) = r.table.usage();
+                metrics.restore_usage(entries, bytes);
+            }
+        }
+    }
+}
+
+/// The last step before a request leaves for the app: records what the app receives, for
+/// restoration (see the module's doc). Without it, an inbound leg with restoration records
+/// nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordLayer;
+
+impl<S> Layer<S> for RecordLayer {
+    type Service = RecordForwarded<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RecordForwarded { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordForwarded<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for RecordForwarded<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(pending) = req.extensions_mut().remove::<PendingRecord>() {
+            pending.commit(req.headers());
+        }
+        self.inner.call(req)
     }
 }
 
