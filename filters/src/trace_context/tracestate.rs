@@ -224,6 +224,52 @@ mod tests {
     }
 
     #[test]
+    fn max_len_counts_members_and_commas_exactly() {
+        // "a=1,b=2,c=3" is 11 characters, commas included.
+        let three = "a=1,b=2,c=3";
+        let t = ts(&[three], 11).unwrap();
+        assert_eq!(
+            (t.value.unwrap().to_str().unwrap().to_owned(), t.dropped),
+            (three.to_owned(), 0),
+            "exactly at the limit"
+        );
+        let t = ts(&[three], 10).unwrap();
+        assert_eq!(
+            (t.value.unwrap().to_str().unwrap().to_owned(), t.dropped),
+            ("a=1,b=2".to_owned(), 1),
+            "one over"
+        );
+        let t = ts(&[three], 7).unwrap();
+        assert_eq!(
+            (t.value.unwrap().to_str().unwrap().to_owned(), t.dropped),
+            ("a=1,b=2".to_owned(), 1),
+            "trimmed to exactly the limit"
+        );
+        let t = ts(&[three], 6).unwrap();
+        assert_eq!(
+            (t.value.unwrap().to_str().unwrap().to_owned(), t.dropped),
+            ("a=1".to_owned(), 2)
+        );
+        // One member alone: no comma is counted.
+        let t = ts(&["a=1"], 3).unwrap();
+        assert_eq!(
+            (t.value.unwrap().to_str().unwrap().to_owned(), t.dropped),
+            ("a=1".to_owned(), 0)
+        );
+        // Two lines joined are measured as one list.
+        let t = ts(&["a=1", "b=2,c=3"], 11).unwrap();
+        assert_eq!(
+            (t.value.unwrap().to_str().unwrap().to_owned(), t.dropped),
+            (three.to_owned(), 0)
+        );
+        let t = ts(&["a=1", "b=2,c=3"], 10).unwrap();
+        assert_eq!(
+            (t.value.unwrap().to_str().unwrap().to_owned(), t.dropped),
+            ("a=1,b=2".to_owned(), 1)
+        );
+    }
+
+    #[test]
     fn unchanged_value_is_the_same_header_value() {
         let mut h = HeaderMap::new();
         let v = HeaderValue::from_static("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE");

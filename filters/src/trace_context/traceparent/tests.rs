@@ -125,3 +125,25 @@ fn setting_one_flag_keeps_the_other_and_is_idempotent() {
         }
     }
 }
+
+#[test]
+fn short_or_unseparated_values_are_refused_without_reading_past_them() {
+    for v in ["", "0", "00", "0-"] {
+        assert_eq!(tp(v), Err(Invalid::Version), "{v:?}");
+    }
+    // The version is read; a version-00 value must then be exactly 55 characters.
+    assert_eq!(tp("00-"), Err(Invalid::Length));
+    // A third character that is not `-`, in a value of the right length.
+    assert_eq!(tp(&format!("00x{T}-{P}-01")), Err(Invalid::Version));
+    // A later version shorter than version 00 is refused for its length, not read past.
+    assert_eq!(tp("01-short"), Err(Invalid::Length));
+    assert_eq!(tp(&format!("01-{T}-{P}")), Err(Invalid::Length));
+}
+
+#[test]
+fn ids_and_flags_debug_as_their_hex() {
+    let parsed = tp(&format!("00-{T}-{P}-01")).unwrap();
+    assert_eq!(format!("{:?}", parsed.trace_id), T);
+    assert_eq!(format!("{:?}", parsed.parent_id), P);
+    assert_eq!(format!("{:?}", parsed.flags), "01");
+}
