@@ -270,6 +270,19 @@ mod tests {
     }
 
     #[test]
+    fn a_member_of_exactly_128_characters_is_not_long() {
+        let at = format!("k={}", "x".repeat(126));
+        let over = format!("k={}", "x".repeat(127));
+        assert_eq!((at.len(), over.len()), (128, 129));
+        // Over the limit by one small member: the 128-character member stays, the rightmost
+        // goes; a 129-character one goes first.
+        let t = ts(&[&format!("{at},a=1,b=2")], 128 + 4).unwrap();
+        assert_eq!(t.value.unwrap().to_str().unwrap(), format!("{at},a=1"));
+        let t = ts(&[&format!("{over},a=1,b=2")], 129 + 4).unwrap();
+        assert_eq!(t.value.unwrap().to_str().unwrap(), "a=1,b=2");
+    }
+
+    #[test]
     fn unchanged_value_is_the_same_header_value() {
         let mut h = HeaderMap::new();
         let v = HeaderValue::from_static("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE");
