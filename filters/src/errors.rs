@@ -11,6 +11,13 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::Body;
 
+/// 499, nginx's status for a client that closed its request before the answer: what access logs
+/// and the `status_class="4xx"` series record for a client abort, so it never reads as a 5xx.
+pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// Base of the stable problem `type` URIs; each problem appends its slug.
 pub const PROBLEM_BASE: &str = "https://attache.dev/problems/";
 
@@ -38,6 +45,15 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the client did not send a complete request head within {0:?}")]
     HeaderReadTimeout(Duration),
+    /// The client's body broke HTTP's framing (a bad chunk size or line ending, an oversized
+    /// chunk extension, more or fewer bytes than its length): the client's fault, never the
+    /// upstream's.
+    #[error("the request body is malformed: {0}")]
+    MalformedBody(String),
+    /// The client went away in the middle of its body (a closed connection, a reset stream).
+    /// Nobody reads the answer; it is there for the access log and the metrics.
+    #[error("the client closed the request before its body was complete")]
+    ClientAborted,
     #[error("{0}")]
     BadRequest(String),
     #[error("upstream `{upstream}` could not be reached: {reason}")]
@@ -72,7 +88,8 @@ impl Problem for ProxyError {
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeaderReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::MalformedBody(_) => StatusCode::BAD_REQUEST,
+            Self::ClientAborted => CLIENT_CLOSED_REQUEST,
             Self::UpstreamUnreachable { .. } | Self::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -89,6 +106,8 @@ impl Problem for ProxyError {
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::HeaderReadTimeout(_) => "header-read-timeout",
             Self::BadRequest(_) => "bad-request",
+            Self::MalformedBody(_) => "malformed-request",
+            Self::ClientAborted => "client-closed-request",
             Self::UpstreamUnreachable { .. } => "upstream-unreachable",
             Self::UpstreamTimeout { .. } => "upstream-timeout",
             Self::UpstreamFailed { .. } => "upstream-failed",
@@ -106,6 +125,8 @@ impl Problem for ProxyError {
             Self::BodyTooLarge { .. } => "Request body too large",
             Self::HeaderReadTimeout(_) => "Request head not received in time",
             Self::BadRequest(_) => "Bad request",
+            Self::MalformedBody(_) => "Malformed request",
+            Self::ClientAborted => "Client closed the request",
             Self::UpstreamUnreachable { .. } => "Upstream unreachable",
             Self::UpstreamTimeout { .. } => "Upstream timed out",
             Self::UpstreamFailed { .. } => "Upstream failed",

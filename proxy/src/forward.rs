@@ -443,6 +443,22 @@ impl Forward {
             res.extensions_mut().insert(info);
             return res;
         }
+        if let Some(fault) = client_body_fault(e) {
+            // The request's own body failed: the client (the app, outbound) broke its framing or
+            // went away. Not an upstream error, whatever the exchange looked like from there.
+            let (result, err) = match fault {
+                ClientBody::Malformed(reason) => {
+                    ("malformed_body", ProxyError::MalformedBody(reason))
+                }
+                ClientBody::Aborted => ("aborted", ProxyError::ClientAborted),
+            };
+            self.metrics.client_error(result);
+            info.error = Some(result);
+            tracing::debug!(direction = self.leg.direction.as_str(), "{err}");
+            let mut res = problem_response(&err);
+            res.extensions_mut().insert(info);
+            return res;
+        }
         let (kind, error_type, err) = if e.is_connect() {
             let reason = connect_reason(e);
             if reason.contains("timed out") {
@@ -543,6 +559,67 @@ fn has_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stat
         cur = err.source();
     }
     false
+}
+
+/// How a request's own body failed, when that is why an exchange failed.
+#[derive(Debug, PartialEq)]
+enum ClientBody {
+    /// The body broke HTTP framing: a bad chunk size or line, an oversized chunk extension, a
+    /// length the stream did not keep to.
+    Malformed(String),
+    /// The client went away mid-body: the connection closed or reset, the stream was reset.
+    Aborted,
+}
+
+/// Whether `e` is hyper's "error from user's Body stream" caused by reading the client's body
+/// from its connection (another `hyper::Error` under it), and which of the two faults it was.
+/// Read from the error types (io kinds, HTTP/2 reasons), not from their text.
+fn client_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<ClientBody> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            break;
+        }
+        cur = err.source();
+    }
+    let read = cur?.source()?;
+    read.downcast_ref::<hyper::Error>()?;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(read);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    ClientBody::Malformed(io.to_string())
+                }
+                _ => ClientBody::Aborted,
+            });
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            // A reason attache's side found (a length the stream broke, a flow-control
+            // violation) is the client's malformed stream; a reset, GOAWAY or I/O error from the
+            // client's side is the client leaving.
+            let local = !h2.is_remote() && !h2.is_io();
+            return Some(match h2.reason() {
+                Some(reason) if local && reason != h2::Reason::CANCEL => {
+                    ClientBody::Malformed(h2.to_string())
+                }
+                _ => ClientBody::Aborted,
+            });
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_parse() {
+                return Some(ClientBody::Malformed(h.to_string()));
+            }
+            if h.is_incomplete_message() {
+                return Some(ClientBody::Aborted);
+            }
+        }
+        cur = err.source();
+    }
+    Some(ClientBody::Aborted)
 }
 
 fn body_limit(e: &(dyn std::error::Error + 'static)) -> Option<u64> {

@@ -19,7 +19,14 @@ const NEVER_NAMED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
 /// Removes the fields the received `Connection` lines name, and those lines, keeping only an
 /// `upgrade` option (with its `Upgrade` field, which [`strip_hop_by_hop`] handles when the
 /// request leaves). Standard hop-by-hop names (`keep-alive`, `te`, ...) are left for that step.
+///
+/// A request that arrived with both `Transfer-Encoding` and `Content-Length` was read by its
+/// coding (RFC 9112 §6.3); its `Content-Length` goes too, so that nothing after (the
+/// forwarder's framing included) mistakes it for the body's length.
 pub fn on_arrival(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     if !headers.contains_key(header::CONNECTION) {
         return;
     }
@@ -82,6 +89,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// `transfer-encoding`'s bit in [`strip_hop_by_hop`]'s `present` (its index in [`HOP_BY_HOP`]).
+const TRANSFER_ENCODING_BIT: u16 = 1 << 7;
+
 /// Removes hop-by-hop headers, and those the `Connection` header names. With `keep_upgrade`
 /// the upgrade handshake (`Connection: upgrade`, `Upgrade`) survives.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -127,6 +137,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
+    if present & TRANSFER_ENCODING_BIT != 0 {
+        // RFC 9112 §6.3: with a `Transfer-Encoding`, a `Content-Length` beside it is not the
+        // body's length (hyper read the body by the coding), and an intermediary must remove it
+        // before forwarding; left in, the next hop would cut the body at that length.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -135,6 +151,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_beside_a_transfer_coding_goes_on_arrival_and_on_the_way_out() {
+        let both = || {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+            h.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            h
+        };
+        let mut h = both();
+        on_arrival(&mut h);
+        assert!(!h.contains_key(header::CONTENT_LENGTH));
+        assert!(
+            h.contains_key(header::TRANSFER_ENCODING),
+            "left for the way out"
+        );
+        let mut h = both();
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        // A length alone is the body's length, and stays.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        on_arrival(&mut h);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::CONTENT_LENGTH], "3");
+    }
 
     #[test]
     fn on_arrival_the_named_fields_go_and_only_upgrade_stays_named() {

@@ -284,3 +284,52 @@ impl http_body::Body for Drip {
             .map(|piece| piece.map(|b| Ok(http_body::Frame::data(b))))
     }
 }
+
+/// A raw app for what a well-behaved HTTP library never sends: it reads each request head (and
+/// nothing of a body), answers with the same bytes, and closes the connection. It keeps the
+/// request heads it read, in order.
+pub struct Canned {
+    pub addr: SocketAddr,
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Canned {
+    pub async fn start(response: &[u8]) -> Canned {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen, response) = (heads.clone(), Bytes::copy_from_slice(response));
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (seen, response) = (seen.clone(), response.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    seen.lock()
+                        .expect("heads")
+                        .push(String::from_utf8_lossy(&buf).into_owned());
+                    let _ = s.write_all(&response).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Canned { addr, heads, task }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.heads.lock().expect("heads").len()
+    }
+}
+
+impl Drop for Canned {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

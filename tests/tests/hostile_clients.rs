@@ -2,8 +2,13 @@
 //! untrusted client (or app) sent, through the real binary, to a recording app, and checks
 //! that the client could not forge what the app or the next hop trusts.
 
-use attache_tests::client::raw;
-use attache_tests::{App, Attache, TempDir};
+use attache_tests::app::Canned;
+use attache_tests::client::{get, http1, http2, raw};
+use attache_tests::{App, Attache, TempDir, within};
+use bytes::Bytes;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -125,4 +130,154 @@ async fn a_forged_decision_does_not_come_back_through_restoration() {
     }
     assert_eq!(gold.hits(), 0, "a forged decision routed the app's call");
     assert_eq!(basic.hits(), 2, "each call went by attache's own decision");
+}
+
+/// Issue 20, bug 3: a client's malformed chunked body is the client's fault. It gets 400
+/// `malformed-request`, counted as a client error; the upstream-error and 5xx signals that
+/// alerts watch do not move, and the proxy keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_a_client_error_not_an_upstream_one() {
+    let app = App::start("app").await;
+    let a = Attache::sidecar(app.addr, "");
+    let long_extension = format!("5;{}=x\r\nhello\r\n0\r\n\r\n", "e".repeat(20_000));
+    let bodies: [(&str, &str); 5] = [
+        (
+            "a chunk size that overflows",
+            "10000000000000005\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("a chunk size with 0x", "0x5\r\nhello\r\n0\r\n\r\n"),
+        ("a bare LF", "5\nhello\r\n0\r\n\r\n"),
+        ("no CRLF after the data", "5\r\nhelloX0\r\n\r\n"),
+        ("an oversized extension", &long_extension),
+    ];
+    for (what, body) in bodies {
+        let request =
+            format!("POST /x HTTP/1.1\r\nhost: app\r\ntransfer-encoding: chunked\r\n\r\n{body}");
+        let out = raw(a.inbound(), request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{what}: {out}");
+        assert!(out.contains("malformed-request"), "{what}: {out}");
+    }
+    // The proxy keeps serving, and the marker request is counted after the five.
+    let ok = raw(
+        a.inbound(),
+        b"GET /ok HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    a.assert_metrics(&[
+        "attache_client_errors_total{result=\"malformed_body\"} 5",
+        "attache_http_requests_total{direction=\"inbound\",method=\"POST\",status_class=\"4xx\"} 5",
+    ]);
+    let text = a.metrics_text();
+    assert!(
+        !text.contains("attache_upstream_errors_total{"),
+        "a client's body is not an upstream error:\n{text}"
+    );
+    assert!(!text.contains("status_class=\"5xx\""), "{text}");
+}
+
+/// Issue 20, bug 3: a client that goes away in the middle of its body (a closed HTTP/1.1
+/// connection, a reset HTTP/2 stream) is counted as a client abort, not as an upstream reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_aborts_mid_body_is_counted_as_a_client_abort() {
+    use tokio::io::AsyncWriteExt;
+    let app = App::start("app").await;
+    let a = Attache::sidecar(app.addr, "");
+    // HTTP/1.1: ten bytes of a hundred, then the connection closes.
+    let mut s = tokio::net::TcpStream::connect(a.inbound())
+        .await
+        .expect("connect");
+    s.write_all(b"POST /x HTTP/1.1\r\nhost: app\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    app.wait_hits(1).await;
+    drop(s);
+    // HTTP/2: a stream reset by the client in the middle of its body (hyper resets the stream
+    // when the body it sends fails) while the connection stays open.
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let chunks = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (b.map(Frame::data), rx))
+    }));
+    let stream = tokio::net::TcpStream::connect(a.inbound())
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let request = http::Request::post("http://app/y")
+        .body(StreamBody::new(chunks))
+        .expect("request");
+    let pending = tokio::spawn(send.send_request(request));
+    tx.send(Ok(Bytes::from_static(b"0123456789")))
+        .await
+        .expect("send a chunk");
+    app.wait_hits(2).await;
+    tx.send(Err(std::io::Error::other("the client gives up")))
+        .await
+        .expect("fail the body");
+    let reset = within(10, pending).await.expect("the request task");
+    assert!(reset.is_err(), "the client's own request fails: {reset:?}");
+    let counted = attache_tests::eventually(10, async || {
+        a.metric("attache_client_errors_total{result=\"aborted\"}") == Some(2.0)
+    })
+    .await;
+    let text = a.metrics_text();
+    assert!(counted, "two client aborts:\n{text}");
+    assert!(
+        !text.contains("attache_upstream_errors_total{"),
+        "a client's abort is not an upstream error:\n{text}"
+    );
+    assert!(!text.contains("status_class=\"5xx\""), "{text}");
+}
+
+/// Issue 20, bug 4: an app's response with both `Content-Length` and `Transfer-Encoding:
+/// chunked` is read as chunked (RFC 9112 §6.3), and the length is removed before the response
+/// goes on: the client gets the whole body, not the first `Content-Length` bytes of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_response_with_length_and_chunked_reaches_the_client_whole() {
+    let app = Canned::start(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    let a = Attache::sidecar(app.addr, "");
+    for client in [http1(), http2()] {
+        let got = within(10, get(&client, &a.url("/x")))
+            .await
+            .expect("a response");
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), "hello world");
+        assert!(
+            got.headers.get("content-length").is_none_or(|v| v == "11"),
+            "{:?}",
+            got.headers
+        );
+    }
+    assert_eq!(app.hits(), 2);
+}
+
+/// Issue 20, bug 4, the request side: a client's request with both `Content-Length` and
+/// `Transfer-Encoding: chunked` is read by its coding, or refused; the app never receives a
+/// length that cuts the body short or leaves bytes for a smuggled request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_length_and_chunked_reaches_the_app_by_its_coding() {
+    let app = App::start("app").await;
+    let a = Attache::sidecar(app.addr, "");
+    let out = raw(
+        a.inbound(),
+        b"POST /x HTTP/1.1\r\nhost: app\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\
+          connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    if out.starts_with("HTTP/1.1 400") {
+        assert_eq!(app.hits(), 0, "refused: {out}");
+        return;
+    }
+    let echo = echoed(&out);
+    assert_eq!(echo["body_bytes"], 11, "{echo}");
+    assert_eq!(app.hits(), 1, "{out}");
 }
