@@ -236,6 +236,28 @@ pub struct Limits {
     /// A connection with no bytes moving in either direction for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// The protocols a client may ask to switch to with `Upgrade` (RFC 9110 §7.8), by name
+    /// (`websocket`, or `name/version` for one version only). Any other offer is removed
+    /// before the request goes on, so the app answers it as a plain request; `h2c` is never
+    /// forwarded (RFC 9113 §3.1 removed it) and cannot be listed.
+    #[serde(default = "default_upgrade_protocols")]
+    pub upgrade_protocols: Vec<String>,
+    /// A request header whose name has an underscore (`X_Flag_Tier`): CGI-style apps (WSGI,
+    /// Rack, PHP) read it as the same variable as `X-Flag-Tier`, so a client could forge a
+    /// header attache removes. `drop` (default, as nginx does) removes it, `reject` answers
+    /// 400, `allow` passes it on.
+    #[serde(default)]
+    pub headers_with_underscores: UnderscoreHeaders,
+}
+
+/// What happens to a request header whose name has an underscore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    #[default]
+    Drop,
+    Reject,
+    Allow,
 }
 
 impl Default for Limits {
@@ -246,10 +268,15 @@ impl Default for Limits {
             max_request_body_bytes: None,
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
+            upgrade_protocols: default_upgrade_protocols(),
+            headers_with_underscores: UnderscoreHeaders::default(),
         }
     }
 }
 
+fn default_upgrade_protocols() -> Vec<String> {
+    vec!["websocket".to_owned()]
+}
 fn default_max_header_bytes() -> ByteSize {
     ByteSize(64 * 1024)
 }

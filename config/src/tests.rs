@@ -796,3 +796,21 @@ fn flags_cidrs() {
     let all: crate::Cidr = "0.0.0.0/0".parse().unwrap();
     assert!(all.contains("8.8.8.8".parse().unwrap()));
 }
+
+#[test]
+fn upgrade_protocols_are_tokens_and_never_h2c() {
+    let with = |list: &str| format!("{MINIMAL}  limits: {{ upgrade_protocols: {list} }}\n");
+    let c = load(&with("[websocket, TLS/1.2]")).unwrap();
+    assert_eq!(c.spec.limits.upgrade_protocols, ["websocket", "TLS/1.2"]);
+    let h2c = errors(&with("[websocket, H2C]")).join("\n");
+    assert!(
+        h2c.contains("spec.limits.upgrade_protocols[1]") && h2c.contains("RFC 9113"),
+        "{h2c}"
+    );
+    let bad = errors(&with("['web socket']")).join("\n");
+    assert!(bad.contains("not a protocol name"), "{bad}");
+    assert_eq!(
+        load(MINIMAL).unwrap().spec.limits.upgrade_protocols,
+        ["websocket"]
+    );
+}

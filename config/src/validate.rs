@@ -206,6 +206,27 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             "must be at least 1KiB",
         ));
     }
+    for (i, protocol) in limits.upgrade_protocols.iter().enumerate() {
+        let path = format!("spec.limits.upgrade_protocols[{i}]");
+        let name = protocol.split('/').next().unwrap_or_default();
+        let token = |t: &str| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if !protocol.split('/').all(token) || protocol.matches('/').count() > 1 {
+            errors.push(ConfigError::new(
+                path,
+                format!("`{protocol}` is not a protocol name (a token, or `name/version`)"),
+            ));
+        } else if name.eq_ignore_ascii_case("h2c") {
+            errors.push(ConfigError::new(
+                path,
+                "`h2c` is never forwarded: RFC 9113 §3.1 removed the upgrade to HTTP/2, and an \
+                 app answering it would get a raw HTTP/2 tunnel past attache's filters",
+            ));
+        }
+    }
     for (path, d) in [
         (
             "spec.limits.header_read_timeout",

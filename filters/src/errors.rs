@@ -50,6 +50,12 @@ pub enum ProxyError {
     /// upstream's.
     #[error("the request body is malformed: {0}")]
     MalformedBody(String),
+    /// A request body in a transfer coding attache does not decode (`gzip, chunked`): passed
+    /// on, its bytes would reach the app coded and without their label (RFC 9112 §6.1).
+    #[error(
+        "the transfer coding `{0}` is not implemented; send the body chunked or with a Content-Length (a Content-Encoding is passed on as is)"
+    )]
+    UnsupportedTransferCoding(String),
     /// The client went away in the middle of its body (a closed connection, a reset stream).
     /// Nobody reads the answer; it is there for the access log and the metrics.
     #[error("the client closed the request before its body was complete")]
@@ -90,6 +96,7 @@ impl Problem for ProxyError {
             Self::HeaderReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) | Self::MalformedBody(_) => StatusCode::BAD_REQUEST,
             Self::ClientAborted => CLIENT_CLOSED_REQUEST,
+            Self::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             Self::UpstreamUnreachable { .. } | Self::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -108,6 +115,7 @@ impl Problem for ProxyError {
             Self::BadRequest(_) => "bad-request",
             Self::MalformedBody(_) => "malformed-request",
             Self::ClientAborted => "client-closed-request",
+            Self::UnsupportedTransferCoding(_) => "transfer-coding-not-implemented",
             Self::UpstreamUnreachable { .. } => "upstream-unreachable",
             Self::UpstreamTimeout { .. } => "upstream-timeout",
             Self::UpstreamFailed { .. } => "upstream-failed",
@@ -127,6 +135,7 @@ impl Problem for ProxyError {
             Self::BadRequest(_) => "Bad request",
             Self::MalformedBody(_) => "Malformed request",
             Self::ClientAborted => "Client closed the request",
+            Self::UnsupportedTransferCoding(_) => "Transfer coding not implemented",
             Self::UpstreamUnreachable { .. } => "Upstream unreachable",
             Self::UpstreamTimeout { .. } => "Upstream timed out",
             Self::UpstreamFailed { .. } => "Upstream failed",

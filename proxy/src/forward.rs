@@ -25,7 +25,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::conn::ConnInfo;
-use crate::hop_by_hop::{is_upgrade, strip_hop_by_hop};
+use crate::hop_by_hop::{is_upgrade, not_chunked, strip_hop_by_hop, upgrade_answers};
 use crate::pool::{self, SendError};
 
 pub type HttpClient = pool::Client;
@@ -224,6 +224,10 @@ impl Forward {
         let mut at = self.target.pick();
         let mut endpoint = &self.target.endpoints[at];
         let upgrade = is_upgrade(&req);
+        // The offers the app may pick from (the limits step kept only allowed ones).
+        let asked = upgrade
+            .then(|| req.headers().get(header::UPGRADE).cloned())
+            .flatten();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let conn = req.extensions().get::<ConnInfo>().cloned();
         // When no connection to the endpoint can be made, the request comes back unsent (body
@@ -284,10 +288,33 @@ impl Forward {
                 }
             }
         };
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS
+            && !upgrade_answers(asked.as_ref(), res.headers())
+        {
+            // A 101 to a request that did not ask for it, or to another protocol than it
+            // offered: passed on, it would be a raw tunnel past every filter.
+            return Ok(self.refused(
+                "it switched protocols (101) to one the request did not ask for".to_owned(),
+                info,
+            ));
+        }
+        if let Some(coding) = res
+            .headers()
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .find_map(not_chunked)
+        {
+            return Ok(self.refused(
+                format!(
+                    "its response uses the transfer coding `{coding}`, which attache does not \
+                     decode; passed on, the body would reach the client coded and unlabelled"
+                ),
+                info,
+            ));
+        }
         if self.leg.hand_up {
             res.extensions_mut().insert(info);
         }
-
         if res.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -514,6 +541,20 @@ impl Forward {
             .upstream_error(self.leg.direction, &self.target.name, kind);
         info.error = Some(error_type);
         self.problem(err, info)
+    }
+
+    /// A response attache will not pass on: 502, counted as the upstream's protocol error.
+    fn refused(&self, reason: String, mut info: UpstreamInfo) -> Response<Body> {
+        self.metrics
+            .upstream_error(self.leg.direction, &self.target.name, "protocol");
+        info.error = Some("protocol");
+        self.problem(
+            ProxyError::UpstreamFailed {
+                upstream: self.target.name.to_string(),
+                reason,
+            },
+            info,
+        )
     }
 
     fn problem(&self, err: ProxyError, info: UpstreamInfo) -> Response<Body> {

@@ -56,6 +56,35 @@ pub fn on_arrival(headers: &mut HeaderMap) {
     }
 }
 
+/// The first transfer coding of a `Transfer-Encoding` line that is not `chunked` (hyper read
+/// the chunked framing; anything under it would go on coded and unlabelled).
+pub fn not_chunked(v: &http::HeaderValue) -> Option<String> {
+    v.as_bytes()
+        .split(|b| *b == b',')
+        .map(|c| {
+            // A coding's parameters (`;q=...`) are not part of its name.
+            c.split(|b| *b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii()
+        })
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+}
+
+/// Whether an app's 101 answers what the request asked for: the request was an upgrade and the
+/// response's `Upgrade` names one of its offers. Anything else is a tunnel nobody asked for.
+pub fn upgrade_answers(asked: Option<&HeaderValue>, response: &HeaderMap) -> bool {
+    let (Some(asked), Some(chosen)) = (asked, response.get(header::UPGRADE)) else {
+        return false;
+    };
+    let chosen = chosen.as_bytes().trim_ascii();
+    asked
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|offer| offer.trim_ascii().eq_ignore_ascii_case(chosen))
+}
+
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and friends).
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11

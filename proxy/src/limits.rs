@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use attache_config::Limits;
+use attache_config::{Limits, UnderscoreHeaders};
 use attache_filters::errors::{ProxyError, problem_response};
 use attache_filters::telemetry::Metrics;
 use attache_filters::{Body, BoxError};
@@ -25,6 +25,9 @@ pub struct LimitsLayer {
     max_header_bytes: u64,
     max_headers: u32,
     max_body: Option<u64>,
+    /// `spec.limits.upgrade_protocols`, lowercased: a name, or `name/version`.
+    upgrades: Arc<[String]>,
+    underscores: UnderscoreHeaders,
     metrics: Arc<Metrics>,
 }
 
@@ -34,8 +37,25 @@ impl LimitsLayer {
             max_header_bytes: limits.max_header_bytes.0,
             max_headers: limits.max_headers,
             max_body: limits.max_request_body_bytes.map(|b| b.0),
+            upgrades: limits
+                .upgrade_protocols
+                .iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect(),
+            underscores: limits.headers_with_underscores,
             metrics,
         }
+    }
+
+    /// Whether an `Upgrade` offer (`websocket`, `h2c`, `TLS/1.2`) is on the allow-list: by
+    /// name, or by `name/version` exactly. `h2c` never is (the config refuses to list it).
+    fn upgrade_allowed(&self, offer: &str) -> bool {
+        let name = offer.split('/').next().unwrap_or_default();
+        !name.eq_ignore_ascii_case("h2c")
+            && self
+                .upgrades
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(name) || p.eq_ignore_ascii_case(offer))
     }
 }
 
@@ -67,7 +87,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let l = &self.layer;
         let count = req.headers().len();
         if count > l.max_headers as usize {
@@ -81,12 +101,18 @@ where
         // bytes for `: ` and CRLF per field, the bytes on the wire for HTTP/1.1), and the Host
         // lines.
         let (mut size, mut hosts, mut host) = (0, 0, None);
+        let (mut underscores, mut upgrade, mut coding) = (false, false, None);
         for (n, v) in req.headers() {
             size += n.as_str().len() + v.len() + 4;
             if n == header::HOST {
                 hosts += 1;
                 host = Some(v);
+            } else if n == header::UPGRADE {
+                upgrade = true;
+            } else if n == header::TRANSFER_ENCODING && coding.is_none() {
+                coding = crate::hop_by_hop::not_chunked(v);
             }
+            underscores |= n.as_str().contains('_');
         }
         if size as u64 > l.max_header_bytes {
             l.metrics.client_error("headers_too_large");
@@ -99,6 +125,38 @@ where
         if let Some(why) = host_problem(req.version(), hosts, host, authority) {
             l.metrics.client_error("bad_host");
             return reject(ProxyError::BadRequest(why.into()));
+        }
+        if let Some(coding) = coding {
+            l.metrics.client_error("transfer_coding");
+            return reject(ProxyError::UnsupportedTransferCoding(coding));
+        }
+        if underscores {
+            let named: Vec<_> = req
+                .headers()
+                .keys()
+                .filter(|n| n.as_str().contains('_'))
+                .cloned()
+                .collect();
+            match l.underscores {
+                UnderscoreHeaders::Allow => {}
+                UnderscoreHeaders::Drop => {
+                    l.metrics.client_error("header_with_underscore");
+                    for n in named {
+                        req.headers_mut().remove(n);
+                    }
+                }
+                UnderscoreHeaders::Reject => {
+                    l.metrics.client_error("header_with_underscore");
+                    let first = named.first().map_or("", |n| n.as_str());
+                    return reject(ProxyError::BadRequest(format!(
+                        "the header field `{first}` has an underscore in its name, which CGI-style \
+                         apps read as a dash (spec.limits.headers_with_underscores: reject)"
+                    )));
+                }
+            }
+        }
+        if upgrade {
+            keep_allowed_upgrades(l, req.headers_mut());
         }
         let Some(limit) = l.max_body else {
             return Either::Right(self.inner.call(req));
@@ -120,6 +178,34 @@ where
             })
         });
         Either::Right(self.inner.call(req))
+    }
+}
+
+/// Cuts a request's `Upgrade` offers down to those on the allow-list; with none left the
+/// field goes, and the request reaches the app as a plain one (which RFC 9110 §7.8 lets a
+/// server answer as if `Upgrade` were absent).
+fn keep_allowed_upgrades(l: &LimitsLayer, headers: &mut http::HeaderMap) {
+    let offers: Vec<&str> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .collect();
+    let kept: Vec<&str> = offers
+        .iter()
+        .copied()
+        .filter(|o| l.upgrade_allowed(o))
+        .collect();
+    if kept.len() == offers.len() && headers.get_all(header::UPGRADE).iter().count() == 1 {
+        return;
+    }
+    let value = (!kept.is_empty())
+        .then(|| http::HeaderValue::from_str(&kept.join(", ")).ok())
+        .flatten();
+    headers.remove(header::UPGRADE);
+    if let Some(v) = value {
+        headers.insert(header::UPGRADE, v);
     }
 }
 

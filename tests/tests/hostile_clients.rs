@@ -281,3 +281,113 @@ async fn a_request_with_length_and_chunked_reaches_the_app_by_its_coding() {
     assert_eq!(echo["body_bytes"], 11, "{echo}");
     assert_eq!(app.hits(), 1, "{out}");
 }
+
+/// Issue 20, bug 5: a transfer coding attache does not decode. A request's `gzip, chunked`
+/// would reach the app as gzip bytes without their label: 501 (RFC 9112 §6.1). An app's
+/// response with one would reach the client the same way: 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_attache_does_not_decode_is_refused_both_ways() {
+    let app = App::start("app").await;
+    let a = Attache::sidecar(app.addr, "");
+    let out = raw(
+        a.inbound(),
+        b"POST /x HTTP/1.1\r\nhost: app\r\ntransfer-encoding: gzip, chunked\r\n\
+          connection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 501"), "{out}");
+    assert!(out.contains("transfer-coding-not-implemented"), "{out}");
+    assert_eq!(app.hits(), 0, "nothing of it reached the app");
+
+    let coded = Canned::start(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    let b = Attache::sidecar(coded.addr, "");
+    let got = within(10, get(&http1(), &b.url("/x")))
+        .await
+        .expect("a response");
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert!(got.text().contains("gzip"), "{}", got.text());
+    b.assert_metrics(&[
+        "attache_upstream_errors_total{direction=\"inbound\",upstream=\"app\",kind=\"protocol\"} 1",
+    ]);
+}
+
+/// Issue 20, bug 6: only upgrade protocols on the allow-list (`websocket` by default) reach
+/// the app; `h2c` never does (RFC 9113 §3.1). An app's 101 to a request that did not ask for
+/// it (or for another protocol) would open a raw tunnel past every filter: 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_upgrades_reach_the_app_and_an_unsolicited_101_is_refused() {
+    let app = App::start("app").await;
+    let a = Attache::sidecar(app.addr, "");
+    for (upgrade, extra) in [
+        ("h2c", "http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"),
+        ("foo/2", ""),
+    ] {
+        let request = format!(
+            "GET /x HTTP/1.1\r\nhost: app\r\nconnection: upgrade, http2-settings\r\n\
+             upgrade: {upgrade}\r\n{extra}\r\n"
+        );
+        let out = raw(a.inbound(), request.as_bytes(), Duration::from_secs(3)).await;
+        let h = &echoed(&out)["headers"];
+        assert!(h.get("upgrade").is_none(), "{upgrade}: {h}");
+        assert!(h.get("connection").is_none(), "{upgrade}: {h}");
+        assert!(h.get("http2-settings").is_none(), "{upgrade}: {h}");
+    }
+
+    // An app that answers 101 whatever it was asked.
+    let tunnel = Canned::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\nraw bytes",
+    )
+    .await;
+    let b = Attache::sidecar(tunnel.addr, "");
+    for request in [
+        "GET /plain HTTP/1.1\r\nhost: app\r\n\r\n",
+        "GET /h2c HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    ] {
+        let out = raw(b.inbound(), request.as_bytes(), Duration::from_secs(3)).await;
+        assert!(out.starts_with("HTTP/1.1 502"), "{request:?}: {out}");
+        assert!(!out.contains("raw bytes"), "{request:?}: {out}");
+    }
+    let heads = tunnel.heads.lock().expect("heads").join("\n");
+    assert!(
+        !heads.to_ascii_lowercase().contains("upgrade: h2c"),
+        "{heads}"
+    );
+}
+
+/// Issue 20, risks: a header name with an underscore (`X_Flag_Tier`) is what CGI-style apps
+/// (WSGI, Rack, PHP) read as `HTTP_X_FLAG_TIER`, the same variable as attache's own
+/// `x-flag-tier`. Dropped by default; `reject` answers 400; `allow` passes it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_with_underscores_are_dropped_by_default() {
+    let app = App::start("app").await;
+    let dir = TempDir::new();
+    let a = flagged(&app, &dir);
+    let request = b"GET /x HTTP/1.1\r\nhost: app\r\nX_Flag_Tier: gold\r\nx_custom: 1\r\n\
+                    x-kept: 1\r\nconnection: close\r\n\r\n";
+    let h = &echoed(&raw(a.inbound(), request, Duration::from_secs(5)).await)["headers"];
+    assert!(h.get("x_flag_tier").is_none(), "{h}");
+    assert!(h.get("x_custom").is_none(), "{h}");
+    assert_eq!(h["x-flag-tier"], "basic", "{h}");
+    assert_eq!(h["x-kept"], "1", "{h}");
+    a.assert_metrics(&["attache_client_errors_total{result=\"header_with_underscore\"} 1"]);
+
+    for (action, allowed) in [("reject", false), ("allow", true)] {
+        let b = Attache::sidecar(
+            app.addr,
+            &format!("  limits: {{ headers_with_underscores: {action} }}\n"),
+        );
+        let out = raw(b.inbound(), request, Duration::from_secs(5)).await;
+        if allowed {
+            assert_eq!(echoed(&out)["headers"]["x_custom"], "1", "{out}");
+        } else {
+            assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+            assert!(out.contains("underscore"), "{out}");
+        }
+    }
+}

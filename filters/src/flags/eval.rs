@@ -56,10 +56,6 @@ impl Variants {
             .map(|(i, (k, v))| (i, k.as_str(), v))
     }
 
-    pub fn get(&self, name: &str) -> Option<&Value> {
-        self.find(name).map(|(_, _, v)| v)
-    }
-
     /// The variant at position `i`: its name and value.
     pub fn at(&self, i: usize) -> Option<(&str, &Value)> {
         self.0.get(i).map(|(k, v)| (k.as_str(), v))
