@@ -14,10 +14,13 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// An error about `path`. The message is redacted here ([`crate::redact_text`]): it may
+    /// quote a value read from the file or interpolated from the environment, a URL with a
+    /// password or a token in its query, and it goes to logs, `attache validate` and `/config`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
-            message: message.into(),
+            message: crate::redact_text(&message.into()),
             location: None,
         }
     }

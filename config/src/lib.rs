@@ -354,6 +354,68 @@ pub fn redact_url(url: &str) -> Option<String> {
     Some(format!("{head}REDACTED@{tail}"))
 }
 
+/// Names of query parameters that carry credentials (`?access_token=`, `?api_key=`, a signed
+/// URL's `sig`): matched as parts of the lowercased name.
+const SECRET_PARAMS: [&str; 9] = [
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "key",
+    "sig",
+    "auth",
+    "credential",
+    "session",
+];
+
+/// Whether a query parameter's name says it carries a credential.
+pub fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|w| name.contains(w))
+}
+
+/// Free text (an error message, a log line) with every credential it may quote replaced by
+/// `REDACTED`: in each word (split at whitespace and quotes) the userinfo before an `@` (with
+/// or without a scheme, so a URL too broken to parse still hides its password), and the values
+/// of query parameters whose names say they are credentials. It errs on the side of hiding.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    for c in text.chars() {
+        if c.is_whitespace() || matches!(c, '"' | '\'' | '`') {
+            out.push_str(&redact_word(&word));
+            word.clear();
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    out.push_str(&redact_word(&word));
+    out
+}
+
+fn redact_word(word: &str) -> String {
+    let mut w = word.to_owned();
+    if let Some(at) = w.rfind('@') {
+        let start = w.find("://").map_or(0, |i| i + 3);
+        if at > start {
+            w.replace_range(start..at, "REDACTED");
+        }
+    }
+    if let Some(q) = w.find('?') {
+        let (head, query) = w.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if is_secret_param(k) => format!("{k}=REDACTED"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        w = format!("{head}{}", query.join("&"));
+    }
+    w
+}
+
 /// The URL without its userinfo, and the userinfo; `None` when it carries none.
 pub fn strip_userinfo(url: &str) -> Option<(String, String)> {
     let (head, userinfo, tail) = userinfo_parts(url)?;

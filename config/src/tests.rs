@@ -814,3 +814,28 @@ fn upgrade_protocols_are_tokens_and_never_h2c() {
         ["websocket"]
     );
 }
+
+#[test]
+fn error_messages_never_quote_a_credential() {
+    let env = |name: &str| (name == "PASS").then(|| "hunter2".to_owned());
+    for app in [
+        "'http://user:${PASS}@bad host:80'",
+        "'http://user:${PASS}@host:80/path'",
+        "'user:${PASS}@host:80'",
+        "'ftp://user:pa/${PASS}@host'",
+    ] {
+        let text = MINIMAL.replace("http://127.0.0.1:8080", app);
+        let e = load_str(&text, "t.yaml", &env).unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{app}: {e}");
+        assert!(e.contains("REDACTED"), "{app}: {e}");
+        assert!(e.contains("spec.inbound.app"), "{app}: {e}");
+    }
+    assert_eq!(
+        redact_text("invalid \"http://h/p?access_token=abc&x=1&sig=s\" (why)"),
+        "invalid \"http://h/p?access_token=REDACTED&x=1&sig=REDACTED\" (why)"
+    );
+    assert_eq!(
+        redact_text("no secrets: http://h:80/a"),
+        "no secrets: http://h:80/a"
+    );
+}

@@ -28,15 +28,23 @@ const POLL: Duration = Duration::from_secs(5);
 
 /// Watches `path` and reloads on change or on `hup` (SIGHUP, registered by the caller before
 /// the listeners open, so that no SIGHUP can find the default action, which ends the process).
-pub fn spawn(shared: Arc<Shared>, path: PathBuf, hup: Signal) {
+///
+/// `loaded` is the fingerprint of the file as the running config was read from it: a change
+/// made before the watcher starts is found by the first check, not missed until the next one.
+pub fn spawn(shared: Arc<Shared>, path: PathBuf, loaded: Option<u64>, hup: Signal) {
     tokio::spawn(async move {
-        if let Err(e) = run(shared, path, hup).await {
+        if let Err(e) = run(shared, path, loaded, hup).await {
             tracing::error!(error = %e, "config reload is disabled");
         }
     });
 }
 
-async fn run(shared: Arc<Shared>, path: PathBuf, mut hup: Signal) -> anyhow::Result<()> {
+async fn run(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    loaded: Option<u64>,
+    mut hup: Signal,
+) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if ev.is_ok_and(|e| may_change(&e.kind)) {
@@ -52,7 +60,13 @@ async fn run(shared: Arc<Shared>, path: PathBuf, mut hup: Signal) -> anyhow::Res
     }
     let mut poll = tokio::time::interval(POLL);
     poll.tick().await;
-    let mut last = fingerprint(&path);
+    // Watching from here on; what changed before is found by comparing with what was loaded.
+    let mut last = loaded;
+    let now = fingerprint(&path);
+    if now != last && now.is_some() {
+        last = now;
+        reload(&shared, &path);
+    }
     loop {
         let forced = tokio::select! {
             Some(()) = rx.recv() => {
@@ -87,7 +101,7 @@ pub(crate) fn may_change(kind: &notify::EventKind) -> bool {
 }
 
 /// A hash of the file's content; `None` when it cannot be read (mid-swap, say).
-fn fingerprint(path: &Path) -> Option<u64> {
+pub fn fingerprint(path: &Path) -> Option<u64> {
     let bytes = std::fs::read(path).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);

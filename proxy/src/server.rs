@@ -99,6 +99,10 @@ impl Shared {
 /// Runs attache with `config` until SIGTERM/SIGINT and drain complete. `dev` is `attache dev`
 /// (spans on the console unless the file says otherwise).
 pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::Result<()> {
+    // What the file held when `config` was read from it (the caller read it just before): the
+    // watcher, started once attache is ready, compares with this, so a change made in between
+    // is applied rather than taken for the running config.
+    let loaded = source.as_deref().map(crate::reload::fingerprint);
     // Before any listener opens: from then on no signal meets its default action.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -165,7 +169,7 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     // would have without a handler, but cleanly.
     let mut hangup_ends = None;
     match source {
-        Some(path) => crate::reload::spawn(shared.clone(), path, hup),
+        Some(path) => crate::reload::spawn(shared.clone(), path, loaded.flatten(), hup),
         None => hangup_ends = Some(hup),
     }
     let hangup = async {

@@ -391,3 +391,37 @@ async fn header_names_with_underscores_are_dropped_by_default() {
         }
     }
 }
+
+/// Issue 20, bug 7: a URL too broken to parse, whose password comes from the environment,
+/// must not show the password in the reload error on `/config` or in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_url_does_not_leak_its_password_in_errors() {
+    let app = App::start("app").await;
+    let ports = attache_tests::Ports::new();
+    let config = attache_tests::sidecar_config(ports, app.addr, "");
+    let a = Attache::run_with_env(ports, &config, &[("BILLING_PASSWORD", "hunter2")]);
+    let broken = format!(
+        "{config}  upstreams:\n    billing: {{ endpoints: ['http://svc:${{BILLING_PASSWORD}}@bad host:80'] }}\n"
+    );
+    let tmp = a.config_path().with_extension("tmp");
+    std::fs::write(&tmp, broken).expect("write");
+    std::fs::rename(&tmp, a.config_path()).expect("rename");
+    let failed = attache_tests::eventually(10, async || {
+        a.metric("attache_config_reloads_total{result=\"failure\"}") == Some(1.0)
+    })
+    .await;
+    assert!(
+        failed,
+        "the broken file was not rejected:\n{}",
+        a.log_text()
+    );
+    let (status, body) =
+        attache_tests::client::blocking_get(&a.admin_url("/config")).expect("/config");
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let error = v["reload"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("spec.upstreams.billing"), "{error}");
+    assert!(error.contains("REDACTED"), "{error}");
+    assert!(!body.contains("hunter2"), "{body}");
+    assert!(!a.log_text().contains("hunter2"), "{}", a.log_text());
+}
