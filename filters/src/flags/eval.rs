@@ -655,6 +655,29 @@ mod tests {
     }
 
     #[test]
+    fn variants_are_held_in_name_order() {
+        let map = json!({"off": false, "blue": "b", "on": true});
+        let v = Variants::from(map.as_object().unwrap());
+        assert_eq!(v.len(), 3);
+        assert!(!v.is_empty());
+        assert!(Variants::default().is_empty());
+        let names: Vec<&String> = v.keys().collect();
+        assert_eq!(names, ["blue", "off", "on"]);
+        let pairs: Vec<(&String, &Value)> = v.iter().collect();
+        assert_eq!(pairs[1], (&"off".to_owned(), &json!(false)));
+        let values: Vec<&Value> = v.values().collect();
+        assert_eq!(values, [&json!("b"), &json!(false), &json!(true)]);
+        assert_eq!(v.at(2), Some(("on", &json!(true))));
+        assert_eq!(v.at(3), None);
+        assert_eq!(v.find("off"), Some((1, "off", &json!(false))));
+        assert!(v.contains_key("blue") && !v.contains_key("red"));
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"blue":"b","off":false,"on":true}"#
+        );
+    }
+
+    #[test]
     fn bad_documents_name_the_path() {
         let err = |doc: Value| FlagSet::parse(&doc).unwrap_err().to_string();
         assert_eq!(
@@ -671,6 +694,12 @@ mod tests {
             err(json!({"flags": {"f": {"state": "ENABLED", "variants": {}}}})),
             "flags.f.variants: must be a non-empty object"
         );
+        for bad in [json!(null), json!([1, 2])] {
+            assert_eq!(
+                err(json!({"flags": {"f": {"state": "ENABLED", "variants": {"a": 1, "b": bad}}}})),
+                "flags.f.variants.b: a variant is a boolean, string, number or object"
+            );
+        }
         let unresolved = FlagSet::parse(&json!({"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "targeting": {"$ref": "nope"}}}})).unwrap();
         assert!(
             unresolved.warnings[0].contains("unknown evaluator"),
