@@ -117,6 +117,12 @@ pub struct Inbound {
     /// arrived (default), `replace` what arrived, or `off` to leave them untouched.
     #[serde(default)]
     pub forwarded_headers: ForwardedHeaders,
+    /// Peers (CIDRs, or single addresses: a load balancer, an ingress) whose
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are believed under `append`. From anyone
+    /// else they are replaced by what attache saw, so a client cannot tell the app it came
+    /// over HTTPS or for another host. Empty by default: nobody's are believed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<crate::Cidr>,
     /// Timeouts for calls to the app; unset fields use `spec.timeouts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutsOverride>,
@@ -145,6 +151,7 @@ impl Inbound {
             app,
             app_protocol: Protocol::default(),
             forwarded_headers: ForwardedHeaders::default(),
+            trusted_proxies: Vec::new(),
             timeouts: None,
             trace: None,
         }

@@ -144,11 +144,13 @@ impl Target {
 }
 
 /// How the forwarder treats requests on one leg.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Leg {
     pub direction: Direction,
     /// Inbound: `X-Forwarded-*` handling.
     pub forwarded: ForwardedHeaders,
+    /// Inbound: peers whose `X-Forwarded-Proto`/`-Host` are kept under `append`.
+    pub trusted_proxies: Arc<[attache_config::Cidr]>,
     /// Outbound: the upstream sees its own authority in `Host`, not the ambassador port's.
     pub rewrite_host: bool,
     /// A successful response carries the exchange's [`UpstreamInfo`] up to the span and the
@@ -420,7 +422,12 @@ impl Forward {
         if self.leg.direction == Direction::Inbound
             && let Some(conn) = conn
         {
-            set_forwarded(headers, self.leg.forwarded, conn, original_host);
+            let trusted = self
+                .leg
+                .trusted_proxies
+                .iter()
+                .any(|c| c.contains(conn.peer.ip()));
+            set_forwarded(headers, self.leg.forwarded, conn, original_host, trusted);
         }
         Ok(prepared)
     }
@@ -700,11 +707,15 @@ fn body_needs_chunked(req: &Request<Body>) -> bool {
         && !req.headers().contains_key(header::CONTENT_LENGTH)
 }
 
+/// `trusted`: the peer is one of `trusted_proxies`, whose `X-Forwarded-Proto`/`-Host` stand
+/// under `append`; anyone else's are replaced by what attache saw (`X-Forwarded-For` is a
+/// chain either way, and the app reads it from the right).
 fn set_forwarded(
     headers: &mut HeaderMap,
     mode: ForwardedHeaders,
     conn: &ConnInfo,
     host: Option<HeaderValue>,
+    trusted: bool,
 ) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -751,11 +762,18 @@ fn set_forwarded(
                     headers.insert(XFF, v);
                 }
             }
-            if !has_xfp {
-                headers.append(XFP, HeaderValue::from_static("http"));
+            if !has_xfp || !trusted {
+                headers.insert(XFP, HeaderValue::from_static("http"));
             }
-            if !has_xfh && let Some(h) = host {
-                headers.append(XFH, h);
+            if !has_xfh || !trusted {
+                match host {
+                    Some(h) => {
+                        headers.insert(XFH, h);
+                    }
+                    None => {
+                        headers.remove(XFH);
+                    }
+                }
             }
         }
     }
@@ -787,21 +805,32 @@ mod tests {
 
         // Append, on a request that carries none: all three are added.
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, ForwardedHeaders::Append, &conn, host.clone());
+        set_forwarded(&mut h, ForwardedHeaders::Append, &conn, host.clone(), false);
         assert_eq!(text(&h, "x-forwarded-for"), ["10.0.0.9"]);
         assert_eq!(text(&h, "x-forwarded-proto"), ["http"]);
         assert_eq!(text(&h, "x-forwarded-host"), ["shop.example"]);
 
-        // Append, on a request from another proxy: the chain grows, the rest stays.
-        let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
-        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert("x-forwarded-host", HeaderValue::from_static("edge.example"));
-        set_forwarded(&mut h, ForwardedHeaders::Append, &conn, host.clone());
+        // Append, on a request from a trusted proxy: the chain grows, the rest stays.
+        let from_proxy = || {
+            let mut h = HeaderMap::new();
+            h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+            h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+            h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            h.insert("x-forwarded-host", HeaderValue::from_static("edge.example"));
+            h
+        };
+        let mut h = from_proxy();
+        set_forwarded(&mut h, ForwardedHeaders::Append, &conn, host.clone(), true);
         assert_eq!(text(&h, "x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 10.0.0.9"]);
         assert_eq!(text(&h, "x-forwarded-proto"), ["https"]);
         assert_eq!(text(&h, "x-forwarded-host"), ["edge.example"]);
+
+        // The same from a peer nobody trusts: the chain grows, proto and host are attache's.
+        let mut u = from_proxy();
+        set_forwarded(&mut u, ForwardedHeaders::Append, &conn, host.clone(), false);
+        assert_eq!(text(&u, "x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 10.0.0.9"]);
+        assert_eq!(text(&u, "x-forwarded-proto"), ["http"]);
+        assert_eq!(text(&u, "x-forwarded-host"), ["shop.example"]);
 
         // Append to a line that is not text: it is kept as it came, byte for byte.
         let mut o = HeaderMap::new();
@@ -810,23 +839,29 @@ mod tests {
             HeaderValue::from_bytes(b"h\xe9te").unwrap(),
         );
         o.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
-        set_forwarded(&mut o, ForwardedHeaders::Append, &conn, None);
+        set_forwarded(&mut o, ForwardedHeaders::Append, &conn, None, false);
         assert_eq!(
             o["x-forwarded-for"].as_bytes(),
             b"h\xe9te, 2.2.2.2, 10.0.0.9"
         );
 
         // Replace: attache's view only; no Host, no X-Forwarded-Host.
-        set_forwarded(&mut h, ForwardedHeaders::Replace, &conn, None);
+        set_forwarded(&mut h, ForwardedHeaders::Replace, &conn, None, false);
         assert_eq!(text(&h, "x-forwarded-for"), ["10.0.0.9"]);
         assert_eq!(text(&h, "x-forwarded-proto"), ["http"]);
         assert!(text(&h, "x-forwarded-host").is_empty());
 
         // Off: untouched; an IPv6 peer is written without brackets.
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, ForwardedHeaders::Off, &conn, host.clone());
+        set_forwarded(&mut h, ForwardedHeaders::Off, &conn, host.clone(), false);
         assert!(h.is_empty());
-        set_forwarded(&mut h, ForwardedHeaders::Append, &conn_from("[::1]"), host);
+        set_forwarded(
+            &mut h,
+            ForwardedHeaders::Append,
+            &conn_from("[::1]"),
+            host,
+            false,
+        );
         assert_eq!(text(&h, "x-forwarded-for"), ["::1"]);
     }
 

@@ -38,6 +38,7 @@ pub fn stack(
     let leg = Leg {
         direction: Direction::Inbound,
         forwarded: inbound.forwarded_headers,
+        trusted_proxies: inbound.trusted_proxies.iter().copied().collect(),
         rewrite_host: false,
         hand_up,
     };

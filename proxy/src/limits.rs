@@ -126,6 +126,10 @@ where
             l.metrics.client_error("bad_host");
             return reject(ProxyError::BadRequest(why.into()));
         }
+        if let Some(why) = target_problem(&req) {
+            l.metrics.client_error("bad_target");
+            return reject(ProxyError::BadRequest(why.into()));
+        }
         if let Some(coding) = coding {
             l.metrics.client_error("transfer_coding");
             return reject(ProxyError::UnsupportedTransferCoding(coding));
@@ -179,6 +183,21 @@ where
         });
         Either::Right(self.inner.call(req))
     }
+}
+
+/// RFC 9112 §3.2: the asterisk-form (`*`) is for `OPTIONS` only, and the authority-form
+/// (`host:port`) for `CONNECT` only (which the forwarder refuses with its own answer). Neither
+/// names a resource of the app; forwarded, they would reach it as `GET /`.
+fn target_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let uri = req.uri();
+    if uri.path() == "*" && uri.query().is_none() && req.method() != http::Method::OPTIONS {
+        return Some("the request target `*` is for OPTIONS only");
+    }
+    if uri.scheme().is_none() && uri.authority().is_some() && req.method() != http::Method::CONNECT
+    {
+        return Some("an authority-form request target (`host:port`) is for CONNECT only");
+    }
+    None
 }
 
 /// Cuts a request's `Upgrade` offers down to those on the allow-list; with none left the

@@ -36,6 +36,7 @@ pub fn stack(
     let leg = Leg {
         direction: Direction::Outbound,
         forwarded: ForwardedHeaders::Off,
+        trusted_proxies: Arc::default(),
         rewrite_host: true,
         hand_up,
     };

@@ -425,3 +425,50 @@ async fn a_broken_url_does_not_leak_its_password_in_errors() {
     assert!(!body.contains("hunter2"), "{body}");
     assert!(!a.log_text().contains("hunter2"), "{}", a.log_text());
 }
+
+/// Issue 20, risks: under `forwarded_headers: append` a client's own `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` would tell the app it came over HTTPS, or for another host. Only a peer in
+/// `trusted_proxies` is believed; anyone else's are replaced by what attache saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_proto_and_host_are_believed_only_from_trusted_proxies() {
+    let app = App::start("app").await;
+    let request = b"GET /x HTTP/1.1\r\nhost: shop.example\r\nx-forwarded-proto: https\r\n\
+                    x-forwarded-host: admin.example\r\nx-forwarded-for: 1.1.1.1\r\n\
+                    connection: close\r\n\r\n";
+    for (trusted, proto, host) in [
+        ("[]", "http", "shop.example"),
+        ("['127.0.0.0/8']", "https", "admin.example"),
+    ] {
+        let ports = attache_tests::Ports::new();
+        let config = attache_tests::sidecar_config(ports, app.addr, "").replace(
+            "  admin:\n",
+            &format!("    trusted_proxies: {trusted}\n  admin:\n"),
+        );
+        let a = Attache::run(ports, &config);
+        let h = &echoed(&raw(a.inbound(), request, Duration::from_secs(5)).await)["headers"];
+        assert_eq!(h["x-forwarded-proto"], proto, "trusted {trusted}: {h}");
+        assert_eq!(h["x-forwarded-host"], host, "trusted {trusted}: {h}");
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 127.0.0.1", "{h}");
+    }
+}
+
+/// Issue 20, risks: request targets that name no resource of the app. `GET *` (asterisk-form
+/// is for `OPTIONS` only) and the authority-form `GET host:port` (for `CONNECT` only, which a
+/// sidecar port refuses) get 400 instead of being forwarded as `GET /`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asterisk_and_authority_form_targets_are_refused() {
+    let app = App::start("app").await;
+    let a = Attache::sidecar(app.addr, "");
+    for line in [
+        "GET * HTTP/1.1",
+        "GET app.internal:8080 HTTP/1.1",
+        "POST app:80 HTTP/1.1",
+    ] {
+        let request =
+            format!("{line}\r\nhost: app\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        let out = raw(a.inbound(), request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{line}: {out}");
+    }
+    assert_eq!(app.hits(), 0, "none reached the app");
+    a.assert_metrics(&["attache_client_errors_total{result=\"bad_target\"} 3"]);
+}
