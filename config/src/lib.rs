@@ -42,14 +42,35 @@ pub fn parse_document(text: &str) -> Result<Value, ConfigError> {
     Ok(yaml::to_json(&root, "", None, &mut index))
 }
 
+/// The largest config document attache reads: a real one is a few KiB, and one past this is a
+/// mistake (a wrong file, a generated one run away) that should not be parsed and held.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 /// Loads and validates a config file (YAML or JSON, `${VAR}` from the process environment).
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+    let fail = |message: String| ConfigErrors {
         source: source.clone(),
-        errors: vec![ConfigError::new("", format!("cannot read the file: {e}"))],
-    })?;
+        errors: vec![ConfigError::new("", message)],
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+    let text = read_capped(file).map_err(fail)?;
     load_str(&text, &source, &|name| std::env::var(name).ok())
+}
+
+/// Reads a config document (a file, standard input) as UTF-8 text of at most
+/// [`MAX_CONFIG_BYTES`]; a larger one is refused without reading the rest.
+pub fn read_capped(input: impl std::io::Read) -> Result<String, String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut input.take(MAX_CONFIG_BYTES + 1), &mut text)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "the document is larger than {} KiB, the most a config file may be",
+            MAX_CONFIG_BYTES / 1024
+        ));
+    }
+    Ok(text)
 }
 
 /// Loads and validates a document held in memory; `env` resolves `${VAR}`.

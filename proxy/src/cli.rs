@@ -216,9 +216,8 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     for f in files {
         // `-`: standard input, e.g. `kubectl get configmap ... | attache validate -c -`.
         let loaded = if f.as_os_str() == "-" {
-            let mut text = String::new();
-            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
-                Ok(_) => {
+            match attache_config::read_capped(std::io::stdin()) {
+                Ok(text) => {
                     attache_config::load_str(&text, "<stdin>", &|name| std::env::var(name).ok())
                 }
                 Err(e) => {

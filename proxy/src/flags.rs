@@ -51,6 +51,27 @@ const MISSING_RETRIES: u32 = 6;
 /// A URL source's document may not be larger than this.
 const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
+/// A flag file's bytes, refused past [`MAX_DOCUMENT_BYTES`] (as an HTTP source's body is)
+/// without reading the rest.
+async fn read_document(path: &Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut bytes = Vec::new();
+    file.take(MAX_DOCUMENT_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the file is larger than {} MiB, the most a flag document may be",
+                MAX_DOCUMENT_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// One source's state, for `/flags`.
 #[derive(Debug, Clone, Default)]
 struct SourceStatus {
@@ -377,7 +398,7 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
         // Read, with retries while the file is missing (mid-swap, or not yet created).
         let mut attempt = 0;
         let read = loop {
-            match tokio::fs::read(&path).await {
+            match read_document(&path).await {
                 Ok(b) => break Ok(b),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < MISSING_RETRIES => {
                     attempt += 1;
@@ -424,7 +445,7 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
                     let changed = now != last_stat || now.is_none() != last.is_none();
                     if changed
                         || now.is_some()
-                            && tokio::fs::read(&path).await.ok().map(|b| content_hash(&b)) != last
+                            && read_document(&path).await.ok().map(|b| content_hash(&b)) != last
                     {
                         break false;
                     }

@@ -102,7 +102,16 @@ pub(crate) fn may_change(kind: &notify::EventKind) -> bool {
 
 /// A hash of the file's content; `None` when it cannot be read (mid-swap, say).
 pub fn fingerprint(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
+    // No more than a config may hold (and one byte more, so that growing past it shows).
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).ok()?,
+            attache_config::MAX_CONFIG_BYTES + 1,
+        ),
+        &mut bytes,
+    )
+    .ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
     Some(h.finish())

@@ -472,3 +472,79 @@ async fn asterisk_and_authority_form_targets_are_refused() {
     assert_eq!(app.hits(), 0, "none reached the app");
     a.assert_metrics(&["attache_client_errors_total{result=\"bad_target\"} 3"]);
 }
+
+/// Issue 20, risks: a config file past 1 MiB (a wrong or run-away file) is refused with a
+/// clear error, by `attache validate` and by a reload (the running config stays); a flag file
+/// past 16 MiB is refused as an HTTP source's body is, and the flags already loaded stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_config_and_flag_files_are_refused() {
+    let dir = TempDir::new();
+    // Valid YAML, padded with a comment: only its size is wrong.
+    let app = App::start("app").await;
+    let ports = attache_tests::Ports::new();
+    let config = attache_tests::sidecar_config(ports, app.addr, "");
+    let padded = format!("{config}# {}\n", "x".repeat(2 * 1024 * 1024));
+    let big = dir.write("big.yaml", &padded);
+    let out = std::process::Command::new(attache_tests::attache_bin())
+        .arg("validate")
+        .arg("-c")
+        .arg(&big)
+        .output()
+        .expect("run attache validate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("larger than 1024 KiB"), "{stderr}");
+
+    let flags = dir.write("flags.json", FLAGS);
+    let a = Attache::run(
+        ports,
+        &format!(
+            "{config}  flags:\n    sources: [ {{ file: '{}' }} ]\n    ofrep: null\n    deliver: {{ flags: [tier] }}\n",
+            flags.display()
+        ),
+    );
+    let tmp = a.config_path().with_extension("tmp");
+    std::fs::write(&tmp, &padded).expect("write");
+    std::fs::rename(&tmp, a.config_path()).expect("rename");
+    let refused = attache_tests::eventually(10, async || {
+        a.metric("attache_config_reloads_total{result=\"failure\"}") == Some(1.0)
+    })
+    .await;
+    assert!(refused, "{}", a.log_text());
+    let (_, body) = attache_tests::client::blocking_get(&a.admin_url("/config")).expect("/config");
+    assert!(body.contains("larger than 1024 KiB"), "{body}");
+
+    // A flag file of 17 MiB: a JSON document whose size alone is wrong.
+    let huge = format!(
+        "{{\"flags\": {{}}, \"padding\": \"{}\"}}",
+        "x".repeat(17 * 1024 * 1024)
+    );
+    let tmp = flags.with_extension("tmp");
+    std::fs::write(&tmp, huge).expect("write");
+    std::fs::rename(&tmp, &flags).expect("rename");
+    let flags_url = a.admin_url("/flags");
+    let error = attache_tests::eventually(10, async || {
+        let (_, body) = attache_tests::client::blocking_get(&flags_url).expect("/flags");
+        body.contains("larger than 16 MiB")
+    })
+    .await;
+    assert!(
+        error,
+        "{}",
+        attache_tests::client::blocking_get(&flags_url)
+            .expect("/flags")
+            .1
+    );
+    let h = &echoed(
+        &raw(
+            a.inbound(),
+            b"GET /x HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await,
+    )["headers"];
+    assert_eq!(
+        h["x-flag-tier"], "basic",
+        "the flags loaded before stay: {h}"
+    );
+}
