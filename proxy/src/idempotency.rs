@@ -187,6 +187,9 @@ impl Stores {
                 .and_then(|u| HeaderValue::from_str(&format!("<{u}>; rel=\"describedby\"")).ok()),
             routes,
             metrics: metrics.clone(),
+            store_errors: Arc::new(attache_filters::log_throttle::LogThrottle::new(
+                config.spec.telemetry.error_log_interval.get(),
+            )),
         })))
     }
 }

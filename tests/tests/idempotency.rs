@@ -481,6 +481,36 @@ async fn redis_down_fails_closed_or_open() {
     assert_eq!(app.hits(), before + 1);
 }
 
+/// Issue 20, risks: a Redis outage fails every keyed request; each is counted, but the log
+/// gets one line per `telemetry.error_log_interval`, saying how many it held back, not one
+/// per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_logged_once_per_interval_and_counted_every_time() {
+    let mut redis = Redis::start();
+    let app = App::start("app").await;
+    let a = with_idempotency(&app, &redis_config(&redis, "    store_timeout: 300ms\n"));
+    assert_eq!(post(&a, "/created", Some("up"), "{}").await.status, 201);
+    redis.stop();
+    for i in 0..40 {
+        let got = post(&a, "/created", Some(&format!("down-{i}")), "{}").await;
+        assert_problem(&got, 503, "idempotency-store-unavailable");
+    }
+    a.assert_metrics(&[
+        "attache_idempotency_outcomes_total{route=\"default\",outcome=\"store_error\"} 40",
+    ]);
+    let log = a.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("idempotency claim"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line for 40 failures (interval 1m):\n{log}"
+    );
+    assert!(lines[0].contains("suppressed=0"), "{}", lines[0]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_retries_through_two_proxies_run_once() {
     // Case 21: 200 identical keyed POSTs through two attache processes sharing Redis.

@@ -151,6 +151,9 @@ pub struct Settings {
     pub policy_url: Option<HeaderValue>,
     pub routes: Vec<RoutePolicy>,
     pub metrics: Arc<Metrics>,
+    /// Store errors are logged at most once per `telemetry.error_log_interval` (every one is
+    /// counted in the metrics): an outage fails every keyed request.
+    pub store_errors: Arc<crate::log_throttle::LogThrottle>,
 }
 
 /// The errors of §5.3.
@@ -478,14 +481,20 @@ async fn admit(
                 return replay(stored, false);
             }
             Ok(Ok(Claim::Foreign)) => {
-                tracing::warn!(route = %route.name, "idempotency record not written by attache; left untouched");
+                if let Some(suppressed) = s.store_errors.admit() {
+                    tracing::warn!(route = %route.name, suppressed, "idempotency record not written by attache; left untouched (store errors are logged at most once per telemetry.error_log_interval; `suppressed` counts those held back)");
+                }
                 return reject("store_error", IdempotencyError::StoreUnavailable);
             }
             Ok(Err(e)) => {
-                tracing::warn!(route = %route.name, error = %e, "idempotency claim failed");
+                if let Some(suppressed) = s.store_errors.admit() {
+                    tracing::warn!(route = %route.name, error = %e, suppressed, "idempotency claim failed (store errors are logged at most once per telemetry.error_log_interval; `suppressed` counts those held back)");
+                }
             }
             Err(_) => {
-                tracing::warn!(route = %route.name, timeout = ?s.store_timeout, "idempotency claim timed out");
+                if let Some(suppressed) = s.store_errors.admit() {
+                    tracing::warn!(route = %route.name, timeout = ?s.store_timeout, suppressed, "idempotency claim timed out (store errors are logged at most once per telemetry.error_log_interval; `suppressed` counts those held back)");
+                }
                 // Best effort: the claim may have landed after all.
                 let (store, id) = (s.store.clone(), id.clone());
                 tokio::spawn(async move {
