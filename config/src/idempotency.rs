@@ -70,6 +70,13 @@ macro_rules! with_policy_keys {
             /// names two records (default true).
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub scope_authorization: Option<bool>,
+            /// The credentials apps authenticate with besides `Authorization` are part of the
+            /// scope: `Cookie`, `X-API-Key`, `Api-Key` and `X-Auth-Token` (default true), so
+            /// that with cookie or API-key authentication one user's key never replays another
+            /// user's response. Turn it off when a trusted layer in front sets a principal
+            /// header (then name it in `scope_headers`) and cookies change between retries.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub scope_credentials: Option<bool>,
             /// Headers that are part of the scope, e.g. `x-tenant-id`.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub scope_headers: Option<Vec<String>>,
@@ -235,6 +242,7 @@ impl Default for Idempotency {
             in_flight_wait: None,
             fail_open: None,
             scope_authorization: None,
+            scope_credentials: None,
             scope_headers: None,
             scope_by_route: None,
             fingerprint_headers: None,
@@ -266,6 +274,7 @@ pub struct Policy {
     pub in_flight_wait: Duration,
     pub fail_open: bool,
     pub scope_authorization: bool,
+    pub scope_credentials: bool,
     pub scope_headers: Vec<String>,
     pub scope_by_route: bool,
     pub fingerprint_headers: Vec<String>,
@@ -324,6 +333,7 @@ impl Idempotency {
             in_flight_wait: key!(in_flight_wait, wait_default),
             fail_open: key!(fail_open, false),
             scope_authorization: key!(scope_authorization, true),
+            scope_credentials: key!(scope_credentials, true),
             scope_headers: key!(scope_headers, Vec::new()),
             scope_by_route: key!(scope_by_route, false),
             fingerprint_headers: key!(fingerprint_headers, Vec::new()),

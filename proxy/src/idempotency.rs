@@ -161,6 +161,7 @@ impl Stores {
                 in_flight_wait: p.in_flight_wait.get(),
                 fail_open: p.fail_open,
                 scope_authorization: p.scope_authorization,
+                scope_credentials: p.scope_credentials,
                 scope_headers: p.scope_headers.iter().filter_map(|h| header(h)).collect(),
                 scope_by_route: p.scope_by_route,
                 fingerprint_headers: p

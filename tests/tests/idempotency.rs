@@ -511,6 +511,61 @@ async fn a_redis_outage_is_logged_once_per_interval_and_counted_every_time() {
     assert!(lines[0].contains("suppressed=0"), "{}", lines[0]);
 }
 
+/// Issue 20, risks: with cookie or API-key authentication (no `Authorization`), one user's
+/// key must not replay another user's stored response. Those credentials are part of the
+/// scope by default; `scope_credentials: false` is the old behaviour, shown here for contrast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_told_apart_by_cookie_or_api_key_never_share_a_record() {
+    let app = App::start("app").await;
+    let keyed = |a: &Attache, credential: (&str, &str)| {
+        Request::post(a.url("/created"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "order-1")
+            .header(credential.0, credential.1)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+    let a = with_idempotency(&app, "    store: memory\n");
+    for (alice, bob) in [
+        (("cookie", "session=alice"), ("cookie", "session=bob")),
+        (("x-api-key", "alice-key"), ("x-api-key", "bob-key")),
+    ] {
+        let first = within(10, send(&http1(), keyed(&a, alice))).await.unwrap();
+        assert_eq!(first.status, 201, "{}", first.text());
+        let before = app.hits();
+        let other = within(10, send(&http1(), keyed(&a, bob))).await.unwrap();
+        assert_eq!(other.status, 201, "{}", other.text());
+        assert!(
+            !other.headers.contains_key("idempotent-replayed"),
+            "{:?}",
+            other.headers
+        );
+        assert_eq!(app.hits(), before + 1, "bob's request ran");
+        let again = within(10, send(&http1(), keyed(&a, alice))).await.unwrap();
+        assert_eq!(
+            again.headers["idempotent-replayed"], "true",
+            "alice's retry replays"
+        );
+        assert_eq!(again.body, first.body);
+    }
+
+    let shared = with_idempotency(&app, "    store: memory\n    scope_credentials: false\n");
+    let first = within(
+        10,
+        send(&http1(), keyed(&shared, ("cookie", "session=alice"))),
+    )
+    .await
+    .unwrap();
+    let other = within(
+        10,
+        send(&http1(), keyed(&shared, ("cookie", "session=bob"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.headers["idempotent-replayed"], "true");
+    assert_eq!(other.body, first.body, "without it, one record for both");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_retries_through_two_proxies_run_once() {
     // Case 21: 200 identical keyed POSTs through two attache processes sharing Redis.

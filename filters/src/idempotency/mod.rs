@@ -118,6 +118,8 @@ pub struct RoutePolicy {
     pub in_flight_wait: Duration,
     pub fail_open: bool,
     pub scope_authorization: bool,
+    /// `Cookie` and the API-key headers ([`SCOPE_CREDENTIALS`]) are part of the scope.
+    pub scope_credentials: bool,
     pub scope_headers: Vec<HeaderName>,
     pub scope_by_route: bool,
     pub fingerprint_headers: Vec<HeaderName>,
@@ -544,6 +546,10 @@ fn transition_label(t: &Transition) -> &'static str {
 
 use crate::read_limited;
 
+/// The credentials besides `Authorization` that tell two principals apart
+/// (`scope_credentials`): a session cookie, an API key.
+pub const SCOPE_CREDENTIALS: [&str; 4] = ["cookie", "x-api-key", "api-key", "x-auth-token"];
+
 fn record_id(
     s: &Settings,
     route: &RoutePolicy,
@@ -571,6 +577,26 @@ fn record_id(
         scope.push(Some(parts.method.as_str().as_bytes()));
         scope.push(authority);
         scope.push(Some(parts.uri.path().as_bytes()));
+    }
+    // Each credential present adds its name and its lines (HTTP/2 sends a cookie per field,
+    // HTTP/1.1 one line: joined, they read the same). Absent ones add nothing, so a request
+    // without any keeps the record id it had before these were part of the scope.
+    let mut joined: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    if route.scope_credentials {
+        for name in SCOPE_CREDENTIALS {
+            let mut lines = parts.headers.get_all(name).iter();
+            let Some(first) = lines.next() else { continue };
+            let mut value = first.as_bytes().to_vec();
+            for more in lines {
+                value.extend_from_slice(b"; ");
+                value.extend_from_slice(more.as_bytes());
+            }
+            joined.push((name.as_bytes(), value));
+        }
+    }
+    for (name, value) in &joined {
+        scope.push(Some(name));
+        scope.push(Some(value));
     }
     RecordId {
         scope: hash::keyed(&s.secret, "attache-scope-v1", &scope),
