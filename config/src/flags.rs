@@ -54,6 +54,11 @@ pub struct Flags {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlagSource {
+    /// How logs, metrics (`source` label) and `/flags` name this source. Default: the file
+    /// path, or the URL without its userinfo and query (a token there is never shown, and
+    /// rotating it does not start a new metric series).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// A file path; watched for changes, including ConfigMap symlink swaps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
@@ -76,9 +81,30 @@ pub struct FlagSource {
 }
 
 impl FlagSource {
-    /// The file path or URL, as shown in logs and on the admin port.
-    pub fn location(&self) -> &str {
-        self.file.as_deref().or(self.url.as_deref()).unwrap_or("")
+    /// The file path or URL, with the URL's credentials (userinfo, secret query parameters)
+    /// redacted, as `/flags` shows it.
+    pub fn location(&self) -> String {
+        match (&self.file, &self.url) {
+            (Some(file), _) => file.clone(),
+            (None, Some(url)) => crate::redact_url(url).unwrap_or_else(|| url.clone()),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The stable, secret-free name of logs and metric labels: `name`, else the file path,
+    /// else the URL's scheme, host and path only.
+    pub fn label(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        match (&self.file, &self.url) {
+            (Some(file), _) => file.clone(),
+            (None, Some(url)) => {
+                let bare = crate::strip_userinfo(url).map_or_else(|| url.clone(), |(u, _)| u);
+                bare.split(['?', '#']).next().unwrap_or_default().to_owned()
+            }
+            (None, None) => String::new(),
+        }
     }
 }
 

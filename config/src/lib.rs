@@ -369,10 +369,36 @@ fn userinfo_parts(url: &str) -> Option<(&str, &str, &str)> {
     Some((&url[..start], &rest[..at], &rest[at + 1..]))
 }
 
-/// The URL with its userinfo replaced by `REDACTED`; `None` when it carries none.
+/// The URL with its userinfo and the values of its secret query parameters
+/// ([`is_secret_param`]) replaced by `REDACTED`; `None` when it carries neither.
 pub fn redact_url(url: &str) -> Option<String> {
-    let (head, _, tail) = userinfo_parts(url)?;
-    Some(format!("{head}REDACTED@{tail}"))
+    let shown = match userinfo_parts(url) {
+        Some((head, _, tail)) => format!("{head}REDACTED@{tail}"),
+        None => url.to_owned(),
+    };
+    let shown = redact_query(&shown);
+    (shown != url).then_some(shown)
+}
+
+/// `…?a=1&token=x#f` → `…?a=1&token=REDACTED#f`: the values of parameters named like
+/// credentials.
+fn redact_query(url: &str) -> String {
+    let Some(q) = url.find('?') else {
+        return url.to_owned();
+    };
+    let (head, rest) = url.split_at(q + 1);
+    let (query, fragment) = match rest.find('#') {
+        Some(f) => rest.split_at(f),
+        None => (rest, ""),
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if is_secret_param(k) => format!("{k}=REDACTED"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}{}{fragment}", query.join("&"))
 }
 
 /// Names of query parameters that carry credentials (`?access_token=`, `?api_key=`, a signed
@@ -423,18 +449,7 @@ fn redact_word(word: &str) -> String {
             w.replace_range(start..at, "REDACTED");
         }
     }
-    if let Some(q) = w.find('?') {
-        let (head, query) = w.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if is_secret_param(k) => format!("{k}=REDACTED"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        w = format!("{head}{}", query.join("&"));
-    }
-    w
+    redact_query(&w)
 }
 
 /// The URL without its userinfo, and the userinfo; `None` when it carries none.

@@ -446,7 +446,9 @@ fn flags(flags: &crate::Flags, spec: &crate::Spec, errors: &mut Vec<ConfigError>
                         format!("{at}.url"),
                         format!("{u:?} is not an http:// or https:// URL"),
                     ));
-                } else if let Some(shown) = crate::redact_url(u) {
+                } else if crate::strip_userinfo(u).is_some()
+                    && let Some(shown) = crate::redact_url(u)
+                {
                     // Not echoed: the message goes to logs.
                     errors.push(ConfigError::new(
                         format!("{at}.url"),

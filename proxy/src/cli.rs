@@ -192,6 +192,7 @@ pub fn main() -> ExitCode {
                     ..Default::default()
                 });
                 f.sources.push(attache_config::FlagSource {
+                    name: None,
                     file: Some(file.display().to_string()),
                     url: None,
                     poll_interval: attache_config::Duration(std::time::Duration::from_secs(30)),

@@ -127,6 +127,7 @@ impl Running {
             .zip(status.iter())
             .map(|(src, st)| {
                 json!({
+                    "name": src.label(),
                     "location": src.location(),
                     "optional": src.optional,
                     "state": st.state,
@@ -216,7 +217,7 @@ impl Flags {
         for (index, source) in flags.sources.iter().enumerate() {
             let ctx = SourceCtx {
                 index,
-                label: source.location().to_owned(),
+                label: source.label(),
                 store: store.clone(),
                 status: status.clone(),
                 metrics: self.metrics.clone(),
@@ -483,6 +484,8 @@ async fn poll_url(ctx: SourceCtx, source: FlagSource, url: String) {
     let mut etag: Option<HeaderValue> = None;
     let interval = source.poll_interval.get();
     let timeout = source.timeout.get();
+    // Errors name the URL as `/flags` shows it: without its credentials.
+    let shown = source.location();
     loop {
         let mut builder = Request::get(url.as_str());
         for (k, v) in &headers {
@@ -496,18 +499,18 @@ async fn poll_url(ctx: SourceCtx, source: FlagSource, url: String) {
             Ok(req) => {
                 let fetched = tokio::time::timeout(timeout, async {
                     let res = client.request(req).await.map_err(|e| {
-                        format!("GET {url}: {}", attache_filters::errors::error_chain(&e))
+                        format!("GET {shown}: {}", attache_filters::errors::error_chain(&e))
                     })?;
                     let (parts, body) = res.into_parts();
                     let bytes = Limited::new(body, MAX_DOCUMENT_BYTES)
                         .collect()
                         .await
-                        .map_err(|e| format!("GET {url}: reading the body: {e}"))?
+                        .map_err(|e| format!("GET {shown}: reading the body: {e}"))?
                         .to_bytes();
                     Ok::<_, String>((parts, bytes))
                 })
                 .await
-                .unwrap_or_else(|_| Err(format!("GET {url}: no answer within {timeout:?}")));
+                .unwrap_or_else(|_| Err(format!("GET {shown}: no answer within {timeout:?}")));
                 match fetched {
                     Err(e) => ctx.record("unreachable", Some(e)),
                     Ok((parts, _)) if parts.status == http::StatusCode::NOT_MODIFIED => {
@@ -516,7 +519,7 @@ async fn poll_url(ctx: SourceCtx, source: FlagSource, url: String) {
                     Ok((parts, _)) if !parts.status.is_success() => {
                         ctx.record(
                             "unreachable",
-                            Some(format!("GET {url}: HTTP {}", parts.status)),
+                            Some(format!("GET {shown}: HTTP {}", parts.status)),
                         );
                     }
                     Ok((parts, bytes)) => {

@@ -548,3 +548,47 @@ async fn oversized_config_and_flag_files_are_refused() {
         "the flags loaded before stay: {h}"
     );
 }
+
+/// Issue 20, risks: a flag source URL with a token in its query (userinfo is refused by
+/// validation) shows it nowhere: not on `/config`, `/flags`, in the log or in a metric label; the label
+/// (and the log's name) is the URL's scheme, host and path, stable when the token rotates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_source_token_shows_nowhere() {
+    let app = App::start("app").await;
+    let port = attache_tests::free_port();
+    let a = Attache::sidecar(
+        app.addr,
+        &format!(
+            "  flags:\n    ofrep: null\n    sources:\n      - {{ url: 'http://127.0.0.1:{port}/flags.json?v=2&access_token=tok-s3cret', optional: true, poll_interval: 300ms }}\n"
+        ),
+    );
+    let metrics_ok = attache_tests::eventually(10, async || {
+        a.metrics_text().contains(&format!(
+            "attache_flag_source_valid{{source=\"http://127.0.0.1:{port}/flags.json\"}} 0"
+        ))
+    })
+    .await;
+    assert!(metrics_ok, "{}", a.metrics_text());
+    let (_, flags) = attache_tests::client::blocking_get(&a.admin_url("/flags")).expect("/flags");
+    let v: Value = serde_json::from_str(&flags).expect("json");
+    let source = &v["sources"][0];
+    assert_eq!(
+        source["location"],
+        format!("http://127.0.0.1:{port}/flags.json?v=2&access_token=REDACTED"),
+        "{v}"
+    );
+    assert!(
+        source["last_error"].is_string(),
+        "the failure is shown: {v}"
+    );
+    let (_, config) =
+        attache_tests::client::blocking_get(&a.admin_url("/config")).expect("/config");
+    for (what, text) in [
+        ("/flags", flags),
+        ("/config", config),
+        ("/metrics", a.metrics_text()),
+        ("the log", a.log_text()),
+    ] {
+        assert!(!text.contains("s3cret"), "a credential in {what}: {text}");
+    }
+}
