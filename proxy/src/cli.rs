@@ -291,6 +291,7 @@ fn serve(
     dev: bool,
 ) -> ExitCode {
     raise_open_file_limit();
+    crate::allocator::tune();
     let workers = workers
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
         .unwrap_or(1)

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod allocator;
 mod body;
 mod cli;
 mod conn;
@@ -23,11 +24,6 @@ mod server;
 mod snapshot;
 mod telemetry;
 
-// jemalloc returns memory to the OS more readily than glibc's malloc under a proxy's churn of
-// short-lived buffers, which keeps RSS flat; measured in bench/RESULTS.md.
-#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     cli::main()
