@@ -24,7 +24,6 @@ mod server;
 mod snapshot;
 mod telemetry;
 
-
 fn main() -> std::process::ExitCode {
     cli::main()
 }

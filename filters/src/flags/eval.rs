@@ -634,6 +634,56 @@ mod tests {
     }
 
     #[test]
+    fn reason_and_error_code_names_are_flagds() {
+        let reasons = [
+            (Reason::Static, "STATIC"),
+            (Reason::Default, "DEFAULT"),
+            (Reason::TargetingMatch, "TARGETING_MATCH"),
+            (Reason::Disabled, "DISABLED"),
+            (Reason::Cached, "CACHED"),
+            (Reason::Error, "ERROR"),
+        ];
+        for (r, name) in reasons {
+            assert_eq!(r.as_str(), name);
+        }
+        let codes = [
+            (ErrorCode::FlagNotFound, "FLAG_NOT_FOUND"),
+            (ErrorCode::ParseError, "PARSE_ERROR"),
+            (ErrorCode::TypeMismatch, "TYPE_MISMATCH"),
+            (ErrorCode::General, "GENERAL"),
+        ];
+        for (c, name) in codes {
+            assert_eq!(c.as_str(), name);
+        }
+    }
+
+    #[test]
+    fn documents_in_array_form_empty_targeting_and_set_metadata() {
+        let s = FlagSet::parse(&json!({
+            "metadata": {"team": "a", "gone": null},
+            "flags": [
+                {"key": "f", "state": "ENABLED", "variants": {"on": true, "off": false},
+                 "defaultVariant": "on", "targeting": {}},
+                {"key": "huge", "state": "ENABLED", "variants": {"n": 1e20}, "defaultVariant": "n"}
+            ]
+        }))
+        .unwrap();
+        let d = s.decide("f", &json!({}), 0, Kind::Boolean, FractionalVersion::V2);
+        assert_eq!((d.variant, d.reason), (Some("on"), Reason::Static));
+        assert!(!s.flags["f"].needs_context());
+        assert_eq!(s.metadata.get("team"), Some(&json!("a")));
+        assert!(!s.metadata.contains_key("gone"), "{:?}", s.metadata);
+        // An integer asked of a number past i64: a type mismatch, not a clamped value.
+        let d = s.decide("huge", &json!({}), 0, Kind::Integer, FractionalVersion::V2);
+        assert_eq!(d.error.map(|e| e.0), Some(ErrorCode::TypeMismatch));
+        // A decision another sidecar made, for a variant this snapshot has.
+        let cached = Decision::cached(&s.flags["f"], "off").expect("a known variant");
+        assert_eq!(cached.reason, Reason::Cached);
+        assert_eq!(cached.value.as_deref(), Some(&json!(false)));
+        assert!(Decision::cached(&s.flags["f"], "nope").is_none());
+    }
+
+    #[test]
     fn targeting_sees_flagd_built_ins() {
         let s = FlagSet::parse(&json!({"flags": {"t": {
             "state": "ENABLED", "variants": {"k": "k", "late": "late"},

@@ -150,6 +150,23 @@ mod tests {
             (json!(["01.0.0", "=", "1.0.0"]), Value::Null),
             (json!(["1.2-pre", "=", "1.2.0-pre"]), Value::Null),
             (json!([1e7, "=", "1.0.0"]), Value::Null),
+            // Every operator, both ways.
+            (json!(["1.0.0", "!=", "1.0.1"]), json!(true)),
+            (json!(["1.0.0", "!=", "1.0.0"]), json!(false)),
+            (json!(["1.0.0", "<=", "1.0.0"]), json!(true)),
+            (json!(["1.0.1", "<=", "1.0.0"]), json!(false)),
+            (json!(["1.0.0", ">=", "1.0.0"]), json!(true)),
+            (json!(["1.0.0", ">=", "1.0.1"]), json!(false)),
+            (json!(["1.2.0", "~", "1.2.9"]), json!(true)),
+            (json!(["2.2.0", "~", "1.2.0"]), json!(false)),
+            // Pre-release identifiers: numbers by value, below any text.
+            (json!(["1.0.0-2", "<", "1.0.0-10"]), json!(true)),
+            (json!(["1.0.0-1", "<", "1.0.0-alpha"]), json!(true)),
+            (json!(["1.0.0-alpha", ">", "1.0.0-1"]), json!(true)),
+            (json!(["1.0.0-rc-1", "<", "1.0.0"]), json!(true)),
+            // Not versions: a sign in a number, an identifier outside [0-9A-Za-z-].
+            (json!(["1.+2.3", "=", "1.2.3"]), Value::Null),
+            (json!(["1.0.0-al_pha", "=", "1.0.0-al_pha"]), Value::Null),
         ] {
             let Value::Array(a) = &args else {
                 unreachable!()
