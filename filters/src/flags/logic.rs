@@ -1152,6 +1152,7 @@ mod tests {
             // "between".
             (json!({"<": ["a", "b"]}), json!({}), json!(true)),
             (json!({"<=": ["b", "b"]}), json!({}), json!(true)),
+            (json!({"<": ["b", "b"]}), json!({}), json!(false)),
             (json!({"<=": ["c", "b"]}), json!({}), json!(false)),
             (json!({"<": [1, 2, 3]}), json!({}), json!(true)),
             (json!({"<": [1, 3, 2]}), json!({}), json!(false)),
@@ -1323,7 +1324,11 @@ mod tests {
             (json!({"var": 1}), json!(["zero", "one"]), json!("one")),
             (json!({"var": null}), json!({"a": 1}), json!({"a": 1})),
             (json!({"var": ""}), json!({"a": 1}), json!({"a": 1})),
-            (json!({"var": "$flagdx"}), json!({"$flagdx": 3}), json!(3)),
+            (
+                json!({"var": "$flagdx"}),
+                json!({"$flagdx": 3, "$flagd": {"flagKey": "f"}}),
+                json!(3),
+            ),
         ];
         for (rule, data, want) in rows {
             assert_eq!(run(rule.clone(), data.clone()), want, "{rule} on {data}");
