@@ -1204,6 +1204,9 @@ mod tests {
             (json!({"and": [1, 2]}), json!({}), json!(2)),
             (json!({"or": [0, "", 3]}), json!({}), json!(3)),
             (json!({"or": [0, false]}), json!({}), json!(false)),
+            // No operands: each gives its identity (JsonLogic leaves it unsaid).
+            (json!({"and": []}), json!({}), json!(true)),
+            (json!({"or": []}), json!({}), json!(false)),
             (json!({"if": [false, 1, true, 2, 3]}), json!({}), json!(2)),
             (json!({"if": [false, 1]}), json!({}), json!(null)),
             // Arrays.
