@@ -486,7 +486,11 @@ impl Forward {
                 }
                 ClientBody::Aborted => ("aborted", ProxyError::ClientAborted),
             };
-            self.metrics.client_error(result);
+            // A client abort is counted by the observe layer, which also sees the exchanges
+            // dropped before they got this far.
+            if matches!(err, ProxyError::MalformedBody(_)) {
+                self.metrics.client_error(result);
+            }
             info.error = Some(result);
             tracing::debug!(direction = self.leg.direction.as_str(), "{err}");
             let mut res = problem_response(&err);

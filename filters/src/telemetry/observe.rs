@@ -238,6 +238,14 @@ impl Drop for Record {
             let (count, duration) = s.metrics.http_handles(&labels);
             count.inc();
             duration.observe(elapsed.as_secs_f64());
+            // A caller that went away before its answer: either the forwarder saw its body
+            // break off first (499) or its connection or stream went first and the exchange
+            // was dropped unanswered. Counted here, once, whichever came first.
+            if self.status == Some(499)
+                || (self.status.is_none() && self.ending == Ending::Abandoned)
+            {
+                s.metrics.client_error("aborted");
+            }
         }
         let (Some(head), Some(start_wall)) = (self.head.take(), self.start_wall) else {
             return;
