@@ -550,27 +550,14 @@ fn key_values(s: &str) -> BTreeMap<String, String> {
         .filter_map(|kv| {
             let (k, v) = kv.split_once('=')?;
             let k = k.trim();
-            (!k.is_empty()).then(|| (k.to_owned(), percent_decode(v.trim())))
+            (!k.is_empty()).then(|| {
+                (
+                    k.to_owned(),
+                    percent_encoding::percent_decode_str(v.trim())
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                )
+            })
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

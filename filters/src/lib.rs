@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod errors;
 pub mod flags;
 pub mod idempotency;

@@ -3,9 +3,9 @@
 //! alone keeps them and their last good documents); the flags step of each leg; the OFREP
 //! listener; and the admin view.
 //!
-//! - A file source is watched through its directory with `notify` (a ConfigMap swap re-points
-//!   `..data` and changes nothing at the file's own path), debounced 200 ms, and checked every
-//!   `file_poll_interval` for filesystems without inotify. A missing file is retried
+//! - A file source has a [`FileWatch`](crate::watch::FileWatch): its directory's events (a
+//!   ConfigMap swap included), debounced 200 ms, and a check every `file_poll_interval` for
+//!   filesystems without inotify. A missing file is retried
 //!   6 × 200 ms. Unchanged content is a no-op.
 //! - A URL source is polled every `poll_interval` ± 10% with `If-None-Match`; 304 is a no-op.
 //!   HTTPS uses rustls and the system's CA store.
@@ -38,15 +38,13 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
-use notify::{RecursiveMode, Watcher};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use crate::conn::ConnInfo;
 use crate::server::Shared;
+use crate::watch::{FileWatch, Trigger};
 
-const DEBOUNCE: Duration = Duration::from_millis(200);
 const MISSING_RETRIES: u32 = 6;
 /// A URL source's document may not be larger than this.
 const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
@@ -363,37 +361,12 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
         Some("yaml" | "yml") => Format::Yaml,
         _ => Format::Sniff,
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok_and(|e| crate::reload::may_change(&e.kind)) {
-            let _ = tx.send(());
-        }
-    });
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let _watcher = match watcher {
-        Ok(mut w) => {
-            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the flag file's directory; polling only");
-            }
-            Some(w)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch flag files; polling only");
-            None
-        }
-    };
+    let mut watch = FileWatch::new(&path, poll, "flag file");
     let mut last: Option<u64> = None;
     // Whether the content hashed in `last` loaded: unchanged content that failed is still
     // failing, and must not read as a success.
     let mut loaded = false;
     let mut last_stat;
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     let mut event = true;
     loop {
         // Read, with retries while the file is missing (mid-swap, or not yet created).
@@ -403,7 +376,7 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
                 Ok(b) => break Ok(b),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < MISSING_RETRIES => {
                     attempt += 1;
-                    tokio::time::sleep(DEBOUNCE).await;
+                    tokio::time::sleep(crate::watch::DEBOUNCE).await;
                 }
                 Err(e) => break Err(e),
             }
@@ -435,22 +408,16 @@ async fn watch_file(ctx: SourceCtx, path: PathBuf, poll: Duration) {
         }
         // Wait for a change: a directory event (debounced) or a poll that sees one.
         event = loop {
-            tokio::select! {
-                Some(()) = rx.recv() => {
-                    tokio::time::sleep(DEBOUNCE).await;
-                    while rx.try_recv().is_ok() {}
-                    break true;
-                }
-                _ = tick.tick() => {
-                    let now = stat(&path);
-                    let changed = now != last_stat || now.is_none() != last.is_none();
-                    if changed
-                        || now.is_some()
-                            && read_document(&path).await.ok().map(|b| content_hash(&b)) != last
-                    {
-                        break false;
-                    }
-                }
+            if watch.changed().await == Trigger::Event {
+                break true;
+            }
+            let now = stat(&path);
+            let changed = now != last_stat || now.is_none() != last.is_none();
+            if changed
+                || now.is_some()
+                    && read_document(&path).await.ok().map(|b| content_hash(&b)) != last
+            {
+                break false;
             }
         };
     }
@@ -757,9 +724,8 @@ pub async fn serve_ofrep(
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut req: Request<Body> = req.map(attache_filters::boxed);
         req.extensions_mut().insert(info.clone());
-        // The stack is always ready (as on the traffic listeners), so it is called directly.
-        let mut stack = stack.clone();
-        tower::Service::call(&mut stack, req)
+        // Called once it is ready, as on the traffic listeners.
+        crate::listener::when_ready(stack.clone(), req)
     });
     crate::admin::serve_side_connection(stream, &shared, svc).await;
 }

@@ -86,14 +86,10 @@ impl Target {
                 let authority: Authority = u.authority().parse()?;
                 let host = HeaderValue::from_str(authority.as_str())?;
                 let authorization = match &u.userinfo {
-                    Some(userinfo) => {
-                        let mut v = HeaderValue::from_str(&format!(
-                            "Basic {}",
-                            base64(userinfo.as_bytes())
-                        ))?;
-                        v.set_sensitive(true);
-                        Some(v)
-                    }
+                    Some(userinfo) => Some(
+                        basic_authorization(userinfo)
+                            .ok_or_else(|| anyhow::anyhow!("credentials that fit no header"))?,
+                    ),
                     None => None,
                 };
                 let url_base = match u.userinfo {
@@ -580,26 +576,14 @@ impl Forward {
     }
 }
 
-/// Standard base64 with padding (RFC 4648), for `Authorization: Basic`.
-pub fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// `Authorization: Basic` for a URL's `user:password` (RFC 7617: standard base64 with padding),
+/// marked sensitive so that it is never logged or indexed by HPACK.
+pub fn basic_authorization(userinfo: &str) -> Option<HeaderValue> {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(userinfo);
+    let mut v = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 fn has_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -871,11 +855,13 @@ mod tests {
 
     #[test]
     fn basic_credentials_are_base64() {
-        assert_eq!(base64(b"u:p"), "dTpw");
+        let basic = |u: &str| basic_authorization(u).map(|v| v.as_bytes().to_vec());
+        assert_eq!(basic("u:p"), Some(b"Basic dTpw".to_vec()));
         assert_eq!(
-            base64(b"Aladdin:open sesame"),
-            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+            basic("Aladdin:open sesame"),
+            Some(b"Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==".to_vec())
         );
-        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(basic("ab"), Some(b"Basic YWI=".to_vec()));
+        assert!(basic_authorization("a:b").is_some_and(|v| v.is_sensitive()));
     }
 }

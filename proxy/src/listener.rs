@@ -117,17 +117,28 @@ async fn accept_loop(
     }
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-/// Runs one request through its listener's stack. Every layer attache stacks is always ready
-/// (none applies backpressure through `poll_ready`), so the stack is called directly.
+/// Runs one request through its listener's stack, honouring `poll_ready`.
+///
+/// The stack is first asked whether it is ready with a waker that does nothing: attache's own
+/// layers always are, and the request is then called on the stack the connection holds, at the
+/// cost of one `poll_ready` through the layers. A layer that is not ready (a concurrency or rate
+/// limit, say) makes the request wait on a clone of the stack ([`when_ready`], which polls with
+/// the task's real waker until it is ready). Readiness cannot fail: the stack's
+/// error type is `Infallible`, so a layer that refuses answers with a response (503, 429)
+/// instead. Nothing calls a service that has not said it is ready, as tower's contract
+/// requires.
 fn handle(
     stack: Option<&mut Stack>,
     req: Request<Body>,
     in_flight: InFlight,
 ) -> impl Future<Output = Result<Response<body::Finish<InFlight>>, Infallible>> + Send + use<> {
     let fut: ResponseFuture = match stack {
-        Some(stack) => stack.call(req),
+        Some(stack) => match ready_now(stack) {
+            true => stack.call(req),
+            false => when_ready(stack.clone(), req),
+        },
         None => {
             // A reload removed this connection's role (an outbound upstream, say).
             let err = ProxyError::Unavailable("this listener was removed from the config".into());
@@ -145,6 +156,26 @@ fn handle(
             Err(never) => match never {},
         };
         Ok(res.map(|b| body::Finish::new(b, in_flight)))
+    }
+}
+
+/// Calls the stack once it is ready, waiting with the task's waker.
+pub fn when_ready(mut stack: Stack, req: Request<Body>) -> ResponseFuture {
+    Box::pin(async move {
+        std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
+        stack.call(req).await
+    })
+}
+
+/// Whether the stack is ready at once. A stack that is not ready was polled with a waker that
+/// does nothing, so the caller must not wait on this stack: it waits on a clone instead, which
+/// registers the task's own waker.
+fn ready_now(stack: &mut Stack) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stack.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => true,
+        Poll::Ready(Err(never)) => match never {},
+        Poll::Pending => false,
     }
 }
 
@@ -326,5 +357,66 @@ where
             }
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tower::util::BoxCloneSyncService;
+
+    use super::*;
+
+    /// A service that is ready only on every other `poll_ready` (waking its caller when it
+    /// says no), and that records any call made without readiness.
+    #[derive(Clone)]
+    struct Reluctant {
+        polls: Arc<AtomicUsize>,
+        ready: bool,
+        unready_calls: Arc<AtomicUsize>,
+    }
+
+    impl Service<Request<Body>> for Reluctant {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.polls.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.ready = true;
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            if !std::mem::take(&mut self.ready) {
+                self.unready_calls.fetch_add(1, Ordering::SeqCst);
+            }
+            std::future::ready(Ok(Response::new(attache_filters::empty())))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_layer_that_is_not_ready_makes_the_request_wait_never_called_unready() {
+        let unready_calls = Arc::new(AtomicUsize::new(0));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut stack: Stack = BoxCloneSyncService::new(Reluctant {
+            polls: polls.clone(),
+            ready: false,
+            unready_calls: unready_calls.clone(),
+        });
+        let state = Arc::new(ConnState::default());
+        for _ in 0..10 {
+            let req = Request::new(attache_filters::empty());
+            let res = handle(Some(&mut stack), req, state.begin()).await;
+            let Ok(res) = res;
+            assert_eq!(res.status(), http::StatusCode::OK);
+        }
+        assert_eq!(unready_calls.load(Ordering::SeqCst), 0);
+        // Every request met a "not ready" first (the service alternates), and waited it out.
+        assert!(polls.load(Ordering::SeqCst) >= 20, "{polls:?}");
     }
 }

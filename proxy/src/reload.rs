@@ -1,10 +1,9 @@
 //! Hot reload of the config file.
 //!
-//! Triggers: any change in the file's directory (watched with `notify`; Kubernetes swaps a
-//! ConfigMap by re-pointing the `..data` symlink, which changes nothing at the file's own path,
-//! so the directory is what must be watched), a periodic check for filesystems without
-//! inotify, and SIGHUP. Events are debounced for 200 ms and the file is re-read through its
-//! symlinks; unchanged content is a no-op (except on SIGHUP, which always re-applies).
+//! Triggers: the file's [`FileWatch`] (any change in its directory, debounced, which covers a
+//! Kubernetes ConfigMap swap, and a check every 5 s for filesystems without inotify) and
+//! SIGHUP. The file is re-read through its symlinks; unchanged content is a no-op (except on
+//! SIGHUP, which always re-applies).
 //!
 //! An invalid file keeps the running config: the error is logged, counted in
 //! `attache_config_reloads_total{result="failure"}` and shown on `/config` until a later
@@ -17,13 +16,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use attache_filters::telemetry::metrics::ResultLabels;
-use notify::{RecursiveMode, Watcher};
 use tokio::signal::unix::Signal;
-use tokio::sync::mpsc;
 
 use crate::server::Shared;
+use crate::watch::FileWatch;
 
-const DEBOUNCE: Duration = Duration::from_millis(200);
 const POLL: Duration = Duration::from_secs(5);
 
 /// Watches `path` and reloads on change or on `hup` (SIGHUP, registered by the caller before
@@ -45,21 +42,7 @@ async fn run(
     loaded: Option<u64>,
     mut hup: Signal,
 ) -> anyhow::Result<()> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok_and(|e| may_change(&e.kind)) {
-            let _ = tx.send(());
-        }
-    })?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; polling every 5s");
-    }
-    let mut poll = tokio::time::interval(POLL);
-    poll.tick().await;
+    let mut watch = FileWatch::new(&path, POLL, "config file");
     // Watching from here on; what changed before is found by comparing with what was loaded.
     let mut last = loaded;
     let now = fingerprint(&path);
@@ -69,16 +52,11 @@ async fn run(
     }
     loop {
         let forced = tokio::select! {
-            Some(()) = rx.recv() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                while rx.try_recv().is_ok() {}
-                false
-            }
+            _ = watch.changed() => false,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading the config");
                 true
             }
-            _ = poll.tick() => false,
         };
         if shared.draining.load(Ordering::Acquire) {
             continue;
@@ -90,14 +68,6 @@ async fn run(
         last = now;
         reload(&shared, &path);
     }
-}
-
-/// Whether a watched directory's event may have changed a file's content. Opening, reading
-/// and closing a file are events too, and checking a file reads it: were they counted, each
-/// check would wake the next. A close after writing counts (the writer is done).
-pub(crate) fn may_change(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind};
-    !matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write))
 }
 
 /// A hash of the file's content; `None` when it cannot be read (mid-swap, say).
@@ -142,36 +112,4 @@ fn reload(shared: &Arc<Shared>, path: &Path) {
         .config_reloads
         .get_or_create(&ResultLabels { result: outcome })
         .inc();
-}
-
-#[cfg(test)]
-mod tests {
-    use notify::event::{
-        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
-        RenameMode,
-    };
-
-    use super::may_change;
-
-    #[test]
-    fn only_events_that_may_change_content_count() {
-        for quiet in [
-            EventKind::Access(AccessKind::Open(AccessMode::Any)),
-            EventKind::Access(AccessKind::Read),
-            EventKind::Access(AccessKind::Close(AccessMode::Read)),
-            EventKind::Access(AccessKind::Any),
-        ] {
-            assert!(!may_change(&quiet), "{quiet:?}");
-        }
-        for change in [
-            EventKind::Access(AccessKind::Close(AccessMode::Write)),
-            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-            EventKind::Create(CreateKind::File),
-            EventKind::Remove(RemoveKind::File),
-            EventKind::Any,
-        ] {
-            assert!(may_change(&change), "{change:?}");
-        }
-    }
 }

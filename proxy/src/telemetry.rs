@@ -131,12 +131,8 @@ impl Telemetry {
             && !headers
                 .iter()
                 .any(|(k, _)| k == http::header::AUTHORIZATION)
-            && let Ok(mut v) = HeaderValue::from_str(&format!(
-                "Basic {}",
-                crate::forward::base64(userinfo.as_bytes())
-            ))
+            && let Some(v) = crate::forward::basic_authorization(&userinfo)
         {
-            v.set_sensitive(true);
             headers.push((http::header::AUTHORIZATION, v));
         }
         let settings = ExportSettings {

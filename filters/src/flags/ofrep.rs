@@ -18,9 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::eval::{Decision, ErrorCode, Kind, Reason};
 use super::logic::FractionalVersion;
-use super::request::{
-    ContextRules, EvalPath, EventSettings, FlagDecision, FlagDecisions, count, percent_decode,
-};
+use super::request::{ContextRules, EvalPath, EventSettings, FlagDecision, FlagDecisions, count};
 use super::store::FlagStore;
 use crate::Body;
 use crate::telemetry::Metrics;
@@ -52,7 +50,7 @@ fn endpoint(path: &str) -> Option<Endpoint> {
             let key = rest.strip_prefix('/')?;
             let key = key.strip_suffix('/').unwrap_or(key);
             (!key.is_empty() && !key.contains('/'))
-                .then(|| Endpoint::Single(percent_decode(key, false)))
+                .then(|| Endpoint::Single(crate::codec::percent::decode_str(key, false)))
         }
     }
 }
@@ -230,9 +228,7 @@ impl Ofrep {
                 let digest = Sha256::digest(&bytes);
                 let mut etag = String::with_capacity(34);
                 etag.push('"');
-                for b in &digest[..16] {
-                    etag.push_str(&format!("{b:02x}"));
-                }
+                crate::codec::hex::push(&mut etag, &digest[..16]);
                 etag.push('"');
                 let tag = HeaderValue::from_str(&etag).ok();
                 let mut res = if none_match(headers, &etag) {

@@ -25,6 +25,7 @@ use super::intern;
 use super::logic::{Data, Field, Flat, FractionalVersion};
 use super::plan::{Needs, Out, Plan};
 use super::store::FlagStore;
+use crate::codec::percent;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{FlagErrorLabels, FlagEvalLabels, FlagLabels};
 use crate::trace_context::baggage::{self, BAGGAGE_HEADER};
@@ -208,7 +209,7 @@ impl Source {
             Source::Baggage(name) => baggage::members(headers)
                 .flatten()
                 .find(|m| m.key == name)
-                .map(|m| percent_decode(m.value, false)),
+                .map(|m| percent::decode_str(m.value, false)),
         };
         v.filter(|v| !v.is_empty())
     }
@@ -236,60 +237,8 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(n, true) == name).then(|| percent_decode(v, true))
+        (percent::decode_str(n, true) == name).then(|| percent::decode_str(v, true))
     })
-}
-
-/// Percent-decodes `s` (and `+` as a space in query strings); an invalid escape stays as
-/// written, and invalid UTF-8 is replaced.
-pub fn percent_decode(s: &str, plus: bool) -> String {
-    if !s.contains(['%', '+']) {
-        return s.to_owned();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' if plus => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Percent-encodes the bytes outside W3C `baggage-octet`.
-pub fn percent_encode_baggage(s: &str, out: &mut String) {
-    for &b in s.as_bytes() {
-        if baggage::is_baggage_octet(b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
-            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
-        }
-    }
 }
 
 /// `request.method` as a context value, made once for the standard methods.
@@ -827,7 +776,7 @@ fn flag_members(headers: &HeaderMap, trusted: bool) -> FlagMembers {
             if let Some(k) = m.key.strip_prefix("flag.") {
                 any = true;
                 if trusted {
-                    decisions.push((k.to_owned(), percent_decode(m.value, false)));
+                    decisions.push((k.to_owned(), percent::decode_str(m.value, false)));
                 }
             }
         }
@@ -867,7 +816,7 @@ pub(super) fn member(key: &str, variant: &str) -> Option<String> {
     m.push_str("flag.");
     m.push_str(key);
     m.push('=');
-    percent_encode_baggage(variant, &mut m);
+    percent::encode_into(variant.as_bytes(), percent::BAGGAGE, &mut m);
     Some(m)
 }
 
@@ -1264,16 +1213,6 @@ mod tests {
         assert_eq!(h(json!(" padded")), r#"" padded""#);
         assert_eq!(h(json!("")), r#""""#);
         assert_eq!(h(json!("😀")), r#""\ud83d\ude00""#);
-    }
-
-    #[test]
-    fn decoding_and_encoding() {
-        assert_eq!(percent_decode("a%20b%2", false), "a b%2");
-        assert_eq!(percent_decode("a+b", true), "a b");
-        assert_eq!(percent_decode("a+b", false), "a+b");
-        let mut s = String::new();
-        percent_encode_baggage("v 1,é%", &mut s);
-        assert_eq!(s, "v%201%2C%C3%A9%25");
     }
 
     /// A store holding one source's document.

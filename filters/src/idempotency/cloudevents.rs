@@ -82,21 +82,8 @@ fn binary(headers: &HeaderMap, name: &str) -> Result<Option<String>, KeyError> {
         }
         None => raw.to_vec(),
     };
-    let mut decoded = Vec::with_capacity(unquoted.len());
-    let mut i = 0;
-    while i < unquoted.len() {
-        if unquoted[i] == b'%' {
-            let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
-            match (hex(unquoted.get(i + 1)), hex(unquoted.get(i + 2))) {
-                (Some(h), Some(l)) => decoded.push((h * 16 + l) as u8),
-                _ => return Err(KeyError::Invalid("a broken percent-encoding")),
-            }
-            i += 3;
-        } else {
-            decoded.push(unquoted[i]);
-            i += 1;
-        }
-    }
+    let decoded = crate::codec::percent::decode_strict(&unquoted)
+        .ok_or(KeyError::Invalid("a broken percent-encoding"))?;
     String::from_utf8(decoded)
         .map(Some)
         .map_err(|_| KeyError::Invalid("a ce- attribute that is not UTF-8"))

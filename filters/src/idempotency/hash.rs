@@ -118,17 +118,15 @@ fn normalise(s: &str, query: bool) -> String {
     let mut out = String::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
         if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+            && let Some(c) = b
+                .get(i + 1..i + 3)
+                .and_then(crate::codec::hex::any_case_byte)
         {
-            let c = (h * 16 + l) as u8;
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
                 out.push(c as char);
             } else {
-                out.push('%');
-                out.push_str(&format!("{c:02X}"));
+                out.push_str(percent_encoding::percent_encode_byte(c));
             }
             i += 3;
         } else {

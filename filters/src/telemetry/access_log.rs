@@ -190,7 +190,7 @@ impl Entry<'_> {
         match self.trace_id {
             Some(t) => {
                 s.push('"');
-                push_hex(s, t, 32);
+                crate::codec::hex::push(s, &t.to_be_bytes());
                 s.push('"');
             }
             None => s.push_str("null"),
@@ -199,7 +199,7 @@ impl Entry<'_> {
         match self.span_id {
             Some(t) => {
                 s.push('"');
-                push_hex(s, u128::from(t), 16);
+                crate::codec::hex::push(s, &t.to_be_bytes());
                 s.push('"');
             }
             None => s.push_str("null"),
@@ -243,14 +243,6 @@ fn opt_u64(out: &mut String, v: Option<u64>) {
     match v {
         Some(v) => push_u64(out, v),
         None => out.push_str("null"),
-    }
-}
-
-/// The low `digits` hex digits of `v`, lowercase.
-fn push_hex(out: &mut String, v: u128, digits: u32) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(HEX[((v >> (i * 4)) & 0xf) as usize] as char);
     }
 }
 

@@ -11,7 +11,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{Context, Format, SpanId, TraceId, hex};
+use super::{Context, Format, SpanId, TraceId};
+use crate::codec::hex;
 
 pub const B3: &str = "b3";
 pub const TRACE_ID: &str = "x-b3-traceid";
@@ -147,7 +148,7 @@ fn parse_multi(headers: &HeaderMap, t: &[u8], s: &[u8]) -> Option<Context> {
 /// `T-S-{1,0,d}`; T is 16 hex digits when its upper half is zero, so 64-bit ids round-trip.
 pub fn write_single(trace_id: TraceId, span_id: SpanId, sampled: bool, debug: bool) -> HeaderValue {
     let mut buf = [0u8; 32 + 1 + 16 + 2];
-    let n = hex::put_ids(&mut buf, trace_id, b'-', span_id);
+    let n = hex::put_ids(&mut buf, trace_id.0, b'-', span_id.0);
     buf[n] = b'-';
     buf[n + 1] = if debug {
         b'd'
@@ -169,7 +170,7 @@ pub fn write_multi(
     debug: bool,
 ) {
     let mut buf = [0u8; 32];
-    let n = hex::put_trace_id(&mut buf, trace_id);
+    let n = hex::put_trace_id(&mut buf, trace_id.0);
     if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
         headers.insert(HeaderName::from_static(TRACE_ID), v);
     }

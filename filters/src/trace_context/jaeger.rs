@@ -6,7 +6,8 @@
 
 use http::{HeaderMap, HeaderValue};
 
-use super::{Context, Format, SpanId, TraceId, hex};
+use super::{Context, Format, SpanId, TraceId};
+use crate::codec::hex;
 
 pub const UBER_TRACE_ID: &str = "uber-trace-id";
 
@@ -71,7 +72,7 @@ pub fn parse(v: &[u8]) -> Option<Context> {
 /// `T:S:0:{1,0,3}`; T is 16 hex digits when its upper half is zero.
 pub fn write(trace_id: TraceId, span_id: SpanId, sampled: bool, debug: bool) -> HeaderValue {
     let mut buf = [0u8; 32 + 1 + 16 + 4];
-    let n = hex::put_ids(&mut buf, trace_id, b':', span_id);
+    let n = hex::put_ids(&mut buf, trace_id.0, b':', span_id.0);
     buf[n..n + 3].copy_from_slice(b":0:");
     buf[n + 3] = if debug {
         b'3'

@@ -12,7 +12,6 @@
 
 pub mod b3;
 pub mod baggage;
-mod hex;
 pub mod ids;
 pub mod jaeger;
 pub mod propagate;

@@ -33,6 +33,7 @@ use super::restore::{Active, InFlight, InFlightGuard, Record, Table};
 use super::{
     Format, Outcome, SpanId, TraceFlags, TraceId, b3, baggage, jaeger, traceparent, tracestate,
 };
+use crate::codec::percent;
 use crate::telemetry::{Direction, Metrics};
 
 /// How one leg propagates context.
@@ -524,7 +525,7 @@ impl Settings {
             if let Some(v) = headers.get(header)
                 && !has(key, &added)
             {
-                added.push((key.clone(), percent_encode(v.as_bytes(), true)));
+                added.push((key.clone(), encoded(v.as_bytes(), percent::BAGGAGE)));
             }
         }
         if jaeger_in {
@@ -534,7 +535,10 @@ impl Settings {
                     && !has(key, &added)
                 {
                     // Jaeger clients send these already URL-encoded.
-                    added.push((key.to_owned(), percent_encode(v.as_bytes(), false)));
+                    added.push((
+                        key.to_owned(),
+                        encoded(v.as_bytes(), percent::BAGGAGE_ENCODED),
+                    ));
                 }
             }
         }
@@ -561,7 +565,7 @@ impl Settings {
                 continue;
             }
             if let Some((_, value, _)) = existing.iter().find(|(k, _, _)| k == key)
-                && let Ok(v) = HeaderValue::from_bytes(&percent_decode(value.as_bytes()))
+                && let Ok(v) = HeaderValue::from_bytes(&percent::decode(value.as_bytes()))
             {
                 headers.insert(header.clone(), v);
             }
@@ -583,38 +587,11 @@ impl Settings {
 
 const UBERCTX: &str = "uberctx-";
 
-/// Percent-encodes the bytes that are not `baggage-octet`s (and `%` itself when
-/// `encode_percent`, for values that were never encoded).
-fn percent_encode(value: &[u8], encode_percent: bool) -> String {
+/// A baggage value: `value` with the bytes of `set` percent-encoded ([`percent::BAGGAGE`] for
+/// values that were never encoded, [`percent::BAGGAGE_ENCODED`] for those that were).
+fn encoded(value: &[u8], set: &'static percent_encoding::AsciiSet) -> String {
     let mut out = String::with_capacity(value.len());
-    for &b in value {
-        let octet = matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e);
-        if octet && !(encode_percent && b == b'%') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Decodes `%XX` sequences; anything else is kept as is.
-fn percent_decode(value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(value.len());
-    let mut i = 0;
-    while i < value.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if value[i] == b'%'
-            && i + 2 < value.len()
-            && let (Some(h), Some(l)) = (hex(value[i + 1]), hex(value[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(value[i]);
-            i += 1;
-        }
-    }
+    percent::encode_into(value, set, &mut out);
     out
 }
 

@@ -10,10 +10,10 @@ use std::fmt;
 
 use http::{HeaderMap, HeaderValue};
 
-use super::hex::{
+use super::trim_ows;
+use crate::codec::hex::{
     lower_byte as hex_byte, lower_u64 as hex_u64, lower_u128 as hex_u128, put as put_hex,
 };
-use super::trim_ows;
 
 pub const TRACEPARENT: &str = "traceparent";
 
