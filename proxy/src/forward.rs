@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use attache_config::{ForwardedHeaders, Protocol, Timeouts, UpstreamUrl};
 use attache_filters::Body;
@@ -27,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use crate::conn::ConnInfo;
 use crate::hop_by_hop::{is_upgrade, not_chunked, strip_hop_by_hop, upgrade_answers};
 use crate::pool::{self, SendError};
+use crate::upstream_failure::Failure;
 
 pub type HttpClient = pool::Client;
 
@@ -248,28 +250,13 @@ impl Forward {
                     }
                     break res;
                 }
-                Err(pool::Failure {
-                    error: pool::SendError::TimedOut,
-                    ..
-                }) => {
-                    self.metrics
-                        .upstream_error(self.leg.direction, &self.target.name, "timeout");
-                    info.error = Some("timeout");
-                    return Ok(self.problem(
-                        ProxyError::UpstreamTimeout {
-                            upstream: self.target.name.to_string(),
-                            after: timeout,
-                        },
-                        info,
-                    ));
-                }
                 Err(pool::Failure { error, unsent }) => {
                     if let Some(unsent) = unsent.filter(|_| may_retry) {
                         may_retry = false;
                         self.metrics.upstream_error(
                             self.leg.direction,
                             &self.target.name,
-                            "connect",
+                            Failure::of(&error).metric_kind(),
                         );
                         tracing::debug!(upstream = %self.target.name, error = %error_chain(&error), "no connection to the endpoint; trying the next one");
                         at = (at + 1) % self.target.endpoints.len();
@@ -464,7 +451,6 @@ impl Forward {
     }
 
     fn failed(&self, e: &SendError, mut info: UpstreamInfo) -> Response<Body> {
-        let name = self.target.name.to_string();
         if has_source::<crate::limits::BodyLimitExceeded>(e) {
             info.error = Some("body");
             let mut res = problem_response(&ProxyError::BodyTooLarge {
@@ -493,75 +479,42 @@ impl Forward {
             res.extensions_mut().insert(info);
             return res;
         }
-        let (kind, error_type, err) = if e.is_connect() {
-            let reason = connect_reason(e);
-            if reason.contains("timed out") {
-                (
-                    "connect",
-                    "timeout",
-                    ProxyError::UpstreamTimeout {
-                        upstream: name,
-                        after: self.target.timeouts.connect.get(),
-                    },
-                )
-            } else {
-                let error_type = if reason == "connection refused" {
-                    "connection_refused"
-                } else if reason.contains("dns") {
-                    "dns"
-                } else {
-                    "_OTHER"
-                };
-                (
-                    "connect",
-                    error_type,
-                    ProxyError::UpstreamUnreachable {
-                        upstream: name,
-                        reason,
-                    },
-                )
-            }
-        } else {
-            let too_large = matches!(e, SendError::Exchange(h) if h.is_parse_too_large());
-            let reason = if too_large {
+        let failure = Failure::of(e);
+        let reason = match e {
+            SendError::Connect(_) if failure == Failure::Refused => "connection refused".to_owned(),
+            SendError::Exchange(h) if h.is_parse_too_large() => {
                 // hyper's limits for a response head, as Envoy's defaults: say which.
                 "its response head is too large (more than 100 header lines, or over 400 KiB)"
                     .to_owned()
-            } else {
-                error_chain(e)
-            };
-            let (kind, error_type) = if reason.contains("reset") || reason.contains("closed") {
-                ("reset", "connection_reset")
-            } else {
-                ("protocol", "protocol")
-            };
-            (
-                kind,
-                error_type,
-                ProxyError::UpstreamFailed {
-                    upstream: name,
-                    reason,
-                },
-            )
+            }
+            _ => error_chain(e),
         };
+        let after = match failure {
+            Failure::ConnectTimeout => self.target.timeouts.connect.get(),
+            _ => self.target.timeouts.request.get(),
+        };
+        self.fail(failure, reason, after, info)
+    }
+
+    /// Answers an upstream failure: counted under its kind, its type on the span and the
+    /// access log, and the client answered 502 or 504.
+    fn fail(
+        &self,
+        failure: Failure,
+        reason: String,
+        after: Duration,
+        mut info: UpstreamInfo,
+    ) -> Response<Body> {
         self.metrics
-            .upstream_error(self.leg.direction, &self.target.name, kind);
-        info.error = Some(error_type);
+            .upstream_error(self.leg.direction, &self.target.name, failure.metric_kind());
+        info.error = Some(failure.error_type());
+        let err = failure.answer(self.target.name.to_string(), reason, after);
         self.problem(err, info)
     }
 
     /// A response attache will not pass on: 502, counted as the upstream's protocol error.
-    fn refused(&self, reason: String, mut info: UpstreamInfo) -> Response<Body> {
-        self.metrics
-            .upstream_error(self.leg.direction, &self.target.name, "protocol");
-        info.error = Some("protocol");
-        self.problem(
-            ProxyError::UpstreamFailed {
-                upstream: self.target.name.to_string(),
-                reason,
-            },
-            info,
-        )
+    fn refused(&self, reason: String, info: UpstreamInfo) -> Response<Body> {
+        self.fail(Failure::Protocol, reason, Duration::ZERO, info)
     }
 
     fn problem(&self, err: ProxyError, info: UpstreamInfo) -> Response<Body> {
@@ -667,18 +620,6 @@ fn body_limit(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
         cur = err.source();
     }
     None
-}
-
-fn connect_reason(e: &SendError) -> String {
-    match e {
-        SendError::ConnectTimeout => "connect timed out".to_owned(),
-        SendError::Connect(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-            std::io::ErrorKind::TimedOut => "connect timed out".to_owned(),
-            _ => io.to_string(),
-        },
-        _ => error_chain(e),
-    }
 }
 
 /// Whether a request going out over HTTP/1.1 must be framed as chunked by us: its body may hold

@@ -23,6 +23,7 @@ mod reload;
 mod server;
 mod snapshot;
 mod telemetry;
+mod upstream_failure;
 mod watch;
 
 fn main() -> std::process::ExitCode {

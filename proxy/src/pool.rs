@@ -167,13 +167,6 @@ pub enum SendError {
     Exchange(#[source] hyper::Error),
 }
 
-impl SendError {
-    /// No connection was made: the request never left attache.
-    pub fn is_connect(&self) -> bool {
-        !matches!(self, SendError::Exchange(_) | SendError::TimedOut)
-    }
-}
-
 /// A request that got no response, and the request itself when it never left attache: no
 /// connection could be made, so nothing of it was sent or read (its body included) and it may
 /// go to another endpoint whole, whatever its method.

@@ -392,7 +392,10 @@ async fn a_refused_connection_is_a_connect_error() {
             error: e @ SendError::Connect(_),
             unsent,
         }) => {
-            assert!(e.is_connect());
+            assert_eq!(
+                crate::upstream_failure::Failure::of(&e),
+                crate::upstream_failure::Failure::Refused
+            );
             assert!(
                 matches!(&e, SendError::Connect(io) if io.kind() == std::io::ErrorKind::ConnectionRefused)
             );
@@ -421,7 +424,10 @@ async fn an_unresolvable_name_is_a_dns_error() {
         .expect("request");
     let failure = send(&ep, req).await.expect_err("an error");
     let err = &failure.error;
-    assert!(err.is_connect());
+    assert_eq!(
+        crate::upstream_failure::Failure::of(err),
+        crate::upstream_failure::Failure::Dns
+    );
     assert!(err.to_string().starts_with("dns error"), "{err}");
     let unsent = failure
         .unsent
