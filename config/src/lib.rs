@@ -6,7 +6,7 @@
 //! 1. [`yaml::parse`] reads the text into a tree that remembers positions;
 //! 2. [`yaml::interpolate`] expands `${VAR}` and `${VAR:-default}` in scalars;
 //! 3. serde deserializes the model (unknown fields are errors, with a "did you mean");
-//! 4. [`validate`] checks what types cannot: references between sections, clashing ports.
+//! 4. `validate` checks what types cannot: references between sections, clashing ports.
 
 #![forbid(unsafe_code)]
 

@@ -39,7 +39,7 @@ pub enum NodeKind {
 }
 
 /// Field path → (value position, key position). Keys use the same spelling as
-/// [`crate::path::Path`]'s display: `spec.outbound[0].listen`.
+/// `path::Path`'s display: `spec.outbound[0].listen`.
 #[derive(Debug, Default, Clone)]
 pub struct PosIndex {
     /// path → (value position, key position, whether the value is a mapping or sequence)

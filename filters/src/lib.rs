@@ -14,6 +14,7 @@ pub mod errors;
 pub mod flags;
 pub mod idempotency;
 pub mod log_throttle;
+pub mod otel;
 pub mod telemetry;
 pub mod trace_context;
 

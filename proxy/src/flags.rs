@@ -3,7 +3,7 @@
 //! alone keeps them and their last good documents); the flags step of each leg; the OFREP
 //! listener; and the admin view.
 //!
-//! - A file source has a [`FileWatch`](crate::watch::FileWatch): its directory's events (a
+//! - A file source has a [`FileWatch`]: its directory's events (a
 //!   ConfigMap swap included), debounced 200 ms, and a check every `file_poll_interval` for
 //!   filesystems without inotify. A missing file is retried
 //!   6 × 200 ms. Unchanged content is a no-op.
@@ -728,4 +728,25 @@ pub async fn serve_ofrep(
         crate::listener::when_ready(stack.clone(), req)
     });
     crate::admin::serve_side_connection(stream, &shared, svc).await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// The config validates per-flag header names by its own copy of §7's rule (it does not
+    /// depend on the filters crate); the names it approves must be the ones the step writes.
+    #[test]
+    fn the_config_and_the_filters_name_flag_headers_alike() {
+        for (prefix, key) in [
+            ("x-flag-", "new-checkout"),
+            ("X-Flag-", "Dark_Mode"),
+            ("x-", "a.b c/é"),
+            ("", "UPPER9"),
+        ] {
+            assert_eq!(
+                attache_config::flag_header_name(prefix, key),
+                attache_filters::flags::builder::flag_header_name(prefix, key),
+                "{prefix}{key}"
+            );
+        }
+    }
 }

@@ -69,41 +69,52 @@ pub fn free_port() -> u16 {
 /// Path to the `attache` binary, built once per test process (a no-op when up to date).
 pub fn attache_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/<test> → target/<profile>/attache
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "attache", "--bin", "attache"]);
-        // Cargo gives this process the test crate's package variables; build scripts that
-        // declare them as inputs (ring's does) would otherwise rebuild on every switch
-        // between this build and one from a shell.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-            ]
-            .iter()
-            .any(|p| key.starts_with(p))
-                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key)
-            {
-                cmd.env_remove(&*key);
-            }
+    BIN.get_or_init(|| build(&["-p", "attache", "--bin", "attache"]).join("attache"))
+}
+
+/// The example `name` of the filters crate (`filters/examples/<name>.rs`), built.
+pub fn filters_example(name: &str) -> PathBuf {
+    build(&["-p", "attache-filters", "--example", name])
+        .join("examples")
+        .join(name)
+}
+
+/// Runs `cargo build` with `args` in this test's profile; returns `target/<profile>`.
+fn build(args: &[&str]) -> PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q"]).args(args);
+    // Cargo gives this process the test crate's package variables; build scripts that
+    // declare them as inputs (ring's does) would otherwise rebuild on every switch
+    // between this build and one from a shell.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*key)
+        {
+            cmd.env_remove(&*key);
         }
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building attache failed");
-        profile_dir.join("attache")
-    })
+    }
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+    profile_dir
 }
 
 /// A scratch directory removed when dropped.

@@ -550,7 +550,7 @@ impl Rule {
     /// `var`, `if`, `and`, `or` and the comparisons copy nothing.
     ///
     /// `var`, `if`, `starts_with`, `ends_with` and the operators whose value is a boolean
-    /// (comparisons, `in`, `!`, `!!`) are answered here, in a small function; the rest go to [`eval_op`]. Conditions are
+    /// (comparisons, `in`, `!`, `!!`) are answered here, in a small function; the rest go to `eval_op`. Conditions are
     /// evaluated by [`Rule::test`], to a `bool`.
     pub fn eval_ref<'r>(&'r self, s: &Scope<'r>) -> Cow<'r, Value> {
         match self {

@@ -22,6 +22,7 @@
 //! Sources (files, URLs) and their watchers live in the proxy (`proxy/src/flags.rs`), which
 //! feeds [`store`].
 
+pub mod builder;
 pub mod cbor;
 pub mod eval;
 pub mod fast;

@@ -14,6 +14,7 @@
 //! - [`key`]: the key field's syntax; [`hash`]: record keys and fingerprints;
 //!   [`store`]: the `Store` trait and the memory store; [`redis_store`]: the Redis store.
 
+pub mod builder;
 pub mod cloudevents;
 pub mod hash;
 pub mod key;

@@ -9,6 +9,7 @@
 //! - [`access_log`]: JSON access log lines, written off the request path.
 
 pub mod access_log;
+pub mod builder;
 pub mod export;
 pub mod metrics;
 pub mod observe;

@@ -12,6 +12,7 @@
 
 pub mod b3;
 pub mod baggage;
+pub mod builder;
 pub mod ids;
 pub mod jaeger;
 pub mod propagate;
@@ -43,6 +44,22 @@ impl Format {
         Format::B3Multi,
         Format::Jaeger,
     ];
+
+    /// The headers the format reads and writes.
+    pub fn headers(self) -> &'static [&'static str] {
+        match self {
+            Format::TraceContext => &[traceparent::TRACEPARENT, tracestate::TRACESTATE],
+            Format::B3 => &[b3::B3],
+            Format::B3Multi => &[
+                b3::TRACE_ID,
+                b3::SPAN_ID,
+                b3::PARENT_SPAN_ID,
+                b3::SAMPLED,
+                b3::FLAGS,
+            ],
+            Format::Jaeger => &[jaeger::UBER_TRACE_ID],
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -357,7 +357,8 @@ impl Settings {
         // A listed trace header is never copied back: its format is recorded (when it arrived
         // valid, even without `mirror`) and rewritten with the CLIENT span's ids.
         for f in Format::ALL {
-            let listed = names(f)
+            let listed = f
+                .headers()
                 .iter()
                 .any(|n| r.headers.iter().any(|p| p.matches_str(n)));
             if listed && ctx.outcomes[f as usize] == Some(Outcome::Valid) {
@@ -494,7 +495,7 @@ impl Settings {
 fn trace_format_of(name: &HeaderName) -> Option<Format> {
     Format::ALL
         .into_iter()
-        .find(|f| names(*f).contains(&name.as_str()))
+        .find(|f| f.headers().contains(&name.as_str()))
 }
 
 impl Settings {
@@ -593,22 +594,6 @@ fn encoded(value: &[u8], set: &'static percent_encoding::AsciiSet) -> String {
     let mut out = String::with_capacity(value.len());
     percent::encode_into(value, set, &mut out);
     out
-}
-
-/// The headers of a trace format.
-fn names(format: Format) -> &'static [&'static str] {
-    match format {
-        Format::TraceContext => &[traceparent::TRACEPARENT, tracestate::TRACESTATE],
-        Format::B3 => &[b3::B3],
-        Format::B3Multi => &[
-            b3::TRACE_ID,
-            b3::SPAN_ID,
-            b3::PARENT_SPAN_ID,
-            b3::SAMPLED,
-            b3::FLAGS,
-        ],
-        Format::Jaeger => &[jaeger::UBER_TRACE_ID],
-    }
 }
 
 fn remove(headers: &mut HeaderMap, format: Format) {
