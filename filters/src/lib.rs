@@ -11,6 +11,7 @@
 
 pub mod codec;
 pub mod errors;
+pub mod facts;
 pub mod flags;
 pub mod idempotency;
 pub mod log_throttle;

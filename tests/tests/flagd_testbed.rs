@@ -232,7 +232,8 @@ fn replay_through_the_flags_step(
         .unwrap();
     let decisions = res
         .extensions()
-        .get::<Arc<FlagDecisions>>()
+        .get::<attache_filters::facts::Facts>()
+        .and_then(|f| f.get::<FlagDecisions>())
         .expect("the step recorded its decisions");
     let got = decisions
         .decisions

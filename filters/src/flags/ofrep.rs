@@ -191,15 +191,18 @@ impl Ofrep {
                         .then(|| ctx.get("targetingKey").and_then(Value::as_str))
                         .flatten()
                         .map(str::to_owned);
-                    res.extensions_mut().insert(Arc::new(FlagDecisions {
-                        decisions: vec![FlagDecision::of(
-                            Arc::from(key.as_str()),
-                            snap.flags.get(&key),
-                            &d,
-                        )],
-                        context_id,
-                        events: self.events,
-                    }));
+                    crate::facts::hand_up(
+                        res.extensions_mut(),
+                        Arc::new(FlagDecisions {
+                            decisions: vec![FlagDecision::of(
+                                Arc::from(key.as_str()),
+                                snap.flags.get(&key),
+                                &d,
+                            )],
+                            context_id,
+                            events: self.events,
+                        }),
+                    );
                 }
                 res
             }

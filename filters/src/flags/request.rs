@@ -521,13 +521,53 @@ pub struct FlagDecision {
     pub error: Option<(ErrorCode, String)>,
 }
 
-/// A request's decisions, in its extensions (and its response's, for the span).
+/// A request's decisions, in its extensions (and handed up with its response as a
+/// [`Fact`](crate::facts::Fact): one `feature_flag.evaluation` event each on the span).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlagDecisions {
     pub decisions: Vec<FlagDecision>,
     /// The targeting key, when `include_context_id` asks for it.
     pub context_id: Option<String>,
     pub events: EventSettings,
+}
+
+impl crate::facts::Fact for FlagDecisions {
+    /// The `feature_flag.evaluation` events (specs/feature-flags.md §11), stable
+    /// semantic-convention attributes only.
+    fn events(&self, event: crate::facts::Events<'_>) {
+        use crate::facts::Value as Attr;
+        for d in &self.decisions {
+            event("feature_flag.evaluation", &|attr| {
+                attr("feature_flag.key", Attr::from(&*d.key));
+                attr("feature_flag.provider.name", Attr::from("attache"));
+                if let Some(v) = d.variant() {
+                    attr("feature_flag.result.variant", Attr::from(v));
+                }
+                attr(
+                    "feature_flag.result.reason",
+                    Attr::from(super::ofrep::reason_lower(d.reason)),
+                );
+                if let Some(s) = d.set_id() {
+                    attr("feature_flag.set.id", Attr::Str(s));
+                }
+                if let Some(v) = d.version() {
+                    attr("feature_flag.version", Attr::Str(v));
+                }
+                if let Some((code, message)) = &d.error {
+                    attr("error.type", Attr::from(error_type(*code)));
+                    attr("feature_flag.error.message", Attr::from(message.as_str()));
+                }
+                if self.events.include_value
+                    && let Some(v) = d.value()
+                {
+                    attr("feature_flag.result.value", Attr::Str(v.to_string().into()));
+                }
+                if let Some(id) = &self.context_id {
+                    attr("feature_flag.context.id", Attr::from(id.as_str()));
+                }
+            });
+        }
+    }
 }
 
 fn metadata_str<'a>(m: &'a Map<String, Value>, key: &str) -> Option<std::borrow::Cow<'a, str>> {
@@ -1189,7 +1229,7 @@ where
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx));
         if let (Ok(res), Some(d)) = (res.as_mut(), this.decisions.take()) {
-            res.extensions_mut().insert(d);
+            crate::facts::hand_up(res.extensions_mut(), d);
         }
         Poll::Ready(res)
     }

@@ -36,8 +36,8 @@ use tower::{Layer, Service};
 
 use crate::Body;
 use crate::errors::{Problem, problem_response};
+use crate::facts::UpstreamInfo;
 use crate::telemetry::Metrics;
-use crate::telemetry::span::UpstreamInfo;
 use crate::trace_context::ids::{IdGenerator, RandomIds};
 use store::{Claim, RecordId, Store, StoreError, Stored, Transition};
 
@@ -87,7 +87,8 @@ impl Trail {
     }
 }
 
-/// What the idempotency step did, left in the response's extensions for the SERVER span.
+/// What the idempotency step did, handed up as a [`Fact`](crate::facts::Fact) for the SERVER
+/// span.
 #[derive(Debug, Clone)]
 pub struct IdempotencyInfo {
     pub route: Arc<str>,
@@ -95,6 +96,21 @@ pub struct IdempotencyInfo {
     pub replayed: bool,
     /// The first 64 bits of the key's hash (0 when the request never got that far).
     pub record: u64,
+}
+
+impl crate::facts::Fact for IdempotencyInfo {
+    fn attributes(&self, attr: crate::facts::Attributes<'_>) {
+        use crate::facts::Value;
+        attr("attache.idempotency.route", Value::from(&*self.route));
+        attr("attache.idempotency.outcome", Value::from(self.outcome));
+        attr("attache.idempotency.replayed", Value::Bool(self.replayed));
+        if self.record != 0 {
+            attr(
+                "attache.idempotency.record",
+                Value::from(format!("{:016x}", self.record)),
+            );
+        }
+    }
 }
 
 /// One route's effective policy, compiled.
@@ -327,7 +343,7 @@ impl Service<Request<Body>> for Idempotency {
             fut: Box::pin(async move {
                 let mut res = admit(settings, route, inner, req, key, trail.clone()).await;
                 let replayed = res.headers().contains_key(REPLAYED_MARKER);
-                res.extensions_mut().insert(trail.info(replayed));
+                crate::facts::hand_up(res.extensions_mut(), Arc::new(trail.info(replayed)));
                 Ok(res)
             }),
         }

@@ -29,9 +29,10 @@ use prost::encoding::{encode_varint, encoded_len_varint};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::span::{SpanRecord, Value};
+use super::span::SpanRecord;
 use super::{Direction, Metrics};
 use crate::errors::error_chain;
+use crate::facts::Value;
 
 /// The wire protocol to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -553,12 +554,12 @@ fn encode_span(s: &SpanRecord, buf: &mut Vec<u8>) {
     s.attributes(|k, v| put_attribute(buf, 9, k, &v));
     // events = 11: Event { time_unix_nano = 1 (fixed64), name = 2, attributes = 3 }
     let mut event = Vec::new();
-    s.flag_events(|each| {
+    s.events(&mut |name, write| {
         event.clear();
         put_key(&mut event, 1, 1);
         event.extend_from_slice(&s.start_unix_nanos.to_le_bytes());
-        put_bytes(&mut event, 2, b"feature_flag.evaluation");
-        each(&mut |k, v| put_attribute(&mut event, 3, k, &v));
+        put_bytes(&mut event, 2, name.as_bytes());
+        write(&mut |k, v| put_attribute(&mut event, 3, k, &v));
         put_bytes(buf, 11, &event);
     });
     if s.error_type().is_some() {
@@ -598,7 +599,8 @@ pub fn encode_request(resource: &[u8], scope: &[u8], spans: &[SpanRecord]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::span::{Ending, QueryMode, RequestHead, SpanSettings, UpstreamInfo};
+    use crate::facts::UpstreamInfo;
+    use crate::telemetry::span::{Ending, QueryMode, RequestHead, SpanSettings};
     use crate::trace_context::propagate::Restored;
     use crate::trace_context::{Format, SpanId, TraceId};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -632,8 +634,7 @@ mod tests {
             ending: Ending::Complete,
             format: Some(Format::B3),
             restored: Some(Restored::Hit),
-            idempotency: None,
-            flags: None,
+            facts: Default::default(),
             settings: Arc::new(SpanSettings {
                 url_query: QueryMode::Redacted,
                 redact_query_keys: Vec::new(),

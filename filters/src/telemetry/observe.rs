@@ -8,8 +8,10 @@
 //! - the access log line.
 //!
 //! The layers below report through the response's extensions: the trace decision
-//! ([`TraceCtx`], left by the propagation step) and the hop to the app or upstream
-//! ([`UpstreamInfo`], left by the forwarder).
+//! ([`TraceCtx`], left by the propagation step), the hop to the app or upstream
+//! ([`UpstreamInfo`], left by the forwarder), and whatever else they learned as
+//! [`Facts`](crate::facts::Facts) (flag decisions, the idempotency outcome), which the span
+//! shows without this module knowing the filters that made them.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,8 +29,10 @@ use tower::{Layer, Service};
 use super::access_log::{AccessLog, Entry};
 use super::export::SpanSink;
 use super::metrics::{HttpLabels, MethodLabel, StatusClass};
-use super::span::{Ending, RequestHead, SpanRecord, SpanSettings, UpstreamInfo, protocol_version};
+use super::span::{Ending, RequestHead, SpanRecord, SpanSettings, protocol_version};
 use super::{Direction, Metrics};
+use crate::facts::Facts;
+use crate::facts::UpstreamInfo;
 use crate::trace_context::propagate::TraceCtx;
 
 /// Finds the client's address in a request's extensions (the proxy knows where it put it).
@@ -161,8 +165,7 @@ where
             status: None,
             ctx: None,
             upstream: None,
-            idempotency: None,
-            flags: None,
+            facts: Facts::default(),
             response_bytes: 0,
             ending: Ending::Abandoned,
         };
@@ -198,8 +201,7 @@ where
                 let ext = res.extensions_mut();
                 r.ctx = ext.remove::<TraceCtx>();
                 r.upstream = ext.remove::<UpstreamInfo>();
-                r.idempotency = ext.remove::<crate::idempotency::IdempotencyInfo>();
-                r.flags = ext.remove::<Arc<crate::flags::request::FlagDecisions>>();
+                r.facts = ext.remove::<Facts>().unwrap_or_default();
             }
             res.map(|inner| ObservedBody { inner, record })
         }))
@@ -219,8 +221,7 @@ struct Record {
     status: Option<u16>,
     ctx: Option<TraceCtx>,
     upstream: Option<UpstreamInfo>,
-    idempotency: Option<crate::idempotency::IdempotencyInfo>,
-    flags: Option<Arc<crate::flags::request::FlagDecisions>>,
+    facts: Facts,
     response_bytes: u64,
     ending: Ending,
 }
@@ -298,8 +299,7 @@ impl Drop for Record {
                 (start_unix, end_unix),
                 settings.clone(),
             );
-            span.idempotency = self.idempotency.take();
-            span.flags = self.flags.take();
+            span.facts = std::mem::take(&mut self.facts);
             sink.send(span);
         }
     }

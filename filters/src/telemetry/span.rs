@@ -14,27 +14,9 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
 use super::Direction;
+use crate::facts::{Facts, UpstreamInfo, Value};
 use crate::trace_context::propagate::{Restored, TraceCtx};
 use crate::trace_context::{Format, SpanId, TraceId};
-
-/// An attribute value, borrowed from the record where it can be.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value<'a> {
-    Str(Cow<'a, str>),
-    Int(i64),
-    Bool(bool),
-}
-
-impl<'a> From<&'a str> for Value<'a> {
-    fn from(s: &'a str) -> Self {
-        Value::Str(Cow::Borrowed(s))
-    }
-}
-impl From<String> for Value<'_> {
-    fn from(s: String) -> Self {
-        Value::Str(Cow::Owned(s))
-    }
-}
 
 /// A finished span, ready for export.
 #[derive(Debug, Clone)]
@@ -56,10 +38,8 @@ pub struct SpanRecord {
     pub format: Option<Format>,
     /// Outbound with restoration on: what it found.
     pub restored: Option<Restored>,
-    /// What the idempotency step did, on the SERVER span.
-    pub idempotency: Option<crate::idempotency::IdempotencyInfo>,
-    /// Flag decisions made for this request: one `feature_flag.evaluation` event each.
-    pub flags: Option<Arc<crate::flags::request::FlagDecisions>>,
+    /// What the layers below handed up (flag decisions, the idempotency outcome, ...).
+    pub facts: Facts,
     pub settings: Arc<SpanSettings>,
 }
 
@@ -204,23 +184,6 @@ impl RequestHead {
     }
 }
 
-/// What the forwarder reports about the hop below it, in the response's extensions.
-#[derive(Debug, Clone)]
-pub struct UpstreamInfo {
-    /// `app`, or the upstream's name.
-    pub name: std::sync::Arc<str>,
-    /// The endpoint's `http://host:port`, credentials shown as `REDACTED:REDACTED`.
-    pub url_base: std::sync::Arc<str>,
-    pub host: std::sync::Arc<str>,
-    pub port: u16,
-    pub version: Version,
-    /// Attempts after the first (another endpoint after a refused connection).
-    pub resend_count: u32,
-    /// Set when no response came: `timeout`, `connection_refused`, `connection_reset`,
-    /// `protocol`, `body` or `_OTHER`.
-    pub error: Option<&'static str>,
-}
-
 /// How a request ended, for its span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
@@ -303,8 +266,7 @@ impl SpanRecord {
             ending,
             format: ctx.format,
             restored: ctx.restored,
-            idempotency: None,
-            flags: None,
+            facts: Facts::default(),
             settings,
         }
     }
@@ -435,16 +397,8 @@ impl SpanRecord {
             f("attache.restored", Value::Bool(restored));
             f("attache.correlation", Value::from(correlation));
         }
-        if let Some(i) = &self.idempotency {
-            f("attache.idempotency.route", Value::from(&*i.route));
-            f("attache.idempotency.outcome", Value::from(i.outcome));
-            f("attache.idempotency.replayed", Value::Bool(i.replayed));
-            if i.record != 0 {
-                f(
-                    "attache.idempotency.record",
-                    Value::from(format!("{:016x}", i.record)),
-                );
-            }
+        for fact in self.facts.iter() {
+            fact.attributes(&mut f);
         }
     }
 }
@@ -537,51 +491,11 @@ fn split_host_port(raw: &str) -> (&str, Option<u16>) {
 }
 
 impl SpanRecord {
-    /// The `feature_flag.evaluation` events (specs/feature-flags.md §11): for each decision,
-    /// `f(attributes)` with the semantic-convention attributes, stable names only.
-    pub fn flag_events(
-        &self,
-        mut f: impl FnMut(&mut dyn FnMut(&mut dyn FnMut(&'static str, Value<'_>))),
-    ) {
-        let Some(flags) = &self.flags else {
-            return;
-        };
-        for d in &flags.decisions {
-            f(&mut |attr: &mut dyn FnMut(&'static str, Value<'_>)| {
-                attr("feature_flag.key", Value::from(&*d.key));
-                attr("feature_flag.provider.name", Value::from("attache"));
-                if let Some(v) = d.variant() {
-                    attr("feature_flag.result.variant", Value::from(v));
-                }
-                attr(
-                    "feature_flag.result.reason",
-                    Value::from(crate::flags::ofrep::reason_lower(d.reason)),
-                );
-                if let Some(s) = d.set_id() {
-                    attr("feature_flag.set.id", Value::Str(s));
-                }
-                if let Some(v) = d.version() {
-                    attr("feature_flag.version", Value::Str(v));
-                }
-                if let Some((code, message)) = &d.error {
-                    attr(
-                        "error.type",
-                        Value::from(crate::flags::request::error_type(*code)),
-                    );
-                    attr("feature_flag.error.message", Value::from(message.as_str()));
-                }
-                if flags.events.include_value
-                    && let Some(v) = d.value()
-                {
-                    attr(
-                        "feature_flag.result.value",
-                        Value::Str(v.to_string().into()),
-                    );
-                }
-                if let Some(id) = &flags.context_id {
-                    attr("feature_flag.context.id", Value::from(id.as_str()));
-                }
-            });
+    /// The span's events, from its facts: `f(name, write)` for each, `write` writing the
+    /// event's attributes.
+    pub fn events(&self, f: crate::facts::Events<'_>) {
+        for fact in self.facts.iter() {
+            fact.events(f);
         }
     }
 
@@ -610,9 +524,9 @@ impl SpanRecord {
             "attributes": attrs,
         });
         let mut events = Vec::new();
-        self.flag_events(|each| {
+        self.events(&mut |name, write| {
             let mut attrs = serde_json::Map::new();
-            each(&mut |k, v| {
+            write(&mut |k, v| {
                 let v = match v {
                     Value::Str(s) => serde_json::Value::from(s.as_ref()),
                     Value::Int(i) => serde_json::Value::from(i),
@@ -620,8 +534,7 @@ impl SpanRecord {
                 };
                 attrs.insert(k.to_owned(), v);
             });
-            events
-                .push(serde_json::json!({"name": "feature_flag.evaluation", "attributes": attrs}));
+            events.push(serde_json::json!({"name": name, "attributes": attrs}));
         });
         if !events.is_empty() {
             line["events"] = serde_json::Value::Array(events);
