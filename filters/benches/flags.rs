@@ -154,7 +154,7 @@ fn request_step(c: &mut Criterion) {
     use attache_filters::flags::request::{
         ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Settings, Source, Trust,
     };
-    use attache_filters::telemetry::Metrics;
+    use attache_filters::metrics::Metrics;
     use http::{HeaderName, Request};
     use std::sync::Arc;
     use tower::{Layer, Service};

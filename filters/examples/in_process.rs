@@ -24,9 +24,12 @@ use attache_filters::idempotency::store::{MemoryStore, Store};
 use attache_filters::idempotency::{IdempotencyLayer, RoutePolicy};
 use attache_filters::telemetry::export::{ExportSettings, Exporter, Protocol};
 use attache_filters::telemetry::span::SpanSettings;
-use attache_filters::telemetry::{Direction, Metrics, ObserveLayer};
 use attache_filters::trace_context::propagate::{PropagationLayer, Settings};
 use attache_filters::{Body, full};
+use attache_filters::{
+    metrics::{Direction, Metrics},
+    telemetry::ObserveLayer,
+};
 use http::{HeaderName, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;

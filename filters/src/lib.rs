@@ -15,6 +15,7 @@ pub mod facts;
 pub mod flags;
 pub mod idempotency;
 pub mod log_throttle;
+pub mod metrics;
 pub mod otel;
 pub mod telemetry;
 pub mod trace_context;

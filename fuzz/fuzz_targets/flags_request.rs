@@ -15,7 +15,7 @@ use attache_filters::flags::request::{
     ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Settings, Source, Trust,
 };
 use attache_filters::flags::store::FlagStore;
-use attache_filters::telemetry::Metrics;
+use attache_filters::metrics::Metrics;
 use attache_filters::trace_context::baggage;
 use http::{HeaderName, HeaderValue, Request};
 use libfuzzer_sys::fuzz_target;

@@ -8,7 +8,7 @@ use attache_filters::flags::logic::FractionalVersion;
 use attache_filters::flags::ofrep::Ofrep;
 use attache_filters::flags::request::{ContextRules, EventSettings};
 use attache_filters::flags::store::FlagStore;
-use attache_filters::telemetry::Metrics;
+use attache_filters::metrics::Metrics;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri};
 use http_body_util::BodyExt;
@@ -25,7 +25,7 @@ static OFREP: LazyLock<Ofrep> = LazyLock::new(|| {
         store,
         fractional: FractionalVersion::default(),
         context: ContextRules::default(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: Metrics::new().family(),
         max_body_bytes: 1 << 20,
         clock: || 1_700_000_000,
         events: EventSettings::default(),

@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use attache_filters::errors::{ProxyError, problem_http1_bytes};
-use attache_filters::telemetry::Metrics;
+use attache_filters::telemetry::families::HttpFamilies;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
@@ -122,7 +122,7 @@ pub struct ConnIo<T> {
     inner: T,
     timer: Pin<Box<Sleep>>,
     state: Arc<ConnState>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<HttpFamilies>,
     limits: Deadlines,
     proto: Proto,
     phase: Phase,
@@ -147,7 +147,12 @@ pub struct ConnIo<T> {
 }
 
 impl<T> ConnIo<T> {
-    pub fn new(inner: T, state: Arc<ConnState>, metrics: Arc<Metrics>, limits: Deadlines) -> Self {
+    pub fn new(
+        inner: T,
+        state: Arc<ConnState>,
+        metrics: Arc<HttpFamilies>,
+        limits: Deadlines,
+    ) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -486,6 +491,7 @@ impl Drop for Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use attache_filters::metrics::Metrics;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     fn conn_io(header_read: Duration) -> (ConnIo<DuplexStream>, DuplexStream) {
@@ -494,7 +500,7 @@ mod tests {
             header_read,
             idle: Duration::from_secs(60),
         };
-        let io = ConnIo::new(ours, Arc::default(), Arc::new(Metrics::new()), limits);
+        let io = ConnIo::new(ours, Arc::default(), Metrics::new().family(), limits);
         (io, theirs)
     }
 
@@ -562,11 +568,13 @@ mod tests {
         let started = Instant::now();
         assert_eq!(io.sniff().await, None);
         assert!(started.elapsed() >= Duration::from_millis(300));
-        let text = io.metrics.encode();
-        assert!(
-            text.lines()
-                .any(|l| l == "attache_client_errors_total{result=\"header_timeout\"} 1"),
-            "{text}"
-        );
+        let counted = io
+            .metrics
+            .client_errors
+            .get_or_create(&attache_filters::metrics::ResultLabels {
+                result: "header_timeout",
+            })
+            .get();
+        assert_eq!(counted, 1);
     }
 }

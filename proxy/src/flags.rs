@@ -31,7 +31,7 @@ use attache_filters::flags::request::{
     Trust, header_value, unix_now,
 };
 use attache_filters::flags::store::FlagStore;
-use attache_filters::telemetry::{Direction, Metrics};
+use attache_filters::metrics::{Direction, Metrics};
 use attache_filters::trace_context::baggage;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -218,7 +218,7 @@ impl Flags {
                 label: source.label(),
                 store: store.clone(),
                 status: status.clone(),
-                metrics: self.metrics.clone(),
+                metrics: self.metrics.family(),
             };
             let task = match (&source.file, &source.url) {
                 (Some(file), _) => {
@@ -252,7 +252,7 @@ struct SourceCtx {
     label: String,
     store: Arc<FlagStore>,
     status: Arc<Mutex<Vec<SourceStatus>>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<attache_filters::flags::metrics::FlagFamilies>,
 }
 
 /// The document format: by extension or `Content-Type`, else a leading `{` means JSON.
@@ -287,7 +287,7 @@ impl SourceCtx {
 
     /// `result` is `ok`, `unchanged`, `invalid` or `unreachable`.
     fn record(&self, result: &'static str, error: Option<String>) {
-        self.metrics.flags.source_load(&self.label, result);
+        self.metrics.source_load(&self.label, result);
         match error {
             None => self.set_status(|s| {
                 s.state = "ok";
@@ -672,7 +672,7 @@ pub fn ofrep(
             store: running?.store.clone(),
             fractional: fractional(flags.fractional_version),
             context: context_rules(flags, true),
-            metrics: metrics.clone(),
+            metrics: metrics.family(),
             max_body_bytes: usize::try_from(o.max_body_bytes.0).unwrap_or(usize::MAX),
             clock: unix_now,
             events: EventSettings {

@@ -19,7 +19,8 @@ use attache_filters::Body;
 use attache_filters::errors::{Problem, ProxyError, error_chain, problem_response};
 use attache_filters::facts::UpstreamInfo;
 use attache_filters::flags::request::RouteTarget;
-use attache_filters::telemetry::{Direction, Metrics};
+use attache_filters::metrics::{Direction, Metrics};
+use attache_filters::telemetry::families::HttpFamilies;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -27,6 +28,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::conn::ConnInfo;
 use crate::hop_by_hop::{is_upgrade, not_chunked, strip_hop_by_hop, upgrade_answers};
+use crate::metrics::ProxyFamilies;
 use crate::pool::{self, SendError};
 use crate::upstream_failure::Failure;
 
@@ -172,7 +174,8 @@ pub type Routed = std::collections::HashMap<Arc<str>, Arc<Target>>;
 #[derive(Clone)]
 pub struct Forward {
     target: Arc<Target>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyFamilies>,
+    http_metrics: Arc<HttpFamilies>,
     leg: Leg,
     routed: Arc<Routed>,
 }
@@ -181,7 +184,8 @@ impl Forward {
     pub fn new(target: Arc<Target>, metrics: Arc<Metrics>, leg: Leg) -> Self {
         Self {
             target,
-            metrics,
+            http_metrics: metrics.family(),
+            metrics: metrics.family(),
             leg,
             routed: Arc::default(),
         }
@@ -471,7 +475,7 @@ impl Forward {
             // A client abort is counted by the observe layer, which also sees the exchanges
             // dropped before they got this far.
             if matches!(err, ProxyError::MalformedBody(_)) {
-                self.metrics.client_error(result);
+                self.http_metrics.client_error(result);
             }
             info.error = Some(result);
             tracing::debug!(direction = self.leg.direction.as_str(), "{err}");

@@ -9,7 +9,7 @@ use attache_config::{Config, EvictionCheck, FingerprintBody, Idempotency};
 use attache_filters::idempotency::redis_store::RedisStore;
 use attache_filters::idempotency::store::{MemoryStore, Store};
 use attache_filters::idempotency::{IdempotencyLayer, RoutePolicy, Settings};
-use attache_filters::telemetry::Metrics;
+use attache_filters::metrics::Metrics;
 use attache_filters::trace_context::ids::{IdGenerator, RandomIds};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
@@ -187,7 +187,7 @@ impl Stores {
                 .as_deref()
                 .and_then(|u| HeaderValue::from_str(&format!("<{u}>; rel=\"describedby\"")).ok()),
             routes,
-            metrics: metrics.clone(),
+            metrics: metrics.family(),
             store_errors: Arc::new(attache_filters::log_throttle::LogThrottle::new(
                 config.spec.telemetry.error_log_interval.get(),
             )),

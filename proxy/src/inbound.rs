@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use attache_config::{Config, Inbound};
-use attache_filters::telemetry::{Direction, Metrics};
+use attache_filters::metrics::{Direction, Metrics};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 

@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 
 use attache_config::{Limits, UnderscoreHeaders};
 use attache_filters::errors::{ProxyError, problem_response};
-use attache_filters::telemetry::Metrics;
+use attache_filters::metrics::Metrics;
+use attache_filters::telemetry::families::HttpFamilies;
 use attache_filters::{Body, BoxError};
 use bytes::Bytes;
 use futures_util::future::{Either, Ready, ready};
@@ -28,7 +29,7 @@ pub struct LimitsLayer {
     /// `spec.limits.upgrade_protocols`, lowercased: a name, or `name/version`.
     upgrades: Arc<[String]>,
     underscores: UnderscoreHeaders,
-    metrics: Arc<Metrics>,
+    metrics: Arc<HttpFamilies>,
 }
 
 impl LimitsLayer {
@@ -43,7 +44,7 @@ impl LimitsLayer {
                 .map(|p| p.to_ascii_lowercase())
                 .collect(),
             underscores: limits.headers_with_underscores,
-            metrics,
+            metrics: metrics.family(),
         }
     }
 

@@ -212,10 +212,15 @@ async fn serve(
     shared: Arc<Shared>,
 ) {
     let _tracked = shared.tracker.track();
-    let _counted = shared.metrics.connection_opened(role.direction());
+    let _counted = shared.proxy_metrics.connection_opened(role.direction());
 
     let state = Arc::new(ConnState::default());
-    let mut io = ConnIo::new(stream, state.clone(), shared.metrics.clone(), deadlines);
+    let mut io = ConnIo::new(
+        stream,
+        state.clone(),
+        shared.http_metrics.clone(),
+        deadlines,
+    );
     let mut shutdown = shared.shutdown.subscribe();
     let sniffed = tokio::select! {
         h2 = io.sniff() => h2,

@@ -17,6 +17,7 @@ mod inbound;
 mod limits;
 mod listener;
 mod logging;
+mod metrics;
 mod outbound;
 mod pool;
 mod reload;

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use attache_config::{Config, ForwardedHeaders, Outbound};
-use attache_filters::telemetry::{Direction, Metrics};
+use attache_filters::metrics::{Direction, Metrics};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 

@@ -34,10 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::metrics::{EndpointLabels, ProxyFamilies};
 use attache_config::Protocol;
 use attache_filters::Body;
-use attache_filters::telemetry::Metrics;
-use attache_filters::telemetry::metrics::EndpointLabels;
+use attache_filters::metrics::Metrics;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
@@ -60,7 +60,7 @@ pub struct Settings {
 #[derive(Clone)]
 pub struct Client {
     settings: Settings,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ProxyFamilies>,
     endpoints: Arc<Mutex<HashMap<String, Weak<Endpoint>>>>,
 }
 
@@ -68,7 +68,7 @@ impl Client {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         Self {
             settings,
-            metrics,
+            metrics: metrics.family(),
             endpoints: Arc::default(),
         }
     }

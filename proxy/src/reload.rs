@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use attache_filters::telemetry::metrics::ResultLabels;
 use tokio::signal::unix::Signal;
 
 use crate::server::Shared;
@@ -107,9 +106,5 @@ fn reload(shared: &Arc<Shared>, path: &Path) {
             "failure"
         }
     };
-    shared
-        .metrics
-        .config_reloads
-        .get_or_create(&ResultLabels { result: outcome })
-        .inc();
+    shared.proxy_metrics.config_reload(outcome);
 }

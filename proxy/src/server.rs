@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use attache_config::Config;
-use attache_filters::telemetry::Metrics;
+use attache_filters::metrics::Metrics;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -20,6 +20,9 @@ use crate::telemetry::Telemetry;
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
+    /// The request families (client errors on connections) and the proxy's own, taken once.
+    pub http_metrics: Arc<attache_filters::telemetry::families::HttpFamilies>,
+    pub proxy_metrics: Arc<crate::metrics::ProxyFamilies>,
     pub clients: Clients,
     pub telemetry: Telemetry,
     pub stores: crate::idempotency::Stores,
@@ -108,6 +111,7 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     let mut int = signal(SignalKind::interrupt())?;
     let hup = signal(SignalKind::hangup())?;
     let metrics = Arc::new(Metrics::new());
+    crate::metrics::register_all(&metrics);
     let clients = Clients::new(metrics.clone());
     let telemetry = Telemetry::new(metrics.clone(), dev);
     crate::idempotency::refuse_evicting_redis(&config).await?;
@@ -118,6 +122,8 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     )?);
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::new(snapshot.clone()),
+        http_metrics: metrics.family(),
+        proxy_metrics: metrics.family(),
         metrics,
         clients,
         telemetry,

@@ -12,7 +12,7 @@ use attache_config::{
     Config, Correlation, InjectFormat, Pool, Protocol, TraceFormat, TraceOverride,
 };
 use attache_filters::Body;
-use attache_filters::telemetry::{Direction, Metrics};
+use attache_filters::metrics::{Direction, Metrics};
 use attache_filters::trace_context::ids::RandomIds;
 use attache_filters::trace_context::propagate::{
     HeaderPattern, PropagationLayer, Restore, RestoreLeg, Settings,
@@ -251,7 +251,7 @@ impl Snapshot {
         // the outbound legs (which restore). A reload starts an empty table.
         let restore = &spec.trace.restore;
         let restoration = (spec.trace.enabled && restore.enabled).then(|| {
-            let m = metrics.clone();
+            let m = metrics.family::<attache_filters::trace_context::metrics::TraceFamilies>();
             let table = Arc::new(
                 Table::new(restore::Limits {
                     ttl: restore.ttl.get(),

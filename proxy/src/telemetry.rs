@@ -9,7 +9,10 @@ use attache_config::{Compression, Config, EffectiveTelemetry, LogOutput, OtlpPro
 use attache_filters::telemetry::access_log::{self, AccessLog};
 use attache_filters::telemetry::export::{ExportSettings, Exporter, Protocol};
 use attache_filters::telemetry::span::{QueryMode, SpanSettings};
-use attache_filters::telemetry::{Direction, Metrics, ObserveLayer};
+use attache_filters::{
+    metrics::{Direction, Metrics},
+    telemetry::ObserveLayer,
+};
 use http::{HeaderName, HeaderValue};
 
 use crate::conn::ConnInfo;

@@ -212,7 +212,7 @@ fn replay_through_the_flags_step(
             include_value: false,
             include_context_id: false,
         },
-        metrics: Arc::new(attache_filters::telemetry::Metrics::new()),
+        metrics: Arc::new(attache_filters::metrics::Metrics::new()),
         baggage: Default::default(),
         peer_of: |_| None,
         clock: unix_now,

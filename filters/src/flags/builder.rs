@@ -35,7 +35,7 @@ use super::request::{
     unix_now,
 };
 use super::store::FlagStore;
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 use crate::trace_context::baggage;
 
 impl FlagStore {

@@ -28,6 +28,7 @@ pub mod eval;
 pub mod fast;
 pub mod intern;
 pub mod logic;
+pub mod metrics;
 pub mod murmur3;
 pub mod ofrep;
 pub mod plan;

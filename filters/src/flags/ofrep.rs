@@ -21,7 +21,6 @@ use super::logic::FractionalVersion;
 use super::request::{ContextRules, EvalPath, EventSettings, FlagDecision, FlagDecisions, count};
 use super::store::FlagStore;
 use crate::Body;
-use crate::telemetry::Metrics;
 
 const PREFIX: &str = "/ofrep/v1/evaluate/flags";
 
@@ -30,7 +29,8 @@ pub struct Ofrep {
     pub fractional: FractionalVersion,
     /// `static` and the header-sourced attributes of `spec.flags.context`.
     pub context: ContextRules,
-    pub metrics: Arc<Metrics>,
+    /// The flag families of the proxy's registry (`Metrics::family`).
+    pub metrics: Arc<super::metrics::FlagFamilies>,
     pub max_body_bytes: usize,
     pub clock: fn() -> u64,
     /// A single evaluation adds a `feature_flag.evaluation` event to the request's span.

@@ -5,6 +5,7 @@
 //! `x-flags` entry, its baggage member and its metric handles. A request then evaluates only
 //! the flags with targeting, and builds only the parts of the context their rules can read.
 
+use super::metrics::FlagFamilies;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -196,7 +197,7 @@ impl Out<'_> {
 }
 
 impl Plan {
-    pub fn new(settings: &Settings, snap: Arc<FlagSet>) -> Plan {
+    pub fn new(settings: &Settings, families: &FlagFamilies, snap: Arc<FlagSet>) -> Plan {
         let mut entries = Vec::new();
         if let Some(delivery) = &settings.delivery {
             let keys: Vec<(Arc<str>, Option<HeaderName>)> = match &delivery.flags {
@@ -221,7 +222,7 @@ impl Plan {
                 .map(|(key, header)| {
                     let header = header.map(intern::name);
                     let flag = snap.flags.get(&*key).cloned();
-                    let fixed = fixed(settings, delivery, &key, flag.as_ref());
+                    let fixed = fixed(settings, families, delivery, &key, flag.as_ref());
                     let variants = match (&fixed, &flag) {
                         (None, Some(f)) => prepared(delivery, &key, f),
                         _ => Vec::new(),
@@ -372,6 +373,7 @@ fn prepared(delivery: &Delivery, key: &str, flag: &Arc<Flag>) -> Vec<Prepared> {
 /// The decision of a flag that reads nothing from the request, made once.
 fn fixed(
     settings: &Settings,
+    families: &FlagFamilies,
     delivery: &Delivery,
     key: &str,
     flag: Option<&Arc<Flag>>,
@@ -392,9 +394,8 @@ fn fixed(
             // Borrowed from the snapshot, so read from `decision` per request.
             variant: None,
         },
-        evaluations: evaluation_counter(&settings.metrics, key, &d, vi, EvalPath::Proxy)
-            .into_owned(),
-        errors: error_counter(&settings.metrics, key, &d),
+        evaluations: evaluation_counter(families, key, &d, vi, EvalPath::Proxy).into_owned(),
+        errors: error_counter(families, key, &d),
     })
 }
 

@@ -23,12 +23,13 @@ use tower::{Layer, Service};
 use super::eval::{Decision, ErrorCode, Flag, Kind, Reason};
 use super::intern;
 use super::logic::{Data, Field, Flat, FractionalVersion};
+use super::metrics::{FlagErrorLabels, FlagEvalLabels, FlagFamilies, FlagLabels};
 use super::plan::{Needs, Out, Plan};
 use super::store::FlagStore;
 use crate::codec::percent;
-use crate::telemetry::Metrics;
-use crate::telemetry::metrics::{FlagErrorLabels, FlagEvalLabels, FlagLabels};
+use crate::metrics::Metrics;
 use crate::trace_context::baggage::{self, BAGGAGE_HEADER};
+use crate::trace_context::metrics::TraceFamilies;
 
 /// Where an evaluation happened, for `attache_flag_evaluations_total{path}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,13 +100,19 @@ impl PartialEq for Counters {
 }
 
 /// Counts one evaluation of `key` (and its error, if any).
-pub fn count(metrics: &Metrics, key: &str, d: &Decision<'_>, path: EvalPath) {
+pub fn count(metrics: &FlagFamilies, key: &str, d: &Decision<'_>, path: EvalPath) {
     let vi = d.index;
     count_at(metrics, key, d, vi, path);
 }
 
 /// [`count`], with the variant's index already known.
-fn count_at(metrics: &Metrics, key: &str, d: &Decision<'_>, vi: Option<usize>, path: EvalPath) {
+fn count_at(
+    metrics: &FlagFamilies,
+    key: &str,
+    d: &Decision<'_>,
+    vi: Option<usize>,
+    path: EvalPath,
+) {
     evaluation_counter(metrics, key, d, vi, path).inc();
     if let Some(errors) = error_counter(metrics, key, d) {
         errors.inc();
@@ -115,7 +122,7 @@ fn count_at(metrics: &Metrics, key: &str, d: &Decision<'_>, vi: Option<usize>, p
 /// The `attache_flag_evaluations_total` counter of a decision: cached per compiled flag,
 /// variant, reason and path.
 pub(super) fn evaluation_counter<'m>(
-    metrics: &Metrics,
+    metrics: &FlagFamilies,
     key: &str,
     d: &Decision<'m>,
     vi: Option<usize>,
@@ -132,7 +139,7 @@ pub(super) fn evaluation_counter<'m>(
         path: path.as_str(),
     };
     let Some(flag) = d.flag else {
-        return Cow::Owned(metrics.flags.evaluations.get_or_create(&labels()).clone());
+        return Cow::Owned(metrics.evaluations.get_or_create(&labels()).clone());
     };
     let reason = REASONS.iter().position(|r| *r == d.reason).unwrap_or(0);
     let path_i = EvalPath::ALL.iter().position(|p| *p == path).unwrap_or(0);
@@ -145,19 +152,22 @@ pub(super) fn evaluation_counter<'m>(
     });
     let slot = variant * per_variant + reason * EvalPath::ALL.len() + path_i;
     match slots.get(slot) {
-        Some(c) => Cow::Borrowed(
-            c.get_or_init(|| metrics.flags.evaluations.get_or_create(&labels()).clone()),
-        ),
-        None => Cow::Owned(metrics.flags.evaluations.get_or_create(&labels()).clone()),
+        Some(c) => {
+            Cow::Borrowed(c.get_or_init(|| metrics.evaluations.get_or_create(&labels()).clone()))
+        }
+        None => Cow::Owned(metrics.evaluations.get_or_create(&labels()).clone()),
     }
 }
 
 /// The `attache_flag_errors_total` counter of a decision that is an error.
-pub(super) fn error_counter(metrics: &Metrics, key: &str, d: &Decision<'_>) -> Option<Counter> {
+pub(super) fn error_counter(
+    metrics: &FlagFamilies,
+    key: &str,
+    d: &Decision<'_>,
+) -> Option<Counter> {
     let (code, _) = d.error.as_ref()?;
     Some(
         metrics
-            .flags
             .errors
             .get_or_create(&FlagErrorLabels {
                 flag: if d.flag.is_some() {
@@ -693,6 +703,7 @@ impl Settings {
     /// otherwise an evaluation against `ctx`.
     fn decide<'a>(
         &self,
+        families: &FlagFamilies,
         key: &str,
         flag: Option<&'a Arc<Flag>>,
         peer: &[(String, String)],
@@ -702,8 +713,7 @@ impl Settings {
         if let Some((_, variant)) = peer.iter().find(|(k, _)| k == key) {
             match flag.and_then(|f| Decision::cached(f, variant)) {
                 Some(d) => {
-                    self.metrics
-                        .flags
+                    families
                         .reused
                         .get_or_create(&FlagLabels {
                             flag: key.to_owned(),
@@ -713,8 +723,7 @@ impl Settings {
                 }
                 None => {
                     let flag = if flag.is_some() { key } else { "_unknown" };
-                    self.metrics
-                        .flags
+                    families
                         .skew
                         .get_or_create(&FlagLabels {
                             flag: flag.to_owned(),
@@ -736,6 +745,7 @@ impl Settings {
     /// are no members to keep, and the header map is not searched for them).
     fn rewrite_baggage(
         &self,
+        dropped: &TraceFamilies,
         headers: &mut HeaderMap,
         ours: &[(&str, Cow<'_, str>)],
         trusted: bool,
@@ -765,7 +775,7 @@ impl Settings {
         for (_, member) in ours {
             let add = member.len() + usize::from(count > 0);
             if count + 1 > self.baggage.max_members || out.len() + add > self.baggage.max_bytes {
-                self.metrics.baggage_member_dropped();
+                dropped.baggage_member_dropped();
                 continue;
             }
             if count > 0 {
@@ -789,6 +799,9 @@ impl Settings {
 struct Step {
     settings: Settings,
     plan: ArcSwapOption<Plan>,
+    /// `settings.metrics`' families, taken once.
+    families: Arc<FlagFamilies>,
+    trace_families: Arc<TraceFamilies>,
 }
 
 /// What a request's baggage holds for the flags step.
@@ -870,7 +883,7 @@ impl Step {
         {
             return plan.clone();
         }
-        let plan = Arc::new(Plan::new(&self.settings, Arc::clone(&snap)));
+        let plan = Arc::new(Plan::new(&self.settings, &self.families, Arc::clone(&snap)));
         self.plan.store(Some(plan.clone()));
         plan
     }
@@ -984,6 +997,7 @@ impl Step {
                                 fast.decide(&e.key, f, &fields)
                             }
                             _ => s.decide(
+                                &self.families,
                                 &e.key,
                                 e.flag.as_ref(),
                                 &peer_decisions,
@@ -992,7 +1006,7 @@ impl Step {
                             ),
                         };
                         let vi = d.index;
-                        count_at(&s.metrics, &e.key, &d, vi, EvalPath::Proxy);
+                        count_at(&self.families, &e.key, &d, vi, EvalPath::Proxy);
                         if keep {
                             decisions.push(FlagDecision::at(
                                 e.key.clone(),
@@ -1043,9 +1057,16 @@ impl Step {
                     let peer_decides = peer_decisions.iter().any(|(k, _)| **k == *r.flag);
                     let d = match (fast, flag) {
                         (Some(fast), Some(f)) if !peer_decides => fast.decide(&r.flag, f, &fields),
-                        _ => s.decide(&r.flag, flag.as_ref(), &peer_decisions, ctx(slots), now),
+                        _ => s.decide(
+                            &self.families,
+                            &r.flag,
+                            flag.as_ref(),
+                            &peer_decisions,
+                            ctx(slots),
+                            now,
+                        ),
                     };
-                    count(&s.metrics, &r.flag, &d, EvalPath::Route);
+                    count(&self.families, &r.flag, &d, EvalPath::Route);
                     if keep {
                         decisions.push(FlagDecision::of(r.flag.clone(), flag.as_ref(), &d));
                     }
@@ -1063,7 +1084,13 @@ impl Step {
             }
         }
         if !members.is_empty() || (had_flag_members && !trusted) {
-            s.rewrite_baggage(headers, &members, trusted, had_baggage);
+            s.rewrite_baggage(
+                &self.trace_families,
+                headers,
+                &members,
+                trusted,
+                had_baggage,
+            );
         }
         if let Some(target) = route {
             req.extensions_mut().insert(RouteTarget(target));
@@ -1167,6 +1194,8 @@ impl FlagsLayer {
     pub fn new(settings: Settings) -> Self {
         Self {
             step: Arc::new(Step {
+                families: settings.metrics.family(),
+                trace_families: settings.metrics.family(),
                 settings,
                 plan: ArcSwapOption::empty(),
             }),
@@ -1263,7 +1292,10 @@ mod tests {
     }
 
     fn step(store: Arc<FlagStore>, flags: DeliverFlags) -> Step {
+        let metrics = Arc::new(Metrics::new());
         Step {
+            families: metrics.family(),
+            trace_families: metrics.family(),
             settings: Settings {
                 store,
                 fractional: FractionalVersion::V2,
@@ -1282,7 +1314,7 @@ mod tests {
                 trust: Trust::Never,
                 routes: Vec::new(),
                 events: EventSettings::default(),
-                metrics: Arc::new(Metrics::new()),
+                metrics,
                 baggage: baggage::Limits::default(),
                 peer_of: |_| None,
                 clock: || 0,

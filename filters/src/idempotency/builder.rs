@@ -38,7 +38,7 @@ use http::{HeaderName, Method, StatusCode};
 use super::store::Store;
 use super::{IdempotencyLayer, RoutePolicy, Settings};
 use crate::log_throttle::LogThrottle;
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 use crate::trace_context::ids::{IdGenerator, RandomIds};
 
 impl RoutePolicy {
@@ -130,7 +130,7 @@ impl IdempotencyLayer {
                 store_timeout: Duration::from_millis(500),
                 policy_url: None,
                 routes: Vec::new(),
-                metrics: Arc::new(Metrics::new()),
+                metrics: Metrics::new().family(),
                 store_errors: Arc::new(LogThrottle::new(Duration::from_secs(60))),
             },
         }
@@ -157,7 +157,7 @@ impl IdempotencyBuilder {
 
     /// Count outcomes in this registry (a new one by default).
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.settings.metrics = metrics;
+        self.settings.metrics = metrics.family();
         self
     }
 

@@ -18,6 +18,7 @@ pub mod builder;
 pub mod cloudevents;
 pub mod hash;
 pub mod key;
+pub mod metrics;
 pub mod redis_store;
 pub mod store;
 
@@ -37,7 +38,6 @@ use tower::{Layer, Service};
 use crate::Body;
 use crate::errors::{Problem, problem_response};
 use crate::facts::UpstreamInfo;
-use crate::telemetry::Metrics;
 use crate::trace_context::ids::{IdGenerator, RandomIds};
 use store::{Claim, RecordId, Store, StoreError, Stored, Transition};
 
@@ -64,7 +64,7 @@ const ENFORCED_MARKER: HeaderName = HeaderName::from_static("idempotency-enforce
 /// What a keyed request went through, for the metrics and its span: each outcome is counted
 /// as it happens; the last one is the request's.
 struct Trail {
-    metrics: Arc<Metrics>,
+    metrics: Arc<metrics::IdempotencyFamilies>,
     route: Arc<str>,
     last: std::sync::Mutex<&'static str>,
     /// The first 64 bits of `H(key)`, once known.
@@ -73,7 +73,7 @@ struct Trail {
 
 impl Trail {
     fn count(&self, outcome: &'static str) {
-        self.metrics.idempotency_outcome(&self.route, outcome);
+        self.metrics.outcome(&self.route, outcome);
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = outcome;
     }
 
@@ -169,7 +169,8 @@ pub struct Settings {
     pub store_timeout: Duration,
     pub policy_url: Option<HeaderValue>,
     pub routes: Vec<RoutePolicy>,
-    pub metrics: Arc<Metrics>,
+    /// Its families in the registry (`Metrics::family`).
+    pub metrics: Arc<metrics::IdempotencyFamilies>,
     /// Store errors are logged at most once per `telemetry.error_log_interval` (every one is
     /// counted in the metrics): an outage fails every keyed request.
     pub store_errors: Arc<crate::log_throttle::LogThrottle>,
@@ -313,13 +314,13 @@ impl Service<Request<Body>> for Idempotency {
             _ if route.cloudevents.is_some() => Vec::new(),
             Ok(k) => k,
             Err(key::KeyError::Missing) if !route.required => {
-                s.metrics.idempotency_outcome(&route.name, "passed_through");
+                s.metrics.outcome(&route.name, "passed_through");
                 return IdempotencyFuture::Pass {
                     fut: self.inner.call(req),
                 };
             }
             Err(e) => {
-                s.metrics.idempotency_outcome(&route.name, "rejected");
+                s.metrics.outcome(&route.name, "rejected");
                 let err = match e {
                     key::KeyError::Missing => IdempotencyError::KeyMissing,
                     key::KeyError::Invalid(why) => IdempotencyError::KeyInvalid(why),
@@ -550,7 +551,7 @@ async fn timed<T>(
         Ok(Err(_)) => "error",
         Err(_) => "timeout",
     };
-    s.metrics.idempotency_store(op, result, start.elapsed());
+    s.metrics.store_op(op, result, start.elapsed());
     out
 }
 

@@ -9,7 +9,8 @@ use std::io::Write as _;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::Metrics;
+use super::families::ExportFamilies;
+use crate::metrics::Metrics;
 
 /// Where lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +34,14 @@ struct Buffer {
 pub struct AccessLog {
     buffer: Arc<Buffer>,
     output: Output,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ExportFamilies>,
 }
 
 impl AccessLog {
     /// Starts the writer thread. It ends once every `AccessLog` is gone and the buffer is
     /// written.
     pub fn start(output: Output, metrics: Arc<Metrics>) -> Self {
+        let metrics: Arc<ExportFamilies> = metrics.family();
         let buffer = Arc::new(Buffer {
             lines: Mutex::new(String::with_capacity(WAKE_AT * 2)),
             ready: Condvar::new(),
@@ -102,7 +104,7 @@ impl AccessLog {
 
 /// Writes `text`; lines that a closed or failing output loses are counted as dropped (and the
 /// first failure logged): attache keeps serving.
-fn write_out(output: Output, text: &str, metrics: &Metrics) {
+fn write_out(output: Output, text: &str, metrics: &ExportFamilies) {
     static WARNED: std::sync::Once = std::sync::Once::new();
     if text.is_empty() {
         return;

@@ -5,7 +5,7 @@
 //! ```no_run
 //! # async fn run() {
 //! use std::sync::Arc;
-//! use attache_filters::telemetry::{Direction, Metrics, ObserveLayer};
+//! use attache_filters::{metrics::{Direction, Metrics}, telemetry::ObserveLayer};
 //! use attache_filters::telemetry::export::{ExportSettings, Exporter, Protocol};
 //! use attache_filters::telemetry::span::SpanSettings;
 //!

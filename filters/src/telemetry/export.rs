@@ -29,10 +29,11 @@ use prost::encoding::{encode_varint, encoded_len_varint};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::families::ExportFamilies;
 use super::span::SpanRecord;
-use super::{Direction, Metrics};
 use crate::errors::error_chain;
 use crate::facts::Value;
+use crate::metrics::{Direction, Metrics};
 
 /// The wire protocol to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +74,7 @@ struct Queue {
 #[derive(Clone)]
 pub struct SpanSink {
     queue: Arc<Queue>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ExportFamilies>,
 }
 
 impl SpanSink {
@@ -105,6 +106,7 @@ impl Exporter {
     /// Starts the export task on the current tokio runtime. It ends, after sending what is
     /// left, once every [`SpanSink`] and [`Exporter`] is gone.
     pub fn start(settings: ExportSettings, metrics: Arc<Metrics>) -> Self {
+        let metrics: Arc<ExportFamilies> = metrics.family();
         let (flush, flush_rx) = mpsc::channel(1);
         let settings = Arc::new(settings);
         let queue = Arc::new(Queue {
@@ -183,7 +185,7 @@ struct Task {
     resource: Vec<u8>,
     scope: Vec<u8>,
     settings: Arc<ExportSettings>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ExportFamilies>,
     last_error_log: Option<Instant>,
 }
 

@@ -2,7 +2,7 @@
 //! outermost in both request flows, so it sees every response, including the ones attache makes
 //! up itself.
 //!
-//! - [`metrics`]: the Prometheus registry;
+//! - [`families`]: its metric families (requests, client errors, span and log drops);
 //! - [`observe`]: the per-request layer that records metrics, spans and the access log;
 //! - [`span`]: the SERVER and CLIENT spans and their attributes;
 //! - [`export`]: the bounded span queue and the OTLP exporter task;
@@ -11,9 +11,8 @@
 pub mod access_log;
 pub mod builder;
 pub mod export;
-pub mod metrics;
+pub mod families;
 pub mod observe;
 pub mod span;
 
-pub use metrics::{Direction, Metrics};
 pub use observe::ObserveLayer;

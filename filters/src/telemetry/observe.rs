@@ -28,18 +28,19 @@ use tower::{Layer, Service};
 
 use super::access_log::{AccessLog, Entry};
 use super::export::SpanSink;
-use super::metrics::{HttpLabels, MethodLabel, StatusClass};
+use super::families::{HttpFamilies, HttpLabels};
 use super::span::{Ending, RequestHead, SpanRecord, SpanSettings, protocol_version};
-use super::{Direction, Metrics};
 use crate::facts::Facts;
 use crate::facts::UpstreamInfo;
+use crate::metrics::{Direction, Metrics};
+use crate::metrics::{MethodLabel, StatusClass};
 use crate::trace_context::propagate::TraceCtx;
 
 /// Finds the client's address in a request's extensions (the proxy knows where it put it).
 pub type PeerOf = fn(&http::Extensions) -> Option<SocketAddr>;
 
 struct Shared {
-    metrics: Arc<Metrics>,
+    metrics: Arc<HttpFamilies>,
     direction: Direction,
     record_metrics: bool,
     spans: Option<(SpanSink, Arc<SpanSettings>)>,
@@ -57,7 +58,7 @@ impl ObserveLayer {
     pub fn new(metrics: Arc<Metrics>, direction: Direction) -> Self {
         Self {
             shared: Arc::new(Shared {
-                metrics,
+                metrics: metrics.family(),
                 direction,
                 record_metrics: true,
                 spans: None,
@@ -236,7 +237,7 @@ impl Drop for Record {
                 method: self.method,
                 status_class: self.status.map_or(StatusClass::NONE, StatusClass::of),
             };
-            let (count, duration) = s.metrics.http_handles(&labels);
+            let (count, duration) = s.metrics.handles(&labels);
             count.inc();
             duration.observe(elapsed.as_secs_f64());
             // A caller that went away before its answer: either the forwarder saw its body

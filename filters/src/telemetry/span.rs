@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
-use super::Direction;
 use crate::facts::{Facts, UpstreamInfo, Value};
+use crate::metrics::Direction;
 use crate::trace_context::propagate::{Restored, TraceCtx};
 use crate::trace_context::{Format, SpanId, TraceId};
 

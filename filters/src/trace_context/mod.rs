@@ -15,6 +15,7 @@ pub mod baggage;
 pub mod builder;
 pub mod ids;
 pub mod jaeger;
+pub mod metrics;
 pub mod propagate;
 pub mod restore;
 pub mod traceparent;

@@ -29,12 +29,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use tower::{Layer, Service};
 
 use super::ids::IdGenerator;
+use super::metrics::TraceFamilies;
 use super::restore::{Active, InFlight, InFlightGuard, Record, Table};
 use super::{
     Format, Outcome, SpanId, TraceFlags, TraceId, b3, baggage, jaeger, traceparent, tracestate,
 };
 use crate::codec::percent;
-use crate::telemetry::{Direction, Metrics};
+use crate::metrics::{Direction, Metrics};
 
 /// How one leg propagates context.
 #[derive(Clone)]
@@ -662,7 +663,7 @@ fn write(headers: &mut HeaderMap, format: Format, ctx: &TraceCtx) {
 #[derive(Clone)]
 pub struct PropagationLayer {
     settings: Arc<Settings>,
-    metrics: Option<(Arc<Metrics>, Direction)>,
+    metrics: Option<(Arc<TraceFamilies>, Direction)>,
     hand_up: bool,
 }
 
@@ -685,7 +686,7 @@ impl PropagationLayer {
     /// Counts outcomes in `attache_trace_context_total` and drops in
     /// `attache_trace_dropped_total`, for `direction`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>, direction: Direction) -> Self {
-        self.metrics = Some((metrics, direction));
+        self.metrics = Some((metrics.family(), direction));
         self
     }
 }
@@ -706,7 +707,7 @@ impl<S> Layer<S> for PropagationLayer {
 pub struct Propagation<S> {
     inner: S,
     settings: Arc<Settings>,
-    metrics: Option<(Arc<Metrics>, Direction)>,
+    metrics: Option<(Arc<TraceFamilies>, Direction)>,
     hand_up: bool,
 }
 
@@ -725,7 +726,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let ctx = self.settings.propagate(req.headers_mut());
         if let Some((metrics, direction)) = &self.metrics {
-            metrics.record_trace(*direction, &ctx);
+            record_trace(metrics, *direction, &ctx);
         }
         if self.settings.recording().is_some() {
             req.extensions_mut().insert(PendingRecord {
@@ -795,7 +796,7 @@ pub struct PendingRecord {
     settings: Arc<Settings>,
     ctx: TraceCtx,
     /// Where the table's size is reported once the record is in.
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<TraceFamilies>>,
 }
 
 impl PendingRecord {
@@ -847,6 +848,43 @@ where
         }
         self.inner.call(req)
     }
+}
+
+/// Counts what the trace-context step found on one request.
+fn record_trace(families: &TraceFamilies, direction: Direction, ctx: &TraceCtx) {
+    let d = match direction {
+        Direction::Inbound => 0,
+        Direction::Outbound => 1,
+    };
+    for (format, outcome) in ctx.outcomes.iter().enumerate() {
+        let r = match outcome {
+            Some(super::Outcome::Valid) => 0,
+            Some(super::Outcome::Invalid) => 1,
+            Some(super::Outcome::Absent) => 2,
+            None => continue,
+        };
+        families.trace_handles[(d * 4 + format) * 3 + r].inc();
+    }
+    if ctx.dropped_tracestate {
+        families.dropped_handles[0].inc();
+    }
+    if ctx.tracestate_members_dropped > 0 {
+        families.dropped_handles[1].inc();
+    }
+    if ctx.dropped_baggage {
+        families.dropped_handles[2].inc();
+    }
+    if ctx.baggage_members_dropped > 0 {
+        families.dropped_handles[3].inc_by(ctx.baggage_members_dropped as u64);
+    }
+    match ctx.restored {
+        Some(Restored::Hit) => families.restore_handles[0].inc(),
+        Some(Restored::Miss) => families.restore_handles[1].inc(),
+        Some(Restored::NoContext) => families.restore_handles[2].inc(),
+        Some(Restored::SingleInFlight) => families.restore_handles[3].inc(),
+        Some(Restored::Ambiguous) => families.restore_handles[4].inc(),
+        None => 0,
+    };
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::{Client, Endpoint, Failure, SendError, Settings};
-use attache_filters::telemetry::Metrics;
+use attache_filters::metrics::Metrics;
 
 /// A hyper server on a free port that counts the connections it accepted and holds open.
 struct Upstream {
