@@ -151,8 +151,10 @@ fn reload(c: &mut Criterion) {
 /// fractional; `bench/flags-10.json`) evaluated from a request's headers and delivered as
 /// headers and baggage.
 fn request_step(c: &mut Criterion) {
-    use attache_filters::flags::request::{
-        ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Settings, Source, Trust,
+    use attache_filters::flags::context::{ContextRules, Source};
+    use attache_filters::flags::request::FlagsLayer;
+    use attache_filters::flags::settings::{
+        DeliverFlags, Delivery, EventSettings, Settings, Trust,
     };
     use attache_filters::metrics::Metrics;
     use http::{HeaderName, Request};

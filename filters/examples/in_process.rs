@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use attache_filters::flags::request::{FlagsLayer, Source};
+use attache_filters::flags::context::Source;
+
+use attache_filters::flags::request::FlagsLayer;
 use attache_filters::flags::store::FlagStore;
 use attache_filters::idempotency::redis_store::RedisStore;
 use attache_filters::idempotency::store::{MemoryStore, Store};

@@ -11,9 +11,9 @@ use std::convert::Infallible;
 use std::sync::{Arc, LazyLock};
 
 use attache_filters::flags::logic::FractionalVersion;
-use attache_filters::flags::request::{
-    ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Settings, Source, Trust,
-};
+use attache_filters::flags::context::{ContextRules, Source};
+use attache_filters::flags::request::FlagsLayer;
+use attache_filters::flags::settings::{DeliverFlags, Delivery, EventSettings, Settings, Trust};
 use attache_filters::flags::store::FlagStore;
 use attache_filters::metrics::Metrics;
 use attache_filters::trace_context::baggage;

@@ -6,7 +6,8 @@ use std::sync::{Arc, LazyLock};
 
 use attache_filters::flags::logic::FractionalVersion;
 use attache_filters::flags::ofrep::Ofrep;
-use attache_filters::flags::request::{ContextRules, EventSettings};
+use attache_filters::flags::context::ContextRules;
+use attache_filters::flags::settings::EventSettings;
 use attache_filters::flags::store::FlagStore;
 use attache_filters::metrics::Metrics;
 use bytes::Bytes;

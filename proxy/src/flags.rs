@@ -22,13 +22,15 @@ use std::time::{Duration, SystemTime};
 
 use attache_config::{Config, FlagSource, SourceKind};
 use attache_filters::Body;
+use attache_filters::flags::context::{ContextRules, Source};
 use attache_filters::flags::eval::FlagSet;
 use attache_filters::flags::intern;
 use attache_filters::flags::logic::FractionalVersion;
 use attache_filters::flags::ofrep::Ofrep;
-use attache_filters::flags::request::{
-    ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Route, Settings, Source,
-    Trust, header_value, unix_now,
+use attache_filters::flags::render::header_value;
+use attache_filters::flags::request::FlagsLayer;
+use attache_filters::flags::settings::{
+    DeliverFlags, Delivery, EventSettings, Route, Settings, Trust, unix_now,
 };
 use attache_filters::flags::store::FlagStore;
 use attache_filters::metrics::{Direction, Metrics};

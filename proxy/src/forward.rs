@@ -18,7 +18,7 @@ use attache_config::{ForwardedHeaders, Protocol, Timeouts, UpstreamUrl};
 use attache_filters::Body;
 use attache_filters::errors::{Problem, ProxyError, error_chain, problem_response};
 use attache_filters::facts::UpstreamInfo;
-use attache_filters::flags::request::RouteTarget;
+use attache_filters::flags::settings::RouteTarget;
 use attache_filters::metrics::{Direction, Metrics};
 use attache_filters::telemetry::families::HttpFamilies;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

@@ -163,9 +163,11 @@ fn replay_through_the_flags_step(
     context: &Map<String, Value>,
     version: FractionalVersion,
 ) {
-    use attache_filters::flags::request::{
-        ContextRules, DeliverFlags, Delivery, EventSettings, FlagDecisions, FlagsLayer, Settings,
-        Source, Trust, unix_now,
+    use attache_filters::flags::context::{ContextRules, Source};
+    use attache_filters::flags::decision::FlagDecisions;
+    use attache_filters::flags::request::FlagsLayer;
+    use attache_filters::flags::settings::{
+        DeliverFlags, Delivery, EventSettings, Settings, Trust, unix_now,
     };
     use attache_filters::flags::store::FlagStore;
     use futures_util::FutureExt;

@@ -3,7 +3,8 @@
 //! the service (specs/feature-flags.md §6–§7).
 //!
 //! ```
-//! use attache_filters::flags::request::{FlagsLayer, Source};
+//! use attache_filters::flags::context::Source;
+//! use attache_filters::flags::request::FlagsLayer;
 //! use attache_filters::flags::store::FlagStore;
 //! use http::HeaderName;
 //!
@@ -28,12 +29,11 @@ use std::sync::Arc;
 use http::HeaderName;
 use serde_json::Value;
 
+use super::context::{ContextRules, Source};
 use super::eval::LoadError;
 use super::logic::FractionalVersion;
-use super::request::{
-    ContextRules, DeliverFlags, Delivery, EventSettings, FlagsLayer, Settings, Source, Trust,
-    unix_now,
-};
+use super::request::FlagsLayer;
+use super::settings::{DeliverFlags, Delivery, EventSettings, Settings, Trust, unix_now};
 use super::store::FlagStore;
 use crate::metrics::Metrics;
 use crate::trace_context::baggage;

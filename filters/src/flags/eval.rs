@@ -36,8 +36,8 @@ pub struct Flag {
     pub targeting: Option<Result<Rule, String>>,
     /// The flag set's metadata overridden by the flag's, nulls dropped.
     pub metadata: Map<String, Value>,
-    /// Metric handles, made on first use (see `request::FlagMetrics`).
-    pub counters: super::request::Counters,
+    /// Metric handles, made on first use (see `cache::Counters`).
+    pub counters: super::cache::Counters,
 }
 
 /// A flag's variants, in name order (the order of flagd's JSON object as read, and of
@@ -251,6 +251,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The reason in lower case, as OpenTelemetry's `feature_flag.result.reason` and OFREP's
+    /// events spell it.
+    pub fn as_lower(self) -> &'static str {
+        match self {
+            Reason::Static => "static",
+            Reason::Default => "default",
+            Reason::TargetingMatch => "targeting_match",
+            Reason::Disabled => "disabled",
+            Reason::Cached => "cached",
+            Reason::Error => "error",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Static => "STATIC",
@@ -309,7 +322,7 @@ pub(super) fn variant_name(v: &Value) -> Option<Cow<'_, str>> {
     match v {
         Value::String(s) => Some(Cow::Borrowed(s)),
         Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-        Value::Number(n) => Some(Cow::Owned(logic::number_text(n))),
+        Value::Number(n) => Some(Cow::Owned(super::semver::number_text(n))),
         _ => None,
     }
 }

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Number, Value};
 
 use super::murmur3::murmur3_x86_32;
+use super::semver::number_text;
 
 /// `fractional`'s bucketing arithmetic (§4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -362,19 +363,6 @@ fn to_text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Array(a) => a.iter().map(to_text).collect::<Vec<_>>().join(","),
         Value::Object(_) => "[object Object]".into(),
-    }
-}
-
-/// The shortest decimal of a number, without `.0`.
-pub fn number_text(n: &Number) -> String {
-    if n.is_i64() || n.is_u64() {
-        return n.to_string();
-    }
-    let f = n.as_f64().unwrap_or(0.0);
-    if f.fract() == 0.0 && f.abs() < 1e21 {
-        format!("{}", f as i128)
-    } else {
-        format!("{f}")
     }
 }
 

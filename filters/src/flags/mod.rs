@@ -9,8 +9,12 @@
 //! - [`eval`]: flagd documents (`$evaluators`/`$ref`, metadata) and evaluation with flagd's
 //!   reasons and error codes; a static evaluation borrows from the snapshot and allocates
 //!   nothing;
-//! - [`request`]: the step of the request flow: the context, delivery as headers and baggage,
-//!   trusted peers' decisions, routing by variant, metrics and span-event data;
+//! - [`request`]: the step of the request flow (the layer): evaluates what a leg delivers or
+//!   routes on, strips forged decisions, reuses trusted peers' ones, and picks a route;
+//!   - [`settings`]: what a leg's step is told to do; [`context`]: the evaluation context
+//!     read from the request; [`render`]: decisions written as headers, baggage members and
+//!     the combined header; [`decision`]: decisions as a request keeps them (and its span
+//!     shows them); [`count`] and [`cache`]: evaluation counters and per-flag caches;
 //! - [`plan`]: a snapshot's delivery compiled for one leg: flags looked up once, decisions
 //!   that read nothing from the request made once, the context cut to what rules read;
 //! - [`fast`]: targeting rules of the common shapes compiled for a plan's flat context (field
@@ -23,7 +27,11 @@
 //! feeds [`store`].
 
 pub mod builder;
+pub mod cache;
 pub mod cbor;
+pub mod context;
+pub mod count;
+pub mod decision;
 pub mod eval;
 pub mod fast;
 pub mod intern;
@@ -32,6 +40,8 @@ pub mod metrics;
 pub mod murmur3;
 pub mod ofrep;
 pub mod plan;
+pub mod render;
 pub mod request;
 pub mod semver;
+pub mod settings;
 pub mod store;

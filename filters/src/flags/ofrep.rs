@@ -16,9 +16,12 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::eval::{Decision, ErrorCode, Kind, Reason};
+use super::context::ContextRules;
+use super::count::{EvalPath, count};
+use super::decision::{FlagDecision, FlagDecisions};
+use super::eval::{Decision, ErrorCode, Kind};
 use super::logic::FractionalVersion;
-use super::request::{ContextRules, EvalPath, EventSettings, FlagDecision, FlagDecisions, count};
+use super::settings::EventSettings;
 use super::store::FlagStore;
 use crate::Body;
 
@@ -267,18 +270,6 @@ impl Ofrep {
                 &format!("reading the request body failed: {e}"),
             ),
         }
-    }
-}
-
-/// A reason's lower-case form, as span events carry it.
-pub fn reason_lower(r: Reason) -> &'static str {
-    match r {
-        Reason::Static => "static",
-        Reason::Default => "default",
-        Reason::TargetingMatch => "targeting_match",
-        Reason::Disabled => "disabled",
-        Reason::Cached => "cached",
-        Reason::Error => "error",
     }
 }
 

@@ -13,66 +13,15 @@ use http::{HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 
+use super::context::Needs;
+use super::count::{EvalPath, error_counter, evaluation_counter};
+use super::decision::FlagDecision;
 use super::eval::{Decision, Flag, FlagSet, Kind};
 use super::fast::Fast;
 use super::intern;
-use super::logic::{Rule, Slot};
-use super::request::{
-    DeliverFlags, Delivery, EvalPath, FlagDecision, Settings, combined_entry, error_counter,
-    evaluation_counter, header_value, member, rendered, rendered_member,
-};
-
-/// Which built-in `request.*` attributes the context carries: only those a rule may read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Needs {
-    pub method: bool,
-    pub path: bool,
-    pub host: bool,
-    pub client_address: bool,
-}
-
-impl Needs {
-    pub const ALL: Needs = Needs {
-        method: true,
-        path: true,
-        host: true,
-        client_address: true,
-    };
-
-    /// What `rule` may read of the built-ins: every part named by one of its constant
-    /// strings, or all of them when a path is computed.
-    pub fn of(rule: &Rule) -> Needs {
-        let mut needs = Needs::default();
-        let reads = |s: &str, part: &str| {
-            s.is_empty()
-                || s == "request"
-                || s.strip_prefix("request.").is_some_and(|rest| {
-                    rest.strip_prefix(part)
-                        .is_some_and(|tail| tail.is_empty() || tail.starts_with('.'))
-                })
-        };
-        let known = rule.constant_strings(&mut |s| {
-            needs.method |= reads(s, "method");
-            needs.path |= reads(s, "path");
-            needs.host |= reads(s, "host");
-            needs.client_address |= reads(s, "client_address");
-        });
-        if known { needs } else { Needs::ALL }
-    }
-
-    fn union(self, o: Needs) -> Needs {
-        Needs {
-            method: self.method || o.method,
-            path: self.path || o.path,
-            host: self.host || o.host,
-            client_address: self.client_address || o.client_address,
-        }
-    }
-
-    pub fn any(self) -> bool {
-        self.method || self.path || self.host || self.client_address
-    }
-}
+use super::logic::Slot;
+use super::render::{combined_entry, header_value, member, rendered, rendered_member};
+use super::settings::{DeliverFlags, Delivery, Settings};
 
 /// What `flag`'s evaluation may read of the built-ins.
 fn needs_of(flag: &Flag) -> Needs {

@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 
-use serde_json::Value;
+use serde_json::{Number, Value};
 
 #[derive(Debug, PartialEq, Eq)]
 struct Version {
@@ -42,7 +42,7 @@ fn text(v: &Value) -> Option<String> {
             if f != 0.0 && (f.abs() >= 1e6 || f.abs() < 1e-4) {
                 return None;
             }
-            Some(super::logic::number_text(n))
+            Some(number_text(n))
         }
         _ => None,
     }
@@ -125,6 +125,20 @@ fn compare(a: &Version, b: &Version) -> Ordering {
                 a.pre.len().cmp(&b.pre.len())
             }
         })
+}
+
+/// The shortest decimal of a number, without `.0`: how flagd writes a number as text (a
+/// `sem_ver` operand, a JsonLogic string operation or `var` path).
+pub fn number_text(n: &Number) -> String {
+    if n.is_i64() || n.is_u64() {
+        return n.to_string();
+    }
+    let f = n.as_f64().unwrap_or(0.0);
+    if f.fract() == 0.0 && f.abs() < 1e21 {
+        format!("{}", f as i128)
+    } else {
+        format!("{f}")
+    }
 }
 
 #[cfg(test)]
