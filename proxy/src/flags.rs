@@ -727,7 +727,7 @@ pub async fn serve_ofrep(
         let mut req: Request<Body> = req.map(attache_filters::boxed);
         req.extensions_mut().insert(info.clone());
         // Called once it is ready, as on the traffic listeners.
-        crate::listener::when_ready(stack.clone(), req)
+        crate::ready::when_ready(stack.clone(), req)
     });
     crate::admin::serve_side_connection(stream, &shared, svc).await;
 }

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use tower::Service;
 
 use crate::conn::{ConnInfo, ConnIo, ConnState, Deadlines, InFlight};
+use crate::ready::{ResponseFuture, ready_now, when_ready};
 use crate::server::Shared;
 use crate::snapshot::{Role, Servers, Snapshot, Stack};
 use crate::{admin, body};
@@ -117,8 +118,6 @@ async fn accept_loop(
     }
 }
 
-pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
 /// Runs one request through its listener's stack, honouring `poll_ready`.
 ///
 /// The stack is first asked whether it is ready with a waker that does nothing: attache's own
@@ -156,26 +155,6 @@ fn handle(
             Err(never) => match never {},
         };
         Ok(res.map(|b| body::Finish::new(b, in_flight)))
-    }
-}
-
-/// Calls the stack once it is ready, waiting with the task's waker.
-pub fn when_ready(mut stack: Stack, req: Request<Body>) -> ResponseFuture {
-    Box::pin(async move {
-        std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
-        stack.call(req).await
-    })
-}
-
-/// Whether the stack is ready at once. A stack that is not ready was polled with a waker that
-/// does nothing, so the caller must not wait on this stack: it waits on a clone instead, which
-/// registers the task's own waker.
-fn ready_now(stack: &mut Stack) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match stack.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => true,
-        Poll::Ready(Err(never)) => match never {},
-        Poll::Pending => false,
     }
 }
 

@@ -20,6 +20,7 @@ mod logging;
 mod metrics;
 mod outbound;
 mod pool;
+mod ready;
 mod reload;
 mod server;
 mod snapshot;

@@ -10,7 +10,7 @@
 //! The layers below report through the response's extensions: the trace decision
 //! ([`TraceCtx`], left by the propagation step), the hop to the app or upstream
 //! ([`UpstreamInfo`], left by the forwarder), and whatever else they learned as
-//! [`Facts`](crate::facts::Facts) (flag decisions, the idempotency outcome), which the span
+//! [`Facts`] (flag decisions, the idempotency outcome), which the span
 //! shows without this module knowing the filters that made them.
 
 use std::future::Future;
