@@ -693,11 +693,11 @@ pub fn ofrep_stack(
     ofrep: Arc<Ofrep>,
     metrics: &Arc<Metrics>,
     telemetry: &crate::telemetry::Telemetry,
-) -> crate::snapshot::Stack {
+) -> crate::stack::Stack {
     let svc = tower::ServiceBuilder::new()
         .map_response(|res: Response<_>| res.map(attache_filters::boxed))
         .layer(telemetry.spans_only(config))
-        .option_layer(crate::snapshot::propagation(
+        .option_layer(crate::steps::trace_context::propagation(
             config,
             Direction::Inbound,
             None,
@@ -716,7 +716,7 @@ pub async fn serve_ofrep(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    stack: crate::snapshot::Stack,
+    stack: crate::stack::Stack,
 ) {
     let info = ConnInfo::new(
         peer,

@@ -1,4 +1,5 @@
-//! The inbound request flow (network → app), fixed here in one place. In order:
+//! The inbound request flow (network → app). Its steps are built by `stack.rs`, in this
+//! order:
 //!
 //! 1. limits: header count and size (431), body size (413); header-read and idle deadlines are
 //!    enforced on the connection itself (`conn.rs`); then the fields the client's `Connection`
@@ -17,53 +18,30 @@
 
 use std::sync::Arc;
 
-use attache_config::{Config, Inbound};
-use attache_filters::metrics::{Direction, Metrics};
-use tower::ServiceBuilder;
-use tower::util::BoxCloneSyncService;
+use attache_config::Inbound;
+use attache_filters::metrics::Direction;
 
-use crate::forward::{Forward, Leg, Target};
-use crate::limits::LimitsLayer;
-use crate::snapshot::{Restoration, Stack, Steps};
+use crate::forward::{Leg, Target};
+use crate::snapshot::Steps;
+use crate::stack::LegSpec;
 
-pub fn stack(
-    config: &Config,
-    inbound: &Inbound,
-    app: Arc<Target>,
-    metrics: &Arc<Metrics>,
-    restoration: Option<&Restoration>,
-    steps: Steps,
-) -> Stack {
-    let hand_up = steps.observe.records_exchanges();
-    let leg = Leg {
+/// The inbound leg: to the app, `X-Forwarded-*` per `inbound.forwarded_headers` (kept from
+/// `trusted_proxies` only), the `Host` as the client sent it, idempotency enforced.
+pub fn leg(inbound: &Inbound, app: Arc<Target>, steps: Steps) -> LegSpec<'_> {
+    LegSpec {
         direction: Direction::Inbound,
-        forwarded: inbound.forwarded_headers,
-        trusted_proxies: inbound.trusted_proxies.iter().copied().collect(),
-        rewrite_host: false,
-        hand_up,
-    };
-    let svc = ServiceBuilder::new()
-        .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
-        .layer(steps.observe)
-        .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
-        .map_request(|mut req: http::Request<attache_filters::Body>| {
-            crate::hop_by_hop::on_arrival(req.headers_mut());
-            req
-        })
-        .option_layer(
-            crate::snapshot::propagation(
-                config,
-                Direction::Inbound,
-                inbound.trace.as_ref(),
-                metrics,
-                restoration,
-            )
-            .map(|p| p.hand_up(hand_up)),
-        )
-        .option_layer(steps.flags)
-        .option_layer(steps.idempotency)
-        // Restoration records what the app receives: after the flags step, never before.
-        .layer(attache_filters::trace_context::propagate::RecordLayer)
-        .service(Forward::new(app, metrics.clone(), leg).routed(steps.routed));
-    BoxCloneSyncService::new(svc)
+        trace: inbound.trace.as_ref(),
+        target: app,
+        forward: Leg {
+            direction: Direction::Inbound,
+            forwarded: inbound.forwarded_headers,
+            trusted_proxies: inbound.trusted_proxies.iter().copied().collect(),
+            rewrite_host: false,
+            hand_up: false,
+        },
+        observe: steps.observe,
+        flags: steps.flags,
+        idempotency: steps.idempotency,
+        routed: steps.routed,
+    }
 }

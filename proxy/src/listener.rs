@@ -29,7 +29,8 @@ use tower::Service;
 use crate::conn::{ConnInfo, ConnIo, ConnState, Deadlines, InFlight};
 use crate::ready::{ResponseFuture, ready_now, when_ready};
 use crate::server::Shared;
-use crate::snapshot::{Role, Servers, Snapshot, Stack};
+use crate::snapshot::{Role, Servers, Snapshot};
+use crate::stack::Stack;
 use crate::{admin, body};
 
 /// The accept loops currently running, by address.

@@ -24,6 +24,8 @@ mod ready;
 mod reload;
 mod server;
 mod snapshot;
+mod stack;
+mod steps;
 mod telemetry;
 mod upstream_failure;
 mod watch;

@@ -10,7 +10,7 @@ use attache_filters::Body;
 use http::{Request, Response};
 use tower::Service;
 
-use crate::snapshot::Stack;
+use crate::stack::Stack;
 
 /// A stack's response, boxed.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;

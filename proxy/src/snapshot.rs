@@ -3,34 +3,19 @@
 //! never changes the rules under a request in flight.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attache_config::{
-    Config, Correlation, InjectFormat, Pool, Protocol, TraceFormat, TraceOverride,
-};
-use attache_filters::Body;
+use attache_config::{Config, Pool, Protocol, TraceOverride};
 use attache_filters::metrics::{Direction, Metrics};
-use attache_filters::trace_context::ids::RandomIds;
-use attache_filters::trace_context::propagate::{
-    HeaderPattern, PropagationLayer, Restore, RestoreLeg, Settings,
-};
-use attache_filters::trace_context::restore::{self, InFlight, Table};
-use attache_filters::trace_context::{Format, baggage};
-use http::HeaderName;
-use http::{Request, Response};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tower::util::BoxCloneSyncService;
 
 use crate::conn::Deadlines;
 use crate::forward::{self, HttpClient, Target};
+use crate::stack::Stack;
 use crate::{inbound, outbound};
-
-/// A complete request flow for one listener, boxed at the edge.
-pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 /// What a listener serves. A connection keeps the role it was accepted for, so when a reload
 /// moves a role to another address, connections opened before keep being served.
@@ -104,102 +89,6 @@ pub struct Steps {
     pub routed: Arc<crate::forward::Routed>,
 }
 
-/// The restoration state both legs of a snapshot share.
-pub struct Restoration {
-    pub table: Arc<Table>,
-    pub in_flight: Option<Arc<InFlight>>,
-}
-
-/// The trace-context settings of one leg, or `None` when `spec.trace.enabled` is false.
-pub fn propagation(
-    config: &Config,
-    direction: Direction,
-    over: Option<&TraceOverride>,
-    metrics: &Arc<Metrics>,
-    restoration: Option<&Restoration>,
-) -> Option<PropagationLayer> {
-    let t = &config.spec.trace;
-    if !t.enabled {
-        return None;
-    }
-    let sampling = t.sampling.effective(&|k| std::env::var(k).ok());
-    let extract = over.and_then(|o| o.extract.as_ref()).unwrap_or(&t.extract);
-    let inject_formats = over.and_then(|o| o.inject.as_ref()).unwrap_or(&t.inject);
-    let mirror = over.and_then(|o| o.mirror).unwrap_or(t.mirror);
-    let format = |f: TraceFormat| match f {
-        TraceFormat::Tracecontext => Format::TraceContext,
-        TraceFormat::B3 => Format::B3,
-        TraceFormat::B3multi => Format::B3Multi,
-        TraceFormat::Jaeger => Format::Jaeger,
-    };
-    let inject = inject_formats
-        .iter()
-        .filter_map(|f| match f {
-            InjectFormat::Tracecontext => Some(Format::TraceContext),
-            InjectFormat::B3 => Some(Format::B3),
-            InjectFormat::B3multi => Some(Format::B3Multi),
-            InjectFormat::Jaeger => Some(Format::Jaeger),
-            InjectFormat::Baggage => None,
-        })
-        .collect();
-    // A request id is generated where a request enters the mesh: the inbound leg.
-    let request_id = (direction == Direction::Inbound && t.request_id.generate)
-        .then(|| HeaderName::from_bytes(t.request_id.header.as_bytes()).ok())
-        .flatten();
-    let header = |h: &str| HeaderName::from_bytes(h.as_bytes()).ok();
-    let to_baggage = t
-        .context
-        .to_baggage
-        .iter()
-        .filter_map(|m| Some((header(&m.header)?, m.key.clone())))
-        .collect();
-    // Headers are filled from baggage for the app, on the inbound leg.
-    let from_baggage = match direction {
-        Direction::Inbound => t
-            .context
-            .from_baggage
-            .iter()
-            .filter_map(|m| Some((m.key.clone(), header(&m.header)?)))
-            .collect(),
-        Direction::Outbound => Vec::new(),
-    };
-    Some(
-        PropagationLayer::new(Settings {
-            extract: extract.iter().copied().map(format).collect(),
-            inject,
-            inject_baggage: inject_formats.contains(&InjectFormat::Baggage),
-            mirror,
-            tracestate_max_len: t.tracestate_max_len as usize,
-            baggage: baggage::Limits {
-                max_members: t.baggage.max_members as usize,
-                max_bytes: t.baggage.max_bytes as usize,
-            },
-            request_id,
-            ratio: sampling.ratio,
-            parent_based: sampling.parent_based,
-            to_baggage,
-            from_baggage,
-            restore: restoration.map(|r| Restore {
-                table: r.table.clone(),
-                single_in_flight: r.in_flight.clone(),
-                leg: match direction {
-                    Direction::Inbound => RestoreLeg::Record,
-                    Direction::Outbound => RestoreLeg::Apply,
-                },
-                headers: t
-                    .restore
-                    .headers
-                    .iter()
-                    .filter_map(|h| HeaderPattern::parse(h))
-                    .collect(),
-                baggage: t.restore.baggage,
-            }),
-            ids: Arc::new(RandomIds::default()),
-        })
-        .with_metrics(metrics.clone(), direction),
-    )
-}
-
 impl Snapshot {
     pub fn build(
         config: Config,
@@ -249,25 +138,30 @@ impl Snapshot {
         }
         // One restoration table per snapshot, shared by the inbound leg (which records) and
         // the outbound legs (which restore). A reload starts an empty table.
-        let restore = &spec.trace.restore;
-        let restoration = (spec.trace.enabled && restore.enabled).then(|| {
-            let m = metrics.family::<attache_filters::trace_context::metrics::TraceFamilies>();
-            let table = Arc::new(
-                Table::new(restore::Limits {
-                    ttl: restore.ttl.get(),
-                    max_entries: restore.max_entries as usize,
-                    max_bytes: usize::try_from(restore.max_bytes.0).unwrap_or(usize::MAX),
-                    max_record_bytes: usize::try_from(restore.max_record_bytes.0)
-                        .unwrap_or(usize::MAX),
-                })
-                .on_evict(Arc::new(move |reason| m.restore_evicted(reason))),
-            );
-            let in_flight = (restore.correlation == Correlation::SingleInFlight)
-                .then(|| Arc::new(InFlight::default()));
-            Restoration { table, in_flight }
-        });
+        let restoration = crate::steps::trace_context::restoration(&config, metrics);
         let mut listeners = HashMap::new();
         let mut stacks = HashMap::new();
+        // A leg's optional steps: its observer, flags (delivery inbound, routing on both) and,
+        // inbound only, idempotency.
+        let steps = |direction: Direction, upstream: &str| -> anyhow::Result<Steps> {
+            let observe = telemetry.layer(&config, direction);
+            Ok(Steps {
+                flags: crate::flags::layer(
+                    &config,
+                    running.as_ref(),
+                    direction,
+                    upstream,
+                    metrics,
+                    observe.records_spans(),
+                ),
+                observe,
+                idempotency: match direction {
+                    Direction::Inbound => stores.layer(&config, metrics, telemetry.dev)?,
+                    Direction::Outbound => None,
+                },
+                routed: routed.clone(),
+            })
+        };
         if let Some(inb) = &spec.inbound {
             let timeouts = spec.timeouts.with(inb.timeouts);
             let app = Target::new(
@@ -278,29 +172,11 @@ impl Snapshot {
                 inb.app_protocol,
             )?;
             listeners.insert(inb.listen.0, Role::Inbound);
-            let observe = telemetry.layer(&config, Direction::Inbound);
+            let steps = steps(Direction::Inbound, "app")?;
+            let leg = inbound::leg(inb, Arc::new(app), steps);
             stacks.insert(
                 Role::Inbound,
-                inbound::stack(
-                    &config,
-                    inb,
-                    Arc::new(app),
-                    metrics,
-                    restoration.as_ref(),
-                    Steps {
-                        flags: crate::flags::layer(
-                            &config,
-                            running.as_ref(),
-                            Direction::Inbound,
-                            "app",
-                            metrics,
-                            observe.records_spans(),
-                        ),
-                        observe,
-                        idempotency: stores.layer(&config, metrics, telemetry.dev)?,
-                        routed: routed.clone(),
-                    },
-                ),
+                crate::stack::build(&config, leg, metrics, restoration.as_ref()),
             );
         }
         for out in &spec.outbound {
@@ -317,29 +193,16 @@ impl Snapshot {
             )?;
             let role = Role::Outbound(Arc::from(out.upstream.as_str()), out.trace.clone());
             listeners.insert(out.listen.0, role.clone());
-            stacks.entry(role).or_insert_with(|| {
-                let observe = telemetry.layer(&config, Direction::Outbound);
-                outbound::stack(
+            if let std::collections::hash_map::Entry::Vacant(slot) = stacks.entry(role) {
+                let steps = steps(Direction::Outbound, &out.upstream)?;
+                let leg = outbound::leg(out, Arc::new(target), steps);
+                slot.insert(crate::stack::build(
                     &config,
-                    out,
-                    Arc::new(target),
+                    leg,
                     metrics,
                     restoration.as_ref(),
-                    Steps {
-                        flags: crate::flags::layer(
-                            &config,
-                            running.as_ref(),
-                            Direction::Outbound,
-                            &out.upstream,
-                            metrics,
-                            observe.records_spans(),
-                        ),
-                        observe,
-                        idempotency: None,
-                        routed: routed.clone(),
-                    },
-                )
-            });
+                ));
+            }
         }
         let limits = &spec.limits;
         let deadlines = Deadlines {

@@ -1,0 +1,76 @@
+//! A leg's request flow, built from one description. Both legs run the same steps in the same
+//! order; what differs between them is data ([`LegSpec`]): which trace override applies, whose
+//! `X-Forwarded-*` is kept, whether the `Host` is rewritten, whether idempotency is enforced
+//! (inbound only) and whether restoration records what was forwarded (inbound only). The order
+//! itself, and why, is documented where each leg is described (`inbound.rs`, `outbound.rs`)
+//! and in docs/ARCHITECTURE.md.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use attache_config::{Config, TraceOverride};
+use attache_filters::Body;
+use attache_filters::flags::request::FlagsLayer;
+use attache_filters::idempotency::IdempotencyLayer;
+use attache_filters::metrics::{Direction, Metrics};
+use attache_filters::telemetry::ObserveLayer;
+use attache_filters::trace_context::propagate::RecordLayer;
+use http::{Request, Response};
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use crate::forward::{Forward, Leg, Routed, Target};
+use crate::limits::LimitsLayer;
+use crate::steps::trace_context::{Restoration, propagation};
+
+/// A leg's request flow, boxed: what a listener serves each request with.
+pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// What one leg is: where it sends, how it rewrites, and its optional steps.
+pub struct LegSpec<'a> {
+    pub direction: Direction,
+    /// A listener's own trace settings (outbound), over `spec.trace`.
+    pub trace: Option<&'a TraceOverride>,
+    pub target: Arc<Target>,
+    /// The forwarder's rewriting rules (`X-Forwarded-*`, `Host`).
+    pub forward: Leg,
+    pub observe: ObserveLayer,
+    pub flags: Option<FlagsLayer>,
+    pub idempotency: Option<IdempotencyLayer>,
+    /// Upstreams flag routes may pick.
+    pub routed: Arc<Routed>,
+}
+
+/// The stack of one leg, in the one order both legs share:
+///
+/// observe → limits → hop-by-hop on arrival → trace context → flags → idempotency (inbound)
+/// → restoration record (inbound) → forward.
+pub fn build(
+    config: &Config,
+    spec: LegSpec<'_>,
+    metrics: &Arc<Metrics>,
+    restoration: Option<&Restoration>,
+) -> Stack {
+    let hand_up = spec.observe.records_exchanges();
+    let mut forward_leg = spec.forward;
+    forward_leg.hand_up = hand_up;
+    let inbound = spec.direction == Direction::Inbound;
+    let svc = ServiceBuilder::new()
+        .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
+        .layer(spec.observe)
+        .layer(LimitsLayer::new(&config.spec.limits, metrics.clone()))
+        .map_request(|mut req: http::Request<attache_filters::Body>| {
+            crate::hop_by_hop::on_arrival(req.headers_mut());
+            req
+        })
+        .option_layer(
+            propagation(config, spec.direction, spec.trace, metrics, restoration)
+                .map(|p| p.hand_up(hand_up)),
+        )
+        .option_layer(spec.flags)
+        .option_layer(spec.idempotency)
+        // Restoration records what the app receives: after the flags step, never before.
+        .option_layer(inbound.then_some(RecordLayer))
+        .service(Forward::new(spec.target, metrics.clone(), forward_leg).routed(spec.routed));
+    BoxCloneSyncService::new(svc)
+}
