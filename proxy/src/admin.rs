@@ -102,7 +102,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             ))
         }
         "/metrics" => {
-            let mut res = Response::new(attache_filters::full(shared.metrics.encode()));
+            let mut res = Response::new(attache_filters::full(shared.lasting.metrics.encode()));
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(

@@ -44,6 +44,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 use crate::conn::ConnInfo;
+use crate::kept::Kept;
 use crate::server::Shared;
 use crate::watch::{FileWatch, Trigger};
 
@@ -164,14 +165,14 @@ impl Running {
 
 /// The running sources, kept across reloads.
 pub struct Flags {
-    current: Mutex<Option<(SourcesKey, Arc<Running>)>>,
+    current: Kept<SourcesKey, Arc<Running>>,
     metrics: Arc<Metrics>,
 }
 
 impl Flags {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
-            current: Mutex::new(None),
+            current: Kept::default(),
             metrics,
         }
     }
@@ -183,68 +184,65 @@ impl Flags {
             sources: flags.sources.clone(),
             file_poll_interval: flags.file_poll_interval.get(),
         };
-        let mut slot = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((k, r)) = slot.as_ref()
-            && *k == key
-        {
-            return r.clone();
-        }
-        let store = Arc::new(FlagStore::new(flags.sources.len()));
-        // A source that was already loaded keeps its flags through the reload: requests never
-        // see a window without them while its watcher starts again.
-        if let Some((_, old)) = slot.as_ref() {
-            for (index, source) in flags.sources.iter().enumerate() {
-                let Some(was) = old.sources.iter().position(|s| s == source) else {
-                    continue;
-                };
-                if let Some(set) = old.store.good(was) {
-                    let mut set = (*set).clone();
-                    for flag in set.flags.values_mut() {
-                        Arc::make_mut(flag).source = index;
+        let made = self.current.get_or_make(key, |key, previous| {
+            let poll = key.file_poll_interval;
+            let store = Arc::new(FlagStore::new(flags.sources.len()));
+            // A source that was already loaded keeps its flags through the reload: requests never
+            // see a window without them while its watcher starts again.
+            if let Some(old) = previous {
+                for (index, source) in flags.sources.iter().enumerate() {
+                    let Some(was) = old.sources.iter().position(|s| s == source) else {
+                        continue;
+                    };
+                    if let Some(set) = old.store.good(was) {
+                        let mut set = (*set).clone();
+                        for flag in set.flags.values_mut() {
+                            Arc::make_mut(flag).source = index;
+                        }
+                        let _ = store.install(index, set);
                     }
-                    let _ = store.install(index, set);
                 }
             }
-        }
-        let status = Arc::new(Mutex::new(vec![
-            SourceStatus {
-                state: "loading",
-                ..SourceStatus::default()
-            };
-            flags.sources.len()
-        ]));
-        let mut tasks = Vec::new();
-        for (index, source) in flags.sources.iter().enumerate() {
-            let ctx = SourceCtx {
-                index,
-                label: source.label(),
-                store: store.clone(),
-                status: status.clone(),
-                metrics: self.metrics.family(),
-            };
-            let task = match (&source.file, &source.url) {
-                (Some(file), _) => {
-                    tokio::spawn(watch_file(ctx, PathBuf::from(file), key.file_poll_interval))
-                }
-                (None, Some(url)) => tokio::spawn(poll_url(ctx, source.clone(), url.clone())),
-                (None, None) => continue,
-            };
-            tasks.push(task.abort_handle());
-        }
-        let running = Arc::new(Running {
-            store,
-            sources: flags.sources.clone(),
-            status,
-            tasks,
+            let status = Arc::new(Mutex::new(vec![
+                SourceStatus {
+                    state: "loading",
+                    ..SourceStatus::default()
+                };
+                flags.sources.len()
+            ]));
+            let mut tasks = Vec::new();
+            for (index, source) in flags.sources.iter().enumerate() {
+                let ctx = SourceCtx {
+                    index,
+                    label: source.label(),
+                    store: store.clone(),
+                    status: status.clone(),
+                    metrics: self.metrics.family(),
+                };
+                let task = match (&source.file, &source.url) {
+                    (Some(file), _) => tokio::spawn(watch_file(ctx, PathBuf::from(file), poll)),
+                    (None, Some(url)) => tokio::spawn(poll_url(ctx, source.clone(), url.clone())),
+                    (None, None) => continue,
+                };
+                tasks.push(task.abort_handle());
+            }
+            let running = Arc::new(Running {
+                store,
+                sources: flags.sources.clone(),
+                status,
+                tasks,
+            });
+            Ok::<_, std::convert::Infallible>(running)
         });
-        *slot = Some((key, running.clone()));
-        running
+        match made {
+            Ok(running) => running,
+            Err(never) => match never {},
+        }
     }
 
     /// `spec.flags` is gone: stop the sources once no snapshot uses them.
     pub fn clear(&self) {
-        let mut slot = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        *slot = None;
+        self.current.clear();
     }
 }
 

@@ -13,6 +13,8 @@ use attache_filters::metrics::Metrics;
 use attache_filters::trace_context::ids::{IdGenerator, RandomIds};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
+use crate::kept::Kept;
+
 /// What decides whether a store must be replaced on reload.
 #[derive(PartialEq)]
 struct StoreKey {
@@ -26,7 +28,7 @@ struct StoreKey {
 /// The store, kept across reloads, and the secret the memory store made up.
 #[derive(Default)]
 pub struct Stores {
-    current: Mutex<Option<(StoreKey, Arc<dyn Store>)>>,
+    current: Kept<StoreKey, Arc<dyn Store>>,
     random_secret: Mutex<Option<Vec<u8>>>,
 }
 
@@ -64,42 +66,37 @@ impl Stores {
             memory_max_records: idem.memory_max_records,
             memory_max_bytes: idem.memory_max_bytes.0,
         };
-        let mut slot = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((k, s)) = slot.as_ref()
-            && *k == key
-        {
-            return Ok(s.clone());
-        }
-        let store: Arc<dyn Store> = if idem.uses_redis() {
-            let redis = Arc::new(
-                RedisStore::new(&idem.store, &idem.key_prefix, idem.store_timeout.get())
-                    .map_err(|e| anyhow::anyhow!("spec.idempotency.store: {e}"))?,
-            );
-            if idem.eviction_check != EvictionCheck::Off {
-                let check = redis.clone();
-                tokio::spawn(async move {
-                    match check.eviction_policy().await {
-                        Ok((max, policy)) if max > 0 && policy != "noeviction" => tracing::warn!(
-                            maxmemory = max,
-                            policy,
-                            "Redis may evict idempotency records (maxmemory-policy is not noeviction): an evicted record lets a retry run again"
-                        ),
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Redis is not reachable yet; idempotency claims fail until it is")
+        self.current.get_or_make(key, |_, _| {
+            let store: Arc<dyn Store> = if idem.uses_redis() {
+                let redis = Arc::new(
+                    RedisStore::new(&idem.store, &idem.key_prefix, idem.store_timeout.get())
+                        .map_err(|e| anyhow::anyhow!("spec.idempotency.store: {e}"))?,
+                );
+                if idem.eviction_check != EvictionCheck::Off {
+                    let check = redis.clone();
+                    tokio::spawn(async move {
+                        match check.eviction_policy().await {
+                            Ok((max, policy)) if max > 0 && policy != "noeviction" => tracing::warn!(
+                                maxmemory = max,
+                                policy,
+                                "Redis may evict idempotency records (maxmemory-policy is not noeviction): an evicted record lets a retry run again"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "Redis is not reachable yet; idempotency claims fail until it is")
+                            }
                         }
-                    }
-                });
-            }
-            redis
-        } else {
-            Arc::new(
-                MemoryStore::new(idem.memory_max_records as usize)
-                    .max_bytes(usize::try_from(idem.memory_max_bytes.0).unwrap_or(usize::MAX)),
-            )
-        };
-        *slot = Some((key, store.clone()));
-        Ok(store)
+                    });
+                }
+                redis
+            } else {
+                Arc::new(
+                    MemoryStore::new(idem.memory_max_records as usize)
+                        .max_bytes(usize::try_from(idem.memory_max_bytes.0).unwrap_or(usize::MAX)),
+                )
+            };
+            Ok(store)
+        })
     }
 
     fn secret(&self, idem: &Idempotency) -> Vec<u8> {

@@ -14,6 +14,8 @@ mod forward;
 mod hop_by_hop;
 mod idempotency;
 mod inbound;
+mod kept;
+mod lasting;
 mod limits;
 mod listener;
 mod logging;

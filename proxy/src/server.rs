@@ -12,21 +12,18 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::conn::Tracker;
+use crate::lasting::Lasting;
 use crate::listener::Listeners;
-use crate::snapshot::{Clients, Snapshot};
-use crate::telemetry::Telemetry;
+use crate::snapshot::Snapshot;
 
 /// State every connection and the admin port share.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
-    pub metrics: Arc<Metrics>,
     /// The request families (client errors on connections) and the proxy's own, taken once.
     pub http_metrics: Arc<attache_filters::telemetry::families::HttpFamilies>,
     pub proxy_metrics: Arc<crate::metrics::ProxyFamilies>,
-    pub clients: Clients,
-    pub telemetry: Telemetry,
-    pub stores: crate::idempotency::Stores,
-    pub flags: crate::flags::Flags,
+    /// What reloads keep (the metrics registry, pools, exporters, stores, flag sources).
+    pub lasting: Lasting,
     pub tracker: Arc<Tracker>,
     /// Flips to true when drain starts; every connection then shuts down gracefully.
     pub shutdown: watch::Sender<bool>,
@@ -66,14 +63,7 @@ impl Shared {
     /// Compiles `config`, binds any new listen addresses, swaps the snapshot in and stops
     /// listening where the config no longer does. On any error nothing changes.
     pub fn apply(self: &Arc<Self>, config: Config) -> anyhow::Result<()> {
-        let snap = Snapshot::build(
-            config,
-            &self.metrics,
-            &self.clients,
-            &self.telemetry,
-            &self.stores,
-            &self.flags,
-        )?;
+        let snap = Snapshot::build(config, &self.lasting)?;
         self.install(Arc::new(snap))
     }
 
@@ -112,23 +102,14 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     let hup = signal(SignalKind::hangup())?;
     let metrics = Arc::new(Metrics::new());
     crate::metrics::register_all(&metrics);
-    let clients = Clients::new(metrics.clone());
-    let telemetry = Telemetry::new(metrics.clone(), dev);
     crate::idempotency::refuse_evicting_redis(&config).await?;
-    let stores = crate::idempotency::Stores::default();
-    let flags = crate::flags::Flags::new(metrics.clone());
-    let snapshot = Arc::new(Snapshot::build(
-        config, &metrics, &clients, &telemetry, &stores, &flags,
-    )?);
+    let lasting = Lasting::new(metrics.clone(), dev);
+    let snapshot = Arc::new(Snapshot::build(config, &lasting)?);
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::new(snapshot.clone()),
         http_metrics: metrics.family(),
         proxy_metrics: metrics.family(),
-        metrics,
-        clients,
-        telemetry,
-        stores,
-        flags,
+        lasting,
         tracker: Arc::new(Tracker::default()),
         shutdown: watch::Sender::new(false),
         started: AtomicBool::new(false),
@@ -198,7 +179,7 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
         .telemetry
         .shutdown_timeout
         .get();
-    shared.telemetry.flush(timeout).await;
+    shared.lasting.telemetry.flush(timeout).await;
     Ok(())
 }
 

@@ -4,16 +4,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use attache_config::{Config, Pool, Protocol, TraceOverride};
-use attache_filters::metrics::{Direction, Metrics};
+use attache_config::{Config, TraceOverride};
+use attache_filters::metrics::Direction;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::conn::Deadlines;
-use crate::forward::{self, HttpClient, Target};
+use crate::forward::Target;
+use crate::lasting::Lasting;
 use crate::stack::Stack;
 use crate::{inbound, outbound};
 
@@ -57,29 +57,6 @@ pub struct Servers {
     pub http2: http2::Builder<TokioExecutor>,
 }
 
-/// Upstream clients by connect timeout and pool policy, kept across reloads so connection
-/// pools survive them.
-pub struct Clients {
-    metrics: Arc<Metrics>,
-    by_policy: Mutex<HashMap<(Duration, Pool, Protocol), HttpClient>>,
-}
-
-impl Clients {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self {
-            metrics,
-            by_policy: Mutex::default(),
-        }
-    }
-
-    fn get(&self, connect: Duration, pool: Pool, protocol: Protocol) -> HttpClient {
-        let mut map = self.by_policy.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry((connect, pool, protocol))
-            .or_insert_with(|| forward::client(connect, pool, protocol, &self.metrics))
-            .clone()
-    }
-}
-
 /// The optional steps of a leg's request flow, built per snapshot.
 pub struct Steps {
     pub observe: attache_filters::telemetry::ObserveLayer,
@@ -90,14 +67,16 @@ pub struct Steps {
 }
 
 impl Snapshot {
-    pub fn build(
-        config: Config,
-        metrics: &Arc<Metrics>,
-        clients: &Clients,
-        telemetry: &crate::telemetry::Telemetry,
-        stores: &crate::idempotency::Stores,
-        flags: &crate::flags::Flags,
-    ) -> anyhow::Result<Snapshot> {
+    /// Compiles `config`, taking from `lasting` what an earlier snapshot made from the same
+    /// parts of the config.
+    pub fn build(config: Config, lasting: &Lasting) -> anyhow::Result<Snapshot> {
+        let Lasting {
+            metrics,
+            clients,
+            telemetry,
+            stores,
+            flags,
+        } = lasting;
         let spec = &config.spec;
         let running = match &spec.flags {
             Some(f) => Some(flags.running(f)),

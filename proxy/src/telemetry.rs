@@ -3,7 +3,7 @@
 //! keeps them; one that changes it starts new ones, and the old exporter sends what it holds
 //! once the last request of the old snapshot has finished.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use attache_config::{Compression, Config, EffectiveTelemetry, LogOutput, OtlpProtocol, UrlQuery};
 use attache_filters::telemetry::access_log::{self, AccessLog};
@@ -16,6 +16,7 @@ use attache_filters::{
 use http::{HeaderName, HeaderValue};
 
 use crate::conn::ConnInfo;
+use crate::kept::Kept;
 
 /// What decides whether the exporter must be replaced.
 #[derive(PartialEq)]
@@ -29,8 +30,8 @@ pub struct Telemetry {
     metrics: Arc<Metrics>,
     /// `attache dev`: spans go to the console unless the file says otherwise.
     pub dev: bool,
-    exporter: Mutex<Option<(ExportKey, Exporter)>>,
-    access_log: Mutex<Option<(LogOutput, AccessLog)>>,
+    exporter: Kept<ExportKey, Exporter>,
+    access_log: Kept<LogOutput, AccessLog>,
 }
 
 /// Configured `name: value` headers as header lines (validation has already refused invalid
@@ -54,8 +55,8 @@ impl Telemetry {
         Self {
             metrics,
             dev,
-            exporter: Mutex::new(None),
-            access_log: Mutex::new(None),
+            exporter: Kept::default(),
+            access_log: Kept::default(),
         }
     }
 
@@ -109,101 +110,85 @@ impl Telemetry {
         if key.effective.endpoint.is_none() && !key.console {
             return None;
         }
-        let mut slot = self.exporter.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((k, e)) = slot.as_ref()
-            && *k == key
-        {
-            return Some(e.clone());
+        let made = self.exporter.get_or_make(key, |key, _| {
+            for w in &key.effective.warnings {
+                tracing::warn!("{w}");
+            }
+            let e = &key.effective;
+            // Credentials in the endpoint URL go as `Authorization: Basic`, as for upstream
+            // endpoints (an explicit `authorization` header wins); the URL itself never carries
+            // them, so no log shows them.
+            let (endpoint, userinfo) = match e.endpoint.as_deref() {
+                Some(u) => match attache_config::strip_userinfo(u) {
+                    Some((url, userinfo)) => (url, Some(userinfo)),
+                    None => (u.to_owned(), None),
+                },
+                None => (String::new(), None),
+            };
+            let mut headers = header_lines(&e.headers);
+            if let Some(userinfo) = userinfo
+                && !headers
+                    .iter()
+                    .any(|(k, _)| k == http::header::AUTHORIZATION)
+                && let Some(v) = crate::forward::basic_authorization(&userinfo)
+            {
+                headers.push((http::header::AUTHORIZATION, v));
+            }
+            let settings = ExportSettings {
+                endpoint: e.endpoint.as_ref().and_then(|_| endpoint.parse().ok()),
+                protocol: match e.protocol {
+                    OtlpProtocol::HttpProtobuf => Protocol::HttpProtobuf,
+                    OtlpProtocol::Grpc => Protocol::Grpc,
+                },
+                headers,
+                timeout: e.timeout,
+                gzip: e.compression == Compression::Gzip,
+                max_queue_size: e.max_queue_size,
+                max_export_batch_size: e.max_export_batch_size,
+                scheduled_delay: e.scheduled_delay,
+                error_log_interval: key.error_log_interval,
+                console: key.console,
+                resource: e.resource.clone(),
+            };
+            tracing::info!(
+                endpoint = if e.endpoint.is_some() { &endpoint } else { "none" },
+                protocol = ?e.protocol,
+                console = key.console,
+                "span export configured"
+            );
+            Ok::<_, std::convert::Infallible>(Exporter::start(settings, self.metrics.clone()))
+        });
+        match made {
+            Ok(exporter) => Some(exporter),
+            Err(never) => match never {},
         }
-        for w in &key.effective.warnings {
-            tracing::warn!("{w}");
-        }
-        let e = &key.effective;
-        // Credentials in the endpoint URL go as `Authorization: Basic`, as for upstream
-        // endpoints (an explicit `authorization` header wins); the URL itself never carries
-        // them, so no log shows them.
-        let (endpoint, userinfo) = match e.endpoint.as_deref() {
-            Some(u) => match attache_config::strip_userinfo(u) {
-                Some((url, userinfo)) => (url, Some(userinfo)),
-                None => (u.to_owned(), None),
-            },
-            None => (String::new(), None),
-        };
-        let mut headers = header_lines(&e.headers);
-        if let Some(userinfo) = userinfo
-            && !headers
-                .iter()
-                .any(|(k, _)| k == http::header::AUTHORIZATION)
-            && let Some(v) = crate::forward::basic_authorization(&userinfo)
-        {
-            headers.push((http::header::AUTHORIZATION, v));
-        }
-        let settings = ExportSettings {
-            endpoint: e.endpoint.as_ref().and_then(|_| endpoint.parse().ok()),
-            protocol: match e.protocol {
-                OtlpProtocol::HttpProtobuf => Protocol::HttpProtobuf,
-                OtlpProtocol::Grpc => Protocol::Grpc,
-            },
-            headers,
-            timeout: e.timeout,
-            gzip: e.compression == Compression::Gzip,
-            max_queue_size: e.max_queue_size,
-            max_export_batch_size: e.max_export_batch_size,
-            scheduled_delay: e.scheduled_delay,
-            error_log_interval: key.error_log_interval,
-            console: key.console,
-            resource: e.resource.clone(),
-        };
-        tracing::info!(
-            endpoint = if e.endpoint.is_some() { &endpoint } else { "none" },
-            protocol = ?e.protocol,
-            console = key.console,
-            "span export configured"
-        );
-        let exporter = Exporter::start(settings, self.metrics.clone());
-        *slot = Some((key, exporter.clone()));
-        Some(exporter)
     }
 
     fn access_log(&self, output: LogOutput) -> AccessLog {
-        let mut slot = self.access_log.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((o, log)) = slot.as_ref()
-            && *o == output
-        {
-            return log.clone();
+        let made = self.access_log.get_or_make(output, |output, _| {
+            Ok::<_, std::convert::Infallible>(AccessLog::start(
+                match output {
+                    LogOutput::Stdout => access_log::Output::Stdout,
+                    LogOutput::Stderr => access_log::Output::Stderr,
+                },
+                self.metrics.clone(),
+            ))
+        });
+        match made {
+            Ok(log) => log,
+            Err(never) => match never {},
         }
-        let log = AccessLog::start(
-            match output {
-                LogOutput::Stdout => access_log::Output::Stdout,
-                LogOutput::Stderr => access_log::Output::Stderr,
-            },
-            self.metrics.clone(),
-        );
-        *slot = Some((output, log.clone()));
-        log
     }
 
     /// At exit, after draining: sends the spans still queued, for at most `timeout`.
     pub async fn flush(&self, timeout: std::time::Duration) {
-        let exporter = self
-            .exporter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(_, e)| e.clone());
-        if let Some(e) = exporter
+        if let Some(e) = self.exporter.current()
             && e.flush(timeout).await
             && e.settings.endpoint.is_some()
         {
             tracing::info!("queued spans flushed");
         }
-        let log = self
-            .access_log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(_, l)| l.clone());
-        if let Some(log) = log {
+        if let Some(log) = self.access_log.current() {
             log.flush();
         }
     }

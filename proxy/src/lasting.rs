@@ -1,0 +1,63 @@
+//! What outlives a snapshot. A reload builds a new snapshot from the new config, but state
+//! made from a part of the config that did not change is kept: upstream connection pools, the
+//! span exporter and the access-log writer, the idempotency store, the flag sources with their
+//! last good documents. [`Lasting`] holds all of it, and each piece follows one pattern,
+//! [`Kept`](crate::kept::Kept): a value and the key (the config it was made from) it was
+//! made for.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attache_config::{Pool, Protocol};
+
+use attache_filters::metrics::Metrics;
+
+use crate::flags::Flags;
+use crate::forward::{self, HttpClient};
+use crate::idempotency::Stores;
+use crate::telemetry::Telemetry;
+
+/// Everything a reload keeps, handed to each snapshot as it is built.
+pub struct Lasting {
+    pub metrics: Arc<Metrics>,
+    pub clients: Clients,
+    pub telemetry: Telemetry,
+    pub stores: Stores,
+    pub flags: Flags,
+}
+
+impl Lasting {
+    pub fn new(metrics: Arc<Metrics>, dev: bool) -> Self {
+        Self {
+            clients: Clients::new(metrics.clone()),
+            telemetry: Telemetry::new(metrics.clone(), dev),
+            stores: Stores::default(),
+            flags: Flags::new(metrics.clone()),
+            metrics,
+        }
+    }
+}
+
+/// Upstream clients by connect timeout and pool policy, kept across reloads so connection
+/// pools survive them.
+pub struct Clients {
+    metrics: Arc<Metrics>,
+    by_policy: Mutex<HashMap<(Duration, Pool, Protocol), HttpClient>>,
+}
+
+impl Clients {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            by_policy: Mutex::default(),
+        }
+    }
+
+    pub fn get(&self, connect: Duration, pool: Pool, protocol: Protocol) -> HttpClient {
+        let mut map = self.by_policy.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((connect, pool, protocol))
+            .or_insert_with(|| forward::client(connect, pool, protocol, &self.metrics))
+            .clone()
+    }
+}
