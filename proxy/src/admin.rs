@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let svc_shared = shared.clone();

@@ -28,7 +28,7 @@ use tower::Service;
 
 use crate::conn::{ConnInfo, ConnIo, ConnState, Deadlines, InFlight};
 use crate::ready::{ResponseFuture, ready_now, when_ready};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::snapshot::{Role, Servers, Snapshot};
 use crate::stack::Stack;
 use crate::{admin, body};
@@ -169,7 +169,7 @@ fn spawn_connection(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shar
         tokio::spawn(admin::serve(stream, shared.clone()));
     } else if let Some((_, ofrep)) = snap.ofrep.as_ref().filter(|o| o.0 == local) {
         let ofrep = ofrep.clone();
-        tokio::spawn(crate::flags::serve_ofrep(
+        tokio::spawn(crate::ofrep::serve_ofrep(
             stream,
             peer,
             shared.clone(),

@@ -12,22 +12,42 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::Signal;
 
-use crate::server::Shared;
+use crate::metrics::ProxyFamilies;
 use crate::watch::FileWatch;
 
 const POLL: Duration = Duration::from_secs(5);
+
+/// What the watcher reloads: the running server, seen through what reloading needs of it.
+pub trait Reloadable: Send + Sync + 'static {
+    /// Drain has begun: reloads stop.
+    fn draining(&self) -> bool;
+    /// Compiles and installs `config`; on an error nothing changes.
+    fn apply(self: &Arc<Self>, config: attache_config::Config) -> anyhow::Result<()>;
+    /// Where attempts are recorded for `/config`.
+    fn status(&self) -> &std::sync::Mutex<ReloadStatus>;
+    /// Where attempts are counted.
+    fn counted(&self) -> &ProxyFamilies;
+}
+
+/// The last reload attempts, for admin `/config`.
+#[derive(Default, Clone)]
+pub struct ReloadStatus {
+    pub last_attempt: Option<SystemTime>,
+    pub last_success: Option<SystemTime>,
+    /// The error of the last attempt, until a later one succeeds.
+    pub last_error: Option<String>,
+}
 
 /// Watches `path` and reloads on change or on `hup` (SIGHUP, registered by the caller before
 /// the listeners open, so that no SIGHUP can find the default action, which ends the process).
 ///
 /// `loaded` is the fingerprint of the file as the running config was read from it: a change
 /// made before the watcher starts is found by the first check, not missed until the next one.
-pub fn spawn(shared: Arc<Shared>, path: PathBuf, loaded: Option<u64>, hup: Signal) {
+pub fn spawn<T: Reloadable>(shared: Arc<T>, path: PathBuf, loaded: Option<u64>, hup: Signal) {
     tokio::spawn(async move {
         if let Err(e) = run(shared, path, loaded, hup).await {
             tracing::error!(error = %e, "config reload is disabled");
@@ -35,8 +55,8 @@ pub fn spawn(shared: Arc<Shared>, path: PathBuf, loaded: Option<u64>, hup: Signa
     });
 }
 
-async fn run(
-    shared: Arc<Shared>,
+async fn run<T: Reloadable>(
+    shared: Arc<T>,
     path: PathBuf,
     loaded: Option<u64>,
     mut hup: Signal,
@@ -57,7 +77,7 @@ async fn run(
                 true
             }
         };
-        if shared.draining.load(Ordering::Acquire) {
+        if shared.draining() {
             continue;
         }
         let now = fingerprint(&path);
@@ -86,12 +106,12 @@ pub fn fingerprint(path: &Path) -> Option<u64> {
     Some(h.finish())
 }
 
-fn reload(shared: &Arc<Shared>, path: &Path) {
+fn reload<T: Reloadable>(shared: &Arc<T>, path: &Path) {
     let result = attache_config::load_file(path)
         .map_err(|e| e.to_string())
         .and_then(|config| shared.apply(config).map_err(|e| format!("{e:#}")));
     let now = SystemTime::now();
-    let mut status = shared.reload.lock().unwrap_or_else(|p| p.into_inner());
+    let mut status = shared.status().lock().unwrap_or_else(|p| p.into_inner());
     status.last_attempt = Some(now);
     let outcome = match result {
         Ok(()) => {
@@ -106,5 +126,5 @@ fn reload(shared: &Arc<Shared>, path: &Path) {
             "failure"
         }
     };
-    shared.proxy_metrics.config_reload(outcome);
+    shared.counted().config_reload(outcome);
 }

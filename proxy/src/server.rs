@@ -1,9 +1,10 @@
-//! The running proxy: shared state, startup, reload application and graceful drain.
+//! The running proxy: startup, the listeners a config's snapshot is installed on, reload
+//! application and graceful drain. The state connections share is in `shared.rs`.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use attache_config::Config;
@@ -14,62 +15,42 @@ use tokio::sync::watch;
 use crate::conn::Tracker;
 use crate::lasting::Lasting;
 use crate::listener::Listeners;
+use crate::reload::ReloadStatus;
+use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 
-/// State every connection and the admin port share.
-pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    /// The request families (client errors on connections) and the proxy's own, taken once.
-    pub http_metrics: Arc<attache_filters::telemetry::families::HttpFamilies>,
-    pub proxy_metrics: Arc<crate::metrics::ProxyFamilies>,
-    /// What reloads keep (the metrics registry, pools, exporters, stores, flag sources).
-    pub lasting: Lasting,
-    pub tracker: Arc<Tracker>,
-    /// Flips to true when drain starts; every connection then shuts down gracefully.
-    pub shutdown: watch::Sender<bool>,
-    /// True once every listener is bound.
-    pub started: AtomicBool,
-    pub draining: AtomicBool,
-    pub listeners: Mutex<Listeners>,
-    pub reload: Mutex<ReloadStatus>,
-    /// The config file, when there is one (watched for changes).
-    pub source: Option<PathBuf>,
+/// The running server: the shared state and the listeners it installs snapshots on.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    listeners: Mutex<Listeners>,
 }
 
-#[derive(Default, Clone)]
-pub struct ReloadStatus {
-    pub last_attempt: Option<SystemTime>,
-    pub last_success: Option<SystemTime>,
-    /// The error of the last attempt, until a later one succeeds.
-    pub last_error: Option<String>,
+impl crate::reload::Reloadable for Server {
+    fn draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+    fn apply(self: &Arc<Self>, config: Config) -> anyhow::Result<()> {
+        Server::apply(self, config)
+    }
+    fn status(&self) -> &Mutex<ReloadStatus> {
+        &self.shared.reload
+    }
+    fn counted(&self) -> &crate::metrics::ProxyFamilies {
+        &self.shared.proxy_metrics
+    }
 }
 
-impl Shared {
-    pub fn is_ready(&self) -> bool {
-        self.started.load(Ordering::Acquire)
-            && !self.draining.load(Ordering::Acquire)
-            && self.flags_ready()
-    }
-
-    /// Every required flag source has loaded once (true without `spec.flags`).
-    pub fn flags_ready(&self) -> bool {
-        self.snapshot
-            .load()
-            .flags
-            .as_ref()
-            .is_none_or(|f| f.ready())
-    }
-
+impl Server {
     /// Compiles `config`, binds any new listen addresses, swaps the snapshot in and stops
     /// listening where the config no longer does. On any error nothing changes.
-    pub fn apply(self: &Arc<Self>, config: Config) -> anyhow::Result<()> {
-        let snap = Snapshot::build(config, &self.lasting)?;
+    pub fn apply(&self, config: Config) -> anyhow::Result<()> {
+        let snap = Snapshot::build(config, &self.shared.lasting)?;
         self.install(Arc::new(snap))
     }
 
     /// Binds the snapshot's new addresses, makes it current, and stops listening on the
     /// addresses it no longer has.
-    fn install(self: &Arc<Self>, snap: Arc<Snapshot>) -> anyhow::Result<()> {
+    fn install(&self, snap: Arc<Snapshot>) -> anyhow::Result<()> {
         let mut addrs = snap.addresses();
         addrs.push(snap.config.spec.admin.listen.0);
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
@@ -82,8 +63,8 @@ impl Shared {
             };
             tracing::info!(%addr, role = what, "listening");
         }
-        self.snapshot.store(snap);
-        listeners.start(self, bound);
+        self.shared.snapshot.store(snap);
+        listeners.start(&self.shared, bound);
         listeners.retain(&addrs);
         Ok(())
     }
@@ -114,7 +95,6 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
         shutdown: watch::Sender::new(false),
         started: AtomicBool::new(false),
         draining: AtomicBool::new(false),
-        listeners: Mutex::new(Listeners::default()),
         reload: Mutex::new(ReloadStatus::default()),
         source: source.clone(),
     });
@@ -125,7 +105,11 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     } else {
         tracing::info!(config = %snapshot.config.redacted(), "effective configuration");
     }
-    shared.install(snapshot)?;
+    let server = Arc::new(Server {
+        shared: shared.clone(),
+        listeners: Mutex::new(Listeners::default()),
+    });
+    server.install(snapshot)?;
     shared.started.store(true, Ordering::Release);
     if shared.is_ready() {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "attache is ready");
@@ -156,7 +140,7 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     // would have without a handler, but cleanly.
     let mut hangup_ends = None;
     match source {
-        Some(path) => crate::reload::spawn(shared.clone(), path, loaded.flatten(), hup),
+        Some(path) => crate::reload::spawn(server.clone(), path, loaded.flatten(), hup),
         None => hangup_ends = Some(hup),
     }
     let hangup = async {
@@ -170,7 +154,7 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
         _ = int.recv() => tracing::info!("SIGINT received"),
         _ = hangup => tracing::info!("SIGHUP received: no config file to reload; exiting"),
     }
-    drain(&shared, &mut term, &mut int).await;
+    drain(&server, &mut term, &mut int).await;
     let timeout = shared
         .snapshot
         .load()
@@ -186,10 +170,11 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
 /// Drain: `/ready` fails at once; after `drain.delay` the traffic listeners close; in-flight
 /// requests get `drain.grace_period` to finish. A second signal cuts the wait short.
 async fn drain(
-    shared: &Arc<Shared>,
+    server: &Server,
     term: &mut tokio::signal::unix::Signal,
     int: &mut tokio::signal::unix::Signal,
 ) {
+    let shared = &server.shared;
     shared.draining.store(true, Ordering::Release);
     let drain = shared.snapshot.load().config.spec.drain;
     tracing::info!(delay = %drain.delay, grace_period = %drain.grace_period, "draining: /ready now fails");
@@ -197,7 +182,7 @@ async fn drain(
         tokio::time::sleep(drain.delay.get()).await;
         {
             let admin = shared.snapshot.load().config.spec.admin.listen.0;
-            let mut listeners = shared.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            let mut listeners = server.listeners.lock().unwrap_or_else(|p| p.into_inner());
             listeners.retain(&[admin]);
         }
         shared.shutdown.send_replace(true);

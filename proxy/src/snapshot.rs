@@ -125,7 +125,7 @@ impl Snapshot {
         let steps = |direction: Direction, upstream: &str| -> anyhow::Result<Steps> {
             let observe = telemetry.layer(&config, direction);
             Ok(Steps {
-                flags: crate::flags::layer(
+                flags: crate::steps::flags::layer(
                     &config,
                     running.as_ref(),
                     direction,
@@ -208,12 +208,13 @@ impl Snapshot {
             u32::try_from(header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
         );
         let server = Servers { http1, http2 };
-        let ofrep = crate::flags::ofrep(&config, running.as_ref(), metrics).map(|(addr, svc)| {
-            (
-                addr,
-                crate::flags::ofrep_stack(&config, svc, metrics, telemetry),
-            )
-        });
+        let ofrep =
+            crate::steps::flags::ofrep(&config, running.as_ref(), metrics).map(|(addr, svc)| {
+                (
+                    addr,
+                    crate::steps::flags::ofrep_stack(&config, svc, metrics, telemetry),
+                )
+            });
         Ok(Snapshot {
             flags: running,
             ofrep,

@@ -1,5 +1,6 @@
 //! Config → layer, one step per file: each reads its part of the config and builds the layer
-//! the leg's stack (`stack.rs`) puts in place. (Flags and idempotency are still built in
-//! `flags.rs` and `idempotency.rs`, beside the state they keep across reloads.)
+//! the leg's stack (`stack.rs`) puts in place. (Idempotency is still built in
+//! `idempotency.rs`, beside the store it keeps across reloads.)
 
+pub mod flags;
 pub mod trace_context;
