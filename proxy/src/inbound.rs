@@ -22,8 +22,7 @@ use attache_config::Inbound;
 use attache_filters::metrics::Direction;
 
 use crate::forward::{Leg, Target};
-use crate::snapshot::Steps;
-use crate::stack::LegSpec;
+use crate::stack::{LegSpec, Steps};
 
 /// The inbound leg: to the app, `X-Forwarded-*` per `inbound.forwarded_headers` (kept from
 /// `trusted_proxies` only), the `Host` as the client sent it, idempotency enforced.

@@ -20,8 +20,7 @@ use attache_config::{ForwardedHeaders, Outbound};
 use attache_filters::metrics::Direction;
 
 use crate::forward::{Leg, Target};
-use crate::snapshot::Steps;
-use crate::stack::LegSpec;
+use crate::stack::{LegSpec, Steps};
 
 /// The outbound leg of one ambassador listener: to its upstream, no `X-Forwarded-*`, the
 /// upstream's own authority in `Host`, no idempotency step (the app's calls are not keyed by

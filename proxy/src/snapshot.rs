@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::conn::Deadlines;
 use crate::forward::Target;
 use crate::lasting::Lasting;
-use crate::stack::Stack;
+use crate::stack::{Stack, Steps};
 use crate::{inbound, outbound};
 
 /// What a listener serves. A connection keeps the role it was accepted for, so when a reload
@@ -55,15 +55,6 @@ pub struct Snapshot {
 pub struct Servers {
     pub http1: http1::Builder,
     pub http2: http2::Builder<TokioExecutor>,
-}
-
-/// The optional steps of a leg's request flow, built per snapshot.
-pub struct Steps {
-    pub observe: attache_filters::telemetry::ObserveLayer,
-    pub flags: Option<attache_filters::flags::request::FlagsLayer>,
-    pub idempotency: Option<attache_filters::idempotency::IdempotencyLayer>,
-    /// Upstreams flag routes may pick.
-    pub routed: Arc<crate::forward::Routed>,
 }
 
 impl Snapshot {

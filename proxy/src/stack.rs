@@ -26,6 +26,15 @@ use crate::steps::trace_context::{Restoration, propagation};
 /// A leg's request flow, boxed: what a listener serves each request with.
 pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
+/// The optional steps of a leg's request flow, built per snapshot.
+pub struct Steps {
+    pub observe: ObserveLayer,
+    pub flags: Option<FlagsLayer>,
+    pub idempotency: Option<IdempotencyLayer>,
+    /// Upstreams flag routes may pick.
+    pub routed: Arc<Routed>,
+}
+
 /// What one leg is: where it sends, how it rewrites, and its optional steps.
 pub struct LegSpec<'a> {
     pub direction: Direction,
