@@ -1,11 +1,59 @@
-//! attache's request filters. Each concern is a module holding a tower `Layer`, its `Service`
-//! and its future; none of them knows about sockets or listeners, so an app can also stack them
-//! in-process. The proxy crate fixes their order (see `proxy/src/inbound.rs`).
+//! attache's request filters, as a library. Each concern is a module holding a tower `Layer`,
+//! its `Service` and its future; none of them knows about sockets, listeners or attache's config
+//! crate, so a Rust service can stack them in-process (in a hyper or axum server), and the
+//! attache proxy builds its stacks from the same layers (`proxy/src/stack.rs` fixes their
+//! order there).
 //!
-//! - [`errors`]: the one mapping from any proxy error to an RFC 9457 problem+json response.
-//! - [`telemetry`]: request metrics, spans, OTLP export and the access log.
-//! - [`trace_context`]: trace and request context propagation.
-//! - [`idempotency`]: Idempotency-Key enforcement.
+//! ```no_run
+//! # use std::{convert::Infallible, sync::Arc};
+//! use attache_filters::flags::{context::Source, request::FlagsLayer, store::FlagStore};
+//! use attache_filters::idempotency::{IdempotencyLayer, RoutePolicy, store::MemoryStore};
+//! use attache_filters::metrics::{Direction, Metrics};
+//! use attache_filters::telemetry::ObserveLayer;
+//! use attache_filters::trace_context::propagate::{PropagationLayer, Settings};
+//! use tower::ServiceBuilder;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let doc = serde_json::json!({"flags": {}});
+//! # let app = tower::service_fn(|_req: http::Request<attache_filters::Body>| async {
+//! #     Ok::<_, Infallible>(http::Response::new(attache_filters::empty()))
+//! # });
+//! let metrics = Arc::new(Metrics::new());
+//! let svc = ServiceBuilder::new()
+//!     .layer(ObserveLayer::new(metrics.clone(), Direction::Inbound))
+//!     .layer(PropagationLayer::new(Settings::default().request_id("x-request-id")))
+//!     .layer(
+//!         FlagsLayer::builder(FlagStore::from_document(&doc)?)
+//!             .targeting_key(Source::Header(http::HeaderName::from_static("x-user-id")))
+//!             .deliver_all()
+//!             .metrics(metrics.clone())
+//!             .build(),
+//!     )
+//!     .layer(
+//!         IdempotencyLayer::builder(Arc::new(MemoryStore::new(10_000)))
+//!             .route(RoutePolicy::new("default"))
+//!             .metrics(metrics.clone())
+//!             .build(),
+//!     )
+//!     .service(app);
+//! # let _ = svc;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/in_process.rs` is a whole service built this way.
+//!
+//! - [`trace_context`]: W3C / B3 / Jaeger codecs and propagation, with builder-style
+//!   [`Settings`](trace_context::propagate::Settings); [`otel`]: the same codecs as an
+//!   OpenTelemetry `TextMapPropagator`.
+//! - [`flags`]: flagd-format feature flags evaluated per request and delivered as headers and
+//!   baggage ([`FlagsLayer::builder`](flags::request::FlagsLayer::builder)), and OFREP.
+//! - [`idempotency`]: Idempotency-Key enforcement over a memory or Redis store
+//!   ([`IdempotencyLayer::builder`](idempotency::IdempotencyLayer::builder)).
+//! - [`telemetry`]: the observe layer (request metrics, spans, access log) and OTLP export.
+//! - The ground floor: [`metrics`] (the registry, and the families each concern declares),
+//!   [`facts`] (what layers tell the observer), [`errors`] (problem+json responses),
+//!   [`codec`] (hex and percent-encoding), [`log_throttle`].
 
 #![forbid(unsafe_code)]
 

@@ -152,7 +152,7 @@ pub enum Data<'a> {
     /// A flat context: values at whole dotted paths, e.g. `targetingKey`, `user.plan`,
     /// `request.method`. A path reads the field it names or a path inside one; no field is
     /// inside another. The proxy builds this for a request when no rule of the snapshot reads
-    /// a parent of a field or the whole data (`Needs`, in `plan.rs`, checks), so that every
+    /// a parent of a field or the whole data (`Needs`, in `context.rs`, checks), so that every
     /// read answers as it would against the same context as a JSON document.
     Fields(Flat<'a>),
 }
