@@ -8,6 +8,7 @@ mod allocator;
 mod body;
 mod cli;
 mod conn;
+mod connector;
 mod demo;
 mod flags;
 mod forward;

@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::connector::{Connector, Stream};
 use crate::metrics::{EndpointLabels, ProxyFamilies};
+pub use crate::upstream_failure::SendError;
 use attache_config::Protocol;
 use attache_filters::Body;
 use attache_filters::metrics::Metrics;
@@ -44,8 +46,8 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
 
 /// How connections to every endpoint of a [`Client`] are made and kept.
 #[derive(Debug, Clone, Copy)]
@@ -147,24 +149,6 @@ fn closed_unanswered(e: &hyper::Error) -> bool {
         source = s.source();
     }
     false
-}
-
-/// Why a request got no response from an endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// No response head by the exchange's deadline (the request timeout).
-    #[error("no response by the deadline")]
-    TimedOut,
-    #[error("dns error: {0}")]
-    Resolve(#[source] io::Error),
-    #[error("connect timed out")]
-    ConnectTimeout,
-    #[error("{0}")]
-    Connect(#[source] io::Error),
-    #[error("handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
-    #[error("{0}")]
-    Exchange(#[source] hyper::Error),
 }
 
 /// A request that got no response, and the request itself when it never left attache: no
@@ -522,32 +506,14 @@ impl Endpoint {
         Ok(conn)
     }
 
-    /// A TCP connection to the first address of the endpoint that accepts, within the connect
-    /// timeout; no Nagle delay, keep-alive probes after a minute of silence.
-    async fn connect(&self) -> Result<TcpStream, SendError> {
-        let attempt = async {
-            let mut last = None;
-            for addr in tokio::net::lookup_host(&self.addr)
-                .await
-                .map_err(SendError::Resolve)?
-            {
-                match TcpStream::connect(addr).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(SendError::Connect(last.unwrap_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "the name has no addresses")
-            })))
-        };
-        let stream = tokio::time::timeout(self.settings.connect_timeout, attempt)
-            .await
-            .map_err(|_| SendError::ConnectTimeout)??;
+    /// A new connection to the endpoint, from the connector (counted).
+    async fn connect(&self) -> Result<Stream, SendError> {
+        let stream = Connector {
+            timeout: self.settings.connect_timeout,
+        }
+        .oneshot(self.addr.clone())
+        .await?;
         self.opened.inc();
-        // Best effort: a socket that refuses these options still carries requests.
-        let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         Ok(stream)
     }
 }

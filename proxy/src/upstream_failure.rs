@@ -1,8 +1,8 @@
 //! Why an exchange with an upstream failed, as one typed kind. The response status, the
 //! `attache_upstream_errors_total{kind}` label and the span's `error.type` (also the access
 //! log's `error`) all derive from it here, and nowhere else. The kind is read from the error's
-//! types (the pool's [`SendError`] variants, hyper's predicates, `io::ErrorKind`, `h2`'s
-//! reasons), never from its text.
+//! types, never from its text: the variants of [`SendError`] (what the connector and the pool
+//! report), hyper's predicates, `io::ErrorKind`, `h2`'s reasons.
 
 use std::error::Error as StdError;
 use std::io;
@@ -10,7 +10,23 @@ use std::time::Duration;
 
 use attache_filters::errors::ProxyError;
 
-use crate::pool::SendError;
+/// Why a request got no response from an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No response head by the exchange's deadline (the request timeout).
+    #[error("no response by the deadline")]
+    TimedOut,
+    #[error("dns error: {0}")]
+    Resolve(#[source] io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("{0}")]
+    Connect(#[source] io::Error),
+    #[error("handshake failed: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("{0}")]
+    Exchange(#[source] hyper::Error),
+}
 
 /// What went wrong with an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
