@@ -10,7 +10,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
+use crate::balance::{Balancer, RoundRobin};
 use crate::conn::ConnInfo;
 use crate::hop_by_hop::{is_upgrade, not_chunked, strip_hop_by_hop, upgrade_answers};
 use crate::metrics::ProxyFamilies;
@@ -57,7 +57,8 @@ pub struct Target {
     /// `app` for the inbound app, else the name in `spec.upstreams`.
     pub name: Arc<str>,
     endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
+    /// Which endpoint each request goes to (round robin today).
+    balancer: Box<dyn Balancer>,
     pub timeouts: Timeouts,
     pub protocol: Protocol,
 }
@@ -115,15 +116,15 @@ impl Target {
         Ok(Self {
             name: Arc::from(name),
             endpoints,
-            next: AtomicUsize::new(0),
+            balancer: Box::new(RoundRobin::default()),
             timeouts,
             protocol,
         })
     }
 
-    /// The index of the next endpoint, round robin.
+    /// The index of the endpoint for a new request.
     fn pick(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()
+        self.balancer.pick(self.endpoints.len())
     }
 
     /// What spans and the access log say about a call to `endpoint`.
@@ -263,7 +264,10 @@ impl Forward {
                             Failure::of(&error).metric_kind(),
                         );
                         tracing::debug!(upstream = %self.target.name, error = %error_chain(&error), "no connection to the endpoint; trying the next one");
-                        at = (at + 1) % self.target.endpoints.len();
+                        at = self
+                            .target
+                            .balancer
+                            .next_after(at, self.target.endpoints.len());
                         endpoint = &self.target.endpoints[at];
                         info = self.target.info(endpoint);
                         info.resend_count = 1;

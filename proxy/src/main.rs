@@ -5,6 +5,7 @@
 
 mod admin;
 mod allocator;
+mod balance;
 mod body;
 mod cli;
 mod conn;
