@@ -253,51 +253,104 @@ impl Telemetry {
         metadata_name: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> EffectiveTelemetry {
-        let mut sources = BTreeMap::new();
-        let mut warnings = Vec::new();
-        let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-        // The first variable set, and its name.
-        let var = |names: &[&'static str]| {
-            names
-                .iter()
-                .find_map(|n| env(n).map(|v| (*n, v.trim().to_owned())))
+        let mut r = Resolve {
+            env,
+            sources: BTreeMap::new(),
+            warnings: Vec::new(),
         };
-
-        let protocol = match (
+        let protocol = r.choice(
+            "protocol",
             self.otlp.protocol,
-            var(&[
+            &[
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
                 "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ],
+            |v| match v {
+                "grpc" => Some(OtlpProtocol::Grpc),
+                "http/protobuf" => Some(OtlpProtocol::HttpProtobuf),
+                _ => None,
+            },
+            (
+                "use grpc or http/protobuf",
+                "http/protobuf",
+                OtlpProtocol::HttpProtobuf,
+            ),
+        );
+        let endpoint = self.endpoint(&mut r, protocol);
+        let headers = match (
+            &self.otlp.headers,
+            r.var(&[
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "OTEL_EXPORTER_OTLP_HEADERS",
             ]),
         ) {
-            (Some(p), _) => {
-                sources.insert("protocol", "file".to_owned());
-                p
-            }
-            (None, Some((name, v))) => match v.as_str() {
-                "grpc" => {
-                    sources.insert("protocol", name.to_owned());
-                    OtlpProtocol::Grpc
-                }
-                "http/protobuf" => {
-                    sources.insert("protocol", name.to_owned());
-                    OtlpProtocol::HttpProtobuf
-                }
-                other => {
-                    warnings.push(format!(
-                        "{name}={other:?} is not supported (use grpc or http/protobuf); using http/protobuf"
-                    ));
-                    sources.insert("protocol", "default".to_owned());
-                    OtlpProtocol::HttpProtobuf
-                }
-            },
-            (None, None) => {
-                sources.insert("protocol", "default".to_owned());
-                OtlpProtocol::HttpProtobuf
-            }
+            (Some(h), _) => r.from("headers", "file", h.clone()),
+            (None, Some((name, v))) => r.from("headers", name, key_values(&v)),
+            (None, None) => r.from("headers", "default", BTreeMap::new()),
         };
+        let timeout = r.millis(
+            "timeout",
+            self.otlp.timeout,
+            &[
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ],
+            10_000,
+        );
+        let scheduled_delay = r.millis(
+            "scheduled_delay",
+            self.batch.scheduled_delay,
+            &["OTEL_BSP_SCHEDULE_DELAY"],
+            5_000,
+        );
+        let compression = r.choice(
+            "compression",
+            self.otlp.compression,
+            &[
+                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ],
+            |v| match v {
+                "gzip" => Some(Compression::Gzip),
+                "none" => Some(Compression::None),
+                _ => None,
+            },
+            ("use gzip or none", "none", Compression::None),
+        );
+        let max_queue_size = r.count(
+            "max_queue_size",
+            self.batch.max_queue_size,
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+            2048,
+        );
+        let max_export_batch_size = r
+            .count(
+                "max_export_batch_size",
+                self.batch.max_export_batch_size,
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                512,
+            )
+            .min(max_queue_size);
+        let resource = self.resource(&mut r, metadata_name);
+        EffectiveTelemetry {
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+            compression,
+            max_queue_size,
+            max_export_batch_size,
+            scheduled_delay,
+            resource,
+            sources: r.sources,
+            warnings: r.warnings,
+        }
+    }
 
-        // A base address gets the signal path for HTTP; a full URL is used as is.
+    /// The OTLP endpoint: the file's, else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (a full URL,
+    /// used as is), else `OTEL_EXPORTER_OTLP_ENDPOINT` (a base address that gets the signal
+    /// path for HTTP). One attache cannot use is dropped with a warning.
+    fn endpoint(&self, r: &mut Resolve<'_>, protocol: OtlpProtocol) -> Option<String> {
         let base = |url: &str| match protocol {
             OtlpProtocol::HttpProtobuf => {
                 let trimmed = url.trim_end_matches('/');
@@ -313,207 +366,151 @@ impl Telemetry {
             OtlpProtocol::Grpc => url.to_owned(),
         };
         let endpoint = if let Some(e) = &self.otlp.endpoint {
-            sources.insert("endpoint", "file".to_owned());
-            Some(base(e))
-        } else if let Some(e) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            sources.insert("endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned());
-            Some(e.trim().to_owned())
-        } else if let Some(e) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            sources.insert("endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned());
-            Some(base(e.trim()))
+            r.from("endpoint", "file", Some(base(e)))
+        } else if let Some(e) = r.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            let e = e.trim().to_owned();
+            r.from("endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", Some(e))
+        } else if let Some(e) = r.env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            r.from(
+                "endpoint",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                Some(base(e.trim())),
+            )
         } else {
-            sources.insert("endpoint", "default".to_owned());
-            None
+            r.from("endpoint", "default", None)
         };
-
-        let endpoint = endpoint.and_then(|e| match endpoint_problem(&e) {
+        endpoint.and_then(|e| match endpoint_problem(&e) {
             None => Some(e),
             Some(why) => {
-                warnings.push(format!("OTLP endpoint: {why}; spans are not exported"));
+                r.warnings
+                    .push(format!("OTLP endpoint: {why}; spans are not exported"));
                 None
             }
-        });
+        })
+    }
 
-        let headers = match (
-            &self.otlp.headers,
-            var(&[
-                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-                "OTEL_EXPORTER_OTLP_HEADERS",
-            ]),
-        ) {
-            (Some(h), _) => {
-                sources.insert("headers", "file".to_owned());
-                h.clone()
-            }
-            (None, Some((name, v))) => {
-                sources.insert("headers", name.to_owned());
-                key_values(&v)
-            }
-            (None, None) => {
-                sources.insert("headers", "default".to_owned());
-                BTreeMap::new()
-            }
-        };
-
-        let millis = |names: &[&'static str],
-                      key: &'static str,
-                      file: Option<Duration>,
-                      default: u64,
-                      sources: &mut BTreeMap<&'static str, String>,
-                      warnings: &mut Vec<String>| {
-            if let Some(d) = file {
-                sources.insert(key, "file".to_owned());
-                return d.get();
-            }
-            if let Some((name, v)) = var(names) {
-                match v.parse::<u64>() {
-                    Ok(ms) if ms > 0 => {
-                        sources.insert(key, name.to_owned());
-                        return std::time::Duration::from_millis(ms);
-                    }
-                    _ => warnings.push(format!(
-                        "{name}={v:?} is not a positive number of milliseconds; using {default}ms"
-                    )),
-                }
-            }
-            sources.insert(key, "default".to_owned());
-            std::time::Duration::from_millis(default)
-        };
-        let timeout = millis(
-            &[
-                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-            ],
-            "timeout",
-            self.otlp.timeout,
-            10_000,
-            &mut sources,
-            &mut warnings,
-        );
-        let scheduled_delay = millis(
-            &["OTEL_BSP_SCHEDULE_DELAY"],
-            "scheduled_delay",
-            self.batch.scheduled_delay,
-            5_000,
-            &mut sources,
-            &mut warnings,
-        );
-
-        let compression = match (
-            self.otlp.compression,
-            var(&[
-                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-                "OTEL_EXPORTER_OTLP_COMPRESSION",
-            ]),
-        ) {
-            (Some(c), _) => {
-                sources.insert("compression", "file".to_owned());
-                c
-            }
-            (None, Some((name, v))) => match v.as_str() {
-                "gzip" => {
-                    sources.insert("compression", name.to_owned());
-                    Compression::Gzip
-                }
-                "none" => {
-                    sources.insert("compression", name.to_owned());
-                    Compression::None
-                }
-                other => {
-                    warnings.push(format!(
-                        "{name}={other:?} is not supported (use gzip or none); using none"
-                    ));
-                    sources.insert("compression", "default".to_owned());
-                    Compression::None
-                }
-            },
-            (None, None) => {
-                sources.insert("compression", "default".to_owned());
-                Compression::None
-            }
-        };
-
-        let count = |name: &'static str,
-                     key: &'static str,
-                     file: Option<u32>,
-                     default: usize,
-                     sources: &mut BTreeMap<&'static str, String>,
-                     warnings: &mut Vec<String>| {
-            if let Some(n) = file {
-                sources.insert(key, "file".to_owned());
-                return n as usize;
-            }
-            if let Some(v) = env(name) {
-                match v.trim().parse::<usize>() {
-                    Ok(n) if n > 0 => {
-                        sources.insert(key, name.to_owned());
-                        return n;
-                    }
-                    _ => warnings.push(format!(
-                        "{name}={v:?} is not a positive number; using {default}"
-                    )),
-                }
-            }
-            sources.insert(key, "default".to_owned());
-            default
-        };
-        let max_queue_size = count(
-            "OTEL_BSP_MAX_QUEUE_SIZE",
-            "max_queue_size",
-            self.batch.max_queue_size,
-            2048,
-            &mut sources,
-            &mut warnings,
-        );
-        let max_export_batch_size = count(
-            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-            "max_export_batch_size",
-            self.batch.max_export_batch_size,
-            512,
-            &mut sources,
-            &mut warnings,
-        )
-        .min(max_queue_size);
-
-        // Resource: OTEL_RESOURCE_ATTRIBUTES, then resource_from_env, then the file's
-        // `resource`; service.name by its own precedence unless `resource` sets it.
-        let mut resource = env("OTEL_RESOURCE_ATTRIBUTES")
+    /// The resource: `OTEL_RESOURCE_ATTRIBUTES`, then `resource_from_env`, then the file's
+    /// `resource`; `service.name` by its own precedence unless `resource` sets it.
+    fn resource(&self, r: &mut Resolve<'_>, metadata_name: &str) -> BTreeMap<String, String> {
+        let mut resource = r
+            .env("OTEL_RESOURCE_ATTRIBUTES")
             .map(|v| key_values(&v))
             .unwrap_or_default();
         for (attr, var_name) in &self.resource_from_env {
-            if let Some(v) = env(var_name) {
+            if let Some(v) = r.env(var_name) {
                 resource.insert(attr.clone(), v);
             }
         }
         let service_name = if let Some(n) = &self.service_name {
-            sources.insert("service_name", "file".to_owned());
-            n.clone()
-        } else if let Some(n) = env("OTEL_SERVICE_NAME") {
-            sources.insert("service_name", "OTEL_SERVICE_NAME".to_owned());
-            n
-        } else if let Some(n) = resource.get("service.name") {
-            sources.insert("service_name", "OTEL_RESOURCE_ATTRIBUTES".to_owned());
-            n.clone()
+            r.from("service_name", "file", n.clone())
+        } else if let Some(n) = r.env("OTEL_SERVICE_NAME") {
+            r.from("service_name", "OTEL_SERVICE_NAME", n)
+        } else if let Some(n) = resource.get("service.name").cloned() {
+            r.from("service_name", "OTEL_RESOURCE_ATTRIBUTES", n)
         } else {
-            sources.insert("service_name", "metadata.name".to_owned());
-            metadata_name.to_owned()
+            r.from("service_name", "metadata.name", metadata_name.to_owned())
         };
         resource.insert("service.name".to_owned(), service_name);
         resource.extend(self.resource.iter().map(|(k, v)| (k.clone(), v.clone())));
+        resource
+    }
+}
 
-        EffectiveTelemetry {
-            endpoint,
-            protocol,
-            headers,
-            timeout,
-            compression,
-            max_queue_size,
-            max_export_batch_size,
-            scheduled_delay,
-            resource,
-            sources,
-            warnings,
+/// Resolves settings one at a time, each from the file, else the first OpenTelemetry
+/// variable set, else its default, noting where each came from (`/config` shows it) and a
+/// warning for a variable that is set but unusable.
+struct Resolve<'e> {
+    env: &'e dyn Fn(&str) -> Option<String>,
+    sources: BTreeMap<&'static str, String>,
+    warnings: Vec<String>,
+}
+
+impl Resolve<'_> {
+    /// A variable, unless unset or blank.
+    fn env(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The first of `names` that is set, with its name, trimmed.
+    fn var(&self, names: &[&'static str]) -> Option<(&'static str, String)> {
+        names
+            .iter()
+            .find_map(|n| self.env(n).map(|v| (*n, v.trim().to_owned())))
+    }
+
+    /// Notes that `key` came from `source`, and passes its value on.
+    fn from<T>(&mut self, key: &'static str, source: &str, value: T) -> T {
+        self.sources.insert(key, source.to_owned());
+        value
+    }
+
+    /// One of a few named values; `fallback` is (what to use, its name, the default).
+    fn choice<T: Copy>(
+        &mut self,
+        key: &'static str,
+        file: Option<T>,
+        names: &[&'static str],
+        parse: impl Fn(&str) -> Option<T>,
+        (hint, default_name, default): (&str, &str, T),
+    ) -> T {
+        if let Some(v) = file {
+            return self.from(key, "file", v);
         }
+        if let Some((name, v)) = self.var(names) {
+            match parse(&v) {
+                Some(parsed) => return self.from(key, name, parsed),
+                None => self.warnings.push(format!(
+                    "{name}={v:?} is not supported ({hint}); using {default_name}"
+                )),
+            }
+        }
+        self.from(key, "default", default)
+    }
+
+    /// A duration in milliseconds.
+    fn millis(
+        &mut self,
+        key: &'static str,
+        file: Option<Duration>,
+        names: &[&'static str],
+        default: u64,
+    ) -> std::time::Duration {
+        if let Some(d) = file {
+            return self.from(key, "file", d.get());
+        }
+        if let Some((name, v)) = self.var(names) {
+            match v.parse::<u64>() {
+                Ok(ms) if ms > 0 => {
+                    return self.from(key, name, std::time::Duration::from_millis(ms));
+                }
+                _ => self.warnings.push(format!(
+                    "{name}={v:?} is not a positive number of milliseconds; using {default}ms"
+                )),
+            }
+        }
+        self.from(key, "default", std::time::Duration::from_millis(default))
+    }
+
+    /// A positive count.
+    fn count(
+        &mut self,
+        key: &'static str,
+        file: Option<u32>,
+        name: &'static str,
+        default: usize,
+    ) -> usize {
+        if let Some(n) = file {
+            return self.from(key, "file", n as usize);
+        }
+        if let Some(v) = self.env(name) {
+            match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => return self.from(key, name, n),
+                _ => self.warnings.push(format!(
+                    "{name}={v:?} is not a positive number; using {default}"
+                )),
+            }
+        }
+        self.from(key, "default", default)
     }
 }
 
