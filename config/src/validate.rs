@@ -20,6 +20,23 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
         errors.push(ConfigError::new("metadata.name", "must not be empty"));
     }
 
+    listen_addresses(spec, &mut errors);
+    upstreams(spec, &mut errors);
+    trace(&spec.trace, &mut errors);
+    limits_and_timeouts(spec, &mut errors);
+    telemetry(&spec.telemetry, &mut errors);
+    if let Some(flags) = &spec.flags {
+        self::flags(flags, spec, &mut errors);
+    }
+    if let Some(idem) = &spec.idempotency {
+        idempotency(idem, &mut errors);
+    }
+    errors
+}
+
+/// Listen addresses that clash (the same port on the same or a wildcard address), and
+/// outbound listeners naming an upstream that is not defined.
+fn listen_addresses(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
     let mut listens: HashMap<std::net::SocketAddr, String> = HashMap::new();
     let mut claim = |addr: std::net::SocketAddr, path: String, errors: &mut Vec<ConfigError>| {
         let clash = listens.iter().find(|(a, _)| {
@@ -36,31 +53,15 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             }
         }
     };
-    claim(
-        spec.admin.listen.0,
-        "spec.admin.listen".to_owned(),
-        &mut errors,
-    );
+    claim(spec.admin.listen.0, "spec.admin.listen".to_owned(), errors);
     if let Some(inbound) = &spec.inbound {
-        claim(
-            inbound.listen.0,
-            "spec.inbound.listen".to_owned(),
-            &mut errors,
-        );
+        claim(inbound.listen.0, "spec.inbound.listen".to_owned(), errors);
     }
     if let Some(ofrep) = spec.flags.as_ref().and_then(|f| f.ofrep.as_ref()) {
-        claim(
-            ofrep.listen.0,
-            "spec.flags.ofrep.listen".to_owned(),
-            &mut errors,
-        );
+        claim(ofrep.listen.0, "spec.flags.ofrep.listen".to_owned(), errors);
     }
     for (i, out) in spec.outbound.iter().enumerate() {
-        claim(
-            out.listen.0,
-            format!("spec.outbound[{i}].listen"),
-            &mut errors,
-        );
+        claim(out.listen.0, format!("spec.outbound[{i}].listen"), errors);
         if !spec.upstreams.contains_key(&out.upstream) {
             let known: Vec<_> = spec.upstreams.keys().map(|k| format!("`{k}`")).collect();
             errors.push(ConfigError::new(
@@ -80,7 +81,10 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             ));
         }
     }
+}
 
+/// Upstream names and endpoint lists.
+fn upstreams(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
     for (name, up) in &spec.upstreams {
         let valid = !name.is_empty()
             && name
@@ -99,8 +103,10 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             ));
         }
     }
+}
 
-    let trace = &spec.trace;
+/// `spec.trace`: W3C minimums, header names and baggage keys, restoration.
+fn trace(trace: &crate::model::Trace, errors: &mut Vec<ConfigError>) {
     if trace.tracestate_max_len < 512 {
         errors.push(ConfigError::new(
             "spec.trace.tracestate_max_len",
@@ -192,7 +198,10 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             "mapping headers and baggage needs `baggage` in spec.trace.inject",
         ));
     }
+}
 
+/// `spec.limits`, the upgrade allow-list, and every timeout above zero.
+fn limits_and_timeouts(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
     let limits = &spec.limits;
     if limits.max_headers == 0 {
         errors.push(ConfigError::new(
@@ -242,14 +251,6 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
             errors.push(ConfigError::new(path, "must be longer than 0s"));
         }
     }
-    telemetry(&spec.telemetry, &mut errors);
-    if let Some(flags) = &spec.flags {
-        self::flags(flags, spec, &mut errors);
-    }
-    if let Some(idem) = &spec.idempotency {
-        idempotency(idem, &mut errors);
-    }
-    errors
 }
 
 fn idempotency(idem: &crate::Idempotency, errors: &mut Vec<ConfigError>) {
