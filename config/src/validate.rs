@@ -430,6 +430,15 @@ fn http_token(s: &str) -> Option<String> {
 }
 
 fn flags(flags: &crate::Flags, spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
+    flag_sources(flags, errors);
+    flag_context(flags, errors);
+    flag_delivery(flags, errors);
+    flag_trust_routes_and_ofrep(flags, spec, errors);
+}
+
+/// `spec.flags.sources`: each exactly a file or an http(s) URL without credentials in it, valid
+/// headers, poll intervals above zero.
+fn flag_sources(flags: &crate::Flags, errors: &mut Vec<ConfigError>) {
     let top = "spec.flags";
     for (i, source) in flags.sources.iter().enumerate() {
         let at = format!("{top}.sources[{i}]");
@@ -487,6 +496,11 @@ fn flags(flags: &crate::Flags, spec: &crate::Spec, errors: &mut Vec<ConfigError>
             "must be more than 0s",
         ));
     }
+}
+
+/// `spec.flags.context`: where the targeting key and attributes are read from.
+fn flag_context(flags: &crate::Flags, errors: &mut Vec<ConfigError>) {
+    let top = "spec.flags";
     let ctx = &flags.context;
     let sources = ctx
         .targeting_key
@@ -547,6 +561,11 @@ fn flags(flags: &crate::Flags, spec: &crate::Spec, errors: &mut Vec<ConfigError>
             ));
         }
     }
+}
+
+/// `spec.flags.deliver`: flag keys, per-flag header names that stay apart, the combined header.
+fn flag_delivery(flags: &crate::Flags, errors: &mut Vec<ConfigError>) {
+    let top = "spec.flags";
     let deliver = &flags.deliver;
     let mut seen: HashMap<String, &str> = HashMap::new();
     for (i, key) in deliver.flags.iter().enumerate() {
@@ -580,6 +599,15 @@ fn flags(flags: &crate::Flags, spec: &crate::Spec, errors: &mut Vec<ConfigError>
             format!("{h:?} is not a header name"),
         ));
     }
+}
+
+/// Trusted peers, routes by variant, and the OFREP listener.
+fn flag_trust_routes_and_ofrep(
+    flags: &crate::Flags,
+    spec: &crate::Spec,
+    errors: &mut Vec<ConfigError>,
+) {
+    let top = "spec.flags";
     if flags.trust_upstream_decisions && flags.trusted_peers.is_empty() {
         errors.push(ConfigError::new(
             format!("{top}.trusted_peers"),
