@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::conn::Deadlines;
 use crate::forward::Target;
-use crate::lasting::Lasting;
+use crate::lasting::{Clients, Lasting};
 use crate::stack::{Stack, Steps};
 use crate::{inbound, outbound};
 
@@ -76,28 +76,7 @@ impl Snapshot {
                 None
             }
         };
-        // Upstreams a flag route may send to, by name.
-        let mut routed = HashMap::new();
-        for route in spec.flags.iter().flat_map(|f| &f.routes) {
-            for name in route.variants.values() {
-                if routed.contains_key(name.as_str()) {
-                    continue;
-                }
-                let Some(up) = spec.upstreams.get(name) else {
-                    anyhow::bail!("upstream `{name}` is not defined");
-                };
-                let timeouts = spec.timeouts.with(up.timeouts);
-                let target = Target::new(
-                    name,
-                    &up.endpoints,
-                    timeouts,
-                    clients.get(timeouts.connect.get(), spec.pool, up.protocol),
-                    up.protocol,
-                )?;
-                routed.insert(Arc::<str>::from(name.as_str()), Arc::new(target));
-            }
-        }
-        let routed = Arc::new(routed);
+        let routed = Arc::new(routed_targets(spec, clients)?);
         if let Some(warning) = spec
             .trace
             .sampling
@@ -133,12 +112,12 @@ impl Snapshot {
             })
         };
         if let Some(inb) = &spec.inbound {
-            let timeouts = spec.timeouts.with(inb.timeouts);
-            let app = Target::new(
+            let app = target(
+                spec,
+                clients,
                 "app",
                 std::slice::from_ref(&inb.app),
-                timeouts,
-                clients.get(timeouts.connect.get(), spec.pool, inb.app_protocol),
+                spec.timeouts.with(inb.timeouts),
                 inb.app_protocol,
             )?;
             listeners.insert(inb.listen.0, Role::Inbound);
@@ -150,17 +129,7 @@ impl Snapshot {
             );
         }
         for out in &spec.outbound {
-            let Some(up) = spec.upstreams.get(&out.upstream) else {
-                anyhow::bail!("upstream `{}` is not defined", out.upstream);
-            };
-            let timeouts = spec.timeouts.with(up.timeouts);
-            let target = Target::new(
-                &out.upstream,
-                &up.endpoints,
-                timeouts,
-                clients.get(timeouts.connect.get(), spec.pool, up.protocol),
-                up.protocol,
-            )?;
+            let target = upstream(spec, clients, &out.upstream)?;
             let role = Role::Outbound(Arc::from(out.upstream.as_str()), out.trace.clone());
             listeners.insert(out.listen.0, role.clone());
             if let std::collections::hash_map::Entry::Vacant(slot) = stacks.entry(role) {
@@ -174,31 +143,7 @@ impl Snapshot {
                 ));
             }
         }
-        let limits = &spec.limits;
-        let deadlines = Deadlines {
-            header_read: limits.header_read_timeout.get(),
-            idle: limits.idle_timeout.get(),
-        };
-        // hyper's own limits sit above attache's exact ones, so that attache, not hyper,
-        // answers (with problem+json) in all but absurd cases.
-        let header_bytes = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
-        let mut http1 = http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .keep_alive(true)
-            .max_headers(limits.max_headers as usize * 2 + 16)
-            .max_buf_size(
-                header_bytes
-                    .saturating_mul(2)
-                    .saturating_add(16 * 1024)
-                    .max(64 * 1024),
-            );
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new()).max_header_list_size(
-            u32::try_from(header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
-        );
-        let server = Servers { http1, http2 };
+        let (server, deadlines) = servers(&spec.limits);
         let ofrep =
             crate::steps::flags::ofrep(&config, running.as_ref(), metrics).map(|(addr, svc)| {
                 (
@@ -223,4 +168,73 @@ impl Snapshot {
         all.extend(self.ofrep.as_ref().map(|o| o.0));
         all
     }
+}
+
+/// The upstreams flag routes may send to, by name.
+fn routed_targets(
+    spec: &attache_config::Spec,
+    clients: &Clients,
+) -> anyhow::Result<HashMap<Arc<str>, Arc<Target>>> {
+    let mut routed = HashMap::new();
+    for route in spec.flags.iter().flat_map(|f| &f.routes) {
+        for name in route.variants.values() {
+            if !routed.contains_key(name.as_str()) {
+                let target = upstream(spec, clients, name)?;
+                routed.insert(Arc::<str>::from(name.as_str()), Arc::new(target));
+            }
+        }
+    }
+    Ok(routed)
+}
+
+/// The target of a named upstream in `spec.upstreams`.
+fn upstream(spec: &attache_config::Spec, clients: &Clients, name: &str) -> anyhow::Result<Target> {
+    let Some(up) = spec.upstreams.get(name) else {
+        anyhow::bail!("upstream `{name}` is not defined");
+    };
+    let timeouts = spec.timeouts.with(up.timeouts);
+    target(spec, clients, name, &up.endpoints, timeouts, up.protocol)
+}
+
+/// A target: its endpoints, with a client (and so pools) for its connect timeout and pool
+/// policy, kept across reloads.
+fn target(
+    spec: &attache_config::Spec,
+    clients: &Clients,
+    name: &str,
+    endpoints: &[attache_config::UpstreamUrl],
+    timeouts: attache_config::Timeouts,
+    protocol: attache_config::Protocol,
+) -> anyhow::Result<Target> {
+    let client = clients.get(timeouts.connect.get(), spec.pool, protocol);
+    Target::new(name, endpoints, timeouts, client, protocol)
+}
+
+/// hyper's server settings and the connection deadlines, from `spec.limits`.
+fn servers(limits: &attache_config::Limits) -> (Servers, Deadlines) {
+    let deadlines = Deadlines {
+        header_read: limits.header_read_timeout.get(),
+        idle: limits.idle_timeout.get(),
+    };
+    // hyper's own limits sit above attache's exact ones, so that attache, not hyper,
+    // answers (with problem+json) in all but absurd cases.
+    let header_bytes = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_headers(limits.max_headers as usize * 2 + 16)
+        .max_buf_size(
+            header_bytes
+                .saturating_mul(2)
+                .saturating_add(16 * 1024)
+                .max(64 * 1024),
+        );
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
+    let server = Servers { http1, http2 };
+    (server, deadlines)
 }
