@@ -286,83 +286,95 @@ fn idempotency(idem: &crate::Idempotency, errors: &mut Vec<ConfigError>) {
         }
     }
     for (i, policy) in idem.policies().iter().enumerate() {
-        let route = idem.routes.get(i);
-        // The path of the key that decided a value: the route's own, else the top level.
-        let at = |field: &str, set_here: bool| {
-            if set_here {
-                format!("{top}.routes[{i}].{field}")
-            } else {
-                format!("{top}.{field}")
-            }
-        };
-        for m in &policy.methods {
-            let upper = m.to_ascii_uppercase();
-            let path = at("methods", route.is_some_and(|r| r.methods.is_some()));
-            if matches!(
-                upper.as_str(),
-                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "CONNECT"
-            ) {
-                errors.push(ConfigError::new(
-                    path,
-                    format!("{m} cannot be enforced: safe methods and CONNECT are excluded"),
-                ));
-            } else if http_token(m).is_none() {
-                errors.push(ConfigError::new(path, format!("{m:?} is not a method")));
-            }
+        idempotency_policy(idem, i, policy, errors);
+    }
+}
+
+/// One route's effective policy (`Idempotency::policies`), each error at the key that set the
+/// value: the route's own, else the top level.
+fn idempotency_policy(
+    idem: &crate::Idempotency,
+    i: usize,
+    policy: &crate::idempotency::Policy,
+    errors: &mut Vec<ConfigError>,
+) {
+    let top = "spec.idempotency";
+    let route = idem.routes.get(i);
+    // The path of the key that decided a value: the route's own, else the top level.
+    let at = |field: &str, set_here: bool| {
+        if set_here {
+            format!("{top}.routes[{i}].{field}")
+        } else {
+            format!("{top}.{field}")
         }
-        if !matches!(policy.mismatch_status, 400 | 422) {
+    };
+    for m in &policy.methods {
+        let upper = m.to_ascii_uppercase();
+        let path = at("methods", route.is_some_and(|r| r.methods.is_some()));
+        if matches!(
+            upper.as_str(),
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "CONNECT"
+        ) {
+            errors.push(ConfigError::new(
+                path,
+                format!("{m} cannot be enforced: safe methods and CONNECT are excluded"),
+            ));
+        } else if http_token(m).is_none() {
+            errors.push(ConfigError::new(path, format!("{m:?} is not a method")));
+        }
+    }
+    if !matches!(policy.mismatch_status, 400 | 422) {
+        errors.push(ConfigError::new(
+            at(
+                "mismatch_status",
+                route.is_some_and(|r| r.mismatch_status.is_some()),
+            ),
+            "must be 422 or 400 (clients retry a 409)",
+        ));
+    }
+    for h in &policy.replay_headers {
+        if crate::never_replayed(&h.to_ascii_lowercase()) {
             errors.push(ConfigError::new(
                 at(
-                    "mismatch_status",
-                    route.is_some_and(|r| r.mismatch_status.is_some()),
+                    "replay_headers",
+                    route.is_some_and(|r| r.replay_headers.is_some()),
                 ),
-                "must be 422 or 400 (clients retry a 409)",
+                format!("{h} is never replayed (credentials, per-response or hop-by-hop)"),
             ));
         }
-        for h in &policy.replay_headers {
-            if crate::never_replayed(&h.to_ascii_lowercase()) {
-                errors.push(ConfigError::new(
-                    at(
-                        "replay_headers",
-                        route.is_some_and(|r| r.replay_headers.is_some()),
-                    ),
-                    format!("{h} is never replayed (credentials, per-response or hop-by-hop)"),
-                ));
-            }
-        }
-        for s in &policy.release_statuses {
-            if !(400..500).contains(s) {
-                errors.push(ConfigError::new(
-                    at(
-                        "release_statuses",
-                        route.is_some_and(|r| r.release_statuses.is_some()),
-                    ),
-                    format!("{s} is not a 4xx status"),
-                ));
-            }
-        }
-        if policy.in_flight_wait.0 > std::time::Duration::from_secs(60) {
+    }
+    for s in &policy.release_statuses {
+        if !(400..500).contains(s) {
             errors.push(ConfigError::new(
                 at(
-                    "in_flight_wait",
-                    route.is_some_and(|r| r.in_flight_wait.is_some()),
+                    "release_statuses",
+                    route.is_some_and(|r| r.release_statuses.is_some()),
                 ),
-                "must be at most 60s",
+                format!("{s} is not a 4xx status"),
             ));
         }
-        for h in policy
-            .scope_headers
-            .iter()
-            .chain(&policy.fingerprint_headers)
-            .chain(&policy.header_aliases)
-            .chain(std::iter::once(&policy.header))
-        {
-            if http_token(h).is_none() {
-                errors.push(ConfigError::new(
-                    at("header", route.is_some()),
-                    format!("{h:?} is not a valid header name"),
-                ));
-            }
+    }
+    if policy.in_flight_wait.0 > std::time::Duration::from_secs(60) {
+        errors.push(ConfigError::new(
+            at(
+                "in_flight_wait",
+                route.is_some_and(|r| r.in_flight_wait.is_some()),
+            ),
+            "must be at most 60s",
+        ));
+    }
+    for h in policy
+        .scope_headers
+        .iter()
+        .chain(&policy.fingerprint_headers)
+        .chain(&policy.header_aliases)
+        .chain(std::iter::once(&policy.header))
+    {
+        if http_token(h).is_none() {
+            errors.push(ConfigError::new(
+                at("header", route.is_some()),
+                format!("{h:?} is not a valid header name"),
+            ));
         }
     }
 }
