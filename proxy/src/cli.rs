@@ -1,6 +1,6 @@
 //! The command line: `run`, `dev`, `validate` and `schema`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use attache_config::{Config, Inbound, ListenAddr, UpstreamUrl};
@@ -119,96 +119,118 @@ pub fn main() -> ExitCode {
             ofrep,
         } => {
             logging::init(cli.log_format);
-            // Without --app (and without an app in the file), the demo app is started and its
-            // address filled in; until then the inbound points at this placeholder.
-            let demo_placeholder = || UpstreamUrl {
-                scheme: attache_config::Scheme::Http,
-                host: "127.0.0.1".into(),
-                port: 0,
-                userinfo: None,
+            let (mut c, demo) = match dev_config(app, listen, admin, config.as_deref(), redis) {
+                Ok(made) => made,
+                Err(code) => return code,
             };
-            let dev_listen = ListenAddr::new([127, 0, 0, 1], 15006);
-            let mut c = match &config {
-                Some(path) => match attache_config::load_file(path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-                None => Config::dev(demo_placeholder(), dev_listen),
-            };
-            let inbound = c
-                .spec
-                .inbound
-                .get_or_insert_with(|| Inbound::new(demo_placeholder(), dev_listen));
-            let demo = app.is_none() && inbound.app.port == 0;
-            if let Some(app) = app {
-                inbound.app = app;
-            }
-            if let Some(listen) = listen {
-                inbound.listen = listen;
-            }
-            if let Some(admin) = admin {
-                c.spec.admin.listen = admin;
-            }
-            // A laptop sees replays with no setup: keyed POST and PATCH requests are enforced,
-            // in memory unless --redis says where.
-            let idem = c.spec.idempotency.get_or_insert_with(Default::default);
-            if let Some(url) = redis {
-                idem.store = url;
-                if idem.scope_secret.is_none() {
-                    idem.scope_secret = Some(
-                        std::env::var("ATTACHE_IDEMPOTENCY_SECRET")
-                            .unwrap_or_else(|_| "attache-dev".to_owned()),
-                    );
-                }
-            }
-            // Flags with no setup: ./flags.json (or --flags FILE), every flag delivered as a
-            // header and in x-flags, OFREP on its usual port, and the targeting key read from
-            // `x-user-id` (so a `fractional` rollout or a per-user rule can be tried with curl;
-            // a config file's `spec.flags` is taken as it is).
-            let flag_file = flags.or_else(|| {
-                let default = PathBuf::from("flags.json");
-                default.is_file().then_some(default)
-            });
-            if let Some(file) = flag_file {
-                let f = c.spec.flags.get_or_insert_with(|| attache_config::Flags {
-                    deliver: attache_config::Deliver {
-                        flags: vec!["*".to_owned()],
-                        combined_header: Some("x-flags".to_owned()),
-                        ..Default::default()
-                    },
-                    context: attache_config::FlagContext {
-                        targeting_key: vec![attache_config::ContextSource {
-                            header: Some(DEV_TARGETING_KEY_HEADER.to_owned()),
-                            cookie: None,
-                            query: None,
-                            baggage: None,
-                            name: None,
-                        }],
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                });
-                f.sources.push(attache_config::FlagSource {
-                    name: None,
-                    file: Some(file.display().to_string()),
-                    url: None,
-                    poll_interval: attache_config::Duration(std::time::Duration::from_secs(30)),
-                    timeout: attache_config::Duration(std::time::Duration::from_secs(10)),
-                    headers: Default::default(),
-                    optional: false,
-                });
-            }
-            if let (Some(addr), Some(f)) = (ofrep, c.spec.flags.as_mut()) {
-                f.ofrep = Some(attache_config::Ofrep {
-                    listen: addr,
-                    ..Default::default()
-                });
-            }
+            dev_flags(&mut c, flags, ofrep);
             serve(cli.workers, c, config, demo, true)
         }
+    }
+}
+
+/// `attache dev`'s config: the file's, or the dev defaults, with the command line's app,
+/// addresses and Redis over it. `Err` when the file cannot be loaded (the error is printed);
+/// the flag says the demo app must be started (no app anywhere).
+fn dev_config(
+    app: Option<UpstreamUrl>,
+    listen: Option<ListenAddr>,
+    admin: Option<ListenAddr>,
+    config: Option<&Path>,
+    redis: Option<String>,
+) -> Result<(Config, bool), ExitCode> {
+    // Without --app (and without an app in the file), the demo app is started and its
+    // address filled in; until then the inbound points at this placeholder.
+    let demo_placeholder = || UpstreamUrl {
+        scheme: attache_config::Scheme::Http,
+        host: "127.0.0.1".into(),
+        port: 0,
+        userinfo: None,
+    };
+    let dev_listen = ListenAddr::new([127, 0, 0, 1], 15006);
+    let mut c = match config {
+        Some(path) => match attache_config::load_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return Err(ExitCode::FAILURE);
+            }
+        },
+        None => Config::dev(demo_placeholder(), dev_listen),
+    };
+    let inbound = c
+        .spec
+        .inbound
+        .get_or_insert_with(|| Inbound::new(demo_placeholder(), dev_listen));
+    let demo = app.is_none() && inbound.app.port == 0;
+    if let Some(app) = app {
+        inbound.app = app;
+    }
+    if let Some(listen) = listen {
+        inbound.listen = listen;
+    }
+    if let Some(admin) = admin {
+        c.spec.admin.listen = admin;
+    }
+    // A laptop sees replays with no setup: keyed POST and PATCH requests are enforced,
+    // in memory unless --redis says where.
+    let idem = c.spec.idempotency.get_or_insert_with(Default::default);
+    if let Some(url) = redis {
+        idem.store = url;
+        if idem.scope_secret.is_none() {
+            idem.scope_secret = Some(
+                std::env::var("ATTACHE_IDEMPOTENCY_SECRET")
+                    .unwrap_or_else(|_| "attache-dev".to_owned()),
+            );
+        }
+    }
+    Ok((c, demo))
+}
+
+/// `attache dev`'s flags: a flag file, and OFREP when asked for.
+fn dev_flags(c: &mut Config, flags: Option<PathBuf>, ofrep: Option<ListenAddr>) {
+    // Flags with no setup: ./flags.json (or --flags FILE), every flag delivered as a
+    // header and in x-flags, OFREP on its usual port, and the targeting key read from
+    // `x-user-id` (so a `fractional` rollout or a per-user rule can be tried with curl;
+    // a config file's `spec.flags` is taken as it is).
+    let flag_file = flags.or_else(|| {
+        let default = PathBuf::from("flags.json");
+        default.is_file().then_some(default)
+    });
+    if let Some(file) = flag_file {
+        let f = c.spec.flags.get_or_insert_with(|| attache_config::Flags {
+            deliver: attache_config::Deliver {
+                flags: vec!["*".to_owned()],
+                combined_header: Some("x-flags".to_owned()),
+                ..Default::default()
+            },
+            context: attache_config::FlagContext {
+                targeting_key: vec![attache_config::ContextSource {
+                    header: Some(DEV_TARGETING_KEY_HEADER.to_owned()),
+                    cookie: None,
+                    query: None,
+                    baggage: None,
+                    name: None,
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        f.sources.push(attache_config::FlagSource {
+            name: None,
+            file: Some(file.display().to_string()),
+            url: None,
+            poll_interval: attache_config::Duration(std::time::Duration::from_secs(30)),
+            timeout: attache_config::Duration(std::time::Duration::from_secs(10)),
+            headers: Default::default(),
+            optional: false,
+        });
+    }
+    if let (Some(addr), Some(f)) = (ofrep, c.spec.flags.as_mut()) {
+        f.ofrep = Some(attache_config::Ofrep {
+            listen: addr,
+            ..Default::default()
+        });
     }
 }
 
