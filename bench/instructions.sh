@@ -22,6 +22,13 @@
 #   LOAD=rate bash bench/instructions.sh         # 400 req/s: every request wakes the proxy alone
 #   HEADERS=flags bash bench/instructions.sh     # every target's requests carry x-user-id and
 #                                                # x-plan, as the counts before 569daca did
+#   ATTACHE_BIN=/tmp/attache-old TARGETS=attache bash bench/instructions.sh
+#                                                # a binary built elsewhere (another commit), to
+#                                                # compare two commits side by side:
+#     git worktree add /tmp/old <commit> && (cd /tmp/old && cargo build --release -p attache)
+#     cp /tmp/old/target/release/attache /tmp/attache-old
+#   ROUNDS=3 bash bench/instructions.sh          # each target counted three times (one round
+#                                                # in five lands ~1.5k high; take the median)
 #
 # Needs: valgrind, h2load, nginx (apt-get install valgrind nghttp2-client nginx-light).
 # Takes about a minute per target. Traffic stays on 127.0.0.1.
@@ -38,6 +45,8 @@ need h2load "apt-get install nghttp2-client"
 need nginx "apt-get install nginx-light"
 
 cargo build --release -q -p attache --bin attache --example hyper_floor
+ATTACHE_BIN=${ATTACHE_BIN:-target/release/attache}
+ROUNDS=${ROUNDS:-1}
 
 upstream_nginx "$UP" 1
 wait_port "$UP"
@@ -93,7 +102,7 @@ count() {
   local log="$OUT/instr-$1.log" pid n
   case $1 in
     attache | traced | 10-flags | control) ATTACHE_LOG=warn ATTACHE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-        target/release/attache run -c "$OUT/instr-$1.yaml" 2>"$log" >/dev/null & ;;
+        "$ATTACHE_BIN" run -c "$OUT/instr-$1.yaml" 2>"$log" >/dev/null & ;;
     floor) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         target/release/examples/hyper_floor "127.0.0.1:$PROXY" "127.0.0.1:$UP" 2>"$log" >/dev/null & ;;
     nginx) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
@@ -112,7 +121,9 @@ count() {
 if [ "$LOAD" = rate ]; then short=4 long=12; else short=4000 long=12000; fi
 echo "instructions per request ($LOAD load, h2load --h1 -c20):"
 for t in $TARGETS; do
-  read -r i1 n1 < <(count "$t" "$short")
-  read -r i2 n2 < <(count "$t" "$long")
-  awk -v t="$t" -v d=$((i2 - i1)) -v n=$((n2 - n1)) 'BEGIN{printf "  %-8s %6.1fk\n", t, d/n/1000}'
+  for _ in $(seq "$ROUNDS"); do
+    read -r i1 n1 < <(count "$t" "$short")
+    read -r i2 n2 < <(count "$t" "$long")
+    awk -v t="$t" -v d=$((i2 - i1)) -v n=$((n2 - n1)) 'BEGIN{printf "  %-8s %6.1fk\n", t, d/n/1000}'
+  done
 done
