@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use attache_tests::client::exchange;
+use attache_tests::metrics;
 use attache_tests::otlp::{Collector, Protocol};
 use attache_tests::redis::Redis;
 
@@ -99,11 +100,16 @@ async fn the_layers_in_a_service_continue_the_trace_deliver_flags_and_export_spa
     assert_eq!(server.parent_id(), "00f067aa0ba902b7");
     assert_eq!(server.span_id(), tp[36..52]);
 
+    // Counted in the service's own registry, as the request arrived (not when its response
+    // ended, which could race this scrape): the first request's continued trace, and the
+    // two requests without a context (the second, and this scrape).
     let metrics = exchange("GET", &ex.url("/metrics"), &[], "").await.text();
-    assert!(
-        metrics.contains("attache_trace_context_total{direction=\"inbound\""),
-        "{metrics}"
-    );
+    for sample in [
+        "attache_trace_context_total{direction=\"inbound\",format=\"tracecontext\",result=\"continued\"} 1",
+        "attache_trace_context_total{direction=\"inbound\",format=\"tracecontext\",result=\"absent\"} 2",
+    ] {
+        assert!(metrics::has(&metrics, sample), "{sample}\n{metrics}");
+    }
 }
 
 #[tokio::test]
