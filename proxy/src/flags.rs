@@ -167,7 +167,7 @@ impl Flags {
             sources: flags.sources.clone(),
             file_poll_interval: flags.file_poll_interval.get(),
         };
-        let made = self.current.get_or_make(key, |key, previous| {
+        self.current.get_or_insert(key, |key, previous| {
             let poll = key.file_poll_interval;
             let store = Arc::new(FlagStore::new(flags.sources.len()));
             // A source that was already loaded keeps its flags through the reload: requests never
@@ -209,18 +209,13 @@ impl Flags {
                 };
                 tasks.push(task.abort_handle());
             }
-            let running = Arc::new(Running {
+            Arc::new(Running {
                 store,
                 sources: flags.sources.clone(),
                 status,
                 tasks,
-            });
-            Ok::<_, std::convert::Infallible>(running)
-        });
-        match made {
-            Ok(running) => running,
-            Err(never) => match never {},
-        }
+            })
+        })
     }
 
     /// `spec.flags` is gone: stop the sources once no snapshot uses them.

@@ -36,6 +36,14 @@ impl<K: PartialEq, V: Clone> Kept<K, V> {
         Ok(made)
     }
 
+    /// [`Kept::get_or_make`] for a `make` that cannot fail.
+    pub fn get_or_insert(&self, key: K, make: impl FnOnce(&K, Option<&V>) -> V) -> V {
+        match self.get_or_make::<std::convert::Infallible>(key, |k, old| Ok(make(k, old))) {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
+    }
+
     /// The kept value, whatever it was made from.
     pub fn current(&self) -> Option<V> {
         let slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());

@@ -110,7 +110,7 @@ impl Telemetry {
         if key.effective.endpoint.is_none() && !key.console {
             return None;
         }
-        let made = self.exporter.get_or_make(key, |key, _| {
+        Some(self.exporter.get_or_insert(key, |key, _| {
             for w in &key.effective.warnings {
                 tracing::warn!("{w}");
             }
@@ -156,28 +156,20 @@ impl Telemetry {
                 console = key.console,
                 "span export configured"
             );
-            Ok::<_, std::convert::Infallible>(Exporter::start(settings, self.metrics.clone()))
-        });
-        match made {
-            Ok(exporter) => Some(exporter),
-            Err(never) => match never {},
-        }
+            Exporter::start(settings, self.metrics.clone())
+        }))
     }
 
     fn access_log(&self, output: LogOutput) -> AccessLog {
-        let made = self.access_log.get_or_make(output, |output, _| {
-            Ok::<_, std::convert::Infallible>(AccessLog::start(
+        self.access_log.get_or_insert(output, |output, _| {
+            AccessLog::start(
                 match output {
                     LogOutput::Stdout => access_log::Output::Stdout,
                     LogOutput::Stderr => access_log::Output::Stderr,
                 },
                 self.metrics.clone(),
-            ))
-        });
-        match made {
-            Ok(log) => log,
-            Err(never) => match never {},
-        }
+            )
+        })
     }
 
     /// At exit, after draining: sends the spans still queued, for at most `timeout`.
