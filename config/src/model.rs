@@ -301,7 +301,7 @@ fn default_idle_timeout() -> Duration {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
-    /// Establishing a TCP connection → 502 when exceeded.
+    /// Establishing a TCP connection → 504 when exceeded.
     #[serde(default = "default_connect")]
     pub connect: Duration,
     /// From forwarding a request until the response head arrives → 504 when exceeded.

@@ -1,148 +1,35 @@
-//! The last step of both request flows: send the request to one endpoint of a target (the app
-//! or a named upstream) and stream the response back.
+//! The leg's exchange with one target, in the outbound tail between the route and the
+//! balancer (see `crate::upstream` for the whole tail).
 //!
 //! It removes hop-by-hop headers (RFC 9110 §7.6.1), writes `X-Forwarded-*` on the inbound leg,
-//! bounds the wait for the response head, passes HTTP Upgrade (WebSocket) through as a byte
-//! tunnel, and turns every failure into one problem+json response: 502 when the target cannot
-//! be reached or breaks the exchange, 504 when it is too slow, 413 when the body limit trips.
+//! puts the request in the target's protocol, gives it its deadline (the target's request
+//! timeout), passes HTTP Upgrade (WebSocket) through as a byte tunnel, refuses responses it
+//! will not pass on, and turns every failure the tail reports into one problem+json response,
+//! through [`Failure`]: 502 when the target cannot be reached or breaks the exchange, 504 when
+//! it is too slow, 413 when the body limit trips.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use attache_config::{ForwardedHeaders, Protocol, Timeouts, UpstreamUrl};
+use attache_config::{ForwardedHeaders, Protocol};
 use attache_filters::Body;
-use attache_filters::errors::{Problem, ProxyError, error_chain, problem_response};
+use attache_filters::errors::{Problem, ProxyError, problem_response};
 use attache_filters::facts::UpstreamInfo;
-use attache_filters::flags::settings::RouteTarget;
 use attache_filters::metrics::{Direction, Metrics};
 use attache_filters::telemetry::families::HttpFamilies;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use crate::balance::{Balancer, RoundRobin};
 use crate::conn::ConnInfo;
 use crate::hop_by_hop::{is_upgrade, not_chunked, strip_hop_by_hop, upgrade_answers};
 use crate::metrics::ProxyFamilies;
-use crate::pool::{self, SendError};
-use crate::upstream_failure::Failure;
-
-pub type HttpClient = pool::Client;
-
-/// The connection pools for a connect timeout, pool policy and protocol.
-pub fn client(
-    connect_timeout: std::time::Duration,
-    pool: attache_config::Pool,
-    protocol: Protocol,
-    metrics: &Arc<Metrics>,
-) -> HttpClient {
-    pool::Client::new(
-        pool::Settings {
-            connect_timeout,
-            idle_timeout: pool.idle_timeout.get(),
-            max_idle: pool.max_idle_per_endpoint as usize,
-            protocol,
-        },
-        metrics.clone(),
-    )
-}
-
-/// A place requests are sent: the app, or a named upstream with its endpoints.
-pub struct Target {
-    /// `app` for the inbound app, else the name in `spec.upstreams`.
-    pub name: Arc<str>,
-    endpoints: Vec<Endpoint>,
-    /// Which endpoint each request goes to (round robin today).
-    balancer: Box<dyn Balancer>,
-    pub timeouts: Timeouts,
-    pub protocol: Protocol,
-}
-
-struct Endpoint {
-    /// Its keep-alive connections.
-    pool: Arc<pool::Endpoint>,
-    authority: Authority,
-    host: HeaderValue,
-    /// `Authorization: Basic` from credentials in the endpoint URL, sent when the request
-    /// has no `Authorization` of its own.
-    authorization: Option<HeaderValue>,
-    /// For spans: the host and port, and `http://host:port` with credentials redacted.
-    span_host: Arc<str>,
-    port: u16,
-    url_base: Arc<str>,
-}
-
-impl Target {
-    pub fn new(
-        name: &str,
-        urls: &[UpstreamUrl],
-        timeouts: Timeouts,
-        client: HttpClient,
-        protocol: Protocol,
-    ) -> anyhow::Result<Self> {
-        let endpoints = urls
-            .iter()
-            .map(|u| {
-                let authority: Authority = u.authority().parse()?;
-                let host = HeaderValue::from_str(authority.as_str())?;
-                let authorization = match &u.userinfo {
-                    Some(userinfo) => Some(
-                        basic_authorization(userinfo)
-                            .ok_or_else(|| anyhow::anyhow!("credentials that fit no header"))?,
-                    ),
-                    None => None,
-                };
-                let url_base = match u.userinfo {
-                    Some(_) => format!("http://REDACTED:REDACTED@{}", authority),
-                    None => format!("http://{authority}"),
-                };
-                Ok(Endpoint {
-                    pool: client.endpoint(authority.as_str()),
-                    authority,
-                    host,
-                    authorization,
-                    span_host: Arc::from(u.host.as_str()),
-                    port: u.port,
-                    url_base: Arc::from(url_base),
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        anyhow::ensure!(!endpoints.is_empty(), "upstream `{name}` has no endpoints");
-        Ok(Self {
-            name: Arc::from(name),
-            endpoints,
-            balancer: Box::new(RoundRobin::default()),
-            timeouts,
-            protocol,
-        })
-    }
-
-    /// The index of the endpoint for a new request.
-    fn pick(&self) -> usize {
-        self.balancer.pick(self.endpoints.len())
-    }
-
-    /// What spans and the access log say about a call to `endpoint`.
-    fn info(&self, endpoint: &Endpoint) -> UpstreamInfo {
-        UpstreamInfo {
-            name: self.name.clone(),
-            url_base: endpoint.url_base.clone(),
-            host: endpoint.span_host.clone(),
-            port: endpoint.port,
-            version: match self.protocol {
-                Protocol::Http2 => Version::HTTP_2,
-                Protocol::Http1 => Version::HTTP_11,
-            },
-            resend_count: 0,
-            error: None,
-        }
-    }
-}
+use crate::upstream::failure::{Counted, Failure, SendError};
+use crate::upstream::{Exchange, Outgoing, Target, Unanswered};
 
 /// How the forwarder treats requests on one leg.
 #[derive(Clone)]
@@ -160,41 +47,23 @@ pub struct Leg {
     pub hand_up: bool,
 }
 
-/// What [`Forward::prepare`] took from the endpoint, for [`Forward::retarget`] to change.
-struct Prepared {
-    /// `Host` is the endpoint's (the leg rewrites it, or the client sent none).
-    endpoint_host: bool,
-    /// `Authorization` is the endpoint's credentials (the client sent none).
-    endpoint_auth: bool,
-}
-
-/// Upstreams a flag route may pick instead of a leg's own (specs/feature-flags.md §9).
-pub type Routed = std::collections::HashMap<Arc<str>, Arc<Target>>;
-
-/// The tower service at the bottom of a stack.
+/// The leg's exchange with one target.
 #[derive(Clone)]
 pub struct Forward {
     target: Arc<Target>,
     metrics: Arc<ProxyFamilies>,
     http_metrics: Arc<HttpFamilies>,
     leg: Leg,
-    routed: Arc<Routed>,
 }
 
 impl Forward {
-    pub fn new(target: Arc<Target>, metrics: Arc<Metrics>, leg: Leg) -> Self {
+    pub fn new(target: Arc<Target>, metrics: &Metrics, leg: Leg) -> Self {
         Self {
             target,
             http_metrics: metrics.family(),
             metrics: metrics.family(),
             leg,
-            routed: Arc::default(),
         }
-    }
-
-    pub fn routed(mut self, routed: Arc<Routed>) -> Self {
-        self.routed = routed;
-        self
     }
 }
 
@@ -215,19 +84,12 @@ impl tower::Service<Request<Body>> for Forward {
 impl Forward {
     /// The whole exchange; its future is the one `call` boxes (no wrapper future around it, so
     /// the state is moved once, into the box).
-    async fn forward(mut self, mut req: Request<Body>) -> Result<Response<Body>, Infallible> {
-        if let Some(RouteTarget(name)) = req.extensions().get::<RouteTarget>()
-            && let Some(target) = self.routed.get(name)
-        {
-            self.target = target.clone();
-        }
+    async fn forward(self, mut req: Request<Body>) -> Result<Response<Body>, Infallible> {
         if req.method() == http::Method::CONNECT {
             return Ok(problem_response(&ProxyError::BadRequest(
                 "CONNECT is not supported on this listener".into(),
             )));
         }
-        let mut at = self.target.pick();
-        let mut endpoint = &self.target.endpoints[at];
         let upgrade = is_upgrade(&req);
         // The offers the app may pick from (the limits step kept only allowed ones).
         let asked = upgrade
@@ -235,50 +97,31 @@ impl Forward {
             .flatten();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let conn = req.extensions().get::<ConnInfo>().cloned();
-        // When no connection to the endpoint can be made, the request comes back unsent (body
-        // unread) and goes to the next endpoint, once, whatever its method.
-        let mut may_retry = self.target.endpoints.len() > 1;
-        let mut info = self.target.info(endpoint);
+        self.prepare(&mut req, upgrade, conn.as_ref());
 
-        let mut prepared = match self.prepare(&mut req, endpoint, upgrade, conn.as_ref()) {
-            Ok(p) => p,
-            Err(e) => return Ok(problem_response(&e)),
-        };
-
-        let timeout = self.target.timeouts.request.get();
         let started = tokio::time::Instant::now();
-        let mut res = loop {
-            match endpoint.pool.send(req, started, started + timeout).await {
-                Ok(mut res) => {
-                    if res.extensions_mut().remove::<pool::Resent>().is_some() {
-                        info.resend_count += 1;
-                    }
-                    break res;
-                }
-                Err(pool::Failure { error, unsent }) => {
-                    if let Some(unsent) = unsent.filter(|_| may_retry) {
-                        may_retry = false;
-                        self.metrics.upstream_error(
-                            self.leg.direction,
-                            &self.target.name,
-                            Failure::of(&error).metric_kind(),
-                        );
-                        tracing::debug!(upstream = %self.target.name, error = %error_chain(&error), "no connection to the endpoint; trying the next one");
-                        at = self
-                            .target
-                            .balancer
-                            .next_after(at, self.target.endpoints.len());
-                        endpoint = &self.target.endpoints[at];
-                        info = self.target.info(endpoint);
-                        info.resend_count = 1;
-                        req = *unsent;
-                        if let Err(e) = self.retarget(&mut req, endpoint, &mut prepared) {
-                            return Ok(problem_response(&e));
-                        }
-                        continue;
-                    }
-                    return Ok(self.failed(&error, info));
-                }
+        let out = Outgoing {
+            request: req,
+            started,
+            deadline: started + self.target.timeouts.request.get(),
+        };
+        let (mut res, info) = match self.target.balance.send(out).await {
+            Ok(Exchange {
+                response,
+                upstream,
+                failed_over,
+            }) => {
+                self.count_failover(failed_over);
+                (response, upstream)
+            }
+            Err(Unanswered {
+                error,
+                upstream,
+                failed_over,
+                ..
+            }) => {
+                self.count_failover(failed_over);
+                return Ok(self.failed(&error, upstream));
             }
         };
         if res.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -311,26 +154,7 @@ impl Forward {
         if res.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
-            let upstream_upgrade = hyper::upgrade::on(&mut res);
-            if let Some(conn) = &conn {
-                conn.state.mark_upgraded();
-            }
-            let guard = conn.as_ref().map(|c| c.tracker.track());
-            tokio::spawn(async move {
-                let _guard = guard;
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        if let Err(e) =
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                        {
-                            tracing::debug!(error = %e, "upgraded connection ended");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                }
-            });
+            tunnel(client_upgrade, &mut res, conn.as_ref());
             return Ok(res);
         }
 
@@ -338,15 +162,10 @@ impl Forward {
         Ok(res)
     }
 
-    /// Rewrites the request for the endpoint: URI, version, Host, hop-by-hop and forwarding
-    /// headers.
-    fn prepare(
-        &self,
-        req: &mut Request<Body>,
-        endpoint: &Endpoint,
-        upgrade: bool,
-        conn: Option<&ConnInfo>,
-    ) -> Result<Prepared, ProxyError> {
+    /// Rewrites the request for the target: the origin-form target, the target's protocol
+    /// version, hop-by-hop and forwarding headers, and `Host` when it is the client's (else
+    /// the endpoint fills it in).
+    fn prepare(&self, req: &mut Request<Body>, upgrade: bool, conn: Option<&ConnInfo>) {
         // The request target's authority when it has one (HTTP/2's `:authority`, an HTTP/1.1
         // absolute-form target), else Host: RFC 9112 §3.2.2 has a server ignore Host for an
         // absolute-form target, and RFC 9113 §8.3.1 prefers `:authority`.
@@ -355,24 +174,18 @@ impl Forward {
             Some(a) => HeaderValue::from_str(a.as_str().rsplit('@').next().unwrap_or("")).ok(),
             None => req.headers().get(header::HOST).cloned(),
         };
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         // attache speaks the target's protocol whatever the client spoke: HTTP/1.1 with the
-        // origin-form target (`/path?query`), HTTP/2 with scheme and authority.
+        // origin-form target (`/path?query`); for HTTP/2 the endpoint adds its scheme and
+        // authority.
+        if req.uri().scheme().is_some() || req.uri().path_and_query().is_none() {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(pq);
+        }
         let http2 = self.target.protocol == Protocol::Http2;
-        *req.uri_mut() = if http2 {
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(endpoint.authority.clone());
-            parts.path_and_query = Some(pq);
-            Uri::from_parts(parts)
-                .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?
-        } else {
-            Uri::from(pq)
-        };
         *req.version_mut() = if http2 {
             Version::HTTP_2
         } else {
@@ -396,20 +209,12 @@ impl Forward {
                 HeaderValue::from_static("chunked"),
             );
         }
-        let mut prepared = Prepared {
-            endpoint_host: self.leg.rewrite_host || original_host.is_none(),
-            endpoint_auth: false,
-        };
-        match original_host.as_ref().filter(|_| !prepared.endpoint_host) {
+        // The endpoint's own authority goes in `Host` when the leg rewrites it or the client
+        // sent none: the endpoint fills in a missing one.
+        match original_host.as_ref().filter(|_| !self.leg.rewrite_host) {
             Some(h) => headers.insert(header::HOST, h.clone()),
-            None => headers.insert(header::HOST, endpoint.host.clone()),
+            None => headers.remove(header::HOST),
         };
-        if let Some(auth) = &endpoint.authorization
-            && !headers.contains_key(header::AUTHORIZATION)
-        {
-            headers.insert(header::AUTHORIZATION, auth.clone());
-            prepared.endpoint_auth = true;
-        }
         if self.leg.direction == Direction::Inbound
             && let Some(conn) = conn
         {
@@ -420,214 +225,74 @@ impl Forward {
                 .any(|c| c.contains(conn.peer.ip()));
             set_forwarded(headers, self.leg.forwarded, conn, original_host, trusted);
         }
-        Ok(prepared)
     }
 
-    /// Points a prepared request that no connection took at another endpoint: only what
-    /// `prepare` took from the endpoint changes (the HTTP/2 authority, a `Host` that was the
-    /// endpoint's, the endpoint's credentials); hop-by-hop and `X-Forwarded-*` handling was
-    /// done once and is not repeated.
-    fn retarget(
-        &self,
-        req: &mut Request<Body>,
-        endpoint: &Endpoint,
-        prepared: &mut Prepared,
-    ) -> Result<(), ProxyError> {
-        if self.target.protocol == Protocol::Http2 {
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(endpoint.authority.clone());
-            parts.path_and_query = req.uri().path_and_query().cloned();
-            *req.uri_mut() = Uri::from_parts(parts)
-                .map_err(|e| ProxyError::BadRequest(format!("invalid request target: {e}")))?;
+    /// A connection that could not be made before the request went to another endpoint:
+    /// counted as the upstream's error, though the client got its answer.
+    fn count_failover(&self, failed_over: Option<Failure>) {
+        if let Some(Counted::Upstream(kind)) = failed_over.map(Failure::counted) {
+            self.metrics
+                .upstream_error(self.leg.direction, &self.target.name, kind);
         }
-        let headers = req.headers_mut();
-        if prepared.endpoint_host {
-            headers.insert(header::HOST, endpoint.host.clone());
-        }
-        if prepared.endpoint_auth {
-            headers.remove(header::AUTHORIZATION);
-            prepared.endpoint_auth = false;
-        }
-        if let Some(auth) = &endpoint.authorization
-            && !headers.contains_key(header::AUTHORIZATION)
-        {
-            headers.insert(header::AUTHORIZATION, auth.clone());
-            prepared.endpoint_auth = true;
-        }
-        Ok(())
     }
 
+    /// Answers a failed exchange: counted under its kind, its type on the span and the access
+    /// log, and the client answered with the status the kind gives.
     fn failed(&self, e: &SendError, mut info: UpstreamInfo) -> Response<Body> {
-        if has_source::<crate::limits::BodyLimitExceeded>(e) {
-            info.error = Some("body");
-            let mut res = problem_response(&ProxyError::BodyTooLarge {
-                limit: body_limit(e).unwrap_or_default(),
-            });
-            res.extensions_mut().insert(info);
-            return res;
-        }
-        if let Some(fault) = client_body_fault(e) {
-            // The request's own body failed: the client (the app, outbound) broke its framing or
-            // went away. Not an upstream error, whatever the exchange looked like from there.
-            let (result, err) = match fault {
-                ClientBody::Malformed(reason) => {
-                    ("malformed_body", ProxyError::MalformedBody(reason))
-                }
-                ClientBody::Aborted => ("aborted", ProxyError::ClientAborted),
-            };
-            // A client abort is counted by the observe layer, which also sees the exchanges
-            // dropped before they got this far.
-            if matches!(err, ProxyError::MalformedBody(_)) {
-                self.http_metrics.client_error(result);
-            }
-            info.error = Some(result);
-            tracing::debug!(direction = self.leg.direction.as_str(), "{err}");
-            let mut res = problem_response(&err);
-            res.extensions_mut().insert(info);
-            return res;
-        }
         let failure = Failure::of(e);
-        let reason = match e {
-            SendError::Connect(_) if failure == Failure::Refused => "connection refused".to_owned(),
-            SendError::Exchange(h) if h.is_parse_too_large() => {
-                // hyper's limits for a response head, as Envoy's defaults: say which.
-                "its response head is too large (more than 100 header lines, or over 400 KiB)"
-                    .to_owned()
+        match failure.counted() {
+            Counted::Upstream(kind) => {
+                self.metrics
+                    .upstream_error(self.leg.direction, &self.target.name, kind)
             }
-            _ => error_chain(e),
-        };
-        let after = match failure {
-            Failure::ConnectTimeout => self.target.timeouts.connect.get(),
-            _ => self.target.timeouts.request.get(),
-        };
-        self.fail(failure, reason, after, info)
-    }
-
-    /// Answers an upstream failure: counted under its kind, its type on the span and the
-    /// access log, and the client answered 502 or 504.
-    fn fail(
-        &self,
-        failure: Failure,
-        reason: String,
-        after: Duration,
-        mut info: UpstreamInfo,
-    ) -> Response<Body> {
-        self.metrics
-            .upstream_error(self.leg.direction, &self.target.name, failure.metric_kind());
+            Counted::Client(result) => self.http_metrics.client_error(result),
+            Counted::Elsewhere => {}
+        }
         info.error = Some(failure.error_type());
-        let err = failure.answer(self.target.name.to_string(), reason, after);
-        self.problem(err, info)
-    }
-
-    /// A response attache will not pass on: 502, counted as the upstream's protocol error.
-    fn refused(&self, reason: String, info: UpstreamInfo) -> Response<Body> {
-        self.fail(Failure::Protocol, reason, Duration::ZERO, info)
-    }
-
-    fn problem(&self, err: ProxyError, info: UpstreamInfo) -> Response<Body> {
-        tracing::warn!(
-            direction = self.leg.direction.as_str(),
-            status = err.status().as_u16(),
-            "{err}"
-        );
+        let err = failure.answer(e, &self.target.name, &self.target.timeouts);
+        let direction = self.leg.direction.as_str();
+        if failure.is_upstream() {
+            tracing::warn!(direction, status = err.status().as_u16(), "{err}");
+        } else {
+            tracing::debug!(direction, "{err}");
+        }
         let mut res = problem_response(&err);
         res.extensions_mut().insert(info);
         res
     }
-}
 
-/// `Authorization: Basic` for a URL's `user:password` (RFC 7617: standard base64 with padding),
-/// marked sensitive so that it is never logged or indexed by HPACK.
-pub fn basic_authorization(userinfo: &str) -> Option<HeaderValue> {
-    use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(userinfo);
-    let mut v = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
-    v.set_sensitive(true);
-    Some(v)
-}
-
-fn has_source<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<E>() {
-            return true;
-        }
-        cur = err.source();
+    /// A response attache will not pass on: 502, counted as the upstream's protocol error.
+    fn refused(&self, reason: String, info: UpstreamInfo) -> Response<Body> {
+        self.failed(&SendError::Unacceptable(reason), info)
     }
-    false
 }
 
-/// How a request's own body failed, when that is why an exchange failed.
-#[derive(Debug, PartialEq)]
-enum ClientBody {
-    /// The body broke HTTP framing: a bad chunk size or line, an oversized chunk extension, a
-    /// length the stream did not keep to.
-    Malformed(String),
-    /// The client went away mid-body: the connection closed or reset, the stream was reset.
-    Aborted,
-}
-
-/// Whether `e` is hyper's "error from user's Body stream" caused by reading the client's body
-/// from its connection (another `hyper::Error` under it), and which of the two faults it was.
-/// Read from the error types (io kinds, HTTP/2 reasons), not from their text.
-fn client_body_fault(e: &(dyn std::error::Error + 'static)) -> Option<ClientBody> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_user)
-        {
-            break;
-        }
-        cur = err.source();
+/// Joins the client's upgraded connection to the upstream's once both sides have switched,
+/// and copies bytes both ways until either closes. The connection counts as upgraded (its
+/// deadlines no longer apply) and is tracked for a graceful shutdown.
+fn tunnel(
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    res: &mut Response<Body>,
+    conn: Option<&ConnInfo>,
+) {
+    let upstream_upgrade = hyper::upgrade::on(res);
+    if let Some(conn) = conn {
+        conn.state.mark_upgraded();
     }
-    let read = cur?.source()?;
-    read.downcast_ref::<hyper::Error>()?;
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(read);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(match io.kind() {
-                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
-                    ClientBody::Malformed(io.to_string())
+    let guard = conn.map(|c| c.tracker.track());
+    tokio::spawn(async move {
+        let _guard = guard;
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((client, upstream)) => {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
                 }
-                _ => ClientBody::Aborted,
-            });
-        }
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            // A reason attache's side found (a length the stream broke, a flow-control
-            // violation) is the client's malformed stream; a reset, GOAWAY or I/O error from the
-            // client's side is the client leaving.
-            let local = !h2.is_remote() && !h2.is_io();
-            return Some(match h2.reason() {
-                Some(reason) if local && reason != h2::Reason::CANCEL => {
-                    ClientBody::Malformed(h2.to_string())
-                }
-                _ => ClientBody::Aborted,
-            });
-        }
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if h.is_parse() {
-                return Some(ClientBody::Malformed(h.to_string()));
             }
-            if h.is_incomplete_message() {
-                return Some(ClientBody::Aborted);
-            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-        cur = err.source();
-    }
-    Some(ClientBody::Aborted)
-}
-
-fn body_limit(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(l) = err.downcast_ref::<crate::limits::BodyLimitExceeded>() {
-            return Some(l.limit);
-        }
-        cur = err.source();
-    }
-    None
+    });
 }
 
 /// Whether a request going out over HTTP/1.1 must be framed as chunked by us: its body may hold
@@ -800,17 +465,5 @@ mod tests {
             false,
         );
         assert_eq!(text(&h, "x-forwarded-for"), ["::1"]);
-    }
-
-    #[test]
-    fn basic_credentials_are_base64() {
-        let basic = |u: &str| basic_authorization(u).map(|v| v.as_bytes().to_vec());
-        assert_eq!(basic("u:p"), Some(b"Basic dTpw".to_vec()));
-        assert_eq!(
-            basic("Aladdin:open sesame"),
-            Some(b"Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==".to_vec())
-        );
-        assert_eq!(basic("ab"), Some(b"Basic YWI=".to_vec()));
-        assert!(basic_authorization("a:b").is_some_and(|v| v.is_sensitive()));
     }
 }

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use attache_config::Inbound;
 use attache_filters::metrics::Direction;
 
-use crate::forward::{Leg, Target};
+use crate::forward::Leg;
 use crate::stack::{LegSpec, Steps};
+use crate::upstream::Target;
 
 /// The inbound leg: to the app, `X-Forwarded-*` per `inbound.forwarded_headers` (kept from
 /// `trusted_proxies` only), the `Host` as the client sent it, idempotency enforced.

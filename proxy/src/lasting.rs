@@ -14,9 +14,9 @@ use attache_config::{Pool, Protocol};
 use attache_filters::metrics::Metrics;
 
 use crate::flags::Flags;
-use crate::forward::{self, HttpClient};
 use crate::idempotency::Stores;
 use crate::telemetry::Telemetry;
+use crate::upstream::{self, Client};
 
 /// Everything a reload keeps, handed to each snapshot as it is built.
 pub struct Lasting {
@@ -43,7 +43,7 @@ impl Lasting {
 /// pools survive them.
 pub struct Clients {
     metrics: Arc<Metrics>,
-    by_policy: Mutex<HashMap<(Duration, Pool, Protocol), HttpClient>>,
+    by_policy: Mutex<HashMap<(Duration, Pool, Protocol), Client>>,
 }
 
 impl Clients {
@@ -54,10 +54,10 @@ impl Clients {
         }
     }
 
-    pub fn get(&self, connect: Duration, pool: Pool, protocol: Protocol) -> HttpClient {
+    pub fn get(&self, connect: Duration, pool: Pool, protocol: Protocol) -> Client {
         let mut map = self.by_policy.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((connect, pool, protocol))
-            .or_insert_with(|| forward::client(connect, pool, protocol, &self.metrics))
+            .or_insert_with(|| upstream::client(connect, pool, protocol, &self.metrics))
             .clone()
     }
 }

@@ -5,11 +5,9 @@
 
 mod admin;
 mod allocator;
-mod balance;
 mod body;
 mod cli;
 mod conn;
-mod connector;
 mod demo;
 mod flags;
 mod forward;
@@ -24,16 +22,16 @@ mod logging;
 mod metrics;
 mod ofrep;
 mod outbound;
-mod pool;
 mod ready;
 mod reload;
+mod route;
 mod server;
 mod shared;
 mod snapshot;
 mod stack;
 mod steps;
 mod telemetry;
-mod upstream_failure;
+mod upstream;
 mod watch;
 
 fn main() -> std::process::ExitCode {

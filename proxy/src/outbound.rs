@@ -19,8 +19,9 @@ use std::sync::Arc;
 use attache_config::{ForwardedHeaders, Outbound};
 use attache_filters::metrics::Direction;
 
-use crate::forward::{Leg, Target};
+use crate::forward::Leg;
 use crate::stack::{LegSpec, Steps};
+use crate::upstream::Target;
 
 /// The outbound leg of one ambassador listener: to its upstream, no `X-Forwarded-*`, the
 /// upstream's own authority in `Host`, no idempotency step (the app's calls are not keyed by

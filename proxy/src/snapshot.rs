@@ -12,9 +12,9 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::conn::Deadlines;
-use crate::forward::Target;
 use crate::lasting::{Clients, Lasting};
 use crate::stack::{Stack, Steps};
+use crate::upstream::Target;
 use crate::{inbound, outbound};
 
 /// What a listener serves. A connection keeps the role it was accepted for, so when a reload

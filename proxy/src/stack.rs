@@ -19,9 +19,11 @@ use http::{Request, Response};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use crate::forward::{Forward, Leg, Routed, Target};
+use crate::forward::{Forward, Leg};
 use crate::limits::LimitsLayer;
+use crate::route::Route;
 use crate::steps::trace_context::{Restoration, propagation};
+use crate::upstream::{Routed, Target};
 
 /// A leg's request flow, boxed: what a listener serves each request with.
 pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -50,10 +52,20 @@ pub struct LegSpec<'a> {
     pub routed: Arc<Routed>,
 }
 
+/// The top of a leg's outbound tail: the route to the leg's own target or to a flag route's
+/// upstream, each with this leg's exchange (see `crate::upstream`).
+fn tail(target: Arc<Target>, routed: &Routed, metrics: &Metrics, leg: &Leg) -> Route<Forward> {
+    let routed = routed
+        .iter()
+        .map(|(name, t)| (name.clone(), Forward::new(t.clone(), metrics, leg.clone())))
+        .collect();
+    Route::new(Forward::new(target, metrics, leg.clone()), routed)
+}
+
 /// The stack of one leg, in the one order both legs share:
 ///
 /// observe → limits → hop-by-hop on arrival → trace context → flags → idempotency (inbound)
-/// → restoration record (inbound) → forward.
+/// → restoration record (inbound) → route → forward → balance → endpoint.
 pub fn build(
     config: &Config,
     spec: LegSpec<'_>,
@@ -80,6 +92,6 @@ pub fn build(
         .option_layer(spec.idempotency)
         // Restoration records what the app receives: after the flags step, never before.
         .option_layer(inbound.then_some(RecordLayer))
-        .service(Forward::new(spec.target, metrics.clone(), forward_leg).routed(spec.routed));
+        .service(tail(spec.target, &spec.routed, metrics, &forward_leg));
     BoxCloneSyncService::new(svc)
 }

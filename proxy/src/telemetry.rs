@@ -130,7 +130,7 @@ impl Telemetry {
                 && !headers
                     .iter()
                     .any(|(k, _)| k == http::header::AUTHORIZATION)
-                && let Some(v) = crate::forward::basic_authorization(&userinfo)
+                && let Some(v) = crate::upstream::endpoint::basic_authorization(&userinfo)
             {
                 headers.push((http::header::AUTHORIZATION, v));
             }

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower::Service;
 
-use crate::upstream_failure::SendError;
+use super::failure::SendError;
 
 /// A connection to an endpoint.
 #[derive(Debug)]
@@ -129,7 +129,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::upstream_failure::Failure;
+    use crate::upstream::failure::Failure;
 
     #[tokio::test]
     async fn the_connector_is_a_service_that_makes_streams_and_types_its_failures() {

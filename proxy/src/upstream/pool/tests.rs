@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::{Client, Endpoint, Failure, SendError, Settings};
+use super::{Client, Endpoint, NoResponse, SendError, Settings};
 use attache_filters::metrics::Metrics;
 
 /// A hyper server on a free port that counts the connections it accepted and holds open.
@@ -142,7 +142,7 @@ async fn len_of(ep: &Arc<Endpoint>, req: Request<attache_filters::Body>) -> usiz
 async fn send(
     ep: &Arc<Endpoint>,
     req: Request<attache_filters::Body>,
-) -> Result<Response<attache_filters::Body>, Failure> {
+) -> Result<Response<attache_filters::Body>, NoResponse> {
     send_within(ep, req, Duration::from_secs(30)).await
 }
 
@@ -150,7 +150,7 @@ async fn send_within(
     ep: &Arc<Endpoint>,
     req: Request<attache_filters::Body>,
     timeout: Duration,
-) -> Result<Response<attache_filters::Body>, Failure> {
+) -> Result<Response<attache_filters::Body>, NoResponse> {
     let now = tokio::time::Instant::now();
     ep.send(req, now, now + timeout).await
 }
@@ -281,7 +281,7 @@ async fn each_exchange_on_a_kept_connection_gets_its_own_deadline() {
     // and its connection is not reused (the exchange was abandoned mid-way).
     let began = tokio::time::Instant::now();
     match send_within(&ep, slow(up.addr, 2_000), timeout).await {
-        Err(Failure {
+        Err(NoResponse {
             error: SendError::TimedOut,
             unsent: None,
         }) => {}
@@ -302,7 +302,7 @@ async fn each_exchange_on_a_kept_connection_gets_its_own_deadline() {
     let short = send_within(&ep, slow(up.addr, 2_000), Duration::from_millis(100)).await;
     assert!(matches!(
         short,
-        Err(Failure {
+        Err(NoResponse {
             error: SendError::TimedOut,
             ..
         })
@@ -388,13 +388,13 @@ async fn a_refused_connection_is_a_connect_error() {
     drop(listener);
     let ep = pool(addr, Protocol::Http1, 8, Duration::from_secs(30));
     match send(&ep, get(addr)).await {
-        Err(Failure {
+        Err(NoResponse {
             error: e @ SendError::Connect(_),
             unsent,
         }) => {
             assert_eq!(
-                crate::upstream_failure::Failure::of(&e),
-                crate::upstream_failure::Failure::Refused
+                crate::upstream::failure::Failure::of(&e),
+                crate::upstream::failure::Failure::Refused
             );
             assert!(
                 matches!(&e, SendError::Connect(io) if io.kind() == std::io::ErrorKind::ConnectionRefused)
@@ -425,8 +425,8 @@ async fn an_unresolvable_name_is_a_dns_error() {
     let failure = send(&ep, req).await.expect_err("an error");
     let err = &failure.error;
     assert_eq!(
-        crate::upstream_failure::Failure::of(err),
-        crate::upstream_failure::Failure::Dns
+        crate::upstream::failure::Failure::of(err),
+        crate::upstream::failure::Failure::Dns
     );
     assert!(err.to_string().starts_with("dns error"), "{err}");
     let unsent = failure

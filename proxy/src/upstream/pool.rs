@@ -34,9 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use crate::connector::{Connector, Stream};
+use super::connector::{Connector, Stream};
+use super::failure::SendError;
 use crate::metrics::{EndpointLabels, ProxyFamilies};
-pub use crate::upstream_failure::SendError;
 use attache_config::Protocol;
 use attache_filters::Body;
 use attache_filters::metrics::Metrics;
@@ -155,14 +155,14 @@ fn closed_unanswered(e: &hyper::Error) -> bool {
 /// connection could be made, so nothing of it was sent or read (its body included) and it may
 /// go to another endpoint whole, whatever its method.
 #[derive(Debug)]
-pub struct Failure {
+pub struct NoResponse {
     pub error: SendError,
     /// Boxed: it is there only on this rare path, and the `Result` every exchange returns
     /// stays the size of a response.
     pub unsent: Option<Box<Request<Body>>>,
 }
 
-impl Failure {
+impl NoResponse {
     fn sent(error: hyper::Error) -> Self {
         Self {
             error: SendError::Exchange(error),
@@ -220,6 +220,8 @@ async fn by_deadline<F: Future>(fut: F, timer: &mut Timer, deadline: Instant) ->
 pub struct Endpoint {
     addr: String,
     settings: Settings,
+    /// Makes its new connections: the seam where TLS origination plugs in.
+    connector: Connector,
     /// `attache_upstream_connections_opened_total` for this endpoint.
     opened: prometheus_client::metrics::counter::Counter,
     /// Idle HTTP/1.1 connections, the most recently used on top.
@@ -249,6 +251,9 @@ impl Endpoint {
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
             addr,
+            connector: Connector {
+                timeout: settings.connect_timeout,
+            },
             settings,
             opened,
             idle: Mutex::default(),
@@ -283,12 +288,12 @@ impl Endpoint {
         req: Request<Body>,
         now: Instant,
         deadline: Instant,
-    ) -> Result<Response<Body>, Failure> {
+    ) -> Result<Response<Body>, NoResponse> {
         match self.settings.protocol {
             Protocol::Http1 => self.send_h1(req, now, deadline).await,
             Protocol::Http2 => tokio::time::timeout_at(deadline, self.send_h2(req))
                 .await
-                .unwrap_or_else(|_| Err(Failure::timed_out())),
+                .unwrap_or_else(|_| Err(NoResponse::timed_out())),
         }
     }
 
@@ -297,7 +302,7 @@ impl Endpoint {
         mut req: Request<Body>,
         now: Instant,
         deadline: Instant,
-    ) -> Result<Response<Body>, Failure> {
+    ) -> Result<Response<Body>, NoResponse> {
         // The head of a request that may go again, kept while it rides a connection that may be
         // closing (see `MAY_BE_CLOSING_AFTER`).
         let mut replay: Option<Request<()>> = None;
@@ -319,15 +324,15 @@ impl Endpoint {
                     let mut timer = Box::pin(tokio::time::sleep_until(deadline));
                     match by_deadline(Box::pin(self.connect_h1()), &mut timer, deadline).await {
                         Some(Ok(conn)) => (conn, timer, false),
-                        Some(Err(e)) => return Err(Failure::unsent(e, req)),
-                        None => return Err(Failure::timed_out()),
+                        Some(Err(e)) => return Err(NoResponse::unsent(e, req)),
+                        None => return Err(NoResponse::timed_out()),
                     }
                 }
             };
             // Past the deadline the exchange is abandoned, and the connection closes with it.
             let Some(answer) = by_deadline(conn.try_send_request(req), &mut timer, deadline).await
             else {
-                return Err(Failure::timed_out());
+                return Err(NoResponse::timed_out());
             };
             match answer {
                 Ok(res) => {
@@ -361,13 +366,16 @@ impl Endpoint {
                         req = head.map(|()| attache_filters::empty());
                         fresh = true;
                     }
-                    _ => return Err(Failure::sent(e.into_error())),
+                    _ => return Err(NoResponse::sent(e.into_error())),
                 },
             }
         }
     }
 
-    async fn send_h2(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<Body>, Failure> {
+    async fn send_h2(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, NoResponse> {
         // After a request came back unsent, it goes on a connection of its own making.
         let mut fresh = false;
         loop {
@@ -385,7 +393,7 @@ impl Endpoint {
             };
             let (mut conn, reused) = match made {
                 Ok(made) => made,
-                Err(e) => return Err(Failure::unsent(e, req)),
+                Err(e) => return Err(NoResponse::unsent(e, req)),
             };
             match conn.try_send_request(req).await {
                 Ok(res) => return Ok(res.map(attache_filters::boxed)),
@@ -401,7 +409,7 @@ impl Endpoint {
                         fresh = true;
                         req = unsent;
                     }
-                    _ => return Err(Failure::sent(e.into_error())),
+                    _ => return Err(NoResponse::sent(e.into_error())),
                 },
             }
         }
@@ -508,11 +516,7 @@ impl Endpoint {
 
     /// A new connection to the endpoint, from the connector (counted).
     async fn connect(&self) -> Result<Stream, SendError> {
-        let stream = Connector {
-            timeout: self.settings.connect_timeout,
-        }
-        .oneshot(self.addr.clone())
-        .await?;
+        let stream = self.connector.oneshot(self.addr.clone()).await?;
         self.opened.inc();
         Ok(stream)
     }

@@ -1,0 +1,282 @@
+//! Balancing: which endpoint of a target a request goes to, and where it goes when no
+//! connection to that one could be made. [`Balance`] is the tower service over a target's
+//! endpoints; it asks a [`Balancer`] for the first endpoint and, after a failed connection, for
+//! the next. A `Balancer` is the seam where other policies (P2C over latency, sharding by key)
+//! plug in.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+
+use attache_filters::errors::error_chain;
+
+use super::endpoint::{Endpoint, Sending};
+use super::failure::Failure;
+use super::{Exchange, Outgoing, Unanswered};
+
+/// Picks endpoints, by index, out of `len`.
+pub trait Balancer: Send + Sync {
+    /// The endpoint for a new request.
+    fn pick(&self, len: usize) -> usize;
+
+    /// The endpoint to try after no connection to `failed` could be made (the request went
+    /// nowhere, so it may go anywhere, whatever its method).
+    fn next_after(&self, failed: usize, len: usize) -> usize {
+        (failed + 1) % len
+    }
+}
+
+/// Each request to the next endpoint in turn; a failover goes to the one after the failed.
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    next: AtomicUsize,
+}
+
+impl Balancer for RoundRobin {
+    fn pick(&self, len: usize) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % len.max(1)
+    }
+}
+
+/// A target's endpoints and the policy that picks among them, as a tower service. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Balance {
+    endpoints: Arc<[Endpoint]>,
+    balancer: Arc<dyn Balancer>,
+}
+
+impl Balance {
+    pub fn new(endpoints: Vec<Endpoint>, balancer: Arc<dyn Balancer>) -> Self {
+        Self {
+            endpoints: endpoints.into(),
+            balancer,
+        }
+    }
+
+    /// Sends `out` to the endpoint the balancer picks; when no connection to it could be
+    /// made, to the next one, once, whatever the method (nothing of the request was sent).
+    pub fn send(&self, out: Outgoing) -> Failover {
+        let at = self.balancer.pick(self.endpoints.len());
+        let deadline = (out.started, out.deadline);
+        Failover {
+            sending: self.endpoints[at].send(out),
+            balance: self.clone(),
+            at,
+            deadline,
+            failed_over: None,
+        }
+    }
+}
+
+impl tower::Service<Outgoing> for Balance {
+    type Response = Exchange;
+    type Error = Unanswered;
+    type Future = Failover;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Unanswered>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, out: Outgoing) -> Failover {
+        self.send(out)
+    }
+}
+
+/// The exchange with the picked endpoint and, after a connection that could not be made, with
+/// the next. Written out rather than an `async` block so that it needs no allocation of its own.
+pub struct Failover {
+    sending: Sending,
+    balance: Balance,
+    at: usize,
+    /// The exchange's start and deadline, which a failover keeps.
+    deadline: (tokio::time::Instant, tokio::time::Instant),
+    /// Set once the request failed over: why the first endpoint could not be reached.
+    failed_over: Option<Failure>,
+}
+
+impl Future for Failover {
+    type Output = Result<Exchange, Unanswered>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let result = ready!(this.sending.as_mut().poll(cx));
+            let len = this.balance.endpoints.len();
+            match result {
+                Ok(mut exchange) => {
+                    if this.failed_over.is_some() {
+                        exchange.upstream.resend_count += 1;
+                        exchange.failed_over = this.failed_over;
+                    }
+                    return Poll::Ready(Ok(exchange));
+                }
+                Err(mut unanswered) => {
+                    let unsent = unanswered.unsent.take();
+                    match unsent {
+                        Some(req) if len > 1 && this.failed_over.is_none() => {
+                            tracing::debug!(
+                                upstream = %unanswered.upstream.name,
+                                error = %error_chain(&unanswered.error),
+                                "no connection to the endpoint; trying the next one"
+                            );
+                            this.failed_over = Some(Failure::of(&unanswered.error));
+                            this.at = this.balance.balancer.next_after(this.at, len);
+                            let (started, deadline) = this.deadline;
+                            this.sending = this.balance.endpoints[this.at].send(Outgoing {
+                                request: *req,
+                                started,
+                                deadline,
+                            });
+                        }
+                        unsent => {
+                            unanswered.unsent = unsent;
+                            if this.failed_over.is_some() {
+                                unanswered.upstream.resend_count += 1;
+                                unanswered.failed_over = this.failed_over;
+                            }
+                            return Poll::Ready(Err(unanswered));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_takes_turns_and_fails_over_to_the_next() {
+        let rr = RoundRobin::default();
+        let picks: Vec<usize> = (0..7).map(|_| rr.pick(3)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(rr.next_after(2, 3), 0);
+        assert_eq!(rr.next_after(0, 3), 1);
+        // One endpoint: every pick is it.
+        let one = RoundRobin::default();
+        assert_eq!((0..3).map(|_| one.pick(1)).collect::<Vec<_>>(), [0, 0, 0]);
+    }
+
+    use std::net::SocketAddr;
+
+    use attache_config::{Protocol, UpstreamUrl};
+    use attache_filters::metrics::Metrics;
+    use http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// An HTTP/1.1 upstream that answers each request with its own port and the request's
+    /// method and body.
+    async fn upstream() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| async move {
+                            let method = req.method().to_string();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let text = format!("{} {method} {}", addr.port(), body.len());
+                            Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(text),
+                            )))
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn closed_port() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    fn balance(ports: &[u16]) -> Balance {
+        let client = crate::upstream::client(
+            std::time::Duration::from_secs(2),
+            attache_config::Pool::default(),
+            Protocol::Http1,
+            &Arc::new(Metrics::new()),
+        );
+        let name: Arc<str> = Arc::from("orders");
+        let endpoints = ports
+            .iter()
+            .map(|p| {
+                let url: UpstreamUrl = format!("http://127.0.0.1:{p}").parse().unwrap();
+                Endpoint::new(&name, &url, &client, Protocol::Http1).unwrap()
+            })
+            .collect();
+        Balance::new(endpoints, Arc::new(RoundRobin::default()))
+    }
+
+    fn post(body: &'static str) -> Outgoing {
+        let started = tokio::time::Instant::now();
+        Outgoing {
+            request: Request::post("/")
+                .body(attache_filters::full(bytes::Bytes::from(body)))
+                .unwrap(),
+            started,
+            deadline: started + std::time::Duration::from_secs(5),
+        }
+    }
+
+    async fn text(exchange: Exchange) -> String {
+        let body = exchange.response.into_body().collect().await.unwrap();
+        String::from_utf8(body.to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_balancer_takes_turns_and_a_refused_connection_goes_to_the_next_once() {
+        let (a, b) = (upstream().await.port(), upstream().await.port());
+        let both = balance(&[a, b]);
+        let mut answered = Vec::new();
+        for _ in 0..4 {
+            let exchange = both.clone().oneshot(post("x")).await.ok().unwrap();
+            assert_eq!(exchange.upstream.resend_count, 0);
+            assert!(exchange.failed_over.is_none());
+            answered.push(text(exchange).await);
+        }
+        let expect = |p: u16| format!("{p} POST 1");
+        assert_eq!(answered, [expect(a), expect(b), expect(a), expect(b)]);
+
+        // The first endpoint refuses: a POST, body and all, goes to the second, and the hop
+        // says it was a resend after a refused connection.
+        let down = closed_port().await;
+        let failing = balance(&[down, b]);
+        let exchange = failing.oneshot(post("body")).await.ok().unwrap();
+        assert_eq!(exchange.upstream.resend_count, 1);
+        assert_eq!(exchange.upstream.port, b);
+        assert_eq!(exchange.failed_over, Some(Failure::Refused));
+        assert_eq!(text(exchange).await, format!("{b} POST 4"));
+
+        // Both refuse: one failover, then the second endpoint's failure is the answer.
+        let (d1, d2) = (closed_port().await, closed_port().await);
+        let Err(unanswered) = balance(&[d1, d2]).oneshot(post("x")).await else {
+            panic!("nothing listens");
+        };
+        assert_eq!(Failure::of(&unanswered.error), Failure::Refused);
+        assert_eq!(unanswered.upstream.port, d2);
+        assert_eq!(unanswered.upstream.resend_count, 1);
+        assert_eq!(unanswered.failed_over, Some(Failure::Refused));
+
+        // One endpoint: nowhere to fail over to.
+        let Err(alone) = balance(&[d1]).oneshot(post("x")).await else {
+            panic!("nothing listens");
+        };
+        assert_eq!(alone.upstream.resend_count, 0);
+        assert!(alone.failed_over.is_none());
+        assert!(alone.unsent.is_some(), "the request comes back unsent");
+    }
+}

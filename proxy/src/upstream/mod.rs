@@ -1,0 +1,130 @@
+//! The outbound tail: how a request the forwarder has prepared reaches one endpoint of a
+//! target, and how its response (or why none came) comes back. Each part is a tower service
+//! over the one below it:
+//!
+//! ```text
+//! route → forward → balance → endpoint → pool → connector
+//! ```
+//!
+//! - `route` (`crate::route`) picks the target: the leg's own, or the upstream a flag route
+//!   named.
+//! - `forward` (`crate::forward`) is the leg's exchange with that target: it prepares the
+//!   request (hop-by-hop, `X-Forwarded-*`, the target's protocol), sets its deadline (the
+//!   target's request timeout), checks the response, runs an upgrade tunnel, and turns a
+//!   [`Failure`](failure::Failure) into the client's answer. It is the only part whose error
+//!   type is `Infallible`; below it, services answer `Result<`[`Exchange`]`, `[`Unanswered`]`>`.
+//! - [`balance::Balance`] picks the endpoint (round robin) and sends a request that no
+//!   connection took to the next endpoint, once.
+//! - [`endpoint::Endpoint`] addresses the request to its endpoint (the HTTP/2 authority, a
+//!   missing `Host`, credentials from the endpoint URL), and takes them off again when the
+//!   request comes back unsent.
+//! - [`pool::Endpoint`] holds the endpoint's kept-alive connections, enforces the deadline on a
+//!   timer each connection keeps, and resends, once, a request a closing keep-alive connection
+//!   dropped (both need what only the pool knows: which connection, idle how long).
+//! - [`connector::Connector`] makes a new connection: the seam where TLS origination plugs in.
+//!
+//! A retry layer (issue 22) sits between forward and balance; P2C and sharding are
+//! [`balance::Balancer`]s.
+
+pub mod balance;
+pub mod connector;
+pub mod endpoint;
+pub mod failure;
+pub mod pool;
+
+use std::sync::Arc;
+
+use attache_config::{Protocol, Timeouts, UpstreamUrl};
+use attache_filters::Body;
+use attache_filters::facts::UpstreamInfo;
+use attache_filters::metrics::Metrics;
+use http::{Request, Response};
+use tokio::time::Instant;
+
+use self::balance::{Balance, RoundRobin};
+use self::failure::{Failure, SendError};
+
+/// A request on its way down the tail, with the clock it runs on.
+pub struct Outgoing {
+    pub request: Request<Body>,
+    /// When the exchange began (the pool measures a connection's idle time against it).
+    pub started: Instant,
+    /// The response head is due by then.
+    pub deadline: Instant,
+}
+
+/// A response from an endpoint, and what spans and the access log say about the hop.
+pub struct Exchange {
+    pub response: Response<Body>,
+    pub upstream: UpstreamInfo,
+    /// A connection that could not be made before the endpoint that answered was tried.
+    pub failed_over: Option<Failure>,
+}
+
+/// No response: why, the request itself when it never left attache, and the hop's facts.
+pub struct Unanswered {
+    pub error: SendError,
+    /// Boxed: it is there only on a rare path, and the `Result` every exchange returns stays
+    /// small.
+    pub unsent: Option<Box<Request<Body>>>,
+    pub upstream: UpstreamInfo,
+    pub failed_over: Option<Failure>,
+}
+
+/// Upstreams a flag route may pick instead of a leg's own (specs/feature-flags.md §9).
+pub type Routed = std::collections::HashMap<Arc<str>, Arc<Target>>;
+
+/// The connection pools for one connect timeout, pool policy and protocol, kept across
+/// reloads so that a new snapshot reuses the connections of the last.
+pub type Client = pool::Client;
+
+/// The pools for a connect timeout, pool policy and protocol.
+pub fn client(
+    connect_timeout: std::time::Duration,
+    pool: attache_config::Pool,
+    protocol: Protocol,
+    metrics: &Arc<Metrics>,
+) -> Client {
+    pool::Client::new(
+        pool::Settings {
+            connect_timeout,
+            idle_timeout: pool.idle_timeout.get(),
+            max_idle: pool.max_idle_per_endpoint as usize,
+            protocol,
+        },
+        metrics.clone(),
+    )
+}
+
+/// A place requests are sent: the app, or a named upstream with its endpoints.
+pub struct Target {
+    /// `app` for the inbound app, else the name in `spec.upstreams`.
+    pub name: Arc<str>,
+    /// Its endpoints and how one is picked.
+    pub balance: Balance,
+    pub timeouts: Timeouts,
+    pub protocol: Protocol,
+}
+
+impl Target {
+    pub fn new(
+        name: &str,
+        urls: &[UpstreamUrl],
+        timeouts: Timeouts,
+        client: Client,
+        protocol: Protocol,
+    ) -> anyhow::Result<Self> {
+        let name: Arc<str> = Arc::from(name);
+        let endpoints = urls
+            .iter()
+            .map(|u| endpoint::Endpoint::new(&name, u, &client, protocol))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!endpoints.is_empty(), "upstream `{name}` has no endpoints");
+        Ok(Self {
+            name,
+            balance: Balance::new(endpoints, Arc::new(RoundRobin::default())),
+            timeouts,
+            protocol,
+        })
+    }
+}
