@@ -97,11 +97,18 @@ load() {
   awk '/^requests:/{print $8}' "$OUT/instr-h2load.txt"
 }
 
+# jemalloc's background thread and decay (attache's settings: give memory back after a burst)
+# purge on a wall clock, which valgrind slows some 50 times: how many slabs are given back and
+# made again during a run depends on timing, and moved the counts by up to 2k instructions per
+# request between runs of the same binary. Off while counting, the counts repeat to within a
+# few instructions per request, and what is left is the request path.
+STEADY_ALLOCATOR=background_thread:false,dirty_decay_ms:-1,muzzy_decay_ms:-1
+
 # count TARGET SIZE: instructions collected over one run; prints "instructions requests".
 count() {
   local log="$OUT/instr-$1.log" pid n
   case $1 in
-    attache | traced | 10-flags | control) ATTACHE_LOG=warn ATTACHE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+    attache | traced | 10-flags | control) _RJEM_MALLOC_CONF=$STEADY_ALLOCATOR ATTACHE_LOG=warn ATTACHE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         "$ATTACHE_BIN" run -c "$OUT/instr-$1.yaml" 2>"$log" >/dev/null & ;;
     floor) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         target/release/examples/hyper_floor "127.0.0.1:$PROXY" "127.0.0.1:$UP" 2>"$log" >/dev/null & ;;
