@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::context::ContextRules;
 use super::count::{EvalPath, count};
 use super::decision::{FlagDecision, FlagDecisions};
-use super::eval::{Decision, ErrorCode, Kind};
+use super::eval::{Decision, ErrorCode, FlagSet, Kind};
 use super::logic::FractionalVersion;
 use super::settings::EventSettings;
 use super::store::FlagStore;
@@ -171,90 +171,91 @@ impl Ofrep {
         };
         let body_ctx = body_context(&body);
         let snap = self.store.snapshot();
-        let now = (self.clock)();
         match endpoint {
-            Endpoint::Single(key) => {
-                let ctx = match body_ctx {
-                    Ok(c) => self.context(c, uri, headers),
-                    Err(e) => {
-                        return json_response(
-                            StatusCode::BAD_REQUEST,
-                            &json!({"key": key, "errorCode": "INVALID_CONTEXT", "errorDetails": e}),
-                        );
-                    }
-                };
-                let d = snap.decide(&key, &ctx, now, Kind::Any, self.fractional);
-                count(&self.metrics, &key, &d, EvalPath::Ofrep);
-                let (status, body) = result_object(&key, &d);
-                let mut res = json_response(status, &body);
-                if self.events.enabled {
-                    let context_id = self
-                        .events
-                        .include_context_id
-                        .then(|| ctx.get("targetingKey").and_then(Value::as_str))
-                        .flatten()
-                        .map(str::to_owned);
-                    crate::facts::hand_up(
-                        res.extensions_mut(),
-                        Arc::new(FlagDecisions {
-                            decisions: vec![FlagDecision::of(
-                                Arc::from(key.as_str()),
-                                snap.flags.get(&key),
-                                &d,
-                            )],
-                            context_id,
-                            events: self.events,
-                        }),
-                    );
-                }
-                res
-            }
-            Endpoint::Bulk => {
-                let ctx = match body_ctx {
-                    Ok(c) => self.context(c, uri, headers),
-                    Err(e) => {
-                        return json_response(
-                            StatusCode::BAD_REQUEST,
-                            &json!({"errorCode": "INVALID_CONTEXT", "errorDetails": e}),
-                        );
-                    }
-                };
-                let mut keys: Vec<&String> = snap.flags.keys().collect();
-                keys.sort();
-                let flags: Vec<Value> = keys
-                    .into_iter()
-                    .map(|key| {
-                        let d = snap.decide(key, &ctx, now, Kind::Any, self.fractional);
-                        count(&self.metrics, key, &d, EvalPath::OfrepBulk);
-                        result_object(key, &d).1
-                    })
-                    .collect();
-                let doc = json!({"flags": flags, "metadata": Value::Object(snap.metadata.clone())});
-                let bytes = serde_json::to_vec(&doc).unwrap_or_default();
-                let digest = Sha256::digest(&bytes);
-                let mut etag = String::with_capacity(34);
-                etag.push('"');
-                crate::codec::hex::push(&mut etag, &digest[..16]);
-                etag.push('"');
-                let tag = HeaderValue::from_str(&etag).ok();
-                let mut res = if none_match(headers, &etag) {
-                    let mut r = Response::new(crate::full(Bytes::new()));
-                    *r.status_mut() = StatusCode::NOT_MODIFIED;
-                    r
-                } else {
-                    let mut r = Response::new(crate::full(bytes));
-                    r.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    r
-                };
-                if let Some(tag) = tag {
-                    res.headers_mut().insert(header::ETAG, tag);
-                }
-                res
-            }
+            Endpoint::Single(key) => match body_ctx {
+                Ok(c) => self.single(&snap, key, self.context(c, uri, headers)),
+                Err(e) => json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"key": key, "errorCode": "INVALID_CONTEXT", "errorDetails": e}),
+                ),
+            },
+            Endpoint::Bulk => match body_ctx {
+                Ok(c) => self.bulk(&snap, &self.context(c, uri, headers), headers),
+                Err(e) => json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"errorCode": "INVALID_CONTEXT", "errorDetails": e}),
+                ),
+            },
         }
+    }
+
+    /// One flag evaluated; its decision handed up for span events when they are on.
+    fn single(&self, snap: &FlagSet, key: String, ctx: Value) -> Response<Body> {
+        let d = snap.decide(&key, &ctx, (self.clock)(), Kind::Any, self.fractional);
+        count(&self.metrics, &key, &d, EvalPath::Ofrep);
+        let (status, body) = result_object(&key, &d);
+        let mut res = json_response(status, &body);
+        if self.events.enabled {
+            let context_id = self
+                .events
+                .include_context_id
+                .then(|| ctx.get("targetingKey").and_then(Value::as_str))
+                .flatten()
+                .map(str::to_owned);
+            crate::facts::hand_up(
+                res.extensions_mut(),
+                Arc::new(FlagDecisions {
+                    decisions: vec![FlagDecision::of(
+                        Arc::from(key.as_str()),
+                        snap.flags.get(&key),
+                        &d,
+                    )],
+                    context_id,
+                    events: self.events,
+                }),
+            );
+        }
+        res
+    }
+
+    /// Every flag evaluated, in key order, with the set's metadata; an `ETag` of the answer,
+    /// and 304 when the caller already has it (`If-None-Match`).
+    fn bulk(&self, snap: &FlagSet, ctx: &Value, headers: &HeaderMap) -> Response<Body> {
+        let now = (self.clock)();
+        let mut keys: Vec<&String> = snap.flags.keys().collect();
+        keys.sort();
+        let flags: Vec<Value> = keys
+            .into_iter()
+            .map(|key| {
+                let d = snap.decide(key, ctx, now, Kind::Any, self.fractional);
+                count(&self.metrics, key, &d, EvalPath::OfrepBulk);
+                result_object(key, &d).1
+            })
+            .collect();
+        let doc = json!({"flags": flags, "metadata": Value::Object(snap.metadata.clone())});
+        let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+        let digest = Sha256::digest(&bytes);
+        let mut etag = String::with_capacity(34);
+        etag.push('"');
+        crate::codec::hex::push(&mut etag, &digest[..16]);
+        etag.push('"');
+        let tag = HeaderValue::from_str(&etag).ok();
+        let mut res = if none_match(headers, &etag) {
+            let mut r = Response::new(crate::full(Bytes::new()));
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            r
+        } else {
+            let mut r = Response::new(crate::full(bytes));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        };
+        if let Some(tag) = tag {
+            res.headers_mut().insert(header::ETAG, tag);
+        }
+        res
     }
 }
 

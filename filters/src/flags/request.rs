@@ -14,18 +14,14 @@ use std::task::{Context, Poll, ready};
 use arc_swap::ArcSwapOption;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
-use serde_json::Value;
 use tower::{Layer, Service};
 
-use super::context::RequestView;
-use super::count::{EvalPath, count, count_at};
-use super::decision::{FlagDecision, FlagDecisions};
+use super::decision::FlagDecisions;
 use super::eval::{Decision, Flag, Kind};
-use super::logic::{Data, Flat};
+use super::logic::Data;
 use super::metrics::{FlagFamilies, FlagLabels};
-use super::plan::{Out, Plan};
-use super::render::member;
-use super::settings::{RouteTarget, Settings, Trust};
+use super::plan::Plan;
+use super::settings::Settings;
 use crate::codec::percent;
 use crate::trace_context::baggage::{self, BAGGAGE_HEADER};
 use crate::trace_context::metrics::TraceFamilies;
@@ -33,7 +29,7 @@ use crate::trace_context::metrics::TraceFamilies;
 impl Settings {
     /// Decides `key`: a trusted peer's decision when it names a known variant (`CACHED`),
     /// otherwise an evaluation against `ctx`.
-    fn decide<'a>(
+    pub(super) fn decide<'a>(
         &self,
         families: &FlagFamilies,
         key: &str,
@@ -75,7 +71,7 @@ impl Settings {
     /// header is invalid. A member past the baggage limits is dropped and counted.
     /// `present`: whether the request has a baggage header at all (when it has none, there
     /// are no members to keep, and the header map is not searched for them).
-    fn rewrite_baggage(
+    pub(super) fn rewrite_baggage(
         &self,
         dropped: &TraceFamilies,
         headers: &mut HeaderMap,
@@ -128,26 +124,26 @@ impl Settings {
 }
 
 /// The flags step of one leg: its settings, and the plan of the snapshot it last saw.
-struct Step {
-    settings: Settings,
+pub(super) struct Step {
+    pub(super) settings: Settings,
     plan: ArcSwapOption<Plan>,
     /// `settings.metrics`' families, taken once.
-    families: Arc<FlagFamilies>,
-    trace_families: Arc<TraceFamilies>,
+    pub(super) families: Arc<FlagFamilies>,
+    pub(super) trace_families: Arc<TraceFamilies>,
 }
 
 /// What a request's baggage holds for the flags step.
-struct FlagMembers {
+pub(super) struct FlagMembers {
     /// The request has a baggage header.
-    present: bool,
+    pub(super) present: bool,
     /// It has `flag.` members.
-    any: bool,
+    pub(super) any: bool,
     /// From a trusted peer: the decisions those members carry, percent-decoded.
-    decisions: Vec<(String, String)>,
+    pub(super) decisions: Vec<(String, String)>,
 }
 
 /// The `flag.` members of a request's baggage.
-fn flag_members(headers: &HeaderMap, trusted: bool) -> FlagMembers {
+pub(super) fn flag_members(headers: &HeaderMap, trusted: bool) -> FlagMembers {
     let values = headers.get_all(&BAGGAGE_HEADER);
     let present = values.iter().next().is_some();
     let maybe = present
@@ -176,7 +172,7 @@ fn flag_members(headers: &HeaderMap, trusted: bool) -> FlagMembers {
 impl Step {
     /// The plan of the current snapshot: the cached one, or a new one when the snapshot
     /// changed since.
-    fn plan(&self) -> Arc<Plan> {
+    pub(super) fn plan(&self) -> Arc<Plan> {
         let snap = self.settings.store.current();
         if let Some(plan) = &*self.plan.load()
             && Arc::ptr_eq(&plan.snap, &snap)
@@ -187,227 +183,10 @@ impl Step {
         self.plan.store(Some(plan.clone()));
         plan
     }
-
-    /// Runs the step on a request: evaluates, rewrites its headers and baggage, picks the
-    /// route, and returns its decisions when span events record them.
-    fn apply<B>(&self, req: &mut Request<B>) -> Option<Arc<FlagDecisions>> {
-        let s = &self.settings;
-        let plan = self.plan();
-        // The peer's address: for trusted peers and `request.client_address` only.
-        let peer = match (&s.trust, plan.needs.client_address) {
-            (Trust::Peers(_), _) | (_, true) => (s.peer_of)(req.extensions()),
-            _ => None,
-        };
-        let trusted = match &s.trust {
-            Trust::Never => false,
-            Trust::Always => true,
-            Trust::Peers(f) => peer.is_some_and(|p| f(p.ip())),
-        };
-        let FlagMembers {
-            present: had_baggage,
-            any: had_flag_members,
-            decisions: peer_decisions,
-        } = flag_members(req.headers(), trusted);
-        let view = RequestView {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-            peer,
-        };
-        let (json, fields) = match (&plan.flat, plan.needs_context) {
-            (_, false) => (Value::Null, Vec::new()),
-            (Some(paths), true) => (Value::Null, s.context.fields(&view, plan.needs, paths)),
-            (None, true) => (s.context.build(&view, plan.needs), Vec::new()),
-        };
-        // The context as one flag's rule reads it: with the plan's slots for its paths.
-        let ctx = |slots| match plan.flat {
-            Some(_) => Data::Fields(Flat {
-                fields: &fields,
-                slots,
-            }),
-            None => Data::Json(&json),
-        };
-        let keep = s.events.enabled;
-        let context_id = if keep && s.events.include_context_id {
-            ctx(&[])
-                .get("targetingKey")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .or_else(|| {
-                    s.context
-                        .targeting_key
-                        .iter()
-                        .find_map(|src| src.read(view.uri, view.headers))
-                })
-        } else {
-            None
-        };
-        let now = if plan.needs_time { (s.clock)() } else { 0 };
-        let mut decisions = Vec::with_capacity(if keep {
-            plan.entries.len() + plan.routes.len()
-        } else {
-            0
-        });
-        // Per entry, its variant: what routes on a delivered flag go by.
-        let mut variants: Vec<Option<&str>> = Vec::with_capacity(if plan.routes.is_empty() {
-            0
-        } else {
-            plan.entries.len()
-        });
-        let mut members: Vec<(&str, Cow<'_, str>)> =
-            Vec::with_capacity(plan.entries.len() + plan.routes.len());
-        let headers = req.headers_mut();
-        if let Some(delivery) = &s.delivery {
-            if let Some(prefix) = &delivery.header_prefix {
-                strip_prefixed(headers, prefix);
-            }
-            let mut combined = String::new();
-            if let Some(c) = &delivery.combined {
-                headers.remove(c);
-                combined.reserve(64 * plan.entries.len());
-                combined.push('{');
-            }
-            headers.reserve(plan.entries.len() + 2);
-            for e in &plan.entries {
-                let peer_decides = peer_decisions.iter().any(|(k, _)| **k == *e.key);
-                let out = match e.fixed.as_ref().filter(|_| !peer_decides) {
-                    Some(f) => {
-                        f.evaluations.inc();
-                        if let Some(c) = &f.errors {
-                            c.inc();
-                        }
-                        if keep {
-                            decisions.push(f.decision.clone());
-                        }
-                        Out {
-                            header: f.out.header.as_ref().map(|h| Cow::Borrowed(&**h)),
-                            combined: Cow::Borrowed(&f.out.combined),
-                            member: f.out.member.as_ref().map(|m| Cow::Borrowed(&**m)),
-                            // Only routes read it, and finding it is a scan.
-                            variant: if plan.routes.is_empty() {
-                                None
-                            } else {
-                                f.decision.variant()
-                            },
-                        }
-                    }
-                    None => {
-                        let d = match (&e.fast, &e.flag) {
-                            (Some(fast), Some(f)) if !peer_decides => {
-                                fast.decide(&e.key, f, &fields)
-                            }
-                            _ => s.decide(
-                                &self.families,
-                                &e.key,
-                                e.flag.as_ref(),
-                                &peer_decisions,
-                                ctx(&e.slots),
-                                now,
-                            ),
-                        };
-                        let vi = d.index;
-                        count_at(&self.families, &e.key, &d, vi, EvalPath::Proxy);
-                        if keep {
-                            decisions.push(FlagDecision::at(
-                                e.key.clone(),
-                                e.flag.as_ref(),
-                                &d,
-                                vi,
-                            ));
-                        }
-                        Out::prepared(delivery, &e.key, &d, &e.variants)
-                    }
-                };
-                if let (Some(name), Some(value)) = (&e.header, out.header) {
-                    headers.append(name.clone(), value.into_owned());
-                }
-                if !out.combined.is_empty() {
-                    if combined.len() > 1 {
-                        combined.push(',');
-                    }
-                    combined.push_str(&out.combined);
-                }
-                if let Some(m) = out.member {
-                    members.push((&e.key, m));
-                }
-                if !plan.routes.is_empty() {
-                    variants.push(out.variant);
-                }
-            }
-            if let Some(c) = &delivery.combined
-                && combined.len() > 1
-            {
-                combined.push('}');
-                if let Ok(v) = HeaderValue::try_from(combined) {
-                    headers.insert(c.clone(), v);
-                }
-            }
-        }
-        let mut route: Option<Arc<str>> = None;
-        for (((r, (flag, delivered)), slots), fast) in s
-            .routes
-            .iter()
-            .zip(&plan.routes)
-            .zip(&plan.route_slots)
-            .zip(&plan.route_fast)
-        {
-            let variant = match delivered {
-                Some(i) => variants.get(*i).copied().flatten(),
-                None => {
-                    let peer_decides = peer_decisions.iter().any(|(k, _)| **k == *r.flag);
-                    let d = match (fast, flag) {
-                        (Some(fast), Some(f)) if !peer_decides => fast.decide(&r.flag, f, &fields),
-                        _ => s.decide(
-                            &self.families,
-                            &r.flag,
-                            flag.as_ref(),
-                            &peer_decisions,
-                            ctx(slots),
-                            now,
-                        ),
-                    };
-                    count(&self.families, &r.flag, &d, EvalPath::Route);
-                    if keep {
-                        decisions.push(FlagDecision::of(r.flag.clone(), flag.as_ref(), &d));
-                    }
-                    d.variant
-                }
-            };
-            let Some(v) = variant else { continue };
-            if route.is_none() {
-                route = r.variants.get(v).cloned();
-            }
-            if !members.iter().any(|(k, _)| *k == &*r.flag)
-                && let Some(m) = member(&r.flag, v)
-            {
-                members.push((&r.flag, Cow::Owned(m)));
-            }
-        }
-        if !members.is_empty() || (had_flag_members && !trusted) {
-            s.rewrite_baggage(
-                &self.trace_families,
-                headers,
-                &members,
-                trusted,
-                had_baggage,
-            );
-        }
-        if let Some(target) = route {
-            req.extensions_mut().insert(RouteTarget(target));
-        }
-        if decisions.is_empty() {
-            return None;
-        }
-        Some(Arc::new(FlagDecisions {
-            decisions,
-            context_id,
-            events: s.events,
-        }))
-    }
 }
 
 /// Removes every header whose name starts with `prefix` (client-sent decisions).
-fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
+pub(super) fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
     if !headers.keys().any(|k| k.as_str().starts_with(prefix)) {
         return;
     }
@@ -506,14 +285,16 @@ mod tests {
     use std::collections::HashMap;
     use std::net::SocketAddr;
 
-    use serde_json::{Map, json};
+    use serde_json::{Map, Value, json};
 
     use http::{Uri, header};
 
-    use super::super::context::{ContextRules, Needs, Source, insert_path};
+    use super::super::context::{ContextRules, Needs, RequestView, Source, insert_path};
+    use super::super::logic::Flat;
     use super::super::logic::{Flagd, FractionalVersion, Place, Rule, Scope, Slot, compile};
     use super::super::render::header_value;
     use super::super::settings::{DeliverFlags, Delivery, EventSettings, Route};
+    use super::super::settings::{RouteTarget, Trust};
     use super::super::store::FlagStore;
     use super::*;
     use crate::metrics::Metrics;

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::flags::logic::fractional::buckets_pick;
 use crate::flags::murmur3::murmur3_x86_32;
