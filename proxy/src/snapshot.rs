@@ -61,22 +61,14 @@ impl Snapshot {
     /// Compiles `config`, taking from `lasting` what an earlier snapshot made from the same
     /// parts of the config.
     pub fn build(config: Config, lasting: &Lasting) -> anyhow::Result<Snapshot> {
-        let Lasting {
-            metrics,
-            clients,
-            telemetry,
-            stores,
-            flags,
-        } = lasting;
         let spec = &config.spec;
         let running = match &spec.flags {
-            Some(f) => Some(flags.running(f)),
+            Some(f) => Some(lasting.flags.running(f)),
             None => {
-                flags.clear();
+                lasting.flags.clear();
                 None
             }
         };
-        let routed = Arc::new(routed_targets(spec, clients)?);
         if let Some(warning) = spec
             .trace
             .sampling
@@ -85,72 +77,28 @@ impl Snapshot {
         {
             tracing::warn!("{warning}");
         }
-        // One restoration table per snapshot, shared by the inbound leg (which records) and
-        // the outbound legs (which restore). A reload starts an empty table.
-        let restoration = crate::steps::trace_context::restoration(&config, metrics);
-        let mut listeners = HashMap::new();
-        let mut stacks = HashMap::new();
-        // A leg's optional steps: its observer, flags (delivery inbound, routing on both) and,
-        // inbound only, idempotency.
-        let steps = |direction: Direction, upstream: &str| -> anyhow::Result<Steps> {
-            let observe = telemetry.layer(&config, direction);
-            Ok(Steps {
-                flags: crate::steps::flags::layer(
-                    &config,
-                    running.as_ref(),
-                    direction,
-                    upstream,
-                    metrics,
-                    observe.records_spans(),
-                ),
-                observe,
-                idempotency: match direction {
-                    Direction::Inbound => stores.layer(&config, metrics, telemetry.dev)?,
-                    Direction::Outbound => None,
-                },
-                routed: routed.clone(),
-            })
+        let legs = Legs {
+            config: &config,
+            lasting,
+            running: running.as_ref(),
+            routed: Arc::new(routed_targets(spec, &lasting.clients)?),
+            // One restoration table per snapshot, shared by the inbound leg (which records)
+            // and the outbound legs (which restore). A reload starts an empty table.
+            restoration: crate::steps::trace_context::restoration(&config, &lasting.metrics),
         };
-        if let Some(inb) = &spec.inbound {
-            let app = target(
-                spec,
-                clients,
-                "app",
-                std::slice::from_ref(&inb.app),
-                spec.timeouts.with(inb.timeouts),
-                inb.app_protocol,
-            )?;
-            listeners.insert(inb.listen.0, Role::Inbound);
-            let steps = steps(Direction::Inbound, "app")?;
-            let leg = inbound::leg(inb, Arc::new(app), steps);
-            stacks.insert(
-                Role::Inbound,
-                crate::stack::build(&config, leg, metrics, restoration.as_ref()),
-            );
-        }
-        for out in &spec.outbound {
-            let target = upstream(spec, clients, &out.upstream)?;
-            let role = Role::Outbound(Arc::from(out.upstream.as_str()), out.trace.clone());
-            listeners.insert(out.listen.0, role.clone());
-            if let std::collections::hash_map::Entry::Vacant(slot) = stacks.entry(role) {
-                let steps = steps(Direction::Outbound, &out.upstream)?;
-                let leg = outbound::leg(out, Arc::new(target), steps);
-                slot.insert(crate::stack::build(
-                    &config,
-                    leg,
-                    metrics,
-                    restoration.as_ref(),
-                ));
-            }
-        }
+        let (listeners, stacks) = legs.build()?;
         let (server, deadlines) = servers(&spec.limits);
-        let ofrep =
-            crate::steps::flags::ofrep(&config, running.as_ref(), metrics).map(|(addr, svc)| {
-                (
-                    addr,
-                    crate::steps::flags::ofrep_stack(&config, svc, metrics, telemetry),
-                )
-            });
+        let ofrep = crate::steps::flags::ofrep(&config, running.as_ref(), &lasting.metrics).map(
+            |(addr, svc)| {
+                let stack = crate::steps::flags::ofrep_stack(
+                    &config,
+                    svc,
+                    &lasting.metrics,
+                    &lasting.telemetry,
+                );
+                (addr, stack)
+            },
+        );
         Ok(Snapshot {
             flags: running,
             ofrep,
@@ -167,6 +115,86 @@ impl Snapshot {
         let mut all: Vec<SocketAddr> = self.listeners.keys().copied().collect();
         all.extend(self.ofrep.as_ref().map(|o| o.0));
         all
+    }
+}
+
+/// What every leg of one snapshot is built from.
+struct Legs<'a> {
+    config: &'a Config,
+    lasting: &'a Lasting,
+    running: Option<&'a Arc<crate::flags::Running>>,
+    routed: Arc<crate::upstream::Routed>,
+    restoration: Option<crate::steps::trace_context::Restoration>,
+}
+
+impl Legs<'_> {
+    /// The inbound leg and each outbound one: what each address serves, and each role's
+    /// stack (outbound listeners of one upstream and trace override share one).
+    fn build(&self) -> anyhow::Result<(HashMap<SocketAddr, Role>, HashMap<Role, Stack>)> {
+        let (config, spec) = (self.config, &self.config.spec);
+        let (metrics, clients) = (&self.lasting.metrics, &self.lasting.clients);
+        let mut listeners = HashMap::new();
+        let mut stacks = HashMap::new();
+        if let Some(inb) = &spec.inbound {
+            let app = target(
+                spec,
+                clients,
+                "app",
+                std::slice::from_ref(&inb.app),
+                spec.timeouts.with(inb.timeouts),
+                inb.app_protocol,
+            )?;
+            listeners.insert(inb.listen.0, Role::Inbound);
+            let leg = inbound::leg(inb, Arc::new(app), self.steps(Direction::Inbound, "app")?);
+            let stack = crate::stack::build(config, leg, metrics, self.restoration.as_ref());
+            stacks.insert(Role::Inbound, stack);
+        }
+        for out in &spec.outbound {
+            let target = upstream(spec, clients, &out.upstream)?;
+            let role = Role::Outbound(Arc::from(out.upstream.as_str()), out.trace.clone());
+            listeners.insert(out.listen.0, role.clone());
+            if let std::collections::hash_map::Entry::Vacant(slot) = stacks.entry(role) {
+                let steps = self.steps(Direction::Outbound, &out.upstream)?;
+                let leg = outbound::leg(out, Arc::new(target), steps);
+                slot.insert(crate::stack::build(
+                    config,
+                    leg,
+                    metrics,
+                    self.restoration.as_ref(),
+                ));
+            }
+        }
+        Ok((listeners, stacks))
+    }
+
+    /// A leg's optional steps: its observer, flags (delivery inbound, routing on both) and,
+    /// inbound only, idempotency.
+    fn steps(&self, direction: Direction, upstream: &str) -> anyhow::Result<Steps> {
+        let Lasting {
+            metrics,
+            telemetry,
+            stores,
+            ..
+        } = self.lasting;
+        let observe = telemetry.layer(self.config, direction);
+        Ok(Steps {
+            flags: crate::steps::flags::layer(
+                self.config,
+                self.running,
+                direction,
+                upstream,
+                metrics,
+                observe.records_spans(),
+            ),
+            observe,
+            idempotency: match direction {
+                Direction::Inbound => {
+                    crate::steps::idempotency::layer(self.config, stores, metrics, telemetry.dev)?
+                }
+                Direction::Outbound => None,
+            },
+            routed: self.routed.clone(),
+        })
     }
 }
 

@@ -147,47 +147,10 @@ impl Out<'_> {
 
 impl Plan {
     pub fn new(settings: &Settings, families: &FlagFamilies, snap: Arc<FlagSet>) -> Plan {
-        let mut entries = Vec::new();
-        if let Some(delivery) = &settings.delivery {
-            let keys: Vec<(Arc<str>, Option<HeaderName>)> = match &delivery.flags {
-                DeliverFlags::Keys(keys) => keys.clone(),
-                DeliverFlags::All => {
-                    let mut all: Vec<_> = snap
-                        .flags
-                        .keys()
-                        .map(|k| {
-                            let name = delivery.header_prefix.as_ref().and_then(|p| {
-                                HeaderName::from_bytes((delivery.header_name)(p, k).as_bytes()).ok()
-                            });
-                            (Arc::<str>::from(k.as_str()), name)
-                        })
-                        .collect();
-                    all.sort_by(|a, b| a.0.cmp(&b.0));
-                    all
-                }
-            };
-            entries = keys
-                .into_iter()
-                .map(|(key, header)| {
-                    let header = header.map(intern::name);
-                    let flag = snap.flags.get(&*key).cloned();
-                    let fixed = fixed(settings, families, delivery, &key, flag.as_ref());
-                    let variants = match (&fixed, &flag) {
-                        (None, Some(f)) => prepared(delivery, &key, f),
-                        _ => Vec::new(),
-                    };
-                    Entry {
-                        variants,
-                        key,
-                        flag,
-                        header,
-                        fixed,
-                        slots: Vec::new(),
-                        fast: None,
-                    }
-                })
-                .collect();
-        }
+        let mut entries = match &settings.delivery {
+            Some(delivery) => delivered(settings, families, delivery, &snap),
+            None => Vec::new(),
+        };
         let routes: Vec<_> = settings
             .routes
             .iter()
@@ -225,25 +188,23 @@ impl Plan {
             Some(paths) => settings.context.layout(needs, paths),
             None => Vec::new(),
         };
-        let slots = |flag: Option<&Arc<Flag>>| match flag.map(|f| &f.targeting) {
-            Some(Some(Ok(rule))) if flat.is_some() => Slot::of_rule(rule, &layout),
-            _ => Vec::new(),
-        };
-        // Compiled targeting: for an enabled flag whose rule has a common shape, with a flat
-        // context (`fast`).
-        let fast = |flag: Option<&Arc<Flag>>| match flag {
-            Some(f) if flat.is_some() && f.needs_context() => match &f.targeting {
-                Some(Ok(rule)) => Fast::compile(rule, f, &layout, settings.fractional),
-                _ => None,
-            },
-            _ => None,
+        let compiled = Compiled {
+            settings,
+            flat: flat.is_some(),
+            layout: &layout,
         };
         for e in entries.iter_mut().filter(|e| e.fixed.is_none()) {
-            e.slots = slots(e.flag.as_ref());
-            e.fast = fast(e.flag.as_ref());
+            e.slots = compiled.slots(e.flag.as_ref());
+            e.fast = compiled.fast(e.flag.as_ref());
         }
-        let route_slots = routes.iter().map(|(f, _)| slots(f.as_ref())).collect();
-        let route_fast = routes.iter().map(|(f, _)| fast(f.as_ref())).collect();
+        let route_slots = routes
+            .iter()
+            .map(|(f, _)| compiled.slots(f.as_ref()))
+            .collect();
+        let route_fast = routes
+            .iter()
+            .map(|(f, _)| compiled.fast(f.as_ref()))
+            .collect();
         Plan {
             snap,
             entries,
@@ -257,6 +218,82 @@ impl Plan {
             route_fast,
         }
     }
+}
+
+/// What a plan with a flat context works out per flag, once.
+struct Compiled<'a> {
+    settings: &'a Settings,
+    flat: bool,
+    layout: &'a [String],
+}
+
+impl Compiled<'_> {
+    /// Where the flag's `var` paths land in the flat context.
+    fn slots(&self, flag: Option<&Arc<Flag>>) -> Vec<Slot> {
+        match flag.map(|f| &f.targeting) {
+            Some(Some(Ok(rule))) if self.flat => Slot::of_rule(rule, self.layout),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Compiled targeting: for an enabled flag whose rule has a common shape, with a flat
+    /// context (`fast`).
+    fn fast(&self, flag: Option<&Arc<Flag>>) -> Option<Fast> {
+        match flag {
+            Some(f) if self.flat && f.needs_context() => match &f.targeting {
+                Some(Ok(rule)) => Fast::compile(rule, f, self.layout, self.settings.fractional),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// The delivered flags, in delivery order (all of them, by key, when delivery says `all`),
+/// each with its fixed decision or its variants rendered.
+fn delivered(
+    settings: &Settings,
+    families: &FlagFamilies,
+    delivery: &Delivery,
+    snap: &FlagSet,
+) -> Vec<Entry> {
+    let keys: Vec<(Arc<str>, Option<HeaderName>)> = match &delivery.flags {
+        DeliverFlags::Keys(keys) => keys.clone(),
+        DeliverFlags::All => {
+            let mut all: Vec<_> = snap
+                .flags
+                .keys()
+                .map(|k| {
+                    let name = delivery.header_prefix.as_ref().and_then(|p| {
+                        HeaderName::from_bytes((delivery.header_name)(p, k).as_bytes()).ok()
+                    });
+                    (Arc::<str>::from(k.as_str()), name)
+                })
+                .collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all
+        }
+    };
+    keys.into_iter()
+        .map(|(key, header)| {
+            let header = header.map(intern::name);
+            let flag = snap.flags.get(&*key).cloned();
+            let fixed = fixed(settings, families, delivery, &key, flag.as_ref());
+            let variants = match (&fixed, &flag) {
+                (None, Some(f)) => prepared(delivery, &key, f),
+                _ => Vec::new(),
+            };
+            Entry {
+                variants,
+                key,
+                flag,
+                header,
+                fixed,
+                slots: Vec::new(),
+                fast: None,
+            }
+        })
+        .collect()
 }
 
 /// Whether `inner` is the path `outer` or a path inside it (segment-wise: `a.b` is inside

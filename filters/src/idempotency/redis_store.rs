@@ -126,89 +126,90 @@ pub struct RedisStore {
     renew: Script,
 }
 
+/// A Sentinel-managed master: `rest` is `h1:p,h2:p/<service>[/db]` (port 26379 when none).
+fn sentinel(scheme: &str, rest: &str, timeout: Duration) -> Result<Backend, StoreError> {
+    let mut parts = rest.splitn(3, '/');
+    let hosts = parts.next().unwrap_or_default();
+    let service = parts.next().filter(|s| !s.is_empty()).ok_or_else(|| {
+        StoreError::Unavailable(
+            "a Sentinel URL needs a service name: redis+sentinel://host:26379/mymaster".into(),
+        )
+    })?;
+    let db: i64 = match parts.next().filter(|d| !d.is_empty()) {
+        Some(d) => d
+            .parse()
+            .map_err(|_| StoreError::Unavailable(format!("invalid database {d:?}")))?,
+        None => 0,
+    };
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|h| {
+            let has_port = h
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+            if has_port {
+                format!("{scheme}://{h}")
+            } else {
+                format!("{scheme}://{h}:26379")
+            }
+        })
+        .collect();
+    let mut node = redis::sentinel::SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(redis::RedisConnectionInfo::default().set_db(db));
+    if scheme == "rediss" {
+        node = node.set_tls_mode(redis::TlsMode::Secure);
+    }
+    let client = redis::sentinel::SentinelClient::build(
+        seeds,
+        service.to_owned(),
+        Some(node),
+        redis::sentinel::SentinelServerType::Master,
+    )
+    .map_err(unavailable)?;
+    Ok(Backend::Sentinel(Box::new(SentinelBackend {
+        client: tokio::sync::Mutex::new(client),
+        conn: tokio::sync::Mutex::new(None),
+        timeout,
+    })))
+}
+
+/// A Redis Cluster: `rest` is its seeds, `h1:p,h2:p`.
+fn cluster(scheme: &str, rest: &str, timeout: Duration) -> Result<Backend, StoreError> {
+    let seeds: Vec<String> = rest
+        .trim_end_matches('/')
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("{scheme}://{s}"))
+        .collect();
+    let client = ClusterClient::builder(seeds.clone())
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .build()
+        .map_err(unavailable)?;
+    Ok(Backend::Cluster(Box::new(ClusterBackend {
+        client,
+        conn: tokio::sync::Mutex::new(None),
+        seeds,
+    })))
+}
+
 impl RedisStore {
     /// A store for `url`: `redis://`, `rediss://`, `redis+unix://` (standalone) or
     /// `redis+cluster://h1:p,h2:p` (`rediss+cluster://` for TLS; Cluster seeds). Connects on
     /// first use.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let cluster = url
-            .strip_prefix("redis+cluster://")
-            .map(|rest| ("redis", rest))
-            .or_else(|| {
-                url.strip_prefix("rediss+cluster://")
-                    .map(|rest| ("rediss", rest))
-            });
-        let sentinel = url
-            .strip_prefix("redis+sentinel://")
-            .map(|rest| ("redis", rest))
-            .or_else(|| {
-                url.strip_prefix("rediss+sentinel://")
-                    .map(|rest| ("rediss", rest))
-            });
-        let backend = if let Some((scheme, rest)) = sentinel {
-            // redis+sentinel://h1:p,h2:p/<service>[/db]
-            let mut parts = rest.splitn(3, '/');
-            let hosts = parts.next().unwrap_or_default();
-            let service = parts.next().filter(|s| !s.is_empty()).ok_or_else(|| {
-                StoreError::Unavailable(
-                    "a Sentinel URL needs a service name: redis+sentinel://host:26379/mymaster"
-                        .into(),
-                )
-            })?;
-            let db: i64 = match parts.next().filter(|d| !d.is_empty()) {
-                Some(d) => d
-                    .parse()
-                    .map_err(|_| StoreError::Unavailable(format!("invalid database {d:?}")))?,
-                None => 0,
-            };
-            let seeds: Vec<String> = hosts
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|h| {
-                    let has_port = h
-                        .rsplit_once(':')
-                        .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
-                    if has_port {
-                        format!("{scheme}://{h}")
-                    } else {
-                        format!("{scheme}://{h}:26379")
-                    }
-                })
-                .collect();
-            let mut node = redis::sentinel::SentinelNodeConnectionInfo::default()
-                .set_redis_connection_info(redis::RedisConnectionInfo::default().set_db(db));
-            if scheme == "rediss" {
-                node = node.set_tls_mode(redis::TlsMode::Secure);
-            }
-            let client = redis::sentinel::SentinelClient::build(
-                seeds.clone(),
-                service.to_owned(),
-                Some(node),
-                redis::sentinel::SentinelServerType::Master,
-            )
-            .map_err(unavailable)?;
-            Backend::Sentinel(Box::new(SentinelBackend {
-                client: tokio::sync::Mutex::new(client),
-                conn: tokio::sync::Mutex::new(None),
-                timeout,
-            }))
-        } else if let Some((scheme, rest)) = cluster {
-            let seeds: Vec<String> = rest
-                .trim_end_matches('/')
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|s| format!("{scheme}://{s}"))
-                .collect();
-            let client = ClusterClient::builder(seeds.clone())
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .build()
-                .map_err(unavailable)?;
-            Backend::Cluster(Box::new(ClusterBackend {
-                client,
-                conn: tokio::sync::Mutex::new(None),
-                seeds,
-            }))
+        let with_scheme = |plain: &str, tls: &str| {
+            url.strip_prefix(plain)
+                .map(|rest| ("redis", rest))
+                .or_else(|| url.strip_prefix(tls).map(|rest| ("rediss", rest)))
+        };
+        let backend = if let Some((scheme, rest)) =
+            with_scheme("redis+sentinel://", "rediss+sentinel://")
+        {
+            sentinel(scheme, rest, timeout)?
+        } else if let Some((scheme, rest)) = with_scheme("redis+cluster://", "rediss+cluster://") {
+            cluster(scheme, rest, timeout)?
         } else {
             let client = redis::Client::open(url).map_err(unavailable)?;
             let config = ConnectionManagerConfig::new()
