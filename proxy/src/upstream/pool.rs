@@ -29,24 +29,24 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+mod deadline;
+mod pooled;
+
+use self::deadline::{Timer, by_deadline};
+use self::pooled::{Back, Pooled};
 use super::connector::{Connector, Stream};
 use super::failure::SendError;
 use crate::metrics::{EndpointLabels, ProxyFamilies};
 use attache_config::Protocol;
 use attache_filters::Body;
 use attache_filters::metrics::Metrics;
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 /// How connections to every endpoint of a [`Client`] are made and kept.
@@ -183,37 +183,6 @@ impl NoResponse {
             unsent: None,
         }
     }
-}
-
-/// An HTTP/1.1 connection's timer for the deadlines of its exchanges (see the module's note).
-type Timer = Pin<Box<Sleep>>;
-
-/// Ready once `deadline` has passed, by `timer`, which may hold an earlier exchange's deadline
-/// (it is then moved on when it fires) or a later one (it is moved back at once).
-fn poll_deadline(timer: &mut Timer, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
-    if timer.deadline() > deadline {
-        timer.as_mut().reset(deadline);
-    }
-    loop {
-        ready!(timer.as_mut().poll(cx));
-        if timer.deadline() >= deadline {
-            return Poll::Ready(());
-        }
-        // It fired for an exchange that ended before its deadline.
-        timer.as_mut().reset(deadline);
-    }
-}
-
-/// `fut`'s output, or `None` once `deadline` has passed by `timer`.
-async fn by_deadline<F: Future>(fut: F, timer: &mut Timer, deadline: Instant) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        poll_deadline(timer, deadline, cx).map(|()| None)
-    })
-    .await
 }
 
 /// The connections to one endpoint.
@@ -524,63 +493,6 @@ impl Endpoint {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A response body that gives its connection back to the pool once read to the end (or
-/// dropped after the end, when the server never polls an empty body).
-struct Pooled {
-    inner: Incoming,
-    back: Option<Back>,
-}
-
-/// What goes back to the pool with a connection.
-struct Back {
-    conn: http1::SendRequest<Body>,
-    timer: Timer,
-    pool: Arc<Endpoint>,
-}
-
-impl Pooled {
-    fn release(&mut self) {
-        if let Some(Back { conn, timer, pool }) = self.back.take() {
-            pool.put(conn, timer);
-        }
-    }
-}
-
-impl http_body::Body for Pooled {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        match &frame {
-            None => self.release(),
-            // A broken exchange leaves the connection to close with it.
-            Some(Err(_)) => self.back = None,
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if http_body::Body::is_end_stream(&self.inner) {
-            self.release();
-        }
-    }
 }
 
 #[cfg(test)]
