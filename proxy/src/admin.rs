@@ -12,39 +12,22 @@ use attache_filters::Body;
 use attache_filters::errors::{Problem, problem_response};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use crate::shared::Shared;
 
-pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
-    let svc_shared = shared.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let shared = svc_shared.clone();
+/// The admin port's service: each request answered from the shared state.
+pub fn service(
+    shared: Arc<Shared>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+> {
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(&shared, &req)) }
-    });
-    serve_side_connection(stream, &shared, svc).await;
-}
-
-/// Serves one connection of a side listener (admin, OFREP) until it ends; once drain starts,
-/// the request in flight is answered and the connection closed. Probes keep being answered
-/// while draining, but keep-alive connections are not held open.
-pub async fn serve_side_connection<S>(stream: TcpStream, shared: &Shared, svc: S)
-where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    let mut conn = std::pin::pin!(conn);
-    let mut shutdown = shared.shutdown.subscribe();
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = async { shutdown.wait_for(|d| *d).await.map(|_| ()) } => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

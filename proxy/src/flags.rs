@@ -1,7 +1,7 @@
 //! Flag sources in the running proxy (specs/feature-flags.md §5, §10): the sources and their
 //! watchers, which outlive config snapshots (a reload that leaves `spec.flags.sources` alone
 //! keeps them and their last good documents), and their status for admin `GET /flags`. The
-//! flags step of each leg is built in `steps/flags.rs`; the OFREP listener is `ofrep.rs`.
+//! flags step of each leg is built in `steps/flags.rs`; the OFREP listener is served by `serve.rs`.
 //!
 //! - A file source has a [`FileWatch`]: its directory's events (a
 //!   ConfigMap swap included), debounced 200 ms, and a check every `file_poll_interval` for
