@@ -308,7 +308,7 @@ impl SourceCtx {
             Err(e) => {
                 self.store.fail(
                     index,
-                    attache_filters::flags::eval::LoadError {
+                    attache_filters::flags::parse::LoadError {
                         path: "$".into(),
                         message: e.clone(),
                     },

@@ -30,8 +30,8 @@ use http::HeaderName;
 use serde_json::Value;
 
 use super::context::{ContextRules, Source};
-use super::eval::LoadError;
 use super::logic::FractionalVersion;
+use super::parse::LoadError;
 use super::request::FlagsLayer;
 use super::settings::{DeliverFlags, Delivery, EventSettings, Settings, Trust, unix_now};
 use super::store::FlagStore;

@@ -8,7 +8,6 @@ use std::sync::{Arc, LazyLock};
 use serde_json::{Map, Value};
 
 use super::logic::{self, Data, FractionalVersion, Rule, Scope};
-pub use super::parse::LoadError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flag {

@@ -15,8 +15,8 @@ use crate::flags::semver::number_text;
 pub use data::{Data, Field, Flagd, Flat, Place, Scope, Slot};
 pub(crate) use fractional::{bucket, default_bucketing_hash, pick};
 use ops::*;
-use values::strings_in;
 pub use values::truthy;
+use values::{NULL, strings_in};
 pub(crate) use values::{less, loose_eq, strict_eq};
 
 /// `fractional`'s bucketing arithmetic (§4.1).

@@ -39,7 +39,7 @@ pub mod logic;
 pub mod metrics;
 pub mod murmur3;
 pub mod ofrep;
-mod parse;
+pub mod parse;
 mod pass;
 pub mod plan;
 pub mod render;

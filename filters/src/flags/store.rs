@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde_json::Value;
 
-use super::eval::{FlagSet, LoadError};
+use super::eval::FlagSet;
+use super::parse::LoadError;
 
 /// One source's state: its last good document, and the error of its last load, if any.
 #[derive(Debug, Clone, Default)]

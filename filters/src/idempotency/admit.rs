@@ -3,7 +3,6 @@
 //! then act on what the store said (run the exchange, replay, refuse, wait, or fail open or
 //! closed when the store failed).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +11,8 @@ use http::{HeaderValue, Request, Response, header};
 use tower::Service;
 
 use super::error::{IdempotencyError, problem};
-use super::run::{exchange, replay};
-use super::store::{self, Claim, RecordId, StoreError, Transition};
+use super::run::{exchange, replay, timed};
+use super::store::{self, Claim, RecordId};
 use super::{ENFORCED_MARKER, Inner, RoutePolicy, Settings, Trail, cloudevents, hash, key};
 use crate::Body;
 use crate::errors::problem_response;
@@ -300,30 +299,4 @@ fn fingerprint(route: &RoutePolicy, parts: &http::request::Parts, body: &[u8]) -
         body,
         json_canonical: route.json_canonical,
     })
-}
-
-/// Runs a store operation within `store_timeout`, timing it in
-/// `attache_idempotency_store_duration_seconds{op, result}`.
-pub(super) async fn timed<T>(
-    s: &Settings,
-    op: &'static str,
-    fut: impl Future<Output = Result<T, StoreError>>,
-    label: impl Fn(&T) -> &'static str,
-) -> Result<Result<T, StoreError>, tokio::time::error::Elapsed> {
-    let start = std::time::Instant::now();
-    let out = tokio::time::timeout(s.store_timeout, fut).await;
-    let result = match &out {
-        Ok(Ok(v)) => label(v),
-        Ok(Err(_)) => "error",
-        Err(_) => "timeout",
-    };
-    s.metrics.store_op(op, result, start.elapsed());
-    out
-}
-
-pub(super) fn transition_label(t: &Transition) -> &'static str {
-    match t {
-        Transition::Done => "ok",
-        Transition::LostLease => "lost_lease",
-    }
 }

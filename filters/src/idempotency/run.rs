@@ -14,7 +14,6 @@ use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use tower::Service;
 
-use super::admit::{timed, transition_label};
 use super::error::{IdempotencyError, problem};
 use super::store::{self, RecordId, StoreError, Stored, Transition};
 use super::{BoxFuture, Inner, REPLAYED_MARKER, RoutePolicy, STORED_MARKER, Settings, Trail};
@@ -305,6 +304,32 @@ impl Held {
             trailers,
             failed,
         }
+    }
+}
+
+/// Runs a store operation within `store_timeout`, timing it in
+/// `attache_idempotency_store_duration_seconds{op, result}`.
+pub(super) async fn timed<T>(
+    s: &Settings,
+    op: &'static str,
+    fut: impl Future<Output = Result<T, StoreError>>,
+    label: impl Fn(&T) -> &'static str,
+) -> Result<Result<T, StoreError>, tokio::time::error::Elapsed> {
+    let start = std::time::Instant::now();
+    let out = tokio::time::timeout(s.store_timeout, fut).await;
+    let result = match &out {
+        Ok(Ok(v)) => label(v),
+        Ok(Err(_)) => "error",
+        Err(_) => "timeout",
+    };
+    s.metrics.store_op(op, result, start.elapsed());
+    out
+}
+
+pub(super) fn transition_label(t: &Transition) -> &'static str {
+    match t {
+        Transition::Done => "ok",
+        Transition::LostLease => "lost_lease",
     }
 }
 

@@ -10,47 +10,21 @@
 //! connection) are retried with backoff until the batch's `timeout`; then the batch is dropped
 //! and counted. Errors are logged at most once per `error_log_interval`.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{HeaderName, HeaderValue, Uri};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use super::export_settings::{ExportSettings, Protocol};
 use super::families::ExportFamilies;
 use super::otlp::encode_request;
 use super::span::SpanRecord;
 use super::transport::{Failure, Transport};
 use crate::metrics::Metrics;
-
-/// The wire protocol to the collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    HttpProtobuf,
-    Grpc,
-}
-
-/// Everything the export task needs, resolved.
-#[derive(Debug, Clone)]
-pub struct ExportSettings {
-    /// The collector's URL (`/v1/traces` included for HTTP); `None`: console only.
-    pub endpoint: Option<Uri>,
-    pub protocol: Protocol,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub timeout: Duration,
-    pub gzip: bool,
-    pub max_queue_size: usize,
-    pub max_export_batch_size: usize,
-    pub scheduled_delay: Duration,
-    pub error_log_interval: Duration,
-    /// Print every span as a JSON line on stderr.
-    pub console: bool,
-    pub resource: BTreeMap<String, String>,
-}
 
 /// The span queue: a bounded list behind a lock held for a push, and a wake-up for the
 /// export task when a batch is full (else it wakes on its schedule). Ending a span costs no

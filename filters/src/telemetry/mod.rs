@@ -13,6 +13,7 @@
 pub mod access_log;
 pub mod builder;
 pub mod export;
+mod export_settings;
 pub mod families;
 pub mod observe;
 pub mod otlp;

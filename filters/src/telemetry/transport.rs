@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 
-use super::export::{ExportSettings, Protocol};
+use super::export_settings::{ExportSettings, Protocol};
 use crate::errors::error_chain;
 
 /// Why an attempt failed, and whether another may succeed.

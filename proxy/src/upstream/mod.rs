@@ -6,9 +6,9 @@
 //! route → forward → balance → endpoint → pool → connector
 //! ```
 //!
-//! - `route` (`crate::route`) picks the target: the leg's own, or the upstream a flag route
+//! - `route` (`proxy/src/route.rs`) picks the target: the leg's own, or the upstream a flag route
 //!   named.
-//! - `forward` (`crate::forward`) is the leg's exchange with that target: it prepares the
+//! - `forward` (`proxy/src/forward.rs`) is the leg's exchange with that target: it prepares the
 //!   request (hop-by-hop, `X-Forwarded-*`, the target's protocol), sets its deadline (the
 //!   target's request timeout), checks the response, runs an upgrade tunnel, and turns a
 //!   [`Failure`](failure::Failure) into the client's answer. It is the only part whose error

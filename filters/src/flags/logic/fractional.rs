@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use serde_json::Value;
 
 use super::data::Scope;
-use super::ops::NULL;
+use super::values::NULL;
 use super::{FractionalVersion, Rule};
 use crate::flags::murmur3::murmur3_x86_32;
 

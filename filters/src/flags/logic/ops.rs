@@ -53,8 +53,6 @@ pub(super) fn affix_op<'r>(op: Op, args: &'r [Rule], s: &Scope<'r>) -> Option<bo
     }
 }
 
-pub(super) static NULL: Value = Value::Null;
-
 /// An operand that needs no evaluation: a constant, or a `var` with a constant path, no
 /// default and no built-in, borrowed from the rule or the context (null when the path finds
 /// nothing, as `var` gives). `None` for any other rule. Nearly every targeting condition

@@ -5,6 +5,9 @@ use serde_json::{Number, Value};
 
 use crate::flags::semver::number_text;
 
+/// `null`, to borrow where a value is missing.
+pub(super) static NULL: Value = Value::Null;
+
 pub fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
