@@ -27,8 +27,10 @@
 #                                                # compare two commits side by side:
 #     git worktree add /tmp/old <commit> && (cd /tmp/old && cargo build --release -p attache)
 #     cp /tmp/old/target/release/attache /tmp/attache-old
-#   ROUNDS=3 bash bench/instructions.sh          # each target counted three times (one round
-#                                                # in five lands ~1.5k high; take the median)
+#   ROUNDS=3 bash bench/instructions.sh          # each target counted three times; take the
+#                                                # median (a round can land ~1k high when
+#                                                # anything else loads the CPU meanwhile)
+#   NO_BUILD=1 ATTACHE_BIN=... bash bench/instructions.sh   # no cargo build first
 #
 # Needs: valgrind, h2load, nginx (apt-get install valgrind nghttp2-client nginx-light).
 # Takes about a minute per target. Traffic stays on 127.0.0.1.
@@ -44,7 +46,8 @@ need valgrind "apt-get install valgrind"
 need h2load "apt-get install nghttp2-client"
 need nginx "apt-get install nginx-light"
 
-cargo build --release -q -p attache --bin attache --example hyper_floor
+# NO_BUILD=1 measures the binaries as they are (sources being edited meanwhile, say).
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p attache --bin attache --example hyper_floor
 ATTACHE_BIN=${ATTACHE_BIN:-target/release/attache}
 ROUNDS=${ROUNDS:-1}
 

@@ -142,6 +142,12 @@ fn trace(trace: &crate::model::Trace, errors: &mut Vec<ConfigError>) {
             "needs at least one format",
         ));
     }
+    trace_headers(trace, errors);
+}
+
+/// `spec.trace`'s header names and baggage keys (request id, context mapping, restoration),
+/// and the restoration table's sizes.
+fn trace_headers(trace: &crate::model::Trace, errors: &mut Vec<ConfigError>) {
     let header_ok = |h: &str| {
         !h.is_empty()
             && h.bytes()

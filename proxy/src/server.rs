@@ -111,29 +111,7 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
     });
     server.install(snapshot)?;
     shared.started.store(true, Ordering::Release);
-    if shared.is_ready() {
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), "attache is ready");
-    } else {
-        // Listening, but `/ready` waits for the required flag sources: say so, and say when
-        // they are in (checked with a backoff, so a source that never loads costs a wakeup
-        // every 2 s, not a busy loop).
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            "listening; /ready waits for the flag sources (see /flags on the admin port)"
-        );
-        let s = shared.clone();
-        tokio::spawn(async move {
-            let mut wait = Duration::from_millis(50);
-            while !s.draining.load(Ordering::Acquire) {
-                tokio::time::sleep(wait).await;
-                if s.is_ready() {
-                    tracing::info!("flag sources loaded: attache is ready");
-                    return;
-                }
-                wait = (wait * 2).min(Duration::from_secs(2));
-            }
-        });
-    }
+    announce_ready(&shared);
 
     // SIGHUP reloads the config file. Without one (`attache dev` with no -c) there is nothing to
     // reload, and a SIGHUP usually means the terminal closed: attache drains and exits, as it
@@ -165,6 +143,32 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
         .get();
     shared.lasting.telemetry.flush(timeout).await;
     Ok(())
+}
+
+/// Says that attache is ready, or, when `/ready` still waits for the required flag sources,
+/// that it listens, and then when they are in (checked with a backoff, so a source that never
+/// loads costs a wakeup every 2 s, not a busy loop).
+fn announce_ready(shared: &Arc<Shared>) {
+    if shared.is_ready() {
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "attache is ready");
+        return;
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "listening; /ready waits for the flag sources (see /flags on the admin port)"
+    );
+    let s = shared.clone();
+    tokio::spawn(async move {
+        let mut wait = Duration::from_millis(50);
+        while !s.draining.load(Ordering::Acquire) {
+            tokio::time::sleep(wait).await;
+            if s.is_ready() {
+                tracing::info!("flag sources loaded: attache is ready");
+                return;
+            }
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    });
 }
 
 /// Drain: `/ready` fails at once; after `drain.delay` the traffic listeners close; in-flight

@@ -88,40 +88,10 @@ pub fn layer(
                 .collect(),
         })
         .collect();
-    let d = &flags.deliver;
     let delivery = match direction {
         Direction::Outbound if routes.is_empty() => return None,
         Direction::Outbound => None,
-        Direction::Inbound => Some(Delivery {
-            flags: if d.flags.iter().any(|f| f == "*") {
-                DeliverFlags::All
-            } else {
-                DeliverFlags::Keys(
-                    d.flags
-                        .iter()
-                        .map(|k| {
-                            let name = d.header_prefix.as_ref().and_then(|p| {
-                                let name = attache_config::flag_header_name(p, k);
-                                HeaderName::from_bytes(name.as_bytes()).ok()
-                            });
-                            (Arc::from(k.as_str()), name)
-                        })
-                        .collect(),
-                )
-            },
-            header_prefix: d.header_prefix.as_ref().map(|p| p.to_ascii_lowercase()),
-            header_name: attache_config::flag_header_name,
-            combined: d
-                .combined_header
-                .as_ref()
-                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
-            baggage: d.baggage,
-            defaults: d
-                .defaults
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), intern::value(header_value(v)?))))
-                .collect::<HashMap<_, _>>(),
-        }),
+        Direction::Inbound => Some(delivery(&flags.deliver)),
     };
     let trust = match direction {
         Direction::Outbound => Trust::Always,
@@ -152,6 +122,41 @@ pub fn layer(
         peer_of,
         clock: unix_now,
     }))
+}
+
+/// How the inbound leg hands decisions to the app (`spec.flags.deliver`): which flags, as
+/// which headers, the combined header, baggage members, defaults.
+fn delivery(d: &attache_config::Deliver) -> Delivery {
+    Delivery {
+        flags: if d.flags.iter().any(|f| f == "*") {
+            DeliverFlags::All
+        } else {
+            DeliverFlags::Keys(
+                d.flags
+                    .iter()
+                    .map(|k| {
+                        let name = d.header_prefix.as_ref().and_then(|p| {
+                            let name = attache_config::flag_header_name(p, k);
+                            HeaderName::from_bytes(name.as_bytes()).ok()
+                        });
+                        (Arc::from(k.as_str()), name)
+                    })
+                    .collect(),
+            )
+        },
+        header_prefix: d.header_prefix.as_ref().map(|p| p.to_ascii_lowercase()),
+        header_name: attache_config::flag_header_name,
+        combined: d
+            .combined_header
+            .as_ref()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+        baggage: d.baggage,
+        defaults: d
+            .defaults
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), intern::value(header_value(v)?))))
+            .collect::<HashMap<_, _>>(),
+    }
 }
 
 /// The OFREP service of a snapshot, and where it listens.
