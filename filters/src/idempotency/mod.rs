@@ -28,6 +28,7 @@ pub mod redis_store;
 mod run;
 pub mod store;
 
+pub use admit::SCOPE_CREDENTIALS;
 pub use error::IdempotencyError;
 
 use std::convert::Infallible;

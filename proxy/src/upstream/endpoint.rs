@@ -45,7 +45,7 @@ struct Inner {
     info: UpstreamInfo,
 }
 
-/// What [`Endpoint::address`] added to a request.
+/// What `Inner::address` added to a request.
 #[derive(Clone, Copy, Default)]
 struct Added {
     host: bool,

@@ -11,7 +11,7 @@
 //! - `forward` (`proxy/src/forward.rs`) is the leg's exchange with that target: it prepares the
 //!   request (hop-by-hop, `X-Forwarded-*`, the target's protocol), sets its deadline (the
 //!   target's request timeout), checks the response, runs an upgrade tunnel, and turns a
-//!   [`Failure`](failure::Failure) into the client's answer. It is the only part whose error
+//!   `Failure` (`failure.rs`) into the client's answer. It is the only part whose error
 //!   type is `Infallible`; below it, services answer `Result<`[`Exchange`]`, `[`Unanswered`]`>`.
 //! - [`balance::Balance`] picks the endpoint (round robin) and sends a request that no
 //!   connection took to the next endpoint, once.
