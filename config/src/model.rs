@@ -213,9 +213,89 @@ pub struct Upstream {
     /// `http1` (default) or `http2` (h2c with prior knowledge, for gRPC services).
     #[serde(default)]
     pub protocol: Protocol,
-    /// Timeouts for this upstream; unset fields use `spec.timeouts`.
+    /// Timeouts for this upstream; unset fields use `spec.timeouts`. `request` bounds the
+    /// whole call, retries included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutsOverride>,
+    /// Retries of calls that failed where a retry is safe (see `retry.attempts`). Unset: no
+    /// retries (a request no connection took still goes to the next endpoint, once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+/// When and how often a call to an upstream is tried again. Only requests that may run twice
+/// are: idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) and requests that carry an
+/// `Idempotency-Key`, with a body of at most `max_body_bytes` (held for the retry). They are
+/// retried after a connection that could not be made, a connection reset before the response,
+/// a try that ran past `per_try_timeout`, or a response with one of `statuses`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Tries in all, the first included (1 to 10); 1 turns retries off.
+    #[serde(default = "default_retry_attempts")]
+    pub attempts: u32,
+    /// The first wait before a retry; each next one doubles, up to `max_backoff`. Each wait is
+    /// drawn at random below its bound (full jitter), so retries from many clients spread out.
+    #[serde(default = "default_retry_backoff")]
+    pub backoff: Duration,
+    #[serde(default = "default_retry_max_backoff")]
+    pub max_backoff: Duration,
+    /// Response statuses that are retried (their `Retry-After`, in seconds, is waited out when
+    /// it fits in the call's time).
+    #[serde(default = "default_retry_statuses")]
+    pub statuses: Vec<u16>,
+    /// A bound on each try; unset: each try may use what is left of `timeouts.request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// Request bodies up to this size are held so that they can be sent again; a larger (or
+    /// unknown-length) body is sent once.
+    #[serde(default = "default_retry_max_body")]
+    pub max_body_bytes: ByteSize,
+    /// How many retries there may be, so that retries never multiply an outage.
+    #[serde(default)]
+    pub budget: RetryBudget,
+}
+
+/// Retries over the last 10 seconds may be at most `ratio` of the requests plus
+/// `min_per_second` a second; past that a failed try is answered as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f64,
+    #[serde(default = "default_budget_min")]
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            ratio: default_budget_ratio(),
+            min_per_second: default_budget_min(),
+        }
+    }
+}
+
+fn default_retry_attempts() -> u32 {
+    3
+}
+fn default_retry_backoff() -> Duration {
+    Duration::millis(25)
+}
+fn default_retry_max_backoff() -> Duration {
+    Duration::millis(250)
+}
+fn default_retry_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
+}
+fn default_retry_max_body() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_min() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

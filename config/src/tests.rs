@@ -839,3 +839,49 @@ fn error_messages_never_quote_a_credential() {
         "no secrets: http://h:80/a"
     );
 }
+
+#[test]
+fn retry_policies_get_defaults_and_bad_ones_are_named() {
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ { upstream: pay } ]
+  upstreams:
+    pay: { endpoints: ['http://p:1'], retry: {} }
+";
+    let c = load(text).unwrap();
+    let r = c.spec.upstreams["pay"].retry.as_ref().unwrap();
+    assert_eq!(r.attempts, 3);
+    assert_eq!(r.backoff.0.as_millis(), 25);
+    assert_eq!(r.max_backoff.0.as_millis(), 250);
+    assert_eq!(r.statuses, [502, 503, 504]);
+    assert_eq!(r.max_body_bytes.0, 64 * 1024);
+    assert_eq!(r.per_try_timeout, None);
+    assert_eq!((r.budget.ratio, r.budget.min_per_second), (0.2, 10));
+
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ { upstream: pay } ]
+  upstreams:
+    pay:
+      endpoints: ['http://p:1']
+      retry: { attempts: 0, backoff: 1s, max_backoff: 100ms, statuses: [200, 503], per_try_timeout: 0s, budget: { ratio: 1.5 } }
+";
+    let errs = errors(text);
+    let paths: Vec<&str> = errs
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "spec.upstreams.pay.retry.attempts",
+            "spec.upstreams.pay.retry.backoff",
+            "spec.upstreams.pay.retry.statuses[0]",
+            "spec.upstreams.pay.retry.per_try_timeout",
+            "spec.upstreams.pay.retry.budget.ratio",
+        ],
+        "{errs:?}"
+    );
+}

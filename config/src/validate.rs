@@ -105,6 +105,46 @@ fn upstreams(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
                 "needs at least one endpoint",
             ));
         }
+        if let Some(retry) = &up.retry {
+            self::retry(&format!("spec.upstreams.{name}.retry"), retry, errors);
+        }
+    }
+}
+
+/// An upstream's retry policy: a bounded number of tries, waits that grow, statuses that are
+/// errors, a budget that is a share.
+fn retry(at: &str, r: &crate::Retry, errors: &mut Vec<ConfigError>) {
+    if !(1..=10).contains(&r.attempts) {
+        errors.push(ConfigError::new(
+            format!("{at}.attempts"),
+            format!("must be between 1 and 10, not {}", r.attempts),
+        ));
+    }
+    if r.backoff.0.is_zero() || r.backoff.0 > r.max_backoff.0 {
+        errors.push(ConfigError::new(
+            format!("{at}.backoff"),
+            "must be above zero and at most max_backoff",
+        ));
+    }
+    for (i, s) in r.statuses.iter().enumerate() {
+        if !(400..=599).contains(s) {
+            errors.push(ConfigError::new(
+                format!("{at}.statuses[{i}]"),
+                format!("{s} is not an error status (400-599)"),
+            ));
+        }
+    }
+    if r.per_try_timeout.is_some_and(|t| t.0.is_zero()) {
+        errors.push(ConfigError::new(
+            format!("{at}.per_try_timeout"),
+            "must be above zero",
+        ));
+    }
+    if !(0.0..=1.0).contains(&r.budget.ratio) {
+        errors.push(ConfigError::new(
+            format!("{at}.budget.ratio"),
+            format!("must be between 0 and 1, not {}", r.budget.ratio),
+        ));
     }
 }
 

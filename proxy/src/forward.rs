@@ -105,7 +105,11 @@ impl Forward {
             started,
             deadline: started + self.target.timeouts.request.get(),
         };
-        let (mut res, info) = match self.target.balance.send(out).await {
+        let result = match &self.target.retry {
+            Some(retry) => retry.send(out).await,
+            None => self.target.balance.send(out).await,
+        };
+        let (mut res, info) = match result {
             Ok(Exchange {
                 response,
                 upstream,

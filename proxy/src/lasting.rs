@@ -54,6 +54,11 @@ impl Clients {
         }
     }
 
+    /// The registry the pools count their connections in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn get(&self, connect: Duration, pool: Pool, protocol: Protocol) -> Client {
         let mut map = self.by_policy.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((connect, pool, protocol))

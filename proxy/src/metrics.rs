@@ -30,6 +30,20 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// A configured upstream name: bounded by the config.
+    pub upstream: String,
+    /// What the retried try met: `connect`, `timeout`, `reset`, or `status`.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// A configured upstream name: bounded by the config.
+    pub upstream: String,
+}
+
 pub struct ProxyFamilies {
     pub open_connections: Family<DirectionLabels, Gauge>,
     pub connections: Family<DirectionLabels, Counter>,
@@ -38,6 +52,9 @@ pub struct ProxyFamilies {
     /// concurrency, not with requests.
     pub upstream_connections: Family<EndpointLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub upstream_retries: Family<RetryLabels, Counter>,
+    /// Retries the budget did not allow (the failed try was answered as it was).
+    pub retry_budget_exhausted: Family<UpstreamLabels, Counter>,
 }
 
 impl Families for ProxyFamilies {
@@ -48,6 +65,8 @@ impl Families for ProxyFamilies {
             upstream_errors: Family::default(),
             upstream_connections: Family::default(),
             config_reloads: Family::default(),
+            upstream_retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
         };
         registry.register(
             "open_connections",
@@ -68,6 +87,16 @@ impl Families for ProxyFamilies {
             "upstream_connections_opened",
             "Connections opened to each endpoint of the app and the upstreams (keep-alive reuses them)",
             f.upstream_connections.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Calls to an upstream tried again, by what the failed try met",
+            f.upstream_retries.clone(),
+        );
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries the upstream's retry budget did not allow",
+            f.retry_budget_exhausted.clone(),
         );
         registry.register(
             "config_reloads",
@@ -98,6 +127,23 @@ impl ProxyFamilies {
             families: self.clone(),
             labels,
         }
+    }
+
+    pub fn upstream_retry(&self, upstream: &str, reason: &'static str) {
+        self.upstream_retries
+            .get_or_create(&RetryLabels {
+                upstream: upstream.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn retry_budget_exhausted(&self, upstream: &str) {
+        self.retry_budget_exhausted
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .inc();
     }
 
     pub fn config_reload(&self, result: &'static str) {

@@ -221,7 +221,11 @@ fn upstream(spec: &attache_config::Spec, clients: &Clients, name: &str) -> anyho
         anyhow::bail!("upstream `{name}` is not defined");
     };
     let timeouts = spec.timeouts.with(up.timeouts);
-    target(spec, clients, name, &up.endpoints, timeouts, up.protocol)
+    let target = target(spec, clients, name, &up.endpoints, timeouts, up.protocol)?;
+    Ok(match &up.retry {
+        Some(retry) => target.with_retry(retry, clients.metrics()),
+        None => target,
+    })
 }
 
 /// A target: its endpoints, with a client (and so pools) for its connect timeout and pool

@@ -12,6 +12,8 @@
 //! - `/created`: 201 with `Location`, `ETag`, `Set-Cookie`, `X-Request-Id`, two `Link` lines
 //!   and a JSON body naming how many requests the app had served (so a re-execution shows);
 //! - `/trailers`: answers `ok` followed by a `grpc-status: 0` trailer (as gRPC does);
+//! - `/flaky/<n>/<mode>`: the first `n` requests fail (`reset`, or a status), then 200 with
+//!   the request number;
 //! - `/call/<port>/<path>`: calls `http://127.0.0.1:<port>/<path>` (an ambassador port),
 //!   forwarding only `traceparent`, as an app with the least tracing support does, and answers
 //!   with the status it got;
@@ -103,8 +105,11 @@ async fn handle(
     name: String,
     hits: usize,
     mut req: Request<Incoming>,
-) -> Result<Response<AppBody>, Infallible> {
+) -> Result<Response<AppBody>, std::io::Error> {
     let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/flaky/") {
+        return flaky(rest, hits, req).await;
+    }
     if let Some(rest) = path.strip_prefix("/drip/") {
         let (n, ms) = rest.split_once('/').unwrap_or((rest, "0"));
         let (n, ms): (usize, u64) = (n.parse().unwrap_or(1), ms.parse().unwrap_or(0));
@@ -267,6 +272,41 @@ async fn handle(
         "body_bytes": len,
     });
     Ok(Response::new(full(doc.to_string())))
+}
+
+/// `/flaky/<n>/<mode>`: the app's first `n` requests fail, by `mode`: `reset` drops the
+/// connection without an answer (the request was read: it ran), a status code answers with
+/// it (`?retry_after=<s>` adds `Retry-After`). Later ones answer 200 with
+/// `{"hits":<request number>,"body_bytes":<n>}`, so a test sees how many tries there were.
+async fn flaky(
+    rest: &str,
+    hits: usize,
+    req: Request<Incoming>,
+) -> Result<Response<AppBody>, std::io::Error> {
+    let (n, mode) = rest.split_once('/').unwrap_or((rest, "reset"));
+    let n: usize = n.parse().unwrap_or(0);
+    let retry_after = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("retry_after="))
+        .map(str::to_owned);
+    let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
+    if hits > n {
+        let len = body.unwrap_or(0);
+        return Ok(Response::new(full(format!(
+            "{{\"hits\":{hits},\"body_bytes\":{len}}}"
+        ))));
+    }
+    let Some(status) = mode.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()) else {
+        return Err(std::io::Error::other("flaky: dropping the connection"));
+    };
+    let mut res = Response::new(full("flaky"));
+    *res.status_mut() = status;
+    if let Some(s) = retry_after {
+        res.headers_mut()
+            .insert("retry-after", s.parse().expect("digits"));
+    }
+    Ok(res)
 }
 
 /// A body whose pieces arrive on a channel.

@@ -33,6 +33,10 @@ pub enum SendError {
     /// A response that came, and that attache will not pass on (the reason says why).
     #[error("{0}")]
     Unacceptable(String),
+    /// The request's body failed while attache held it for a retry (the client broke its
+    /// framing or went away, or it went over its limit).
+    #[error("{0}")]
+    ClientBody(#[source] attache_filters::BoxError),
 }
 
 /// What went wrong with an exchange.
@@ -84,6 +88,12 @@ impl Failure {
         if let Some(fault) = client_body_fault(e) {
             return fault;
         }
+        if let SendError::ClientBody(read) = e {
+            return match client_fault(read.as_ref()) {
+                Some(_) => Self::ClientMalformed,
+                None => Self::ClientAborted,
+            };
+        }
         match e {
             SendError::TimedOut => Self::Timeout,
             SendError::ConnectTimeout => Self::ConnectTimeout,
@@ -96,6 +106,7 @@ impl Failure {
             SendError::Handshake(_) => Self::Connect,
             SendError::Exchange(h) => exchange(h),
             SendError::Unacceptable(_) => Self::Protocol,
+            SendError::ClientBody(_) => Self::ClientAborted,
         }
     }
 
@@ -171,9 +182,14 @@ impl Failure {
             Self::BodyLimit => ProxyError::BodyTooLarge {
                 limit: source::<BodyLimitExceeded>(e).map_or(0, |l| l.limit),
             },
-            Self::ClientMalformed => {
-                ProxyError::MalformedBody(client_fault_reason(e).unwrap_or_else(|| error_chain(e)))
-            }
+            Self::ClientMalformed => ProxyError::MalformedBody(
+                client_fault_reason(e)
+                    .or_else(|| match e {
+                        SendError::ClientBody(read) => client_fault(read.as_ref()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| error_chain(e)),
+            ),
             Self::ClientAborted => ProxyError::ClientAborted,
         }
     }

@@ -23,14 +23,15 @@
 //!   dropped (both need what only the pool knows: which connection, idle how long).
 //! - [`connector::Connector`] makes a new connection: the seam where TLS origination plugs in.
 //!
-//! A retry layer (issue 22) sits between forward and balance; P2C and sharding are
-//! [`balance::Balancer`]s.
+//! [`retry::Retry`] sits between forward and balance for upstreams with a retry policy; P2C
+//! and sharding are [`balance::Balancer`]s.
 
 pub mod balance;
 pub mod connector;
 pub mod endpoint;
 pub mod failure;
 pub mod pool;
+pub mod retry;
 
 use std::sync::Arc;
 
@@ -102,6 +103,8 @@ pub struct Target {
     pub name: Arc<str>,
     /// Its endpoints and how one is picked.
     pub balance: Balance,
+    /// Retries above the balancer, when the upstream has a retry policy.
+    pub retry: Option<retry::Retry>,
     pub timeouts: Timeouts,
     pub protocol: Protocol,
 }
@@ -123,8 +126,20 @@ impl Target {
         Ok(Self {
             name,
             balance: Balance::new(endpoints, Arc::new(RoundRobin::default())),
+            retry: None,
             timeouts,
             protocol,
         })
+    }
+
+    /// Retries calls where `config` allows (`spec.upstreams.<name>.retry`).
+    pub fn with_retry(mut self, config: &attache_config::Retry, metrics: &Metrics) -> Self {
+        self.retry = Some(retry::Retry::new(
+            config,
+            self.balance.clone(),
+            self.name.clone(),
+            metrics.family(),
+        ));
+        self
     }
 }
