@@ -254,6 +254,21 @@ pub struct Retry {
     /// How many retries there may be, so that retries never multiply an outage.
     #[serde(default)]
     pub budget: RetryBudget,
+    /// `generate`: a POST or PATCH without an `Idempotency-Key` gets a fresh one (a UUIDv7)
+    /// before its first try, and is retried like an idempotent request. Meant for callees
+    /// behind an attache with idempotency on: a repeat whose first try ran there is answered
+    /// from its record instead of running twice. `off` (default): such requests go once.
+    #[serde(default)]
+    pub idempotency_key: KeyGeneration,
+}
+
+/// Whether attache gives outbound POST and PATCH requests an `Idempotency-Key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyGeneration {
+    #[default]
+    Off,
+    Generate,
 }
 
 /// Retries over the last 10 seconds may be at most `ratio` of the requests plus

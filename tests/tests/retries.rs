@@ -238,3 +238,113 @@ spec:
         Some("200")
     );
 }
+
+/// A TCP relay on a free loopback port to `target` that loses the first answer: on its first
+/// connection it passes the request on, and when the answer's first bytes come back it closes
+/// both sides without passing them. Later connections are relayed whole.
+async fn losing_first_answer(target: std::net::SocketAddr) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut client, _)) = listener.accept().await {
+            let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            if std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    let (mut cr, _cw) = client.split();
+                    let (mut sr, mut sw) = server.split();
+                    let mut buf = [0u8; 16 * 1024];
+                    let mut answer = [0u8; 1];
+                    loop {
+                        tokio::select! {
+                            n = cr.read(&mut buf) => match n {
+                                Ok(n) if n > 0 => { let _ = sw.write_all(&buf[..n]).await; }
+                                _ => return,
+                            },
+                            // The answer came: the app ran. Drop it, and both connections.
+                            _ = sr.read(&mut answer) => return,
+                        }
+                    }
+                });
+            } else {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_given_a_key_is_answered_from_the_callees_record_when_its_answer_is_lost() {
+    // Two attaches: the caller's ambassador generates an Idempotency-Key for the app's POST;
+    // the callee's sidecar enforces idempotency in front of an app that counts executions.
+    // The first answer is lost on the way back (the connection cut after the app ran); the
+    // retry is answered from the callee's record, and the app ran the POST once.
+    let app = App::start("orders").await;
+    let callee_ports = Ports::new();
+    let callee = Attache::run(
+        callee_ports,
+        &attache_tests::sidecar_config(callee_ports, app.addr, "  idempotency: {}\n"),
+    );
+    let relay = losing_first_answer(callee.inbound()).await;
+    let ports = Ports::new();
+    let config = format!(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: orders }} ]
+  upstreams:
+    orders:
+      endpoints: ['http://{relay}']
+      retry: {{ attempts: 3, backoff: 20ms, idempotency_key: generate }}
+  admin: {{ listen: 127.0.0.1:{admin} }}
+",
+        out = ports.outbound,
+        admin = ports.admin
+    );
+    let caller = Attache::run(ports, &config);
+    let got = exchange(
+        "POST",
+        &url(ports, "/created"),
+        &[("content-type", "application/json")],
+        "{\"item\":1}",
+    )
+    .await;
+    assert_eq!(got.status, 201, "{}", got.text());
+    assert_eq!(
+        got.headers
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true"),
+        "the retry was answered from the callee's record"
+    );
+    assert_eq!(got.json()["order"], 1, "the answer of the one execution");
+    assert_eq!(app.hits(), 1, "the POST ran once");
+    caller.assert_metrics(&[
+        "attache_upstream_retries_total{upstream=\"orders\",reason=\"reset\"} 1",
+    ]);
+
+    // Without `generate`, the same lost answer is a 502 and nothing is retried.
+    let app2 = App::start("orders").await;
+    let callee2_ports = Ports::new();
+    let callee2 = Attache::run(
+        callee2_ports,
+        &attache_tests::sidecar_config(callee2_ports, app2.addr, "  idempotency: {}\n"),
+    );
+    let relay2 = losing_first_answer(callee2.inbound()).await;
+    let ports2 = Ports::new();
+    let plain = config
+        .replace(&relay.to_string(), &relay2.to_string())
+        .replace(", idempotency_key: generate", "")
+        .replace(&ports.outbound.to_string(), &ports2.outbound.to_string())
+        .replace(&ports.admin.to_string(), &ports2.admin.to_string());
+    let _caller2 = Attache::run(ports2, &plain);
+    let got = exchange("POST", &url(ports2, "/created"), &[], "{}").await;
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert_eq!(app2.hits(), 1);
+}

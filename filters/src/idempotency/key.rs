@@ -3,7 +3,9 @@
 //! `\\` escapes only, parameters ignored) or a bare token without `"` or `,`; unquoted, 1 to
 //! 255 characters in 0x21–0x7E. `"abc"` and `abc` are the same key.
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::trace_context::ids::IdGenerator;
 
 /// Why a key was refused, for the problem's `detail` (never echoing the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +56,20 @@ pub fn key(
     Ok(key)
 }
 
+/// A fresh key for a request that has none, as an sf-string: a UUIDv7 (`unix_ms` first, so the
+/// keys of a store sort by age; 74 random bits from `ids` after it).
+pub fn generate(ids: &dyn IdGenerator, unix_ms: u64) -> HeaderValue {
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&ids.next_u64().to_le_bytes());
+    random[8..].copy_from_slice(&ids.next_u64().to_le_bytes()[..2]);
+    let uuid = uuid::Builder::from_unix_timestamp_millis(unix_ms, &random).into_uuid();
+    let mut text = [b'"'; 2 + uuid::fmt::Hyphenated::LENGTH];
+    uuid.hyphenated()
+        .encode_lower(&mut text[1..1 + uuid::fmt::Hyphenated::LENGTH]);
+    // Quotes, hex digits and hyphens: always a valid field value.
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
 /// The rest of an sf-string after its opening quote: the unescaped content, then nothing or
 /// `;` parameters (ignored).
 fn sf_string(rest: &[u8]) -> Result<Vec<u8>, KeyError> {
@@ -89,7 +105,7 @@ fn sf_string(rest: &[u8]) -> Result<Vec<u8>, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use crate::trace_context::ids::SeededIds;
 
     fn k(values: &[&[u8]], strict: bool) -> Result<Vec<u8>, KeyError> {
         let mut h = HeaderMap::new();
@@ -132,5 +148,32 @@ mod tests {
         assert!(matches!(k(&[b"a", b"b"], false), Err(KeyError::Invalid(_))));
         assert!(k(&[&[b'x'; 255][..]], false).is_ok());
         assert!(k(&[&[b'x'; 256][..]], false).is_err());
+    }
+
+    #[test]
+    fn generated_keys_are_quoted_uuid_v7_that_the_parser_takes_and_sort_by_time() {
+        let ids = SeededIds::new(7);
+        let early = generate(&ids, 1_700_000_000_000);
+        let late = generate(&ids, 1_700_000_000_001);
+        let text = early.to_str().unwrap();
+        assert_eq!(text.len(), 38);
+        assert!(text.starts_with('"') && text.ends_with('"'));
+        let parsed = uuid::Uuid::parse_str(&text[1..37]).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(
+            parsed.get_timestamp().map(|t| t.to_unix().0),
+            Some(1_700_000_000)
+        );
+        assert!(early.as_bytes() < late.as_bytes(), "later keys sort after");
+        assert_ne!(
+            generate(&ids, 1),
+            generate(&ids, 1),
+            "random after the time"
+        );
+        // The strict parser takes it, unquoted.
+        let mut h = HeaderMap::new();
+        h.insert("idempotency-key", early.clone());
+        let name = HeaderName::from_static("idempotency-key");
+        assert_eq!(key(&h, &[name], true).unwrap(), &text.as_bytes()[1..37]);
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! - **What may go again**: a request that may run twice: an idempotent method (GET, HEAD,
 //!   OPTIONS, PUT, DELETE) or one that carries an `Idempotency-Key` (the callee's attache
-//!   answers a repeat from its record), not an upgrade, with a body small enough to hold
+//!   answers a repeat from its record; with `idempotency_key: generate`, a POST or PATCH
+//!   without one is given a UUIDv7 before its first try), not an upgrade, with a body small enough to hold
 //!   (`max_body_bytes`, and its length known up front). Anything else is sent once, as it is.
 //! - **When**: no connection could be made (after the balancer's own failover), the
 //!   connection was reset before a response, the try ran past `per_try_timeout`, or the
@@ -51,6 +52,8 @@ pub struct Policy {
     pub statuses: Vec<u16>,
     pub per_try_timeout: Option<Duration>,
     pub max_body_bytes: u64,
+    /// POST and PATCH requests without a key get a generated one.
+    pub generate_key: bool,
 }
 
 impl From<&RetryConfig> for Policy {
@@ -62,6 +65,7 @@ impl From<&RetryConfig> for Policy {
             statuses: r.statuses.clone(),
             per_try_timeout: r.per_try_timeout.map(|t| t.get()),
             max_body_bytes: r.max_body_bytes.0,
+            generate_key: r.idempotency_key == attache_config::KeyGeneration::Generate,
         }
     }
 }
@@ -102,8 +106,11 @@ impl Retry {
         Box::pin(async move { this.exchange(out).await })
     }
 
-    async fn exchange(self, out: Outgoing) -> Result<Exchange, Unanswered> {
+    async fn exchange(self, mut out: Outgoing) -> Result<Exchange, Unanswered> {
         self.budget.deposit(Instant::now());
+        if self.policy.generate_key {
+            give_key(&mut out.request);
+        }
         if self.policy.attempts < 2 || !may_run_twice(&out.request) {
             return self.balance.send(out).await;
         }
@@ -249,9 +256,27 @@ fn may_run_twice(req: &Request<Body>) -> bool {
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     );
-    (idempotent || req.headers().contains_key("idempotency-key"))
+    (idempotent || req.headers().contains_key(IDEMPOTENCY_KEY))
         && !req.headers().contains_key(header::UPGRADE)
 }
+
+/// A POST or PATCH without an `Idempotency-Key` gets a fresh one (a UUIDv7), so that it may
+/// be tried again: a callee behind an attache with idempotency on answers a repeat whose first
+/// try ran from its record.
+fn give_key(req: &mut Request<Body>) {
+    if !matches!(*req.method(), Method::POST | Method::PATCH)
+        || req.headers().contains_key(IDEMPOTENCY_KEY)
+    {
+        return;
+    }
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let key = attache_filters::idempotency::key::generate(&RandomIds::default(), unix_ms);
+    req.headers_mut().insert(IDEMPOTENCY_KEY, key);
+}
+
+const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
 /// `Retry-After` in seconds (the HTTP-date form is not waited for).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
