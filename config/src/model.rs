@@ -221,6 +221,51 @@ pub struct Upstream {
     /// retries (a request no connection took still goes to the next endpoint, once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// Passive health: endpoints that keep failing are taken out of the balance for a while.
+    #[serde(default)]
+    pub ejection: Ejection,
+}
+
+/// An endpoint that fails `consecutive_failures` times in a row (no connection, a reset before
+/// the response, or a 5xx) is taken out of the balance for `base_time`, doubled on each later
+/// ejection up to `max_time`, then comes back. At most `max_ejected_percent` of the endpoints
+/// are out at once, so an upstream with one endpoint never loses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ejection {
+    /// 0 turns ejection off.
+    #[serde(default = "default_eject_after")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_eject_base")]
+    pub base_time: Duration,
+    #[serde(default = "default_eject_max")]
+    pub max_time: Duration,
+    #[serde(default = "default_eject_percent")]
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Ejection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_eject_after(),
+            base_time: default_eject_base(),
+            max_time: default_eject_max(),
+            max_ejected_percent: default_eject_percent(),
+        }
+    }
+}
+
+fn default_eject_after() -> u32 {
+    5
+}
+fn default_eject_base() -> Duration {
+    Duration::secs(10)
+}
+fn default_eject_max() -> Duration {
+    Duration::secs(300)
+}
+fn default_eject_percent() -> u32 {
+    50
 }
 
 /// When and how often a call to an upstream is tried again. Only requests that may run twice

@@ -885,3 +885,37 @@ spec:
         "{errs:?}"
     );
 }
+
+#[test]
+fn ejection_defaults_and_bad_values() {
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ { upstream: pay } ]
+  upstreams:
+    pay: { endpoints: ['http://p:1'] }
+";
+    let c = load(text).unwrap();
+    let e = c.spec.upstreams["pay"].ejection;
+    assert_eq!(e.consecutive_failures, 5);
+    assert_eq!(e.base_time.0.as_secs(), 10);
+    assert_eq!(e.max_time.0.as_secs(), 300);
+    assert_eq!(e.max_ejected_percent, 50);
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ { upstream: pay } ]
+  upstreams:
+    pay: { endpoints: ['http://p:1'], ejection: { base_time: 10m, max_time: 1m, max_ejected_percent: 150 } }
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("spec.upstreams.pay.ejection.base_time"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("spec.upstreams.pay.ejection.max_ejected_percent"),
+        "{errs:?}"
+    );
+}

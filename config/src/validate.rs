@@ -105,6 +105,19 @@ fn upstreams(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
                 "needs at least one endpoint",
             ));
         }
+        let e = &up.ejection;
+        if e.base_time.0.is_zero() || e.base_time.0 > e.max_time.0 {
+            errors.push(ConfigError::new(
+                format!("spec.upstreams.{name}.ejection.base_time"),
+                "must be above zero and at most max_time",
+            ));
+        }
+        if e.max_ejected_percent > 100 {
+            errors.push(ConfigError::new(
+                format!("spec.upstreams.{name}.ejection.max_ejected_percent"),
+                format!("is a percentage (0-100), not {}", e.max_ejected_percent),
+            ));
+        }
         if let Some(retry) = &up.retry {
             self::retry(&format!("spec.upstreams.{name}.retry"), retry, errors);
         }

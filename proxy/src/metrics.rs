@@ -55,6 +55,14 @@ pub struct ProxyFamilies {
     pub upstream_retries: Family<RetryLabels, Counter>,
     /// Retries the budget did not allow (the failed try was answered as it was).
     pub retry_budget_exhausted: Family<UpstreamLabels, Counter>,
+    pub ejections: Family<EjectionLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EjectionLabels {
+    /// A configured upstream name and one of its endpoints: bounded by the config.
+    pub upstream: String,
+    pub endpoint: String,
 }
 
 impl Families for ProxyFamilies {
@@ -67,6 +75,7 @@ impl Families for ProxyFamilies {
             config_reloads: Family::default(),
             upstream_retries: Family::default(),
             retry_budget_exhausted: Family::default(),
+            ejections: Family::default(),
         };
         registry.register(
             "open_connections",
@@ -97,6 +106,11 @@ impl Families for ProxyFamilies {
             "upstream_retry_budget_exhausted",
             "Retries the upstream's retry budget did not allow",
             f.retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "upstream_ejections",
+            "Endpoints taken out of the balance after consecutive failures",
+            f.ejections.clone(),
         );
         registry.register(
             "config_reloads",
@@ -142,6 +156,15 @@ impl ProxyFamilies {
         self.retry_budget_exhausted
             .get_or_create(&UpstreamLabels {
                 upstream: upstream.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn ejection(&self, upstream: &str, endpoint: &str) {
+        self.ejections
+            .get_or_create(&EjectionLabels {
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.to_owned(),
             })
             .inc();
     }

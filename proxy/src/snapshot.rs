@@ -221,7 +221,8 @@ fn upstream(spec: &attache_config::Spec, clients: &Clients, name: &str) -> anyho
         anyhow::bail!("upstream `{name}` is not defined");
     };
     let timeouts = spec.timeouts.with(up.timeouts);
-    let target = target(spec, clients, name, &up.endpoints, timeouts, up.protocol)?;
+    let target = target(spec, clients, name, &up.endpoints, timeouts, up.protocol)?
+        .with_ejection(&up.ejection, clients.metrics());
     Ok(match &up.retry {
         Some(retry) => target.with_retry(retry, clients.metrics()),
         None => target,

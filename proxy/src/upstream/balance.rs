@@ -14,6 +14,7 @@ use attache_filters::errors::error_chain;
 
 use super::endpoint::{Endpoint, Sending};
 use super::failure::Failure;
+use super::health::Health;
 use super::{Exchange, Outgoing, Unanswered};
 
 /// Picks endpoints, by index, out of `len`.
@@ -46,20 +47,41 @@ impl Balancer for RoundRobin {
 pub struct Balance {
     endpoints: Arc<[Endpoint]>,
     balancer: Arc<dyn Balancer>,
+    /// Which endpoints are ejected for failing (passive health).
+    health: Arc<Health>,
 }
 
 impl Balance {
-    pub fn new(endpoints: Vec<Endpoint>, balancer: Arc<dyn Balancer>) -> Self {
+    pub fn new(endpoints: Vec<Endpoint>, balancer: Arc<dyn Balancer>, health: Health) -> Self {
         Self {
             endpoints: endpoints.into(),
             balancer,
+            health: Arc::new(health),
         }
+    }
+
+    /// The endpoints' `host:port`, in order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.endpoints.iter().map(Endpoint::address).collect()
+    }
+
+    /// The same endpoints with another health policy.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Arc::new(health);
+        self
+    }
+
+    /// The balancer's pick, or the next endpoint not ejected.
+    fn choose(&self, picked: usize) -> usize {
+        let len = self.endpoints.len();
+        self.health
+            .choose(picked, |i| self.balancer.next_after(i, len))
     }
 
     /// Sends `out` to the endpoint the balancer picks; when no connection to it could be
     /// made, to the next one, once, whatever the method (nothing of the request was sent).
     pub fn send(&self, out: Outgoing) -> Failover {
-        let at = self.balancer.pick(self.endpoints.len());
+        let at = self.choose(self.balancer.pick(self.endpoints.len()));
         let deadline = (out.started, out.deadline);
         Failover {
             sending: self.endpoints[at].send(out),
@@ -105,6 +127,11 @@ impl Future for Failover {
         loop {
             let result = ready!(this.sending.as_mut().poll(cx));
             let len = this.balance.endpoints.len();
+            let failed = match &result {
+                Ok(exchange) => exchange.response.status().is_server_error(),
+                Err(unanswered) => Failure::of(&unanswered.error).is_upstream(),
+            };
+            this.balance.health.record(this.at, failed);
             match result {
                 Ok(mut exchange) => {
                     if this.failed_over.is_some() {
@@ -123,7 +150,11 @@ impl Future for Failover {
                                 "no connection to the endpoint; trying the next one"
                             );
                             this.failed_over = Some(Failure::of(&unanswered.error));
-                            this.at = this.balance.balancer.next_after(this.at, len);
+                            // The next endpoint that is not ejected, unless that is the one
+                            // that just failed.
+                            let next = this.balance.balancer.next_after(this.at, len);
+                            let chosen = this.balance.choose(next);
+                            this.at = if chosen == this.at { next } else { chosen };
                             let (started, deadline) = this.deadline;
                             this.sending = this.balance.endpoints[this.at].send(Outgoing {
                                 request: *req,
@@ -218,7 +249,11 @@ mod tests {
                 Endpoint::new(&name, &url, &client, Protocol::Http1).unwrap()
             })
             .collect();
-        Balance::new(endpoints, Arc::new(RoundRobin::default()))
+        Balance::new(
+            endpoints,
+            Arc::new(RoundRobin::default()),
+            crate::upstream::health::Health::off(ports.len()),
+        )
     }
 
     fn post(body: &'static str) -> Outgoing {

@@ -99,6 +99,11 @@ impl Endpoint {
         })
     }
 
+    /// `host:port`, as metrics name it.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.inner.info.host, self.inner.info.port)
+    }
+
     /// Sends `out` to this endpoint.
     pub fn send(&self, out: Outgoing) -> Sending {
         let inner = self.inner.clone();

@@ -30,6 +30,7 @@ pub mod balance;
 pub mod connector;
 pub mod endpoint;
 pub mod failure;
+pub mod health;
 pub mod pool;
 pub mod retry;
 
@@ -125,11 +126,28 @@ impl Target {
         anyhow::ensure!(!endpoints.is_empty(), "upstream `{name}` has no endpoints");
         Ok(Self {
             name,
-            balance: Balance::new(endpoints, Arc::new(RoundRobin::default())),
+            balance: Balance::new(
+                endpoints,
+                Arc::new(RoundRobin::default()),
+                health::Health::off(urls.len()),
+            ),
             retry: None,
             timeouts,
             protocol,
         })
+    }
+
+    /// Ejects endpoints that keep failing (`spec.upstreams.<name>.ejection`). Before
+    /// [`Target::with_retry`], which retries over this balance.
+    pub fn with_ejection(mut self, config: &attache_config::Ejection, metrics: &Metrics) -> Self {
+        let health = health::Health::of(
+            config,
+            self.name.clone(),
+            self.balance.addresses(),
+            metrics.family(),
+        );
+        self.balance = self.balance.with_health(health);
+        self
     }
 
     /// Retries calls where `config` allows (`spec.upstreams.<name>.retry`).

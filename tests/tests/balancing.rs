@@ -1,0 +1,57 @@
+//! The ambassador's balancing and passive health, end to end: the real binary in front of
+//! real endpoints, one of them failing.
+
+use std::time::Duration;
+
+use attache_tests::app::{App, Canned};
+use attache_tests::client::exchange;
+use attache_tests::{Attache, Ports};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_keeps_failing_is_ejected_and_comes_back() {
+    let broken = Canned::start(
+        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let healthy = App::start("healthy").await;
+    let ports = Ports::new();
+    let config = format!(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: pay }} ]
+  upstreams:
+    pay:
+      endpoints: ['http://{broken}', 'http://{healthy}']
+      ejection: {{ consecutive_failures: 3, base_time: 1s }}
+  admin: {{ listen: 127.0.0.1:{admin} }}
+",
+        out = ports.outbound,
+        broken = broken.addr,
+        healthy = healthy.addr,
+        admin = ports.admin
+    );
+    let a = Attache::run(ports, &config);
+    let url = format!("http://127.0.0.1:{}/x", ports.outbound);
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(exchange("GET", &url, &[], "").await.status);
+    }
+    // Round robin: the broken endpoint answers requests 1, 3 and 5 with 500; the third
+    // failure in a row ejects it, and everything after goes to the healthy one.
+    assert_eq!(broken.hits(), 3, "{statuses:?}");
+    assert_eq!(healthy.hits(), 9);
+    assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 3);
+    assert!(statuses[5..].iter().all(|s| *s == 200), "{statuses:?}");
+    a.assert_metrics(&[&format!(
+        "attache_upstream_ejections_total{{upstream=\"pay\",endpoint=\"{}\"}} 1",
+        broken.addr
+    )]);
+
+    // After base_time it takes requests again (one failure does not put it back out).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..4 {
+        exchange("GET", &url, &[], "").await;
+    }
+    assert_eq!(broken.hits(), 5, "back in the rotation: two of four");
+}
