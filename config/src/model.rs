@@ -210,6 +210,10 @@ pub struct Upstream {
     /// How requests are spread over the endpoints.
     #[serde(default)]
     pub balance: Balance,
+    /// With `balance: shard`: where each request's key is, and what a request without one
+    /// gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
     /// `http1` (default) or `http2` (h2c with prior knowledge, for gRPC services).
     #[serde(default)]
     pub protocol: Protocol,
@@ -364,6 +368,38 @@ pub enum Balance {
     /// Each endpoint in turn.
     #[default]
     RoundRobin,
+    /// The sharded ambassador: each request goes to the endpoint its key hashes to
+    /// (rendezvous hashing over the endpoints' addresses), the same endpoint for the same key
+    /// while the set is stable; adding one endpoint to n moves about 1/(n+1) of the keys, all
+    /// to the new one. Needs `shard`.
+    Shard,
+}
+
+/// Where a request's shard key is: exactly one of `path`, `header`, `baggage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    /// A regular expression over the request path whose first capture group is the key, e.g.
+    /// `^/users/([^/]+)/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A request header whose value is the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A `baggage` member whose value is the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baggage: Option<String>,
+    /// What a request without a key gets: `round_robin` (default) or `reject` (400).
+    #[serde(default)]
+    pub fallback: ShardFallback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardFallback {
+    #[default]
+    RoundRobin,
+    Reject,
 }
 
 /// Limits on client connections and requests. Exceeding one gets a clear 4xx, never a hang.

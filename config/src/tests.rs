@@ -919,3 +919,48 @@ spec:
         "{errs:?}"
     );
 }
+
+#[test]
+fn a_shard_key_is_one_source_and_a_path_has_a_group() {
+    let up = |body: &str| {
+        format!(
+            "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ {{ upstream: pay }} ]
+  upstreams:
+    pay: {{ endpoints: ['http://p:1'], {body} }}
+"
+        )
+    };
+    assert!(load(&up("balance: shard, shard: { header: x-user }")).is_ok());
+    let cases = [
+        (
+            "balance: shard",
+            "spec.upstreams.pay.shard: `balance: shard` needs the key",
+        ),
+        (
+            "balance: shard, shard: { header: x-user, baggage: u }",
+            "spec.upstreams.pay.shard: needs exactly one of",
+        ),
+        (
+            "balance: shard, shard: { path: '^/users/[^/]+' }",
+            "spec.upstreams.pay.shard.path: needs a capture group",
+        ),
+        (
+            "balance: shard, shard: { path: '^/users/(' }",
+            "spec.upstreams.pay.shard.path: is not a regular expression",
+        ),
+        (
+            "shard: { header: x-user }",
+            "spec.upstreams.pay.shard: is read only with `balance: shard`",
+        ),
+    ];
+    for (body, expected) in cases {
+        let errs = errors(&up(body));
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "{body}: {errs:?}"
+        );
+    }
+}

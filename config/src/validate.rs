@@ -105,6 +105,7 @@ fn upstreams(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
                 "needs at least one endpoint",
             ));
         }
+        shard(name, up, errors);
         let e = &up.ejection;
         if e.base_time.0.is_zero() || e.base_time.0 > e.max_time.0 {
             errors.push(ConfigError::new(
@@ -121,6 +122,57 @@ fn upstreams(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
         if let Some(retry) = &up.retry {
             self::retry(&format!("spec.upstreams.{name}.retry"), retry, errors);
         }
+    }
+}
+
+/// `balance: shard` and its key: one source, a path pattern that compiles with a group.
+fn shard(name: &str, up: &crate::Upstream, errors: &mut Vec<ConfigError>) {
+    let at = format!("spec.upstreams.{name}.shard");
+    let Some(shard) = &up.shard else {
+        if up.balance == crate::Balance::Shard {
+            errors.push(ConfigError::new(
+                at,
+                "`balance: shard` needs the key: `shard: {header: ...}`, `{path: ...}` or `{baggage: ...}`",
+            ));
+        }
+        return;
+    };
+    if up.balance != crate::Balance::Shard {
+        errors.push(ConfigError::new(
+            at.clone(),
+            "is read only with `balance: shard`",
+        ));
+    }
+    let sources = [&shard.path, &shard.header, &shard.baggage]
+        .iter()
+        .filter(|s| s.is_some())
+        .count();
+    if sources != 1 {
+        errors.push(ConfigError::new(
+            at.clone(),
+            "needs exactly one of `path`, `header`, `baggage`",
+        ));
+    }
+    if let Some(path) = &shard.path {
+        match regex_lite::Regex::new(path) {
+            Ok(re) if re.captures_len() > 1 => {}
+            Ok(_) => errors.push(ConfigError::new(
+                format!("{at}.path"),
+                "needs a capture group for the key, e.g. `^/users/([^/]+)/`",
+            )),
+            Err(e) => errors.push(ConfigError::new(
+                format!("{at}.path"),
+                format!("is not a regular expression: {e}"),
+            )),
+        }
+    }
+    if let Some(h) = &shard.header
+        && http_token(h).is_none()
+    {
+        errors.push(ConfigError::new(
+            format!("{at}.header"),
+            format!("`{h}` is not a header name"),
+        ));
     }
 }
 

@@ -221,8 +221,11 @@ fn upstream(spec: &attache_config::Spec, clients: &Clients, name: &str) -> anyho
         anyhow::bail!("upstream `{name}` is not defined");
     };
     let timeouts = spec.timeouts.with(up.timeouts);
-    let target = target(spec, clients, name, &up.endpoints, timeouts, up.protocol)?
-        .with_ejection(&up.ejection, clients.metrics());
+    let mut target = target(spec, clients, name, &up.endpoints, timeouts, up.protocol)?;
+    if let (attache_config::Balance::Shard, Some(shard)) = (up.balance, &up.shard) {
+        target = target.with_shard(shard)?;
+    }
+    let target = target.with_ejection(&up.ejection, clients.metrics());
     Ok(match &up.retry {
         Some(retry) => target.with_retry(retry, clients.metrics()),
         None => target,

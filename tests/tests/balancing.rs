@@ -55,3 +55,59 @@ spec:
     }
     assert_eq!(broken.hits(), 5, "back in the rotation: two of four");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_upstream_sends_each_key_to_one_endpoint_and_refuses_keyless_requests() {
+    let apps = [
+        App::start("shard-a").await,
+        App::start("shard-b").await,
+        App::start("shard-c").await,
+    ];
+    let ports = Ports::new();
+    let config = format!(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: users }} ]
+  upstreams:
+    users:
+      endpoints: ['http://{a}', 'http://{b}', 'http://{c}']
+      balance: shard
+      shard: {{ path: '^/users/([^/]+)/', fallback: reject }}
+  admin: {{ listen: 127.0.0.1:{admin} }}
+",
+        out = ports.outbound,
+        a = apps[0].addr,
+        b = apps[1].addr,
+        c = apps[2].addr,
+        admin = ports.admin
+    );
+    let a = Attache::run(ports, &config);
+    let mut owners = std::collections::HashMap::new();
+    for round in 0..3 {
+        for user in 0..20 {
+            let url = format!("http://127.0.0.1:{}/users/u{user}/orders", ports.outbound);
+            let got = exchange("GET", &url, &[], "").await;
+            assert_eq!(got.status, 200, "{}", got.text());
+            let app = got.json()["app"].as_str().unwrap_or_default().to_owned();
+            let first = owners.entry(user).or_insert_with(|| app.clone());
+            assert_eq!(*first, app, "user {user}, round {round}: the same endpoint");
+        }
+    }
+    let used: std::collections::HashSet<_> = owners.values().collect();
+    assert_eq!(used.len(), 3, "20 keys spread over all three: {owners:?}");
+
+    // A request without the key is refused: 400, and no endpoint sees it.
+    let before: usize = apps.iter().map(App::hits).sum();
+    let got = exchange(
+        "GET",
+        &format!("http://127.0.0.1:{}/health", ports.outbound),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert!(got.text().contains("shard key"), "{}", got.text());
+    assert_eq!(apps.iter().map(App::hits).sum::<usize>(), before);
+    a.assert_metrics(&["attache_client_errors_total{result=\"no_shard_key\"} 1"]);
+}

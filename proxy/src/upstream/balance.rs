@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
+use attache_filters::Body;
 use attache_filters::errors::error_chain;
+use http::Request;
 
 use super::endpoint::{Endpoint, Sending};
 use super::failure::Failure;
@@ -19,8 +21,9 @@ use super::{Exchange, Outgoing, Unanswered};
 
 /// Picks endpoints, by index, out of `len`.
 pub trait Balancer: Send + Sync {
-    /// The endpoint for a new request.
-    fn pick(&self, len: usize) -> usize;
+    /// The endpoint for a new request; `None` when the policy refuses it (a sharded upstream
+    /// that rejects requests without a key).
+    fn pick(&self, req: &Request<Body>, len: usize) -> Option<usize>;
 
     /// The endpoint to try after no connection to `failed` could be made (the request went
     /// nowhere, so it may go anywhere, whatever its method).
@@ -35,9 +38,16 @@ pub struct RoundRobin {
     next: AtomicUsize,
 }
 
-impl Balancer for RoundRobin {
-    fn pick(&self, len: usize) -> usize {
+impl RoundRobin {
+    /// The next endpoint in turn.
+    pub fn turn(&self, len: usize) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed) % len.max(1)
+    }
+}
+
+impl Balancer for RoundRobin {
+    fn pick(&self, _: &Request<Body>, len: usize) -> Option<usize> {
+        Some(self.turn(len))
     }
 }
 
@@ -65,6 +75,12 @@ impl Balance {
         self.endpoints.iter().map(Endpoint::address).collect()
     }
 
+    /// The same endpoints under another policy.
+    pub fn with_balancer(mut self, balancer: Arc<dyn Balancer>) -> Self {
+        self.balancer = balancer;
+        self
+    }
+
     /// The same endpoints with another health policy.
     pub fn with_health(mut self, health: Health) -> Self {
         self.health = Arc::new(health);
@@ -81,7 +97,10 @@ impl Balance {
     /// Sends `out` to the endpoint the balancer picks; when no connection to it could be
     /// made, to the next one, once, whatever the method (nothing of the request was sent).
     pub fn send(&self, out: Outgoing) -> Failover {
-        let at = self.choose(self.balancer.pick(self.endpoints.len()));
+        let Some(picked) = self.balancer.pick(&out.request, self.endpoints.len()) else {
+            return self.refused(out);
+        };
+        let at = self.choose(picked);
         let deadline = (out.started, out.deadline);
         Failover {
             sending: self.endpoints[at].send(out),
@@ -89,6 +108,28 @@ impl Balance {
             at,
             deadline,
             failed_over: None,
+            refused: false,
+        }
+    }
+}
+
+impl Balance {
+    /// A request the balancer refused (no shard key): it goes nowhere.
+    fn refused(&self, out: Outgoing) -> Failover {
+        let upstream = self.endpoints[0].info();
+        Failover {
+            sending: Box::pin(std::future::ready(Err(Unanswered {
+                error: super::failure::SendError::NoShardKey,
+                unsent: Some(Box::new(out.request)),
+                upstream,
+                failed_over: None,
+            }))),
+            balance: self.clone(),
+            at: 0,
+            deadline: (out.started, out.deadline),
+            // Nothing to fail over to: the refusal is the policy's, not an endpoint's.
+            failed_over: Some(Failure::NoShardKey),
+            refused: true,
         }
     }
 }
@@ -117,6 +158,8 @@ pub struct Failover {
     deadline: (tokio::time::Instant, tokio::time::Instant),
     /// Set once the request failed over: why the first endpoint could not be reached.
     failed_over: Option<Failure>,
+    /// The balancer refused the request: no endpoint was tried.
+    refused: bool,
 }
 
 impl Future for Failover {
@@ -126,6 +169,9 @@ impl Future for Failover {
         let this = self.get_mut();
         loop {
             let result = ready!(this.sending.as_mut().poll(cx));
+            if this.refused {
+                return Poll::Ready(result);
+            }
             let len = this.balance.endpoints.len();
             let failed = match &result {
                 Ok(exchange) => exchange.response.status().is_server_error(),
@@ -184,13 +230,13 @@ mod tests {
     #[test]
     fn round_robin_takes_turns_and_fails_over_to_the_next() {
         let rr = RoundRobin::default();
-        let picks: Vec<usize> = (0..7).map(|_| rr.pick(3)).collect();
+        let picks: Vec<usize> = (0..7).map(|_| rr.turn(3)).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
         assert_eq!(rr.next_after(2, 3), 0);
         assert_eq!(rr.next_after(0, 3), 1);
         // One endpoint: every pick is it.
         let one = RoundRobin::default();
-        assert_eq!((0..3).map(|_| one.pick(1)).collect::<Vec<_>>(), [0, 0, 0]);
+        assert_eq!((0..3).map(|_| one.turn(1)).collect::<Vec<_>>(), [0, 0, 0]);
     }
 
     use std::net::SocketAddr;

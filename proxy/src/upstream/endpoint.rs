@@ -99,6 +99,11 @@ impl Endpoint {
         })
     }
 
+    /// What spans and the access log say about a call to this endpoint, before it is made.
+    pub fn info(&self) -> UpstreamInfo {
+        self.inner.info.clone()
+    }
+
     /// `host:port`, as metrics name it.
     pub fn address(&self) -> String {
         format!("{}:{}", self.inner.info.host, self.inner.info.port)

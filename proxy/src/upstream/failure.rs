@@ -33,6 +33,9 @@ pub enum SendError {
     /// A response that came, and that attache will not pass on (the reason says why).
     #[error("{0}")]
     Unacceptable(String),
+    /// A sharded upstream that rejects requests without a key got one without.
+    #[error("the request carries no shard key")]
+    NoShardKey,
     /// The request's body failed while attache held it for a retry (the client broke its
     /// framing or went away, or it went over its limit).
     #[error("{0}")]
@@ -64,6 +67,8 @@ pub enum Failure {
     ClientMalformed,
     /// The client went away while its body was being sent.
     ClientAborted,
+    /// The request has no shard key and its upstream rejects such requests.
+    NoShardKey,
 }
 
 /// The counter a failure is counted under.
@@ -107,6 +112,7 @@ impl Failure {
             SendError::Exchange(h) => exchange(h),
             SendError::Unacceptable(_) => Self::Protocol,
             SendError::ClientBody(_) => Self::ClientAborted,
+            SendError::NoShardKey => Self::NoShardKey,
         }
     }
 
@@ -120,6 +126,7 @@ impl Failure {
             Self::Reset => Counted::Upstream("reset"),
             Self::Protocol => Counted::Upstream("protocol"),
             Self::ClientMalformed => Counted::Client("malformed_body"),
+            Self::NoShardKey => Counted::Client("no_shard_key"),
             Self::BodyLimit | Self::ClientAborted => Counted::Elsewhere,
         }
     }
@@ -142,6 +149,7 @@ impl Failure {
             Self::BodyLimit => "body",
             Self::ClientMalformed => "malformed_body",
             Self::ClientAborted => "aborted",
+            Self::NoShardKey => "no_shard_key",
         }
     }
 
@@ -191,6 +199,9 @@ impl Failure {
                     .unwrap_or_else(|| error_chain(e)),
             ),
             Self::ClientAborted => ProxyError::ClientAborted,
+            Self::NoShardKey => ProxyError::BadRequest(format!(
+                "upstream `{upstream}` is sharded and the request carries no shard key"
+            )),
         }
     }
 }

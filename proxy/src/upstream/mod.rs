@@ -33,6 +33,7 @@ pub mod failure;
 pub mod health;
 pub mod pool;
 pub mod retry;
+pub mod shard;
 
 use std::sync::Arc;
 
@@ -135,6 +136,13 @@ impl Target {
             timeouts,
             protocol,
         })
+    }
+
+    /// Shards requests over the endpoints by key (`balance: shard`).
+    pub fn with_shard(mut self, config: &attache_config::Shard) -> anyhow::Result<Self> {
+        let shard = shard::Shard::new(config, &self.balance.addresses())?;
+        self.balance = self.balance.with_balancer(Arc::new(shard));
+        Ok(self)
     }
 
     /// Ejects endpoints that keep failing (`spec.upstreams.<name>.ejection`). Before
