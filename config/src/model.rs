@@ -373,6 +373,10 @@ pub enum Balance {
     /// while the set is stable; adding one endpoint to n moves about 1/(n+1) of the keys, all
     /// to the new one. Needs `shard`.
     Shard,
+    /// Power of two choices over a peak-EWMA of latency and requests in flight: each request
+    /// compares two endpoints drawn at random and takes the cheaper, so slow endpoints get
+    /// few requests and are tried again as their estimate decays.
+    P2cEwma,
 }
 
 /// Where a request's shard key is: exactly one of `path`, `header`, `baggage`.

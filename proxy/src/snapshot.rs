@@ -222,8 +222,10 @@ fn upstream(spec: &attache_config::Spec, clients: &Clients, name: &str) -> anyho
     };
     let timeouts = spec.timeouts.with(up.timeouts);
     let mut target = target(spec, clients, name, &up.endpoints, timeouts, up.protocol)?;
-    if let (attache_config::Balance::Shard, Some(shard)) = (up.balance, &up.shard) {
-        target = target.with_shard(shard)?;
+    match (up.balance, &up.shard) {
+        (attache_config::Balance::Shard, Some(shard)) => target = target.with_shard(shard)?,
+        (attache_config::Balance::P2cEwma, _) => target = target.with_p2c(),
+        _ => {}
     }
     let target = target.with_ejection(&up.ejection, clients.metrics());
     Ok(match &up.retry {

@@ -45,6 +45,11 @@ pub struct App {
 
 impl App {
     pub async fn start(name: &str) -> App {
+        Self::start_slow(name, Duration::ZERO).await
+    }
+
+    /// An app that waits `delay` before it handles each request: a slow replica.
+    pub async fn start_slow(name: &str, delay: Duration) -> App {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
         let addr = listener.local_addr().expect("app addr");
         let hits = Arc::new(AtomicUsize::new(0));
@@ -58,7 +63,13 @@ impl App {
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let hits = h.fetch_add(1, Ordering::SeqCst) + 1;
-                        handle(n.clone(), hits, req)
+                        let n = n.clone();
+                        async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            handle(n, hits, req).await
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)

@@ -111,3 +111,62 @@ spec:
     assert_eq!(apps.iter().map(App::hits).sum::<usize>(), before);
     a.assert_metrics(&["attache_client_errors_total{result=\"no_shard_key\"} 1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_ewma_steers_away_from_a_slow_endpoint_where_round_robin_does_not() {
+    let fast = [App::start("fast-a").await, App::start("fast-b").await];
+    let slow = App::start_slow("slow", Duration::from_millis(60)).await;
+    let run = |balance: &'static str| {
+        let ports = Ports::new();
+        let config = format!(
+            "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: pay }} ]
+  upstreams:
+    pay:
+      endpoints: ['http://{a}', 'http://{b}', 'http://{s}']
+      balance: {balance}
+      ejection: {{ consecutive_failures: 0 }}
+  admin: {{ listen: 127.0.0.1:{admin} }}
+",
+            out = ports.outbound,
+            a = fast[0].addr,
+            b = fast[1].addr,
+            s = slow.addr,
+            admin = ports.admin
+        );
+        (Attache::run(ports, &config), ports)
+    };
+    // Four clients at a time, 200 requests each way; count what the slow endpoint got.
+    async fn load(ports: Ports) {
+        let url = format!("http://127.0.0.1:{}/x", ports.outbound);
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..50 {
+                    let got = exchange("GET", &url, &[], "").await;
+                    assert_eq!(got.status, 200);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let (_rr, rr_ports) = run("round_robin");
+    load(rr_ports).await;
+    let rr_share = slow.hits();
+    let (_p2c, p2c_ports) = run("p2c_ewma");
+    load(p2c_ports).await;
+    let p2c_share = slow.hits() - rr_share;
+    assert!(
+        (60..=75).contains(&rr_share),
+        "round robin gives the slow one a third: {rr_share} of 200"
+    );
+    assert!(
+        p2c_share * 4 < rr_share,
+        "p2c_ewma sends it far fewer: {p2c_share} against round robin's {rr_share}"
+    );
+}

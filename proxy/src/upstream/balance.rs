@@ -30,6 +30,18 @@ pub trait Balancer: Send + Sync {
     fn next_after(&self, failed: usize, len: usize) -> usize {
         (failed + 1) % len
     }
+
+    /// Whether it learns from each try ([`Balancer::started`], [`Balancer::finished`]); the
+    /// balance reads the clock for it only then.
+    fn measures(&self) -> bool {
+        false
+    }
+
+    /// A try at endpoint `i` began.
+    fn started(&self, _i: usize) {}
+
+    /// A try at endpoint `i` ended after `rtt` (to its response head, or its failure).
+    fn finished(&self, _i: usize, _rtt: std::time::Duration) {}
 }
 
 /// Each request to the next endpoint in turn; a failover goes to the one after the failed.
@@ -102,6 +114,10 @@ impl Balance {
         };
         let at = self.choose(picked);
         let deadline = (out.started, out.deadline);
+        let measured = self.balancer.measures().then(|| {
+            self.balancer.started(at);
+            tokio::time::Instant::now()
+        });
         Failover {
             sending: self.endpoints[at].send(out),
             balance: self.clone(),
@@ -109,6 +125,7 @@ impl Balance {
             deadline,
             failed_over: None,
             refused: false,
+            measured,
         }
     }
 }
@@ -130,6 +147,7 @@ impl Balance {
             // Nothing to fail over to: the refusal is the policy's, not an endpoint's.
             failed_over: Some(Failure::NoShardKey),
             refused: true,
+            measured: None,
         }
     }
 }
@@ -160,6 +178,8 @@ pub struct Failover {
     failed_over: Option<Failure>,
     /// The balancer refused the request: no endpoint was tried.
     refused: bool,
+    /// When the try in flight began, for a balancer that learns from tries.
+    measured: Option<tokio::time::Instant>,
 }
 
 impl Future for Failover {
@@ -178,6 +198,9 @@ impl Future for Failover {
                 Err(unanswered) => Failure::of(&unanswered.error).is_upstream(),
             };
             this.balance.health.record(this.at, failed);
+            if let Some(began) = this.measured.take() {
+                this.balance.balancer.finished(this.at, began.elapsed());
+            }
             match result {
                 Ok(mut exchange) => {
                     if this.failed_over.is_some() {
@@ -201,6 +224,10 @@ impl Future for Failover {
                             let next = this.balance.balancer.next_after(this.at, len);
                             let chosen = this.balance.choose(next);
                             this.at = if chosen == this.at { next } else { chosen };
+                            if this.balance.balancer.measures() {
+                                this.balance.balancer.started(this.at);
+                                this.measured = Some(tokio::time::Instant::now());
+                            }
                             let (started, deadline) = this.deadline;
                             this.sending = this.balance.endpoints[this.at].send(Outgoing {
                                 request: *req,
@@ -219,6 +246,16 @@ impl Future for Failover {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A try still in flight when the exchange is dropped (the client went away, the deadline
+/// passed) ends here for the balancer, so that its count of requests in flight stays true.
+impl Drop for Failover {
+    fn drop(&mut self) {
+        if let Some(began) = self.measured.take() {
+            self.balance.balancer.finished(self.at, began.elapsed());
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod connector;
 pub mod endpoint;
 pub mod failure;
 pub mod health;
+pub mod p2c;
 pub mod pool;
 pub mod retry;
 pub mod shard;
@@ -136,6 +137,13 @@ impl Target {
             timeouts,
             protocol,
         })
+    }
+
+    /// Power of two choices over peak-EWMA latency (`balance: p2c_ewma`).
+    pub fn with_p2c(mut self) -> Self {
+        let p2c = p2c::P2cEwma::new(self.balance.addresses().len());
+        self.balance = self.balance.with_balancer(Arc::new(p2c));
+        self
     }
 
     /// Shards requests over the endpoints by key (`balance: shard`).
