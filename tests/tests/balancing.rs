@@ -170,3 +170,56 @@ spec:
         "p2c_ewma sends it far fewer: {p2c_share} against round robin's {rr_share}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_ten_thousand_requests_evenly() {
+    let apps = [
+        App::start("rr-a").await,
+        App::start("rr-b").await,
+        App::start("rr-c").await,
+        App::start("rr-d").await,
+    ];
+    let ports = Ports::new();
+    let config = format!(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: four }} ]
+  upstreams:
+    four: {{ endpoints: ['http://{}', 'http://{}', 'http://{}', 'http://{}'] }}
+  telemetry: {{ access_log: {{ enabled: false }} }}
+  admin: {{ listen: 127.0.0.1:{admin} }}
+",
+        apps[0].addr,
+        apps[1].addr,
+        apps[2].addr,
+        apps[3].addr,
+        out = ports.outbound,
+        admin = ports.admin
+    );
+    let _a = Attache::run(ports, &config);
+    let url = format!("http://127.0.0.1:{}/x", ports.outbound);
+    // Eight clients at once, 1,250 requests each, over kept-alive connections.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = attache_tests::client::http1();
+            for _ in 0..1250 {
+                let got = attache_tests::client::get(&client, &url).await.unwrap();
+                assert_eq!(got.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let hits: Vec<usize> = apps.iter().map(App::hits).collect();
+    assert_eq!(hits.iter().sum::<usize>(), 10_000);
+    for h in &hits {
+        assert!(
+            (2375..=2625).contains(h),
+            "each of four within 5% of 2,500: {hits:?}"
+        );
+    }
+}
