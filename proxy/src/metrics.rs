@@ -13,6 +13,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -56,6 +57,72 @@ pub struct ProxyFamilies {
     /// Retries the budget did not allow (the failed try was answered as it was).
     pub retry_budget_exhausted: Family<UpstreamLabels, Counter>,
     pub ejections: Family<EjectionLabels, Counter>,
+    /// Connections to each endpoint open now.
+    pub upstream_open_connections: Family<EndpointLabels, Gauge>,
+    /// Tries at each endpoint of a named upstream, by status class (`error` without one).
+    pub upstream_requests: Family<UpstreamStatusLabels, Counter>,
+    /// Time to the response head of each try at an endpoint of a named upstream.
+    pub upstream_duration: Family<EjectionLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamStatusLabels {
+    pub upstream: String,
+    pub endpoint: String,
+    /// `1xx` to `5xx`, or `error` when no response came.
+    pub status_class: &'static str,
+}
+
+fn upstream_duration_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+/// One endpoint's request metrics, resolved once when its target is built, so that a try
+/// costs two atomic adds and a bucket search, no label lookup.
+#[derive(Clone)]
+pub struct EndpointMeters {
+    /// By status class: 1xx, 2xx, 3xx, 4xx, 5xx, and no response.
+    pub requests: [Counter; 6],
+    pub duration: Histogram,
+}
+
+impl EndpointMeters {
+    pub fn new(families: &ProxyFamilies, upstream: &str, endpoint: &str) -> Self {
+        let class = |status_class| {
+            families
+                .upstream_requests
+                .get_or_create(&UpstreamStatusLabels {
+                    upstream: upstream.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                    status_class,
+                })
+                .clone()
+        };
+        Self {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx", "error"].map(class),
+            duration: families
+                .upstream_duration
+                .get_or_create(&EjectionLabels {
+                    upstream: upstream.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                })
+                .clone(),
+        }
+    }
+
+    /// Counts a try that got `status` (`None`: no response) after `elapsed`.
+    pub fn record(&self, status: Option<u16>, elapsed: std::time::Duration) {
+        let i = match status {
+            Some(s @ 100..=599) => usize::from(s / 100 - 1),
+            _ => 5,
+        };
+        self.requests[i].inc();
+        if status.is_some() {
+            self.duration.observe(elapsed.as_secs_f64());
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -76,6 +143,11 @@ impl Families for ProxyFamilies {
             upstream_retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             ejections: Family::default(),
+            upstream_open_connections: Family::default(),
+            upstream_requests: Family::default(),
+            upstream_duration: Family::new_with_constructor(
+                upstream_duration_histogram as fn() -> Histogram,
+            ),
         };
         registry.register(
             "open_connections",
@@ -111,6 +183,21 @@ impl Families for ProxyFamilies {
             "upstream_ejections",
             "Endpoints taken out of the balance after consecutive failures",
             f.ejections.clone(),
+        );
+        registry.register(
+            "upstream_open_connections",
+            "Connections to each endpoint of the app and the upstreams open now",
+            f.upstream_open_connections.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Tries at each endpoint of a named upstream, by status class (error: no response)",
+            f.upstream_requests.clone(),
+        );
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time to the response head of each try at an endpoint of a named upstream",
+            f.upstream_duration.clone(),
         );
         registry.register(
             "config_reloads",

@@ -221,7 +221,9 @@ fn upstream(spec: &attache_config::Spec, clients: &Clients, name: &str) -> anyho
         anyhow::bail!("upstream `{name}` is not defined");
     };
     let timeouts = spec.timeouts.with(up.timeouts);
-    let mut target = target(spec, clients, name, &up.endpoints, timeouts, up.protocol)?;
+    let client = clients.get(timeouts.connect.get(), spec.pool, up.protocol);
+    let metered = Some(&**clients.metrics());
+    let mut target = Target::new(name, &up.endpoints, timeouts, client, up.protocol, metered)?;
     match (up.balance, &up.shard) {
         (attache_config::Balance::Shard, Some(shard)) => target = target.with_shard(shard)?,
         (attache_config::Balance::P2cEwma, _) => target = target.with_p2c(),
@@ -234,8 +236,9 @@ fn upstream(spec: &attache_config::Spec, clients: &Clients, name: &str) -> anyho
     })
 }
 
-/// A target: its endpoints, with a client (and so pools) for its connect timeout and pool
-/// policy, kept across reloads.
+/// The inbound app's target: its endpoint, with a client (and so pools) for its connect
+/// timeout and pool policy, kept across reloads. (Its requests are counted by the observe
+/// step, not per endpoint.)
 fn target(
     spec: &attache_config::Spec,
     clients: &Clients,
@@ -245,7 +248,7 @@ fn target(
     protocol: attache_config::Protocol,
 ) -> anyhow::Result<Target> {
     let client = clients.get(timeouts.connect.get(), spec.pool, protocol);
-    Target::new(name, endpoints, timeouts, client, protocol)
+    Target::new(name, endpoints, timeouts, client, protocol, None)
 }
 
 /// hyper's server settings and the connection deadlines, from `spec.limits`.

@@ -43,10 +43,30 @@ spec:
     assert_eq!(healthy.hits(), 9);
     assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 3);
     assert!(statuses[5..].iter().all(|s| *s == 200), "{statuses:?}");
-    a.assert_metrics(&[&format!(
-        "attache_upstream_ejections_total{{upstream=\"pay\",endpoint=\"{}\"}} 1",
-        broken.addr
-    )]);
+    a.assert_metrics(&[
+        &format!(
+            "attache_upstream_ejections_total{{upstream=\"pay\",endpoint=\"{}\"}} 1",
+            broken.addr
+        ),
+        // Per endpoint: tries by status class, their latency, connections open now (the
+        // healthy one keeps its one alive; the broken one closes after each answer).
+        &format!(
+            "attache_upstream_requests_total{{upstream=\"pay\",endpoint=\"{}\",status_class=\"5xx\"}} 3",
+            broken.addr
+        ),
+        &format!(
+            "attache_upstream_requests_total{{upstream=\"pay\",endpoint=\"{}\",status_class=\"2xx\"}} 9",
+            healthy.addr
+        ),
+        &format!(
+            "attache_upstream_request_duration_seconds_count{{upstream=\"pay\",endpoint=\"{}\"}} 9",
+            healthy.addr
+        ),
+        &format!(
+            "attache_upstream_open_connections{{endpoint=\"{}\"}} 1",
+            healthy.addr
+        ),
+    ]);
 
     // After base_time it takes requests again (one failure does not put it back out).
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -22,6 +22,7 @@ use http::{Request, Uri, Version};
 
 use super::pool::{self, NoResponse, Resent};
 use super::{Client, Exchange, Outgoing, Unanswered};
+use crate::metrics::{EndpointMeters, ProxyFamilies};
 
 /// What an endpoint's exchange resolves to.
 pub type Sending = Pin<Box<dyn Future<Output = Result<Exchange, Unanswered>> + Send>>;
@@ -43,6 +44,8 @@ struct Inner {
     /// What spans and the access log say about a call to it (host, port, the URL with
     /// credentials redacted), copied into each exchange's report.
     info: UpstreamInfo,
+    /// Its request counts and latency, for an endpoint of a named upstream.
+    meters: Option<EndpointMeters>,
 }
 
 /// What `Inner::address` added to a request.
@@ -59,6 +62,7 @@ impl Endpoint {
         url: &UpstreamUrl,
         client: &Client,
         protocol: Protocol,
+        metered: Option<&ProxyFamilies>,
     ) -> anyhow::Result<Self> {
         let authority: Authority = url.authority().parse()?;
         let host = HeaderValue::from_str(authority.as_str())?;
@@ -87,6 +91,7 @@ impl Endpoint {
             resend_count: 0,
             error: None,
         };
+        let meters = metered.map(|f| EndpointMeters::new(f, name, authority.as_str()));
         Ok(Self {
             inner: Arc::new(Inner {
                 pool: client.endpoint(authority.as_str()),
@@ -95,6 +100,7 @@ impl Endpoint {
                 authorization,
                 http2,
                 info,
+                meters,
             }),
         })
     }
@@ -120,7 +126,12 @@ impl Endpoint {
             } = out;
             let mut upstream = inner.info.clone();
             let added = inner.address(&mut request);
-            match inner.pool.send(request, started, deadline).await {
+            let sent = inner.pool.send(request, started, deadline).await;
+            if let Some(m) = &inner.meters {
+                let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+                m.record(status, started.elapsed());
+            }
+            match sent {
                 Ok(mut response) => {
                     if response.extensions_mut().remove::<Resent>().is_some() {
                         upstream.resend_count += 1;
@@ -255,6 +266,7 @@ mod tests {
             &url(&format!("http://u:p@127.0.0.1:{port}")),
             &client(Protocol::Http1),
             Protocol::Http1,
+            None,
         )
         .expect("endpoint");
         let req = Request::get("/x").body(attache_filters::empty()).unwrap();
@@ -294,6 +306,7 @@ mod tests {
             &url("http://u:p@127.0.0.1:9"),
             &client(Protocol::Http2),
             Protocol::Http2,
+            None,
         )
         .expect("endpoint");
         let mut req = Request::get("/x?y=1")

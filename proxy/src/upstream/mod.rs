@@ -119,11 +119,13 @@ impl Target {
         timeouts: Timeouts,
         client: Client,
         protocol: Protocol,
+        metered: Option<&Metrics>,
     ) -> anyhow::Result<Self> {
         let name: Arc<str> = Arc::from(name);
+        let families: Option<Arc<crate::metrics::ProxyFamilies>> = metered.map(Metrics::family);
         let endpoints = urls
             .iter()
-            .map(|u| endpoint::Endpoint::new(&name, u, &client, protocol))
+            .map(|u| endpoint::Endpoint::new(&name, u, &client, protocol, families.as_deref()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(!endpoints.is_empty(), "upstream `{name}` has no endpoints");
         Ok(Self {

@@ -89,7 +89,14 @@ impl Client {
                 endpoint: addr.to_owned(),
             })
             .clone();
-        let pool = Endpoint::new(addr.to_owned(), self.settings, opened);
+        let open = self
+            .metrics
+            .upstream_open_connections
+            .get_or_create(&EndpointLabels {
+                endpoint: addr.to_owned(),
+            })
+            .clone();
+        let pool = Endpoint::new(addr.to_owned(), self.settings, (opened, open));
         map.insert(addr.to_owned(), Arc::downgrade(&pool));
         pool
     }
@@ -193,6 +200,8 @@ pub struct Endpoint {
     connector: Connector,
     /// `attache_upstream_connections_opened_total` for this endpoint.
     opened: prometheus_client::metrics::counter::Counter,
+    /// `attache_upstream_open_connections` for this endpoint.
+    open: prometheus_client::metrics::gauge::Gauge,
     /// Idle HTTP/1.1 connections, the most recently used on top.
     idle: Mutex<Vec<Idle>>,
     /// The HTTP/2 connection every request shares, and when a request last took it.
@@ -216,7 +225,10 @@ impl Endpoint {
     fn new(
         addr: String,
         settings: Settings,
-        opened: prometheus_client::metrics::counter::Counter,
+        (opened, open): (
+            prometheus_client::metrics::counter::Counter,
+            prometheus_client::metrics::gauge::Gauge,
+        ),
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
             addr,
@@ -225,6 +237,7 @@ impl Endpoint {
             },
             settings,
             opened,
+            open,
             idle: Mutex::default(),
             h2: Mutex::default(),
             h2_connecting: tokio::sync::Mutex::default(),
@@ -456,7 +469,9 @@ impl Endpoint {
             .handshake(io)
             .await
             .map_err(SendError::Handshake)?;
+        let open = OpenGuard::new(&self.open);
         tokio::spawn(async move {
+            let _open = open;
             if let Err(e) = task.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
@@ -471,7 +486,9 @@ impl Endpoint {
             .handshake(io)
             .await
             .map_err(SendError::Handshake)?;
+        let open = OpenGuard::new(&self.open);
         tokio::spawn(async move {
+            let _open = open;
             if let Err(e) = task.await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
@@ -488,6 +505,22 @@ impl Endpoint {
         let stream = self.connector.oneshot(self.addr.clone()).await?;
         self.opened.inc();
         Ok(stream)
+    }
+}
+
+/// Counts a connection as open in its endpoint's gauge until its task ends.
+struct OpenGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenGuard {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
