@@ -380,6 +380,15 @@ mod tests {
         let dns = io::Error::other("no such host");
         assert_eq!(Failure::of(&SendError::Resolve(dns)), Failure::Dns);
         assert_eq!(Failure::of(&SendError::TimedOut), Failure::Timeout);
+        assert_eq!(Failure::of(&SendError::NoShardKey), Failure::NoShardKey);
+        // A body that failed while held for a retry: the client's fault, read from its type.
+        let gone = SendError::ClientBody(Box::new(io::Error::from(io::ErrorKind::ConnectionReset)));
+        assert_eq!(Failure::of(&gone), Failure::ClientAborted);
+        let bad = SendError::ClientBody(Box::new(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad chunk size",
+        )));
+        assert_eq!(Failure::of(&bad), Failure::ClientMalformed);
     }
 
     #[test]
@@ -404,6 +413,12 @@ mod tests {
                 400,
             ),
             (Failure::ClientAborted, Counted::Elsewhere, "aborted", 499),
+            (
+                Failure::NoShardKey,
+                Counted::Client("no_shard_key"),
+                "no_shard_key",
+                400,
+            ),
         ];
         let timeouts = Timeouts {
             connect: attache_config::Duration(after),
