@@ -228,6 +228,28 @@ pub struct Upstream {
     /// Passive health: endpoints that keep failing are taken out of the balance for a while.
     #[serde(default)]
     pub ejection: Ejection,
+    /// TLS to `https://` endpoints: which certificate authorities to trust, the name to
+    /// verify, a client certificate. Unset: the system's roots, each endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How attache speaks TLS to an upstream's `https://` endpoints (rustls: TLS 1.2 and 1.3, the
+/// certificate verified against the roots and the name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// A PEM file of the certificate authorities to trust instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// The name sent in SNI and verified in the certificate; default: the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// A client certificate chain (PEM) for mutual TLS, with `client_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<String>,
 }
 
 /// An endpoint that fails `consecutive_failures` times in a row (no connection, a reset before

@@ -964,3 +964,32 @@ spec:
         );
     }
 }
+
+#[test]
+fn https_endpoints_and_their_tls_settings() {
+    let text = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ { upstream: pay } ]
+  upstreams:
+    pay: { endpoints: ['https://pay.internal'], tls: { ca_file: /etc/ca.pem } }
+";
+    let c = load(text).unwrap();
+    let up = &c.spec.upstreams["pay"];
+    assert_eq!(up.endpoints[0].scheme, Scheme::Https);
+    assert_eq!(up.endpoints[0].port, 443, "443 by default");
+    assert_eq!(up.endpoints[0].to_string(), "https://pay.internal:443");
+    let bad = "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ { upstream: pay } ]
+  upstreams:
+    pay: { endpoints: ['http://pay:80'], tls: { client_cert_file: /c.pem } }
+";
+    let errs = errors(bad);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs.iter().all(|e| e.starts_with("spec.upstreams.pay.tls")),
+        "{errs:?}"
+    );
+}

@@ -269,6 +269,8 @@ pub struct UpstreamUrl {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
     Http,
+    /// TLS to the endpoint (rustls), its settings in the upstream's `tls`.
+    Https,
 }
 
 impl UpstreamUrl {
@@ -291,8 +293,8 @@ impl FromStr for UpstreamUrl {
             .ok_or_else(|| bad("expected http://host:port"))?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "http" => Scheme::Http,
-            "https" => return Err(bad("https upstreams are not supported yet; use http")),
-            _ => return Err(bad("the scheme must be http")),
+            "https" => Scheme::Https,
+            _ => return Err(bad("the scheme must be http or https")),
         };
         let (authority, path) = match rest.find(['/', '?', '#']) {
             Some(i) => rest.split_at(i),
@@ -328,6 +330,7 @@ impl FromStr for UpstreamUrl {
         }
         let port = match port {
             Some(p) => p.parse::<u16>().map_err(|_| bad("invalid port"))?,
+            None if scheme == Scheme::Https => 443,
             None => 80,
         };
         Ok(Self {
@@ -341,7 +344,10 @@ impl FromStr for UpstreamUrl {
 
 impl fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("http://")?;
+        f.write_str(match self.scheme {
+            Scheme::Http => "http://",
+            Scheme::Https => "https://",
+        })?;
         if let Some(u) = &self.userinfo {
             write!(f, "{u}@")?;
         }

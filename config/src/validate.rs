@@ -106,6 +106,24 @@ fn upstreams(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
             ));
         }
         shard(name, up, errors);
+        if let Some(tls) = &up.tls {
+            if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+                errors.push(ConfigError::new(
+                    format!("spec.upstreams.{name}.tls"),
+                    "a client certificate needs both client_cert_file and client_key_file",
+                ));
+            }
+            if !up
+                .endpoints
+                .iter()
+                .any(|e| e.scheme == crate::Scheme::Https)
+            {
+                errors.push(ConfigError::new(
+                    format!("spec.upstreams.{name}.tls"),
+                    "is read only for https:// endpoints",
+                ));
+            }
+        }
         let e = &up.ejection;
         if e.base_time.0.is_zero() || e.base_time.0 > e.max_time.0 {
             errors.push(ConfigError::new(

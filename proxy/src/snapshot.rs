@@ -223,7 +223,16 @@ fn upstream(spec: &attache_config::Spec, clients: &Clients, name: &str) -> anyho
     let timeouts = spec.timeouts.with(up.timeouts);
     let client = clients.get(timeouts.connect.get(), spec.pool, up.protocol);
     let metered = Some(&**clients.metrics());
-    let mut target = Target::new(name, &up.endpoints, timeouts, client, up.protocol, metered)?;
+    let tls = up.tls.as_ref();
+    let mut target = Target::new(
+        name,
+        &up.endpoints,
+        timeouts,
+        client,
+        up.protocol,
+        metered,
+        tls,
+    )?;
     match (up.balance, &up.shard) {
         (attache_config::Balance::Shard, Some(shard)) => target = target.with_shard(shard)?,
         (attache_config::Balance::P2cEwma, _) => target = target.with_p2c(),
@@ -248,7 +257,7 @@ fn target(
     protocol: attache_config::Protocol,
 ) -> anyhow::Result<Target> {
     let client = clients.get(timeouts.connect.get(), spec.pool, protocol);
-    Target::new(name, endpoints, timeouts, client, protocol, None)
+    Target::new(name, endpoints, timeouts, client, protocol, None, None)
 }
 
 /// hyper's server settings and the connection deadlines, from `spec.limits`.

@@ -329,7 +329,7 @@ mod tests {
             .iter()
             .map(|p| {
                 let url: UpstreamUrl = format!("http://127.0.0.1:{p}").parse().unwrap();
-                Endpoint::new(&name, &url, &client, Protocol::Http1, None).unwrap()
+                Endpoint::new(&name, &url, &client, Protocol::Http1, None, None).unwrap()
             })
             .collect();
         Balance::new(

@@ -19,13 +19,17 @@ use super::failure::SendError;
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
+    /// Boxed: a TLS session's state is large, and most connections are plain.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// Makes TCP connections: every address the name resolves to, tried in order, within the
 /// connect timeout; no Nagle delay, keep-alive probes after a minute of silence.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Connector {
     pub timeout: Duration,
+    /// For an `https://` endpoint: the TLS session to open over the connection.
+    pub tls: Option<std::sync::Arc<super::tls::TlsOrigin>>,
 }
 
 impl Connector {
@@ -52,7 +56,16 @@ impl Connector {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        Ok(Stream::Tcp(stream))
+        let Some(tls) = &self.tls else {
+            return Ok(Stream::Tcp(stream));
+        };
+        // The handshake is part of connecting: it has the connect timeout too.
+        let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+        match tokio::time::timeout(self.timeout, handshake).await {
+            Ok(Ok(session)) => Ok(Stream::Tls(Box::new(session))),
+            Ok(Err(e)) => Err(SendError::Tls(e)),
+            Err(_) => Err(SendError::ConnectTimeout),
+        }
     }
 }
 
@@ -66,7 +79,7 @@ impl Service<String> for Connector {
     }
 
     fn call(&mut self, addr: String) -> Self::Future {
-        let connector = *self;
+        let connector = self.clone();
         Box::pin(async move { connector.connect(&addr).await })
     }
 }
@@ -79,6 +92,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -91,6 +105,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -101,24 +116,28 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -141,8 +160,9 @@ mod tests {
         });
         let connector = Connector {
             timeout: Duration::from_secs(5),
+            tls: None,
         };
-        let mut stream = connector.oneshot(addr.clone()).await.unwrap();
+        let mut stream = connector.clone().oneshot(addr.clone()).await.unwrap();
         let mut got = [0u8; 2];
         stream.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hi");
@@ -151,7 +171,7 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = closed.local_addr().unwrap().to_string();
         drop(closed);
-        let err = connector.oneshot(addr).await.unwrap_err();
+        let err = connector.clone().oneshot(addr).await.unwrap_err();
         assert_eq!(Failure::of(&err), Failure::Refused);
     }
 }

@@ -41,6 +41,8 @@ struct Inner {
     /// `Authorization: Basic` from credentials in the endpoint URL.
     authorization: Option<HeaderValue>,
     http2: bool,
+    /// TLS to the endpoint: the HTTP/2 `:scheme` is `https`.
+    https: bool,
     /// What spans and the access log say about a call to it (host, port, the URL with
     /// credentials redacted), copied into each exchange's report.
     info: UpstreamInfo,
@@ -63,7 +65,9 @@ impl Endpoint {
         client: &Client,
         protocol: Protocol,
         metered: Option<&ProxyFamilies>,
+        tls: Option<&attache_config::UpstreamTls>,
     ) -> anyhow::Result<Self> {
+        let https = url.scheme == attache_config::Scheme::Https;
         let authority: Authority = url.authority().parse()?;
         let host = HeaderValue::from_str(authority.as_str())?;
         let authorization = match &url.userinfo {
@@ -73,9 +77,10 @@ impl Endpoint {
             ),
             None => None,
         };
+        let scheme = if https { "https" } else { "http" };
         let url_base = match url.userinfo {
-            Some(_) => format!("http://REDACTED:REDACTED@{authority}"),
-            None => format!("http://{authority}"),
+            Some(_) => format!("{scheme}://REDACTED:REDACTED@{authority}"),
+            None => format!("{scheme}://{authority}"),
         };
         let http2 = protocol == Protocol::Http2;
         let info = UpstreamInfo {
@@ -92,9 +97,17 @@ impl Endpoint {
             error: None,
         };
         let meters = metered.map(|f| EndpointMeters::new(f, name, authority.as_str()));
+        let pool = match https {
+            true => {
+                let origin = super::tls::TlsOrigin::new(tls, &url.host, protocol)?;
+                client.endpoint_with(authority.as_str(), Some(Arc::new(origin)))
+            }
+            false => client.endpoint(authority.as_str()),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                pool: client.endpoint(authority.as_str()),
+                pool,
+                https,
                 authority,
                 host,
                 authorization,
@@ -160,7 +173,11 @@ impl Inner {
     fn address(&self, req: &mut Request<Body>) -> Added {
         if self.http2 {
             let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
+            parts.scheme = Some(if self.https {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            });
             parts.authority = Some(self.authority.clone());
             parts.path_and_query = req.uri().path_and_query().cloned();
             // With a path (the forwarder always leaves one), scheme and authority make a URI.
@@ -267,6 +284,7 @@ mod tests {
             &client(Protocol::Http1),
             Protocol::Http1,
             None,
+            None,
         )
         .expect("endpoint");
         let req = Request::get("/x").body(attache_filters::empty()).unwrap();
@@ -306,6 +324,7 @@ mod tests {
             &url("http://u:p@127.0.0.1:9"),
             &client(Protocol::Http2),
             Protocol::Http2,
+            None,
             None,
         )
         .expect("endpoint");

@@ -33,6 +33,9 @@ pub enum SendError {
     /// A response that came, and that attache will not pass on (the reason says why).
     #[error("{0}")]
     Unacceptable(String),
+    /// The TLS handshake with the endpoint failed (its certificate, the name, the protocol).
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] io::Error),
     /// A sharded upstream that rejects requests without a key got one without.
     #[error("the request carries no shard key")]
     NoShardKey,
@@ -53,6 +56,8 @@ pub enum Failure {
     ConnectTimeout,
     /// No connection for another reason (unreachable network, a failed HTTP/2 handshake).
     Connect,
+    /// The TLS handshake failed: an expired, mismatched or unknown certificate, say.
+    Tls,
     /// Connected, but no response head by the request's deadline.
     Timeout,
     /// The connection or stream was closed or reset before the response head.
@@ -113,6 +118,7 @@ impl Failure {
             SendError::Unacceptable(_) => Self::Protocol,
             SendError::ClientBody(_) => Self::ClientAborted,
             SendError::NoShardKey => Self::NoShardKey,
+            SendError::Tls(_) => Self::Tls,
         }
     }
 
@@ -122,6 +128,7 @@ impl Failure {
             Self::Refused | Self::Dns | Self::ConnectTimeout | Self::Connect => {
                 Counted::Upstream("connect")
             }
+            Self::Tls => Counted::Upstream("tls"),
             Self::Timeout => Counted::Upstream("timeout"),
             Self::Reset => Counted::Upstream("reset"),
             Self::Protocol => Counted::Upstream("protocol"),
@@ -144,6 +151,7 @@ impl Failure {
             Self::Dns => "dns",
             Self::ConnectTimeout | Self::Timeout => "timeout",
             Self::Connect => "_OTHER",
+            Self::Tls => "tls",
             Self::Reset => "connection_reset",
             Self::Protocol => "protocol",
             Self::BodyLimit => "body",
@@ -171,7 +179,7 @@ impl Failure {
                 upstream,
                 reason: "connection refused".to_owned(),
             },
-            Self::Dns | Self::Connect => ProxyError::UpstreamUnreachable {
+            Self::Dns | Self::Connect | Self::Tls => ProxyError::UpstreamUnreachable {
                 upstream,
                 reason: error_chain(e),
             },
@@ -399,6 +407,7 @@ mod tests {
             (Failure::Dns, "connect", "dns", 502),
             (Failure::ConnectTimeout, "connect", "timeout", 504),
             (Failure::Connect, "connect", "_OTHER", 502),
+            (Failure::Tls, "tls", "tls", 502),
             (Failure::Timeout, "timeout", "timeout", 504),
             (Failure::Reset, "reset", "connection_reset", 502),
             (Failure::Protocol, "protocol", "protocol", 502),

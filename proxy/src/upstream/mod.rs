@@ -35,6 +35,7 @@ pub mod p2c;
 pub mod pool;
 pub mod retry;
 pub mod shard;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -120,12 +121,13 @@ impl Target {
         client: Client,
         protocol: Protocol,
         metered: Option<&Metrics>,
+        tls: Option<&attache_config::UpstreamTls>,
     ) -> anyhow::Result<Self> {
         let name: Arc<str> = Arc::from(name);
         let families: Option<Arc<crate::metrics::ProxyFamilies>> = metered.map(Metrics::family);
         let endpoints = urls
             .iter()
-            .map(|u| endpoint::Endpoint::new(&name, u, &client, protocol, families.as_deref()))
+            .map(|u| endpoint::Endpoint::new(&name, u, &client, protocol, families.as_deref(), tls))
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(!endpoints.is_empty(), "upstream `{name}` has no endpoints");
         Ok(Self {

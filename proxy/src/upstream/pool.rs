@@ -77,8 +77,22 @@ impl Client {
 
     /// The pool for `addr` (`host:port`): the one already in use, or a new one.
     pub fn endpoint(&self, addr: &str) -> Arc<Endpoint> {
+        self.endpoint_with(addr, None)
+    }
+
+    /// The pool for `addr` with `tls` over its connections (`https://`): pools under other
+    /// TLS settings, or none, are never shared with it.
+    pub fn endpoint_with(
+        &self,
+        addr: &str,
+        tls: Option<Arc<super::tls::TlsOrigin>>,
+    ) -> Arc<Endpoint> {
+        let key = match &tls {
+            Some(t) => format!("{addr}|{}", t.identity),
+            None => addr.to_owned(),
+        };
         let mut map = lock(&self.endpoints);
-        if let Some(pool) = map.get(addr).and_then(Weak::upgrade) {
+        if let Some(pool) = map.get(&key).and_then(Weak::upgrade) {
             return pool;
         }
         map.retain(|_, w| w.strong_count() > 0);
@@ -96,8 +110,8 @@ impl Client {
                 endpoint: addr.to_owned(),
             })
             .clone();
-        let pool = Endpoint::new(addr.to_owned(), self.settings, (opened, open));
-        map.insert(addr.to_owned(), Arc::downgrade(&pool));
+        let pool = Endpoint::new(addr.to_owned(), self.settings, (opened, open), tls);
+        map.insert(key, Arc::downgrade(&pool));
         pool
     }
 }
@@ -229,11 +243,13 @@ impl Endpoint {
             prometheus_client::metrics::counter::Counter,
             prometheus_client::metrics::gauge::Gauge,
         ),
+        tls: Option<Arc<super::tls::TlsOrigin>>,
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
             addr,
             connector: Connector {
                 timeout: settings.connect_timeout,
+                tls,
             },
             settings,
             opened,
@@ -502,7 +518,7 @@ impl Endpoint {
 
     /// A new connection to the endpoint, from the connector (counted).
     async fn connect(&self) -> Result<Stream, SendError> {
-        let stream = self.connector.oneshot(self.addr.clone()).await?;
+        let stream = self.connector.clone().oneshot(self.addr.clone()).await?;
         self.opened.inc();
         Ok(stream)
     }

@@ -1,0 +1,176 @@
+//! TLS origination to `https://` upstreams, end to end: the real binary, an upstream that
+//! speaks TLS with a certificate signed by a CA the test makes up (rcgen), and the three ways
+//! a handshake fails.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use attache_tests::client::exchange;
+use attache_tests::{Attache, Ports, TempDir};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tokio_rustls::rustls;
+
+/// A CA, and a leaf for 127.0.0.1 and localhost signed by it.
+struct Pki {
+    ca_pem: String,
+    leaf: rustls::pki_types::CertificateDer<'static>,
+    leaf_key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn pki(name: &str) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        leaf: leaf.der().clone(),
+        leaf_key: rustls::pki_types::PrivateKeyDer::Pkcs8(
+            rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
+        ),
+    }
+}
+
+/// An HTTPS upstream on a free port that answers `tls ok <ALPN protocol>`.
+async fn https_upstream(pki: &Pki) -> SocketAddr {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![pki.leaf.clone()], pki.leaf_key.clone_key())
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let alpn = tls
+                    .get_ref()
+                    .1
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .unwrap_or_default();
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let alpn = alpn.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(format!("tls ok {alpn}")),
+                            )))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An attache with an outbound port to `url`, with `tls` (flow YAML) for the upstream.
+fn ambassador(url: &str, tls: &str) -> (Attache, Ports) {
+    let ports = Ports::new();
+    let config = format!(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: secure }} ]
+  upstreams:
+    secure:
+      endpoints: ['{url}']
+      tls: {tls}
+  admin: {{ listen: 127.0.0.1:{admin} }}
+",
+        out = ports.outbound,
+        admin = ports.admin
+    );
+    (Attache::run(ports, &config), ports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified_and_each_refusal_names_its_reason() {
+    let pki = pki("attache test CA");
+    let upstream = https_upstream(&pki).await;
+    let dir = TempDir::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem);
+    let other = dir.write("other-ca.pem", &self::pki("another CA").ca_pem);
+    let port = upstream.port();
+
+    // Trusted CA, the right name: the call goes through TLS (ALPN http/1.1).
+    let (a, ports) = ambassador(
+        &format!("https://localhost:{port}"),
+        &format!("{{ ca_file: '{}' }}", ca.display()),
+    );
+    let url = format!("http://127.0.0.1:{}/x", ports.outbound);
+    let got = exchange("GET", &url, &[], "").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.text(), "tls ok http/1.1");
+
+    // The name verified is not in the certificate: 502, the reason says so, counted as tls.
+    let (b, ports) = ambassador(
+        &format!("https://localhost:{port}"),
+        &format!(
+            "{{ ca_file: '{}', server_name: payments.example }}",
+            ca.display()
+        ),
+    );
+    let got = exchange(
+        "GET",
+        &format!("http://127.0.0.1:{}/x", ports.outbound),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert!(
+        got.text().contains("TLS handshake failed") && got.text().contains("not valid for name"),
+        "{}",
+        got.text()
+    );
+    b.assert_metrics(&[
+        "attache_upstream_errors_total{direction=\"outbound\",upstream=\"secure\",kind=\"tls\"} 1",
+    ]);
+
+    // A certificate from a CA attache was not told to trust: 502, unknown issuer.
+    let (_c, ports) = ambassador(
+        &format!("https://localhost:{port}"),
+        &format!("{{ ca_file: '{}' }}", other.display()),
+    );
+    let got = exchange(
+        "GET",
+        &format!("http://127.0.0.1:{}/x", ports.outbound),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(got.status, 502, "{}", got.text());
+    assert!(
+        got.text().contains("TLS handshake failed") && got.text().contains("UnknownIssuer"),
+        "{}",
+        got.text()
+    );
+
+    // The refusals changed nothing for the trusted ambassador.
+    let got = exchange("GET", &url, &[], "").await;
+    assert_eq!(got.status, 200);
+    drop(a);
+}
