@@ -400,8 +400,10 @@ mod tests {
         assert_eq!(authority("localhost:8080").as_deref(), Ok("localhost:8080"));
         assert_eq!(authority("3000").as_deref(), Ok("127.0.0.1:3000"));
         assert_eq!(authority(" 3000 ").as_deref(), Ok("127.0.0.1:3000"));
-        let https = app_arg("https://127.0.0.1:8443").expect_err("https");
-        assert!(https.contains("not supported yet"), "{https}");
+        // An https app is reached over TLS (the system's roots).
+        let https = app_arg("https://127.0.0.1:8443").expect("https");
+        assert_eq!(https.scheme, attache_config::Scheme::Https);
+        assert_eq!(https.authority(), "127.0.0.1:8443");
         assert!(app_arg("ftp://x:1").is_err());
         assert!(app_arg("70000").is_err(), "not a port, not a host");
     }
