@@ -514,20 +514,19 @@ impl Resolve<'_> {
     }
 }
 
-/// Why an OTLP endpoint cannot be used, if it cannot: attache speaks plain `http://` to the
-/// collector (a node-local or in-cluster collector, or one behind a TLS-terminating sidecar).
+/// Why an OTLP endpoint cannot be used, if it cannot: `http://`, or `https://` (TLS with rustls
+/// against the system's roots; `SSL_CERT_FILE` names others).
 pub fn endpoint_problem(url: &str) -> Option<String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Some(format!("invalid URL {url:?} (expected http://host:port)"));
     };
     match scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
+        "http" | "https" => {}
+        _ => {
             return Some(format!(
-                "invalid URL {url:?} (https collectors are not supported yet; use http)"
+                "invalid URL {url:?} (the scheme must be http or https)"
             ));
         }
-        _ => return Some(format!("invalid URL {url:?} (the scheme must be http)")),
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.is_empty()

@@ -642,7 +642,7 @@ fn telemetry_keys_come_from_the_file_then_otel_variables_then_defaults() {
 #[test]
 fn telemetry_settings_are_validated() {
     let errs = errors(&format!(
-        "{MINIMAL}  telemetry:\n    otlp: {{ endpoint: \"https://c:4318\", headers: {{ \"bad name\": x }} }}\n    batch: {{ max_queue_size: 10, max_export_batch_size: 20 }}\n    url_query: hidden\n"
+        "{MINIMAL}  telemetry:\n    otlp: {{ endpoint: \"ftp://c:4318\", headers: {{ \"bad name\": x }} }}\n    batch: {{ max_queue_size: 10, max_export_batch_size: 20 }}\n    url_query: hidden\n"
     ));
     assert!(
         errs.iter()
@@ -650,7 +650,7 @@ fn telemetry_settings_are_validated() {
         "{errs:?}"
     );
     let c = load(&format!(
-        "{MINIMAL}  telemetry:\n    otlp: {{ endpoint: \"https://c:4318\", headers: {{ \"bad name\": x }} }}\n    batch: {{ max_queue_size: 10, max_export_batch_size: 20 }}\n"
+        "{MINIMAL}  telemetry:\n    otlp: {{ endpoint: \"ftp://c:4318\", headers: {{ \"bad name\": x }} }}\n    batch: {{ max_queue_size: 10, max_export_batch_size: 20 }}\n"
     ));
     let errs: Vec<String> = match c {
         Ok(_) => panic!("expected errors"),
@@ -659,7 +659,7 @@ fn telemetry_settings_are_validated() {
     assert!(
         errs.iter()
             .any(|e| e.contains("spec.telemetry.otlp.endpoint")
-                && e.contains("https collectors are not supported")),
+                && e.contains("the scheme must be http or https")),
         "{errs:?}"
     );
     assert!(

@@ -82,6 +82,8 @@ impl State {
 pub struct Collector {
     pub addr: SocketAddr,
     pub protocol: Protocol,
+    /// Served over TLS (`https://`).
+    tls: bool,
     state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -146,8 +148,26 @@ impl Collector {
         Self::serve(listener, protocol, false)
     }
 
+    /// Serves over TLS with `acceptor` (its endpoint is `https://`).
+    pub async fn start_tls(protocol: Protocol, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind collector");
+        Self::serve_with(listener, protocol, false, Some(acceptor))
+    }
+
     /// Serves on an already-bound listener; `count_only` keeps no spans, only their number.
     pub fn serve(listener: tokio::net::TcpListener, protocol: Protocol, count_only: bool) -> Self {
+        Self::serve_with(listener, protocol, count_only, None)
+    }
+
+    fn serve_with(
+        listener: tokio::net::TcpListener,
+        protocol: Protocol,
+        count_only: bool,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
+        let with_tls = tls.is_some();
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State {
             count_only,
@@ -160,28 +180,15 @@ impl Collector {
                     continue;
                 };
                 let st = st.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let io = TokioIo::new(stream);
-                    match protocol {
-                        Protocol::Http => {
-                            let svc = hyper::service::service_fn(move |req| {
-                                let st = st.clone();
-                                async move {
-                                    Ok::<_, std::convert::Infallible>(http_export(&st, req).await)
-                                }
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(io, svc)
-                                .await;
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                serve_connection(TokioIo::new(s), protocol, st).await;
+                            }
                         }
-                        Protocol::Grpc => {
-                            let svc = TraceServiceServer::new(Grpc(st))
-                                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-                            let svc = hyper_util::service::TowerToHyperService::new(svc);
-                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                                .serve_connection(io, svc)
-                                .await;
-                        }
+                        None => serve_connection(TokioIo::new(stream), protocol, st).await,
                     }
                 });
             }
@@ -189,6 +196,7 @@ impl Collector {
         Self {
             addr,
             protocol,
+            tls: with_tls,
             state,
             task,
         }
@@ -196,9 +204,38 @@ impl Collector {
 
     /// The endpoint to configure: the base address (HTTP gets `/v1/traces` added by attache).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
+}
 
+/// One connection to the collector, over plain TCP or TLS.
+async fn serve_connection<I>(io: I, protocol: Protocol, st: Arc<State>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    match protocol {
+        Protocol::Http => {
+            let svc = hyper::service::service_fn(move |req| {
+                let st = st.clone();
+                async move { Ok::<_, std::convert::Infallible>(http_export(&st, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        }
+        Protocol::Grpc => {
+            let svc = TraceServiceServer::new(Grpc(st))
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await;
+        }
+    }
+}
+
+impl Collector {
     /// The `Authorization` header of every HTTP export request so far ("" when absent).
     pub fn authorizations(&self) -> Vec<String> {
         self.state

@@ -174,3 +174,54 @@ async fn https_upstreams_are_verified_and_each_refusal_names_its_reason() {
     assert_eq!(got.status, 200);
     drop(a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_collector_over_http_and_grpc() {
+    use attache_tests::app::App;
+    use attache_tests::otlp::{Collector, Protocol};
+
+    let pki = pki("collector CA");
+    let dir = TempDir::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem);
+    for protocol in [Protocol::Http, Protocol::Grpc] {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.leaf.clone()], pki.leaf_key.clone_key())
+        .unwrap();
+        config.alpn_protocols = match protocol {
+            Protocol::Grpc => vec![b"h2".to_vec()],
+            Protocol::Http => vec![b"http/1.1".to_vec()],
+        };
+        let collector =
+            Collector::start_tls(protocol, tokio_rustls::TlsAcceptor::from(Arc::new(config))).await;
+        assert!(collector.endpoint().starts_with("https://"));
+        let app = App::start("app").await;
+        let ports = Ports::new();
+        let wire = match protocol {
+            Protocol::Http => "http/protobuf",
+            Protocol::Grpc => "grpc",
+        };
+        let extra = format!(
+            "  telemetry:
+    otlp: {{ endpoint: '{}', protocol: {wire}, timeout: 2s }}
+    batch: {{ scheduled_delay: 100ms, max_export_batch_size: 1 }}
+",
+            collector.endpoint()
+        );
+        // The collector's CA is trusted the way a pod trusts one: SSL_CERT_FILE.
+        let ca_path = ca.display().to_string();
+        let a = Attache::run_with_env(
+            ports,
+            &attache_tests::sidecar_config(ports, app.addr, &extra),
+            &[("SSL_CERT_FILE", ca_path.as_str())],
+        );
+        let got = exchange("GET", &a.url("/x"), &[], "").await;
+        assert_eq!(got.status, 200);
+        let spans = collector.wait_spans(1, 10).await;
+        assert!(!spans.is_empty(), "{protocol:?}: a span arrived over TLS");
+    }
+}

@@ -24,7 +24,7 @@ pub(super) struct Failure {
 
 /// The HTTP client and request shape of one protocol.
 pub(super) struct Transport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
     protocol: Protocol,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -44,9 +44,19 @@ impl Transport {
                 url.parse().ok()?
             }
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(s.timeout));
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(s.timeout));
+        http.enforce_http(false);
+        // `https://` collectors: rustls against the system's roots (`SSL_CERT_FILE` or
+        // `SSL_CERT_DIR` name others). Without any root an https endpoint fails each export
+        // with the reason, and `http://` ones work as ever.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_tls()?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .timer(hyper_util::rt::TokioTimer::new())
@@ -178,6 +188,24 @@ fn grpc_answer(
             ),
         }),
     }
+}
+
+/// TLS settings for collectors: the system's roots, TLS 1.2 and 1.3 (ring, which supports
+/// both: `None` does not happen).
+fn client_tls() -> Option<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot read is skipped.
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Some(config)
 }
 
 /// Spans the collector said it rejected (OTLP partial success).
