@@ -631,7 +631,7 @@ fn telemetry_keys_come_from_the_file_then_otel_variables_then_defaults() {
         "attache",
         &env(&[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4318"),
         ]),
     );
     assert_eq!(e.protocol, OtlpProtocol::HttpProtobuf);
