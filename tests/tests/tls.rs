@@ -15,6 +15,8 @@ use tokio_rustls::rustls;
 /// A CA, and a leaf for 127.0.0.1 and localhost signed by it.
 struct Pki {
     ca_pem: String,
+    leaf_pem: String,
+    leaf_key_pem: String,
     leaf: rustls::pki_types::CertificateDer<'static>,
     leaf_key: rustls::pki_types::PrivateKeyDer<'static>,
 }
@@ -34,6 +36,8 @@ fn pki(name: &str) -> Pki {
         .unwrap();
     Pki {
         ca_pem: ca.pem(),
+        leaf_pem: leaf.pem(),
+        leaf_key_pem: leaf_key.serialize_pem(),
         leaf: leaf.der().clone(),
         leaf_key: rustls::pki_types::PrivateKeyDer::Pkcs8(
             rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
@@ -224,4 +228,66 @@ async fn spans_reach_an_https_collector_over_http_and_grpc() {
         let spans = collector.wait_spans(1, 10).await;
         assert!(!spans.is_empty(), "{protocol:?}: a span arrived over TLS");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotency_store_speaks_tls_to_redis() {
+    use attache_tests::app::App;
+    use attache_tests::redis::Redis;
+
+    let pki = pki("redis CA");
+    let dir = TempDir::new();
+    let ca = dir.write("ca.pem", &pki.ca_pem);
+    let cert = dir.write("redis.pem", &pki.leaf_pem);
+    let key = dir.write("redis.key", &pki.leaf_key_pem);
+    let tls_port = attache_tests::free_port();
+    // Plain on one port (for redis-cli), TLS on another; clients present no certificate.
+    let (tls_port_s, cert_s, key_s, ca_s) = (
+        tls_port.to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+        ca.display().to_string(),
+    );
+    let redis = Redis::start_on(
+        attache_tests::free_port(),
+        &[
+            "--tls-port",
+            &tls_port_s,
+            "--tls-cert-file",
+            &cert_s,
+            "--tls-key-file",
+            &key_s,
+            "--tls-ca-cert-file",
+            &ca_s,
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let app = App::start("orders").await;
+    let ports = Ports::new();
+    let extra = format!("  idempotency: {{ store: 'rediss://127.0.0.1:{tls_port}', scope_secret: s3cret }}\n");
+    let a = Attache::run_with_env(
+        ports,
+        &attache_tests::sidecar_config(ports, app.addr, &extra),
+        &[("SSL_CERT_FILE", ca_s.as_str())],
+    );
+    let url = a.url("/created");
+    let post = || exchange("POST", &url, &[("idempotency-key", "\"k-tls\"")], "{}");
+    let first = post().await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    let again = post().await;
+    assert_eq!(again.status, 201);
+    assert_eq!(
+        again
+            .headers
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true"),
+        "replayed from the record kept in Redis over TLS"
+    );
+    assert_eq!(app.hits(), 1);
+    assert!(
+        !redis.cli(&["KEYS", "*"]).trim().is_empty(),
+        "the record is in this Redis"
+    );
 }
