@@ -265,7 +265,9 @@ async fn the_idempotency_store_speaks_tls_to_redis() {
     );
     let app = App::start("orders").await;
     let ports = Ports::new();
-    let extra = format!("  idempotency: {{ store: 'rediss://127.0.0.1:{tls_port}', scope_secret: s3cret }}\n");
+    let extra = format!(
+        "  idempotency: {{ store: 'rediss://127.0.0.1:{tls_port}', scope_secret: s3cret }}\n"
+    );
     let a = Attache::run_with_env(
         ports,
         &attache_tests::sidecar_config(ports, app.addr, &extra),

@@ -162,7 +162,7 @@ fn sentinel(scheme: &str, rest: &str, timeout: Duration) -> Result<Backend, Stor
     }
     let client = redis::sentinel::SentinelClient::build(
         seeds,
-        service.to_owned(),
+        service,
         Some(node),
         redis::sentinel::SentinelServerType::Master,
     )
