@@ -244,6 +244,10 @@ impl Forward {
     /// log, and the client answered with the status the kind gives.
     fn failed(&self, e: &SendError, mut info: UpstreamInfo) -> Response<Body> {
         let failure = Failure::of(e);
+        if failure == Failure::Tls {
+            self.metrics
+                .tls_failure(&self.target.name, crate::upstream::failure::tls_reason(e));
+        }
         match failure.counted() {
             Counted::Upstream(kind) => {
                 self.metrics

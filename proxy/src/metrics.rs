@@ -57,12 +57,22 @@ pub struct ProxyFamilies {
     /// Retries the budget did not allow (the failed try was answered as it was).
     pub retry_budget_exhausted: Family<UpstreamLabels, Counter>,
     pub ejections: Family<EjectionLabels, Counter>,
+    /// TLS handshakes with upstreams that failed, by reason.
+    pub tls_failures: Family<TlsFailureLabels, Counter>,
     /// Connections to each endpoint open now.
     pub upstream_open_connections: Family<EndpointLabels, Gauge>,
     /// Tries at each endpoint of a named upstream, by status class (`error` without one).
     pub upstream_requests: Family<UpstreamStatusLabels, Counter>,
     /// Time to the response head of each try at an endpoint of a named upstream.
     pub upstream_duration: Family<EjectionLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TlsFailureLabels {
+    pub upstream: String,
+    /// `expired`, `not_yet_valid`, `name_mismatch`, `unknown_issuer`, `bad_certificate`,
+    /// `protocol`, `other`.
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -143,6 +153,7 @@ impl Families for ProxyFamilies {
             upstream_retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             ejections: Family::default(),
+            tls_failures: Family::default(),
             upstream_open_connections: Family::default(),
             upstream_requests: Family::default(),
             upstream_duration: Family::new_with_constructor(
@@ -183,6 +194,11 @@ impl Families for ProxyFamilies {
             "upstream_ejections",
             "Endpoints taken out of the balance after consecutive failures",
             f.ejections.clone(),
+        );
+        registry.register(
+            "upstream_tls_failures",
+            "TLS handshakes with an upstream that failed, by reason",
+            f.tls_failures.clone(),
         );
         registry.register(
             "upstream_open_connections",
@@ -252,6 +268,15 @@ impl ProxyFamilies {
             .get_or_create(&EjectionLabels {
                 upstream: upstream.to_owned(),
                 endpoint: endpoint.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn tls_failure(&self, upstream: &str, reason: &'static str) {
+        self.tls_failures
+            .get_or_create(&TlsFailureLabels {
+                upstream: upstream.to_owned(),
+                reason,
             })
             .inc();
     }

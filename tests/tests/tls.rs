@@ -152,10 +152,11 @@ async fn https_upstreams_are_verified_and_each_refusal_names_its_reason() {
     );
     b.assert_metrics(&[
         "attache_upstream_errors_total{direction=\"outbound\",upstream=\"secure\",kind=\"tls\"} 1",
+        "attache_upstream_tls_failures_total{upstream=\"secure\",reason=\"name_mismatch\"} 1",
     ]);
 
     // A certificate from a CA attache was not told to trust: 502, unknown issuer.
-    let (_c, ports) = ambassador(
+    let (c, ports) = ambassador(
         &format!("https://localhost:{port}"),
         &format!("{{ ca_file: '{}' }}", other.display()),
     );
@@ -172,6 +173,9 @@ async fn https_upstreams_are_verified_and_each_refusal_names_its_reason() {
         "{}",
         got.text()
     );
+    c.assert_metrics(&[
+        "attache_upstream_tls_failures_total{upstream=\"secure\",reason=\"unknown_issuer\"} 1",
+    ]);
 
     // The refusals changed nothing for the trusted ambassador.
     let got = exchange("GET", &url, &[], "").await;
