@@ -1,11 +1,39 @@
 //! The ambassador's balancing and passive health, end to end: the real binary in front of
 //! real endpoints, one of them failing.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use attache_tests::app::{App, Canned};
 use attache_tests::client::exchange;
 use attache_tests::{Attache, Ports};
+
+/// An attache with one outbound port to the upstream `name` over `endpoints`, with more of
+/// the upstream's settings in `settings` (flow YAML, e.g. `balance: shard`), the access log off.
+fn ambassador(name: &str, endpoints: &[SocketAddr], settings: &str) -> (Attache, Ports) {
+    let ports = Ports::new();
+    let list: Vec<String> = endpoints.iter().map(|e| format!("'http://{e}'")).collect();
+    let more = if settings.is_empty() {
+        String::new()
+    } else {
+        format!(", {settings}")
+    };
+    let config = format!(
+        "apiVersion: attache.dev/v1
+kind: Sidecar
+spec:
+  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: {name} }} ]
+  upstreams:
+    {name}: {{ endpoints: [{list}]{more} }}
+  telemetry: {{ access_log: {{ enabled: false }} }}
+  admin: {{ listen: 127.0.0.1:{admin} }}
+",
+        list = list.join(", "),
+        out = ports.outbound,
+        admin = ports.admin
+    );
+    (Attache::run(ports, &config), ports)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_keeps_failing_is_ejected_and_comes_back() {
@@ -14,24 +42,11 @@ async fn an_endpoint_that_keeps_failing_is_ejected_and_comes_back() {
     )
     .await;
     let healthy = App::start("healthy").await;
-    let ports = Ports::new();
-    let config = format!(
-        "apiVersion: attache.dev/v1
-kind: Sidecar
-spec:
-  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: pay }} ]
-  upstreams:
-    pay:
-      endpoints: ['http://{broken}', 'http://{healthy}']
-      ejection: {{ consecutive_failures: 3, base_time: 1s }}
-  admin: {{ listen: 127.0.0.1:{admin} }}
-",
-        out = ports.outbound,
-        broken = broken.addr,
-        healthy = healthy.addr,
-        admin = ports.admin
+    let (a, ports) = ambassador(
+        "pay",
+        &[broken.addr, healthy.addr],
+        "ejection: { consecutive_failures: 3, base_time: 1s }",
     );
-    let a = Attache::run(ports, &config);
     let url = format!("http://127.0.0.1:{}/x", ports.outbound);
     let mut statuses = Vec::new();
     for _ in 0..12 {
@@ -83,26 +98,12 @@ async fn a_sharded_upstream_sends_each_key_to_one_endpoint_and_refuses_keyless_r
         App::start("shard-b").await,
         App::start("shard-c").await,
     ];
-    let ports = Ports::new();
-    let config = format!(
-        "apiVersion: attache.dev/v1
-kind: Sidecar
-spec:
-  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: users }} ]
-  upstreams:
-    users:
-      endpoints: ['http://{a}', 'http://{b}', 'http://{c}']
-      balance: shard
-      shard: {{ path: '^/users/([^/]+)/', fallback: reject }}
-  admin: {{ listen: 127.0.0.1:{admin} }}
-",
-        out = ports.outbound,
-        a = apps[0].addr,
-        b = apps[1].addr,
-        c = apps[2].addr,
-        admin = ports.admin
+    let addrs: Vec<SocketAddr> = apps.iter().map(|a| a.addr).collect();
+    let (a, ports) = ambassador(
+        "users",
+        &addrs,
+        "balance: shard, shard: { path: '^/users/([^/]+)/', fallback: reject }",
     );
-    let a = Attache::run(ports, &config);
     let mut owners = std::collections::HashMap::new();
     for round in 0..3 {
         for user in 0..20 {
@@ -137,26 +138,11 @@ async fn p2c_ewma_steers_away_from_a_slow_endpoint_where_round_robin_does_not() 
     let fast = [App::start("fast-a").await, App::start("fast-b").await];
     let slow = App::start_slow("slow", Duration::from_millis(60)).await;
     let run = |balance: &'static str| {
-        let ports = Ports::new();
-        let config = format!(
-            "apiVersion: attache.dev/v1
-kind: Sidecar
-spec:
-  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: pay }} ]
-  upstreams:
-    pay:
-      endpoints: ['http://{a}', 'http://{b}', 'http://{s}']
-      balance: {balance}
-      ejection: {{ consecutive_failures: 0 }}
-  admin: {{ listen: 127.0.0.1:{admin} }}
-",
-            out = ports.outbound,
-            a = fast[0].addr,
-            b = fast[1].addr,
-            s = slow.addr,
-            admin = ports.admin
-        );
-        (Attache::run(ports, &config), ports)
+        ambassador(
+            "pay",
+            &[fast[0].addr, fast[1].addr, slow.addr],
+            &format!("balance: {balance}, ejection: {{ consecutive_failures: 0 }}"),
+        )
     };
     // Four clients at a time, 200 requests each way; count what the slow endpoint got.
     async fn load(ports: Ports) {
@@ -199,25 +185,8 @@ async fn round_robin_spreads_ten_thousand_requests_evenly() {
         App::start("rr-c").await,
         App::start("rr-d").await,
     ];
-    let ports = Ports::new();
-    let config = format!(
-        "apiVersion: attache.dev/v1
-kind: Sidecar
-spec:
-  outbound: [ {{ listen: '127.0.0.1:{out}', upstream: four }} ]
-  upstreams:
-    four: {{ endpoints: ['http://{}', 'http://{}', 'http://{}', 'http://{}'] }}
-  telemetry: {{ access_log: {{ enabled: false }} }}
-  admin: {{ listen: 127.0.0.1:{admin} }}
-",
-        apps[0].addr,
-        apps[1].addr,
-        apps[2].addr,
-        apps[3].addr,
-        out = ports.outbound,
-        admin = ports.admin
-    );
-    let _a = Attache::run(ports, &config);
+    let addrs: Vec<SocketAddr> = apps.iter().map(|a| a.addr).collect();
+    let (_a, ports) = ambassador("four", &addrs, "");
     let url = format!("http://127.0.0.1:{}/x", ports.outbound);
     // Eight clients at once, 1,250 requests each, over kept-alive connections.
     let mut tasks = Vec::new();

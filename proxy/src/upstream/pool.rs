@@ -485,13 +485,7 @@ impl Endpoint {
             .handshake(io)
             .await
             .map_err(SendError::Handshake)?;
-        let open = OpenGuard::new(&self.open);
-        tokio::spawn(async move {
-            let _open = open;
-            if let Err(e) = task.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
+        self.drive(task.with_upgrades());
         Ok(conn)
     }
 
@@ -502,6 +496,19 @@ impl Endpoint {
             .handshake(io)
             .await
             .map_err(SendError::Handshake)?;
+        self.drive(task);
+        *lock(&self.h2) = Some(Shared {
+            conn: conn.clone(),
+            used: Instant::now(),
+        });
+        Ok(conn)
+    }
+
+    /// Runs a connection's task, counted as open until it ends.
+    fn drive<F>(&self, task: F)
+    where
+        F: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+    {
         let open = OpenGuard::new(&self.open);
         tokio::spawn(async move {
             let _open = open;
@@ -509,11 +516,6 @@ impl Endpoint {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        *lock(&self.h2) = Some(Shared {
-            conn: conn.clone(),
-            used: Instant::now(),
-        });
-        Ok(conn)
     }
 
     /// A new connection to the endpoint, from the connector (counted).
