@@ -120,12 +120,17 @@ impl Cluster {
         let nodes: Vec<Redis> = (0..3)
             .map(|_| {
                 let port = crate::free_port();
+                // The cluster bus port too comes from the allocator: by default it is
+                // port + 10000, which another test (or the ephemeral range) may hold.
+                let bus = crate::free_port().to_string();
                 let conf = dir.path().join(format!("nodes-{port}.conf"));
                 Redis::start_on(
                     port,
                     &[
                         "--cluster-enabled",
                         "yes",
+                        "--cluster-port",
+                        &bus,
                         "--cluster-config-file",
                         conf.to_str().unwrap_or_default(),
                     ],
