@@ -132,6 +132,40 @@ pub struct Inbound {
     /// Trace formats for this listener; unset fields use `spec.trace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceOverride>,
+    /// TLS termination: clients speak HTTPS (HTTP/1.1 or HTTP/2 by ALPN) to this listener,
+    /// optionally with a client certificate (mutual TLS). Unset: cleartext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<InboundTls>,
+}
+
+/// TLS on the inbound listener (rustls: TLS 1.2 and 1.3; ALPN `h2` and `http/1.1`). The
+/// files are read again whenever they change (a renewed certificate, a rotated Secret):
+/// new connections get the new certificate, open ones keep theirs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboundTls {
+    /// The certificate chain (PEM), the server's own certificate first.
+    pub cert_file: String,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// Certificate authorities (PEM) whose client certificates are accepted: mutual TLS. The
+    /// verified client's identity (subject, URI SANs such as SPIFFE IDs, DNS SANs) reaches
+    /// the app in `X-Forwarded-Client-Cert`; a client's own such header is always removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<String>,
+    /// With `client_ca_file`: `required` (default; a client without a valid certificate is
+    /// refused in the handshake) or `optional` (a client may present none, and then the app
+    /// gets no `X-Forwarded-Client-Cert`; one that presents an invalid one is refused).
+    #[serde(default)]
+    pub client_cert: ClientCert,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCert {
+    #[default]
+    Required,
+    Optional,
 }
 
 /// Per-listener trace formats.
@@ -157,6 +191,7 @@ impl Inbound {
             trusted_proxies: Vec::new(),
             timeouts: None,
             trace: None,
+            tls: None,
         }
     }
 }

@@ -24,6 +24,15 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     }
 
     listen_addresses(spec, &mut errors);
+    if let Some(tls) = spec.inbound.as_ref().and_then(|i| i.tls.as_ref())
+        && tls.client_ca_file.is_none()
+        && tls.client_cert == crate::model::ClientCert::Optional
+    {
+        errors.push(ConfigError::new(
+            "spec.inbound.tls.client_cert",
+            "is read only with client_ca_file (the CAs client certificates are verified against)",
+        ));
+    }
     upstreams(spec, &mut errors);
     trace(&spec.trace, &mut errors);
     limits_and_timeouts(spec, &mut errors);

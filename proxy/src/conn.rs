@@ -41,6 +41,9 @@ pub struct ConnInfo {
     pub peer_ip: http::HeaderValue,
     pub state: Arc<ConnState>,
     pub tracker: Arc<Tracker>,
+    /// The TLS session, on a connection that arrived over TLS: the client's verified
+    /// certificate under mutual TLS.
+    pub tls: Option<Arc<crate::tls::server::Session>>,
 }
 
 impl ConnInfo {
@@ -52,7 +55,13 @@ impl ConnInfo {
             peer_ip,
             state,
             tracker,
+            tls: None,
         }
+    }
+
+    /// The same connection, known to have come over TLS.
+    pub fn with_tls(self, tls: Option<Arc<crate::tls::server::Session>>) -> Self {
+        Self { tls, ..self }
     }
 }
 

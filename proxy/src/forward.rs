@@ -154,6 +154,9 @@ impl Forward {
         }
         if self.leg.hand_up {
             res.extensions_mut().insert(info);
+            if let Some(tls) = conn.as_ref().and_then(|c| c.tls.clone()) {
+                attache_filters::facts::hand_up(res.extensions_mut(), tls);
+            }
         }
         if res.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
@@ -219,6 +222,9 @@ impl Forward {
             Some(h) => headers.insert(header::HOST, h.clone()),
             None => headers.remove(header::HOST),
         };
+        if self.leg.direction == Direction::Inbound {
+            client_cert(headers, conn);
+        }
         if self.leg.direction == Direction::Inbound
             && let Some(conn) = conn
         {
@@ -317,6 +323,25 @@ fn body_needs_chunked(req: &Request<Body>) -> bool {
         && !req.headers().contains_key(header::CONTENT_LENGTH)
 }
 
+/// `X-Forwarded-Client-Cert` is attache's to write on the inbound leg: whatever a client sent is
+/// removed, and the verified client certificate's identity (mutual TLS) takes its place. The
+/// app can so believe it whoever connects, as it believes Envoy's.
+fn client_cert(headers: &mut HeaderMap, conn: Option<&ConnInfo>) {
+    const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+    let ours = conn
+        .and_then(|c| c.tls.as_ref())
+        .and_then(|t| t.peer.as_ref())
+        .map(|p| p.xfcc.clone());
+    match ours {
+        Some(v) => {
+            headers.insert(XFCC, v);
+        }
+        None => {
+            headers.remove(XFCC);
+        }
+    }
+}
+
 /// `trusted`: the peer is one of `trusted_proxies`, whose `X-Forwarded-Proto`/`-Host` stand
 /// under `append`; anyone else's are replaced by what attache saw (`X-Forwarded-For` is a
 /// chain either way, and the app reads it from the right).
@@ -330,11 +355,12 @@ fn set_forwarded(
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let proto = HeaderValue::from_static(if conn.tls.is_some() { "https" } else { "http" });
     match mode {
         ForwardedHeaders::Off => {}
         ForwardedHeaders::Replace => {
             headers.insert(XFF, conn.peer_ip.clone());
-            headers.insert(XFP, HeaderValue::from_static("http"));
+            headers.insert(XFP, proto);
             match host {
                 Some(h) => {
                     headers.insert(XFH, h);
@@ -373,7 +399,7 @@ fn set_forwarded(
                 }
             }
             if !has_xfp || !trusted {
-                headers.insert(XFP, HeaderValue::from_static("http"));
+                headers.insert(XFP, proto);
             }
             if !has_xfh || !trusted {
                 match host {

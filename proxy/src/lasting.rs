@@ -1,7 +1,7 @@
 //! What outlives a snapshot. A reload builds a new snapshot from the new config, but state
 //! made from a part of the config that did not change is kept: upstream connection pools, the
 //! span exporter and the access-log writer, the idempotency store, the flag sources with their
-//! last good documents. [`Lasting`] holds all of it, and each piece follows one pattern,
+//! last good documents, the inbound TLS config and its file watcher. [`Lasting`] holds all of it, and each piece follows one pattern,
 //! [`Kept`](crate::kept::Kept): a value and the key (the config it was made from) it was
 //! made for.
 
@@ -9,13 +9,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use attache_config::{Pool, Protocol};
+use attache_config::{InboundTls, Pool, Protocol};
 
 use attache_filters::metrics::Metrics;
 
 use crate::flags::Flags;
 use crate::idempotency::Stores;
+use crate::kept::Kept;
 use crate::telemetry::Telemetry;
+use crate::tls::server::ServerTls;
 use crate::upstream::{self, Client};
 
 /// Everything a reload keeps, handed to each snapshot as it is built.
@@ -25,6 +27,8 @@ pub struct Lasting {
     pub telemetry: Telemetry,
     pub stores: Stores,
     pub flags: Flags,
+    /// The inbound listener's TLS, with its file watcher (`spec.inbound.tls`).
+    pub server_tls: Kept<InboundTls, Arc<ServerTls>>,
 }
 
 impl Lasting {
@@ -34,6 +38,7 @@ impl Lasting {
             telemetry: Telemetry::new(metrics.clone(), dev),
             stores: Stores::default(),
             flags: Flags::new(metrics.clone()),
+            server_tls: Kept::default(),
             metrics,
         }
     }

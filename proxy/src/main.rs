@@ -31,6 +31,7 @@ mod snapshot;
 mod stack;
 mod steps;
 mod telemetry;
+mod tls;
 mod upstream;
 mod watch;
 

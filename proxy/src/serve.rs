@@ -20,6 +20,7 @@ use futures_util::task::AtomicWaker;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tower::Service;
 
@@ -28,6 +29,7 @@ use crate::ready::{ResponseFuture, ready_now, when_ready};
 use crate::shared::Shared;
 use crate::snapshot::{Role, Servers, Snapshot};
 use crate::stack::Stack;
+use crate::tls::server::{ServerTls, Session};
 use crate::{admin, body};
 
 /// Starts the task of one accepted connection, by what its listener serves. Each kind gets
@@ -48,14 +50,26 @@ pub fn connection(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared
         ));
     } else if let Some(role) = snap.listeners.get(&local).cloned() {
         let (server, deadlines) = (snap.server.clone(), snap.deadlines);
-        tokio::spawn(proxied(
-            stream,
-            peer,
-            role,
-            server,
-            deadlines,
-            shared.clone(),
-        ));
+        match (&role, &snap.inbound_tls) {
+            (Role::Inbound, Some(tls)) => {
+                let serving = Serving {
+                    role,
+                    server,
+                    deadlines,
+                    shared: shared.clone(),
+                };
+                tokio::spawn(secured(stream, peer, tls.clone(), serving));
+            }
+            _ => {
+                let serving = Serving {
+                    role,
+                    server,
+                    deadlines,
+                    shared: shared.clone(),
+                };
+                tokio::spawn(proxied(stream, peer, serving, None));
+            }
+        }
     }
     // Otherwise the listener was removed between accept and now: the socket is dropped.
 }
@@ -135,16 +149,46 @@ fn handle(
     }
 }
 
-/// Proxied connections (inbound or outbound): sniffed for HTTP/2, with attache's own
-/// deadlines and counters, each request through its role's stack.
-async fn proxied(
-    stream: TcpStream,
-    peer: SocketAddr,
+/// What a proxied connection is served with, from the snapshot it was accepted under.
+struct Serving {
     role: Role,
     server: Arc<Servers>,
     deadlines: Deadlines,
     shared: Arc<Shared>,
-) {
+}
+
+/// A connection to the inbound listener under `spec.inbound.tls`: the TLS handshake (within
+/// the header-read timeout), then served as any proxied connection, its requests knowing the
+/// session (the client's certificate under mutual TLS). A failed handshake is counted by
+/// reason and the socket closed; nothing reaches the app.
+async fn secured(stream: TcpStream, peer: SocketAddr, tls: Arc<ServerTls>, serving: Serving) {
+    let handshake = tokio::time::timeout(serving.deadlines.header_read, tls.accept(stream));
+    match handshake.await {
+        Ok(Ok((stream, session))) => proxied(stream, peer, serving, Some(Arc::new(session))).await,
+        Ok(Err(e)) => {
+            let reason = crate::tls::io_failure_reason(&e);
+            tls.metrics.handshake_failed(reason);
+            tracing::debug!(%peer, reason, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            tls.metrics.handshake_failed("timeout");
+            tracing::debug!(%peer, "TLS handshake not finished in time");
+        }
+    }
+}
+
+/// Proxied connections (inbound or outbound): sniffed for HTTP/2, with attache's own
+/// deadlines and counters, each request through its role's stack.
+async fn proxied<T>(stream: T, peer: SocketAddr, serving: Serving, tls: Option<Arc<Session>>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Serving {
+        role,
+        server,
+        deadlines,
+        shared,
+    } = serving;
     let _tracked = shared.tracker.track();
     let _counted = shared.proxy_metrics.connection_opened(role.direction());
 
@@ -166,7 +210,7 @@ async fn proxied(
         // nothing to serve.
         return;
     };
-    let info = ConnInfo::new(peer, state.clone(), shared.tracker.clone());
+    let info = ConnInfo::new(peer, state.clone(), shared.tracker.clone()).with_tls(tls);
     let svc_shared = shared.clone();
     // The stack of the snapshot the last request used, kept while no reload replaces it: a
     // request then calls it where it is, instead of finding its role's stack in the snapshot

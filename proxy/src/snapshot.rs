@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::conn::Deadlines;
 use crate::lasting::{Clients, Lasting};
 use crate::stack::{Stack, Steps};
+use crate::tls::server::ServerTls;
 use crate::upstream::Target;
 use crate::{inbound, outbound};
 
@@ -48,6 +49,8 @@ pub struct Snapshot {
     pub flags: Option<Arc<crate::flags::Running>>,
     /// The OFREP listener's address and request flow.
     pub ofrep: Option<(SocketAddr, Stack)>,
+    /// TLS termination on the inbound listener (`spec.inbound.tls`).
+    pub inbound_tls: Option<Arc<ServerTls>>,
 }
 
 /// hyper's server settings for client connections, one per protocol: a connection is served
@@ -77,6 +80,15 @@ impl Snapshot {
         {
             tracing::warn!("{warning}");
         }
+        let inbound_tls = match spec.inbound.as_ref().and_then(|i| i.tls.as_ref()) {
+            Some(tls) => Some(lasting.server_tls.get_or_make(tls.clone(), |tls, _| {
+                ServerTls::start(tls, lasting.metrics.family())
+            })?),
+            None => {
+                lasting.server_tls.clear();
+                None
+            }
+        };
         let legs = Legs {
             config: &config,
             lasting,
@@ -100,6 +112,7 @@ impl Snapshot {
             },
         );
         Ok(Snapshot {
+            inbound_tls,
             flags: running,
             ofrep,
             config: Arc::new(config),

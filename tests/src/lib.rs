@@ -8,6 +8,7 @@ pub mod app;
 pub mod client;
 pub mod metrics;
 pub mod otlp;
+pub mod pki;
 pub mod redis;
 
 use std::io::Read;

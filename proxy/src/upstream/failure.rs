@@ -214,40 +214,11 @@ impl Failure {
     }
 }
 
-/// Why a TLS handshake failed, as a metric label: `expired`, `not_yet_valid`, `name_mismatch`,
-/// `unknown_issuer`, `bad_certificate` (another certificate fault), `protocol` (no shared
-/// version, cipher or ALPN, an alert), or `other`.
+/// Why a TLS handshake with an endpoint failed, as a metric label (see
+/// [`crate::tls::failure_reason`]).
 pub fn tls_reason(e: &SendError) -> &'static str {
-    let SendError::Tls(io) = e else {
-        return "other";
-    };
-    let Some(rustls) = io
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    else {
-        return "other";
-    };
-    match rustls {
-        rustls::Error::InvalidCertificate(c) => match c {
-            rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. } => {
-                "expired"
-            }
-            rustls::CertificateError::NotValidYet
-            | rustls::CertificateError::NotValidYetContext { .. } => "not_yet_valid",
-            rustls::CertificateError::NotValidForName
-            | rustls::CertificateError::NotValidForNameContext { .. } => "name_mismatch",
-            rustls::CertificateError::UnknownIssuer => "unknown_issuer",
-            _ => "bad_certificate",
-        },
-        rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertRevocationList(_) => {
-            "bad_certificate"
-        }
-        rustls::Error::AlertReceived(_)
-        | rustls::Error::PeerIncompatible(_)
-        | rustls::Error::PeerMisbehaved(_)
-        | rustls::Error::NoApplicationProtocol
-        | rustls::Error::InappropriateMessage { .. }
-        | rustls::Error::InappropriateHandshakeMessage { .. } => "protocol",
+    match e {
+        SendError::Tls(io) => crate::tls::io_failure_reason(io),
         _ => "other",
     }
 }

@@ -8,8 +8,7 @@
 use std::sync::Arc;
 
 use attache_config::{Protocol, UpstreamTls};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 
 /// What the connector needs to open a TLS session to one endpoint.
 pub struct TlsOrigin {
@@ -28,26 +27,19 @@ impl TlsOrigin {
         protocol: Protocol,
     ) -> anyhow::Result<Self> {
         let roots = roots(config.and_then(|c| c.ca_file.as_deref()))?;
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
+        let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
         let mut client = match config.and_then(|c| {
             Some((
                 c.client_cert_file.as_deref()?,
                 c.client_key_file.as_deref()?,
             ))
         }) {
-            Some((cert, key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .map_err(|e| anyhow::anyhow!("tls.client_cert_file {cert}: {e}"))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| anyhow::anyhow!("tls.client_cert_file {cert}: {e}"))?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| anyhow::anyhow!("tls.client_key_file {key}: {e}"))?;
-                builder.with_client_auth_cert(chain, key)?
-            }
+            Some((cert, key)) => builder.with_client_auth_cert(
+                crate::tls::read_certs(cert, "tls.client_cert_file")?,
+                crate::tls::read_key(key, "tls.client_key_file")?,
+            )?,
             None => builder.with_no_client_auth(),
         };
         client.alpn_protocols = vec![match protocol {
@@ -78,31 +70,18 @@ impl TlsOrigin {
 
 /// The roots to verify against: the PEM file's certificates, or the system's.
 fn roots(ca_file: Option<&str>) -> anyhow::Result<rustls::RootCertStore> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| anyhow::anyhow!("tls.ca_file {path}: {e}"))?
-            {
-                let cert = cert.map_err(|e| anyhow::anyhow!("tls.ca_file {path}: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| anyhow::anyhow!("tls.ca_file {path}: {e}"))?;
-            }
-            anyhow::ensure!(!roots.is_empty(), "tls.ca_file {path}: no certificates");
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                // A system certificate rustls cannot read is skipped, as curl does.
-                let _ = roots.add(cert);
-            }
-            anyhow::ensure!(
-                !roots.is_empty(),
-                "no CA certificates for https:// endpoints (install ca-certificates, set \
-                 SSL_CERT_FILE, or give the upstream tls.ca_file)"
-            );
-        }
+    if let Some(path) = ca_file {
+        return crate::tls::read_roots(path, "tls.ca_file");
     }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot read is skipped, as curl does.
+        let _ = roots.add(cert);
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "no CA certificates for https:// endpoints (install ca-certificates, set \
+         SSL_CERT_FILE, or give the upstream tls.ca_file)"
+    );
     Ok(roots)
 }
