@@ -75,6 +75,49 @@ spec:
 CONF
 }
 
+# Envoy as a proxy to the upstream, one listener and one static cluster; with CERT and KEY it
+# terminates TLS (ALPN h2, http/1.1). envoy_conf FILE PORT ADMIN_PORT UPSTREAM_PORT [CERT KEY]
+envoy_conf() {
+  local tls=""
+  if [ -n "${5:-}" ]; then
+    tls="
+        - transport_socket:
+            name: envoy.transport_sockets.tls
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+              common_tls_context:
+                alpn_protocols: [\"h2\", \"http/1.1\"]
+                tls_certificates: [ { certificate_chain: { filename: \"$5\" }, private_key: { filename: \"$6\" } } ]
+          filters:"
+  else
+    tls="
+        - filters:"
+  fi
+  cat > "$1" <<CONF
+admin: { address: { socket_address: { address: 127.0.0.1, port_value: $3 } } }
+static_resources:
+  listeners:
+    - address: { socket_address: { address: 127.0.0.1, port_value: $2 } }
+      filter_chains:$tls
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: bench
+                route_config:
+                  virtual_hosts:
+                    - { name: all, domains: ["*"], routes: [ { match: { prefix: "/" }, route: { cluster: app } } ] }
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+  clusters:
+    - name: app
+      type: STATIC
+      load_assignment:
+        cluster_name: app
+        endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $4 } } } } ] } ]
+CONF
+}
+
 # Every scenario: results under bench/out, the file-descriptor limit raised, and the processes
 # it starts (appended to PIDS) stopped when it exits.
 OUT=bench/out

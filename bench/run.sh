@@ -87,30 +87,7 @@ CONF
 taskset -c "$PROXY_CPU" haproxy -f "$OUT/haproxy.cfg" -db 2>"$OUT/haproxy.log" & PIDS+=($!); HAP_PID=$!
 
 # --- Envoy ---
-cat > "$OUT/envoy.yaml" <<CONF
-admin: { address: { socket_address: { address: 127.0.0.1, port_value: $ENV_ADMIN } } }
-static_resources:
-  listeners:
-    - address: { socket_address: { address: 127.0.0.1, port_value: $ENV } }
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: bench
-                route_config:
-                  virtual_hosts:
-                    - { name: all, domains: ["*"], routes: [ { match: { prefix: "/" }, route: { cluster: app } } ] }
-                http_filters:
-                  - name: envoy.filters.http.router
-                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
-  clusters:
-    - name: app
-      type: STATIC
-      load_assignment:
-        cluster_name: app
-        endpoints: [ { lb_endpoints: [ { endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $UP } } } } ] } ]
-CONF
+envoy_conf "$OUT/envoy.yaml" "$ENV" "$ENV_ADMIN" "$UP"
 taskset -c "$PROXY_CPU" envoy -c "$OUT/envoy.yaml" --concurrency 1 -l error --disable-hot-restart 2>"$OUT/envoy.log" & PIDS+=($!); ENV_PID=$!
 
 for p in $UP $ATT $FLR $NGX $HAP $ENV; do wait_port "$p"; done

@@ -301,7 +301,7 @@ impl Default for Flags {
 }
 
 /// An address block, `10.0.0.0/8` or `fd00::/8`; a bare address is a block of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
     pub addr: IpAddr,
     pub prefix: u8,

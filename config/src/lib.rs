@@ -12,6 +12,7 @@
 
 mod error;
 mod flags;
+mod forward_proxy;
 mod idempotency;
 mod model;
 mod telemetry;
@@ -25,6 +26,7 @@ use serde_json::Value;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use flags::*;
+pub use forward_proxy::*;
 pub use idempotency::*;
 pub use model::*;
 pub use telemetry::*;

@@ -70,6 +70,9 @@ pub struct Spec {
     /// The ambassador role: listeners the app calls, each bound to one named upstream.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbound: Vec<Outbound>,
+    /// A forward proxy for apps that set `HTTP_PROXY`/`HTTPS_PROXY`; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_proxy: Option<crate::forward_proxy::ForwardProxy>,
     /// Named upstream services, referred to by `outbound[].upstream`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: BTreeMap<String, Upstream>,

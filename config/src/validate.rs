@@ -13,10 +13,18 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let spec = &config.spec;
 
-    if spec.inbound.is_none() && spec.outbound.is_empty() {
+    if spec.inbound.is_none() && spec.outbound.is_empty() && spec.forward_proxy.is_none() {
         errors.push(ConfigError::new(
             "spec",
-            "nothing to do: configure `inbound` (in front of the app) or `outbound` (for the app's calls)",
+            "nothing to do: configure `inbound` (in front of the app), `outbound` or `forward_proxy` (for the app's calls)",
+        ));
+    }
+    if let Some(fp) = &spec.forward_proxy
+        && fp.allow.is_empty()
+    {
+        errors.push(ConfigError::new(
+            "spec.forward_proxy.allow",
+            "lists no destination, so every request would be refused: name the hosts the app may reach (`*` for any)",
         ));
     }
     if config.metadata.name.trim().is_empty() {
@@ -68,6 +76,9 @@ fn listen_addresses(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
     claim(spec.admin.listen.0, "spec.admin.listen".to_owned(), errors);
     if let Some(inbound) = &spec.inbound {
         claim(inbound.listen.0, "spec.inbound.listen".to_owned(), errors);
+    }
+    if let Some(fp) = &spec.forward_proxy {
+        claim(fp.listen.0, "spec.forward_proxy.listen".to_owned(), errors);
     }
     if let Some(ofrep) = spec.flags.as_ref().and_then(|f| f.ofrep.as_ref()) {
         claim(ofrep.listen.0, "spec.flags.ofrep.listen".to_owned(), errors);

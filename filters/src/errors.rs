@@ -62,6 +62,9 @@ pub enum ProxyError {
     ClientAborted,
     #[error("{0}")]
     BadRequest(String),
+    /// A destination the forward proxy may not reach (its allowlist, a metadata address).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("upstream `{upstream}` could not be reached: {reason}")]
     UpstreamUnreachable { upstream: String, reason: String },
     #[error("upstream `{upstream}` did not respond within {after:?}")]
@@ -95,6 +98,7 @@ impl Problem for ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeaderReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::BadRequest(_) | Self::MalformedBody(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ClientAborted => CLIENT_CLOSED_REQUEST,
             Self::UnsupportedTransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             Self::UpstreamUnreachable { .. } | Self::UpstreamFailed { .. } => {
@@ -113,6 +117,7 @@ impl Problem for ProxyError {
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::HeaderReadTimeout(_) => "header-read-timeout",
             Self::BadRequest(_) => "bad-request",
+            Self::Forbidden(_) => "destination-not-allowed",
             Self::MalformedBody(_) => "malformed-request",
             Self::ClientAborted => "client-closed-request",
             Self::UnsupportedTransferCoding(_) => "transfer-coding-not-implemented",
@@ -133,6 +138,7 @@ impl Problem for ProxyError {
             Self::BodyTooLarge { .. } => "Request body too large",
             Self::HeaderReadTimeout(_) => "Request head not received in time",
             Self::BadRequest(_) => "Bad request",
+            Self::Forbidden(_) => "Destination not allowed",
             Self::MalformedBody(_) => "Malformed request",
             Self::ClientAborted => "Client closed the request",
             Self::UnsupportedTransferCoding(_) => "Transfer coding not implemented",

@@ -16,22 +16,18 @@
 //! Telemetry wraps the limits here so that 431/413 rejections show in the request metrics; the
 //! trace step runs inside them, so rejected requests start no trace.
 
-use std::sync::Arc;
-
 use attache_config::Inbound;
 use attache_filters::metrics::Direction;
 
 use crate::forward::Leg;
 use crate::stack::{LegSpec, Steps};
-use crate::upstream::Target;
 
 /// The inbound leg: to the app, `X-Forwarded-*` per `inbound.forwarded_headers` (kept from
 /// `trusted_proxies` only), the `Host` as the client sent it, idempotency enforced.
-pub fn leg(inbound: &Inbound, app: Arc<Target>, steps: Steps) -> LegSpec<'_> {
+pub fn leg(inbound: &Inbound, steps: Steps) -> LegSpec<'_> {
     LegSpec {
         direction: Direction::Inbound,
         trace: inbound.trace.as_ref(),
-        target: app,
         forward: Leg {
             direction: Direction::Inbound,
             forwarded: inbound.forwarded_headers,

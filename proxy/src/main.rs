@@ -11,6 +11,7 @@ mod conn;
 mod demo;
 mod flags;
 mod forward;
+mod forward_proxy;
 mod hop_by_hop;
 mod idempotency;
 mod inbound;

@@ -311,6 +311,8 @@ pub fn register_all(metrics: &Metrics) {
     metrics.family::<IdempotencyFamilies>();
     metrics.family::<ExportFamilies>();
     metrics.family::<FlagFamilies>();
+    metrics.family::<crate::tls::metrics::TlsFamilies>();
+    metrics.family::<crate::forward_proxy::metrics::ForwardProxyFamilies>();
 }
 
 #[cfg(test)]

@@ -12,25 +12,24 @@
 //!    endpoints with a failover when no connection could be made, the connection pool
 //!
 //! The upstream sees its own authority in `Host`: the app addressed `127.0.0.1:15001`, which
-//! means nothing to the upstream's virtual hosting.
+//! means nothing to the upstream's virtual hosting. Through the forward proxy the app named
+//! its destination itself, and that name stays in `Host`.
 
 use std::sync::Arc;
 
-use attache_config::{ForwardedHeaders, Outbound};
+use attache_config::{ForwardedHeaders, TraceOverride};
 use attache_filters::metrics::Direction;
 
 use crate::forward::Leg;
 use crate::stack::{LegSpec, Steps};
-use crate::upstream::Target;
 
 /// The outbound leg of one ambassador listener: to its upstream, no `X-Forwarded-*`, the
 /// upstream's own authority in `Host`, no idempotency step (the app's calls are not keyed by
 /// attache) and no restoration record (restoration applies here instead).
-pub fn leg(listener: &Outbound, upstream: Arc<Target>, steps: Steps) -> LegSpec<'_> {
+pub fn leg(trace: Option<&TraceOverride>, steps: Steps) -> LegSpec<'_> {
     LegSpec {
         direction: Direction::Outbound,
-        trace: listener.trace.as_ref(),
-        target: upstream,
+        trace,
         forward: Leg {
             direction: Direction::Outbound,
             forwarded: ForwardedHeaders::Off,
@@ -43,4 +42,12 @@ pub fn leg(listener: &Outbound, upstream: Arc<Target>, steps: Steps) -> LegSpec<
         idempotency: None,
         routed: steps.routed,
     }
+}
+
+/// The forward proxy's leg: an outbound one whose requests keep the `Host` the app's
+/// absolute-form target named (the destination's own), for each request's own destination.
+pub fn forward_proxy_leg(steps: Steps) -> LegSpec<'static> {
+    let mut leg = self::leg(None, steps);
+    leg.forward.rewrite_host = false;
+    leg
 }

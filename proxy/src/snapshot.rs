@@ -6,14 +6,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use attache_config::{Config, TraceOverride};
+use attache_config::{Config, Protocol, TraceOverride};
 use attache_filters::metrics::Direction;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::conn::Deadlines;
+use crate::forward_proxy::allow::Allow;
 use crate::lasting::{Clients, Lasting};
-use crate::stack::{Stack, Steps};
+use crate::stack::{Stack, Steps, Tail};
 use crate::tls::server::ServerTls;
 use crate::upstream::Target;
 use crate::{inbound, outbound};
@@ -25,13 +26,15 @@ pub enum Role {
     Inbound,
     /// An ambassador port for the named upstream, with its listener's trace overrides.
     Outbound(Arc<str>, Option<TraceOverride>),
+    /// The forward proxy (`spec.forward_proxy`).
+    ForwardProxy,
 }
 
 impl Role {
     pub fn direction(&self) -> Direction {
         match self {
             Role::Inbound => Direction::Inbound,
-            Role::Outbound(..) => Direction::Outbound,
+            Role::Outbound(..) | Role::ForwardProxy => Direction::Outbound,
         }
     }
 }
@@ -158,8 +161,9 @@ impl Legs<'_> {
                 inb.app_protocol,
             )?;
             listeners.insert(inb.listen.0, Role::Inbound);
-            let leg = inbound::leg(inb, Arc::new(app), self.steps(Direction::Inbound, "app")?);
-            let stack = crate::stack::build(config, leg, metrics, self.restoration.as_ref());
+            let leg = inbound::leg(inb, self.steps(Direction::Inbound, "app")?);
+            let to = Tail::Target(Arc::new(app));
+            let stack = crate::stack::build(config, leg, to, metrics, self.restoration.as_ref());
             stacks.insert(Role::Inbound, stack);
         }
         for out in &spec.outbound {
@@ -168,14 +172,32 @@ impl Legs<'_> {
             listeners.insert(out.listen.0, role.clone());
             if let std::collections::hash_map::Entry::Vacant(slot) = stacks.entry(role) {
                 let steps = self.steps(Direction::Outbound, &out.upstream)?;
-                let leg = outbound::leg(out, Arc::new(target), steps);
+                let leg = outbound::leg(out.trace.as_ref(), steps);
                 slot.insert(crate::stack::build(
                     config,
                     leg,
+                    Tail::Target(Arc::new(target)),
                     metrics,
                     self.restoration.as_ref(),
                 ));
             }
+        }
+        if let Some(fp) = &spec.forward_proxy {
+            let timeouts = spec.timeouts.with(fp.timeouts);
+            // The admin port, and the proxy itself (a request to it would loop).
+            let own = vec![spec.admin.listen.0, fp.listen.0];
+            let to = Tail::ForwardProxy {
+                allow: Allow::new(fp.allow.clone(), own),
+                client: clients.get(timeouts.connect.get(), spec.pool, Protocol::Http1),
+                timeouts,
+            };
+            // Flag routes name upstreams; the forward proxy's destinations are the app's own.
+            let mut steps = self.steps(Direction::Outbound, crate::forward_proxy::NAME)?;
+            steps.flags = None;
+            let leg = outbound::forward_proxy_leg(steps);
+            let stack = crate::stack::build(config, leg, to, metrics, self.restoration.as_ref());
+            listeners.insert(fp.listen.0, Role::ForwardProxy);
+            stacks.insert(Role::ForwardProxy, stack);
         }
         Ok((listeners, stacks))
     }

@@ -42,7 +42,6 @@ pub struct LegSpec<'a> {
     pub direction: Direction,
     /// A listener's own trace settings (outbound), over `spec.trace`.
     pub trace: Option<&'a TraceOverride>,
-    pub target: Arc<Target>,
     /// The forwarder's rewriting rules (`X-Forwarded-*`, `Host`).
     pub forward: Leg,
     pub observe: ObserveLayer,
@@ -50,6 +49,19 @@ pub struct LegSpec<'a> {
     pub idempotency: Option<IdempotencyLayer>,
     /// Upstreams flag routes may pick.
     pub routed: Arc<Routed>,
+}
+
+/// Where a leg's requests go.
+pub enum Tail {
+    /// The leg's own target (the app, an ambassador's upstream), or the upstream a flag route
+    /// picks.
+    Target(Arc<Target>),
+    /// Each request's own destination, within the forward proxy's allowlist.
+    ForwardProxy {
+        allow: crate::forward_proxy::allow::Allow,
+        client: crate::upstream::Client,
+        timeouts: attache_config::Timeouts,
+    },
 }
 
 /// The top of a leg's outbound tail: the route to the leg's own target or to a flag route's
@@ -65,16 +77,56 @@ fn tail(target: Arc<Target>, routed: &Routed, metrics: &Metrics, leg: &Leg) -> R
 /// The stack of one leg, in the one order both legs share:
 ///
 /// observe → limits → hop-by-hop on arrival → trace context → flags → idempotency (inbound)
-/// → restoration record (inbound) → route → forward → balance → endpoint.
+/// → restoration record (inbound) → route → forward → balance → endpoint; on the forward
+/// proxy, its own tail (`forward_proxy/`) in place of the route.
 pub fn build(
+    config: &Config,
+    spec: LegSpec<'_>,
+    to: Tail,
+    metrics: &Arc<Metrics>,
+    restoration: Option<&Restoration>,
+) -> Stack {
+    let mut forward_leg = spec.forward.clone();
+    forward_leg.hand_up = spec.observe.records_exchanges();
+    match to {
+        Tail::Target(target) => {
+            let tail = tail(target, &spec.routed, metrics, &forward_leg);
+            assemble(config, spec, metrics, restoration, tail)
+        }
+        Tail::ForwardProxy {
+            allow,
+            client,
+            timeouts,
+        } => {
+            let tail = crate::forward_proxy::ForwardProxy::new(
+                allow,
+                forward_leg,
+                metrics,
+                client,
+                timeouts,
+            );
+            assemble(config, spec, metrics, restoration, tail)
+        }
+    }
+}
+
+/// The steps of `spec` over `tail`.
+fn assemble<T>(
     config: &Config,
     spec: LegSpec<'_>,
     metrics: &Arc<Metrics>,
     restoration: Option<&Restoration>,
-) -> Stack {
+    tail: T,
+) -> Stack
+where
+    T: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    T::Future: Send + 'static,
+{
     let hand_up = spec.observe.records_exchanges();
-    let mut forward_leg = spec.forward;
-    forward_leg.hand_up = hand_up;
     let inbound = spec.direction == Direction::Inbound;
     let svc = ServiceBuilder::new()
         .map_response(|res: http::Response<_>| res.map(attache_filters::boxed))
@@ -92,6 +144,6 @@ pub fn build(
         .option_layer(spec.idempotency)
         // Restoration records what the app receives: after the flags step, never before.
         .option_layer(inbound.then_some(RecordLayer))
-        .service(tail(spec.target, &spec.routed, metrics, &forward_leg));
+        .service(tail);
     BoxCloneSyncService::new(svc)
 }

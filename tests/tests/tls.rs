@@ -6,88 +6,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use attache_tests::client::exchange;
+use attache_tests::pki::{Ca, Leaf};
 use attache_tests::{Attache, Ports, TempDir};
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
 use tokio_rustls::rustls;
 
 /// A CA, and a leaf for 127.0.0.1 and localhost signed by it.
 struct Pki {
     ca_pem: String,
-    leaf_pem: String,
-    leaf_key_pem: String,
-    leaf: rustls::pki_types::CertificateDer<'static>,
-    leaf_key: rustls::pki_types::PrivateKeyDer<'static>,
+    leaf: Leaf,
 }
 
 fn pki(name: &str) -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
+    let ca = Ca::new(name);
+    let leaf = ca.issue("server", &["127.0.0.1", "localhost"], None);
     Pki {
-        ca_pem: ca.pem(),
-        leaf_pem: leaf.pem(),
-        leaf_key_pem: leaf_key.serialize_pem(),
-        leaf: leaf.der().clone(),
-        leaf_key: rustls::pki_types::PrivateKeyDer::Pkcs8(
-            rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
-        ),
+        ca_pem: ca.pem,
+        leaf,
     }
 }
 
-/// An HTTPS upstream on a free port that answers `tls ok <ALPN protocol>`.
 async fn https_upstream(pki: &Pki) -> SocketAddr {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![pki.leaf.clone()], pki.leaf_key.clone_key())
-    .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let alpn = tls
-                    .get_ref()
-                    .1
-                    .alpn_protocol()
-                    .map(|p| String::from_utf8_lossy(p).into_owned())
-                    .unwrap_or_default();
-                let svc =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let alpn = alpn.clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from(format!("tls ok {alpn}")),
-                            )))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    attache_tests::pki::https_server(&pki.leaf).await
 }
 
 /// An attache with an outbound port to `url`, with `tls` (flow YAML) for the upstream.
@@ -198,7 +137,7 @@ async fn spans_reach_an_https_collector_over_http_and_grpc() {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![pki.leaf.clone()], pki.leaf_key.clone_key())
+        .with_single_cert(vec![pki.leaf.der.clone()], pki.leaf.key.clone_key())
         .unwrap();
         config.alpn_protocols = match protocol {
             Protocol::Grpc => vec![b"h2".to_vec()],
@@ -242,8 +181,8 @@ async fn the_idempotency_store_speaks_tls_to_redis() {
     let pki = pki("redis CA");
     let dir = TempDir::new();
     let ca = dir.write("ca.pem", &pki.ca_pem);
-    let cert = dir.write("redis.pem", &pki.leaf_pem);
-    let key = dir.write("redis.key", &pki.leaf_key_pem);
+    let cert = dir.write("redis.pem", &pki.leaf.pem);
+    let key = dir.write("redis.key", &pki.leaf.key_pem);
     let tls_port = attache_tests::free_port();
     // Plain on one port (for redis-cli), TLS on another; clients present no certificate.
     let (tls_port_s, cert_s, key_s, ca_s) = (
