@@ -245,6 +245,12 @@ pub struct Outbound {
 pub struct Upstream {
     /// The endpoints requests are spread over, e.g. `["http://payments:8080"]`.
     pub endpoints: Vec<UpstreamUrl>,
+    /// Resolve endpoint names every this often, and balance over every address they resolve
+    /// to (all A and AAAA records: a headless Kubernetes Service's pods, say); a failed
+    /// lookup keeps the addresses of the last good one. Unset: a name is one endpoint,
+    /// resolved whenever a connection to it is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh: Option<Duration>,
     /// How requests are spread over the endpoints.
     #[serde(default)]
     pub balance: Balance,

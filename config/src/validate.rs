@@ -126,6 +126,15 @@ fn upstreams(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
             ));
         }
         shard(name, up, errors);
+        if up
+            .dns_refresh
+            .is_some_and(|d| d.0 < std::time::Duration::from_secs(1))
+        {
+            errors.push(ConfigError::new(
+                format!("spec.upstreams.{name}.dns_refresh"),
+                "must be at least 1s",
+            ));
+        }
         if let Some(tls) = &up.tls {
             if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
                 errors.push(ConfigError::new(

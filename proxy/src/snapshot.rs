@@ -273,7 +273,11 @@ fn upstream(spec: &attache_config::Spec, clients: &Clients, name: &str) -> anyho
         (attache_config::Balance::P2cEwma, _) => target = target.with_p2c(),
         _ => {}
     }
-    let target = target.with_ejection(&up.ejection, clients.metrics());
+    let mut target = target.with_ejection(&up.ejection, clients.metrics());
+    if let Some(every) = up.dns_refresh {
+        let client = clients.get(timeouts.connect.get(), spec.pool, up.protocol);
+        target = target.with_dns_refresh(every.get(), up, client, clients.metrics());
+    }
     Ok(match &up.retry {
         Some(retry) => target.with_retry(retry, clients.metrics()),
         None => target,

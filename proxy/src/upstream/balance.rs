@@ -8,6 +8,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
 use std::task::{Context, Poll, ready};
 
 use attache_filters::Body;
@@ -63,40 +65,19 @@ impl Balancer for RoundRobin {
     }
 }
 
-/// A target's endpoints and the policy that picks among them, as a tower service. Cheap to
-/// clone.
-#[derive(Clone)]
-pub struct Balance {
-    endpoints: Arc<[Endpoint]>,
-    balancer: Arc<dyn Balancer>,
+/// One set of a target's endpoints, with the policy state made for it: the balancer's and
+/// passive health's, both by endpoint index.
+pub struct Set {
+    pub endpoints: Arc<[Endpoint]>,
+    pub balancer: Arc<dyn Balancer>,
     /// Which endpoints are ejected for failing (passive health).
-    health: Arc<Health>,
+    pub health: Arc<Health>,
 }
 
-impl Balance {
-    pub fn new(endpoints: Vec<Endpoint>, balancer: Arc<dyn Balancer>, health: Health) -> Self {
-        Self {
-            endpoints: endpoints.into(),
-            balancer,
-            health: Arc::new(health),
-        }
-    }
-
-    /// The endpoints' `host:port`, in order.
+impl Set {
+    /// The endpoints' addresses (`host:port`, or the resolved address), in order.
     pub fn addresses(&self) -> Vec<String> {
         self.endpoints.iter().map(Endpoint::address).collect()
-    }
-
-    /// The same endpoints under another policy.
-    pub fn with_balancer(mut self, balancer: Arc<dyn Balancer>) -> Self {
-        self.balancer = balancer;
-        self
-    }
-
-    /// The same endpoints with another health policy.
-    pub fn with_health(mut self, health: Health) -> Self {
-        self.health = Arc::new(health);
-        self
     }
 
     /// The balancer's pick, or the next endpoint not ejected.
@@ -105,22 +86,83 @@ impl Balance {
         self.health
             .choose(picked, |i| self.balancer.next_after(i, len))
     }
+}
+
+/// A target's endpoints and the policy that picks among them, as a tower service. Cheap to
+/// clone. The set can be replaced while requests run (DNS re-resolution, `resolve.rs`): each
+/// request takes the set current when it starts, and keeps it through its failover.
+#[derive(Clone)]
+pub struct Balance {
+    current: Arc<ArcSwap<Set>>,
+}
+
+impl Balance {
+    pub fn new(endpoints: Vec<Endpoint>, balancer: Arc<dyn Balancer>, health: Health) -> Self {
+        Self::of(Set {
+            endpoints: endpoints.into(),
+            balancer,
+            health: Arc::new(health),
+        })
+    }
+
+    /// The endpoints' addresses, in order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.current.load().addresses()
+    }
+
+    /// The current set.
+    pub fn set(&self) -> Arc<Set> {
+        self.current.load_full()
+    }
+
+    /// Who replaces the set (the resolver), without keeping it alive: requests from then on
+    /// go to the new set's endpoints.
+    pub fn downgrade(&self) -> std::sync::Weak<ArcSwap<Set>> {
+        Arc::downgrade(&self.current)
+    }
+
+    /// The same endpoints under another policy (while the target is built).
+    pub fn with_balancer(self, balancer: Arc<dyn Balancer>) -> Self {
+        let set = self.set();
+        Self::of(Set {
+            endpoints: set.endpoints.clone(),
+            balancer,
+            health: set.health.clone(),
+        })
+    }
+
+    /// The same endpoints with another health policy (while the target is built).
+    pub fn with_health(self, health: Health) -> Self {
+        let set = self.set();
+        Self::of(Set {
+            endpoints: set.endpoints.clone(),
+            balancer: set.balancer.clone(),
+            health: Arc::new(health),
+        })
+    }
+
+    fn of(set: Set) -> Self {
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(set)),
+        }
+    }
 
     /// Sends `out` to the endpoint the balancer picks; when no connection to it could be
     /// made, to the next one, once, whatever the method (nothing of the request was sent).
     pub fn send(&self, out: Outgoing) -> Failover {
-        let Some(picked) = self.balancer.pick(&out.request, self.endpoints.len()) else {
-            return self.refused(out);
+        let set = self.current.load_full();
+        let Some(picked) = set.balancer.pick(&out.request, set.endpoints.len()) else {
+            return refused(set, out);
         };
-        let at = self.choose(picked);
+        let at = set.choose(picked);
         let deadline = (out.started, out.deadline);
-        let measured = self.balancer.measures().then(|| {
-            self.balancer.started(at);
+        let measured = set.balancer.measures().then(|| {
+            set.balancer.started(at);
             tokio::time::Instant::now()
         });
         Failover {
-            sending: self.endpoints[at].send(out),
-            balance: self.clone(),
+            sending: set.endpoints[at].send(out),
+            set,
             at,
             deadline,
             failed_over: None,
@@ -130,25 +172,23 @@ impl Balance {
     }
 }
 
-impl Balance {
-    /// A request the balancer refused (no shard key): it goes nowhere.
-    fn refused(&self, out: Outgoing) -> Failover {
-        let upstream = self.endpoints[0].info();
-        Failover {
-            sending: Box::pin(std::future::ready(Err(Unanswered {
-                error: super::failure::SendError::NoShardKey,
-                unsent: Some(Box::new(out.request)),
-                upstream,
-                failed_over: None,
-            }))),
-            balance: self.clone(),
-            at: 0,
-            deadline: (out.started, out.deadline),
-            // Nothing to fail over to: the refusal is the policy's, not an endpoint's.
-            failed_over: Some(Failure::NoShardKey),
-            refused: true,
-            measured: None,
-        }
+/// A request the balancer refused (no shard key): it goes nowhere.
+fn refused(set: Arc<Set>, out: Outgoing) -> Failover {
+    let upstream = set.endpoints[0].info();
+    Failover {
+        sending: Box::pin(std::future::ready(Err(Unanswered {
+            error: super::failure::SendError::NoShardKey,
+            unsent: Some(Box::new(out.request)),
+            upstream,
+            failed_over: None,
+        }))),
+        set,
+        at: 0,
+        deadline: (out.started, out.deadline),
+        // Nothing to fail over to: the refusal is the policy's, not an endpoint's.
+        failed_over: Some(Failure::NoShardKey),
+        refused: true,
+        measured: None,
     }
 }
 
@@ -170,7 +210,8 @@ impl tower::Service<Outgoing> for Balance {
 /// the next. Written out rather than an `async` block so that it needs no allocation of its own.
 pub struct Failover {
     sending: Sending,
-    balance: Balance,
+    /// The set the request started with.
+    set: Arc<Set>,
     at: usize,
     /// The exchange's start and deadline, which a failover keeps.
     deadline: (tokio::time::Instant, tokio::time::Instant),
@@ -192,14 +233,14 @@ impl Future for Failover {
             if this.refused {
                 return Poll::Ready(result);
             }
-            let len = this.balance.endpoints.len();
+            let len = this.set.endpoints.len();
             let failed = match &result {
                 Ok(exchange) => exchange.response.status().is_server_error(),
                 Err(unanswered) => Failure::of(&unanswered.error).is_upstream(),
             };
-            this.balance.health.record(this.at, failed);
+            this.set.health.record(this.at, failed);
             if let Some(began) = this.measured.take() {
-                this.balance.balancer.finished(this.at, began.elapsed());
+                this.set.balancer.finished(this.at, began.elapsed());
             }
             match result {
                 Ok(mut exchange) => {
@@ -221,15 +262,15 @@ impl Future for Failover {
                             this.failed_over = Some(Failure::of(&unanswered.error));
                             // The next endpoint that is not ejected, unless that is the one
                             // that just failed.
-                            let next = this.balance.balancer.next_after(this.at, len);
-                            let chosen = this.balance.choose(next);
+                            let next = this.set.balancer.next_after(this.at, len);
+                            let chosen = this.set.choose(next);
                             this.at = if chosen == this.at { next } else { chosen };
-                            if this.balance.balancer.measures() {
-                                this.balance.balancer.started(this.at);
+                            if this.set.balancer.measures() {
+                                this.set.balancer.started(this.at);
                                 this.measured = Some(tokio::time::Instant::now());
                             }
                             let (started, deadline) = this.deadline;
-                            this.sending = this.balance.endpoints[this.at].send(Outgoing {
+                            this.sending = this.set.endpoints[this.at].send(Outgoing {
                                 request: *req,
                                 started,
                                 deadline,
@@ -255,7 +296,7 @@ impl Future for Failover {
 impl Drop for Failover {
     fn drop(&mut self) {
         if let Some(began) = self.measured.take() {
-            self.balance.balancer.finished(self.at, began.elapsed());
+            self.set.balancer.finished(self.at, began.elapsed());
         }
     }
 }

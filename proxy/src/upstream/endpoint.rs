@@ -48,6 +48,9 @@ struct Inner {
     info: UpstreamInfo,
     /// Its request counts and latency, for an endpoint of a named upstream.
     meters: Option<EndpointMeters>,
+    /// What it is known by in metrics and to balancers: `host:port`, or the address a name
+    /// resolved to.
+    address: String,
 }
 
 /// What `Inner::address` added to a request.
@@ -62,6 +65,21 @@ impl Endpoint {
     pub fn new(
         name: &Arc<str>,
         url: &UpstreamUrl,
+        client: &Client,
+        protocol: Protocol,
+        metered: Option<&ProxyFamilies>,
+        tls: Option<&attache_config::UpstreamTls>,
+    ) -> anyhow::Result<Self> {
+        Self::at(name, url, None, client, protocol, metered, tls)
+    }
+
+    /// The endpoint at `url`, connected to at `addr` (one of the addresses its name resolved
+    /// to) when given: requests still name `url`'s host (`Host`, the HTTP/2 authority, TLS
+    /// server name), metrics and balancers know it by the address.
+    pub fn at(
+        name: &Arc<str>,
+        url: &UpstreamUrl,
+        addr: Option<std::net::SocketAddr>,
         client: &Client,
         protocol: Protocol,
         metered: Option<&ProxyFamilies>,
@@ -96,13 +114,21 @@ impl Endpoint {
             resend_count: 0,
             error: None,
         };
-        let meters = metered.map(|f| EndpointMeters::new(f, name, authority.as_str()));
+        let address = match addr {
+            Some(a) => a.to_string(),
+            None => format!("{}:{}", url.host, url.port),
+        };
+        let connect_to = match addr {
+            Some(a) => a.to_string(),
+            None => authority.as_str().to_owned(),
+        };
+        let meters = metered.map(|f| EndpointMeters::new(f, name, &connect_to));
         let pool = match https {
             true => {
                 let origin = super::tls::TlsOrigin::new(tls, &url.host, protocol)?;
-                client.endpoint_with(authority.as_str(), Some(Arc::new(origin)))
+                client.endpoint_with(&connect_to, Some(Arc::new(origin)))
             }
-            false => client.endpoint(authority.as_str()),
+            false => client.endpoint(&connect_to),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -114,6 +140,7 @@ impl Endpoint {
                 http2,
                 info,
                 meters,
+                address,
             }),
         })
     }
@@ -125,7 +152,7 @@ impl Endpoint {
 
     /// `host:port`, as metrics name it.
     pub fn address(&self) -> String {
-        format!("{}:{}", self.inner.info.host, self.inner.info.port)
+        self.inner.address.clone()
     }
 
     /// Sends `out` to this endpoint.

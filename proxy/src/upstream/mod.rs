@@ -33,6 +33,7 @@ pub mod failure;
 pub mod health;
 pub mod p2c;
 pub mod pool;
+pub mod resolve;
 pub mod retry;
 pub mod shard;
 pub mod tls;
@@ -167,6 +168,62 @@ impl Target {
             metrics.family(),
         );
         self.balance = self.balance.with_health(health);
+        self
+    }
+
+    /// Re-resolves endpoint names every `every`, balancing over all their addresses
+    /// (`spec.upstreams.<name>.dns_refresh`); a changed set gets its balancer and health made
+    /// by `config`'s policy.
+    pub fn with_dns_refresh(
+        self,
+        every: std::time::Duration,
+        config: &attache_config::Upstream,
+        client: Client,
+        metrics: &Metrics,
+    ) -> Self {
+        let families: Arc<crate::metrics::ProxyFamilies> = metrics.family();
+        let (name, protocol, tls) = (self.name.clone(), config.protocol, config.tls.clone());
+        let endpoint_families = families.clone();
+        let endpoint_name = name.clone();
+        let make_endpoint: resolve::MakeEndpoint = Box::new(move |url, addr| {
+            endpoint::Endpoint::at(
+                &endpoint_name,
+                url,
+                addr,
+                &client,
+                protocol,
+                Some(&endpoint_families),
+                tls.as_ref(),
+            )
+        });
+        let (balance, shard, ejection) = (config.balance, config.shard.clone(), config.ejection);
+        let policy_name = name.clone();
+        let make_policy: resolve::MakePolicy = Box::new(move |addresses| {
+            let balancer: Arc<dyn balance::Balancer> = match (balance, &shard) {
+                (attache_config::Balance::Shard, Some(s)) => {
+                    Arc::new(shard::Shard::new(s, addresses)?)
+                }
+                (attache_config::Balance::P2cEwma, _) => {
+                    Arc::new(p2c::P2cEwma::new(addresses.len()))
+                }
+                _ => Arc::new(RoundRobin::default()),
+            };
+            let health = health::Health::of(
+                &ejection,
+                policy_name.clone(),
+                addresses.to_vec(),
+                families.clone(),
+            );
+            Ok((balancer, health))
+        });
+        resolve::start(
+            &self.balance,
+            config.endpoints.clone(),
+            every,
+            make_endpoint,
+            make_policy,
+            name,
+        );
         self
     }
 
