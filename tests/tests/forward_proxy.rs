@@ -17,8 +17,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 
 /// An attache whose only listener is a forward proxy on `ports.outbound` allowing `allow`
-/// (flow YAML), with spans off and the access log on.
+/// (flow YAML).
 fn forward_proxy(allow: &str) -> (Attache, SocketAddr) {
+    forward_proxy_with(allow, "")
+}
+
+/// [`forward_proxy`] with `extra` under `spec:`.
+fn forward_proxy_with(allow: &str, extra: &str) -> (Attache, SocketAddr) {
     let ports = Ports::new();
     let config = format!(
         "apiVersion: attache.dev/v1
@@ -27,7 +32,7 @@ spec:
   forward_proxy: {{ listen: '127.0.0.1:{fp}', allow: {allow} }}
   admin: {{ listen: 127.0.0.1:{admin} }}
   timeouts: {{ connect: 1s }}
-",
+{extra}",
         fp = ports.outbound,
         admin = ports.admin
     );
@@ -114,6 +119,52 @@ async fn connect_tunnels_pass_bytes_and_https_untouched() {
     let s = tunnel(fp, https.port()).await;
     assert_eq!(tls_get(s, &ca.pem).await, "tls ok http/1.1");
     a.assert_metrics(&["attache_forward_proxy_tunnels_total 2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_calls_and_tunnels_get_client_spans() {
+    use attache_tests::otlp::{Collector, Protocol, SpanKind};
+    let collector = Collector::start(Protocol::Http).await;
+    let app = App::start("dest").await;
+    let port = app.addr.port();
+    let (_a, fp) = forward_proxy_with(
+        &format!("['127.0.0.1:{port}']"),
+        &format!(
+            "  telemetry:
+    otlp: {{ endpoint: '{}', protocol: http/protobuf }}
+    batch: {{ scheduled_delay: 100ms }}
+",
+            collector.endpoint()
+        ),
+    );
+    let request = format!(
+        "GET http://127.0.0.1:{port}/spanned HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n"
+    );
+    let got = raw(fp, request.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status(&got), 200, "{got}");
+    drop(tunnel(fp, port).await);
+    let spans = collector.wait_spans(2, 10).await;
+    let method = |m: &str| {
+        spans
+            .iter()
+            .find(|s| s.attr("http.request.method").as_deref() == Some(m))
+            .unwrap_or_else(|| panic!("no {m} span"))
+    };
+    let get = method("GET");
+    assert_eq!(get.kind(), SpanKind::Client);
+    assert_eq!(get.attr("server.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        get.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    let connect = method("CONNECT");
+    assert_eq!(connect.kind(), SpanKind::Client);
+    assert_eq!(
+        connect.attr("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(connect.attr("server.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(connect.attr("server.port"), Some(port.to_string()));
 }
 
 /// A CONNECT tunnel through `fp` to `127.0.0.1:port`, past its `200`.

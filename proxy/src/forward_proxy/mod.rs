@@ -28,6 +28,7 @@ use std::task::{Context, Poll};
 use attache_config::{Protocol, Timeouts, UpstreamUrl};
 use attache_filters::Body;
 use attache_filters::errors::{ProxyError, problem_response};
+use attache_filters::facts::UpstreamInfo;
 use attache_filters::metrics::Metrics;
 use attache_filters::metrics::ReasonLabels;
 use http::{Method, Request, Response, StatusCode};
@@ -259,6 +260,18 @@ impl Inner {
         });
         let mut res = Response::new(attache_filters::empty());
         *res.status_mut() = StatusCode::OK;
+        if self.leg.hand_up {
+            // The CLIENT span names the tunnel's destination (the span covers opening it).
+            res.extensions_mut().insert(UpstreamInfo {
+                name: Arc::from(NAME),
+                url_base: Arc::from(format!("tcp://{host}:{}", addr.port())),
+                host: Arc::from(host),
+                port: addr.port(),
+                version: http::Version::HTTP_11,
+                resend_count: 0,
+                error: None,
+            });
+        }
         res
     }
 }
