@@ -223,17 +223,18 @@ impl Forward {
             None => headers.remove(header::HOST),
         };
         if self.leg.direction == Direction::Inbound {
-            client_cert(headers, conn);
-        }
-        if self.leg.direction == Direction::Inbound
-            && let Some(conn) = conn
-        {
-            let trusted = self
-                .leg
-                .trusted_proxies
-                .iter()
-                .any(|c| c.contains(conn.peer.ip()));
-            set_forwarded(headers, self.leg.forwarded, conn, original_host, trusted);
+            let seen = match conn {
+                Some(conn) => {
+                    let trusted = self
+                        .leg
+                        .trusted_proxies
+                        .iter()
+                        .any(|c| c.contains(conn.peer.ip()));
+                    set_forwarded(headers, self.leg.forwarded, conn, original_host, trusted)
+                }
+                None => None,
+            };
+            client_cert(headers, conn, seen);
         }
     }
 
@@ -326,7 +327,9 @@ fn body_needs_chunked(req: &Request<Body>) -> bool {
 /// `X-Forwarded-Client-Cert` is attache's to write on the inbound leg: whatever a client sent is
 /// removed, and the verified client certificate's identity (mutual TLS) takes its place. The
 /// app can so believe it whoever connects, as it believes Envoy's.
-fn client_cert(headers: &mut HeaderMap, conn: Option<&ConnInfo>) {
+/// `seen`: whether the client sent one, when `set_forwarded` already looked (it reads every
+/// header name once anyway; a removal by name hashes it).
+fn client_cert(headers: &mut HeaderMap, conn: Option<&ConnInfo>, seen: Option<bool>) {
     const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
     let ours = conn
         .and_then(|c| c.tls.as_ref())
@@ -336,28 +339,30 @@ fn client_cert(headers: &mut HeaderMap, conn: Option<&ConnInfo>) {
         Some(v) => {
             headers.insert(XFCC, v);
         }
-        None => {
+        None if seen != Some(false) => {
             headers.remove(XFCC);
         }
+        None => {}
     }
 }
 
 /// `trusted`: the peer is one of `trusted_proxies`, whose `X-Forwarded-Proto`/`-Host` stand
 /// under `append`; anyone else's are replaced by what attache saw (`X-Forwarded-For` is a
-/// chain either way, and the app reads it from the right).
+/// chain either way, and the app reads it from the right). Under `append`, says whether the
+/// client sent an `X-Forwarded-Client-Cert` (it looks at every name then).
 fn set_forwarded(
     headers: &mut HeaderMap,
     mode: ForwardedHeaders,
     conn: &ConnInfo,
     host: Option<HeaderValue>,
     trusted: bool,
-) {
+) -> Option<bool> {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
     let proto = HeaderValue::from_static(if conn.tls.is_some() { "https" } else { "http" });
     match mode {
-        ForwardedHeaders::Off => {}
+        ForwardedHeaders::Off => None,
         ForwardedHeaders::Replace => {
             headers.insert(XFF, conn.peer_ip.clone());
             headers.insert(XFP, proto);
@@ -369,16 +374,19 @@ fn set_forwarded(
                     headers.remove(XFH);
                 }
             }
+            None
         }
         ForwardedHeaders::Append => {
             // One pass of name comparisons finds which are present (most requests carry
             // none); each lookup by name would hash it.
             let (mut has_xff, mut has_xfp, mut has_xfh) = (false, false, false);
+            let mut has_xfcc = false;
             for name in headers.keys() {
                 match name.as_str() {
                     "x-forwarded-for" => has_xff = true,
                     "x-forwarded-proto" => has_xfp = true,
                     "x-forwarded-host" => has_xfh = true,
+                    "x-forwarded-client-cert" => has_xfcc = true,
                     _ => {}
                 }
             }
@@ -411,6 +419,7 @@ fn set_forwarded(
                     }
                 }
             }
+            Some(has_xfcc)
         }
     }
 }

@@ -89,11 +89,18 @@ impl Set {
 }
 
 /// A target's endpoints and the policy that picks among them, as a tower service. Cheap to
-/// clone. The set can be replaced while requests run (DNS re-resolution, `resolve.rs`): each
-/// request takes the set current when it starts, and keeps it through its failover.
+/// clone. The set can be made replaceable while requests run (DNS re-resolution,
+/// `resolve.rs`): each request then takes the set current when it starts, and keeps it
+/// through its failover. A set nothing replaces is read without the swap.
 #[derive(Clone)]
 pub struct Balance {
-    current: Arc<ArcSwap<Set>>,
+    current: Current,
+}
+
+#[derive(Clone)]
+enum Current {
+    Fixed(Arc<Set>),
+    Swapped(Arc<ArcSwap<Set>>),
 }
 
 impl Balance {
@@ -105,20 +112,39 @@ impl Balance {
         })
     }
 
+    fn of(set: Set) -> Self {
+        Self {
+            current: Current::Fixed(Arc::new(set)),
+        }
+    }
+
     /// The endpoints' addresses, in order.
     pub fn addresses(&self) -> Vec<String> {
-        self.current.load().addresses()
+        self.set().addresses()
     }
 
     /// The current set.
     pub fn set(&self) -> Arc<Set> {
-        self.current.load_full()
+        match &self.current {
+            Current::Fixed(set) => set.clone(),
+            Current::Swapped(swap) => swap.load_full(),
+        }
     }
 
-    /// Who replaces the set (the resolver), without keeping it alive: requests from then on
-    /// go to the new set's endpoints.
-    pub fn downgrade(&self) -> std::sync::Weak<ArcSwap<Set>> {
-        Arc::downgrade(&self.current)
+    /// The same balance, its set replaceable through the returned handle (held weakly by
+    /// the resolver, so it ends with the balance): requests from then on go to the new set.
+    pub fn swappable(self) -> (Self, std::sync::Weak<ArcSwap<Set>>) {
+        let swap = match self.current {
+            Current::Swapped(swap) => swap,
+            Current::Fixed(set) => Arc::new(ArcSwap::new(set)),
+        };
+        let weak = Arc::downgrade(&swap);
+        (
+            Self {
+                current: Current::Swapped(swap),
+            },
+            weak,
+        )
     }
 
     /// The same endpoints under another policy (while the target is built).
@@ -141,16 +167,10 @@ impl Balance {
         })
     }
 
-    fn of(set: Set) -> Self {
-        Self {
-            current: Arc::new(ArcSwap::from_pointee(set)),
-        }
-    }
-
     /// Sends `out` to the endpoint the balancer picks; when no connection to it could be
     /// made, to the next one, once, whatever the method (nothing of the request was sent).
     pub fn send(&self, out: Outgoing) -> Failover {
-        let set = self.current.load_full();
+        let set = self.set();
         let Some(picked) = set.balancer.pick(&out.request, set.endpoints.len()) else {
             return refused(set, out);
         };

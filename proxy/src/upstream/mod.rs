@@ -175,7 +175,7 @@ impl Target {
     /// (`spec.upstreams.<name>.dns_refresh`); a changed set gets its balancer and health made
     /// by `config`'s policy.
     pub fn with_dns_refresh(
-        self,
+        mut self,
         every: std::time::Duration,
         config: &attache_config::Upstream,
         client: Client,
@@ -216,8 +216,8 @@ impl Target {
             );
             Ok((balancer, health))
         });
-        resolve::start(
-            &self.balance,
+        self.balance = resolve::start(
+            self.balance,
             config.endpoints.clone(),
             every,
             make_endpoint,

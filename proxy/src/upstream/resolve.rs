@@ -28,15 +28,15 @@ pub type MakePolicy =
     Box<dyn Fn(&[String]) -> anyhow::Result<(Arc<dyn Balancer>, Health)> + Send + Sync>;
 
 /// Starts re-resolving `urls` every `every` for `balance`, whose current set was made from
-/// them one endpoint per URL.
+/// them one endpoint per URL; the balance to use from then on.
 pub fn start(
-    balance: &Balance,
+    balance: Balance,
     urls: Vec<UpstreamUrl>,
     every: Duration,
     make_endpoint: MakeEndpoint,
     make_policy: MakePolicy,
     upstream: Arc<str>,
-) {
+) -> Balance {
     let set = balance.set();
     let mut current: Vec<Key> = Vec::with_capacity(urls.len());
     let mut endpoints = HashMap::new();
@@ -53,7 +53,9 @@ pub fn start(
         current,
         endpoints,
     };
-    tokio::spawn(resolver.run(balance.downgrade(), every));
+    let (balance, handle) = balance.swappable();
+    tokio::spawn(resolver.run(handle, every));
+    balance
 }
 
 /// An endpoint of the set: the URL's index, and the address it is connected at (`None`: the
