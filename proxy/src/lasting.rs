@@ -2,7 +2,7 @@
 //! made from a part of the config that did not change is kept: upstream connection pools, the
 //! span exporter and the access-log writer, the idempotency store, the flag sources with their
 //! last good documents, the inbound TLS config and its file watcher. [`Lasting`] holds all of it, and each piece follows one pattern,
-//! [`Kept`](crate::kept::Kept): a value and the key (the config it was made from) it was
+//! [`Kept`]: a value and the key (the config it was made from) it was
 //! made for.
 
 use std::collections::HashMap;
