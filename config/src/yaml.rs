@@ -77,10 +77,25 @@ impl PosIndex {
 
 /// Parses one YAML document. An empty document is an empty map.
 pub fn parse(text: &str) -> Result<Node, ConfigError> {
+    let docs = read(text, true)?;
+    Ok(docs.into_iter().next().unwrap_or(Node {
+        kind: NodeKind::Map(Vec::new()),
+        pos: (1, 1),
+    }))
+}
+
+/// Reads every document of a YAML stream (`---`-separated, as Kubernetes manifests are
+/// written); empty documents are left out. An error's position is within the whole text.
+pub fn parse_stream(text: &str) -> Result<Vec<Node>, ConfigError> {
+    read(text, false)
+}
+
+/// The documents of `text`; with `one`, a second document is an error.
+fn read(text: &str, one: bool) -> Result<Vec<Node>, ConfigError> {
     let mut events = Parser::new_from_str(text);
     let mut builder = Builder::default();
-    let mut docs = 0;
-    let mut root = None;
+    let mut starts = 0;
+    let mut docs = Vec::new();
     while let Some(ev) = events.next_event() {
         let (ev, span) = ev.map_err(|e| {
             ConfigError::new("", format!("invalid YAML: {}", e.info()))
@@ -88,8 +103,8 @@ pub fn parse(text: &str) -> Result<Node, ConfigError> {
         })?;
         match ev {
             Event::DocumentStart(_) => {
-                docs += 1;
-                if docs > 1 {
+                starts += 1;
+                if one && starts > 1 {
                     return Err(ConfigError::new(
                         "",
                         "the file holds more than one YAML document; attache reads exactly one",
@@ -100,15 +115,12 @@ pub fn parse(text: &str) -> Result<Node, ConfigError> {
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
             other => {
                 if let Some(node) = builder.push(other, span)? {
-                    root = Some(node);
+                    docs.push(node);
                 }
             }
         }
     }
-    Ok(root.unwrap_or(Node {
-        kind: NodeKind::Map(Vec::new()),
-        pos: (1, 1),
-    }))
+    Ok(docs)
 }
 
 #[derive(Default)]
@@ -332,7 +344,7 @@ pub fn to_json(node: &Node, path: &str, key_pos: Option<Pos>, index: &mut PosInd
 }
 
 /// YAML 1.2 core schema resolution of a plain scalar.
-fn resolve_plain(s: &str) -> Value {
+pub fn resolve_plain(s: &str) -> Value {
     match s {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),

@@ -1,4 +1,4 @@
-//! The command line: `run`, `dev`, `validate` and `schema`.
+//! The command line: `run`, `dev`, `validate`, `schema` and `inject`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,6 +19,7 @@ Examples:
   attache run -c /etc/attache/config.yaml      # as a sidecar, from a config file
   attache validate -c config.yaml              # check a file, list every error
   attache schema > schema.json                 # JSON schema for editors
+  attache inject deploy.yaml | kubectl apply -f -   # add the sidecar to manifests
 
 Ports: inbound 15006, outbound 15001, admin 15000 (loopback).
 Logs: ATTACHE_LOG (or RUST_LOG), e.g. ATTACHE_LOG=debug.";
@@ -89,6 +90,21 @@ enum Command {
     },
     /// Print the JSON schema of the config file.
     Schema,
+    /// Add attache to Kubernetes manifests: every pod template (Pod, Deployment, StatefulSet,
+    /// DaemonSet, ReplicaSet, Job, CronJob, List) gets attache as a native sidecar, its config
+    /// from a ConfigMap. Prints the manifests; `kubectl apply -f -` them.
+    Inject {
+        /// Files or directories of manifests (`-` or none: standard input).
+        inputs: Vec<PathBuf>,
+        /// The image to inject [default: the one matching this attache; the annotation
+        /// `attache.dev/image` wins].
+        #[arg(long)]
+        image: Option<String>,
+        /// A classic container in `containers` instead of a native sidecar (clusters before
+        /// Kubernetes 1.29).
+        #[arg(long)]
+        classic: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -99,6 +115,11 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { config } => validate(&config),
+        Command::Inject {
+            inputs,
+            image,
+            classic,
+        } => crate::kube::inject_command(&inputs, &crate::kube::inject::Options { image, classic }),
         Command::Run { config } => {
             logging::init(cli.log_format);
             match attache_config::load_file(&config) {

@@ -16,6 +16,7 @@ mod hop_by_hop;
 mod idempotency;
 mod inbound;
 mod kept;
+mod kube;
 mod lasting;
 mod limits;
 mod listener;
