@@ -105,6 +105,29 @@ enum Command {
         #[arg(long)]
         classic: bool,
     },
+    /// The mutating admission webhook: injects attache into pods as they are created, as
+    /// `attache inject` would (HTTPS; `POST /inject`, `GET /ready`, `GET /metrics`).
+    Webhook {
+        /// Where to listen.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: ListenAddr,
+        /// The serving certificate chain (PEM), read again when it changes.
+        #[arg(long, env = "ATTACHE_WEBHOOK_CERT")]
+        cert_file: String,
+        /// Its private key (PEM).
+        #[arg(long, env = "ATTACHE_WEBHOOK_KEY")]
+        key_file: String,
+        /// Refuse pods whose review cannot be read [default: allow them, uninjected, with a
+        /// warning].
+        #[arg(long)]
+        fail_closed: bool,
+        /// The image to inject [default: the one matching this attache].
+        #[arg(long)]
+        image: Option<String>,
+        /// Inject a classic container instead of a native sidecar.
+        #[arg(long)]
+        classic: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -120,6 +143,23 @@ pub fn main() -> ExitCode {
             image,
             classic,
         } => crate::kube::inject_command(&inputs, &crate::kube::inject::Options { image, classic }),
+        Command::Webhook {
+            listen,
+            cert_file,
+            key_file,
+            fail_closed,
+            image,
+            classic,
+        } => {
+            logging::init(cli.log_format);
+            crate::kube::webhook::command(crate::kube::webhook::Settings {
+                listen: listen.0,
+                cert_file,
+                key_file,
+                fail_closed,
+                inject: crate::kube::inject::Options { image, classic },
+            })
+        }
         Command::Run { config } => {
             logging::init(cli.log_format);
             match attache_config::load_file(&config) {

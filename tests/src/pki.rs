@@ -199,22 +199,31 @@ impl TlsConn {
 
     /// A GET of `path` with `headers` on this connection.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Got, String> {
+        self.request("GET", path, headers, Bytes::new()).await
+    }
+
+    /// Any request on this connection.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Got, String> {
         let h2 = matches!(self.sender, Sender::H2(_));
         let uri = if h2 {
             format!("https://localhost{path}")
         } else {
             path.to_owned()
         };
-        let mut req = Request::get(uri);
+        let mut req = Request::builder().method(method).uri(uri);
         if !h2 {
             req = req.header("host", "localhost");
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let res = match &mut self.sender {
             Sender::H1(s) => {
                 s.ready().await.map_err(|e| e.to_string())?;

@@ -112,48 +112,15 @@ fn document(
             };
             format!("{at}: {prefix}{field}: {}", e.inner())
         })?;
-    if let Some(a) = template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.as_ref())
+    match mutate(&mut template, annotations, &labels, &name, options)
+        .map_err(|e| format!("{at}: {e}"))?
     {
-        annotations.extend(a.clone());
+        Outcome::LeftAlone(why) => {
+            notes.push(format!("{at}: left alone ({why})"));
+            return Ok(());
+        }
+        Outcome::Injected => {}
     }
-    if annotations
-        .get(&format!("{PREFIX}inject"))
-        .map(String::as_str)
-        == Some("disabled")
-    {
-        notes.push(format!("{at}: left alone ({PREFIX}inject: disabled)"));
-        return Ok(());
-    }
-    let Some(spec) = template.spec.as_mut() else {
-        return Err(format!("{at}: the pod template has no spec"));
-    };
-    if spec.host_network == Some(true) {
-        notes.push(format!(
-            "{at}: left alone (hostNetwork: attache would share the node's ports)"
-        ));
-        return Ok(());
-    }
-    let service = labels
-        .get("app.kubernetes.io/name")
-        .or_else(|| labels.get("app"))
-        .cloned()
-        .or_else(|| (!name.is_empty()).then(|| name.clone()));
-    let settings = Settings::from(
-        &annotations,
-        options.image.as_deref(),
-        options.classic,
-        service,
-    )
-    .map_err(|e| format!("{at}: {e}"))?;
-    sidecar::add(spec, &settings);
-    let meta = template.metadata.get_or_insert_with(Default::default);
-    meta.annotations.get_or_insert_with(BTreeMap::new).insert(
-        format!("{PREFIX}injected"),
-        env!("CARGO_PKG_VERSION").to_owned(),
-    );
     let new = serde_json::to_value(&template).map_err(|e| format!("{at}: {e}"))?;
     if kind == "Pod" {
         // The pod's other fields (apiVersion, kind, status) stay as they were.
@@ -166,6 +133,66 @@ fn document(
         *template_node = emit::merge(&new, Some(template_node));
     }
     Ok(())
+}
+
+/// What [`mutate`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Injected,
+    /// Why the pod was left as it was.
+    LeftAlone(String),
+}
+
+/// Adds attache to one pod template: `annotations` are the workload's (the template's own
+/// win over them), `labels` and `name` the workload's, for the service name. The one
+/// mutation `inject` and the admission webhook share.
+pub fn mutate(
+    template: &mut PodTemplateSpec,
+    mut annotations: BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+    name: &str,
+    options: &Options,
+) -> Result<Outcome, String> {
+    let meta = template.metadata.clone().unwrap_or_default();
+    annotations.extend(meta.annotations.clone().unwrap_or_default());
+    let mut labels = labels.clone();
+    labels.extend(meta.labels.clone().unwrap_or_default());
+    let disabled = |m: &BTreeMap<String, String>| {
+        m.get(&format!("{PREFIX}inject")).map(String::as_str) == Some("disabled")
+    };
+    if disabled(&annotations) || disabled(&labels) {
+        return Ok(Outcome::LeftAlone(format!("{PREFIX}inject: disabled")));
+    }
+    let Some(spec) = template.spec.as_mut() else {
+        return Err("the pod template has no spec".into());
+    };
+    if spec.host_network == Some(true) {
+        return Ok(Outcome::LeftAlone(
+            "hostNetwork: attache would share the node's ports".into(),
+        ));
+    }
+    let service = labels
+        .get("app.kubernetes.io/name")
+        .or_else(|| labels.get("app"))
+        .cloned()
+        .or_else(|| (!name.is_empty()).then(|| name.to_owned()));
+    let settings = Settings::from(
+        &annotations,
+        options.image.as_deref(),
+        options.classic,
+        service,
+    )?;
+    sidecar::add(spec, &settings);
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            format!("{PREFIX}injected"),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        );
+    Ok(Outcome::Injected)
 }
 
 fn json(node: &Node) -> Value {

@@ -1,10 +1,12 @@
 //! attache in Kubernetes: `attache inject` adds the sidecar to manifests (`inject.rs`, with the
 //! container it adds in `sidecar.rs`), writing YAML back in the order it was read
-//! (`emit.rs`).
+//! (`emit.rs`); `attache webhook` makes the same mutation as an admission webhook
+//! (`webhook.rs`).
 
 pub mod emit;
 pub mod inject;
 pub mod sidecar;
+pub mod webhook;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
