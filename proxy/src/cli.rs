@@ -20,6 +20,7 @@ Examples:
   attache validate -c config.yaml              # check a file, list every error
   attache schema > schema.json                 # JSON schema for editors
   attache inject deploy.yaml | kubectl apply -f -   # add the sidecar to manifests
+  attache install --inject-namespace shop | kubectl apply -f -   # automatic injection
 
 Ports: inbound 15006, outbound 15001, admin 15000 (loopback).
 Logs: ATTACHE_LOG (or RUST_LOG), e.g. ATTACHE_LOG=debug.";
@@ -105,6 +106,37 @@ enum Command {
         #[arg(long)]
         classic: bool,
     },
+    /// Print the cluster side of automatic injection for `kubectl apply -f -`: a namespace,
+    /// the webhook's ServiceAccount, certificate, Deployment and Service, the
+    /// MutatingWebhookConfiguration (namespaces labelled attache.dev/inject=enabled), and the
+    /// default sidecar config in each --inject-namespace.
+    Install {
+        /// Where the webhook runs.
+        #[arg(long, default_value = "attache-system")]
+        namespace: String,
+        /// The attache image [default: the one matching this attache].
+        #[arg(long)]
+        image: Option<String>,
+        /// A namespace to get the default sidecar config (ConfigMap `attache`); repeatable.
+        #[arg(long = "inject-namespace")]
+        inject_namespaces: Vec<String>,
+        /// Ask cert-manager for the webhook's certificate instead of making one.
+        #[arg(long, conflicts_with_all = ["ca_file", "cert_file", "key_file"])]
+        cert_manager: bool,
+        /// Reuse this CA (PEM) instead of making one (with --cert-file and --key-file: the
+        /// output is then the same on every run).
+        #[arg(long, requires_all = ["cert_file", "key_file"])]
+        ca_file: Option<PathBuf>,
+        /// Reuse this serving certificate (PEM, for attache-webhook.<namespace>.svc).
+        #[arg(long, requires = "ca_file")]
+        cert_file: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, requires = "ca_file")]
+        key_file: Option<PathBuf>,
+        /// Stop pod creations when the webhook cannot be reached or cannot read a review.
+        #[arg(long)]
+        fail_closed: bool,
+    },
     /// The mutating admission webhook: injects attache into pods as they are created, as
     /// `attache inject` would (HTTPS; `POST /inject`, `GET /ready`, `GET /metrics`).
     Webhook {
@@ -143,6 +175,42 @@ pub fn main() -> ExitCode {
             image,
             classic,
         } => crate::kube::inject_command(&inputs, &crate::kube::inject::Options { image, classic }),
+        Command::Install {
+            namespace,
+            image,
+            inject_namespaces,
+            cert_manager,
+            ca_file,
+            cert_file,
+            key_file,
+            fail_closed,
+        } => {
+            let existing = match (ca_file, cert_file, key_file) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    let read = |p: &Path| {
+                        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+                    };
+                    match (read(&ca), read(&cert), read(&key)) {
+                        (Ok(ca), Ok(cert), Ok(key)) => {
+                            Some(crate::kube::install::Existing { ca, cert, key })
+                        }
+                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            crate::kube::install_command(&crate::kube::install::Settings {
+                namespace,
+                image: image.unwrap_or_else(crate::kube::sidecar::default_image),
+                inject_namespaces,
+                cert_manager,
+                existing,
+                fail_closed,
+            })
+        }
         Command::Webhook {
             listen,
             cert_file,

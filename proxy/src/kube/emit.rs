@@ -189,13 +189,19 @@ pub fn merge(value: &Value, old: Option<&Node>) -> Node {
                     entries.push((k.clone(), *kp, merge(v, Some(o))));
                 }
             }
-            // New keys in the value's (alphabetical) order, `name` first, as people write
-            // containers and volumes.
-            let fresh = m
+            // New keys in the value's (alphabetical) order, after `apiVersion`, `kind`,
+            // `metadata` and `name`, as people write objects, containers and volumes.
+            let mut fresh: Vec<_> = m
                 .iter()
-                .filter(|(k, _)| !old_entries.iter().any(|(ok, _, _)| ok == *k));
-            let (named, rest): (Vec<_>, Vec<_>) = fresh.partition(|(k, _)| *k == "name");
-            for (k, v) in named.into_iter().chain(rest) {
+                .filter(|(k, _)| !old_entries.iter().any(|(ok, _, _)| ok == *k))
+                .collect();
+            fresh.sort_by_key(|(k, _)| {
+                ["apiVersion", "kind", "metadata", "name"]
+                    .iter()
+                    .position(|first| first == k)
+                    .unwrap_or(4)
+            });
+            for (k, v) in fresh {
                 entries.push((k.clone(), (0, 0), merge(v, None)));
             }
             NodeKind::Map(entries)

@@ -1,10 +1,11 @@
 //! attache in Kubernetes: `attache inject` adds the sidecar to manifests (`inject.rs`, with the
 //! container it adds in `sidecar.rs`), writing YAML back in the order it was read
 //! (`emit.rs`); `attache webhook` makes the same mutation as an admission webhook
-//! (`webhook.rs`).
+//! (`webhook.rs`); `attache install` prints the cluster side (`install.rs`).
 
 pub mod emit;
 pub mod inject;
+pub mod install;
 pub mod sidecar;
 pub mod webhook;
 
@@ -84,4 +85,19 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, String> {
         .collect();
     found.sort();
     Ok(found)
+}
+
+/// `attache install`: the manifests on stdout.
+pub fn install_command(settings: &install::Settings) -> ExitCode {
+    match install::manifests(settings) {
+        Ok(docs) => {
+            let nodes: Vec<_> = docs.iter().map(|d| emit::merge(d, None)).collect();
+            print!("{}", emit::stream(&nodes));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -176,12 +176,6 @@ fn container(s: &Settings, app_port: Option<String>) -> Container {
         failure_threshold: failures,
         ..Default::default()
     };
-    let quantities = |cpu: &str, memory: &str| {
-        BTreeMap::from([
-            ("cpu".to_owned(), Quantity(cpu.to_owned())),
-            ("memory".to_owned(), Quantity(memory.to_owned())),
-        ])
-    };
     Container {
         name: NAME.into(),
         image: Some(s.image.clone()),
@@ -212,29 +206,49 @@ fn container(s: &Settings, app_port: Option<String>) -> Container {
         startup_probe: Some(probe("/ready", 1, Some(60))),
         readiness_probe: Some(probe("/ready", 2, None)),
         liveness_probe: Some(probe("/live", 10, None)),
-        resources: Some(ResourceRequirements {
-            requests: Some(quantities(&s.cpu_request, &s.memory_request)),
-            limits: Some(quantities(&s.cpu_limit, &s.memory_limit)),
-            ..Default::default()
-        }),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(UID),
-            run_as_group: Some(UID),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        resources: Some(resources(
+            (&s.cpu_request, &s.memory_request),
+            (&s.cpu_limit, &s.memory_limit),
+        )),
+        security_context: Some(hardened()),
         volume_mounts: Some(vec![VolumeMount {
             name: CONFIG_VOLUME.into(),
             mount_path: "/etc/attache".into(),
             read_only: Some(true),
             ..Default::default()
         }]),
+        ..Default::default()
+    }
+}
+
+/// How attache's containers run: as [`UID`], non-root, a read-only root filesystem, no
+/// privilege escalation, every capability dropped.
+pub fn hardened() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(UID),
+        run_as_group: Some(UID),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Requests and limits, each `(cpu, memory)`.
+pub fn resources(requests: (&str, &str), limits: (&str, &str)) -> ResourceRequirements {
+    let quantities = |(cpu, memory): (&str, &str)| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(quantities(requests)),
+        limits: Some(quantities(limits)),
         ..Default::default()
     }
 }
