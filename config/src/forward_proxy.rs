@@ -36,6 +36,32 @@ pub const fn default_forward_proxy_listen() -> ListenAddr {
     ListenAddr::new([127, 0, 0, 1], 15002)
 }
 
+/// Transparent capture (`spec.capture`): connections the pod's iptables rules redirect here
+/// (`attache init-iptables`) go to where the app sent them (`SO_ORIGINAL_DST`): HTTP through
+/// the outbound stack, anything else as a plain TCP tunnel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    /// Where the OUTPUT rules redirect the app's connections; default `127.0.0.1:15003`.
+    #[serde(default = "default_capture_listen")]
+    pub listen: ListenAddr,
+    /// How long a new connection may stay silent before it is taken for a protocol whose
+    /// server speaks first (a database, SMTP) and tunnelled as TCP; default 200ms.
+    #[serde(default = "default_sniff_timeout")]
+    pub sniff_timeout: crate::Duration,
+    /// Timeouts for captured HTTP calls; unset fields use `spec.timeouts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsOverride>,
+}
+
+pub const fn default_capture_listen() -> ListenAddr {
+    ListenAddr::new([127, 0, 0, 1], 15003)
+}
+
+fn default_sniff_timeout() -> crate::Duration {
+    crate::Duration(std::time::Duration::from_millis(200))
+}
+
 /// One allowed destination: a host pattern or an address block, and a port (any when `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Destination {

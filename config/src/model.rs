@@ -73,6 +73,10 @@ pub struct Spec {
     /// A forward proxy for apps that set `HTTP_PROXY`/`HTTPS_PROXY`; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_proxy: Option<crate::forward_proxy::ForwardProxy>,
+    /// Transparent capture of the app's outbound connections (with `attache init-iptables`);
+    /// off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<crate::forward_proxy::Capture>,
     /// Named upstream services, referred to by `outbound[].upstream`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub upstreams: BTreeMap<String, Upstream>,

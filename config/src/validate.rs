@@ -13,7 +13,11 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let spec = &config.spec;
 
-    if spec.inbound.is_none() && spec.outbound.is_empty() && spec.forward_proxy.is_none() {
+    if spec.inbound.is_none()
+        && spec.outbound.is_empty()
+        && spec.forward_proxy.is_none()
+        && spec.capture.is_none()
+    {
         errors.push(ConfigError::new(
             "spec",
             "nothing to do: configure `inbound` (in front of the app), `outbound` or `forward_proxy` (for the app's calls)",
@@ -79,6 +83,9 @@ fn listen_addresses(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
     }
     if let Some(fp) = &spec.forward_proxy {
         claim(fp.listen.0, "spec.forward_proxy.listen".to_owned(), errors);
+    }
+    if let Some(c) = &spec.capture {
+        claim(c.listen.0, "spec.capture.listen".to_owned(), errors);
     }
     if let Some(ofrep) = spec.flags.as_ref().and_then(|f| f.ofrep.as_ref()) {
         claim(ofrep.listen.0, "spec.flags.ofrep.listen".to_owned(), errors);

@@ -105,6 +105,10 @@ enum Command {
         /// Kubernetes 1.29).
         #[arg(long)]
         classic: bool,
+        /// Transparent capture: an init container (the only one with NET_ADMIN) redirects the
+        /// pod's TCP through attache, so the app needs no port changes.
+        #[arg(long)]
+        transparent: bool,
     },
     /// Print the cluster side of automatic injection for `kubectl apply -f -`: a namespace,
     /// the webhook's ServiceAccount, certificate, Deployment and Service, the
@@ -137,6 +141,10 @@ enum Command {
         #[arg(long)]
         fail_closed: bool,
     },
+    /// Program a pod's nat rules for transparent capture (run by an init container with
+    /// NET_ADMIN): inbound TCP to the inbound port, the app's outbound TCP to the capture
+    /// port, sparing attache's own UID, loopback and the exclusions.
+    InitIptables(crate::kube::iptables::Settings),
     /// The mutating admission webhook: injects attache into pods as they are created, as
     /// `attache inject` would (HTTPS; `POST /inject`, `GET /ready`, `GET /metrics`).
     Webhook {
@@ -159,6 +167,9 @@ enum Command {
         /// Inject a classic container instead of a native sidecar.
         #[arg(long)]
         classic: bool,
+        /// Inject transparent capture into every pod.
+        #[arg(long)]
+        transparent: bool,
     },
 }
 
@@ -174,7 +185,15 @@ pub fn main() -> ExitCode {
             inputs,
             image,
             classic,
-        } => crate::kube::inject_command(&inputs, &crate::kube::inject::Options { image, classic }),
+            transparent,
+        } => crate::kube::inject_command(
+            &inputs,
+            &crate::kube::inject::Options {
+                image,
+                classic,
+                transparent,
+            },
+        ),
         Command::Install {
             namespace,
             image,
@@ -211,6 +230,7 @@ pub fn main() -> ExitCode {
                 fail_closed,
             })
         }
+        Command::InitIptables(settings) => crate::kube::iptables::command(&settings),
         Command::Webhook {
             listen,
             cert_file,
@@ -218,6 +238,7 @@ pub fn main() -> ExitCode {
             fail_closed,
             image,
             classic,
+            transparent,
         } => {
             logging::init(cli.log_format);
             crate::kube::webhook::command(crate::kube::webhook::Settings {
@@ -225,7 +246,11 @@ pub fn main() -> ExitCode {
                 cert_file,
                 key_file,
                 fail_closed,
-                inject: crate::kube::inject::Options { image, classic },
+                inject: crate::kube::inject::Options {
+                    image,
+                    classic,
+                    transparent,
+                },
             })
         }
         Command::Run { config } => {

@@ -44,6 +44,9 @@ pub struct ConnInfo {
     /// The TLS session, on a connection that arrived over TLS: the client's verified
     /// certificate under mutual TLS.
     pub tls: Option<Arc<crate::tls::server::Session>>,
+    /// Where the client's connection was sent before iptables redirected it to the capture
+    /// listener (`SO_ORIGINAL_DST`).
+    pub original_dst: Option<std::net::SocketAddr>,
 }
 
 impl ConnInfo {
@@ -56,6 +59,7 @@ impl ConnInfo {
             state,
             tracker,
             tls: None,
+            original_dst: None,
         }
     }
 

@@ -6,6 +6,7 @@
 mod admin;
 mod allocator;
 mod body;
+mod capture;
 mod cli;
 mod conn;
 mod demo;

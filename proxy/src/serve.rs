@@ -60,6 +60,23 @@ pub fn connection(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared
                 };
                 tokio::spawn(secured(stream, peer, tls.clone(), serving));
             }
+            (Role::Capture, _) => {
+                let sniff = snap
+                    .config
+                    .spec
+                    .capture
+                    .as_ref()
+                    .map_or(std::time::Duration::from_millis(200), |c| c.sniff_timeout.0);
+                let serving = Serving {
+                    role,
+                    server,
+                    deadlines,
+                    shared: shared.clone(),
+                };
+                tokio::spawn(crate::capture::connection(
+                    stream, peer, local, serving, sniff,
+                ));
+            }
             _ => {
                 let serving = Serving {
                     role,
@@ -67,7 +84,7 @@ pub fn connection(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared
                     deadlines,
                     shared: shared.clone(),
                 };
-                tokio::spawn(proxied(stream, peer, serving, None));
+                tokio::spawn(proxied(stream, peer, serving, Known::default()));
             }
         }
     }
@@ -150,11 +167,19 @@ fn handle(
 }
 
 /// What a proxied connection is served with, from the snapshot it was accepted under.
-struct Serving {
+pub struct Serving {
     role: Role,
     server: Arc<Servers>,
     deadlines: Deadlines,
-    shared: Arc<Shared>,
+    pub shared: Arc<Shared>,
+}
+
+/// What is known of a connection before its first request: its TLS session, where it was sent
+/// before a capture redirected it.
+#[derive(Default)]
+pub struct Known {
+    pub tls: Option<Arc<Session>>,
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// A connection to the inbound listener under `spec.inbound.tls`: the TLS handshake (within
@@ -164,7 +189,13 @@ struct Serving {
 async fn secured(stream: TcpStream, peer: SocketAddr, tls: Arc<ServerTls>, serving: Serving) {
     let handshake = tokio::time::timeout(serving.deadlines.header_read, tls.accept(stream));
     match handshake.await {
-        Ok(Ok((stream, session))) => proxied(stream, peer, serving, Some(Arc::new(session))).await,
+        Ok(Ok((stream, session))) => {
+            let known = Known {
+                tls: Some(Arc::new(session)),
+                original_dst: None,
+            };
+            proxied(stream, peer, serving, known).await
+        }
         Ok(Err(e)) => {
             let reason = crate::tls::io_failure_reason(&e);
             tls.metrics.handshake_failed(reason);
@@ -179,7 +210,7 @@ async fn secured(stream: TcpStream, peer: SocketAddr, tls: Arc<ServerTls>, servi
 
 /// Proxied connections (inbound or outbound): sniffed for HTTP/2, with attache's own
 /// deadlines and counters, each request through its role's stack.
-async fn proxied<T>(stream: T, peer: SocketAddr, serving: Serving, tls: Option<Arc<Session>>)
+pub async fn proxied<T>(stream: T, peer: SocketAddr, serving: Serving, known: Known)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -210,7 +241,8 @@ where
         // nothing to serve.
         return;
     };
-    let info = ConnInfo::new(peer, state.clone(), shared.tracker.clone()).with_tls(tls);
+    let mut info = ConnInfo::new(peer, state.clone(), shared.tracker.clone()).with_tls(known.tls);
+    info.original_dst = known.original_dst;
     let svc_shared = shared.clone();
     // The stack of the snapshot the last request used, kept while no reload replaces it: a
     // request then calls it where it is, instead of finding its role's stack in the snapshot

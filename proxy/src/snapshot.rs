@@ -12,6 +12,7 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::conn::Deadlines;
+use crate::forward_proxy::Mode;
 use crate::forward_proxy::allow::Allow;
 use crate::lasting::{Clients, Lasting};
 use crate::stack::{Stack, Steps, Tail};
@@ -28,13 +29,15 @@ pub enum Role {
     Outbound(Arc<str>, Option<TraceOverride>),
     /// The forward proxy (`spec.forward_proxy`).
     ForwardProxy,
+    /// Transparent capture (`spec.capture`).
+    Capture,
 }
 
 impl Role {
     pub fn direction(&self) -> Direction {
         match self {
             Role::Inbound => Direction::Inbound,
-            Role::Outbound(..) | Role::ForwardProxy => Direction::Outbound,
+            Role::Outbound(..) | Role::ForwardProxy | Role::Capture => Direction::Outbound,
         }
     }
 }
@@ -183,23 +186,52 @@ impl Legs<'_> {
             }
         }
         if let Some(fp) = &spec.forward_proxy {
-            let timeouts = spec.timeouts.with(fp.timeouts);
             // The admin port, and the proxy itself (a request to it would loop).
             let own = vec![spec.admin.listen.0, fp.listen.0];
-            let to = Tail::ForwardProxy {
-                allow: Allow::new(fp.allow.clone(), own),
-                client: clients.get(timeouts.connect.get(), spec.pool, Protocol::Http1),
-                timeouts,
-            };
-            // Flag routes name upstreams; the forward proxy's destinations are the app's own.
-            let mut steps = self.steps(Direction::Outbound, crate::forward_proxy::NAME)?;
-            steps.flags = None;
-            let leg = outbound::forward_proxy_leg(steps);
-            let stack = crate::stack::build(config, leg, to, metrics, self.restoration.as_ref());
+            let mode = Mode::Proxy(Allow::new(fp.allow.clone(), own));
+            let stack = self.destined(mode, fp.timeouts, crate::forward_proxy::NAME)?;
             listeners.insert(fp.listen.0, Role::ForwardProxy);
             stacks.insert(Role::ForwardProxy, stack);
         }
+        if let Some(capture) = &spec.capture {
+            let stack = self.destined(
+                Mode::Capture,
+                capture.timeouts,
+                crate::forward_proxy::CAPTURE,
+            )?;
+            listeners.insert(capture.listen.0, Role::Capture);
+            stacks.insert(Role::Capture, stack);
+        }
         Ok((listeners, stacks))
+    }
+
+    /// The stack of a leg whose requests carry their own destination (the forward proxy's,
+    /// transparent capture's), named `name` in metrics. No flag routes: they name upstreams,
+    /// and these destinations are the app's own.
+    fn destined(
+        &self,
+        mode: Mode,
+        timeouts: Option<attache_config::TimeoutsOverride>,
+        name: &str,
+    ) -> anyhow::Result<Stack> {
+        let spec = &self.config.spec;
+        let timeouts = spec.timeouts.with(timeouts);
+        let to = Tail::ForwardProxy {
+            mode,
+            client: (self.lasting.clients).get(timeouts.connect.get(), spec.pool, Protocol::Http1),
+            timeouts,
+        };
+        let mut steps = self.steps(Direction::Outbound, name)?;
+        steps.flags = None;
+        let leg = outbound::forward_proxy_leg(steps);
+        let metrics = &self.lasting.metrics;
+        Ok(crate::stack::build(
+            self.config,
+            leg,
+            to,
+            metrics,
+            self.restoration.as_ref(),
+        ))
     }
 
     /// A leg's optional steps: its observer, flags (delivery inbound, routing on both) and,

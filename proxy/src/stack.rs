@@ -56,9 +56,10 @@ pub enum Tail {
     /// The leg's own target (the app, an ambassador's upstream), or the upstream a flag route
     /// picks.
     Target(Arc<Target>),
-    /// Each request's own destination, within the forward proxy's allowlist.
+    /// Each request's own destination: the forward proxy's (within its allowlist), or a
+    /// captured connection's original one.
     ForwardProxy {
-        allow: crate::forward_proxy::allow::Allow,
+        mode: crate::forward_proxy::Mode,
         client: crate::upstream::Client,
         timeouts: attache_config::Timeouts,
     },
@@ -94,12 +95,12 @@ pub fn build(
             assemble(config, spec, metrics, restoration, tail)
         }
         Tail::ForwardProxy {
-            allow,
+            mode,
             client,
             timeouts,
         } => {
             let tail = crate::forward_proxy::ForwardProxy::new(
-                allow,
+                mode,
                 forward_leg,
                 metrics,
                 client,

@@ -163,6 +163,27 @@ fn the_injected_pod_is_a_native_sidecar_with_its_defaults_and_annotations() {
     assert_eq!(attache["resources"]["limits"]["cpu"], "500m");
     assert!(attache.get("restartPolicy").is_none());
     assert_eq!(spec["volumes"][0]["configMap"]["name"], "ledger-attache");
+
+    // --transparent: the capture init container first, with NET_ADMIN, then attache.
+    let (ok, out, err) = inject(
+        &[
+            "--transparent",
+            corpus().join("deployment.in.yaml").to_str().expect("path"),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let docs = attache_config::yaml::parse_stream(&out).expect("YAML out");
+    let d = attache_config::yaml::to_json(&docs[0], "", None, &mut Default::default());
+    let init = &d["spec"]["template"]["spec"]["initContainers"];
+    assert_eq!(init[0]["name"], "attache-init");
+    assert_eq!(init[0]["args"][0], "init-iptables");
+    assert_eq!(
+        init[0]["securityContext"]["capabilities"]["add"][0],
+        "NET_ADMIN"
+    );
+    assert_eq!(init[1]["name"], "attache");
+    assert_eq!(init[2]["name"], "migrate");
 }
 
 #[test]

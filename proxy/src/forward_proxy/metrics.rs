@@ -1,4 +1,4 @@
-//! The forward proxy's families.
+//! The families of the forward proxy and of transparent capture.
 
 use attache_filters::metrics::{Families, ReasonLabels};
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +13,8 @@ pub struct ForwardProxyFamilies {
     pub tunnels: Counter,
     /// CONNECT tunnels open now.
     pub open_tunnels: Gauge,
+    /// Captured connections that were not HTTP, joined to their destination as TCP.
+    pub captured_tcp: Counter,
 }
 
 impl Families for ForwardProxyFamilies {
@@ -21,6 +23,7 @@ impl Families for ForwardProxyFamilies {
             denied: Family::default(),
             tunnels: Counter::default(),
             open_tunnels: Gauge::default(),
+            captured_tcp: Counter::default(),
         };
         registry.register(
             "forward_proxy_denied",
@@ -36,6 +39,11 @@ impl Families for ForwardProxyFamilies {
             "forward_proxy_open_tunnels",
             "CONNECT tunnels open now",
             f.open_tunnels.clone(),
+        );
+        registry.register(
+            "capture_tcp_tunnels",
+            "Captured connections that were not HTTP, tunnelled to their original destination",
+            f.captured_tcp.clone(),
         );
         f
     }

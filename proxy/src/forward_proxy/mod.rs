@@ -43,6 +43,8 @@ use crate::upstream::{Client, Target};
 /// The name calls through the forward proxy go by in metrics and errors (one name: the
 /// destinations are many and chosen by the app, so they are no label).
 pub const NAME: &str = "forward_proxy";
+/// The name of captured calls.
+pub const CAPTURE: &str = "capture";
 
 /// Destinations whose exchanges (target, pools) are kept; past this many the map starts over.
 const KEPT_DESTINATIONS: usize = 1024;
@@ -52,8 +54,18 @@ pub struct ForwardProxy {
     inner: Arc<Inner>,
 }
 
+/// Where each request's destination comes from.
+pub enum Mode {
+    /// The request names it (absolute-form, CONNECT), within the allowlist.
+    Proxy(Allow),
+    /// Transparent capture: the address the app's connection was sent to before the pod's
+    /// iptables rules redirected it (`SO_ORIGINAL_DST`, in `ConnInfo`). The app could reach
+    /// it without attache, so no allowlist applies.
+    Capture,
+}
+
 struct Inner {
-    allow: Allow,
+    mode: Mode,
     leg: Leg,
     metrics: Arc<Metrics>,
     families: Arc<ForwardProxyFamilies>,
@@ -65,7 +77,7 @@ struct Inner {
 
 impl ForwardProxy {
     pub fn new(
-        allow: Allow,
+        mode: Mode,
         leg: Leg,
         metrics: &Arc<Metrics>,
         client: Client,
@@ -73,7 +85,7 @@ impl ForwardProxy {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                allow,
+                mode,
                 leg,
                 families: metrics.family(),
                 metrics: metrics.clone(),
@@ -102,12 +114,16 @@ impl tower::Service<Request<Body>> for ForwardProxy {
 
 impl Inner {
     async fn serve(&self, req: Request<Body>) -> Response<Body> {
+        let allow = match &self.mode {
+            Mode::Proxy(allow) => allow,
+            Mode::Capture => return self.captured(req).await,
+        };
         let connect = req.method() == Method::CONNECT;
         let (host, port) = match destination(&req, connect) {
             Ok(d) => d,
             Err(why) => return problem_response(&ProxyError::BadRequest(why)),
         };
-        let addrs = match self.check(&host, port).await {
+        let addrs = match self.check(allow, &host, port).await {
             Ok(addrs) => addrs,
             Err(answer) => return answer,
         };
@@ -128,8 +144,13 @@ impl Inner {
 
     /// The allowlist on the name, the lookup, the allowlist on each address: the allowed
     /// addresses (at least one), or the answer to give instead.
-    async fn check(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Response<Body>> {
-        let named = self.allow.by_name(host, port);
+    async fn check(
+        &self,
+        allow: &Allow,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, Response<Body>> {
+        let named = allow.by_name(host, port);
         let lookup = tokio::net::lookup_host((host, port));
         let addrs: Vec<SocketAddr> =
             match tokio::time::timeout(self.timeouts.connect.get(), lookup).await {
@@ -145,7 +166,7 @@ impl Inner {
         let mut refusal = Refusal::NotAllowed;
         let mut allowed = Vec::with_capacity(addrs.len());
         for addr in &addrs {
-            match self.allow.address(*addr, named) {
+            match allow.address(*addr, named) {
                 Ok(()) => allowed.push(*addr),
                 // The most telling reason among the addresses: metadata, then admin.
                 Err(r) if r == Refusal::Metadata || refusal == Refusal::NotAllowed => refusal = r,
@@ -172,6 +193,25 @@ impl Inner {
         )))
     }
 
+    /// A captured HTTP request: to the address the app's connection was sent to.
+    async fn captured(&self, req: Request<Body>) -> Response<Body> {
+        let Some(addr) = req
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|c| c.original_dst)
+        else {
+            return self.unreachable("the connection's original destination is unknown".into());
+        };
+        let mut forward = match self.forward_to(addr) {
+            Ok(f) => f,
+            Err(e) => return self.unreachable(e),
+        };
+        match tower::Service::call(&mut forward, req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        }
+    }
+
     fn unreachable(&self, reason: String) -> Response<Body> {
         problem_response(&ProxyError::UpstreamUnreachable {
             upstream: NAME.to_owned(),
@@ -189,8 +229,12 @@ impl Inner {
             forwards.clear();
         }
         let url: UpstreamUrl = format!("http://{addr}").parse()?;
+        let name = match self.mode {
+            Mode::Proxy(_) => NAME,
+            Mode::Capture => CAPTURE,
+        };
         let target = Target::new(
-            NAME,
+            name,
             std::slice::from_ref(&url),
             self.timeouts,
             self.client.clone(),

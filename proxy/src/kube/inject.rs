@@ -23,6 +23,8 @@ use super::sidecar::{self, PREFIX, Settings};
 pub struct Options {
     pub image: Option<String>,
     pub classic: bool,
+    /// Transparent capture for every pod (`attache.dev/transparent` decides per pod).
+    pub transparent: bool,
 }
 
 /// Injects every document of `text` (read from `source`, for messages): the YAML to print,
@@ -180,6 +182,7 @@ pub fn mutate(
         &annotations,
         options.image.as_deref(),
         options.classic,
+        options.transparent,
         service,
     )?;
     sidecar::add(spec, &settings);

@@ -367,6 +367,8 @@ kind: Sidecar
 metadata: { name: "${OTEL_SERVICE_NAME:-app}" }
 spec:
   inbound: { listen: "0.0.0.0:15006", app: "http://127.0.0.1:${APP_PORT:-8080}" }
+  # Where the pod's outbound TCP arrives under transparent capture (attache.dev/transparent).
+  capture: { listen: "127.0.0.1:15003" }
   admin: { listen: "0.0.0.0:15000" }
   # As a native sidecar attache is stopped after the app: it drains at once.
   drain: { delay: 0s, grace_period: 20s }

@@ -1,11 +1,13 @@
 //! attache in Kubernetes: `attache inject` adds the sidecar to manifests (`inject.rs`, with the
 //! container it adds in `sidecar.rs`), writing YAML back in the order it was read
 //! (`emit.rs`); `attache webhook` makes the same mutation as an admission webhook
-//! (`webhook.rs`); `attache install` prints the cluster side (`install.rs`).
+//! (`webhook.rs`); `attache install` prints the cluster side (`install.rs`);
+//! `attache init-iptables` programs a pod's transparent capture (`iptables.rs`).
 
 pub mod emit;
 pub mod inject;
 pub mod install;
+pub mod iptables;
 pub mod sidecar;
 pub mod webhook;
 

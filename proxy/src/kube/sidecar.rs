@@ -13,6 +13,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 /// The container's and its config volume's name; an existing one is replaced, so injecting
 /// twice changes nothing.
 pub const NAME: &str = "attache";
+/// The init container that programs transparent capture.
+pub const INIT_NAME: &str = "attache-init";
 pub const CONFIG_VOLUME: &str = "attache-config";
 /// The annotation prefix: `attache.dev/inject`, `attache.dev/config`, ...
 pub const PREFIX: &str = "attache.dev/";
@@ -24,6 +26,15 @@ pub const ADMIN_PORT: i32 = 15000;
 /// The image injected unless `--image` or `attache.dev/image` says otherwise.
 pub fn default_image() -> String {
     format!("ghcr.io/attache-dev/attache:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The transparent-capture init image (the Dockerfile's `init` target: attache with iptables)
+/// unless `attache.dev/init-image` says otherwise.
+pub fn default_init_image() -> String {
+    format!(
+        "ghcr.io/attache-dev/attache-init:{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// What the annotations (the workload's, then the pod template's, which win) and the
@@ -38,6 +49,13 @@ pub struct Settings {
     pub app_port: Option<String>,
     pub service_name: Option<String>,
     pub otlp_endpoint: Option<String>,
+    /// Transparent capture: an init container programs the pod's iptables rules.
+    pub transparent: bool,
+    pub init_image: String,
+    /// `init-iptables` exclusions, comma-separated as the annotations write them.
+    pub exclude_inbound_ports: Option<String>,
+    pub exclude_outbound_ports: Option<String>,
+    pub exclude_outbound_cidrs: Option<String>,
     pub cpu_request: String,
     pub cpu_limit: String,
     pub memory_request: String,
@@ -50,6 +68,7 @@ impl Settings {
         annotations: &BTreeMap<String, String>,
         image: Option<&str>,
         classic: bool,
+        transparent: bool,
         service_name: Option<String>,
     ) -> Result<Self, String> {
         let get = |k: &str| annotations.get(&format!("{PREFIX}{k}")).cloned();
@@ -72,6 +91,20 @@ impl Settings {
             app_port: get("app-port"),
             service_name: get("service-name").or(service_name),
             otlp_endpoint: get("otlp-endpoint"),
+            transparent: match get("transparent").as_deref() {
+                None => transparent,
+                Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(format!(
+                        "annotation {PREFIX}transparent: `{other}` is neither `true` nor `false`"
+                    ));
+                }
+            },
+            init_image: get("init-image").unwrap_or_else(default_init_image),
+            exclude_inbound_ports: get("exclude-inbound-ports"),
+            exclude_outbound_ports: get("exclude-outbound-ports"),
+            exclude_outbound_cidrs: get("exclude-outbound-cidrs"),
             cpu_request: get("cpu-request").unwrap_or_else(|| "100m".into()),
             cpu_limit: get("cpu-limit").unwrap_or_else(|| "1".into()),
             memory_request: get("memory-request").unwrap_or_else(|| "16Mi".into()),
@@ -101,6 +134,12 @@ pub fn add(spec: &mut PodSpec, settings: &Settings) {
             .get_or_insert_with(Vec::new)
             .insert(0, container);
     }
+    if settings.transparent {
+        // Before everything else, so no container's traffic starts uncaptured.
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .insert(0, init_container(settings));
+    }
     spec.volumes.get_or_insert_with(Vec::new).push(Volume {
         name: CONFIG_VOLUME.into(),
         config_map: Some(ConfigMapVolumeSource {
@@ -115,7 +154,7 @@ pub fn add(spec: &mut PodSpec, settings: &Settings) {
 pub fn remove(spec: &mut PodSpec) {
     spec.containers.retain(|c| c.name != NAME);
     if let Some(init) = &mut spec.init_containers {
-        init.retain(|c| c.name != NAME);
+        init.retain(|c| c.name != NAME && c.name != INIT_NAME);
         if init.is_empty() {
             spec.init_containers = None;
         }
@@ -249,6 +288,50 @@ pub fn resources(requests: (&str, &str), limits: (&str, &str)) -> ResourceRequir
     ResourceRequirements {
         requests: Some(quantities(requests)),
         limits: Some(quantities(limits)),
+        ..Default::default()
+    }
+}
+
+/// `attache init-iptables` with `NET_ADMIN` and `NET_RAW`, as root, for the pod's network
+/// namespace: the only container with them, and it exits once the rules are in.
+fn init_container(s: &Settings) -> Container {
+    let mut args: Vec<String> = vec![
+        "init-iptables".into(),
+        "--inbound-port".into(),
+        INBOUND_PORT.to_string(),
+        "--outbound-port".into(),
+        "15003".into(),
+        "--proxy-uid".into(),
+        UID.to_string(),
+        "--exclude-inbound-ports".into(),
+        s.exclude_inbound_ports
+            .clone()
+            .unwrap_or_else(|| ADMIN_PORT.to_string()),
+    ];
+    for (flag, value) in [
+        ("--exclude-outbound-ports", &s.exclude_outbound_ports),
+        ("--exclude-outbound-cidrs", &s.exclude_outbound_cidrs),
+    ] {
+        if let Some(v) = value {
+            args.push(flag.into());
+            args.push(v.clone());
+        }
+    }
+    Container {
+        name: INIT_NAME.into(),
+        image: Some(s.init_image.clone()),
+        args: Some(args),
+        resources: Some(resources(("10m", "8Mi"), ("100m", "32Mi"))),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..hardened()
+        }),
         ..Default::default()
     }
 }
