@@ -131,7 +131,7 @@ enum Command {
         /// output is then the same on every run).
         #[arg(long, requires_all = ["cert_file", "key_file"])]
         ca_file: Option<PathBuf>,
-        /// Reuse this serving certificate (PEM, for attache-webhook.<namespace>.svc).
+        /// Reuse this serving certificate (PEM, for `attache-webhook.<namespace>.svc`).
         #[arg(long, requires = "ca_file")]
         cert_file: Option<PathBuf>,
         /// Its private key (PEM).
