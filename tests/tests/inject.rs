@@ -285,3 +285,23 @@ fn the_shipped_default_config_map_holds_a_valid_config() {
         assert_eq!(c.spec.admin.listen.0.to_string(), "0.0.0.0:15000");
     }
 }
+
+/// Every attache config embedded in a shipped manifest (a ConfigMap's `config.yaml`) loads.
+#[test]
+fn every_config_in_the_shipped_manifests_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).expect("deploy/kubernetes") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("manifest");
+        for doc in attache_config::yaml::parse_stream(&text).expect("YAML") {
+            let v = attache_config::yaml::to_json(&doc, "", None, &mut Default::default());
+            if let Some(config) = v.pointer("/data/config.yaml").and_then(|c| c.as_str()) {
+                attache_config::load_str(config, &path.display().to_string(), &|_| None)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 3, "{seen} configs");
+}
