@@ -41,9 +41,17 @@ pub struct ConnInfo {
     pub peer_ip: http::HeaderValue,
     pub state: Arc<ConnState>,
     pub tracker: Arc<Tracker>,
+    /// What was known of the connection before its first request, when anything was (one
+    /// pointer, so that the plain connection's info stays small: it is cloned per request).
+    known: Option<Arc<Known>>,
+}
+
+/// What is known of a connection before its first request.
+#[derive(Debug, Default)]
+pub struct Known {
     /// The TLS session, on a connection that arrived over TLS: the client's verified
     /// certificate under mutual TLS.
-    pub tls: Option<Arc<crate::tls::server::Session>>,
+    pub tls: Option<crate::tls::server::Session>,
     /// Where the client's connection was sent before iptables redirected it to the capture
     /// listener (`SO_ORIGINAL_DST`).
     pub original_dst: Option<std::net::SocketAddr>,
@@ -58,14 +66,32 @@ impl ConnInfo {
             peer_ip,
             state,
             tracker,
-            tls: None,
-            original_dst: None,
+            known: None,
         }
     }
 
-    /// The same connection, known to have come over TLS.
-    pub fn with_tls(self, tls: Option<Arc<crate::tls::server::Session>>) -> Self {
-        Self { tls, ..self }
+    /// The same connection, with what was known of it before its first request.
+    pub fn with(self, known: Known) -> Self {
+        let any = known.tls.is_some() || known.original_dst.is_some();
+        Self {
+            known: any.then(|| Arc::new(known)),
+            ..self
+        }
+    }
+
+    /// The TLS session, when the connection came over TLS.
+    pub fn tls(&self) -> Option<&crate::tls::server::Session> {
+        self.known.as_ref().and_then(|k| k.tls.as_ref())
+    }
+
+    /// The facts of the connection (its TLS session), to hand up to the span.
+    pub fn known(&self) -> Option<&Arc<Known>> {
+        self.known.as_ref()
+    }
+
+    /// Where a captured connection was sent before the redirect.
+    pub fn original_dst(&self) -> Option<std::net::SocketAddr> {
+        self.known.as_ref().and_then(|k| k.original_dst)
     }
 }
 

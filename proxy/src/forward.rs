@@ -154,8 +154,12 @@ impl Forward {
         }
         if self.leg.hand_up {
             res.extensions_mut().insert(info);
-            if let Some(tls) = conn.as_ref().and_then(|c| c.tls.clone()) {
-                attache_filters::facts::hand_up(res.extensions_mut(), tls);
+            if let Some(known) = conn
+                .as_ref()
+                .and_then(|c| c.known())
+                .filter(|k| k.tls.is_some())
+            {
+                attache_filters::facts::hand_up(res.extensions_mut(), known.clone());
             }
         }
         if res.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -332,7 +336,7 @@ fn body_needs_chunked(req: &Request<Body>) -> bool {
 fn client_cert(headers: &mut HeaderMap, conn: Option<&ConnInfo>, seen: Option<bool>) {
     const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
     let ours = conn
-        .and_then(|c| c.tls.as_ref())
+        .and_then(ConnInfo::tls)
         .and_then(|t| t.peer.as_ref())
         .map(|p| p.xfcc.clone());
     match ours {
@@ -360,7 +364,11 @@ fn set_forwarded(
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let proto = HeaderValue::from_static(if conn.tls.is_some() { "https" } else { "http" });
+    let proto = HeaderValue::from_static(if conn.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    });
     match mode {
         ForwardedHeaders::Off => None,
         ForwardedHeaders::Replace => {

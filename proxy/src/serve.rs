@@ -24,12 +24,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tower::Service;
 
+pub use crate::conn::Known;
 use crate::conn::{ConnInfo, ConnIo, ConnState, Deadlines, InFlight};
 use crate::ready::{ResponseFuture, ready_now, when_ready};
 use crate::shared::Shared;
 use crate::snapshot::{Role, Servers, Snapshot};
 use crate::stack::Stack;
-use crate::tls::server::{ServerTls, Session};
+use crate::tls::server::ServerTls;
 use crate::{admin, body};
 
 /// Starts the task of one accepted connection, by what its listener serves. Each kind gets
@@ -174,14 +175,6 @@ pub struct Serving {
     pub shared: Arc<Shared>,
 }
 
-/// What is known of a connection before its first request: its TLS session, where it was sent
-/// before a capture redirected it.
-#[derive(Default)]
-pub struct Known {
-    pub tls: Option<Arc<Session>>,
-    pub original_dst: Option<SocketAddr>,
-}
-
 /// A connection to the inbound listener under `spec.inbound.tls`: the TLS handshake (within
 /// the header-read timeout), then served as any proxied connection, its requests knowing the
 /// session (the client's certificate under mutual TLS). A failed handshake is counted by
@@ -191,7 +184,7 @@ async fn secured(stream: TcpStream, peer: SocketAddr, tls: Arc<ServerTls>, servi
     match handshake.await {
         Ok(Ok((stream, session))) => {
             let known = Known {
-                tls: Some(Arc::new(session)),
+                tls: Some(session),
                 original_dst: None,
             };
             proxied(stream, peer, serving, known).await
@@ -241,8 +234,7 @@ where
         // nothing to serve.
         return;
     };
-    let mut info = ConnInfo::new(peer, state.clone(), shared.tracker.clone()).with_tls(known.tls);
-    info.original_dst = known.original_dst;
+    let info = ConnInfo::new(peer, state.clone(), shared.tracker.clone()).with(known);
     let svc_shared = shared.clone();
     // The stack of the snapshot the last request used, kept while no reload replaces it: a
     // request then calls it where it is, instead of finding its role's stack in the snapshot

@@ -198,7 +198,7 @@ impl Inner {
         let Some(addr) = req
             .extensions()
             .get::<ConnInfo>()
-            .and_then(|c| c.original_dst)
+            .and_then(ConnInfo::original_dst)
         else {
             return self.unreachable("the connection's original destination is unknown".into());
         };

@@ -53,7 +53,16 @@ pub struct Session {
     pub peer: Option<PeerCert>,
 }
 
-impl attache_filters::facts::Fact for Session {
+/// A connection's TLS facts on its requests' spans.
+impl attache_filters::facts::Fact for crate::conn::Known {
+    fn attributes(&self, attr: attache_filters::facts::Attributes<'_>) {
+        if let Some(tls) = &self.tls {
+            tls.attributes(attr);
+        }
+    }
+}
+
+impl Session {
     fn attributes(&self, attr: attache_filters::facts::Attributes<'_>) {
         use attache_filters::facts::Value;
         attr("tls.protocol.version", Value::from(self.version));
