@@ -73,7 +73,7 @@ ip netns exec $S python3 {server} 10.231.0.2 8080 &
 ip netns exec $S python3 {echo} 10.231.0.2 7000 &
 ip netns exec $P python3 {server} 0.0.0.0 9090 &
 ip netns exec $P {bin} init-iptables
-ip netns exec $P setpriv --reuid=65532 --regid=65532 --clear-groups {bin} run -c {config} 2>{log} &
+ip netns exec $P setpriv --reuid=65532 --regid=65532 --clear-groups {bin} run -c {config} >{log} 2>&1 &
 wait_port() {{ for _ in $(seq 100); do ip netns exec $1 bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null && return 0; sleep 0.1; done; echo "no $2:$3 in $1"; exit 1; }}
 wait_port $P 127.0.0.1 15000; wait_port $S 10.231.0.2 8080; wait_port $S 10.231.0.2 7000; wait_port $P 127.0.0.1 9090
 get() {{ ip netns exec $1 bash -c "exec 3<>/dev/tcp/$2/$3; printf 'GET $4 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n' >&3; timeout 5 cat <&3"; }}

@@ -48,7 +48,7 @@ http.server.HTTPServer((sys.argv[1], 8080), H).serve_forever()
 ip link set lo up
 mount --bind {hosts} /etc/hosts
 for a in 127.0.0.2 127.0.0.3 127.0.0.4; do python3 {server} $a & done
-ATTACHE_LOG=info {bin} run -c {config} 2>{log} &
+ATTACHE_LOG=info {bin} run -c {config} >{log} 2>&1 &
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/15001) 2>/dev/null && break; sleep 0.1; done
 sleep 1.5
 ask() {{

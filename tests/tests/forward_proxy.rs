@@ -277,7 +277,7 @@ spec:
     let script = format!(
         r#"set -e
 ip link set lo up
-ATTACHE_LOG=warn {bin} run -c {config} 2>{log} &
+ATTACHE_LOG=warn {bin} run -c {config} >{log} 2>&1 &
 pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/15002) 2>/dev/null && break; sleep 0.1; done
 ask() {{
