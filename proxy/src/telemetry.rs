@@ -76,7 +76,13 @@ impl Telemetry {
         let t = &config.spec.telemetry;
         let mut layer = ObserveLayer::new(self.metrics.clone(), direction)
             .record_metrics(traffic && t.metrics.enabled)
-            .peer_of(|ext| ext.get::<ConnInfo>().map(|c| c.peer));
+            .peer_of(|ext| {
+                ext.get::<ConnInfo>()
+                    .map(|c| attache_filters::telemetry::observe::Peer {
+                        addr: c.peer,
+                        secure: c.tls().is_some(),
+                    })
+            });
         if config.spec.trace.enabled
             && let Some(exporter) = self.exporter(config)
         {

@@ -133,8 +133,22 @@ enum Sender {
 
 impl TlsConn {
     /// Connects to `addr`, trusting `ca`, verifying `server_name`, offering `alpn`, and
-    /// presenting `client` when given. An error is the handshake's (or the socket's).
+    /// presenting `client` when given. An error is the handshake's (or the socket's), or
+    /// `timed out` after 10 s.
     pub async fn connect(
+        addr: SocketAddr,
+        ca: &str,
+        server_name: &str,
+        alpn: &[&str],
+        client: Option<&Leaf>,
+    ) -> Result<TlsConn, String> {
+        let connecting = Self::connect_now(addr, ca, server_name, alpn, client);
+        tokio::time::timeout(std::time::Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    }
+
+    async fn connect_now(
         addr: SocketAddr,
         ca: &str,
         server_name: &str,
@@ -202,8 +216,21 @@ impl TlsConn {
         self.request("GET", path, headers, Bytes::new()).await
     }
 
-    /// Any request on this connection.
+    /// Any request on this connection; `timed out` after 10 s.
     pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Got, String> {
+        let sending = self.request_now(method, path, headers, body);
+        tokio::time::timeout(std::time::Duration::from_secs(10), sending)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+    }
+
+    async fn request_now(
         &mut self,
         method: &str,
         path: &str,

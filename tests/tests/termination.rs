@@ -18,6 +18,11 @@ const CLIENT_ID: &str = "spiffe://test.local/ns/shop/sa/orders";
 
 /// A sidecar in front of `app` whose inbound listener speaks TLS with `tls` (flow YAML).
 fn tls_sidecar(app: SocketAddr, tls: &str) -> Attache {
+    tls_sidecar_with(app, tls, "")
+}
+
+/// [`tls_sidecar`] with `extra` under `spec:`.
+fn tls_sidecar_with(app: SocketAddr, tls: &str, extra: &str) -> Attache {
     let ports = Ports::new();
     let config = format!(
         "apiVersion: attache.dev/v1
@@ -28,7 +33,7 @@ spec:
     app: http://{app}
     tls: {tls}
   admin: {{ listen: 127.0.0.1:{admin} }}
-",
+{extra}",
         inbound = ports.inbound,
         admin = ports.admin
     );
@@ -311,4 +316,52 @@ spec:
         "{xfcc}"
     );
     assert_eq!(header(&got, "x-forwarded-proto").as_deref(), Some("https"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_span_says_https_and_names_the_verified_client() {
+    use attache_tests::otlp::{Collector, Protocol, SpanKind};
+    let collector = Collector::start(Protocol::Http).await;
+    let ca = Ca::new("span CA");
+    let server = ca.issue("payments", &["localhost"], Some(SERVER_ID));
+    let client = ca.issue("orders", &[], Some(CLIENT_ID));
+    let dir = TempDir::new();
+    let (cert, key, client_ca) = files(&dir, &server, &ca);
+    let app = App::start("app").await;
+    let a = tls_sidecar_with(
+        app.addr,
+        &format!("{{ cert_file: '{cert}', key_file: '{key}', client_ca_file: '{client_ca}' }}"),
+        &format!(
+            "  telemetry:
+    otlp: {{ endpoint: '{}', protocol: http/protobuf }}
+    batch: {{ scheduled_delay: 100ms }}
+",
+            collector.endpoint()
+        ),
+    );
+    let mut conn = TlsConn::connect(
+        a.inbound(),
+        &ca.pem,
+        "localhost",
+        &["http/1.1"],
+        Some(&client),
+    )
+    .await
+    .expect("mutual TLS");
+    assert_eq!(conn.get("/x", &[]).await.expect("GET").status, 200);
+    let spans = collector.wait_spans(1, 10).await;
+    let span = spans
+        .iter()
+        .find(|s| s.kind() == SpanKind::Server)
+        .expect("a SERVER span");
+    assert_eq!(span.attr("url.scheme").as_deref(), Some("https"));
+    assert_eq!(span.attr("tls.protocol.version").as_deref(), Some("1.3"));
+    assert_eq!(
+        span.attr("tls.client.subject").as_deref(),
+        Some("CN=orders")
+    );
+    assert_eq!(
+        span.attr("attache.client.spiffe_id").as_deref(),
+        Some(CLIENT_ID)
+    );
 }

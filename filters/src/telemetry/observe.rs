@@ -37,7 +37,15 @@ use crate::metrics::{MethodLabel, StatusClass};
 use crate::trace_context::propagate::TraceCtx;
 
 /// Finds the client's address in a request's extensions (the proxy knows where it put it).
-pub type PeerOf = fn(&http::Extensions) -> Option<SocketAddr>;
+pub type PeerOf = fn(&http::Extensions) -> Option<Peer>;
+
+/// The client as the connection knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The connection came over TLS: the span's `url.scheme` is `https`.
+    pub secure: bool,
+}
 
 struct Shared {
     metrics: Arc<HttpFamilies>,
@@ -139,13 +147,16 @@ where
         let s = &self.shared;
         let needs_head = s.spans.is_some() || s.access_log.is_some();
         let head = needs_head.then(|| {
-            RequestHead::of(
+            let peer = (s.peer_of)(req.extensions());
+            let mut head = RequestHead::of(
                 req.method(),
                 req.uri(),
                 req.version(),
                 req.headers(),
-                (s.peer_of)(req.extensions()),
-            )
+                peer.map(|p| p.addr),
+            );
+            head.secure = peer.is_some_and(|p| p.secure);
+            head
         });
         let request_bytes = if s.access_log.is_some() {
             req.headers()

@@ -63,6 +63,8 @@ pub struct RequestHead {
     pub method: Method,
     pub version: Version,
     pub peer: Option<SocketAddr>,
+    /// It came over TLS (`url.scheme` is `https`).
+    pub secure: bool,
     text: String,
     path: Field,
     query: Option<Field>,
@@ -119,6 +121,7 @@ impl RequestHead {
             method: method.clone(),
             version,
             peer,
+            secure: false,
             path: take(0).unwrap_or(Field(0, 0)),
             query: take(1),
             authority: take(2),
@@ -328,7 +331,10 @@ impl SpanRecord {
         if let Some(ua) = head.user_agent() {
             f("user_agent.original", Value::from(ua));
         }
-        f("url.scheme", Value::from("http"));
+        f(
+            "url.scheme",
+            Value::from(if head.secure { "https" } else { "http" }),
+        );
         if let Some(s) = self.received() {
             f("http.response.status_code", Value::Int(i64::from(s)));
         }
