@@ -14,8 +14,17 @@ use serde_json::{Value, json};
 
 /// A webhook on a free port with a certificate for `localhost` signed by `ca`.
 async fn webhook(ca: &Ca, extra: &[&str]) -> (Attache, SocketAddr) {
-    let dir = TempDir::new();
     let leaf = ca.issue("attache-webhook", &["localhost"], None);
+    webhook_with(ca, &leaf, extra).await
+}
+
+/// A webhook serving `leaf` (its files in the Attache's directory: `tls.crt`, `tls.key`).
+async fn webhook_with(
+    ca: &Ca,
+    leaf: &attache_tests::pki::Leaf,
+    extra: &[&str],
+) -> (Attache, SocketAddr) {
+    let dir = TempDir::new();
     let cert = dir.write("tls.crt", &leaf.pem).display().to_string();
     let key = dir.write("tls.key", &leaf.key_pem).display().to_string();
     let ports = Ports::new();
@@ -205,4 +214,40 @@ async fn a_review_it_cannot_read_is_allowed_with_a_warning_or_refused_when_faili
         "{message}"
     );
     assert_eq!(answer["response"]["uid"], "r-10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let ca = Ca::new("webhook CA");
+    let first = ca.issue("attache-webhook", &["localhost"], None);
+    let (a, addr) = webhook_with(&ca, &first, &[]).await;
+    let c = TlsConn::connect(addr, &ca.pem, "localhost", &["http/1.1"], None)
+        .await
+        .expect("TLS");
+    assert_eq!(c.server_cert, first.der);
+    // cert-manager renews: the Secret's files change under the running webhook.
+    let renewed = ca.issue("attache-webhook", &["localhost"], None);
+    for (name, text) in [("tls.key", &renewed.key_pem), ("tls.crt", &renewed.pem)] {
+        let path = a.dir.path().join(name);
+        let tmp = a.dir.path().join(format!("{name}.new"));
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, &path).expect("rename");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = TlsConn::connect(addr, &ca.pem, "localhost", &["http/1.1"], None)
+            .await
+            .expect("TLS during the renewal");
+        if c.server_cert == renewed.der {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And it still answers reviews.
+    let answer = post(addr, &ca, review("r-20", "Pod", pod())).await;
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
 }
