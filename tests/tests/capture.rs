@@ -125,7 +125,7 @@ echo "== end"
     assert_eq!(section("tcp").trim(), "echo: HELLO", "{ctx}");
     let metrics = section("metrics");
     assert!(
-        metrics.contains("attache_capture_tcp_tunnels_total 1"),
+        attache_tests::metrics::has(&metrics, "attache_capture_tcp_tunnels_total 1"),
         "{ctx}"
     );
 }

@@ -49,8 +49,12 @@ ip link set lo up
 mount --bind {hosts} /etc/hosts
 for a in 127.0.0.2 127.0.0.3 127.0.0.4; do python3 {server} $a & done
 ATTACHE_LOG=info {bin} run -c {config} >{log} 2>&1 &
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/15001) 2>/dev/null && break; sleep 0.1; done
-sleep 1.5
+wait_port() {{ for _ in $(seq 100); do (exec 3<>/dev/tcp/$1/$2) 2>/dev/null && return 0; sleep 0.1; done; echo "no $1:$2"; exit 1; }}
+# Waits (10 s at most) until attache's log has a line with both words.
+wait_log() {{ for _ in $(seq 100); do grep "$1" {log} | grep -q "$2" && return 0; sleep 0.1; done; echo "never logged: $1 $2"; exit 1; }}
+for a in 127.0.0.2 127.0.0.3 127.0.0.4; do wait_port $a 8080; done
+wait_port 127.0.0.1 15001
+wait_log "endpoints changed" 127.0.0.3
 ask() {{
   for _ in $(seq 12); do
     exec 3<>/dev/tcp/127.0.0.1/15001
@@ -63,10 +67,10 @@ ask() {{
 }}
 echo "two: $(ask)"
 echo "127.0.0.4 backend.test" >> {hosts}
-sleep 2.5
+wait_log "endpoints changed" 127.0.0.4
 echo "three: $(ask)"
 printf '127.0.0.1 localhost\n' > {hosts}
-sleep 2.5
+wait_log "keeping the last good addresses" backend.test
 echo "kept: $(ask)"
 kill $(jobs -p) 2>/dev/null || true
 "#,

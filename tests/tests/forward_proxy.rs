@@ -323,7 +323,10 @@ kill $pid
         assert!(s.starts_with("HTTP/1.1 403"), "{stdout}\n{log}");
     }
     assert!(
-        stdout.contains("attache_forward_proxy_denied_total{reason=\"metadata\"} 4"),
+        attache_tests::metrics::has(
+            &stdout,
+            "attache_forward_proxy_denied_total{reason=\"metadata\"} 4"
+        ),
         "{stdout}"
     );
 }

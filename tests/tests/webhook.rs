@@ -174,11 +174,17 @@ async fn the_patch_makes_the_pod_inject_makes() {
         c.get("/metrics", &[]).await.expect("metrics").text()
     };
     assert!(
-        metrics.contains("attache_webhook_reviews_total{result=\"injected\"} 1"),
+        attache_tests::metrics::has(
+            &metrics,
+            "attache_webhook_reviews_total{result=\"injected\"} 1"
+        ),
         "{metrics}"
     );
     assert!(
-        metrics.contains("attache_webhook_reviews_total{result=\"left_alone\"} 2"),
+        attache_tests::metrics::has(
+            &metrics,
+            "attache_webhook_reviews_total{result=\"left_alone\"} 2"
+        ),
         "{metrics}"
     );
     drop(a);
