@@ -43,6 +43,15 @@ impl Got {
 
 pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Result<Got, String> {
     let res: Response<_> = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    collect(res).await
+}
+
+/// A response, its body read to the end.
+pub async fn collect<B>(res: Response<B>) -> Result<Got, String>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
     let status = res.status().as_u16();
     let headers = res.headers().clone();
     let body = res

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -110,6 +110,32 @@ pub async fn https_server(leaf: &Leaf) -> SocketAddr {
         }
     });
     addr
+}
+
+/// Replaces a file's content at once (a rename), as a Secret's update or an ACME client does.
+pub fn replace(path: &std::path::Path, content: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, content).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// Connects to `addr` (trusting `ca`, for `localhost`) until the server presents `cert`;
+/// fails the test after 15 s.
+pub async fn wait_for_certificate(addr: SocketAddr, ca: &str, cert: &CertificateDer<'static>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let c = TlsConn::connect(addr, ca, "localhost", &["http/1.1"], None)
+            .await
+            .expect("a handshake while the certificate changes");
+        if c.server_cert == *cert {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// rustls's ring provider, as attache uses.
@@ -262,18 +288,6 @@ impl TlsConn {
             }
         }
         .map_err(|e| e.to_string())?;
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let body = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok(Got {
-            status,
-            headers,
-            body,
-        })
+        crate::client::collect(res).await
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use attache_tests::app::App;
 use attache_tests::client::exchange;
-use attache_tests::pki::{Ca, Leaf, TlsConn};
+use attache_tests::pki::{Ca, Leaf, TlsConn, replace, wait_for_certificate};
 use attache_tests::{Attache, Ports, TempDir};
 
 const SERVER_ID: &str = "spiffe://test.local/ns/shop/sa/payments";
@@ -195,13 +195,6 @@ fn sha256_hex(der: &[u8]) -> String {
         .collect()
 }
 
-/// Replaces `path`'s content at once (a rename), as a Secret's update or an ACME client does.
-fn replace(path: &str, content: &str) {
-    let tmp = format!("{path}.new");
-    std::fs::write(&tmp, content).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_reaches_new_connections_and_open_ones_carry_on() {
     let ca = Ca::new("rotating CA");
@@ -221,22 +214,9 @@ async fn a_renewed_certificate_reaches_new_connections_and_open_ones_carry_on() 
 
     // A new key and certificate: new connections get the new one once it is read.
     let renewed = ca.issue("payments", &["localhost"], None);
-    replace(&key, &renewed.key_pem);
-    replace(&cert, &renewed.pem);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let c = TlsConn::connect(a.inbound(), &ca.pem, "localhost", &["http/1.1"], None)
-            .await
-            .expect("handshake during the renewal");
-        if c.server_cert == renewed.der {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the renewed certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    replace(Path::new(&key), &renewed.key_pem);
+    replace(Path::new(&cert), &renewed.pem);
+    wait_for_certificate(a.inbound(), &ca.pem, &renewed.der).await;
     assert!(
         a.metric("attache_inbound_tls_reloads_total{result=\"success\"}")
             .unwrap_or(0.0)
@@ -247,7 +227,7 @@ async fn a_renewed_certificate_reaches_new_connections_and_open_ones_carry_on() 
 
     // A file that does not load is counted and changes nothing.
     replace(
-        &cert,
+        Path::new(&cert),
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     );
     let deadline = Instant::now() + Duration::from_secs(15);

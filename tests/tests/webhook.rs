@@ -234,25 +234,9 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     // cert-manager renews: the Secret's files change under the running webhook.
     let renewed = ca.issue("attache-webhook", &["localhost"], None);
     for (name, text) in [("tls.key", &renewed.key_pem), ("tls.crt", &renewed.pem)] {
-        let path = a.dir.path().join(name);
-        let tmp = a.dir.path().join(format!("{name}.new"));
-        std::fs::write(&tmp, text).expect("write");
-        std::fs::rename(&tmp, &path).expect("rename");
+        attache_tests::pki::replace(&a.dir.path().join(name), text);
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let c = TlsConn::connect(addr, &ca.pem, "localhost", &["http/1.1"], None)
-            .await
-            .expect("TLS during the renewal");
-        if c.server_cert == renewed.der {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the renewed certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    attache_tests::pki::wait_for_certificate(addr, &ca.pem, &renewed.der).await;
     // And it still answers reviews.
     let answer = post(addr, &ca, review("r-20", "Pod", pod())).await;
     assert_eq!(answer["response"]["patchType"], "JSONPatch");
