@@ -15,6 +15,7 @@ mod flags;
 mod forward_proxy;
 mod idempotency;
 mod model;
+mod ratelimit;
 mod telemetry;
 mod types;
 mod validate;
@@ -29,12 +30,13 @@ pub use flags::*;
 pub use forward_proxy::*;
 pub use idempotency::*;
 pub use model::*;
+pub use ratelimit::*;
 pub use telemetry::*;
-pub use types::{ByteSize, Duration, ListenAddr, Scheme, UpstreamUrl};
+pub use types::{ByteSize, Duration, ListenAddr, Rate, Scheme, UpstreamUrl};
 
 /// Sections of the design that later versions of attache fill in. Naming one today gets a
 /// clear "not available yet" instead of a puzzling "unknown field".
-const RESERVED_SECTIONS: &[&str] = &["spec.rate_limits"];
+const RESERVED_SECTIONS: &[&str] = &["spec.authz", "spec.context"];
 
 /// Reads a YAML or JSON document (a flag file, say) into JSON, without `${VAR}`
 /// interpolation; errors carry the line and column.
@@ -139,13 +141,21 @@ fn deserialize_all(
     errors: &mut Vec<ConfigError>,
 ) -> (Option<Config>, bool) {
     let mut only_unknown_fields = true;
+    // Array elements removed so far, so that paths found after a removal name the element the
+    // file has at that place, not the one that moved up into it.
+    let mut shifts = Shifts::default();
     for _ in 0..64 {
         let err = match serde_path_to_error::deserialize::<_, Config>(&value) {
             Ok(config) => return (Some(config), only_unknown_fields),
             Err(e) => e,
         };
-        let path = err.path().to_string();
-        let path = if path == "." { String::new() } else { path };
+        let current = err.path().to_string();
+        let current = if current == "." {
+            String::new()
+        } else {
+            current
+        };
+        let path = shifts.original(&current);
         let raw = err.into_inner().to_string();
         if let Some(name) = raw
             .strip_prefix("missing field `")
@@ -154,7 +164,7 @@ fn deserialize_all(
         {
             // A required field removed for an earlier error is not a second mistake: drop
             // its parent too and look on for errors elsewhere.
-            if path.is_empty() || !remove(&mut value, &path) {
+            if current.is_empty() || !shifts.remove(&mut value, &current, &path) {
                 return (None, false);
             }
             removed.push(path);
@@ -168,12 +178,65 @@ fn deserialize_all(
             index.nearest(&path)
         };
         errors.push(ConfigError::new(path.clone(), message).at(at));
-        if path.is_empty() || !remove(&mut value, &path) {
+        if current.is_empty() || !shifts.remove(&mut value, &current, &path) {
             return (None, false);
         }
         removed.push(path);
     }
     (None, false)
+}
+
+/// The array elements [`deserialize_all`] removed: for each array (its path as the file has
+/// it), the indices the file gave the removed elements.
+#[derive(Default)]
+struct Shifts(std::collections::HashMap<String, Vec<usize>>);
+
+impl Shifts {
+    /// `current` (a path into the value as it is now) as a path into the file.
+    fn original(&self, current: &str) -> String {
+        let mut out = String::with_capacity(current.len());
+        let mut rest = current;
+        while let Some(open) = rest.find('[') {
+            out.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find(']').map(|c| open + c) else {
+                break;
+            };
+            match rest[open + 1..close].parse::<usize>() {
+                Ok(mut i) => {
+                    let mut gone = self.0.get(&out).cloned().unwrap_or_default();
+                    gone.sort_unstable();
+                    for g in gone {
+                        if g <= i {
+                            i += 1;
+                        }
+                    }
+                    out.push_str(&format!("[{i}]"));
+                }
+                Err(_) => out.push_str(&rest[open..=close]),
+            }
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Removes the node at `current`, noting it when it is an array element (`original` is the
+    /// same path as the file has it).
+    fn remove(&mut self, value: &mut Value, current: &str, original: &str) -> bool {
+        if !remove(value, current) {
+            return false;
+        }
+        if let Some(open) = original.rfind('[')
+            && original.ends_with(']')
+            && let Ok(i) = original[open + 1..original.len() - 1].parse::<usize>()
+        {
+            self.0
+                .entry(original[..open].to_owned())
+                .or_default()
+                .push(i);
+        }
+        true
+    }
 }
 
 /// Rewrites serde's messages into attache's voice. Returns the message and whether it is about
@@ -277,7 +340,7 @@ fn remove(value: &mut Value, path: &str) -> bool {
     }
     match (last, cur) {
         (Err(k), Value::Object(m)) => m.remove(*k).is_some(),
-        // Replacing keeps later indices (and so their positions) stable.
+        // Later elements move up; `Shifts` maps their paths back to the file's.
         (Ok(i), Value::Array(a)) if *i < a.len() => {
             a.remove(*i);
             true

@@ -98,6 +98,9 @@ pub struct Spec {
     /// Feature flags in flagd's format (specs/feature-flags.md); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<crate::flags::Flags>,
+    /// Rate limits, local or shared through Redis; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<crate::ratelimit::RateLimits>,
     /// Spans and their export, metrics and the access log (specs/trace-context.md §8–§11).
     #[serde(default)]
     pub telemetry: crate::telemetry::Telemetry,

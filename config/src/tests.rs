@@ -144,13 +144,12 @@ spec:
 
 #[test]
 fn missing_and_reserved_sections() {
-    let errs = errors(
-        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  rate_limits: {}\n  inbound: {}\n",
-    );
+    let errs =
+        errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  context: {}\n  inbound: {}\n");
     assert_eq!(
         errs,
         [
-            "spec.rate_limits: `rate_limits` is not available in this version of attache yet at line 4, column 3",
+            "spec.context: `context` is not available in this version of attache yet at line 4, column 3",
             "spec.inbound: missing required field `app` at line 5, column 12",
         ]
     );
@@ -992,4 +991,124 @@ spec:
         errs.iter().all(|e| e.starts_with("spec.upstreams.pay.tls")),
         "{errs:?}"
     );
+}
+
+#[test]
+fn rate_limits_read_rates_keys_and_matches() {
+    let c = load(&format!(
+        "{MINIMAL}  rate_limits:
+    store: redis://127.0.0.1:6379
+    limits:
+      - {{ name: a, rate: 100/s }}
+      - {{ name: b, rate: 5/10s, burst: 2, key: client_address, shared: true, on_store_error: deny }}
+      - {{ name: c, rate: 600/min, key: {{ header: X-Tenant-Id }}, missing_key: skip,
+          match: {{ methods: [post], path_prefix: /api/, path_regex: '/api/v[0-9]+/.*' }} }}
+"
+    ))
+    .unwrap();
+    let rl = c.spec.rate_limits.unwrap();
+    assert_eq!(rl.store_timeout.to_string(), "50ms");
+    let [a, b, cc] = &rl.limits[..] else {
+        panic!("three limits")
+    };
+    assert_eq!(
+        (a.rate.count, a.rate.per.as_secs(), a.burst()),
+        (100, 1, 100)
+    );
+    assert_eq!(a.key, LimitKey::None);
+    assert_eq!((b.rate.count, b.rate.per.as_secs(), b.burst()), (5, 10, 2));
+    assert_eq!(b.on_store_error, OnStoreError::Deny);
+    assert_eq!(cc.rate.to_string(), "600/m");
+    assert_eq!(cc.key, LimitKey::Header("X-Tenant-Id".into()));
+    assert_eq!(cc.missing_key, MissingKey::Skip);
+    assert_eq!(cc.matches.methods, ["post"]);
+}
+
+#[test]
+fn rate_limits_are_checked_with_the_field_at_fault() {
+    let errs = errors(&format!(
+        "{MINIMAL}  outbound: [ {{ listen: '127.0.0.1:15001', upstream: pay }} ]
+  upstreams: {{ pay: {{ endpoints: ['http://127.0.0.1:9'] }}, other: {{ endpoints: ['http://127.0.0.1:9'] }} }}
+  rate_limits:
+    limits:
+      - {{ name: a, rate: 0/s }}
+      - {{ name: b, rate: 10/fortnight }}
+      - {{ name: c, rate: 1/s, shared: true, burst: 0 }}
+      - {{ name: c, rate: 1/s, key: {{ header: 'bad header' }} }}
+      - {{ name: d, rate: 1/s, key: peer_identity }}
+      - {{ name: e, rate: 1/s, match: {{ path_regex: '(', methods: ['GET POST'] }} }}
+      - {{ name: f, rate: 1/s, match: {{ listener: outbound, upstream: other }} }}
+      - {{ name: g, rate: 1/s, match: {{ upstream: pay }} }}
+      - {{ name: 'h i', rate: 1/s }}
+"
+    ));
+    let has = |path: &str, text: &str| {
+        assert!(
+            errs.iter().any(|e| e.starts_with(path) && e.contains(text)),
+            "no error at {path} saying {text:?} in {errs:#?}"
+        );
+    };
+    has(
+        "spec.rate_limits.limits[0].rate",
+        "the count must be at least 1",
+    );
+    has(
+        "spec.rate_limits.limits[1].rate",
+        "invalid rate \"10/fortnight\"",
+    );
+    // Each bad value is reported; the checks across fields wait for a file without them.
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+
+    let errs = errors(&format!(
+        "{MINIMAL}  outbound: [ {{ listen: '127.0.0.1:15001', upstream: pay }} ]
+  upstreams: {{ pay: {{ endpoints: ['http://127.0.0.1:9'] }}, other: {{ endpoints: ['http://127.0.0.1:9'] }} }}
+  rate_limits:
+    limits:
+      - {{ name: c, rate: 1/s, shared: true, burst: 0 }}
+      - {{ name: c, rate: 1/s, key: {{ header: 'bad header' }} }}
+      - {{ name: d, rate: 1/s, key: peer_identity }}
+      - {{ name: e, rate: 1/s, match: {{ path_regex: '(', methods: ['GET POST'] }} }}
+      - {{ name: f, rate: 1/s, match: {{ listener: outbound, upstream: other }} }}
+      - {{ name: g, rate: 1/s, match: {{ upstream: pay }} }}
+      - {{ name: 'h i', rate: 1/s }}
+"
+    ));
+    let has = |path: &str, text: &str| {
+        assert!(
+            errs.iter().any(|e| e.starts_with(path) && e.contains(text)),
+            "no error at {path} saying {text:?} in {errs:#?}"
+        );
+    };
+    has("spec.rate_limits.limits[0].burst", "at least 1");
+    has(
+        "spec.rate_limits.limits[0].shared",
+        "needs spec.rate_limits.store",
+    );
+    has(
+        "spec.rate_limits.limits[1].name",
+        "another limit is named \"c\"",
+    );
+    has(
+        "spec.rate_limits.limits[1].key.header",
+        "not a valid header name",
+    );
+    has("spec.rate_limits.limits[2].key", "client_ca_file");
+    has(
+        "spec.rate_limits.limits[3].match.path_regex",
+        "not a regular expression",
+    );
+    has(
+        "spec.rate_limits.limits[3].match.methods[0]",
+        "not an HTTP method",
+    );
+    has(
+        "spec.rate_limits.limits[4].match.upstream",
+        "no outbound listener is bound to upstream `other`",
+    );
+    has(
+        "spec.rate_limits.limits[5].match.upstream",
+        "listener: outbound",
+    );
+    has("spec.rate_limits.limits[6].name", "printable ASCII");
+    assert_eq!(errs.len(), 10, "{errs:#?}");
 }

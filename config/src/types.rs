@@ -121,6 +121,68 @@ string_type!(
     Some("^([0-9]+(ms|s|m|h))+$")
 );
 
+// === Rate ===
+
+/// A rate: a count per period, `100/s`, `6000/m`, `10/min`, `1000/h`, `50000/d`, or per any
+/// duration, `5/10s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rate {
+    pub count: u32,
+    pub per: std::time::Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid rate {s:?} (write it like 100/s, 6000/m, 10/h or 5/10s)");
+        let (count, per) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = per.trim();
+        let per = match per {
+            "s" | "sec" | "second" => std::time::Duration::from_secs(1),
+            "m" | "min" | "minute" => std::time::Duration::from_secs(60),
+            "h" | "hour" => std::time::Duration::from_secs(3600),
+            "d" | "day" => std::time::Duration::from_secs(86_400),
+            other => other.parse::<Duration>().map_err(|_| bad())?.get(),
+        };
+        if count == 0 {
+            return Err(format!("invalid rate {s:?}: the count must be at least 1"));
+        }
+        if per.is_zero() {
+            return Err(format!(
+                "invalid rate {s:?}: the period must be longer than 0s"
+            ));
+        }
+        Ok(Self { count, per })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.per.as_millis() {
+            1000 => write!(f, "{}/s", self.count),
+            60_000 => write!(f, "{}/m", self.count),
+            3_600_000 => write!(f, "{}/h", self.count),
+            86_400_000 => write!(f, "{}/d", self.count),
+            _ => write!(f, "{}/{}", self.count, Duration(self.per)),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+string_type!(
+    Rate,
+    "Rate",
+    "A count per period: 100/s, 6000/m, 1000/h, 50000/d, or per a duration, 5/10s",
+    Some("^[0-9]+/([0-9]+(ms|s|m|h))+$|^[0-9]+/(s|sec|second|m|min|minute|h|hour|d|day)$")
+);
+
 // === ByteSize ===
 
 /// A size in bytes: a plain integer, or a string with a unit (`64KiB`, `1MiB`, `10MB`, `512B`).
@@ -372,6 +434,26 @@ string_type!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_read_units_and_durations_and_print_back() {
+        for (text, count, per_ms, shown) in [
+            ("100/s", 100, 1000, "100/s"),
+            ("6000/min", 6000, 60_000, "6000/m"),
+            ("10/hour", 10, 3_600_000, "10/h"),
+            ("1/d", 1, 86_400_000, "1/d"),
+            ("5/10s", 5, 10_000, "5/10s"),
+            (" 3 / 500ms ", 3, 500, "3/500ms"),
+        ] {
+            let r: Rate = text.parse().unwrap();
+            assert_eq!((r.count, r.per.as_millis()), (count, per_ms), "{text}");
+            assert_eq!(r.to_string(), shown);
+            assert_eq!(shown.parse::<Rate>().unwrap(), r);
+        }
+        for bad in ["", "100", "/s", "x/s", "0/s", "1/0s", "1/fortnight", "-1/s"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_round_trip() {

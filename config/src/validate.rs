@@ -7,6 +7,7 @@ use crate::error::ConfigError;
 use crate::model::Config;
 
 mod flags;
+mod ratelimit;
 use flags::flags;
 
 pub fn validate(config: &Config) -> Vec<ConfigError> {
@@ -54,6 +55,9 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     }
     if let Some(idem) = &spec.idempotency {
         idempotency(idem, &mut errors);
+    }
+    if let Some(rl) = &spec.rate_limits {
+        ratelimit::rate_limits(rl, spec, &mut errors);
     }
     errors
 }

@@ -51,6 +51,10 @@ pub trait Fact: Any + Debug + Send + Sync {
     /// The events this fact adds to the span: `event(name, write)` for each, where `write`
     /// writes the event's attributes.
     fn events(&self, _event: Events<'_>) {}
+
+    /// The fields this fact adds to the request's access-log line (most facts add none: the
+    /// line stays short, and the span has the detail).
+    fn log_fields(&self, _field: Attributes<'_>) {}
 }
 
 /// Every fact handed up for one request, in the order the layers handed them up (innermost

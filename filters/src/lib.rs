@@ -65,6 +65,8 @@ pub mod idempotency;
 pub mod log_throttle;
 pub mod metrics;
 pub mod otel;
+pub mod ratelimit;
+pub mod redis;
 pub mod telemetry;
 pub mod trace_context;
 

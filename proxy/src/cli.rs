@@ -82,6 +82,10 @@ enum Command {
         /// Where OFREP is served when flags are loaded [default: 127.0.0.1:8016].
         #[arg(long)]
         ofrep: Option<ListenAddr>,
+        /// Limit each client address to this rate (100/s, 600/m, 5/10s; the burst is the
+        /// count), with the `RateLimit` fields on every response so the budget shows.
+        #[arg(long, value_parser = |s: &str| s.parse::<attache_config::Rate>())]
+        rate_limit: Option<attache_config::Rate>,
     },
     /// Check config files; prints every error and exits 1 if any file is invalid.
     Validate {
@@ -271,6 +275,7 @@ pub fn main() -> ExitCode {
             redis,
             flags,
             ofrep,
+            rate_limit,
         } => {
             logging::init(cli.log_format);
             let (mut c, demo) = match dev_config(app, listen, admin, config.as_deref(), redis) {
@@ -278,6 +283,9 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             dev_flags(&mut c, flags, ofrep);
+            if let Some(rate) = rate_limit {
+                dev_rate_limit(&mut c, rate);
+            }
             serve(cli.workers, c, config, demo, true)
         }
     }
@@ -339,6 +347,18 @@ fn dev_config(
         }
     }
     Ok((c, demo))
+}
+
+/// `attache dev --rate-limit`: one inbound limit per client address, advertised on every
+/// response, added to the file's limits (replacing one of the same name).
+fn dev_rate_limit(c: &mut Config, rate: attache_config::Rate) {
+    let rl = c.spec.rate_limits.get_or_insert_with(Default::default);
+    rl.limits.retain(|l| l.name != "dev");
+    rl.limits.push(attache_config::RateLimit {
+        key: attache_config::LimitKey::ClientAddress,
+        headers_on_allowed: true,
+        ..attache_config::RateLimit::new("dev", rate)
+    });
 }
 
 /// `attache dev`'s flags: a flag file, and OFREP when asked for.

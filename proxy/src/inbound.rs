@@ -6,7 +6,8 @@
 //!    names are removed, before any step adds its own (`hop_by_hop.rs`)
 //! 2. trace_context: continue or start the trace, rewrite trace headers
 //! 3. telemetry: metrics, the SERVER span and the access log, around everything below
-//! 4. ratelimit (to come)
+//! 4. ratelimit: the limits of `spec.rate_limits` on inbound requests; over one, a 429 at
+//!    once (`filters/src/ratelimit/`)
 //! 5. flags: evaluate for the app, deliver as headers and baggage, route by variant
 //!    (specs/feature-flags.md)
 //! 6. idempotency: Idempotency-Key enforcement (specs/idempotency.md)
@@ -36,6 +37,7 @@ pub fn leg(inbound: &Inbound, steps: Steps) -> LegSpec<'_> {
             hand_up: false,
         },
         observe: steps.observe,
+        ratelimit: steps.ratelimit,
         flags: steps.flags,
         idempotency: steps.idempotency,
         routed: steps.routed,

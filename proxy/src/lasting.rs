@@ -1,7 +1,7 @@
 //! What outlives a snapshot. A reload builds a new snapshot from the new config, but state
 //! made from a part of the config that did not change is kept: upstream connection pools, the
 //! span exporter and the access-log writer, the idempotency store, the flag sources with their
-//! last good documents, the inbound TLS config and its file watcher. [`Lasting`] holds all of it, and each piece follows one pattern,
+//! last good documents, local rate limits' buckets, the inbound TLS config and its file watcher. [`Lasting`] holds all of it, and each piece follows one pattern,
 //! [`Kept`]: a value and the key (the config it was made from) it was
 //! made for.
 
@@ -16,6 +16,7 @@ use attache_filters::metrics::Metrics;
 use crate::flags::Flags;
 use crate::idempotency::Stores;
 use crate::kept::Kept;
+use crate::ratelimit::Limiters;
 use crate::telemetry::Telemetry;
 use crate::tls::server::ServerTls;
 use crate::upstream::{self, Client};
@@ -27,6 +28,8 @@ pub struct Lasting {
     pub telemetry: Telemetry,
     pub stores: Stores,
     pub flags: Flags,
+    /// Local rate limits' buckets and the shared limits' Redis.
+    pub limiters: Limiters,
     /// The inbound listener's TLS, with its file watcher (`spec.inbound.tls`).
     pub server_tls: Kept<InboundTls, Arc<ServerTls>>,
 }
@@ -38,6 +41,7 @@ impl Lasting {
             telemetry: Telemetry::new(metrics.clone(), dev),
             stores: Stores::default(),
             flags: Flags::new(metrics.clone()),
+            limiters: Limiters::default(),
             server_tls: Kept::default(),
             metrics,
         }

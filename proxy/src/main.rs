@@ -24,6 +24,7 @@ mod listener;
 mod logging;
 mod metrics;
 mod outbound;
+mod ratelimit;
 mod ready;
 mod reload;
 mod route;

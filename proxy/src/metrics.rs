@@ -311,6 +311,7 @@ pub fn register_all(metrics: &Metrics) {
     metrics.family::<IdempotencyFamilies>();
     metrics.family::<ExportFamilies>();
     metrics.family::<FlagFamilies>();
+    metrics.family::<attache_filters::ratelimit::metrics::RateLimitFamilies>();
     metrics.family::<crate::tls::metrics::TlsFamilies>();
     metrics.family::<crate::forward_proxy::metrics::ForwardProxyFamilies>();
 }

@@ -6,8 +6,9 @@
 //! 2. limits, and the fields the app's `Connection` names removed, as inbound
 //! 3. trace_context: continue the app's trace (or start one), restore the context the app
 //!    did not forward, rewrite trace headers
-//! 4. flags: routing by a flag's variant (the app's baggage decisions are trusted)
-//! 5. ratelimit: quotas protecting dependencies (to come)
+//! 4. ratelimit: quotas protecting dependencies (`match.listener: outbound`); over one, the
+//!    app gets the 429
+//! 5. flags: routing by a flag's variant (the app's baggage decisions are trusted)
 //! 6. forward: timeouts (retries and circuit breaking to come), round robin over the
 //!    endpoints with a failover when no connection could be made, the connection pool
 //!
@@ -38,6 +39,7 @@ pub fn leg(trace: Option<&TraceOverride>, steps: Steps) -> LegSpec<'_> {
             hand_up: false,
         },
         observe: steps.observe,
+        ratelimit: steps.ratelimit,
         flags: steps.flags,
         idempotency: None,
         routed: steps.routed,

@@ -241,6 +241,7 @@ impl Legs<'_> {
             metrics,
             telemetry,
             stores,
+            limiters,
             ..
         } = self.lasting;
         let observe = telemetry.layer(self.config, direction);
@@ -254,6 +255,13 @@ impl Legs<'_> {
                 observe.records_spans(),
             ),
             observe,
+            ratelimit: crate::steps::ratelimit::layer(
+                self.config,
+                limiters,
+                metrics,
+                direction,
+                (direction == Direction::Outbound).then_some(upstream),
+            )?,
             idempotency: match direction {
                 Direction::Inbound => {
                     crate::steps::idempotency::layer(self.config, stores, metrics, telemetry.dev)?

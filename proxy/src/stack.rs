@@ -13,6 +13,7 @@ use attache_filters::Body;
 use attache_filters::flags::request::FlagsLayer;
 use attache_filters::idempotency::IdempotencyLayer;
 use attache_filters::metrics::{Direction, Metrics};
+use attache_filters::ratelimit::RateLimitLayer;
 use attache_filters::telemetry::ObserveLayer;
 use attache_filters::trace_context::propagate::RecordLayer;
 use http::{Request, Response};
@@ -31,6 +32,7 @@ pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 /// The optional steps of a leg's request flow, built per snapshot.
 pub struct Steps {
     pub observe: ObserveLayer,
+    pub ratelimit: Option<RateLimitLayer>,
     pub flags: Option<FlagsLayer>,
     pub idempotency: Option<IdempotencyLayer>,
     /// Upstreams flag routes may pick.
@@ -45,6 +47,7 @@ pub struct LegSpec<'a> {
     /// The forwarder's rewriting rules (`X-Forwarded-*`, `Host`).
     pub forward: Leg,
     pub observe: ObserveLayer,
+    pub ratelimit: Option<RateLimitLayer>,
     pub flags: Option<FlagsLayer>,
     pub idempotency: Option<IdempotencyLayer>,
     /// Upstreams flag routes may pick.
@@ -77,7 +80,8 @@ fn tail(target: Arc<Target>, routed: &Routed, metrics: &Metrics, leg: &Leg) -> R
 
 /// The stack of one leg, in the one order both legs share:
 ///
-/// observe → limits → hop-by-hop on arrival → trace context → flags → idempotency (inbound)
+/// observe → limits → hop-by-hop on arrival → trace context → rate limits → flags →
+/// idempotency (inbound)
 /// → restoration record (inbound) → route → forward → balance → endpoint; on the forward
 /// proxy, its own tail (`forward_proxy/`) in place of the route.
 pub fn build(
@@ -141,6 +145,9 @@ where
             propagation(config, spec.direction, spec.trace, metrics, restoration)
                 .map(|p| p.hand_up(hand_up)),
         )
+        // A request over a limit is answered here: it costs no flag evaluation, never claims
+        // an idempotency key, and leaves no restoration record.
+        .option_layer(spec.ratelimit)
         .option_layer(spec.flags)
         .option_layer(spec.idempotency)
         // Restoration records what the app receives: after the flags step, never before.

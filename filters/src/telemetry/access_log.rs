@@ -145,6 +145,8 @@ pub struct Entry<'a> {
     pub span_id: Option<u64>,
     pub sampled: Option<bool>,
     pub error: Option<&'a str>,
+    /// What the layers had to say in the log (`Fact::log_fields`), after the fixed fields.
+    pub facts: Option<&'a crate::facts::Facts>,
 }
 
 impl Entry<'_> {
@@ -213,6 +215,18 @@ impl Entry<'_> {
         }
         s.push_str(",\"error\":");
         opt_str(s, self.error);
+        for fact in self.facts.iter().flat_map(|f| f.iter()) {
+            fact.log_fields(&mut |name, value| {
+                s.push_str(",\"");
+                s.push_str(name);
+                s.push_str("\":");
+                match value {
+                    crate::facts::Value::Str(v) => json_str(s, &v),
+                    crate::facts::Value::Int(v) => s.push_str(&v.to_string()),
+                    crate::facts::Value::Bool(v) => s.push_str(if v { "true" } else { "false" }),
+                }
+            });
+        }
         s.push_str("}\n");
     }
 }
@@ -336,6 +350,7 @@ mod tests {
             span_id: Some(0x00f067aa0ba902b7),
             sampled: Some(true),
             error: None,
+            facts: None,
         };
         let line = e.to_line();
         assert!(line.ends_with("}\n"));

@@ -296,6 +296,7 @@ impl Drop for Record {
                 span_id: self.ctx.as_ref().map(|c| c.span_id.0),
                 sampled: self.ctx.as_ref().map(|c| c.sampled),
                 error,
+                facts: (!self.facts.is_empty()).then_some(&self.facts),
             });
         }
         if let (Some((sink, settings)), Some(ctx)) = (&s.spans, &self.ctx)

@@ -4,4 +4,5 @@
 
 pub mod flags;
 pub mod idempotency;
+pub mod ratelimit;
 pub mod trace_context;
