@@ -364,14 +364,15 @@ impl Shared {
                 self.metrics.store_op("ok", took);
                 Ok(verdict)
             }
-            Ok(Err(e)) => {
+            // The client's own response timeout is the store timeout too.
+            Ok(Err(e)) if !e.is_timeout() => {
                 self.metrics.store_op("error", took);
                 if let Some(held_back) = self.store_errors.admit() {
                     tracing::warn!(limit = %c.limit.name, error = %e, held_back, "a shared rate limit could not be checked in Redis");
                 }
                 Err("unavailable")
             }
-            Err(_) => {
+            Ok(Err(_)) | Err(_) => {
                 self.metrics.store_op("timeout", took);
                 if let Some(held_back) = self.store_errors.admit() {
                     tracing::warn!(limit = %c.limit.name, timeout = ?self.store_timeout, held_back, "a shared rate limit check took longer than the store timeout");
