@@ -10,8 +10,10 @@
 #                  `none` row of bench/flags.sh and `propagation-only` of bench/tracing.sh
 #   10-flags       traced, plus the 10 flags of bench/flags-10.json evaluated and delivered
 #   control        traced, the client sending the headers and baggage the 10 flags would add
+#   1-limit        traced, plus one local rate limit keyed by the x-user-id header (generous:
+#                  every request allowed), as bench/ratelimit.sh's `local` mode
 #
-# The three filtered targets send what bench/flags.sh sends (x-user-id, x-plan).
+# The filtered targets send what bench/flags.sh sends (x-user-id, x-plan).
 #
 # Each target serves two loads of different length, and the difference between the two counts
 # is divided by the difference in requests, so start-up and shutdown drop out.
@@ -19,6 +21,7 @@
 #   bash bench/instructions.sh                   # attache, floor, nginx; saturated
 #   TARGETS=attache bash bench/instructions.sh   # one target
 #   TARGETS="traced 10-flags control" bash bench/instructions.sh   # the filters' cost
+#   TARGETS="traced 1-limit" bash bench/instructions.sh   # a rate limit's cost
 #   LOAD=rate bash bench/instructions.sh         # 400 req/s: every request wakes the proxy alone
 #   HEADERS=flags bash bench/instructions.sh     # every target's requests carry x-user-id and
 #                                                # x-plan, as the counts before 569daca did
@@ -78,13 +81,15 @@ filtered_yaml 10-flags "  flags:
       targeting_key: [ { header: x-user-id } ]
       attributes: [ { header: x-plan, as: plan } ]
     deliver: { flags: [s1, s2, s3, s4, s5, s6, t1, t2, t3, f1] }"
+filtered_yaml 1-limit "  rate_limits:
+    limits: [ { name: per-user, rate: 1000000/s, key: { header: x-user-id } } ]"
 
 # load TARGET SIZE: one load against the proxy; prints the requests completed.
 load() {
   local h=()
   [ "${HEADERS:-}" = flags ] && h=(-H 'x-user-id: user-42' -H 'x-plan: pro')
   case $1 in
-    traced | 10-flags) h=(-H 'x-user-id: user-42' -H 'x-plan: pro') ;;
+    traced | 10-flags | 1-limit) h=(-H 'x-user-id: user-42' -H 'x-plan: pro') ;;
     control) h=(-H 'x-user-id: user-42' -H 'x-plan: pro'
       -H 'x-flag-s1: true' -H 'x-flag-s2: false' -H 'x-flag-s3: dark' -H 'x-flag-s4: 20'
       -H 'x-flag-s5: {"cols":3,"dense":true}' -H 'x-flag-t1: beta' -H 'x-flag-t2: true'
@@ -111,13 +116,13 @@ STEADY_ALLOCATOR=background_thread:false,dirty_decay_ms:-1,muzzy_decay_ms:-1
 count() {
   local log="$OUT/instr-$1.log" pid n
   case $1 in
-    attache | traced | 10-flags | control) _RJEM_MALLOC_CONF=$STEADY_ALLOCATOR ATTACHE_LOG=warn ATTACHE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+    attache | traced | 10-flags | control | 1-limit) _RJEM_MALLOC_CONF=$STEADY_ALLOCATOR ATTACHE_LOG=warn ATTACHE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         "$ATTACHE_BIN" run -c "$OUT/instr-$1.yaml" 2>"$log" >/dev/null & ;;
     floor) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         target/release/examples/hyper_floor "127.0.0.1:$PROXY" "127.0.0.1:$UP" 2>"$log" >/dev/null & ;;
     nginx) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         nginx -c "$PWD/$OUT/instr-nginx.conf" -p "$PWD/$OUT" 2>"$log" >/dev/null & ;;
-    *) echo "unknown target $1 (attache, floor, nginx, traced, 10-flags, control)" >&2; exit 1 ;;
+    *) echo "unknown target $1 (attache, floor, nginx, traced, 10-flags, control, 1-limit)" >&2; exit 1 ;;
   esac
   pid=$!
   wait_port "$PROXY"

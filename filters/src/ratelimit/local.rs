@@ -53,6 +53,40 @@ pub struct LocalLimiter<C: Clock = DefaultClock> {
     burst: u32,
 }
 
+/// One check's outcome, as governor reports it.
+pub struct Checked<'a, C: Clock> {
+    limiter: &'a LocalLimiter<C>,
+    outcome: Result<StateSnapshot, NotUntil<C::Instant>>,
+}
+
+impl<C: Clock + Clone> Checked<'_, C> {
+    pub fn allowed(&self) -> bool {
+        self.outcome.is_ok()
+    }
+
+    /// The outcome with what is left of the burst and when it is whole again.
+    pub fn verdict(&self) -> Verdict {
+        let l = self.limiter;
+        match &self.outcome {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                Verdict::Allowed {
+                    remaining,
+                    // Each share taken comes back after one interval.
+                    reset: l.interval * (l.burst - remaining.min(l.burst)),
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(l.clock.now());
+                Verdict::Limited {
+                    retry_after: wait,
+                    reset: wait + l.interval * (l.burst - 1),
+                }
+            }
+        }
+    }
+}
+
 /// governor's quota for `count` requests per `per`, `burst` at once.
 pub fn quota(count: u32, per: Duration, burst: u32) -> Quota {
     let interval = (per / count.max(1)).max(Duration::from_nanos(1));
@@ -100,35 +134,18 @@ impl<C: Clock + Clone> LocalLimiter<C> {
     }
 
     /// Checks one request under `key` (ignored by a limit without keys), taking its share of
-    /// the burst when allowed.
-    pub fn check(&self, key: u64) -> Verdict {
+    /// the burst when allowed. What is left of the burst is worked out only when asked for
+    /// ([`Checked::verdict`]): most allowed requests never need it.
+    pub fn check(&self, key: u64) -> Checked<'_, C> {
         let outcome = match &self.state {
             State::Whole(l) => l.check(),
             State::PerKey { limiter, .. } => limiter.check_key(&key),
         };
-        match outcome {
-            Ok(snapshot) => self.allowed(&snapshot),
-            Err(not_until) => self.limited(&not_until),
+        Checked {
+            limiter: self,
+            outcome,
         }
     }
-
-    fn allowed(&self, snapshot: &StateSnapshot) -> Verdict {
-        let remaining = snapshot.remaining_burst_capacity();
-        Verdict::Allowed {
-            remaining,
-            // Each share taken comes back after one interval.
-            reset: self.interval * (self.burst - remaining.min(self.burst)),
-        }
-    }
-
-    fn limited(&self, not_until: &NotUntil<C::Instant>) -> Verdict {
-        let wait = not_until.wait_time_from(self.clock.now());
-        Verdict::Limited {
-            retry_after: wait,
-            reset: wait + self.interval * (self.burst - 1),
-        }
-    }
-
     /// The burst and the interval after which one share of it comes back.
     pub fn shape(&self) -> (u32, Duration) {
         (self.burst, self.interval)

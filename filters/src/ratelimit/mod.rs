@@ -25,7 +25,7 @@ pub mod metrics;
 mod shared;
 
 pub use key::{ConnReaders, KeySource, Trusted, local_hash};
-pub use local::{LocalLimiter, quota};
+pub use local::{Checked, LocalLimiter, quota};
 pub use shared::SharedLimiter;
 
 use std::convert::Infallible;
@@ -231,8 +231,10 @@ where
             };
             match &c.limit.check {
                 Check::Local(limiter) => {
-                    let verdict = limiter.check(local_hash(key.as_deref()));
-                    if let Some(res) = c.decide(verdict, &mut advertised) {
+                    let checked = limiter.check(local_hash(key.as_deref()));
+                    if checked.allowed() && !c.limit.headers_on_allowed {
+                        c.counters.allowed.inc();
+                    } else if let Some(res) = c.decide(checked.verdict(), &mut advertised) {
                         return RateLimitFuture::Ready { res: Some(res) };
                     }
                 }
