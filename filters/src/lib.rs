@@ -50,10 +50,13 @@
 //!   baggage ([`FlagsLayer::builder`](flags::request::FlagsLayer::builder)), and OFREP.
 //! - [`idempotency`]: Idempotency-Key enforcement over a memory or Redis store
 //!   ([`IdempotencyLayer::builder`](idempotency::IdempotencyLayer::builder)).
+//! - [`ratelimit`]: rate limits, local (governor's GCRA over a bounded keyed store) or shared
+//!   through Redis ([`RateLimitLayer`](ratelimit::RateLimitLayer)).
 //! - [`telemetry`]: the observe layer (request metrics, spans, access log) and OTLP export.
 //! - The ground floor: [`metrics`] (the registry, and the families each concern declares),
 //!   [`facts`] (what layers tell the observer), [`errors`] (problem+json responses),
-//!   [`codec`] (hex and percent-encoding), [`log_throttle`].
+//!   [`codec`] (hex and percent-encoding), [`log_throttle`], [`redis`] (the Redis client
+//!   under every Redis-backed concern).
 
 #![forbid(unsafe_code)]
 

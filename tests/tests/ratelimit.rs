@@ -32,6 +32,13 @@ fn assert_limited(got: &Got, policy: &str, retry_after: std::ops::RangeInclusive
     assert!(field.contains(";r=0;t="), "{field}");
 }
 
+/// A `spec.rate_limits` section over `store` with the given `limits` lines.
+fn shared(store: &str, timeout: &str, limits: &str) -> String {
+    format!(
+        "  rate_limits:\n    store: '{store}'\n    store_timeout: {timeout}\n    limits:\n{limits}"
+    )
+}
+
 /// Metrics samples summed over every attache given (`series` with its labels).
 fn total(attaches: &[Attache], series: &str) -> f64 {
     attaches
@@ -274,13 +281,10 @@ async fn load(
 /// Returns how many requests were sent.
 async fn four_replicas_enforce_one_global_limit(store: &str) -> u64 {
     let app = App::start("app").await;
-    let extra = format!(
-        "  rate_limits:
-    store: '{store}'
-    store_timeout: 500ms
-    limits:
-      - {{ name: global, rate: 40/s, burst: 20, shared: true }}
-"
+    let extra = shared(
+        store,
+        "500ms",
+        "      - { name: global, rate: 40/s, burst: 20, shared: true }\n",
     );
     let attaches: Vec<Attache> = (0..4).map(|_| Attache::sidecar(app.addr, &extra)).collect();
     let (ok, limited, took) = load(
@@ -341,15 +345,12 @@ async fn four_replicas_share_one_limit_through_a_redis_cluster() {
 async fn a_paused_or_dead_redis_fails_open_or_closed_as_configured_within_the_timeout() {
     let mut redis = Redis::start();
     let app = App::start("app").await;
-    let extra = format!(
-        "  rate_limits:
-    store: '{}'
-    store_timeout: 100ms
-    limits:
-      - {{ name: open, rate: 1/m, burst: 2, shared: true, match: {{ path_prefix: /open }} }}
-      - {{ name: closed, rate: 1/m, burst: 2, shared: true, on_store_error: deny, match: {{ path_prefix: /closed }} }}
+    let extra = shared(
+        &redis.url(),
+        "100ms",
+        "      - { name: open, rate: 1/m, burst: 2, shared: true, match: { path_prefix: /open } }
+      - { name: closed, rate: 1/m, burst: 2, shared: true, on_store_error: deny, match: { path_prefix: /closed } }
 ",
-        redis.url()
     );
     let a = Attache::sidecar(app.addr, &extra);
     for path in ["/open", "/closed"] {
@@ -420,4 +421,36 @@ async fn a_paused_or_dead_redis_fails_open_or_closed_as_configured_within_the_ti
         a.log_text().contains("a shared rate limit"),
         "the outage is logged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_limit_lives_on_the_primary_a_sentinel_names() {
+    let s = attache_tests::redis::Sentinel::start();
+    let app = App::start("app").await;
+    let extra = shared(
+        &s.url(),
+        "500ms",
+        "      - { name: sentinel, rate: 1/m, burst: 2, key: { header: x-api-key }, shared: true }\n",
+    );
+    // Two replicas: the second sees what the first spent.
+    let a = Attache::sidecar(app.addr, &extra);
+    let b = Attache::sidecar(app.addr, &extra);
+    let key = [("x-api-key", "ak_live_1")];
+    assert_eq!(get(&a.url("/"), &key).await.status, 200);
+    assert_eq!(get(&b.url("/"), &key).await.status, 200);
+    let got = get(&a.url("/"), &key).await;
+    assert_limited(&got, "\"sentinel\";q=2;w=120", 1..=60);
+    assert_eq!(
+        get(&b.url("/"), &[("x-api-key", "ak_live_2")]).await.status,
+        200
+    );
+    // The key is on the primary, hashed: the API key itself is never written to Redis.
+    let keys = s.primary.cli(&["KEYS", "attache:rl:*"]);
+    assert_eq!(keys.lines().count(), 2, "{keys}");
+    assert!(
+        keys.lines()
+            .all(|k| k.starts_with("attache:rl:{sentinel:") && k.ends_with('}')),
+        "{keys}"
+    );
+    assert!(!keys.contains("ak_live"), "{keys}");
 }
