@@ -454,3 +454,68 @@ async fn a_shared_limit_lives_on_the_primary_a_sentinel_names() {
     );
     assert!(!keys.contains("ak_live"), "{keys}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_made_up_keys_shares_one_overflow_bucket() {
+    let app = App::start("app").await;
+    let a = Attache::sidecar(
+        app.addr,
+        "  rate_limits:
+    limits: [ { name: api-keys, rate: 1/m, burst: 2, key: { header: x-api-key }, max_keys: 5 } ]
+",
+    );
+    for i in 0..5 {
+        let key = format!("known-{i}");
+        assert_eq!(get(&a.url("/"), &[("x-api-key", &key)]).await.status, 200);
+    }
+    // Past max_keys, twenty made-up keys draw on one bucket with one key's burst.
+    let mut flood = Vec::new();
+    for i in 0..20 {
+        let key = format!("made-up-{i}");
+        flood.push(get(&a.url("/"), &[("x-api-key", &key)]).await.status);
+    }
+    assert_eq!(flood.iter().filter(|s| **s == 200).count(), 2, "{flood:?}");
+    assert_eq!(flood.iter().filter(|s| **s == 429).count(), 18, "{flood:?}");
+    // A tracked key kept its own budget through the flood.
+    assert_eq!(
+        get(&a.url("/"), &[("x-api-key", "known-3")]).await.status,
+        200
+    );
+    assert_eq!(
+        get(&a.url("/"), &[("x-api-key", "known-3")]).await.status,
+        429
+    );
+    a.assert_metrics(&["attache_ratelimit_overflow_total{limit=\"api-keys\"} 20"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attache_dev_rate_limit_limits_each_client_and_shows_the_budget() {
+    let ports = Ports::new();
+    let listen = format!("127.0.0.1:{}", ports.inbound);
+    let admin = format!("127.0.0.1:{}", ports.admin);
+    let mut a = Attache::spawn(
+        ports,
+        attache_tests::TempDir::new(),
+        &[
+            "dev",
+            "--rate-limit",
+            "2/m",
+            "--listen",
+            &listen,
+            "--admin",
+            &admin,
+        ],
+    );
+    a.wait_ready();
+    let first = get(&a.url("/"), &[]).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.headers["ratelimit-policy"], "\"dev\";q=2;w=60");
+    assert!(
+        first.headers["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"dev\";r=1;t=")
+    );
+    assert_eq!(get(&a.url("/"), &[]).await.status, 200);
+    assert_limited(&get(&a.url("/"), &[]).await, "\"dev\";q=2;w=60", 1..=30);
+}

@@ -345,3 +345,44 @@ async fn the_server_span_says_https_and_names_the_verified_client() {
         Some(CLIENT_ID)
     );
 }
+
+/// A limit keyed by `peer_identity` counts per verified SPIFFE ID: each workload has its own
+/// budget, and what a client writes in `x-forwarded-client-cert` changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_keyed_by_peer_identity_counts_per_verified_workload() {
+    let ca = Ca::new("termination CA");
+    let server = ca.issue("payments", &["localhost", "127.0.0.1"], Some(SERVER_ID));
+    let orders = ca.issue("orders", &[], Some(CLIENT_ID));
+    let carts = ca.issue("carts", &[], Some("spiffe://test.local/ns/shop/sa/carts"));
+    let dir = TempDir::new();
+    let (cert, key, client_ca) = files(&dir, &server, &ca);
+    let app = App::start("app").await;
+    let a = tls_sidecar_with(
+        app.addr,
+        &format!("{{ cert_file: '{cert}', key_file: '{key}', client_ca_file: '{client_ca}' }}"),
+        "  rate_limits:
+    limits: [ { name: per-workload, rate: 1/m, burst: 2, key: peer_identity } ]
+",
+    );
+    let mut statuses = Vec::new();
+    for (leaf, spoof) in [
+        (&orders, "URI=spiffe://test.local/ns/shop/sa/a"),
+        (&orders, "URI=spiffe://test.local/ns/shop/sa/b"),
+        (&orders, "URI=spiffe://test.local/ns/shop/sa/c"),
+        (&carts, ""),
+        (&carts, ""),
+        (&carts, ""),
+    ] {
+        // A new connection each time: the budget is the workload's, not the connection's.
+        let mut conn = TlsConn::connect(a.inbound(), &ca.pem, "localhost", &["h2"], Some(leaf))
+            .await
+            .expect("mutual TLS handshake");
+        let got = conn
+            .get("/", &[("x-forwarded-client-cert", spoof)])
+            .await
+            .expect("GET");
+        statuses.push(got.status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 200, 200, 429]);
+    assert_eq!(app.hits(), 4);
+}
