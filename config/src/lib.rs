@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod context;
 mod error;
 mod flags;
 mod forward_proxy;
@@ -25,6 +26,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+pub use context::{Context, ContextLimits, TtlMode};
 pub use error::{ConfigError, ConfigErrors};
 pub use flags::*;
 pub use forward_proxy::*;
@@ -36,7 +38,7 @@ pub use types::{ByteSize, Duration, ListenAddr, Rate, Scheme, UpstreamUrl};
 
 /// Sections of the design that later versions of attache fill in. Naming one today gets a
 /// clear "not available yet" instead of a puzzling "unknown field".
-const RESERVED_SECTIONS: &[&str] = &["spec.authz", "spec.context"];
+const RESERVED_SECTIONS: &[&str] = &["spec.authz"];
 
 /// Reads a YAML or JSON document (a flag file, say) into JSON, without `${VAR}`
 /// interpolation; errors carry the line and column.

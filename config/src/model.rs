@@ -98,6 +98,10 @@ pub struct Spec {
     /// Feature flags in flagd's format (specs/feature-flags.md); off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flags: Option<crate::flags::Flags>,
+    /// The Context API (specs/context-api.md): shared state for the app on a listener of its
+    /// own; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<crate::context::Context>,
     /// Rate limits, local or shared through Redis; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<crate::ratelimit::RateLimits>,

@@ -145,11 +145,11 @@ spec:
 #[test]
 fn missing_and_reserved_sections() {
     let errs =
-        errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  context: {}\n  inbound: {}\n");
+        errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  authz: {}\n  inbound: {}\n");
     assert_eq!(
         errs,
         [
-            "spec.context: `context` is not available in this version of attache yet at line 4, column 3",
+            "spec.authz: `authz` is not available in this version of attache yet at line 4, column 3",
             "spec.inbound: missing required field `app` at line 5, column 12",
         ]
     );

@@ -56,6 +56,9 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     if let Some(idem) = &spec.idempotency {
         idempotency(idem, &mut errors);
     }
+    if let Some(c) = &spec.context {
+        context(c, &mut errors);
+    }
     if let Some(rl) = &spec.rate_limits {
         ratelimit::rate_limits(rl, spec, &mut errors);
     }
@@ -93,6 +96,9 @@ fn listen_addresses(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
     }
     if let Some(ofrep) = spec.flags.as_ref().and_then(|f| f.ofrep.as_ref()) {
         claim(ofrep.listen.0, "spec.flags.ofrep.listen".to_owned(), errors);
+    }
+    if let Some(c) = &spec.context {
+        claim(c.listen.0, "spec.context.listen".to_owned(), errors);
     }
     for (i, out) in spec.outbound.iter().enumerate() {
         claim(out.listen.0, format!("spec.outbound[{i}].listen"), errors);
@@ -611,4 +617,53 @@ fn http_token(s: &str) -> Option<String> {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
     .then(|| s.to_ascii_lowercase())
+}
+
+/// `spec.context`: a store this version has, `allow` patterns of name characters.
+fn context(c: &crate::Context, errors: &mut Vec<ConfigError>) {
+    let top = "spec.context";
+    if c.store != "memory" {
+        errors.push(ConfigError::new(
+            format!("{top}.store"),
+            format!(
+                "{:?}: only `memory` is available in this version of attache (the Redis backend is to come)",
+                c.store
+            ),
+        ));
+    }
+    for (i, p) in c.allow.iter().enumerate() {
+        if p.is_empty()
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._~:-*".contains(&b))
+        {
+            errors.push(ConfigError::new(
+                format!("{top}.allow[{i}]"),
+                format!("{p:?}: a pattern of A-Z a-z 0-9 . _ ~ : - and * (any run of characters)"),
+            ));
+        }
+    }
+    for (path, d) in [
+        ("store_timeout", c.store_timeout),
+        ("idempotency_retention", c.idempotency_retention),
+        ("limits.max_ttl", c.limits.max_ttl),
+    ] {
+        if d.get().is_zero() {
+            errors.push(ConfigError::new(
+                format!("{top}.{path}"),
+                "must be longer than 0s",
+            ));
+        }
+    }
+    if let Some(ttl) = c.ttl
+        && (ttl.get().is_zero() || ttl > c.limits.max_ttl)
+    {
+        errors.push(ConfigError::new(
+            format!("{top}.ttl"),
+            format!(
+                "must be between 0s and limits.max_ttl ({})",
+                c.limits.max_ttl
+            ),
+        ));
+    }
 }

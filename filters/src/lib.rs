@@ -61,6 +61,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod context;
 pub mod errors;
 pub mod facts;
 pub mod flags;

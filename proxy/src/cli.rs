@@ -86,6 +86,10 @@ enum Command {
         /// count), with the `RateLimit` fields on every response so the budget shows.
         #[arg(long, value_parser = |s: &str| s.parse::<attache_config::Rate>())]
         rate_limit: Option<attache_config::Rate>,
+        /// Serve the Context API (counters, maps, sets under a context name), in memory, on
+        /// this address [default when given alone: 127.0.0.1:3500].
+        #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:3500")]
+        context: Option<ListenAddr>,
     },
     /// Check config files; prints every error and exits 1 if any file is invalid.
     Validate {
@@ -276,6 +280,7 @@ pub fn main() -> ExitCode {
             flags,
             ofrep,
             rate_limit,
+            context,
         } => {
             logging::init(cli.log_format);
             let (mut c, demo) = match dev_config(app, listen, admin, config.as_deref(), redis) {
@@ -285,6 +290,9 @@ pub fn main() -> ExitCode {
             dev_flags(&mut c, flags, ofrep);
             if let Some(rate) = rate_limit {
                 dev_rate_limit(&mut c, rate);
+            }
+            if let Some(listen) = context {
+                c.spec.context.get_or_insert_with(Default::default).listen = listen;
             }
             serve(cli.workers, c, config, demo, true)
         }

@@ -56,6 +56,30 @@ impl<K: PartialEq, V: Clone> Kept<K, V> {
     }
 }
 
+/// Runs `chore` on `kept` every `every` until the value is dropped (a reload replaced it): the
+/// upkeep of kept state, such as sweeping what expired.
+pub fn tend<T: Send + Sync + 'static>(
+    kept: std::sync::Weak<T>,
+    every: std::time::Duration,
+    chore: impl Fn(&T) + Send + 'static,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(value) = kept.upgrade() else {
+                return;
+            };
+            chore(&value);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::Kept;

@@ -1,7 +1,7 @@
 //! What outlives a snapshot. A reload builds a new snapshot from the new config, but state
 //! made from a part of the config that did not change is kept: upstream connection pools, the
 //! span exporter and the access-log writer, the idempotency store, the flag sources with their
-//! last good documents, local rate limits' buckets, the inbound TLS config and its file watcher. [`Lasting`] holds all of it, and each piece follows one pattern,
+//! last good documents, local rate limits' buckets, the Context API's store, the inbound TLS config and its file watcher. [`Lasting`] holds all of it, and each piece follows one pattern,
 //! [`Kept`]: a value and the key (the config it was made from) it was
 //! made for.
 
@@ -30,6 +30,8 @@ pub struct Lasting {
     pub flags: Flags,
     /// Local rate limits' buckets and the shared limits' Redis.
     pub limiters: Limiters,
+    /// The Context API's store.
+    pub contexts: crate::context::Stores,
     /// The inbound listener's TLS, with its file watcher (`spec.inbound.tls`).
     pub server_tls: Kept<InboundTls, Arc<ServerTls>>,
 }
@@ -42,6 +44,7 @@ impl Lasting {
             stores: Stores::default(),
             flags: Flags::new(metrics.clone()),
             limiters: Limiters::default(),
+            contexts: crate::context::Stores::default(),
             server_tls: Kept::default(),
             metrics,
         }

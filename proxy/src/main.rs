@@ -9,6 +9,7 @@ mod body;
 mod capture;
 mod cli;
 mod conn;
+mod context;
 mod demo;
 mod flags;
 mod forward;

@@ -312,6 +312,7 @@ pub fn register_all(metrics: &Metrics) {
     metrics.family::<ExportFamilies>();
     metrics.family::<FlagFamilies>();
     metrics.family::<attache_filters::ratelimit::metrics::RateLimitFamilies>();
+    metrics.family::<attache_filters::context::metrics::ContextFamilies>();
     metrics.family::<crate::tls::metrics::TlsFamilies>();
     metrics.family::<crate::forward_proxy::metrics::ForwardProxyFamilies>();
 }

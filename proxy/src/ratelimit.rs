@@ -6,7 +6,7 @@
 //! the limit is dropped (a reload that removes or changes it).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use attache_config::{LimitKey, RateLimit};
@@ -47,7 +47,11 @@ impl Limiters {
             keyed,
         ));
         if limit.key != LimitKey::None {
-            sweep(Arc::downgrade(&limiter), families.keys(&limit.name));
+            let keys = families.keys(&limit.name);
+            crate::kept::tend(Arc::downgrade(&limiter), SWEEP_EVERY, move |l| {
+                l.evict_idle();
+                keys.set(i64::try_from(l.keys()).unwrap_or(i64::MAX));
+            });
         }
         local.insert(limit.name.clone(), (limit.clone(), limiter.clone()));
         limiter
@@ -67,25 +71,4 @@ impl Limiters {
                 .map_err(|e| anyhow::anyhow!("spec.rate_limits.store: {e}"))
         })
     }
-}
-
-/// Sweeps `limiter` for idle keys until it is dropped, reporting how many it tracks.
-fn sweep(limiter: Weak<LocalLimiter>, keys: prometheus_client::metrics::gauge::Gauge) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(limiter) = limiter.upgrade() else {
-                keys.set(0);
-                return;
-            };
-            limiter.evict_idle();
-            keys.set(i64::try_from(limiter.keys()).unwrap_or(i64::MAX));
-        }
-    });
 }

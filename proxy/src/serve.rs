@@ -42,12 +42,16 @@ pub fn connection(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared
     if snap.config.spec.admin.listen.0 == local {
         let svc = admin::service(shared.clone());
         tokio::spawn(side(stream, shared.clone(), svc));
-    } else if let Some((_, ofrep)) = snap.ofrep.as_ref().filter(|o| o.0 == local) {
-        tokio::spawn(ofrep_connection(
+    } else if let Some((_, stack)) = [&snap.ofrep, &snap.context]
+        .into_iter()
+        .flatten()
+        .find(|s| s.0 == local)
+    {
+        tokio::spawn(side_stack_connection(
             stream,
             peer,
             shared.clone(),
-            ofrep.clone(),
+            stack.clone(),
         ));
     } else if let Some(role) = snap.listeners.get(&local).cloned() {
         let (server, deadlines) = (snap.server.clone(), snap.deadlines);
@@ -92,10 +96,16 @@ pub fn connection(stream: TcpStream, peer: SocketAddr, local: SocketAddr, shared
     // Otherwise the listener was removed between accept and now: the socket is dropped.
 }
 
-/// The OFREP listener (specs/feature-flags.md §10): OpenFeature SDKs beside the app evaluate
-/// flags against attache's snapshot, each request through the snapshot's OFREP stack (a
-/// SERVER span, then the OFREP service; built from the config by `steps/flags.rs`).
-async fn ofrep_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stack: Stack) {
+/// A listener the app itself calls, beside the traffic: OFREP (specs/feature-flags.md §10,
+/// OpenFeature SDKs evaluating flags against attache's snapshot) and the Context API
+/// (specs/context-api.md). Each request goes through the snapshot's stack for it (a SERVER
+/// span, then the service; built by `steps/flags.rs` and `steps/context.rs`).
+async fn side_stack_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stack: Stack,
+) {
     let info = ConnInfo::new(peer, Arc::new(ConnState::default()), shared.tracker.clone());
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut req: Request<Body> = req.map(attache_filters::boxed);

@@ -59,6 +59,7 @@ impl Server {
             let what = match snap.listeners.get(addr) {
                 Some(role) => role.direction().as_str(),
                 None if snap.ofrep.as_ref().is_some_and(|o| o.0 == *addr) => "ofrep",
+                None if snap.context.as_ref().is_some_and(|c| c.0 == *addr) => "context",
                 None => "admin",
             };
             tracing::info!(%addr, role = what, "listening");

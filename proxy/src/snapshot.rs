@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub flags: Option<Arc<crate::flags::Running>>,
     /// The OFREP listener's address and request flow.
     pub ofrep: Option<(SocketAddr, Stack)>,
+    /// The Context API's listener and request flow (`spec.context`).
+    pub context: Option<(SocketAddr, Stack)>,
     /// TLS termination on the inbound listener (`spec.inbound.tls`).
     pub inbound_tls: Option<Arc<ServerTls>>,
 }
@@ -117,10 +119,17 @@ impl Snapshot {
                 (addr, stack)
             },
         );
+        let context = crate::steps::context::stack(
+            &config,
+            &lasting.contexts,
+            &lasting.metrics,
+            &lasting.telemetry,
+        );
         Ok(Snapshot {
             inbound_tls,
             flags: running,
             ofrep,
+            context,
             config: Arc::new(config),
             listeners,
             stacks,
@@ -133,6 +142,7 @@ impl Snapshot {
     pub fn addresses(&self) -> Vec<SocketAddr> {
         let mut all: Vec<SocketAddr> = self.listeners.keys().copied().collect();
         all.extend(self.ofrep.as_ref().map(|o| o.0));
+        all.extend(self.context.as_ref().map(|c| c.0));
         all
     }
 }

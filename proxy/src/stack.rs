@@ -155,3 +155,27 @@ where
         .service(tail);
     BoxCloneSyncService::new(svc)
 }
+
+/// The request flow of a listener the app itself calls (OFREP, the Context API): a SERVER
+/// span continuing the app's trace, then `service`.
+pub fn side<S>(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    telemetry: &crate::telemetry::Telemetry,
+    service: S,
+) -> Stack
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let svc = ServiceBuilder::new()
+        .map_response(|res: Response<_>| res.map(attache_filters::boxed))
+        .layer(telemetry.spans_only(config))
+        .option_layer(propagation(config, Direction::Inbound, None, metrics, None))
+        .service(service);
+    BoxCloneSyncService::new(svc)
+}

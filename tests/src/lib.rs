@@ -373,6 +373,19 @@ impl Attache {
         metrics::value(&self.metrics_text(), series)
     }
 
+    /// Replaces the config file with `config` (written aside, then renamed over, as config
+    /// tools do) and waits up to 10 s for the reload to succeed.
+    pub async fn reconfigure(&self, config: &str) {
+        let series = "attache_config_reloads_total{result=\"success\"}";
+        let before = self.metric(series).unwrap_or(0.0);
+        crate::pki::replace(&self.config_path(), config);
+        assert!(
+            eventually(10, async || self.metric(series).unwrap_or(0.0) > before).await,
+            "the new config was never applied:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Fails the test unless each sample (`name{labels} value`) is in `/metrics`, with that
     /// very value.
     pub fn assert_metrics(&self, samples: &[&str]) {

@@ -20,7 +20,7 @@ use attache_filters::flags::settings::{
 };
 use attache_filters::metrics::{Direction, Metrics};
 use attache_filters::trace_context::baggage;
-use http::{HeaderName, Request, Response};
+use http::{HeaderName, Request};
 
 use crate::conn::ConnInfo;
 use crate::flags::Running;
@@ -193,21 +193,11 @@ pub fn ofrep_stack(
     metrics: &Arc<Metrics>,
     telemetry: &crate::telemetry::Telemetry,
 ) -> crate::stack::Stack {
-    let svc = tower::ServiceBuilder::new()
-        .map_response(|res: Response<_>| res.map(attache_filters::boxed))
-        .layer(telemetry.spans_only(config))
-        .option_layer(crate::steps::trace_context::propagation(
-            config,
-            Direction::Inbound,
-            None,
-            metrics,
-            None,
-        ))
-        .service(tower::service_fn(move |req: Request<Body>| {
-            let ofrep = ofrep.clone();
-            async move { Ok::<_, Infallible>(ofrep.serve(req).await) }
-        }));
-    tower::util::BoxCloneSyncService::new(svc)
+    let svc = tower::service_fn(move |req: Request<Body>| {
+        let ofrep = ofrep.clone();
+        async move { Ok::<_, Infallible>(ofrep.serve(req).await) }
+    });
+    crate::stack::side(config, metrics, telemetry, svc)
 }
 
 #[cfg(test)]

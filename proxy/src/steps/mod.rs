@@ -2,6 +2,7 @@
 //! the leg's stack (`stack.rs`) puts in place. What a step keeps across reloads (flag
 //! sources, the idempotency store, the exporter) lives beside `Lasting`, not here.
 
+pub mod context;
 pub mod flags;
 pub mod idempotency;
 pub mod ratelimit;

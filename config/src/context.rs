@@ -1,0 +1,142 @@
+//! `spec.context`: the Context API (specs/context-api.md), typed shared state the app reaches
+//! on a loopback listener of its own.
+//!
+//! ```yaml
+//! context:
+//!   listen: 127.0.0.1:3500
+//!   store: memory
+//!   allow: ["order-*"]
+//!   ttl: 24h
+//!   ttl_mode: create
+//! ```
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ByteSize, Duration, ListenAddr};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Context {
+    /// The API's own listener: loopback, never the inbound port.
+    #[serde(default = "default_listen")]
+    pub listen: ListenAddr,
+    /// `memory`: this process only, for development (the Redis backend is to come).
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// The most one store operation may take; past it, 503.
+    #[serde(default = "default_store_timeout")]
+    pub store_timeout: Duration,
+    /// Context-name patterns the app may address (`*` matches any run of characters); others
+    /// get 403.
+    #[serde(default = "default_allow")]
+    pub allow: Vec<String>,
+    /// The time to live of objects whose writes name none (default: none, they stay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// How writes move an object's expiry unless they say otherwise: `create` (set at
+    /// creation, never moved), `touch` (every write restarts it) or `keep` (moved only by a
+    /// write that names a ttl).
+    #[serde(default)]
+    pub ttl_mode: TtlMode,
+    /// How long a keyed write's outcome is kept, so that its retries get it instead of
+    /// applying again.
+    #[serde(default = "default_retention")]
+    pub idempotency_retention: Duration,
+    #[serde(default)]
+    pub limits: ContextLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TtlMode {
+    #[default]
+    Create,
+    Touch,
+    Keep,
+}
+
+/// What the store holds at most; over one, a write is refused (413 or 400) and nothing
+/// changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextLimits {
+    /// One map field's value or one set member, serialized.
+    #[serde(default = "default_max_value")]
+    pub max_value_bytes: ByteSize,
+    /// A whole map, serialized.
+    #[serde(default = "default_max_map")]
+    pub max_map_bytes: ByteSize,
+    #[serde(default = "default_max_map_fields")]
+    pub max_map_fields: u32,
+    #[serde(default = "default_max_set_members")]
+    pub max_set_members: u32,
+    /// Members or fields one request may name.
+    #[serde(default = "default_max_per_request")]
+    pub max_members_per_request: u32,
+    /// The longest time to live a write may ask for.
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: Duration,
+}
+
+impl Default for ContextLimits {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: default_max_value(),
+            max_map_bytes: default_max_map(),
+            max_map_fields: default_max_map_fields(),
+            max_set_members: default_max_set_members(),
+            max_members_per_request: default_max_per_request(),
+            max_ttl: default_max_ttl(),
+        }
+    }
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            store: default_store(),
+            store_timeout: default_store_timeout(),
+            allow: default_allow(),
+            ttl: None,
+            ttl_mode: TtlMode::default(),
+            idempotency_retention: default_retention(),
+            limits: ContextLimits::default(),
+        }
+    }
+}
+
+fn default_listen() -> ListenAddr {
+    ListenAddr::new([127, 0, 0, 1], 3500)
+}
+fn default_store() -> String {
+    "memory".into()
+}
+fn default_store_timeout() -> Duration {
+    Duration::millis(500)
+}
+fn default_allow() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_retention() -> Duration {
+    Duration::secs(24 * 3600)
+}
+fn default_max_value() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+fn default_max_map() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+fn default_max_map_fields() -> u32 {
+    10_000
+}
+fn default_max_set_members() -> u32 {
+    100_000
+}
+fn default_max_per_request() -> u32 {
+    1000
+}
+fn default_max_ttl() -> Duration {
+    Duration::secs(30 * 24 * 3600)
+}

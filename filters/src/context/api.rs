@@ -1,0 +1,591 @@
+//! The HTTP side of the Context API (spec §2–§4): paths and methods into [`Op`]s, bodies read
+//! within their limits, preconditions from `If-Match` / `If-None-Match`, `Idempotency-Key`
+//! on mutating requests, and outcomes into JSON answers with their `ETag`.
+//!
+//! ```text
+//! POST   /v1/contexts                          {"prefix":"order-"} -> a fresh name
+//! GET    /v1/contexts/{ctx}                    its objects
+//! DELETE /v1/contexts/{ctx}                    all of them
+//! GET|POST|PUT|DELETE  .../counters/{name}     {"value"} | {"by","min","max"} | {"value"}
+//! GET|PUT|PATCH|DELETE .../maps/{name}         {"fields"} | {"set","delete","incr"} or a merge patch
+//! GET    .../maps/{name}/fields/{field}
+//! GET|POST|DELETE      .../sets/{name}         {"members","cursor","count"} | {"add","remove"}
+//! GET|HEAD .../sets/{name}/members/{member}    204 or 404
+//! ```
+//!
+//! A map named `a/fields/b` is read as field `b` of map `a`, and a set named `a/members/b` as
+//! member `b` of set `a`: names with those segments are not addressable whole.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::error::ContextError;
+use super::memory::{MAX_PAGE, PAGE};
+use super::names;
+use super::op::{Change, Cond, Kind, Object, Op, Outcome, Shown, Ttl, TtlMode};
+
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// What the request asks, once parsed.
+pub struct Parsed {
+    pub ctx: String,
+    pub op: Op,
+    /// The metric label of the operation: `counter_add`, `map_get`, ...
+    pub label: &'static str,
+    /// The `Idempotency-Key` of a mutating request.
+    pub key: Option<Vec<u8>>,
+}
+
+/// What parsing needs to know.
+pub struct Rules {
+    pub max_ttl: Duration,
+    pub default_ttl: Option<Duration>,
+    pub ttl_mode: TtlMode,
+    pub max_members_per_request: usize,
+}
+
+/// The request's target, parsed: the context and what follows it.
+pub enum Target<'a> {
+    /// `POST /v1/contexts`.
+    Contexts,
+    Context(&'a str),
+    Object {
+        ctx: &'a str,
+        kind: Kind,
+        /// The object's name, and a map field or set member after it.
+        name: &'a str,
+        part: Option<String>,
+    },
+}
+
+pub fn target(path: &str) -> Result<Target<'_>, ContextError> {
+    let not_found = || ContextError::NotFound(format!("no Context API resource at {path}"));
+    let rest = path.strip_prefix("/v1/contexts").ok_or_else(not_found)?;
+    if rest.is_empty() || rest == "/" {
+        return Ok(Target::Contexts);
+    }
+    let rest = rest.strip_prefix('/').ok_or_else(not_found)?;
+    let (ctx, rest) = match rest.split_once('/') {
+        None => return Ok(Target::Context(rest)),
+        Some((ctx, "")) => return Ok(Target::Context(ctx)),
+        Some(split) => split,
+    };
+    let (plural, name) = rest.split_once('/').ok_or_else(not_found)?;
+    let kind = Kind::from_plural(plural).ok_or_else(not_found)?;
+    let part_of = |marker: &str| {
+        name.rsplit_once(marker)
+            .map(|(n, p)| (n, crate::codec::percent::decode_str(p, false)))
+    };
+    let (name, part) = match kind {
+        Kind::Map => part_of("/fields/").map_or((name, None), |(n, p)| (n, Some(p))),
+        Kind::Set => part_of("/members/").map_or((name, None), |(n, p)| (n, Some(p))),
+        Kind::Counter => (name, None),
+    };
+    Ok(Target::Object {
+        ctx,
+        kind,
+        name,
+        part,
+    })
+}
+
+/// A duration as attache's config writes them: `250ms`, `30s`, `5m`, `24h`, `30d`, `1h30m`.
+pub fn duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest.get(..digits)?.parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let secs = |k: u64| Duration::from_secs(n.saturating_mul(k));
+        total = total.saturating_add(match &rest[..unit] {
+            "ms" => Duration::from_millis(n),
+            "s" => secs(1),
+            "m" => secs(60),
+            "h" => secs(3600),
+            "d" => secs(86_400),
+            _ => return None,
+        });
+        rest = &rest[unit..];
+    }
+    Some(total)
+}
+
+fn invalid(message: impl Into<String>) -> ContextError {
+    ContextError::InvalidRequest(message.into())
+}
+
+impl Rules {
+    fn ttl(&self, ttl: Option<&str>, mode: Option<&str>) -> Result<Ttl, ContextError> {
+        let given = match ttl {
+            None => None,
+            Some(t) => {
+                let d = duration(t).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    invalid(format!("invalid ttl {t:?} (write it like 30s, 5m or 24h)"))
+                })?;
+                if d > self.max_ttl {
+                    return Err(invalid(format!(
+                        "ttl {t} is over the limit of {} s",
+                        self.max_ttl.as_secs()
+                    )));
+                }
+                Some(d)
+            }
+        };
+        let mode = match mode {
+            None => self.ttl_mode,
+            Some("create") => TtlMode::Create,
+            Some("touch") => TtlMode::Touch,
+            Some("keep") => TtlMode::Keep,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "invalid ttl_mode {other:?} (create, touch or keep)"
+                )));
+            }
+        };
+        Ok(Ttl {
+            given,
+            default: self.default_ttl,
+            mode,
+        })
+    }
+
+    fn members(&self, what: &'static str, n: usize) -> Result<(), ContextError> {
+        if n > self.max_members_per_request {
+            return Err(ContextError::TooMany {
+                what,
+                limit: self.max_members_per_request as u64,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn body<'a, T: Deserialize<'a> + Default>(bytes: &'a [u8]) -> Result<T, ContextError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| invalid(format!("the request body: {e}")))
+}
+
+/// The preconditions of `headers`: `If-Match: "<version>"`, `If-None-Match: *`.
+fn cond(headers: &HeaderMap) -> Result<Cond, ContextError> {
+    let if_match = match headers.get(header::IF_MATCH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().strip_prefix('"')?.strip_suffix('"')?.parse().ok())
+                .ok_or_else(|| invalid("If-Match must be one strong ETag, as an answer gave it"))?,
+        ),
+    };
+    let if_none_match = match headers.get(header::IF_NONE_MATCH) {
+        None => false,
+        Some(v) if v.as_bytes().trim_ascii() == b"*" => true,
+        Some(_) => return Err(invalid("If-None-Match: * is the only form writes take")),
+    };
+    Ok(Cond {
+        if_match,
+        if_none_match,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CounterAdd {
+    by: Option<i64>,
+    min: Option<i64>,
+    max: Option<i64>,
+    #[serde(flatten)]
+    ttl: TtlFieldsLoose,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CounterSet {
+    value: Option<i64>,
+    #[serde(flatten)]
+    ttl: TtlFieldsLoose,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MapPatch {
+    #[serde(default)]
+    set: BTreeMap<String, Value>,
+    #[serde(default)]
+    delete: Vec<String>,
+    #[serde(default)]
+    incr: BTreeMap<String, i64>,
+    #[serde(flatten)]
+    ttl: TtlFieldsLoose,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MapPut {
+    fields: Option<BTreeMap<String, Value>>,
+    #[serde(flatten)]
+    ttl: TtlFieldsLoose,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SetUpdate {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+    #[serde(flatten)]
+    ttl: TtlFieldsLoose,
+}
+
+/// The TTL fields inside a flattened body (serde's `flatten` cannot deny unknown fields on
+/// both sides, so the outer struct does the denying).
+#[derive(Deserialize, Default)]
+struct TtlFieldsLoose {
+    ttl: Option<String>,
+    ttl_mode: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NewContext {
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// The query's value for `name`, percent-decoded.
+fn query(q: Option<&str>, name: &str) -> Option<String> {
+    q?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| crate::codec::percent::decode_str(v, true))
+    })
+}
+
+/// Parses one object request into its operation.
+pub fn parse(
+    method: &Method,
+    path: &str,
+    q: Option<&str>,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    rules: &Rules,
+) -> Result<Parsed, ContextError> {
+    let Target::Object {
+        ctx,
+        kind,
+        name,
+        part,
+    } = target(path)?
+    else {
+        return Err(invalid("not an object path"));
+    };
+    names::context(ctx)?;
+    names::object(name)?;
+    let object = Object {
+        kind,
+        name: name.to_owned(),
+    };
+    let merge_patch = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/merge-patch+json"));
+    let write = |change: Change, ttl: Ttl| -> Result<Op, ContextError> {
+        Ok(Op::Write {
+            object: object.clone(),
+            cond: cond(headers)?,
+            ttl,
+            change,
+        })
+    };
+    let wrong = || ContextError::MethodNotAllowed(method.to_string());
+    let (op, label) = match (kind, part, method.as_str()) {
+        (Kind::Counter, None, "GET") => (get(&object, None, None), "counter_get"),
+        (Kind::Counter, None, "POST") => {
+            let b: CounterAdd = body(bytes)?;
+            let ttl = rules.ttl(b.ttl.ttl.as_deref(), b.ttl.ttl_mode.as_deref())?;
+            let change = Change::CounterAdd {
+                by: b.by.unwrap_or(1),
+                min: b.min.unwrap_or(i64::MIN),
+                max: b.max.unwrap_or(i64::MAX),
+            };
+            (write(change, ttl)?, "counter_add")
+        }
+        (Kind::Counter, None, "PUT") => {
+            let b: CounterSet = body(bytes)?;
+            let value = b
+                .value
+                .ok_or_else(|| invalid("PUT needs {\"value\": <integer>}"))?;
+            let ttl = rules.ttl(b.ttl.ttl.as_deref(), b.ttl.ttl_mode.as_deref())?;
+            (write(Change::CounterSet { value }, ttl)?, "counter_set")
+        }
+        (Kind::Map, None, "GET") => {
+            let fields = query(q, "fields").map(|f| {
+                f.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            });
+            (get(&object, fields, None), "map_get")
+        }
+        (Kind::Map, Some(field), "GET") => (
+            Op::GetField {
+                name: name.to_owned(),
+                field,
+            },
+            "map_get_field",
+        ),
+        (Kind::Map, None, "PATCH") if merge_patch => {
+            let patch = match serde_json::from_slice::<Value>(bytes) {
+                Ok(Value::Object(m)) => m,
+                Ok(_) => return Err(invalid("a merge patch of a map is a JSON object")),
+                Err(e) => return Err(invalid(format!("the request body: {e}"))),
+            };
+            rules.members("the patch's fields", patch.len())?;
+            let ttl = rules.ttl(query(q, "ttl").as_deref(), query(q, "ttl_mode").as_deref())?;
+            (write(Change::MapMerge(patch), ttl)?, "map_patch")
+        }
+        (Kind::Map, None, "PATCH") => {
+            let b: MapPatch = body(bytes)?;
+            rules.members(
+                "the patch's fields",
+                b.set.len() + b.delete.len() + b.incr.len(),
+            )?;
+            let ttl = rules.ttl(b.ttl.ttl.as_deref(), b.ttl.ttl_mode.as_deref())?;
+            let change = Change::MapPatch {
+                set: b.set,
+                delete: b.delete,
+                incr: b.incr,
+            };
+            (write(change, ttl)?, "map_patch")
+        }
+        (Kind::Map, None, "PUT") => {
+            let b: MapPut = body(bytes)?;
+            let fields = b
+                .fields
+                .ok_or_else(|| invalid("PUT needs {\"fields\": {...}}"))?;
+            rules.members("the map's fields", fields.len())?;
+            let ttl = rules.ttl(b.ttl.ttl.as_deref(), b.ttl.ttl_mode.as_deref())?;
+            (write(Change::MapPut(fields), ttl)?, "map_put")
+        }
+        (Kind::Set, None, "GET") => {
+            let number = |name: &str, default: usize| -> Result<usize, ContextError> {
+                query(q, name).map_or(Ok(default), |v| {
+                    v.parse()
+                        .map_err(|_| invalid(format!("{name} must be a number")))
+                })
+            };
+            let page = (
+                number("cursor", 0)?,
+                number("count", PAGE)?.clamp(1, MAX_PAGE),
+            );
+            (get(&object, None, Some(page)), "set_get")
+        }
+        (Kind::Set, Some(member), "GET" | "HEAD") => (
+            Op::HasMember {
+                name: name.to_owned(),
+                member,
+            },
+            "set_has",
+        ),
+        (Kind::Set, None, "POST") => {
+            let b: SetUpdate = body(bytes)?;
+            rules.members("the request's members", b.add.len() + b.remove.len())?;
+            let ttl = rules.ttl(b.ttl.ttl.as_deref(), b.ttl.ttl_mode.as_deref())?;
+            let change = Change::SetUpdate {
+                add: b.add,
+                remove: b.remove,
+            };
+            (write(change, ttl)?, "set_update")
+        }
+        (_, None, "DELETE") => (
+            Op::Delete {
+                object: object.clone(),
+                cond: cond(headers)?,
+            },
+            match kind {
+                Kind::Counter => "counter_delete",
+                Kind::Map => "map_delete",
+                Kind::Set => "set_delete",
+            },
+        ),
+        _ => return Err(wrong()),
+    };
+    Ok(Parsed {
+        ctx: ctx.to_owned(),
+        key: idempotency_key(&op, headers)?,
+        op,
+        label,
+    })
+}
+
+fn get(object: &Object, fields: Option<Vec<String>>, page: Option<(usize, usize)>) -> Op {
+    Op::Get {
+        object: object.clone(),
+        fields,
+        page,
+    }
+}
+
+/// The `Idempotency-Key` of a mutating request (reads ignore it).
+pub fn idempotency_key(op: &Op, headers: &HeaderMap) -> Result<Option<Vec<u8>>, ContextError> {
+    if !op.mutates() {
+        return Ok(None);
+    }
+    match crate::idempotency::key::key(headers, &[IDEMPOTENCY_KEY], false) {
+        Ok(k) => Ok(Some(k)),
+        Err(crate::idempotency::key::KeyError::Missing) => Ok(None),
+        Err(crate::idempotency::key::KeyError::Invalid(why)) => {
+            Err(invalid(format!("Idempotency-Key: {why}")))
+        }
+    }
+}
+
+/// The fingerprint of a keyed request: a retry must be the same request (method, target and
+/// body) to get the first outcome.
+pub fn fingerprint(method: &Method, target: &str, bytes: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(method.as_str());
+    h.update([0]);
+    h.update(target);
+    h.update([0]);
+    h.update(bytes);
+    h.finalize().into()
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<crate::Body> {
+    let mut res = Response::new(crate::full(Bytes::from(value.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// The answer of an outcome.
+pub fn respond(outcome: &Outcome, replayed: bool, head: bool) -> Response<crate::Body> {
+    let with_ttl = |mut v: Value, ttl_ms: &Option<u64>| {
+        if let (Some(ms), Some(m)) = (ttl_ms, v.as_object_mut()) {
+            m.insert("ttl_ms".into(), json!(ms));
+        }
+        v
+    };
+    let mut res = match outcome {
+        Outcome::Object {
+            shown,
+            version,
+            ttl_ms,
+            created,
+        } => {
+            let v = match shown {
+                Shown::Counter(value) => json!({ "value": value }),
+                Shown::Map(fields) => json!({ "fields": fields }),
+                Shown::Set {
+                    members,
+                    next,
+                    count,
+                } => json!({ "members": members, "cursor": next, "count": count }),
+            };
+            let status = if *created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut res = json_response(status, &with_ttl(v, ttl_ms));
+            res.headers_mut().insert(header::ETAG, etag(*version));
+            res
+        }
+        Outcome::Field { value, version } => {
+            let mut res = json_response(StatusCode::OK, &json!({ "value": value }));
+            res.headers_mut().insert(header::ETAG, etag(*version));
+            res
+        }
+        Outcome::Member(true) => empty(StatusCode::NO_CONTENT),
+        Outcome::Member(false) => {
+            if head {
+                empty(StatusCode::NOT_FOUND)
+            } else {
+                crate::errors::problem_response(&ContextError::NotFound("no such member".into()))
+            }
+        }
+        Outcome::SetUpdated {
+            added,
+            removed,
+            count,
+            version,
+            ttl_ms,
+        } => {
+            let v = json!({ "added": added, "removed": removed, "count": count });
+            let mut res = json_response(StatusCode::OK, &with_ttl(v, ttl_ms));
+            res.headers_mut().insert(header::ETAG, etag(*version));
+            res
+        }
+        Outcome::Deleted => empty(StatusCode::NO_CONTENT),
+        Outcome::Objects(objects) => {
+            let list: Vec<Value> = objects
+                .iter()
+                .map(
+                    |o| json!({ "type": o.kind.singular(), "name": o.name, "path": o.to_string() }),
+                )
+                .collect();
+            json_response(StatusCode::OK, &json!({ "objects": list }))
+        }
+    };
+    if replayed {
+        res.headers_mut()
+            .insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    res
+}
+
+fn empty(status: StatusCode) -> Response<crate::Body> {
+    let mut res = Response::new(crate::empty());
+    *res.status_mut() = status;
+    res
+}
+
+/// The problem answer of `e`; a failed precondition carries the object's current ETag in its
+/// body and header.
+pub fn refuse(e: &ContextError) -> Response<crate::Body> {
+    let mut res = crate::errors::problem_response(e);
+    if let ContextError::PreconditionFailed {
+        current: Some(tag), ..
+    } = e
+    {
+        let doc = json!({
+            "type": format!("{}{}", crate::errors::PROBLEM_BASE, crate::errors::Problem::slug(e)),
+            "title": crate::errors::Problem::title(e),
+            "status": 412,
+            "detail": e.to_string(),
+            "etag": tag,
+        });
+        let mut with_tag = Response::new(crate::full(Bytes::from(doc.to_string())));
+        *with_tag.status_mut() = StatusCode::PRECONDITION_FAILED;
+        *with_tag.headers_mut() = std::mem::take(res.headers_mut());
+        if let Ok(v) = HeaderValue::from_str(tag) {
+            with_tag.headers_mut().insert(header::ETAG, v);
+        }
+        res = with_tag;
+    }
+    res
+}

@@ -1,0 +1,106 @@
+//! What a Context API call can fail with, each a problem+json answer with a stable type.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::errors::Problem;
+
+/// A refusal of the API (the caller's request) or of the store (Redis down).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ContextError {
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the context `{0}` is not in spec.context.allow")]
+    NotAllowed(String),
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{object} is a {actual}, not a {wanted}")]
+    TypeMismatch {
+        object: String,
+        actual: &'static str,
+        wanted: &'static str,
+    },
+    /// `If-Match` did not match, or `If-None-Match: *` found the object.
+    #[error("{reason}")]
+    PreconditionFailed {
+        reason: String,
+        /// The object's current ETag, when it exists.
+        current: Option<String>,
+    },
+    #[error("adding {by} to {value} leaves the bounds [{min}, {max}]; nothing changed")]
+    OutOfBounds {
+        value: i64,
+        by: i64,
+        min: i64,
+        max: i64,
+    },
+    #[error("{what} is over its limit of {limit}")]
+    TooLarge { what: &'static str, limit: u64 },
+    #[error("{what} is over its limit of {limit}")]
+    TooMany { what: &'static str, limit: u64 },
+    #[error("the Idempotency-Key was used for another request to this context")]
+    KeyReused,
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    #[error("the context store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Problem for ContextError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidName(_) | Self::InvalidRequest(_) | Self::TooMany { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::NotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TypeMismatch { .. } | Self::OutOfBounds { .. } => StatusCode::CONFLICT,
+            Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::InvalidName(_) => "context-invalid-name",
+            Self::InvalidRequest(_) => "context-invalid-request",
+            Self::NotAllowed(_) => "context-not-allowed",
+            Self::NotFound(_) => "context-not-found",
+            Self::TypeMismatch { .. } => "type-mismatch",
+            Self::PreconditionFailed { .. } => "precondition-failed",
+            Self::OutOfBounds { .. } => "counter-out-of-bounds",
+            Self::TooLarge { .. } => "context-too-large",
+            Self::TooMany { .. } => "context-too-many",
+            Self::KeyReused => "idempotency-key-reused",
+            Self::MethodNotAllowed(_) => "method-not-allowed",
+            Self::Unavailable(_) => "context-store-unavailable",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::InvalidName(_) => "Invalid context or object name",
+            Self::InvalidRequest(_) => "Invalid Context API request",
+            Self::NotAllowed(_) => "Context not allowed",
+            Self::NotFound(_) => "Not found",
+            Self::TypeMismatch { .. } => "Object of another type",
+            Self::PreconditionFailed { .. } => "Precondition failed",
+            Self::OutOfBounds { .. } => "Counter out of bounds",
+            Self::TooLarge { .. } => "Too large",
+            Self::TooMany { .. } => "Too many members or fields",
+            Self::KeyReused => "Idempotency-Key reused",
+            Self::MethodNotAllowed(_) => "Method not allowed",
+            Self::Unavailable(_) => "Context store unavailable",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        matches!(self, Self::Unavailable(_)).then(|| Duration::from_secs(1))
+    }
+}

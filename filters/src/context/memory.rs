@@ -1,0 +1,505 @@
+//! The memory backend: every context in this process, behind one lock (an operation is one
+//! critical section, so it is atomic as a Redis script is). For `attache dev` and tests; its
+//! state ends with the process.
+//!
+//! Expired objects are dropped when an operation meets them, and by [`MemoryStore::sweep`],
+//! which the proxy runs on an interval, so that objects nobody reads again do not stay.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use super::error::ContextError;
+use super::op::{Change, Cond, Kind, Object, Op, Outcome, Shown};
+use super::store::{Limits, Once, Ran, Store, StoreFuture, now_ms};
+
+/// The default and largest page of a set's members.
+pub const PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Clone)]
+enum Data {
+    Counter(i64),
+    Map(BTreeMap<String, Value>),
+    Set(BTreeSet<String>),
+}
+
+impl Data {
+    fn kind(&self) -> Kind {
+        match self {
+            Data::Counter(_) => Kind::Counter,
+            Data::Map(_) => Kind::Map,
+            Data::Set(_) => Kind::Set,
+        }
+    }
+
+    fn empty(kind: Kind) -> Data {
+        match kind {
+            Kind::Counter => Data::Counter(0),
+            Kind::Map => Data::Map(BTreeMap::new()),
+            Kind::Set => Data::Set(BTreeSet::new()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    version: u64,
+    expires_ms: Option<u64>,
+    data: Data,
+}
+
+#[derive(Debug)]
+struct Record {
+    fingerprint: [u8; 32],
+    outcome: Outcome,
+    expires_ms: u64,
+}
+
+/// One context: its objects by name (one name, one object: the type is part of the object,
+/// not of its name), and the outcomes kept for retries.
+#[derive(Debug, Default)]
+struct Ctx {
+    objects: BTreeMap<String, Entry>,
+    records: HashMap<String, Record>,
+}
+
+impl Ctx {
+    /// The live entry named `name`, dropping it if it has expired.
+    fn live(&mut self, name: &str, now: u64) -> Option<&mut Entry> {
+        if self
+            .objects
+            .get(name)
+            .is_some_and(|e| e.expires_ms.is_some_and(|t| t <= now))
+        {
+            self.objects.remove(name);
+        }
+        self.objects.get_mut(name)
+    }
+}
+
+pub struct MemoryStore {
+    state: Mutex<State>,
+    limits: Limits,
+}
+
+#[derive(Default)]
+struct State {
+    contexts: HashMap<String, Ctx>,
+    /// The last version given out: versions only grow, across objects and contexts, so an old
+    /// ETag never matches a later object of the same name.
+    last_version: u64,
+}
+
+impl MemoryStore {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            limits,
+        }
+    }
+
+    /// Drops every expired object and retry record; contexts left empty go too.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.contexts.retain(|_, c| {
+            c.objects
+                .retain(|_, e| e.expires_ms.is_none_or(|t| t > now));
+            c.records.retain(|_, r| r.expires_ms > now);
+            !c.objects.is_empty() || !c.records.is_empty()
+        });
+    }
+
+    fn run_now(&self, ctx: &str, op: &Op, once: Option<Once<'_>>) -> Result<Ran, ContextError> {
+        let now = now_ms();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let State {
+            contexts,
+            last_version,
+        } = &mut *state;
+        let c = contexts.entry(ctx.to_owned()).or_default();
+        if let Some(once) = &once {
+            c.records.retain(|_, r| r.expires_ms > now);
+            if let Some(r) = c.records.get(once.key) {
+                if r.fingerprint != once.fingerprint {
+                    return Err(ContextError::KeyReused);
+                }
+                return Ok(Ran {
+                    outcome: r.outcome.clone(),
+                    replayed: true,
+                });
+            }
+        }
+        let result = apply(c, op, now, &self.limits, last_version);
+        if let (Ok(outcome), Some(once)) = (&result, once) {
+            c.records.insert(
+                once.key.to_owned(),
+                Record {
+                    fingerprint: once.fingerprint,
+                    outcome: outcome.clone(),
+                    expires_ms: now.saturating_add(once.retention.as_millis() as u64),
+                },
+            );
+        }
+        if c.objects.is_empty() && c.records.is_empty() {
+            contexts.remove(ctx);
+        }
+        result.map(|outcome| Ran {
+            outcome,
+            replayed: false,
+        })
+    }
+}
+
+impl Store for MemoryStore {
+    fn run<'a>(&'a self, ctx: &'a str, op: &'a Op, once: Option<Once<'a>>) -> StoreFuture<'a, Ran> {
+        let ran = self.run_now(ctx, op, once);
+        Box::pin(async move { ran })
+    }
+}
+
+fn not_found(object: &Object) -> ContextError {
+    ContextError::NotFound(object.to_string())
+}
+
+fn mismatch(object: &Object, actual: Kind) -> ContextError {
+    ContextError::TypeMismatch {
+        object: format!("{}/{}", object.kind.plural(), object.name),
+        actual: actual.singular(),
+        wanted: object.kind.singular(),
+    }
+}
+
+fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// Checks `cond` against the object's current version (`None`: it does not exist).
+pub fn check(cond: &Cond, current: Option<u64>) -> Result<(), ContextError> {
+    if cond.if_none_match
+        && let Some(v) = current
+    {
+        return Err(ContextError::PreconditionFailed {
+            reason: "If-None-Match: * and the object exists".into(),
+            current: Some(etag(v)),
+        });
+    }
+    if let Some(wanted) = cond.if_match
+        && current != Some(wanted)
+    {
+        return Err(ContextError::PreconditionFailed {
+            reason: match current {
+                Some(_) => format!("If-Match {} is not the object's version", etag(wanted)),
+                None => "If-Match and the object does not exist".into(),
+            },
+            current: current.map(etag),
+        });
+    }
+    Ok(())
+}
+
+fn ttl_ms(expires: Option<u64>, now: u64) -> Option<u64> {
+    expires.map(|t| t.saturating_sub(now))
+}
+
+fn apply(
+    c: &mut Ctx,
+    op: &Op,
+    now: u64,
+    limits: &Limits,
+    last_version: &mut u64,
+) -> Result<Outcome, ContextError> {
+    match op {
+        Op::Get {
+            object,
+            fields,
+            page,
+        } => {
+            let e = c.live(&object.name, now).ok_or_else(|| not_found(object))?;
+            if e.data.kind() != object.kind {
+                return Err(mismatch(object, e.data.kind()));
+            }
+            let shown = match &e.data {
+                Data::Counter(v) => Shown::Counter(*v),
+                Data::Map(m) => Shown::Map(match fields {
+                    Some(only) => m
+                        .iter()
+                        .filter(|(k, _)| only.contains(k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    None => m.clone(),
+                }),
+                Data::Set(s) => {
+                    let (from, count) = page.unwrap_or((0, PAGE));
+                    let members: Vec<String> = s.iter().skip(from).take(count).cloned().collect();
+                    let end = from + members.len();
+                    Shown::Set {
+                        next: (end < s.len()).then_some(end),
+                        count: s.len(),
+                        members,
+                    }
+                }
+            };
+            Ok(Outcome::Object {
+                shown,
+                version: e.version,
+                ttl_ms: ttl_ms(e.expires_ms, now),
+                created: false,
+            })
+        }
+        Op::GetField { name, field } => {
+            let object = Object {
+                kind: Kind::Map,
+                name: name.clone(),
+            };
+            let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
+            let Data::Map(m) = &e.data else {
+                return Err(mismatch(&object, e.data.kind()));
+            };
+            let value = m
+                .get(field)
+                .cloned()
+                .ok_or_else(|| ContextError::NotFound(format!("field {field:?} of {object}")))?;
+            Ok(Outcome::Field {
+                value,
+                version: e.version,
+            })
+        }
+        Op::HasMember { name, member } => {
+            let object = Object {
+                kind: Kind::Set,
+                name: name.clone(),
+            };
+            let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
+            let Data::Set(s) = &e.data else {
+                return Err(mismatch(&object, e.data.kind()));
+            };
+            Ok(Outcome::Member(s.contains(member)))
+        }
+        Op::Write {
+            object,
+            cond,
+            ttl,
+            change,
+        } => {
+            let existing = c.live(&object.name, now).cloned();
+            if let Some(e) = &existing
+                && e.data.kind() != object.kind
+            {
+                return Err(mismatch(object, e.data.kind()));
+            }
+            check(cond, existing.as_ref().map(|e| e.version))?;
+            let mut data = existing
+                .as_ref()
+                .map_or_else(|| Data::empty(object.kind), |e| e.data.clone());
+            let counts = change_data(&mut data, change, limits)?;
+            *last_version = (*last_version + 1).max(now.saturating_mul(1000));
+            let entry = Entry {
+                version: *last_version,
+                expires_ms: ttl.expiry(now, existing.as_ref().map(|e| e.expires_ms)),
+                data,
+            };
+            let outcome = match (&entry.data, counts) {
+                (Data::Set(s), Some((added, removed))) => Outcome::SetUpdated {
+                    added,
+                    removed,
+                    count: s.len(),
+                    version: entry.version,
+                    ttl_ms: ttl_ms(entry.expires_ms, now),
+                },
+                (data, _) => Outcome::Object {
+                    shown: match data {
+                        Data::Counter(v) => Shown::Counter(*v),
+                        Data::Map(m) => Shown::Map(m.clone()),
+                        Data::Set(s) => Shown::Set {
+                            members: s.iter().take(PAGE).cloned().collect(),
+                            next: (s.len() > PAGE).then_some(PAGE),
+                            count: s.len(),
+                        },
+                    },
+                    version: entry.version,
+                    ttl_ms: ttl_ms(entry.expires_ms, now),
+                    created: existing.is_none(),
+                },
+            };
+            c.objects.insert(object.name.clone(), entry);
+            Ok(outcome)
+        }
+        Op::Delete { object, cond } => {
+            let e = c.live(&object.name, now).ok_or_else(|| not_found(object))?;
+            if e.data.kind() != object.kind {
+                return Err(mismatch(object, e.data.kind()));
+            }
+            check(cond, Some(e.version))?;
+            c.objects.remove(&object.name);
+            Ok(Outcome::Deleted)
+        }
+        Op::List => {
+            c.objects
+                .retain(|_, e| e.expires_ms.is_none_or(|t| t > now));
+            Ok(Outcome::Objects(
+                c.objects
+                    .iter()
+                    .map(|(name, e)| Object {
+                        kind: e.data.kind(),
+                        name: name.clone(),
+                    })
+                    .collect(),
+            ))
+        }
+        Op::DeleteContext => {
+            c.objects
+                .retain(|_, e| e.expires_ms.is_none_or(|t| t > now));
+            if c.objects.is_empty() {
+                return Err(ContextError::NotFound("the context has no objects".into()));
+            }
+            c.objects.clear();
+            Ok(Outcome::Deleted)
+        }
+    }
+}
+
+/// Applies `change` to `data` within `limits`; for a set, how many members were added and
+/// removed.
+fn change_data(
+    data: &mut Data,
+    change: &Change,
+    limits: &Limits,
+) -> Result<Option<(usize, usize)>, ContextError> {
+    match (data, change) {
+        (Data::Counter(value), Change::CounterAdd { by, min, max }) => {
+            let next = value
+                .checked_add(*by)
+                .filter(|n| (*min..=*max).contains(n))
+                .ok_or(ContextError::OutOfBounds {
+                    value: *value,
+                    by: *by,
+                    min: *min,
+                    max: *max,
+                })?;
+            *value = next;
+            Ok(None)
+        }
+        (Data::Counter(value), Change::CounterSet { value: v }) => {
+            *value = *v;
+            Ok(None)
+        }
+        (Data::Map(m), Change::MapPatch { set, delete, incr }) => {
+            let mut next = m.clone();
+            next.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            for k in delete {
+                next.remove(k);
+            }
+            for (k, by) in incr {
+                let current = match next.get(k) {
+                    None => 0,
+                    Some(v) => v.as_i64().ok_or_else(|| {
+                        ContextError::InvalidRequest(format!(
+                            "field {k:?} is not an integer, so it cannot be incremented"
+                        ))
+                    })?,
+                };
+                let sum = current.checked_add(*by).ok_or_else(|| {
+                    ContextError::InvalidRequest(format!("incrementing field {k:?} overflows"))
+                })?;
+                next.insert(k.clone(), Value::from(sum));
+            }
+            check_map(&next, limits)?;
+            *m = next;
+            Ok(None)
+        }
+        (Data::Map(m), Change::MapMerge(patch)) => {
+            let mut next = m.clone();
+            for (k, v) in patch {
+                if v.is_null() {
+                    next.remove(k);
+                } else {
+                    let slot = next.entry(k.clone()).or_insert(Value::Null);
+                    merge(slot, v);
+                }
+            }
+            check_map(&next, limits)?;
+            *m = next;
+            Ok(None)
+        }
+        (Data::Map(m), Change::MapPut(fields)) => {
+            check_map(fields, limits)?;
+            *m = fields.clone();
+            Ok(None)
+        }
+        (Data::Set(s), Change::SetUpdate { add, remove }) => {
+            if add.iter().any(|m| m.len() > limits.max_value_bytes) {
+                return Err(ContextError::TooLarge {
+                    what: "a set member",
+                    limit: limits.max_value_bytes as u64,
+                });
+            }
+            let mut next = s.clone();
+            let added = add.iter().filter(|m| next.insert((*m).clone())).count();
+            let removed = remove.iter().filter(|m| next.remove(*m)).count();
+            if next.len() > limits.max_set_members {
+                return Err(ContextError::TooMany {
+                    what: "the set's members",
+                    limit: limits.max_set_members as u64,
+                });
+            }
+            *s = next;
+            Ok(Some((added, removed)))
+        }
+        (data, change) => Err(ContextError::InvalidRequest(format!(
+            "a {} change on a {}",
+            change.kind().singular(),
+            data.kind().singular()
+        ))),
+    }
+}
+
+/// RFC 7396 merge of `patch` into `target`.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (target, Value::Object(p)) => {
+            *target = Value::Object(serde_json::Map::new());
+            merge(target, &Value::Object(p.clone()));
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+/// A map within the limits: fields, each value's size, the whole.
+fn check_map(m: &BTreeMap<String, Value>, limits: &Limits) -> Result<(), ContextError> {
+    if m.len() > limits.max_map_fields {
+        return Err(ContextError::TooMany {
+            what: "the map's fields",
+            limit: limits.max_map_fields as u64,
+        });
+    }
+    let mut total = 0usize;
+    for (k, v) in m {
+        let size = v.to_string().len();
+        if size > limits.max_value_bytes {
+            return Err(ContextError::TooLarge {
+                what: "a map field's value",
+                limit: limits.max_value_bytes as u64,
+            });
+        }
+        total += k.len() + size;
+    }
+    if total > limits.max_map_bytes {
+        return Err(ContextError::TooLarge {
+            what: "the map",
+            limit: limits.max_map_bytes as u64,
+        });
+    }
+    Ok(())
+}

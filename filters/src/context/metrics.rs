@@ -1,0 +1,60 @@
+//! The Context API's metric families: calls by operation and outcome. Context names are never
+//! labels (they are unbounded); they go on spans.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use super::error::ContextError;
+use crate::metrics::Families;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// `counter_add`, `map_patch`, `set_update`, `context_list`, ...
+    pub operation: &'static str,
+    /// `ok`, `replayed`, or the refusal (`not_found`, `precondition_failed`, ...).
+    pub outcome: &'static str,
+}
+
+pub struct ContextFamilies {
+    pub operations: Family<OperationLabels, Counter>,
+}
+
+impl Families for ContextFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let f = Self {
+            operations: Family::default(),
+        };
+        registry.register(
+            "context_operations",
+            "Context API calls, by operation and outcome (ok, replayed, not_found, type_mismatch, precondition_failed, out_of_bounds, too_large, invalid, not_allowed, key_reused, unavailable)",
+            f.operations.clone(),
+        );
+        f
+    }
+}
+
+impl ContextFamilies {
+    pub fn count(&self, operation: &'static str, outcome: &'static str) {
+        self.operations
+            .get_or_create(&OperationLabels { operation, outcome })
+            .inc();
+    }
+}
+
+/// The outcome label of a refusal.
+pub fn outcome_of(e: &ContextError) -> &'static str {
+    match e {
+        ContextError::InvalidName(_) | ContextError::InvalidRequest(_) => "invalid",
+        ContextError::NotAllowed(_) => "not_allowed",
+        ContextError::NotFound(_) => "not_found",
+        ContextError::TypeMismatch { .. } => "type_mismatch",
+        ContextError::PreconditionFailed { .. } => "precondition_failed",
+        ContextError::OutOfBounds { .. } => "out_of_bounds",
+        ContextError::TooLarge { .. } | ContextError::TooMany { .. } => "too_large",
+        ContextError::KeyReused => "key_reused",
+        ContextError::MethodNotAllowed(_) => "invalid",
+        ContextError::Unavailable(_) => "unavailable",
+    }
+}

@@ -1,0 +1,224 @@
+//! The operations a store runs, each atomically on one context, and what they answer. The API
+//! (`api.rs`) turns requests into these; every backend runs the same ones, so that one
+//! conformance suite checks them all.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// An object's type, fixed when it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Counter,
+    Map,
+    Set,
+}
+
+impl Kind {
+    /// The path segment naming the type: `counters`, `maps`, `sets`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Counter => "counters",
+            Kind::Map => "maps",
+            Kind::Set => "sets",
+        }
+    }
+
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Map => "map",
+            Kind::Set => "set",
+        }
+    }
+
+    pub fn from_plural(s: &str) -> Option<Kind> {
+        match s {
+            "counters" => Some(Kind::Counter),
+            "maps" => Some(Kind::Map),
+            "sets" => Some(Kind::Set),
+            _ => None,
+        }
+    }
+}
+
+/// An object of a context: its type and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Object {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl std::fmt::Display for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind.plural(), self.name)
+    }
+}
+
+/// How a write moves the object's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TtlMode {
+    /// Set when the object is created, never moved.
+    #[default]
+    Create,
+    /// Every write restarts it (a sliding window).
+    Touch,
+    /// Moved only by a write that names a `ttl`; others leave it as it is.
+    Keep,
+}
+
+/// A write's time to live: the request's `ttl` (or the default), and the mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ttl {
+    /// Given by the request.
+    pub given: Option<Duration>,
+    /// The context's default, used when the request gives none.
+    pub default: Option<Duration>,
+    pub mode: TtlMode,
+}
+
+impl Ttl {
+    /// The expiry a write leaves, `now_ms` being the store's clock: `current` is the object's
+    /// (`None` for a new object, `Some(None)` for one without expiry).
+    pub fn expiry(&self, now_ms: u64, current: Option<Option<u64>>) -> Option<u64> {
+        let ttl = self.given.or(self.default);
+        let from_now = |d: Duration| now_ms.saturating_add(d.as_millis() as u64);
+        match (current, self.mode) {
+            (None, _) => ttl.map(from_now),
+            (Some(_), TtlMode::Touch) if ttl.is_some() => ttl.map(from_now),
+            (Some(_), TtlMode::Keep) if self.given.is_some() => self.given.map(from_now),
+            (Some(current), _) => current,
+        }
+    }
+}
+
+/// Preconditions of a write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cond {
+    /// `If-Match`: the version the object must be at.
+    pub if_match: Option<u64>,
+    /// `If-None-Match: *`: the object must not exist (create-only).
+    pub if_none_match: bool,
+}
+
+/// What a write does to its object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    CounterAdd {
+        by: i64,
+        min: i64,
+        max: i64,
+    },
+    CounterSet {
+        value: i64,
+    },
+    /// Applied in this order: `set`, `delete`, `incr` (an integer field, created at 0).
+    MapPatch {
+        set: BTreeMap<String, Value>,
+        delete: Vec<String>,
+        incr: BTreeMap<String, i64>,
+    },
+    /// RFC 7396: `null` removes a field, an object merges into an object, anything else
+    /// replaces.
+    MapMerge(serde_json::Map<String, Value>),
+    MapPut(BTreeMap<String, Value>),
+    SetUpdate {
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+}
+
+impl Change {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Change::CounterAdd { .. } | Change::CounterSet { .. } => Kind::Counter,
+            Change::MapPatch { .. } | Change::MapMerge(_) | Change::MapPut(_) => Kind::Map,
+            Change::SetUpdate { .. } => Kind::Set,
+        }
+    }
+}
+
+/// One operation on one context.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// The whole object (a map's `fields` only, when given; a page of a set's members).
+    Get {
+        object: Object,
+        fields: Option<Vec<String>>,
+        page: Option<(usize, usize)>,
+    },
+    GetField {
+        name: String,
+        field: String,
+    },
+    HasMember {
+        name: String,
+        member: String,
+    },
+    Write {
+        object: Object,
+        cond: Cond,
+        ttl: Ttl,
+        change: Change,
+    },
+    Delete {
+        object: Object,
+        cond: Cond,
+    },
+    /// The context's objects.
+    List,
+    /// Every object of the context.
+    DeleteContext,
+}
+
+impl Op {
+    /// Whether the operation changes anything (and so may carry an `Idempotency-Key`).
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Op::Write { .. } | Op::Delete { .. } | Op::DeleteContext
+        )
+    }
+}
+
+/// An object's state as an answer shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shown {
+    Counter(i64),
+    Map(BTreeMap<String, Value>),
+    /// A page of members, the cursor of the next page (`None` at the end), and how many in
+    /// all.
+    Set {
+        members: Vec<String>,
+        next: Option<usize>,
+        count: usize,
+    },
+}
+
+/// What an operation answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// An object: its state, version and remaining time to live.
+    Object {
+        shown: Shown,
+        version: u64,
+        ttl_ms: Option<u64>,
+        /// Written by this operation (created: 201).
+        created: bool,
+    },
+    Field {
+        value: Value,
+        version: u64,
+    },
+    Member(bool),
+    SetUpdated {
+        added: usize,
+        removed: usize,
+        count: usize,
+        version: u64,
+        ttl_ms: Option<u64>,
+    },
+    Deleted,
+    Objects(Vec<Object>),
+}

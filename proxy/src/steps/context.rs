@@ -1,0 +1,57 @@
+//! The Context API step (specs/context-api.md): `spec.context` into the API's service and its
+//! request flow on its own listener, over the store `context.rs` keeps across reloads.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use attache_config::Config;
+use attache_filters::Body;
+use attache_filters::context::api::Rules;
+use attache_filters::context::names::Allow;
+use attache_filters::context::op::TtlMode;
+use attache_filters::context::{ContextApi, Settings};
+use attache_filters::metrics::Metrics;
+use http::Request;
+
+use crate::context::Stores;
+
+/// The listener's address and its request flow: a SERVER span (continuing the app's trace),
+/// then the API. `None` without `spec.context`.
+pub fn stack(
+    config: &Config,
+    stores: &Stores,
+    metrics: &Arc<Metrics>,
+    telemetry: &crate::telemetry::Telemetry,
+) -> Option<(SocketAddr, crate::stack::Stack)> {
+    let c = config.spec.context.as_ref()?;
+    let limits = crate::context::limits(&c.limits);
+    let api = Arc::new(ContextApi::new(Settings {
+        store: stores.get(c),
+        allow: Allow::new(c.allow.clone()),
+        rules: Rules {
+            max_ttl: c.limits.max_ttl.get(),
+            default_ttl: c.ttl.map(attache_config::Duration::get),
+            ttl_mode: match c.ttl_mode {
+                attache_config::TtlMode::Create => TtlMode::Create,
+                attache_config::TtlMode::Touch => TtlMode::Touch,
+                attache_config::TtlMode::Keep => TtlMode::Keep,
+            },
+            max_members_per_request: c.limits.max_members_per_request as usize,
+        },
+        retention: c.idempotency_retention.get(),
+        store_timeout: c.store_timeout.get(),
+        // The largest body a write can carry: a whole map, and room for the request's own
+        // fields around it.
+        max_body_bytes: limits.max_map_bytes.saturating_add(64 * 1024),
+        metrics: metrics.family(),
+    }));
+    let svc = tower::service_fn(move |req: Request<Body>| {
+        let api = api.clone();
+        async move { Ok::<_, Infallible>(api.serve(req).await) }
+    });
+    Some((
+        c.listen.0,
+        crate::stack::side(config, metrics, telemetry, svc),
+    ))
+}

@@ -1,0 +1,385 @@
+//! The Context API through the real binary (specs/context-api.md, first stage: counters, maps
+//! and sets in the memory store): versions and preconditions, TTL, retries applied once,
+//! limits, `allow`, names, and state kept across a reload.
+
+use std::time::Duration;
+
+use attache_tests::client::{Got, exchange};
+use attache_tests::{App, Attache, Ports, eventually, free_port, sidecar_config};
+
+struct Api {
+    base: String,
+}
+
+impl Api {
+    async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Got {
+        exchange(method, &format!("{}{path}", self.base), headers, body).await
+    }
+}
+
+fn problem(got: &Got, status: u16, slug: &str) {
+    assert_eq!(got.status, status, "{}", got.text());
+    assert_eq!(got.headers["content-type"], "application/problem+json");
+    assert_eq!(
+        got.json()["type"],
+        format!("https://attache.dev/problems/{slug}")
+    );
+}
+
+async fn with_context(extra: &str) -> (Attache, Api) {
+    let app = App::start("app").await;
+    let port = free_port();
+    let ports = Ports::new();
+    let config = sidecar_config(
+        ports,
+        app.addr,
+        &format!("  context:\n    listen: 127.0.0.1:{port}\n{extra}"),
+    );
+    let a = Attache::run(ports, &config);
+    let api = Api {
+        base: format!("http://127.0.0.1:{port}/v1/contexts"),
+    };
+    (a, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_count_within_bounds_and_honour_versions() {
+    let (a, api) = with_context("").await;
+    let first = api
+        .call("POST", "/order-42/counters/stock", &[], r#"{"by":5}"#)
+        .await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    assert_eq!(first.json()["value"], 5);
+    let etag = first.headers["etag"].to_str().unwrap().to_owned();
+    // Bounds: refused, and nothing changes.
+    let over = api
+        .call(
+            "POST",
+            "/order-42/counters/stock",
+            &[],
+            r#"{"by":-6,"min":0}"#,
+        )
+        .await;
+    problem(&over, 409, "counter-out-of-bounds");
+    let got = api.call("GET", "/order-42/counters/stock", &[], "").await;
+    assert_eq!(got.json()["value"], 5);
+    assert_eq!(got.headers["etag"], etag.as_str());
+    // If-Match: the current version passes once; a stale one gets 412 with the current ETag.
+    let set = api
+        .call(
+            "PUT",
+            "/order-42/counters/stock",
+            &[("if-match", &etag)],
+            r#"{"value":9}"#,
+        )
+        .await;
+    assert_eq!(set.status, 200);
+    let stale = api
+        .call(
+            "PUT",
+            "/order-42/counters/stock",
+            &[("if-match", &etag)],
+            r#"{"value":1}"#,
+        )
+        .await;
+    problem(&stale, 412, "precondition-failed");
+    assert_eq!(stale.json()["etag"], set.headers["etag"].to_str().unwrap());
+    // If-None-Match: * creates only.
+    let exists = api
+        .call(
+            "PUT",
+            "/order-42/counters/stock",
+            &[("if-none-match", "*")],
+            r#"{"value":1}"#,
+        )
+        .await;
+    problem(&exists, 412, "precondition-failed");
+    let created = api
+        .call(
+            "PUT",
+            "/order-42/counters/fresh",
+            &[("if-none-match", "*")],
+            r#"{"value":1}"#,
+        )
+        .await;
+    assert_eq!(created.status, 201);
+    // Missing: 404; another type: 409.
+    problem(
+        &api.call("GET", "/order-42/counters/none", &[], "").await,
+        404,
+        "context-not-found",
+    );
+    problem(
+        &api.call("GET", "/order-42/maps/stock", &[], "").await,
+        409,
+        "type-mismatch",
+    );
+    assert_eq!(
+        api.call("DELETE", "/order-42/counters/stock", &[], "")
+            .await
+            .status,
+        204
+    );
+    problem(
+        &api.call("DELETE", "/order-42/counters/stock", &[], "")
+            .await,
+        404,
+        "context-not-found",
+    );
+    a.assert_metrics(&[
+        "attache_context_operations_total{operation=\"counter_add\",outcome=\"out_of_bounds\"} 1",
+        "attache_context_operations_total{operation=\"counter_set\",outcome=\"precondition_failed\"} 2",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_patch_atomically_and_sets_count_their_members() {
+    let (_a, api) = with_context("").await;
+    let patched = api
+        .call(
+            "PATCH",
+            "/cart-7/maps/cart",
+            &[],
+            r#"{"set":{"owner":"ada","items":["x"]},"incr":{"views":2}}"#,
+        )
+        .await;
+    assert_eq!(patched.status, 201, "{}", patched.text());
+    // A patch whose incr fails applies none of its parts.
+    let bad = api
+        .call(
+            "PATCH",
+            "/cart-7/maps/cart",
+            &[],
+            r#"{"set":{"owner":"eve"},"incr":{"owner":1}}"#,
+        )
+        .await;
+    problem(&bad, 400, "context-invalid-request");
+    let merged = api
+        .call(
+            "PATCH",
+            "/cart-7/maps/cart",
+            &[("content-type", "application/merge-patch+json")],
+            r#"{"items":null,"address":{"city":"Lyon"}}"#,
+        )
+        .await;
+    assert_eq!(
+        merged.json()["fields"],
+        serde_json::json!({"owner": "ada", "views": 2, "address": {"city": "Lyon"}})
+    );
+    let some = api
+        .call("GET", "/cart-7/maps/cart?fields=owner,views", &[], "")
+        .await;
+    assert_eq!(
+        some.json()["fields"],
+        serde_json::json!({"owner": "ada", "views": 2})
+    );
+    let field = api
+        .call("GET", "/cart-7/maps/cart/fields/owner", &[], "")
+        .await;
+    assert_eq!(field.json()["value"], "ada");
+    let put = api
+        .call(
+            "PUT",
+            "/cart-7/maps/cart",
+            &[],
+            r#"{"fields":{"only":true}}"#,
+        )
+        .await;
+    assert_eq!(put.json()["fields"], serde_json::json!({"only": true}));
+
+    let added = api
+        .call(
+            "POST",
+            "/cart-7/sets/skus",
+            &[],
+            r#"{"add":["a","b","c","a"]}"#,
+        )
+        .await;
+    assert_eq!(
+        added.json(),
+        serde_json::json!({"added": 3, "removed": 0, "count": 3})
+    );
+    let again = api
+        .call(
+            "POST",
+            "/cart-7/sets/skus",
+            &[],
+            r#"{"add":["a"],"remove":["b","zz"]}"#,
+        )
+        .await;
+    assert_eq!(
+        again.json(),
+        serde_json::json!({"added": 0, "removed": 1, "count": 2})
+    );
+    assert_eq!(
+        api.call("HEAD", "/cart-7/sets/skus/members/a", &[], "")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.call("HEAD", "/cart-7/sets/skus/members/b", &[], "")
+            .await
+            .status,
+        404
+    );
+    let page = api.call("GET", "/cart-7/sets/skus?count=1", &[], "").await;
+    assert_eq!(
+        page.json(),
+        serde_json::json!({"members": ["a"], "cursor": 1, "count": 2})
+    );
+
+    let listed = api.call("GET", "/cart-7", &[], "").await;
+    let paths: Vec<String> = listed.json()["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(paths, ["maps/cart", "sets/skus"]);
+    assert_eq!(api.call("DELETE", "/cart-7", &[], "").await.status, 204);
+    problem(
+        &api.call("GET", "/cart-7/maps/cart", &[], "").await,
+        404,
+        "context-not-found",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_is_written_with_the_data_and_retries_apply_once() {
+    let (a, api) = with_context("    ttl_mode: touch\n").await;
+    let made = api
+        .call("POST", "/s-1/counters/visits", &[], r#"{"ttl":"600ms"}"#)
+        .await;
+    let ttl = made.json()["ttl_ms"].as_u64().unwrap();
+    assert!(ttl > 0 && ttl <= 600, "{ttl}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // touch (the configured mode): a write restarts the window.
+    let touched = api
+        .call("POST", "/s-1/counters/visits", &[], r#"{"ttl":"600ms"}"#)
+        .await;
+    assert!(touched.json()["ttl_ms"].as_u64().unwrap() > 400);
+    assert!(
+        eventually(3, async || api
+            .call("GET", "/s-1/counters/visits", &[], "")
+            .await
+            .status
+            == 404)
+        .await,
+        "the counter expired"
+    );
+
+    // A retried increment (same Idempotency-Key and body) applies once.
+    let key = [("idempotency-key", "charge-1")];
+    let first = api
+        .call("POST", "/s-1/counters/charges", &key, r#"{"by":10}"#)
+        .await;
+    let retry = api
+        .call("POST", "/s-1/counters/charges", &key, r#"{"by":10}"#)
+        .await;
+    assert_eq!(first.json()["value"], 10);
+    assert_eq!(retry.json()["value"], 10);
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert!(!first.headers.contains_key("idempotent-replayed"));
+    let now = api.call("GET", "/s-1/counters/charges", &[], "").await;
+    assert_eq!(now.json()["value"], 10);
+    // The key with another request: refused, nothing applied.
+    let other = api
+        .call("POST", "/s-1/counters/charges", &key, r#"{"by":99}"#)
+        .await;
+    problem(&other, 422, "idempotency-key-reused");
+    a.assert_metrics(&[
+        "attache_context_operations_total{operation=\"counter_add\",outcome=\"replayed\"} 1",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_allow_and_limits_are_enforced() {
+    let (_a, api) = with_context(
+        "    allow: ['order-*']\n    limits: { max_value_bytes: 32, max_members_per_request: 3 }\n",
+    )
+    .await;
+    problem(
+        &api.call("GET", "/cart-1/counters/x", &[], "").await,
+        403,
+        "context-not-allowed",
+    );
+    problem(
+        &api.call("GET", "/_current/counters/x", &[], "").await,
+        400,
+        "context-invalid-name",
+    );
+    problem(
+        &api.call("GET", "/order-1/counters/a/../b", &[], "").await,
+        400,
+        "context-invalid-name",
+    );
+    problem(
+        &api.call("GET", "/order-1/queues/q", &[], "").await,
+        404,
+        "context-not-found",
+    );
+    let big = format!(r#"{{"set":{{"note":"{}"}}}}"#, "x".repeat(40));
+    problem(
+        &api.call("PATCH", "/order-1/maps/m", &[], &big).await,
+        413,
+        "context-too-large",
+    );
+    problem(
+        &api.call(
+            "POST",
+            "/order-1/sets/s",
+            &[],
+            r#"{"add":["a","b","c","d"]}"#,
+        )
+        .await,
+        400,
+        "context-too-many",
+    );
+    problem(
+        &api.call(
+            "POST",
+            "/order-1/counters/c",
+            &[],
+            r#"{"by":1,"ttl":"31d"}"#,
+        )
+        .await,
+        400,
+        "context-invalid-request",
+    );
+    problem(
+        &api.call("POST", "/order-1/counters/c", &[], r#"{"bye":1}"#)
+            .await,
+        400,
+        "context-invalid-request",
+    );
+    let fresh = api.call("POST", "", &[], r#"{"prefix":"order-"}"#).await;
+    assert_eq!(fresh.status, 201);
+    let name = fresh.json()["name"].as_str().unwrap().to_owned();
+    assert!(name.starts_with("order-") && name.len() == 32, "{name}");
+    problem(
+        &api.call("POST", "", &[], r#"{"prefix":"cart-"}"#).await,
+        403,
+        "context-not-allowed",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_outlives_a_reload_that_keeps_the_store() {
+    let (a, api) = with_context("").await;
+    api.call("POST", "/order-9/counters/n", &[], r#"{"by":3}"#)
+        .await;
+    // A reload that changes something else (the default TTL): the store and its state stay.
+    let config = std::fs::read_to_string(a.config_path()).unwrap();
+    a.reconfigure(&config.replace("  context:\n", "  context:\n    ttl: 1h\n"))
+        .await;
+    assert_eq!(
+        api.call("GET", "/order-9/counters/n", &[], "").await.json()["value"],
+        3
+    );
+    let made = api.call("POST", "/order-9/counters/m", &[], "").await;
+    assert!(
+        made.json()["ttl_ms"].as_u64().unwrap() > 3_500_000,
+        "the new default TTL applies"
+    );
+}
