@@ -383,3 +383,106 @@ async fn state_outlives_a_reload_that_keeps_the_store() {
         "the new default TTL applies"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_grant_one_lease_at_a_time_with_fencing_tokens() {
+    let (a, api) = with_context("").await;
+    let take = |owner: &'static str, extra: &'static str| {
+        let api = &api;
+        async move {
+            api.call(
+                "POST",
+                "/batch-7/locks/nightly",
+                &[],
+                &format!(r#"{{"owner":"{owner}","ttl":"600ms"{extra}}}"#),
+            )
+            .await
+        }
+    };
+    let first = take("a", "").await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    let lease = first.json()["lease"].as_str().unwrap().to_owned();
+    let t1 = first.json()["token"].as_u64().unwrap();
+    assert!(first.json()["expires_at"].as_str().unwrap().ends_with('Z'));
+    let held = take("b", "").await;
+    problem(&held, 409, "lock-held");
+    assert_eq!(held.headers["retry-after"], "1");
+    let holder = api.call("GET", "/batch-7/locks/nightly", &[], "").await;
+    assert_eq!(holder.json()["owner"], "a");
+    assert!(
+        holder.json().get("lease").is_none(),
+        "the lease is the holder's secret"
+    );
+
+    // A write fenced by the holder's token applies.
+    let fence = format!("nightly={t1}");
+    let write = async |fence: &str| {
+        api.call(
+            "PATCH",
+            "/batch-7/maps/report",
+            &[("attache-fence", fence)],
+            r#"{"set":{"done":true}}"#,
+        )
+        .await
+    };
+    assert_eq!(write(&fence).await.status, 201);
+    // Renewed by its lease only.
+    let renew = api
+        .call(
+            "PUT",
+            &format!("/batch-7/locks/nightly/leases/{lease}"),
+            &[],
+            r#"{"ttl":"300ms"}"#,
+        )
+        .await;
+    assert_eq!(renew.status, 200);
+    assert_eq!(renew.json()["token"].as_u64(), Some(t1));
+    problem(
+        &api.call("PUT", "/batch-7/locks/nightly/leases/0123", &[], "")
+            .await,
+        409,
+        "lease-lost",
+    );
+    // The holder pauses past its lease; another takes the lock (waiting for it), and the
+    // paused holder's fenced write is refused.
+    let waited = take("b", r#","wait":"2s""#).await;
+    assert_eq!(waited.status, 201, "{}", waited.text());
+    let t2 = waited.json()["token"].as_u64().unwrap();
+    assert!(t2 > t1);
+    problem(&write(&fence).await, 412, "stale-fencing-token");
+    problem(
+        &api.call(
+            "DELETE",
+            &format!("/batch-7/locks/nightly/leases/{lease}"),
+            &[],
+            "",
+        )
+        .await,
+        409,
+        "lease-lost",
+    );
+    let lease2 = waited.json()["lease"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.call(
+            "DELETE",
+            &format!("/batch-7/locks/nightly/leases/{lease2}"),
+            &[],
+            ""
+        )
+        .await
+        .status,
+        204
+    );
+    // A retried acquire (same Idempotency-Key) gets the same lease.
+    let key = [("idempotency-key", "acquire-42")];
+    let body = r#"{"owner":"c","ttl":"30s"}"#;
+    let got = api.call("POST", "/batch-7/locks/nightly", &key, body).await;
+    let retry = api.call("POST", "/batch-7/locks/nightly", &key, body).await;
+    assert_eq!(got.json()["lease"], retry.json()["lease"]);
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert!(got.json()["token"].as_u64().unwrap() > t2);
+    a.assert_metrics(&[
+        "attache_context_operations_total{operation=\"lock_acquire\",outcome=\"lock_held\"} 1",
+        "attache_context_operations_total{operation=\"map_patch\",outcome=\"stale_fence\"} 1",
+    ]);
+}

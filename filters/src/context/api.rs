@@ -11,7 +11,12 @@
 //! GET    .../maps/{name}/fields/{field}
 //! GET|POST|DELETE      .../sets/{name}         {"members","cursor","count"} | {"add","remove"}
 //! GET|HEAD .../sets/{name}/members/{member}    204 or 404
+//! GET|POST|DELETE      .../locks/{name}        the holder | {"owner","ttl","wait"} -> a lease
+//! PUT|DELETE .../locks/{name}/leases/{lease}   renew {"ttl"} | release
 //! ```
+//!
+//! Any write may carry `Attache-Fence: <lock>=<token>`: it applies only while the token is
+//! the lock's latest grant.
 //!
 //! A map named `a/fields/b` is read as field `b` of map `a`, and a set named `a/members/b` as
 //! member `b` of set `a`: names with those segments are not addressable whole.
@@ -32,6 +37,7 @@ use super::op::{Change, Cond, Kind, Object, Op, Outcome, Shown, Ttl, TtlMode};
 
 const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const FENCE: HeaderName = HeaderName::from_static("attache-fence");
 
 /// What the request asks, once parsed.
 pub struct Parsed {
@@ -41,6 +47,8 @@ pub struct Parsed {
     pub label: &'static str,
     /// The `Idempotency-Key` of a mutating request.
     pub key: Option<Vec<u8>>,
+    /// How long an acquire may wait for a held lock.
+    pub wait: Duration,
 }
 
 /// What parsing needs to know.
@@ -86,6 +94,7 @@ pub fn target(path: &str) -> Result<Target<'_>, ContextError> {
     let (name, part) = match kind {
         Kind::Map => part_of("/fields/").map_or((name, None), |(n, p)| (n, Some(p))),
         Kind::Set => part_of("/members/").map_or((name, None), |(n, p)| (n, Some(p))),
+        Kind::Lock => part_of("/leases/").map_or((name, None), |(n, p)| (n, Some(p))),
         Kind::Counter => (name, None),
     };
     Ok(Target::Object {
@@ -197,9 +206,25 @@ fn cond(headers: &HeaderMap) -> Result<Cond, ContextError> {
         Some(v) if v.as_bytes().trim_ascii() == b"*" => true,
         Some(_) => return Err(invalid("If-None-Match: * is the only form writes take")),
     };
+    let fence = match headers.get(FENCE) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().split_once('='))
+                .and_then(|(lock, token)| {
+                    names::object(lock).ok()?;
+                    Some((lock.to_owned(), token.parse().ok()?))
+                })
+                .ok_or_else(|| {
+                    invalid("Attache-Fence must be <lock>=<token>, as a grant gave it")
+                })?,
+        ),
+    };
     Ok(Cond {
         if_match,
         if_none_match,
+        fence,
     })
 }
 
@@ -263,6 +288,20 @@ struct TtlFieldsLoose {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct Acquire {
+    owner: Option<String>,
+    ttl: Option<String>,
+    wait: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Renew {
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct NewContext {
     #[serde(default)]
     pub prefix: String,
@@ -276,7 +315,17 @@ fn query(q: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
-/// Parses one object request into its operation.
+/// A lease's length: `ttl` (default 30 s), within `max_ttl`.
+fn lease_ttl(ttl: Option<&str>, rules: &Rules) -> Result<Duration, ContextError> {
+    let ttl = rules
+        .ttl(ttl, None)?
+        .given
+        .unwrap_or(Duration::from_secs(30));
+    Ok(ttl)
+}
+
+/// Parses one object request into its operation; `lease` is the id a lock granted by this
+/// request gets.
 pub fn parse(
     method: &Method,
     path: &str,
@@ -284,6 +333,7 @@ pub fn parse(
     headers: &HeaderMap,
     bytes: &[u8],
     rules: &Rules,
+    lease: String,
 ) -> Result<Parsed, ContextError> {
     let Target::Object {
         ctx,
@@ -312,7 +362,40 @@ pub fn parse(
         })
     };
     let wrong = || ContextError::MethodNotAllowed(method.to_string());
+    let mut wait = Duration::ZERO;
     let (op, label) = match (kind, part, method.as_str()) {
+        (Kind::Lock, None, "GET") => (get(&object, None, None), "lock_get"),
+        (Kind::Lock, None, "POST") => {
+            let b: Acquire = body(bytes)?;
+            if let Some(w) = b.wait.as_deref() {
+                wait = duration(w)
+                    .filter(|w| *w <= Duration::from_secs(60))
+                    .ok_or_else(|| invalid(format!("invalid wait {w:?} (at most 60s)")))?;
+            }
+            let op = Op::Acquire {
+                name: name.to_owned(),
+                owner: b.owner.unwrap_or_default(),
+                lease,
+                ttl: lease_ttl(b.ttl.as_deref(), rules)?,
+            };
+            (op, "lock_acquire")
+        }
+        (Kind::Lock, Some(lease), "PUT") => {
+            let b: Renew = body(bytes)?;
+            let op = Op::Renew {
+                name: name.to_owned(),
+                lease,
+                ttl: lease_ttl(b.ttl.as_deref(), rules)?,
+            };
+            (op, "lock_renew")
+        }
+        (Kind::Lock, Some(lease), "DELETE") => (
+            Op::Release {
+                name: name.to_owned(),
+                lease,
+            },
+            "lock_release",
+        ),
         (Kind::Counter, None, "GET") => (get(&object, None, None), "counter_get"),
         (Kind::Counter, None, "POST") => {
             let b: CounterAdd = body(bytes)?;
@@ -420,6 +503,7 @@ pub fn parse(
                 Kind::Counter => "counter_delete",
                 Kind::Map => "map_delete",
                 Kind::Set => "set_delete",
+                Kind::Lock => "lock_delete",
             },
         ),
         _ => return Err(wrong()),
@@ -429,6 +513,7 @@ pub fn parse(
         key: idempotency_key(&op, headers)?,
         op,
         label,
+        wait,
     })
 }
 
@@ -505,6 +590,13 @@ pub fn respond(outcome: &Outcome, replayed: bool, head: bool) -> Response<crate:
                     next,
                     count,
                 } => json!({ "members": members, "cursor": next, "count": count }),
+                Shown::Lock {
+                    owner,
+                    token,
+                    expires_at_ms,
+                } => {
+                    json!({ "owner": owner, "token": token, "expires_at": rfc3339(*expires_at_ms) })
+                }
             };
             let status = if *created {
                 StatusCode::CREATED
@@ -541,6 +633,23 @@ pub fn respond(outcome: &Outcome, replayed: bool, head: bool) -> Response<crate:
             res
         }
         Outcome::Deleted => empty(StatusCode::NO_CONTENT),
+        Outcome::Lease {
+            lease,
+            token,
+            expires_at_ms,
+            granted,
+        } => {
+            let status = if *granted {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let left = expires_at_ms.saturating_sub(super::store::now_ms());
+            json_response(
+                status,
+                &json!({ "lease": lease, "token": token, "expires_at": rfc3339(*expires_at_ms), "ttl_ms": left }),
+            )
+        }
         Outcome::Objects(objects) => {
             let list: Vec<Value> = objects
                 .iter()
@@ -556,6 +665,12 @@ pub fn respond(outcome: &Outcome, replayed: bool, head: bool) -> Response<crate:
             .insert(REPLAYED, HeaderValue::from_static("true"));
     }
     res
+}
+
+fn rfc3339(unix_ms: u64) -> String {
+    let mut out = String::with_capacity(24);
+    crate::telemetry::access_log::rfc3339(&mut out, unix_ms.saturating_mul(1_000_000));
+    out
 }
 
 fn empty(status: StatusCode) -> Response<crate::Body> {

@@ -43,6 +43,16 @@ pub enum ContextError {
     TooMany { what: &'static str, limit: u64 },
     #[error("the Idempotency-Key was used for another request to this context")]
     KeyReused,
+    #[error("the lock {0} is held by another lease")]
+    LockHeld(String, Duration),
+    #[error("the lease no longer holds the lock {0}: it ran out, or was released")]
+    LeaseLost(String),
+    #[error("fencing token {token} of lock {lock} is not its latest grant ({latest})")]
+    StaleFence {
+        lock: String,
+        token: u64,
+        latest: u64,
+    },
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
     #[error("the context store is unavailable: {0}")]
@@ -57,7 +67,11 @@ impl Problem for ContextError {
             }
             Self::NotAllowed(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::TypeMismatch { .. } | Self::OutOfBounds { .. } => StatusCode::CONFLICT,
+            Self::TypeMismatch { .. }
+            | Self::OutOfBounds { .. }
+            | Self::LockHeld(..)
+            | Self::LeaseLost(_) => StatusCode::CONFLICT,
+            Self::StaleFence { .. } => StatusCode::PRECONDITION_FAILED,
             Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -78,6 +92,9 @@ impl Problem for ContextError {
             Self::TooLarge { .. } => "context-too-large",
             Self::TooMany { .. } => "context-too-many",
             Self::KeyReused => "idempotency-key-reused",
+            Self::LockHeld(..) => "lock-held",
+            Self::LeaseLost(_) => "lease-lost",
+            Self::StaleFence { .. } => "stale-fencing-token",
             Self::MethodNotAllowed(_) => "method-not-allowed",
             Self::Unavailable(_) => "context-store-unavailable",
         }
@@ -95,12 +112,19 @@ impl Problem for ContextError {
             Self::TooLarge { .. } => "Too large",
             Self::TooMany { .. } => "Too many members or fields",
             Self::KeyReused => "Idempotency-Key reused",
+            Self::LockHeld(..) => "Lock held",
+            Self::LeaseLost(_) => "Lease lost",
+            Self::StaleFence { .. } => "Stale fencing token",
             Self::MethodNotAllowed(_) => "Method not allowed",
             Self::Unavailable(_) => "Context store unavailable",
         }
     }
 
     fn retry_after(&self) -> Option<Duration> {
-        matches!(self, Self::Unavailable(_)).then(|| Duration::from_secs(1))
+        match self {
+            Self::Unavailable(_) => Some(Duration::from_secs(1)),
+            Self::LockHeld(_, left) => Some(*left),
+            _ => None,
+        }
     }
 }

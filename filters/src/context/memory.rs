@@ -23,6 +23,12 @@ enum Data {
     Counter(i64),
     Map(BTreeMap<String, Value>),
     Set(BTreeSet<String>),
+    /// A held lock (its entry expires with the lease).
+    Lock {
+        owner: String,
+        lease: String,
+        token: u64,
+    },
 }
 
 impl Data {
@@ -31,6 +37,7 @@ impl Data {
             Data::Counter(_) => Kind::Counter,
             Data::Map(_) => Kind::Map,
             Data::Set(_) => Kind::Set,
+            Data::Lock { .. } => Kind::Lock,
         }
     }
 
@@ -39,6 +46,12 @@ impl Data {
             Kind::Counter => Data::Counter(0),
             Kind::Map => Data::Map(BTreeMap::new()),
             Kind::Set => Data::Set(BTreeSet::new()),
+            // Locks are made by `Op::Acquire`; no write names one.
+            Kind::Lock => Data::Lock {
+                owner: String::new(),
+                lease: String::new(),
+                token: 0,
+            },
         }
     }
 }
@@ -90,6 +103,9 @@ struct State {
     /// The last version given out: versions only grow, across objects and contexts, so an old
     /// ETag never matches a later object of the same name.
     last_version: u64,
+    /// Each lock's latest fencing token, by context and lock: kept after the lock is released,
+    /// expires or its context is deleted, so that a token is never granted twice.
+    fences: HashMap<String, HashMap<String, u64>>,
 }
 
 impl MemoryStore {
@@ -118,7 +134,9 @@ impl MemoryStore {
         let State {
             contexts,
             last_version,
+            fences,
         } = &mut *state;
+        let fences = fences.entry(ctx.to_owned()).or_default();
         let c = contexts.entry(ctx.to_owned()).or_default();
         if let Some(once) = &once {
             c.records.retain(|_, r| r.expires_ms > now);
@@ -132,7 +150,7 @@ impl MemoryStore {
                 });
             }
         }
-        let result = apply(c, op, now, &self.limits, last_version);
+        let result = apply(c, op, now, &self.limits, last_version, fences);
         if let (Ok(outcome), Some(once)) = (&result, once) {
             c.records.insert(
                 once.key.to_owned(),
@@ -210,7 +228,12 @@ fn apply(
     now: u64,
     limits: &Limits,
     last_version: &mut u64,
+    fences: &mut HashMap<String, u64>,
 ) -> Result<Outcome, ContextError> {
+    let mut next_version = || {
+        *last_version = (*last_version + 1).max(now.saturating_mul(1000));
+        *last_version
+    };
     match op {
         Op::Get {
             object,
@@ -231,6 +254,11 @@ fn apply(
                         .collect(),
                     None => m.clone(),
                 }),
+                Data::Lock { owner, token, .. } => Shown::Lock {
+                    owner: owner.clone(),
+                    token: *token,
+                    expires_at_ms: e.expires_ms.unwrap_or(0),
+                },
                 Data::Set(s) => {
                     let (from, count) = page.unwrap_or((0, PAGE));
                     let members: Vec<String> = s.iter().skip(from).take(count).cloned().collect();
@@ -291,13 +319,13 @@ fn apply(
                 return Err(mismatch(object, e.data.kind()));
             }
             check(cond, existing.as_ref().map(|e| e.version))?;
+            fenced(cond, fences)?;
             let mut data = existing
                 .as_ref()
                 .map_or_else(|| Data::empty(object.kind), |e| e.data.clone());
             let counts = change_data(&mut data, change, limits)?;
-            *last_version = (*last_version + 1).max(now.saturating_mul(1000));
             let entry = Entry {
-                version: *last_version,
+                version: next_version(),
                 expires_ms: ttl.expiry(now, existing.as_ref().map(|e| e.expires_ms)),
                 data,
             };
@@ -318,6 +346,11 @@ fn apply(
                             next: (s.len() > PAGE).then_some(PAGE),
                             count: s.len(),
                         },
+                        Data::Lock { .. } => {
+                            return Err(ContextError::InvalidRequest(
+                                "a lock is taken with POST, not written".into(),
+                            ));
+                        }
                     },
                     version: entry.version,
                     ttl_ms: ttl_ms(entry.expires_ms, now),
@@ -333,9 +366,82 @@ fn apply(
                 return Err(mismatch(object, e.data.kind()));
             }
             check(cond, Some(e.version))?;
+            fenced(cond, fences)?;
             c.objects.remove(&object.name);
             Ok(Outcome::Deleted)
         }
+        Op::Acquire {
+            name,
+            owner,
+            lease,
+            ttl,
+        } => {
+            let object = Object {
+                kind: Kind::Lock,
+                name: name.clone(),
+            };
+            if let Some(e) = c.live(name, now) {
+                return Err(match &e.data {
+                    Data::Lock { .. } => ContextError::LockHeld(
+                        object.to_string(),
+                        std::time::Duration::from_millis(
+                            e.expires_ms.unwrap_or(now).saturating_sub(now),
+                        ),
+                    ),
+                    other => mismatch(&object, other.kind()),
+                });
+            }
+            let token = fences.get(name).copied().unwrap_or(0) + 1;
+            fences.insert(name.clone(), token);
+            let expires_at_ms = now.saturating_add(ttl.as_millis() as u64);
+            let version = next_version();
+            c.objects.insert(
+                name.clone(),
+                Entry {
+                    version,
+                    expires_ms: Some(expires_at_ms),
+                    data: Data::Lock {
+                        owner: owner.clone(),
+                        lease: lease.clone(),
+                        token,
+                    },
+                },
+            );
+            Ok(Outcome::Lease {
+                lease: lease.clone(),
+                token,
+                expires_at_ms,
+                granted: true,
+            })
+        }
+        Op::Renew { name, lease, ttl } => {
+            let held = |e: &Entry| matches!(&e.data, Data::Lock { lease: l, .. } if l == lease);
+            let version = next_version();
+            match c.live(name, now) {
+                Some(e) if held(e) => {
+                    let expires_at_ms = now.saturating_add(ttl.as_millis() as u64);
+                    e.expires_ms = Some(expires_at_ms);
+                    e.version = version;
+                    let Data::Lock { token, .. } = &e.data else {
+                        return Err(ContextError::LeaseLost(format!("locks/{name}")));
+                    };
+                    Ok(Outcome::Lease {
+                        lease: lease.clone(),
+                        token: *token,
+                        expires_at_ms,
+                        granted: false,
+                    })
+                }
+                _ => Err(ContextError::LeaseLost(format!("locks/{name}"))),
+            }
+        }
+        Op::Release { name, lease } => match c.live(name, now) {
+            Some(e) if matches!(&e.data, Data::Lock { lease: l, .. } if l == lease) => {
+                c.objects.remove(name);
+                Ok(Outcome::Deleted)
+            }
+            _ => Err(ContextError::LeaseLost(format!("locks/{name}"))),
+        },
         Op::List => {
             c.objects
                 .retain(|_, e| e.expires_ms.is_none_or(|t| t > now));
@@ -359,6 +465,21 @@ fn apply(
             Ok(Outcome::Deleted)
         }
     }
+}
+
+/// A fenced write's check: its token must be the lock's latest grant.
+fn fenced(cond: &Cond, fences: &HashMap<String, u64>) -> Result<(), ContextError> {
+    if let Some((lock, token)) = &cond.fence {
+        let latest = fences.get(lock).copied().unwrap_or(0);
+        if *token != latest {
+            return Err(ContextError::StaleFence {
+                lock: format!("locks/{lock}"),
+                token: *token,
+                latest,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Applies `change` to `data` within `limits`; for a set, how many members were added and

@@ -54,6 +54,9 @@ pub fn outcome_of(e: &ContextError) -> &'static str {
         ContextError::OutOfBounds { .. } => "out_of_bounds",
         ContextError::TooLarge { .. } | ContextError::TooMany { .. } => "too_large",
         ContextError::KeyReused => "key_reused",
+        ContextError::LockHeld(..) => "lock_held",
+        ContextError::LeaseLost(_) => "lease_lost",
+        ContextError::StaleFence { .. } => "stale_fence",
         ContextError::MethodNotAllowed(_) => "invalid",
         ContextError::Unavailable(_) => "unavailable",
     }

@@ -9,10 +9,11 @@
 //!   `memory.rs`: the memory backend; `names.rs`: names and `allow` patterns;
 //!   `error.rs`: the problem types; `metrics.rs`: the families.
 //!
-//! Built so far: counters, maps and sets, with versions (`ETag`, `If-Match`,
-//! `If-None-Match: *`), TTL written with the data (`create`, `touch`, `keep`), retries applied
-//! once under an `Idempotency-Key`, limits, the context's listing and deletion, and fresh
-//! context names. Locks, queues, batches, the Redis backend and `_current` are to come.
+//! Built so far: counters, maps, sets and locks (leases, renewal, release, waiting, fencing
+//! tokens and fenced writes), with versions (`ETag`, `If-Match`, `If-None-Match: *`), TTL
+//! written with the data (`create`, `touch`, `keep`), retries applied once under an
+//! `Idempotency-Key`, limits, the context's listing and deletion, and fresh context names.
+//! Queues, batches, the Redis backend and `_current` are to come.
 
 pub mod api;
 pub mod error;
@@ -111,7 +112,7 @@ impl ContextApi {
     ) -> Result<(Response<Body>, Option<ContextInfo>), (ContextError, Option<ContextInfo>)> {
         let path = parts.uri.path();
         let target = api::target(path).map_err(|e| (e, None))?;
-        let (ctx, op, label, key) = match target {
+        let (ctx, op, label, key, wait) = match target {
             Target::Contexts if parts.method == Method::POST => {
                 return self
                     .new_context(bytes)
@@ -137,7 +138,7 @@ impl ContextApi {
                     }
                 };
                 let key = api::idempotency_key(&op, &parts.headers).map_err(|e| (e, None))?;
-                (ctx.to_owned(), op, label, key)
+                (ctx.to_owned(), op, label, key, Duration::ZERO)
             }
             Target::Object { .. } => {
                 let p = api::parse(
@@ -147,9 +148,10 @@ impl ContextApi {
                     &parts.headers,
                     bytes,
                     &self.s.rules,
+                    self.lease_id(),
                 )
                 .map_err(|e| (e, None))?;
-                (p.ctx, p.op, p.label, p.key)
+                (p.ctx, p.op, p.label, p.key, p.wait)
             }
         };
         let info = ContextInfo {
@@ -171,14 +173,29 @@ impl ContextApi {
             fingerprint,
             retention: self.s.retention,
         });
-        let ran = tokio::time::timeout(self.s.store_timeout, self.s.store.run(&ctx, &op, once))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ContextError::Unavailable(format!(
-                    "no answer within {:?}",
-                    self.s.store_timeout
-                )))
-            });
+        // An acquire that may wait asks again while the lock is held, until `wait` is over.
+        let deadline = tokio::time::Instant::now() + wait;
+        let ran = loop {
+            let ran = tokio::time::timeout(self.s.store_timeout, self.s.store.run(&ctx, &op, once))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ContextError::Unavailable(format!(
+                        "no answer within {:?}",
+                        self.s.store_timeout
+                    )))
+                });
+            let now = tokio::time::Instant::now();
+            match &ran {
+                Err(ContextError::LockHeld(_, left)) if now < deadline => {
+                    let pause = (*left)
+                        .min(Duration::from_millis(25))
+                        .min(deadline - now)
+                        .max(Duration::from_millis(1));
+                    tokio::time::sleep(pause).await;
+                }
+                _ => break ran,
+            }
+        };
         match ran {
             Ok(ran) => {
                 self.s
@@ -217,6 +234,11 @@ impl ContextApi {
             http::HeaderValue::from_static("application/json"),
         );
         Ok(res)
+    }
+
+    /// A lease's id: 128 random bits, in hex. Whoever holds it may renew and release the lock.
+    fn lease_id(&self) -> String {
+        format!("{:016x}{:016x}", self.ids.next_u64(), self.ids.next_u64())
     }
 
     /// A ULID: 48 bits of milliseconds and 80 random bits, in Crockford's base 32 (26

@@ -13,6 +13,7 @@ pub enum Kind {
     Counter,
     Map,
     Set,
+    Lock,
 }
 
 impl Kind {
@@ -22,6 +23,7 @@ impl Kind {
             Kind::Counter => "counters",
             Kind::Map => "maps",
             Kind::Set => "sets",
+            Kind::Lock => "locks",
         }
     }
 
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Counter => "counter",
             Kind::Map => "map",
             Kind::Set => "set",
+            Kind::Lock => "lock",
         }
     }
 
@@ -38,6 +41,7 @@ impl Kind {
             "counters" => Some(Kind::Counter),
             "maps" => Some(Kind::Map),
             "sets" => Some(Kind::Set),
+            "locks" => Some(Kind::Lock),
             _ => None,
         }
     }
@@ -100,6 +104,10 @@ pub struct Cond {
     pub if_match: Option<u64>,
     /// `If-None-Match: *`: the object must not exist (create-only).
     pub if_none_match: bool,
+    /// `Attache-Fence: <lock>=<token>`: the token must be the lock's latest grant, checked in
+    /// the same step as the write (a holder whose lease ran out while it was paused, and was
+    /// granted to another since, is refused).
+    pub fence: Option<(String, u64)>,
 }
 
 /// What a write does to its object.
@@ -166,6 +174,25 @@ pub enum Op {
         object: Object,
         cond: Cond,
     },
+    /// Takes the lock `name` for `owner` under a new lease (an id made by the caller), if it
+    /// is free (or its lease ran out), with the next fencing token.
+    Acquire {
+        name: String,
+        owner: String,
+        lease: String,
+        ttl: Duration,
+    },
+    /// Extends the lease, if it still holds the lock.
+    Renew {
+        name: String,
+        lease: String,
+        ttl: Duration,
+    },
+    /// Gives the lock up, if the lease still holds it.
+    Release {
+        name: String,
+        lease: String,
+    },
     /// The context's objects.
     List,
     /// Every object of the context.
@@ -177,7 +204,12 @@ impl Op {
     pub fn mutates(&self) -> bool {
         matches!(
             self,
-            Op::Write { .. } | Op::Delete { .. } | Op::DeleteContext
+            Op::Write { .. }
+                | Op::Delete { .. }
+                | Op::DeleteContext
+                | Op::Acquire { .. }
+                | Op::Renew { .. }
+                | Op::Release { .. }
         )
     }
 }
@@ -193,6 +225,13 @@ pub enum Shown {
         members: Vec<String>,
         next: Option<usize>,
         count: usize,
+    },
+    /// A held lock: its owner, the token of the grant, and when the lease ends (ms since the
+    /// epoch).
+    Lock {
+        owner: String,
+        token: u64,
+        expires_at_ms: u64,
     },
 }
 
@@ -221,4 +260,11 @@ pub enum Outcome {
     },
     Deleted,
     Objects(Vec<Object>),
+    /// A lease: granted by this operation (201), or renewed.
+    Lease {
+        lease: String,
+        token: u64,
+        expires_at_ms: u64,
+        granted: bool,
+    },
 }

@@ -90,6 +90,7 @@ pub async fn conformance(store: &dyn Store) {
         cond: Cond {
             if_match,
             if_none_match,
+            fence: None,
         },
         ttl: Ttl::default(),
         change: Change::CounterSet { value: 10 },
@@ -129,7 +130,8 @@ pub async fn conformance(store: &dyn Store) {
                 object: object(Kind::Counter, "fresh"),
                 cond: Cond {
                     if_match: None,
-                    if_none_match: true
+                    if_none_match: true,
+                    fence: None,
                 },
                 ttl: Ttl::default(),
                 change: add(1)
@@ -403,6 +405,8 @@ pub async fn conformance(store: &dyn Store) {
         Err(ContextError::KeyReused)
     ));
 
+    let last_token = locks(store).await;
+
     // Listing, then deleting the context; other contexts are untouched.
     store
         .run("other", &write(Kind::Counter, "kept", add(1)), None)
@@ -418,6 +422,7 @@ pub async fn conformance(store: &dyn Store) {
         [
             "counters/fresh",
             "counters/hits",
+            "maps/ledger",
             "maps/order",
             "counters/retried",
             "sets/tags"
@@ -432,6 +437,17 @@ pub async fn conformance(store: &dyn Store) {
         run(store, &Op::DeleteContext).await,
         Err(ContextError::NotFound(_))
     ));
+    // A token is never granted twice, even after the context was deleted.
+    let again = Op::Acquire {
+        name: "job".into(),
+        owner: "w".into(),
+        lease: "l9".into(),
+        ttl: Duration::from_secs(1),
+    };
+    let Outcome::Lease { token, .. } = run(store, &again).await.unwrap() else {
+        panic!("no lease")
+    };
+    assert!(token > last_token);
     assert!(
         store
             .run(
@@ -446,6 +462,110 @@ pub async fn conformance(store: &dyn Store) {
             .await
             .is_ok()
     );
+}
+
+/// Locks: one lease at a time, tokens that only grow (across releases, expiries and the
+/// context's deletion), renewal and release by the lease only, fenced writes, retried acquires.
+async fn locks(store: &dyn Store) -> u64 {
+    let acquire = |lease: &str, ms: u64| Op::Acquire {
+        name: "job".into(),
+        owner: format!("worker-{lease}"),
+        lease: lease.into(),
+        ttl: Duration::from_millis(ms),
+    };
+    let token_of = |o: Outcome| match o {
+        Outcome::Lease { token, granted, .. } => (token, granted),
+        other => panic!("not a lease: {other:?}"),
+    };
+    let (t1, granted) = token_of(run(store, &acquire("l1", 60_000)).await.unwrap());
+    assert!(granted);
+    assert!(
+        matches!(run(store, &acquire("l2", 60_000)).await, Err(ContextError::LockHeld(_, left)) if left > Duration::from_secs(50))
+    );
+    let renew = |lease: &str| Op::Renew {
+        name: "job".into(),
+        lease: lease.into(),
+        ttl: Duration::from_millis(200),
+    };
+    assert_eq!(
+        token_of(run(store, &renew("l1")).await.unwrap()),
+        (t1, false)
+    );
+    assert!(matches!(
+        run(store, &renew("l2")).await,
+        Err(ContextError::LeaseLost(_))
+    ));
+    let held = run(
+        store,
+        &Op::Get {
+            object: object(Kind::Lock, "job"),
+            fields: None,
+            page: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(value_of(&held).0, Shown::Lock { ref owner, token, .. } if owner == "worker-l1" && token == t1)
+    );
+    // A fenced write with the holder's token applies; once the lease ran out and another
+    // holder was granted, the first holder's token is stale, checked in the write's own step.
+    let fenced = |token: u64| Op::Write {
+        object: object(Kind::Map, "ledger"),
+        cond: Cond {
+            if_match: None,
+            if_none_match: false,
+            fence: Some(("job".into(), token)),
+        },
+        ttl: Ttl::default(),
+        change: Change::MapPatch {
+            set: BTreeMap::from([("by".into(), json!(token))]),
+            delete: vec![],
+            incr: BTreeMap::new(),
+        },
+    };
+    run(store, &fenced(t1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (t2, _) = token_of(run(store, &acquire("l2", 60_000)).await.unwrap());
+    assert!(t2 > t1);
+    assert!(
+        matches!(run(store, &fenced(t1)).await, Err(ContextError::StaleFence { token, latest, .. }) if token == t1 && latest == t2)
+    );
+    assert!(matches!(
+        run(store, &fenced(t2 + 1)).await,
+        Err(ContextError::StaleFence { .. })
+    ));
+    run(store, &fenced(t2)).await.unwrap();
+    // Release by the lease only; the next grant's token still grows.
+    let release = |lease: &str| Op::Release {
+        name: "job".into(),
+        lease: lease.into(),
+    };
+    assert!(matches!(
+        run(store, &release("l1")).await,
+        Err(ContextError::LeaseLost(_))
+    ));
+    assert_eq!(run(store, &release("l2")).await.unwrap(), Outcome::Deleted);
+    // A retried acquire (same key) gets the same lease, not "held by someone".
+    let once = Once {
+        key: "acquire-1",
+        fingerprint: [7; 32],
+        retention: Duration::from_secs(60),
+    };
+    let first = store
+        .run("ctx", &acquire("l3", 60_000), Some(once))
+        .await
+        .unwrap();
+    let retried = store
+        .run("ctx", &acquire("l4", 60_000), Some(once))
+        .await
+        .unwrap();
+    assert!(retried.replayed);
+    assert_eq!(first.outcome, retried.outcome);
+    let (t3, _) = token_of(first.outcome);
+    assert!(t3 > t2);
+    run(store, &release("l3")).await.unwrap();
+    t3
 }
 
 #[tokio::test]

@@ -294,7 +294,7 @@ fn json_str(out: &mut String, v: &str) {
 }
 
 /// `2026-11-23T14:58:37.123Z` from nanoseconds since the epoch (UTC, civil calendar).
-fn rfc3339(out: &mut String, unix_nanos: u64) {
+pub fn rfc3339(out: &mut String, unix_nanos: u64) {
     let secs = unix_nanos / 1_000_000_000;
     let millis = (unix_nanos / 1_000_000) % 1000;
     let days = (secs / 86_400) as i64;
