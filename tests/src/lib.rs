@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod client;
+pub mod context_suite;
 pub mod metrics;
 pub mod otlp;
 pub mod pki;

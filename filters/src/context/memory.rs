@@ -578,7 +578,7 @@ fn change_data(
 }
 
 /// RFC 7396 merge of `patch` into `target`.
-fn merge(target: &mut Value, patch: &Value) {
+pub(super) fn merge(target: &mut Value, patch: &Value) {
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {

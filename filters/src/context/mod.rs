@@ -21,6 +21,7 @@ pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod op;
+pub mod redis_store;
 pub mod store;
 
 use std::sync::Arc;
