@@ -4,7 +4,7 @@
 //! ```yaml
 //! context:
 //!   listen: 127.0.0.1:3500
-//!   store: memory
+//!   store: redis://redis:6379
 //!   allow: ["order-*"]
 //!   ttl: 24h
 //!   ttl_mode: create
@@ -21,9 +21,14 @@ pub struct Context {
     /// The API's own listener: loopback, never the inbound port.
     #[serde(default = "default_listen")]
     pub listen: ListenAddr,
-    /// `memory`: this process only, for development (the Redis backend is to come).
+    /// `memory` (this process only, for development) or a Redis URL shared by the replicas, in
+    /// the forms `spec.idempotency.store` takes (`redis://`, `rediss://`,
+    /// `redis+cluster://h1:p,h2:p`, `redis+sentinel://h1:p,h2:p/<service>`).
     #[serde(default = "default_store")]
     pub store: String,
+    /// Prefix of the Context API's keys in Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
     /// The most one store operation may take; past it, 503.
     #[serde(default = "default_store_timeout")]
     pub store_timeout: Duration,
@@ -97,6 +102,7 @@ impl Default for Context {
         Self {
             listen: default_listen(),
             store: default_store(),
+            key_prefix: default_key_prefix(),
             store_timeout: default_store_timeout(),
             allow: default_allow(),
             ttl: None,
@@ -112,6 +118,9 @@ fn default_listen() -> ListenAddr {
 }
 fn default_store() -> String {
     "memory".into()
+}
+fn default_key_prefix() -> String {
+    "attache:ctx".into()
 }
 fn default_store_timeout() -> Duration {
     Duration::millis(500)

@@ -431,28 +431,39 @@ fn limits_and_timeouts(spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
     }
 }
 
+/// Whether `store` names Redis in one of the forms the stores read.
+pub(crate) fn is_redis_url(store: &str) -> bool {
+    matches!(
+        store.split_once("://").map(|(s, _)| s),
+        Some(
+            "redis"
+                | "rediss"
+                | "redis+unix"
+                | "redis+cluster"
+                | "rediss+cluster"
+                | "redis+sentinel"
+                | "rediss+sentinel"
+        )
+    )
+}
+
 fn idempotency(idem: &crate::Idempotency, errors: &mut Vec<ConfigError>) {
     let top = "spec.idempotency";
-    match idem.store.split_once("://").map(|(s, _)| s) {
-        _ if idem.store == "memory" => {}
-        Some(
-            "redis" | "rediss" | "redis+unix" | "redis+cluster" | "rediss+cluster"
-            | "redis+sentinel" | "rediss+sentinel",
-        ) => {
-            if idem.scope_secret.as_deref().is_none_or(str::is_empty) {
-                errors.push(ConfigError::new(
-                    format!("{top}.scope_secret"),
-                    "required with a Redis store: every replica sharing Redis must hash keys alike (e.g. scope_secret: ${ATTACHE_IDEMPOTENCY_SECRET})",
-                ));
-            }
+    if is_redis_url(&idem.store) {
+        if idem.scope_secret.as_deref().is_none_or(str::is_empty) {
+            errors.push(ConfigError::new(
+                format!("{top}.scope_secret"),
+                "required with a Redis store: every replica sharing Redis must hash keys alike (e.g. scope_secret: ${ATTACHE_IDEMPOTENCY_SECRET})",
+            ));
         }
-        _ => errors.push(ConfigError::new(
+    } else if idem.store != "memory" {
+        errors.push(ConfigError::new(
             format!("{top}.store"),
             format!(
                 "invalid store {:?} (expected memory or redis://host:port)",
                 idem.store
             ),
-        )),
+        ));
     }
     let mut names = std::collections::HashSet::new();
     for (i, r) in idem.routes.iter().enumerate() {
@@ -622,11 +633,11 @@ fn http_token(s: &str) -> Option<String> {
 /// `spec.context`: a store this version has, `allow` patterns of name characters.
 fn context(c: &crate::Context, errors: &mut Vec<ConfigError>) {
     let top = "spec.context";
-    if c.store != "memory" {
+    if c.store != "memory" && !is_redis_url(&c.store) {
         errors.push(ConfigError::new(
             format!("{top}.store"),
             format!(
-                "{:?}: only `memory` is available in this version of attache (the Redis backend is to come)",
+                "invalid store {:?} (expected memory or a Redis URL: redis://host:6379)",
                 c.store
             ),
         ));

@@ -124,7 +124,7 @@ impl Snapshot {
             &lasting.contexts,
             &lasting.metrics,
             &lasting.telemetry,
-        );
+        )?;
         Ok(Snapshot {
             inbound_tls,
             flags: running,

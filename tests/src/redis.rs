@@ -94,6 +94,26 @@ impl Redis {
         field("calls").saturating_sub(field("failed_calls"))
     }
 
+    /// Stops the server's process (SIGSTOP): it still accepts connections (the kernel does) and
+    /// never answers, the slowest failure there is, until [`Redis::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .expect("a running server");
+        let sent = Command::new("kill").args([sig, &pid.to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -486,3 +486,203 @@ async fn locks_grant_one_lease_at_a_time_with_fencing_tokens() {
         "attache_context_operations_total{operation=\"map_patch\",outcome=\"stale_fence\"} 1",
     ]);
 }
+
+/// Four attache processes, one Context API store in `url`: each increments one counter 1,000
+/// times (every tenth increment sent twice under the same Idempotency-Key, as a client retries
+/// after a lost answer); the counter ends at exactly 4,000.
+async fn four_replicas_count_exactly_once(url: &str) {
+    let app = App::start("app").await;
+    let replicas: Vec<(Attache, String)> = (0..4)
+        .map(|_| {
+            let port = free_port();
+            let ports = Ports::new();
+            let config = sidecar_config(
+                ports,
+                app.addr,
+                &format!("  context:\n    listen: 127.0.0.1:{port}\n    store: '{url}'\n"),
+            );
+            let a = Attache::run(ports, &config);
+            (
+                a,
+                format!("http://127.0.0.1:{port}/v1/contexts/order-1/counters/paid"),
+            )
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (r, (_, url)) in replicas.iter().enumerate() {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = attache_tests::client::http1();
+            for i in 0..1000 {
+                let key = format!("r{r}-{i}");
+                let sends = if i % 10 == 0 { 2 } else { 1 };
+                for _ in 0..sends {
+                    let req = http::Request::post(&url)
+                        .header("idempotency-key", &key)
+                        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                            b"{\"by\":1}",
+                        )))
+                        .unwrap();
+                    let got = attache_tests::client::send(&client, req).await.unwrap();
+                    assert!(got.status == 200 || got.status == 201, "{}", got.text());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = exchange("GET", &replicas[0].1, &[], "").await;
+    assert_eq!(got.json()["value"], 4000, "{}", got.text());
+    let replayed: f64 = replicas
+        .iter()
+        .map(|(a, _)| {
+            a.metric(
+                "attache_context_operations_total{operation=\"counter_add\",outcome=\"replayed\"}",
+            )
+            .unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(replayed, 400.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_over_one_redis_count_exactly_once() {
+    let redis = attache_tests::redis::Redis::start();
+    four_replicas_count_exactly_once(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_over_a_redis_cluster_count_exactly_once() {
+    let cluster = attache_tests::redis::Cluster::start();
+    four_replicas_count_exactly_once(&cluster.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_hold_one_lock_at_once_and_a_paused_holder_is_fenced() {
+    let redis = attache_tests::redis::Redis::start();
+    let extra = format!("    store: '{}'\n", redis.url());
+    let (_a, a) = with_context(&extra).await;
+    let (_b, b) = with_context(&extra).await;
+    // Each replica's worker takes the lock (waiting for it), marks itself in, checks it is
+    // alone, marks itself out and releases; twenty times each, at once.
+    let worker = |api: Api, who: &'static str| async move {
+        for _ in 0..20 {
+            let got = api
+                .call(
+                    "POST",
+                    "/jobs/locks/nightly",
+                    &[],
+                    &format!(r#"{{"owner":"{who}","ttl":"5s","wait":"10s"}}"#),
+                )
+                .await;
+            assert_eq!(got.status, 201, "{}", got.text());
+            let (lease, token) = (
+                got.json()["lease"].as_str().unwrap().to_owned(),
+                got.json()["token"].as_u64().unwrap(),
+            );
+            let fence = format!("nightly={token}");
+            let inside = api
+                .call(
+                    "PATCH",
+                    "/jobs/maps/holders",
+                    &[("attache-fence", &fence)],
+                    r#"{"incr":{"n":1}}"#,
+                )
+                .await;
+            assert_eq!(
+                inside.json()["fields"]["n"],
+                1,
+                "two holders at once: {}",
+                inside.text()
+            );
+            let out = api
+                .call(
+                    "PATCH",
+                    "/jobs/maps/holders",
+                    &[("attache-fence", &fence)],
+                    r#"{"incr":{"n":-1}}"#,
+                )
+                .await;
+            assert_eq!(out.json()["fields"]["n"], 0);
+            let released = api
+                .call(
+                    "DELETE",
+                    &format!("/jobs/locks/nightly/leases/{lease}"),
+                    &[],
+                    "",
+                )
+                .await;
+            assert_eq!(released.status, 204);
+        }
+    };
+    let base = |api: &Api| Api {
+        base: api.base.clone(),
+    };
+    let (ta, tb) = (
+        tokio::spawn(worker(base(&a), "a")),
+        tokio::spawn(worker(base(&b), "b")),
+    );
+    ta.await.unwrap();
+    tb.await.unwrap();
+
+    // A holder paused past its lease: the other replica takes the lock, and the first
+    // holder's fenced write, arriving late, is refused.
+    let first = a
+        .call(
+            "POST",
+            "/jobs/locks/nightly",
+            &[],
+            r#"{"owner":"a","ttl":"300ms"}"#,
+        )
+        .await;
+    let stale = format!("nightly={}", first.json()["token"]);
+    let second = b
+        .call(
+            "POST",
+            "/jobs/locks/nightly",
+            &[],
+            r#"{"owner":"b","ttl":"30s","wait":"5s"}"#,
+        )
+        .await;
+    assert_eq!(second.status, 201);
+    let late = a
+        .call(
+            "PATCH",
+            "/jobs/maps/report",
+            &[("attache-fence", &stale)],
+            r#"{"set":{"by":"a"}}"#,
+        )
+        .await;
+    problem(&late, 412, "stale-fencing-token");
+    problem(
+        &a.call("GET", "/jobs/maps/report", &[], "").await,
+        404,
+        "context-not-found",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_redis_is_a_quick_503_and_a_paused_one_no_slower_than_the_timeout() {
+    let mut redis = attache_tests::redis::Redis::start();
+    let (_a, api) = with_context(&format!(
+        "    store: '{}'\n    store_timeout: 200ms\n",
+        redis.url()
+    ))
+    .await;
+    assert_eq!(
+        api.call("POST", "/o-1/counters/c", &[], "").await.status,
+        201
+    );
+    redis.pause();
+    let started = std::time::Instant::now();
+    let paused = api.call("POST", "/o-1/counters/c", &[], "").await;
+    let took = started.elapsed();
+    redis.resume();
+    problem(&paused, 503, "context-store-unavailable");
+    assert_eq!(paused.headers["retry-after"], "1");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    redis.stop();
+    let dead = api.call("GET", "/o-1/counters/c", &[], "").await;
+    problem(&dead, 503, "context-store-unavailable");
+}

@@ -7,18 +7,7 @@ use crate::ratelimit::{LimitKey, LimitListener, RateLimits};
 pub(super) fn rate_limits(rl: &RateLimits, spec: &crate::Spec, errors: &mut Vec<ConfigError>) {
     let top = "spec.rate_limits";
     if let Some(store) = &rl.store
-        && !matches!(
-            store.split_once("://").map(|(s, _)| s),
-            Some(
-                "redis"
-                    | "rediss"
-                    | "redis+unix"
-                    | "redis+cluster"
-                    | "rediss+cluster"
-                    | "redis+sentinel"
-                    | "rediss+sentinel"
-            )
-        )
+        && !super::is_redis_url(store)
     {
         errors.push(ConfigError::new(
             format!("{top}.store"),

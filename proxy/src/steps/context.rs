@@ -17,17 +17,19 @@ use http::Request;
 use crate::context::Stores;
 
 /// The listener's address and its request flow: a SERVER span (continuing the app's trace),
-/// then the API. `None` without `spec.context`.
+/// then the API. `None` without `spec.context`; an error when its store cannot be made.
 pub fn stack(
     config: &Config,
     stores: &Stores,
     metrics: &Arc<Metrics>,
     telemetry: &crate::telemetry::Telemetry,
-) -> Option<(SocketAddr, crate::stack::Stack)> {
-    let c = config.spec.context.as_ref()?;
+) -> anyhow::Result<Option<(SocketAddr, crate::stack::Stack)>> {
+    let Some(c) = config.spec.context.as_ref() else {
+        return Ok(None);
+    };
     let limits = crate::context::limits(&c.limits);
     let api = Arc::new(ContextApi::new(Settings {
-        store: stores.get(c),
+        store: stores.get(c)?,
         allow: Allow::new(c.allow.clone()),
         rules: Rules {
             max_ttl: c.limits.max_ttl.get(),
@@ -50,8 +52,8 @@ pub fn stack(
         let api = api.clone();
         async move { Ok::<_, Infallible>(api.serve(req).await) }
     });
-    Some((
+    Ok(Some((
         c.listen.0,
         crate::stack::side(config, metrics, telemetry, svc),
-    ))
+    )))
 }
