@@ -50,6 +50,11 @@ pub struct Context {
     pub idempotency_retention: Duration,
     #[serde(default)]
     pub limits: ContextLimits,
+    /// The baggage member whose value names an inbound request's context, which the app then
+    /// addresses as `_current` (found again by the `traceparent` of its call, through context
+    /// restoration).
+    #[serde(default = "default_baggage_member")]
+    pub baggage_member: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -109,6 +114,7 @@ impl Default for Context {
             ttl_mode: TtlMode::default(),
             idempotency_retention: default_retention(),
             limits: ContextLimits::default(),
+            baggage_member: default_baggage_member(),
         }
     }
 }
@@ -118,6 +124,9 @@ fn default_listen() -> ListenAddr {
 }
 fn default_store() -> String {
     "memory".into()
+}
+fn default_baggage_member() -> String {
+    "attache.ctx".into()
 }
 fn default_key_prefix() -> String {
     "attache:ctx".into()

@@ -122,6 +122,7 @@ impl Snapshot {
         let context = crate::steps::context::stack(
             &config,
             &lasting.contexts,
+            legs.restoration.as_ref(),
             &lasting.metrics,
             &lasting.telemetry,
         )?;

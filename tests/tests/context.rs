@@ -686,3 +686,134 @@ async fn a_dead_redis_is_a_quick_503_and_a_paused_one_no_slower_than_the_timeout
     let dead = api.call("GET", "/o-1/counters/c", &[], "").await;
     problem(&dead, 503, "context-store-unavailable");
 }
+
+/// §6: a request arrives with `baggage: attache.ctx=order-42`; the app forwards only
+/// `traceparent` on its own calls. Through `_current`, the app behind the first attache and
+/// the app behind the second (reached through the first's outbound port, restoration adding
+/// the baggage back) address the same context in the Redis both attaches share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_follows_the_request_across_two_attaches_sharing_redis() {
+    let redis = attache_tests::redis::Redis::start();
+    let downstream_app = App::start("downstream").await;
+    let (b_ctx, b_ports) = (free_port(), Ports::new());
+    let b = Attache::run(
+        b_ports,
+        &sidecar_config(
+            b_ports,
+            downstream_app.addr,
+            &format!(
+                "  context:\n    listen: 127.0.0.1:{b_ctx}\n    store: '{}'\n",
+                redis.url()
+            ),
+        ),
+    );
+    let upstream_app = App::start("upstream").await;
+    let (a_ctx, a_ports) = (free_port(), Ports::new());
+    let a = Attache::run(
+        a_ports,
+        &sidecar_config(
+            a_ports,
+            upstream_app.addr,
+            &format!(
+                "  outbound: [ {{ listen: '127.0.0.1:{}', upstream: next }} ]
+  upstreams: {{ next: {{ endpoints: ['http://127.0.0.1:{}'] }} }}
+  context:\n    listen: 127.0.0.1:{a_ctx}\n    store: '{}'\n",
+                a_ports.outbound,
+                b_ports.inbound,
+                redis.url()
+            ),
+        ),
+    );
+    // The request, as a client sends it: the app sees attache's traceparent and the baggage.
+    let seen = exchange(
+        "GET",
+        &a.url("/checkout"),
+        &[("baggage", "attache.ctx=order-42")],
+        "",
+    )
+    .await;
+    let traceparent = seen.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The app's call to its Context API carries only traceparent.
+    let a_api = Api {
+        base: format!("http://127.0.0.1:{a_ctx}/v1/contexts"),
+    };
+    let got = a_api
+        .call(
+            "POST",
+            "/_current/counters/steps",
+            &[("traceparent", &traceparent)],
+            "",
+        )
+        .await;
+    assert_eq!(got.status, 201, "{}", got.text());
+    // Its outbound call, again with only traceparent: restoration adds the baggage back, and
+    // the next app sees it.
+    let out = exchange(
+        "GET",
+        &format!("http://127.0.0.1:{}/pay", a_ports.outbound),
+        &[("traceparent", &traceparent)],
+        "",
+    )
+    .await;
+    let downstream = out.json();
+    assert!(
+        downstream["headers"]["baggage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("attache.ctx=order-42"),
+        "{downstream}"
+    );
+    let next_traceparent = downstream["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b_api = Api {
+        base: format!("http://127.0.0.1:{b_ctx}/v1/contexts"),
+    };
+    let got = b_api
+        .call(
+            "POST",
+            "/_current/counters/steps",
+            &[("traceparent", &next_traceparent)],
+            "",
+        )
+        .await;
+    assert_eq!(got.json()["value"], 2, "the same context: {}", got.text());
+    // Named directly, it is order-42.
+    assert_eq!(
+        b_api
+            .call("GET", "/order-42/counters/steps", &[], "")
+            .await
+            .json()["value"],
+        2
+    );
+    // A call of another trace has no current context.
+    let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    problem(
+        &a_api
+            .call(
+                "GET",
+                "/_current/counters/steps",
+                &[("traceparent", other)],
+                "",
+            )
+            .await,
+        400,
+        "no-current-context",
+    );
+    problem(
+        &a_api.call("GET", "/_current/counters/steps", &[], "").await,
+        400,
+        "no-current-context",
+    );
+    a.assert_metrics(&[
+        "attache_context_current_total{result=\"resolved\"} 1",
+        // A call without a traceparent starts a trace of its own on the way in (as any
+        // request attache serves does): no inbound request belongs to it either.
+        "attache_context_current_total{result=\"no_request\"} 2",
+    ]);
+    drop(b);
+}

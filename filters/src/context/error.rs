@@ -53,6 +53,8 @@ pub enum ContextError {
         token: u64,
         latest: u64,
     },
+    #[error("no current context: {0}")]
+    NoCurrentContext(String),
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
     #[error("the context store is unavailable: {0}")]
@@ -62,9 +64,10 @@ pub enum ContextError {
 impl Problem for ContextError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidName(_) | Self::InvalidRequest(_) | Self::TooMany { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidName(_)
+            | Self::InvalidRequest(_)
+            | Self::TooMany { .. }
+            | Self::NoCurrentContext(_) => StatusCode::BAD_REQUEST,
             Self::NotAllowed(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::TypeMismatch { .. }
@@ -95,6 +98,7 @@ impl Problem for ContextError {
             Self::LockHeld(..) => "lock-held",
             Self::LeaseLost(_) => "lease-lost",
             Self::StaleFence { .. } => "stale-fencing-token",
+            Self::NoCurrentContext(_) => "no-current-context",
             Self::MethodNotAllowed(_) => "method-not-allowed",
             Self::Unavailable(_) => "context-store-unavailable",
         }
@@ -115,6 +119,7 @@ impl Problem for ContextError {
             Self::LockHeld(..) => "Lock held",
             Self::LeaseLost(_) => "Lease lost",
             Self::StaleFence { .. } => "Stale fencing token",
+            Self::NoCurrentContext(_) => "No current context",
             Self::MethodNotAllowed(_) => "Method not allowed",
             Self::Unavailable(_) => "Context store unavailable",
         }

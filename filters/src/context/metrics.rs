@@ -17,19 +17,33 @@ pub struct OperationLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CurrentLabels {
+    /// `resolved`, or why not: `no_trace`, `no_request`, `no_member`, `invalid`,
+    /// `not_allowed`, `off` (no restoration table).
+    pub result: &'static str,
+}
+
 pub struct ContextFamilies {
     pub operations: Family<OperationLabels, Counter>,
+    pub current: Family<CurrentLabels, Counter>,
 }
 
 impl Families for ContextFamilies {
     fn register(registry: &mut Registry) -> Self {
         let f = Self {
             operations: Family::default(),
+            current: Family::default(),
         };
         registry.register(
             "context_operations",
             "Context API calls, by operation and outcome (ok, replayed, not_found, type_mismatch, precondition_failed, out_of_bounds, too_large, invalid, not_allowed, key_reused, unavailable)",
             f.operations.clone(),
+        );
+        registry.register(
+            "context_current",
+            "Calls naming the _current context, by result (resolved, or no_trace, no_request, no_member, invalid, not_allowed, off): a name that fails validation or allow is ignored and counted here",
+            f.current.clone(),
         );
         f
     }
@@ -58,6 +72,7 @@ pub fn outcome_of(e: &ContextError) -> &'static str {
         ContextError::LeaseLost(_) => "lease_lost",
         ContextError::StaleFence { .. } => "stale_fence",
         ContextError::MethodNotAllowed(_) => "invalid",
+        ContextError::NoCurrentContext(_) => "no_current_context",
         ContextError::Unavailable(_) => "unavailable",
     }
 }

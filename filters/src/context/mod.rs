@@ -13,9 +13,11 @@
 //! tokens and fenced writes), with versions (`ETag`, `If-Match`, `If-None-Match: *`), TTL
 //! written with the data (`create`, `touch`, `keep`), retries applied once under an
 //! `Idempotency-Key`, limits, the context's listing and deletion, and fresh context names.
-//! Queues, batches, the Redis backend and `_current` are to come.
+//! The Redis backend (`redis_store.rs`), and `_current` (`current.rs`). Queues and batches are
+//! to come.
 
 pub mod api;
+pub mod current;
 pub mod error;
 pub mod memory;
 pub mod metrics;
@@ -48,6 +50,8 @@ pub struct Settings {
     pub store_timeout: Duration,
     pub max_body_bytes: usize,
     pub metrics: Arc<metrics::ContextFamilies>,
+    /// What resolves `_current` (`None` when context restoration is off).
+    pub current: Option<current::Current>,
 }
 
 pub struct ContextApi {
@@ -111,7 +115,16 @@ impl ContextApi {
         parts: &http::request::Parts,
         bytes: &Bytes,
     ) -> Result<(Response<Body>, Option<ContextInfo>), (ContextError, Option<ContextInfo>)> {
-        let path = parts.uri.path();
+        // `_current`: the path with the name the inbound request's baggage gave.
+        let resolved;
+        let mut path = parts.uri.path();
+        if let Some(rest) = path.strip_prefix("/v1/contexts/_current")
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            let name = self.current(&parts.headers).map_err(|e| (e, None))?;
+            resolved = format!("/v1/contexts/{name}{rest}");
+            path = &resolved;
+        }
         let target = api::target(path).map_err(|e| (e, None))?;
         let (ctx, op, label, key, wait) = match target {
             Target::Contexts if parts.method == Method::POST => {
@@ -163,11 +176,12 @@ impl ContextApi {
             self.s.metrics.count(label, "not_allowed");
             return Err((ContextError::NotAllowed(ctx), Some(info)));
         }
-        let fingerprint = api::fingerprint(
-            &parts.method,
-            parts.uri.path_and_query().map_or(path, |p| p.as_str()),
-            bytes,
-        );
+        // The target as resolved: a retry naming the context, or `_current`, is the same.
+        let target = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let fingerprint = api::fingerprint(&parts.method, &target, bytes);
         let key_text = key.as_deref().map(String::from_utf8_lossy);
         let once = key_text.as_deref().map(|key| Once {
             key,
@@ -210,6 +224,27 @@ impl ContextApi {
                 Err((e, Some(info)))
             }
         }
+    }
+
+    fn current(&self, headers: &http::HeaderMap) -> Result<String, ContextError> {
+        let (result, label) = match &self.s.current {
+            Some(current) => match current.resolve(headers, &self.s.allow) {
+                Ok(name) => (Ok(name), "resolved"),
+                Err((e, label)) => (Err(e), label),
+            },
+            None => (
+                Err(ContextError::NoCurrentContext(
+                    "context restoration is off (spec.trace.restore), so inbound requests are not remembered".into(),
+                )),
+                "off",
+            ),
+        };
+        self.s
+            .metrics
+            .current
+            .get_or_create(&metrics::CurrentLabels { result: label })
+            .inc();
+        result
     }
 
     /// `POST /v1/contexts {"prefix":"order-"}`: a fresh name, the prefix then a ULID.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use attache_config::Config;
 use attache_filters::Body;
 use attache_filters::context::api::Rules;
+use attache_filters::context::current::Current;
 use attache_filters::context::names::Allow;
 use attache_filters::context::op::TtlMode;
 use attache_filters::context::{ContextApi, Settings};
@@ -21,6 +22,7 @@ use crate::context::Stores;
 pub fn stack(
     config: &Config,
     stores: &Stores,
+    restoration: Option<&crate::steps::trace_context::Restoration>,
     metrics: &Arc<Metrics>,
     telemetry: &crate::telemetry::Telemetry,
 ) -> anyhow::Result<Option<(SocketAddr, crate::stack::Stack)>> {
@@ -47,6 +49,10 @@ pub fn stack(
         // fields around it.
         max_body_bytes: limits.max_map_bytes.saturating_add(64 * 1024),
         metrics: metrics.family(),
+        current: restoration.map(|r| Current {
+            table: r.table.clone(),
+            member: c.baggage_member.clone(),
+        }),
     }));
     let svc = tower::service_fn(move |req: Request<Body>| {
         let api = api.clone();
