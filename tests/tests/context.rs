@@ -817,3 +817,67 @@ async fn current_follows_the_request_across_two_attaches_sharing_redis() {
     ]);
     drop(b);
 }
+
+/// The OpenAPI document the listener serves is the committed one, and it is the API: every
+/// operation it lists answers with a status it documents (its request body being the
+/// document's example), and every method it does not list is refused with 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_the_api() {
+    let (_a, api) = with_context("").await;
+    let root = api.base.trim_end_matches("/v1/contexts").to_owned();
+    let served = exchange("GET", &format!("{root}/openapi.json"), &[], "").await;
+    assert_eq!(served.status, 200);
+    let doc = served.json();
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../filters/src/context/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc, committed);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut checked = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let path = template
+            .replace("{ctx}", "oa-1")
+            .replace("{name}", "o1")
+            .replace("{field}", "f")
+            .replace("{member}", "m")
+            .replace("{lease}", "l");
+        for method in ["get", "head", "post", "put", "patch", "delete"] {
+            let url = format!("{root}{path}");
+            let upper = method.to_ascii_uppercase();
+            let Some(operation) = item.get(method) else {
+                if method != "head" {
+                    let got = exchange(&upper, &url, &[], "").await;
+                    assert_eq!(
+                        got.status,
+                        405,
+                        "{upper} {template} is not documented: {}",
+                        got.text()
+                    );
+                }
+                continue;
+            };
+            let example =
+                operation["requestBody"]["content"]["application/json"]["example"].clone();
+            let body = if example.is_null() {
+                String::new()
+            } else {
+                example.to_string()
+            };
+            let got = exchange(&upper, &url, &[("content-type", "application/json")], &body).await;
+            let documented = operation["responses"].as_object().unwrap();
+            assert!(
+                documented.contains_key(&got.status.to_string()),
+                "{upper} {template} answered {}, which its responses do not list: {}",
+                got.status,
+                got.text()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked} operations");
+}

@@ -39,6 +39,10 @@ use error::ContextError;
 use op::Op;
 use store::{Once, Store};
 
+/// The API's OpenAPI 3.1 document, served at `/openapi.json`; `tests/tests/context.rs` checks
+/// every operation it lists against the running API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// Everything the service needs.
 pub struct Settings {
     pub store: Arc<dyn Store>,
@@ -115,6 +119,20 @@ impl ContextApi {
         parts: &http::request::Parts,
         bytes: &Bytes,
     ) -> Result<(Response<Body>, Option<ContextInfo>), (ContextError, Option<ContextInfo>)> {
+        if parts.uri.path() == "/openapi.json" {
+            if parts.method != Method::GET {
+                return Err((
+                    ContextError::MethodNotAllowed(parts.method.to_string()),
+                    None,
+                ));
+            }
+            let mut res = Response::new(crate::full(Bytes::from_static(OPENAPI.as_bytes())));
+            res.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return Ok((res, None));
+        }
         // `_current`: the path with the name the inbound request's baggage gave.
         let resolved;
         let mut path = parts.uri.path();
