@@ -405,6 +405,7 @@ pub async fn conformance(store: &dyn Store) {
     ));
 
     let last_token = locks(store).await;
+    batches(store).await;
 
     // Listing, then deleting the context; other contexts are untouched.
     store
@@ -419,6 +420,9 @@ pub async fn conformance(store: &dyn Store) {
     assert_eq!(
         names,
         [
+            "maps/b-order",
+            "sets/b-skus",
+            "counters/b-stock",
             "counters/fresh",
             "counters/hits",
             "maps/ledger",
@@ -565,4 +569,89 @@ async fn locks(store: &dyn Store) -> u64 {
     assert!(t3 > t2);
     run(store, &release("l3")).await.unwrap();
     t3
+}
+
+/// Batches: every precondition and op checked before any applies; all or nothing, even when
+/// the op that fails comes after one that would have applied.
+async fn batches(store: &dyn Store) {
+    let stock = object(Kind::Counter, "b-stock");
+    let order = object(Kind::Map, "b-order");
+    run(store, &write(Kind::Counter, "b-stock", add(5)))
+        .await
+        .unwrap();
+    let patch = |status: &str| Change::MapPatch {
+        set: BTreeMap::from([("status".into(), json!(status))]),
+        delete: vec![],
+        incr: BTreeMap::new(),
+    };
+    let (_, v) = value_of(
+        &run(store, &write(Kind::Map, "b-order", patch("new")))
+            .await
+            .unwrap(),
+    );
+    let batch = |checks: Vec<(Object, u64)>, ops: Vec<Op>| Op::Batch { checks, ops };
+    let take = |by: i64| Op::Write {
+        object: stock.clone(),
+        cond: Cond::default(),
+        ttl: Ttl::default(),
+        change: Change::CounterAdd {
+            by,
+            min: 0,
+            max: i64::MAX,
+        },
+    };
+    let set_order = |status: &str| write(Kind::Map, "b-order", patch(status));
+    let Outcome::Batch(outcomes) = run(
+        store,
+        &batch(
+            vec![(order.clone(), v)],
+            vec![
+                take(-1),
+                set_order("paid"),
+                write(
+                    Kind::Set,
+                    "b-skus",
+                    Change::SetUpdate {
+                        add: vec!["x".into()],
+                        remove: vec![],
+                    },
+                ),
+            ],
+        ),
+    )
+    .await
+    .unwrap() else {
+        panic!("not a batch")
+    };
+    assert_eq!(outcomes.len(), 3);
+    assert_eq!(value_of(&outcomes[0]).0, Shown::Counter(4));
+    // The precondition no longer holds (the batch changed the map): nothing applies.
+    let err = run(store, &batch(vec![(order.clone(), v)], vec![take(-1)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ContextError::Batch { at, error } if at.starts_with("if[0]") && matches!(**error, ContextError::PreconditionFailed { .. })),
+        "{err:?}"
+    );
+    // The second op is out of bounds: the first, which alone would apply, does not either.
+    let err = run(store, &batch(vec![], vec![set_order("lost"), take(-10)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ContextError::Batch { at, error } if at == "ops[1]" && matches!(**error, ContextError::OutOfBounds { .. })),
+        "{err:?}"
+    );
+    let get = |o: &Object| Op::Get {
+        object: o.clone(),
+        fields: None,
+        page: None,
+    };
+    assert_eq!(
+        value_of(&run(store, &get(&stock)).await.unwrap()).0,
+        Shown::Counter(4)
+    );
+    assert_eq!(
+        value_of(&run(store, &get(&order)).await.unwrap()).0,
+        Shown::Map(BTreeMap::from([("status".into(), json!("paid"))]))
+    );
 }

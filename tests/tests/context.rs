@@ -881,3 +881,65 @@ async fn the_openapi_document_describes_the_api() {
     }
     assert!(checked >= 20, "{checked} operations");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_applies_all_or_nothing() {
+    let (_a, api) = with_context("").await;
+    let order = api
+        .call(
+            "PATCH",
+            "/o-7/maps/order",
+            &[],
+            r#"{"set":{"status":"new"}}"#,
+        )
+        .await;
+    let etag = order.headers["etag"].to_str().unwrap().to_owned();
+    api.call("PUT", "/o-7/counters/stock", &[], r#"{"value":1}"#)
+        .await;
+    let batch = |etag: &str| {
+        serde_json::json!({
+            "if": [{"object": "maps/order", "etag": etag}],
+            "ops": [
+                {"method": "POST", "path": "counters/stock", "body": {"by": -1, "min": 0}},
+                {"method": "PATCH", "path": "maps/order", "body": {"set": {"status": "paid"}}},
+                {"method": "POST", "path": "sets/outbox", "body": {"add": ["order-7-paid"]}}
+            ]
+        })
+        .to_string()
+    };
+    let done = api.call("POST", "/o-7/batch", &[], &batch(&etag)).await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let results = done.json()["results"].clone();
+    assert_eq!(results[0]["body"]["value"], 0);
+    assert_eq!(results[2]["status"], 200);
+    // Again: the precondition is stale, and the stock bound would fail too: nothing changes.
+    let refused = api.call("POST", "/o-7/batch", &[], &batch(&etag)).await;
+    problem(&refused, 412, "precondition-failed");
+    let fresh = api.call("GET", "/o-7/maps/order", &[], "").await;
+    let now = fresh.headers["etag"].to_str().unwrap().to_owned();
+    let refused = api.call("POST", "/o-7/batch", &[], &batch(&now)).await;
+    problem(&refused, 409, "counter-out-of-bounds");
+    assert!(
+        refused.json()["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("batch ops[0]")
+    );
+    let outbox = api.call("GET", "/o-7/sets/outbox", &[], "").await;
+    assert_eq!(
+        outbox.json()["count"],
+        1,
+        "nothing of the refused batches applied"
+    );
+    problem(
+        &api.call(
+            "POST",
+            "/o-7/batch",
+            &[],
+            r#"{"ops":[{"method":"GET","path":"counters/stock"}]}"#,
+        )
+        .await,
+        400,
+        "context-invalid-request",
+    );
+}

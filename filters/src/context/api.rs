@@ -64,6 +64,8 @@ pub enum Target<'a> {
     /// `POST /v1/contexts`.
     Contexts,
     Context(&'a str),
+    /// `POST /v1/contexts/{ctx}/batch`.
+    Batch(&'a str),
     Object {
         ctx: &'a str,
         kind: Kind,
@@ -83,6 +85,7 @@ pub fn target(path: &str) -> Result<Target<'_>, ContextError> {
     let (ctx, rest) = match rest.split_once('/') {
         None => return Ok(Target::Context(rest)),
         Some((ctx, "")) => return Ok(Target::Context(ctx)),
+        Some((ctx, "batch")) => return Ok(Target::Batch(ctx)),
         Some(split) => split,
     };
     let (plural, name) = rest.split_once('/').ok_or_else(not_found)?;
@@ -517,6 +520,125 @@ pub fn parse(
     })
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    #[serde(default, rename = "if")]
+    checks: Vec<BatchCheck>,
+    ops: Vec<BatchOp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchCheck {
+    /// `maps/order`.
+    object: String,
+    /// The version it must be at, as an answer's `ETag` gave it.
+    etag: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchOp {
+    method: String,
+    /// The object, as after `/v1/contexts/{ctx}/`: `counters/stock`.
+    path: String,
+    #[serde(default)]
+    body: Option<Value>,
+    #[serde(default)]
+    if_match: Option<String>,
+    #[serde(default)]
+    fence: Option<String>,
+}
+
+/// `POST /v1/contexts/{ctx}/batch`: preconditions and ops (writes and deletes, each as it
+/// would be sent alone, of distinct objects) into one all-or-nothing operation.
+pub fn parse_batch(ctx: &str, bytes: &[u8], rules: &Rules) -> Result<Op, ContextError> {
+    let b: BatchBody =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("the batch: {e}")))?;
+    if b.ops.is_empty() {
+        return Err(invalid("a batch needs at least one op"));
+    }
+    rules.members(
+        "the batch's ops and preconditions",
+        b.ops.len() + b.checks.len(),
+    )?;
+    let mut checks = Vec::with_capacity(b.checks.len());
+    for (i, c) in b.checks.iter().enumerate() {
+        let (plural, name) = c
+            .object
+            .split_once('/')
+            .ok_or_else(|| invalid(format!("if[{i}].object: write it like maps/order")))?;
+        let kind = Kind::from_plural(plural)
+            .ok_or_else(|| invalid(format!("if[{i}].object: no type {plural:?}")))?;
+        names::object(name)?;
+        let version =
+            c.etag.trim().trim_matches('"').parse().map_err(|_| {
+                invalid(format!("if[{i}].etag: a strong ETag, as an answer gave it"))
+            })?;
+        checks.push((
+            Object {
+                kind,
+                name: name.to_owned(),
+            },
+            version,
+        ));
+    }
+    let mut ops = Vec::with_capacity(b.ops.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, o) in b.ops.iter().enumerate() {
+        let method = Method::from_bytes(o.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| invalid(format!("ops[{i}].method: not a method")))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (name, value) in [(header::IF_MATCH, &o.if_match), (FENCE, &o.fence)] {
+            if let Some(v) = value {
+                let v =
+                    HeaderValue::from_str(v).map_err(|_| invalid(format!("ops[{i}]: {v:?}")))?;
+                headers.insert(name, v);
+            }
+        }
+        let body = o.body.as_ref().map(Value::to_string).unwrap_or_default();
+        let path = format!("/v1/contexts/{ctx}/{}", o.path);
+        let parsed = parse(
+            &method,
+            &path,
+            None,
+            &headers,
+            body.as_bytes(),
+            rules,
+            String::new(),
+        )
+        .map_err(|e| ContextError::Batch {
+            at: format!("ops[{i}]"),
+            error: Box::new(e),
+        })?;
+        let object = match &parsed.op {
+            Op::Write {
+                change: Change::MapMerge(_),
+                ..
+            } => None,
+            Op::Write { object, .. } | Op::Delete { object, .. } => Some(object.clone()),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            invalid(format!(
+                "ops[{i}]: a batch holds writes and deletes of counters, maps and sets (merge patches aside)"
+            ))
+        })?;
+        if !seen.insert(object.name.clone()) {
+            return Err(invalid(format!(
+                "ops[{i}]: {object} is already changed by another op of the batch; one op per object"
+            )));
+        }
+        ops.push(parsed.op);
+    }
+    Ok(Op::Batch { checks, ops })
+}
+
 fn get(object: &Object, fields: Option<Vec<String>>, page: Option<(usize, usize)>) -> Op {
     Op::Get {
         object: object.clone(),
@@ -633,6 +755,10 @@ pub fn respond(outcome: &Outcome, replayed: bool, head: bool) -> Response<crate:
             res
         }
         Outcome::Deleted => empty(StatusCode::NO_CONTENT),
+        Outcome::Batch(outcomes) => {
+            let results: Vec<Value> = outcomes.iter().map(batch_result).collect();
+            json_response(StatusCode::OK, &json!({ "results": results }))
+        }
         Outcome::Lease {
             lease,
             token,
@@ -665,6 +791,37 @@ pub fn respond(outcome: &Outcome, replayed: bool, head: bool) -> Response<crate:
             .insert(REPLAYED, HeaderValue::from_static("true"));
     }
     res
+}
+
+/// One op's result in a batch's answer: its status, its `etag` where it has one, and the body
+/// it would have had alone.
+fn batch_result(outcome: &Outcome) -> Value {
+    let version = match outcome {
+        Outcome::Object { version, .. }
+        | Outcome::Field { version, .. }
+        | Outcome::SetUpdated { version, .. } => Some(format!("\"{version}\"")),
+        _ => None,
+    };
+    let single = respond(outcome, false, false);
+    let status = single.status().as_u16();
+    let body = match outcome {
+        Outcome::Object {
+            shown: Shown::Counter(v),
+            ..
+        } => json!({ "value": v }),
+        Outcome::Object {
+            shown: Shown::Map(fields),
+            ..
+        } => json!({ "fields": fields }),
+        Outcome::SetUpdated {
+            added,
+            removed,
+            count,
+            ..
+        } => json!({ "added": added, "removed": removed, "count": count }),
+        _ => Value::Null,
+    };
+    json!({ "status": status, "etag": version, "body": body })
 }
 
 fn rfc3339(unix_ms: u64) -> String {

@@ -53,6 +53,13 @@ pub enum ContextError {
         token: u64,
         latest: u64,
     },
+    /// A batch refused because of one of its preconditions (`if[i]`) or ops (`ops[i]`):
+    /// nothing was applied.
+    #[error("batch {at}: {error}")]
+    Batch {
+        at: String,
+        error: Box<ContextError>,
+    },
     #[error("no current context: {0}")]
     NoCurrentContext(String),
     #[error("method {0} is not allowed here")]
@@ -64,6 +71,7 @@ pub enum ContextError {
 impl Problem for ContextError {
     fn status(&self) -> StatusCode {
         match self {
+            Self::Batch { error, .. } => error.status(),
             Self::InvalidName(_)
             | Self::InvalidRequest(_)
             | Self::TooMany { .. }
@@ -85,6 +93,7 @@ impl Problem for ContextError {
 
     fn slug(&self) -> &'static str {
         match self {
+            Self::Batch { error, .. } => error.slug(),
             Self::InvalidName(_) => "context-invalid-name",
             Self::InvalidRequest(_) => "context-invalid-request",
             Self::NotAllowed(_) => "context-not-allowed",
@@ -106,6 +115,7 @@ impl Problem for ContextError {
 
     fn title(&self) -> &'static str {
         match self {
+            Self::Batch { error, .. } => error.title(),
             Self::InvalidName(_) => "Invalid context or object name",
             Self::InvalidRequest(_) => "Invalid Context API request",
             Self::NotAllowed(_) => "Context not allowed",

@@ -442,6 +442,36 @@ fn apply(
             }
             _ => Err(ContextError::LeaseLost(format!("locks/{name}"))),
         },
+        Op::Batch { checks, ops } => {
+            for (i, (object, version)) in checks.iter().enumerate() {
+                let current = c.live(&object.name, now).map(|e| e.version);
+                if current != Some(*version) {
+                    return Err(ContextError::Batch {
+                        at: format!("if[{i}] ({object})"),
+                        error: Box::new(ContextError::PreconditionFailed {
+                            reason: "the object is not at the version given".into(),
+                            current: current.map(etag),
+                        }),
+                    });
+                }
+            }
+            // All or nothing: on any refusal, the context is put back as it was.
+            let saved = (c.objects.clone(), fences.clone(), *last_version);
+            let mut outcomes = Vec::with_capacity(ops.len());
+            for (i, op) in ops.iter().enumerate() {
+                match apply(c, op, now, limits, last_version, fences) {
+                    Ok(o) => outcomes.push(o),
+                    Err(error) => {
+                        (c.objects, *fences, *last_version) = saved;
+                        return Err(ContextError::Batch {
+                            at: format!("ops[{i}]"),
+                            error: Box::new(error),
+                        });
+                    }
+                }
+            }
+            Ok(Outcome::Batch(outcomes))
+        }
         Op::List => {
             c.objects
                 .retain(|_, e| e.expires_ms.is_none_or(|t| t > now));

@@ -13,8 +13,8 @@
 //! tokens and fenced writes), with versions (`ETag`, `If-Match`, `If-None-Match: *`), TTL
 //! written with the data (`create`, `touch`, `keep`), retries applied once under an
 //! `Idempotency-Key`, limits, the context's listing and deletion, and fresh context names.
-//! The Redis backend (`redis_store.rs`), and `_current` (`current.rs`). Queues and batches are
-//! to come.
+//! Atomic batches across objects of one context, the Redis backend (`redis_store.rs`), and
+//! `_current` (`current.rs`). Queues are to come.
 
 pub mod api;
 pub mod current;
@@ -171,6 +171,18 @@ impl ContextApi {
                 };
                 let key = api::idempotency_key(&op, &parts.headers).map_err(|e| (e, None))?;
                 (ctx.to_owned(), op, label, key, Duration::ZERO)
+            }
+            Target::Batch(ctx) => {
+                if parts.method != Method::POST {
+                    return Err((
+                        ContextError::MethodNotAllowed(parts.method.to_string()),
+                        None,
+                    ));
+                }
+                names::context(ctx).map_err(|e| (e, None))?;
+                let op = api::parse_batch(ctx, bytes, &self.s.rules).map_err(|e| (e, None))?;
+                let key = api::idempotency_key(&op, &parts.headers).map_err(|e| (e, None))?;
+                (ctx.to_owned(), op, "batch", key, Duration::ZERO)
             }
             Target::Object { .. } => {
                 let p = api::parse(

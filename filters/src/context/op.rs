@@ -193,6 +193,13 @@ pub enum Op {
         name: String,
         lease: String,
     },
+    /// Writes and deletes of distinct objects, all or none: every precondition (`checks`:
+    /// objects and the versions they must be at) and every op's own checks pass, then every op
+    /// applies, in one atomic step.
+    Batch {
+        checks: Vec<(Object, u64)>,
+        ops: Vec<Op>,
+    },
     /// The context's objects.
     List,
     /// Every object of the context.
@@ -210,6 +217,7 @@ impl Op {
                 | Op::Acquire { .. }
                 | Op::Renew { .. }
                 | Op::Release { .. }
+                | Op::Batch { .. }
         )
     }
 }
@@ -260,6 +268,8 @@ pub enum Outcome {
     },
     Deleted,
     Objects(Vec<Object>),
+    /// Each op's outcome, in order.
+    Batch(Vec<Outcome>),
     /// A lease: granted by this operation (201), or renewed.
     Lease {
         lease: String,

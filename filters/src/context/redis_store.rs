@@ -75,7 +75,7 @@ fn ms(d: Option<std::time::Duration>) -> Value {
 
 /// The operation as the script reads it.
 fn encode(op: &Op, limits: &Limits) -> Value {
-    let limits = json!({
+    let bounds = json!({
         "value": limits.max_value_bytes,
         "map_bytes": limits.max_map_bytes,
         "map_fields": limits.max_map_fields,
@@ -132,7 +132,7 @@ fn encode(op: &Op, limits: &Limits) -> Value {
                     super::op::TtlMode::Touch => "touch",
                     super::op::TtlMode::Keep => "keep",
                 }},
-                "change": change, "limits": limits,
+                "change": change, "limits": bounds,
             })
         }
         Op::Delete { object, cond } => json!({
@@ -150,6 +150,11 @@ fn encode(op: &Op, limits: &Limits) -> Value {
             "op": "renew", "name": name, "lease": lease, "ttl": ttl.as_millis() as u64,
         }),
         Op::Release { name, lease } => json!({"op": "release", "name": name, "lease": lease}),
+        Op::Batch { checks, ops } => json!({
+            "op": "batch",
+            "checks": checks.iter().map(|(o, v)| json!([o.name, v.to_string()])).collect::<Vec<_>>(),
+            "ops": ops.iter().map(|o| encode(o, limits)).collect::<Vec<_>>(),
+        }),
         Op::List => json!({"op": "list"}),
         Op::DeleteContext => json!({"op": "delete_context"}),
     }
@@ -187,8 +192,43 @@ fn fields(v: &Value) -> Result<BTreeMap<String, Value>, ContextError> {
     Ok(out)
 }
 
-/// The script's refusal, as the API's.
+/// The script's refusal, as the API's; within a batch, the op's or precondition's it came from.
 fn refusal(v: &Value, op: &Op) -> ContextError {
+    if let Op::Batch { checks, ops } = op {
+        return match v.get("at") {
+            Some(Value::Number(n)) => {
+                let i = n.as_u64().unwrap_or(0) as usize;
+                let inner = ops.get(i).map_or_else(
+                    || ContextError::Unavailable("a batch op the store named is unknown".into()),
+                    |o| refusal(v, o),
+                );
+                ContextError::Batch {
+                    at: format!("ops[{i}]"),
+                    error: Box::new(inner),
+                }
+            }
+            _ => {
+                let i = checks
+                    .iter()
+                    .position(|(o, _)| o.name == text(v, "name"))
+                    .unwrap_or(0);
+                let object = checks
+                    .get(i)
+                    .map(|(o, _)| o.to_string())
+                    .unwrap_or_default();
+                ContextError::Batch {
+                    at: format!("if[{i}] ({object})"),
+                    error: Box::new(ContextError::PreconditionFailed {
+                        reason: "the object is not at the version given".into(),
+                        current: v
+                            .get("current")
+                            .filter(|c| !c.is_null())
+                            .map(|_| format!("\"{}\"", number(v, "current"))),
+                    }),
+                }
+            }
+        };
+    }
     let object = match op {
         Op::Get { object, .. } | Op::Write { object, .. } | Op::Delete { object, .. } => {
             object.to_string()
@@ -198,7 +238,7 @@ fn refusal(v: &Value, op: &Op) -> ContextError {
         Op::Acquire { name, .. } | Op::Renew { name, .. } | Op::Release { name, .. } => {
             format!("locks/{name}")
         }
-        Op::List | Op::DeleteContext => "the context".into(),
+        Op::List | Op::DeleteContext | Op::Batch { .. } => "the context".into(),
     };
     let wanted = match op {
         Op::Get { object, .. } | Op::Write { object, .. } | Op::Delete { object, .. } => {
@@ -343,6 +383,13 @@ fn outcome(v: &Value) -> Result<Outcome, ContextError> {
             objects.sort_by(|a, b| a.name.cmp(&b.name));
             Outcome::Objects(objects)
         }
+        "batch" => Outcome::Batch(
+            v.get("outcomes")
+                .and_then(Value::as_array)
+                .map(|all| all.iter().map(outcome).collect::<Result<Vec<_>, _>>())
+                .transpose()?
+                .unwrap_or_default(),
+        ),
         "lease" => Outcome::Lease {
             lease: text(v, "lease").to_owned(),
             token: number(v, "token"),
@@ -385,7 +432,7 @@ impl RedisStore {
             | Op::Acquire { name, .. }
             | Op::Renew { name, .. }
             | Op::Release { name, .. } => name.as_str(),
-            Op::List | Op::DeleteContext => "",
+            Op::List | Op::DeleteContext | Op::Batch { .. } => "",
         };
         let record = once.map_or_else(|| format!("{base}:r:"), |o| format!("{base}:r:{}", o.key));
         let fingerprint = once.map_or_else(String::new, |o| {

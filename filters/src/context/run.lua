@@ -6,6 +6,7 @@
 local op = cjson.decode(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- The object an operation is about (a batch moves it from object to object).
 local KEY = KEYS[1]
 local NULL = cjson.null
 
@@ -326,13 +327,15 @@ local function set_change(ch, limits)
   end
 end
 
-local function write()
+-- A write's checks, against the state before it; its effect, as a function run afterwards (so
+-- that a batch checks every op before it applies any). Reads and writes the object at KEY.
+local function prepare_write(w)
   local k = kind()
-  if k and k ~= op.kind then return mismatch(k) end
+  if k and k ~= w.kind then return mismatch(k) end
   local exists = k ~= false and k ~= nil
-  local e = check_cond(op.cond, version())
+  local e = check_cond(w.cond, version())
   if e then return e end
-  local ch = op.change
+  local ch = w.change
   local apply
   if ch.type == 'counter_add' then
     local cur = redis.call('HGET', KEY, 'n') or '0'
@@ -351,39 +354,92 @@ local function write()
     apply = function() redis.call('HSET', KEY, 'n', ch.value) end
   elseif ch.type == 'map_patch' or ch.type == 'map_put' then
     local err
-    err, apply = map_change(ch, op.limits)
+    err, apply = map_change(ch, w.limits)
     if err then return err end
   elseif ch.type == 'set_update' then
     local err
-    err, apply = set_change(ch, op.limits)
+    err, apply = set_change(ch, w.limits)
     if err then return err end
   else
     return {err = 'unsupported'}
   end
   -- The expiry is read before the data changes, and written in this same script.
-  local at = expiry(op.ttl, exists)
-  local done = apply()
-  if done and done.err then return done end
-  redis.call('HSET', KEY, 't', op.kind, 'v', num(next_version()))
-  if at then redis.call('PEXPIREAT', KEY, at) else redis.call('PERSIST', KEY) end
-  redis.call('SADD', KEYS[4], op.name)
-  if done then
-    done.v = num(version())
-    done.ttl_ms = ttl_ms()
-    return nil, done
+  local at = expiry(w.ttl, exists)
+  return nil, function()
+    local done = apply()
+    if done and done.err then return done end
+    redis.call('HSET', KEY, 't', w.kind, 'v', num(next_version()))
+    if at then redis.call('PEXPIREAT', KEY, at) else redis.call('PERSIST', KEY) end
+    redis.call('SADD', KEYS[4], w.name)
+    if done then
+      done.v = num(version())
+      done.ttl_ms = ttl_ms()
+      return nil, done
+    end
+    return nil, shown(w.kind, nil, nil, not exists)
   end
-  return nil, shown(op.kind, nil, nil, not exists)
+end
+
+local function prepare_delete(d)
+  local k = kind()
+  if not k then return {err = 'not_found'} end
+  if k ~= d.kind then return mismatch(k) end
+  local e = check_cond(d.cond, version())
+  if e then return e end
+  return nil, function()
+    redis.call('DEL', KEY)
+    redis.call('SREM', KEYS[4], d.name)
+    return nil, {k = 'deleted'}
+  end
+end
+
+local function write()
+  local err, finish = prepare_write(op)
+  if err then return err end
+  return finish()
 end
 
 local function delete()
-  local k = kind()
-  if not k then return {err = 'not_found'} end
-  if k ~= op.kind then return mismatch(k) end
-  local e = check_cond(op.cond, version())
-  if e then return e end
-  redis.call('DEL', KEY)
-  redis.call('SREM', KEYS[4], op.name)
-  return nil, {k = 'deleted'}
+  local err, finish = prepare_delete(op)
+  if err then return err end
+  return finish()
+end
+
+-- A batch: every precondition and every op's checks first, against the state before the
+-- batch; then every op, in order. All or nothing (`at` names the op a refusal came from).
+local function batch()
+  for i, c in ipairs(op.checks) do
+    KEY = ARGV[4] .. c[1]
+    local v = version()
+    if v == nil or v ~= tonumber(c[2]) then
+      return {err = 'precondition', reason = 'batch precondition ' .. i .. ' (' .. c[1] .. ') does not hold',
+              current = v and num(v) or nil, at = 'if', name = c[1]}
+    end
+  end
+  local finishes = {}
+  for i, o in ipairs(op.ops) do
+    KEY = ARGV[4] .. o.name
+    local err, finish
+    if o.op == 'write' then
+      err, finish = prepare_write(o)
+    else
+      err, finish = prepare_delete(o)
+    end
+    if err then
+      err.at = i - 1
+      err.name = o.name
+      return err
+    end
+    finishes[i] = finish
+  end
+  local outcomes = {}
+  for i, o in ipairs(op.ops) do
+    KEY = ARGV[4] .. o.name
+    local err, out = finishes[i]()
+    if err then return err end
+    outcomes[i] = out
+  end
+  return nil, {k = 'batch', outcomes = outcomes}
 end
 
 local function acquire()
@@ -456,7 +512,7 @@ end
 local ops = {
   get = get, get_field = get_field, has_member = has_member, write = write, delete = delete,
   acquire = acquire, renew = renew, release = release, list = list,
-  delete_context = delete_context,
+  delete_context = delete_context, batch = batch,
 }
 local err, out = ops[op.op]()
 if err then
