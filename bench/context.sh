@@ -73,8 +73,9 @@ echo "Context API, $CONNS connections, $SECS s per load; attache on CPU $PROXY_C
 echo
 
 # The floor: HINCRBY straight to Redis.
-taskset -c "$LOAD_CPU" redis-benchmark -p "$REDIS" -c "$CONNS" -n 200000 -q HINCRBY bench:direct n 1 > "$OUT/context-direct.txt" 2>&1 || true
-echo "redis-direct (redis-benchmark HINCRBY): $(tr '\r' '\n' < "$OUT/context-direct.txt" | grep -E 'requests per second' | tail -1)"
+taskset -c "$LOAD_CPU" redis-benchmark -p "$REDIS" -c "$CONNS" -n 200000 --csv HINCRBY bench:direct n 1 > "$OUT/context-direct.txt" 2>&1 || true
+# "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+awk -F',' 'NR==2{for (i = 1; i <= NF; i++) gsub(/"/, "", $i); printf "redis-direct (redis-benchmark HINCRBY): %s req/s, p50 %s ms, p99 %s ms\n", $2, $5, $7}' "$OUT/context-direct.txt"
 
 start "redis://127.0.0.1:$REDIS"
 for load in counter patch; do
@@ -107,7 +108,7 @@ for load in memory memory-404; do
   before=$(cpu_ticks "$ATT")
   taskset -c "$LOAD_CPU" h2load --h1 -c"$CONNS" --rps=$((RATE / CONNS)) -D "$SECS" "${args[@]}" > "$OUT/context-h2load-$load.txt" 2>&1 || true
   after=$(cpu_ticks "$ATT")
-  done_n=$(awk '/^requests:/{print $8}' "$OUT/context-h2load-$load.txt")
+  done_n=$(awk '/^requests:/{print $6}' "$OUT/context-h2load-$load.txt")
   printf "%-10s %s requests at %s req/s: %s µs of attache CPU per request\n" "$load" "$done_n" "$RATE" \
     "$(awk -v d=$((after - before)) -v hz="$HZ" -v n="$done_n" 'BEGIN{printf "%.1f", d*1e6/hz/n}')"
 done
