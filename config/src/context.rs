@@ -55,6 +55,11 @@ pub struct Context {
     /// restoration).
     #[serde(default = "default_baggage_member")]
     pub baggage_member: String,
+    /// Hosts the context's name must not reach (`api.partner.com`, `*.partner.com`): the
+    /// app's calls to them leave without the baggage member, whether the app or context
+    /// restoration put it there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub strip_on_egress: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -115,6 +120,7 @@ impl Default for Context {
             idempotency_retention: default_retention(),
             limits: ContextLimits::default(),
             baggage_member: default_baggage_member(),
+            strip_on_egress: Vec::new(),
         }
     }
 }

@@ -666,6 +666,19 @@ fn context(c: &crate::Context, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
+    for (i, host) in c.strip_on_egress.iter().enumerate() {
+        let bare = host.strip_prefix("*.").unwrap_or(host);
+        if bare.is_empty()
+            || !bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        {
+            errors.push(ConfigError::new(
+                format!("{top}.strip_on_egress[{i}]"),
+                format!("{host:?}: a host name or address, or *.domain"),
+            ));
+        }
+    }
     if let Some(ttl) = c.ttl
         && (ttl.get().is_zero() || ttl > c.limits.max_ttl)
     {

@@ -45,6 +45,66 @@ pub struct Leg {
     /// access log. Off when the leg has neither: then only the responses attache makes on a
     /// failure carry it (the idempotency step reads their error).
     pub hand_up: bool,
+    /// Outbound: the baggage member naming the context, removed on calls to listed hosts
+    /// (`spec.context.strip_on_egress`).
+    pub strip: Option<Arc<Strip>>,
+}
+
+/// `spec.context.strip_on_egress`: the member, the hosts, and the upstreams whose endpoints
+/// are all or partly among them (their calls always lose it).
+#[derive(Debug, Default)]
+pub struct Strip {
+    pub member: String,
+    pub hosts: Vec<String>,
+    pub upstreams: std::collections::HashSet<String>,
+}
+
+impl Strip {
+    /// Whether `host` (no port; any case) is listed: exactly, or under a `*.domain`.
+    pub fn covers(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.hosts.iter().any(|p| match p.strip_prefix("*.") {
+            Some(domain) => host
+                .strip_suffix(&domain.to_ascii_lowercase())
+                .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+            None => host == p.to_ascii_lowercase(),
+        })
+    }
+}
+
+/// Removes the baggage member `key` from every `baggage` line (a line left empty goes).
+fn strip_member(headers: &mut http::HeaderMap, key: &str) {
+    let baggage = http::header::HeaderName::from_static("baggage");
+    let lines: Vec<HeaderValue> = headers.get_all(&baggage).iter().cloned().collect();
+    let mut changed = false;
+    let mut kept = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let Ok(text) = line.to_str() else {
+            kept.push(line.clone());
+            continue;
+        };
+        let members: Vec<&str> = text
+            .split(',')
+            .filter(|m| {
+                let name = m.split(['=', ';']).next().unwrap_or("").trim();
+                let drop = name == key;
+                changed |= drop;
+                !drop
+            })
+            .collect();
+        let rest = members.join(",");
+        if !rest.trim().is_empty()
+            && let Ok(v) = HeaderValue::from_str(rest.trim())
+        {
+            kept.push(v);
+        }
+    }
+    if changed {
+        headers.remove(&baggage);
+        for v in kept {
+            headers.append(&baggage, v);
+        }
+    }
 }
 
 /// The leg's exchange with one target.
@@ -54,15 +114,22 @@ pub struct Forward {
     metrics: Arc<ProxyFamilies>,
     http_metrics: Arc<HttpFamilies>,
     leg: Leg,
+    /// This target's calls always lose the context's baggage member.
+    strip_always: bool,
 }
 
 impl Forward {
     pub fn new(target: Arc<Target>, metrics: &Metrics, leg: Leg) -> Self {
+        let strip_always = leg
+            .strip
+            .as_ref()
+            .is_some_and(|s| s.upstreams.contains(&*target.name));
         Self {
             target,
             http_metrics: metrics.family(),
             metrics: metrics.family(),
             leg,
+            strip_always,
         }
     }
 }
@@ -222,6 +289,20 @@ impl Forward {
         }
         // The endpoint's own authority goes in `Host` when the leg rewrites it or the client
         // sent none: the endpoint fills in a missing one.
+        if let Some(strip) = &self.leg.strip {
+            // The destination: the upstream's endpoints, or the host the app named (the
+            // forward proxy's and transparent capture's calls).
+            let named = || {
+                original_host
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                    .is_some_and(|a| strip.covers(a.host().trim_matches(['[', ']'])))
+            };
+            if self.strip_always || (!self.leg.rewrite_host && named()) {
+                strip_member(headers, &strip.member);
+            }
+        }
         match original_host.as_ref().filter(|_| !self.leg.rewrite_host) {
             Some(h) => headers.insert(header::HOST, h.clone()),
             None => headers.remove(header::HOST),
@@ -435,6 +516,40 @@ fn set_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_context_member_is_stripped_from_every_line_and_only_for_listed_hosts() {
+        let strip = Strip {
+            member: "attache.ctx".into(),
+            hosts: vec!["api.partner.com".into(), "*.stripe.com".into()],
+            upstreams: Default::default(),
+        };
+        for host in [
+            "api.partner.com",
+            "API.Partner.com.",
+            "a.stripe.com",
+            "x.y.stripe.com",
+        ] {
+            assert!(strip.covers(host), "{host}");
+        }
+        for host in [
+            "partner.com",
+            "stripe.com",
+            "evilstripe.com",
+            "api.partner.com.evil",
+        ] {
+            assert!(!strip.covers(host), "{host}");
+        }
+        let mut h = HeaderMap::new();
+        h.append(
+            "baggage",
+            HeaderValue::from_static("a=1, attache.ctx=order-42;p=1"),
+        );
+        h.append("baggage", HeaderValue::from_static("attache.ctx=x"));
+        h.append("baggage", HeaderValue::from_static("attache.ctxx=kept"));
+        strip_member(&mut h, "attache.ctx");
+        assert_eq!(text(&h, "baggage"), ["a=1", "attache.ctxx=kept"]);
+    }
 
     fn conn_from(ip: &str) -> ConnInfo {
         ConnInfo::new(

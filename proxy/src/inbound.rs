@@ -35,6 +35,7 @@ pub fn leg(inbound: &Inbound, steps: Steps) -> LegSpec<'_> {
             trusted_proxies: inbound.trusted_proxies.iter().copied().collect(),
             rewrite_host: false,
             hand_up: false,
+            strip: None,
         },
         observe: steps.observe,
         ratelimit: steps.ratelimit,

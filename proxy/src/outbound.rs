@@ -37,6 +37,7 @@ pub fn leg(trace: Option<&TraceOverride>, steps: Steps) -> LegSpec<'_> {
             trusted_proxies: Arc::default(),
             rewrite_host: true,
             hand_up: false,
+            strip: steps.strip.clone(),
         },
         observe: steps.observe,
         ratelimit: steps.ratelimit,

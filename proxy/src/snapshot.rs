@@ -266,6 +266,10 @@ impl Legs<'_> {
                 observe.records_spans(),
             ),
             observe,
+            strip: match direction {
+                Direction::Outbound => strip(self.config),
+                Direction::Inbound => None,
+            },
             ratelimit: crate::steps::ratelimit::layer(
                 self.config,
                 limiters,
@@ -282,6 +286,25 @@ impl Legs<'_> {
             routed: self.routed.clone(),
         })
     }
+}
+
+/// `spec.context.strip_on_egress`, with the upstreams whose endpoints it lists.
+fn strip(config: &Config) -> Option<Arc<crate::forward::Strip>> {
+    let c = config.spec.context.as_ref()?;
+    if c.strip_on_egress.is_empty() {
+        return None;
+    }
+    let mut strip = crate::forward::Strip {
+        member: c.baggage_member.clone(),
+        hosts: c.strip_on_egress.clone(),
+        upstreams: Default::default(),
+    };
+    for (name, up) in &config.spec.upstreams {
+        if up.endpoints.iter().any(|e| strip.covers(&e.host)) {
+            strip.upstreams.insert(name.clone());
+        }
+    }
+    Some(Arc::new(strip))
 }
 
 /// The upstreams flag routes may send to, by name.

@@ -32,6 +32,8 @@ pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 /// The optional steps of a leg's request flow, built per snapshot.
 pub struct Steps {
     pub observe: ObserveLayer,
+    /// Outbound: the context's baggage member stripped on calls to listed hosts.
+    pub strip: Option<Arc<crate::forward::Strip>>,
     pub ratelimit: Option<RateLimitLayer>,
     pub flags: Option<FlagsLayer>,
     pub idempotency: Option<IdempotencyLayer>,

@@ -943,3 +943,46 @@ async fn a_batch_applies_all_or_nothing() {
         "context-invalid-request",
     );
 }
+
+/// `strip_on_egress`: the app's calls to a listed host leave without the context's baggage
+/// member (other members go on); calls to other hosts keep it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_context_member_is_stripped_on_egress_to_listed_hosts() {
+    let app = App::start("app").await;
+    let partner = App::start("partner").await;
+    let (ports, out2) = (Ports::new(), free_port());
+    let config = sidecar_config(
+        ports,
+        app.addr,
+        &format!(
+            "  outbound:
+    - {{ listen: '127.0.0.1:{}', upstream: partner }}
+    - {{ listen: '127.0.0.1:{out2}', upstream: internal }}
+  upstreams:
+    partner: {{ endpoints: ['http://127.0.0.1:{port}'] }}
+    internal: {{ endpoints: ['http://localhost:{port}'] }}
+  context:
+    listen: 127.0.0.1:{}
+    strip_on_egress: ['127.0.0.1', '*.partner.example']
+",
+            ports.outbound,
+            free_port(),
+            port = partner.addr.port(),
+        ),
+    );
+    let _a = Attache::run(ports, &config);
+    let baggage = [("baggage", "attache.ctx=order-42,tenant=acme")];
+    let listed = exchange(
+        "GET",
+        &format!("http://127.0.0.1:{}/x", ports.outbound),
+        &baggage,
+        "",
+    )
+    .await;
+    assert_eq!(listed.json()["headers"]["baggage"], "tenant=acme");
+    let other = exchange("GET", &format!("http://127.0.0.1:{out2}/x"), &baggage, "").await;
+    assert_eq!(
+        other.json()["headers"]["baggage"],
+        "attache.ctx=order-42,tenant=acme"
+    );
+}
