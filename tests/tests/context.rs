@@ -305,9 +305,15 @@ async fn names_allow_and_limits_are_enforced() {
         "context-not-allowed",
     );
     problem(
-        &api.call("GET", "/_current/counters/x", &[], "").await,
+        &api.call("GET", "/_reserved/counters/x", &[], "").await,
         400,
         "context-invalid-name",
+    );
+    // `_current` without an inbound request of this call's trace.
+    problem(
+        &api.call("GET", "/_current/counters/x", &[], "").await,
+        400,
+        "no-current-context",
     );
     problem(
         &api.call("GET", "/order-1/counters/a/../b", &[], "").await,
