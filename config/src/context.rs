@@ -60,6 +60,12 @@ pub struct Context {
     /// restoration put it there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub strip_on_egress: Vec<String>,
+    /// Deliveries of a queue's message before it goes to the queue's dead letters.
+    #[serde(default = "default_max_attempts")]
+    pub queue_max_attempts: u32,
+    /// How long a dedupe id (or a CloudEvent's source and id) names one message.
+    #[serde(default = "default_dedupe_window")]
+    pub queue_dedupe_window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -86,6 +92,9 @@ pub struct ContextLimits {
     pub max_map_fields: u32,
     #[serde(default = "default_max_set_members")]
     pub max_set_members: u32,
+    /// One queue message's body.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: ByteSize,
     /// Members or fields one request may name.
     #[serde(default = "default_max_per_request")]
     pub max_members_per_request: u32,
@@ -101,6 +110,7 @@ impl Default for ContextLimits {
             max_map_bytes: default_max_map(),
             max_map_fields: default_max_map_fields(),
             max_set_members: default_max_set_members(),
+            max_message_bytes: default_max_message(),
             max_members_per_request: default_max_per_request(),
             max_ttl: default_max_ttl(),
         }
@@ -121,6 +131,8 @@ impl Default for Context {
             limits: ContextLimits::default(),
             baggage_member: default_baggage_member(),
             strip_on_egress: Vec::new(),
+            queue_max_attempts: default_max_attempts(),
+            queue_dedupe_window: default_dedupe_window(),
         }
     }
 }
@@ -130,6 +142,12 @@ fn default_listen() -> ListenAddr {
 }
 fn default_store() -> String {
     "memory".into()
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_dedupe_window() -> Duration {
+    Duration::secs(600)
 }
 fn default_baggage_member() -> String {
     "attache.ctx".into()
@@ -151,6 +169,9 @@ fn default_max_value() -> ByteSize {
 }
 fn default_max_map() -> ByteSize {
     ByteSize(1024 * 1024)
+}
+fn default_max_message() -> ByteSize {
+    ByteSize(256 * 1024)
 }
 fn default_max_map_fields() -> u32 {
     10_000

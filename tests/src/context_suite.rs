@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use attache_filters::context::error::ContextError;
-use attache_filters::context::op::{Change, Cond, Kind, Object, Op, Outcome, Shown, Ttl, TtlMode};
+use attache_filters::context::op::{
+    Change, Cond, Kind, Message, NewMessage, Object, Op, Outcome, Shown, Ttl, TtlMode,
+};
 use attache_filters::context::store::{Once, Store};
 use serde_json::json;
 
@@ -406,6 +408,7 @@ pub async fn conformance(store: &dyn Store) {
 
     let last_token = locks(store).await;
     batches(store).await;
+    queues(store).await;
 
     // Listing, then deleting the context; other contexts are untouched.
     store
@@ -425,8 +428,10 @@ pub async fn conformance(store: &dyn Store) {
             "counters/b-stock",
             "counters/fresh",
             "counters/hits",
+            "queues/jobs",
             "maps/ledger",
             "maps/order",
+            "queues/poison",
             "counters/retried",
             "sets/tags"
         ]
@@ -653,5 +658,170 @@ async fn batches(store: &dyn Store) {
     assert_eq!(
         value_of(&run(store, &get(&order)).await.unwrap()).0,
         Shown::Map(BTreeMap::from([("status".into(), json!("paid"))]))
+    );
+}
+
+fn message(id: &str, delay_ms: u64, dedupe: Option<&str>) -> NewMessage {
+    NewMessage {
+        id: id.into(),
+        body: format!("{{\"order\":\"{id}\"}}"),
+        content_type: "application/json".into(),
+        delay: Duration::from_millis(delay_ms),
+        dedupe: dedupe.map(|d| (d.to_owned(), Duration::from_secs(60))),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        baggage: None,
+    }
+}
+
+async fn lease(store: &dyn Store, q: &str, max_attempts: u32) -> Vec<Message> {
+    let op = Op::Lease {
+        name: q.into(),
+        max: 10,
+        visibility: Duration::from_millis(150),
+        max_attempts,
+    };
+    match run(store, &op).await.unwrap() {
+        Outcome::Messages(m) => m,
+        other => panic!("not messages: {other:?}"),
+    }
+}
+
+/// Queues: delays, dedupe, leases with receipts, acks, redelivery after the visibility
+/// timeout (redeliveries first), giving back, dead letters after `max_attempts`, replay.
+async fn queues(store: &dyn Store) {
+    let enqueue = |m: NewMessage| Op::Enqueue {
+        name: "jobs".into(),
+        message: m,
+    };
+    let first = run(store, &enqueue(message("m1", 0, Some("order-1"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Outcome::Enqueued {
+            id: "m1".into(),
+            created: true
+        }
+    );
+    // The same dedupe id within its window: the first message's id, nothing added.
+    let again = run(store, &enqueue(message("m1b", 0, Some("order-1"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Outcome::Enqueued {
+            id: "m1".into(),
+            created: false
+        }
+    );
+    run(store, &enqueue(message("m2", 300, None)))
+        .await
+        .unwrap();
+    // m2 is delayed: only m1 now, with its trace context.
+    let got = lease(store, "jobs", 5).await;
+    assert_eq!(
+        got.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["m1"]
+    );
+    assert_eq!((got[0].attempt, got[0].receipt.as_str()), (1, "m1.1"));
+    assert_eq!(got[0].body, "{\"order\":\"m1\"}");
+    assert!(got[0].traceparent.is_some());
+    let ack = |receipt: &str| Op::Ack {
+        name: "jobs".into(),
+        receipt: receipt.into(),
+    };
+    assert!(matches!(
+        run(store, &ack("m1.2")).await,
+        Err(ContextError::LeaseLost(_))
+    ));
+    assert_eq!(run(store, &ack("m1.1")).await.unwrap(), Outcome::Deleted);
+    assert!(matches!(
+        run(store, &ack("m1.1")).await,
+        Err(ContextError::LeaseLost(_))
+    ));
+    // A consumer that never acks: the message comes back after the visibility timeout, first.
+    run(store, &enqueue(message("m3", 0, None))).await.unwrap();
+    assert_eq!(lease(store, "jobs", 5).await[0].id, "m3");
+    tokio::time::sleep(Duration::from_millis(320)).await;
+    let got = lease(store, "jobs", 5).await;
+    let order: Vec<(&str, u32)> = got.iter().map(|m| (m.id.as_str(), m.attempt)).collect();
+    assert_eq!(order, [("m3", 2), ("m2", 1)]);
+    // Given back at once (visibility 0s): leased again, one attempt more.
+    let back = Op::Extend {
+        name: "jobs".into(),
+        receipt: "m2.1".into(),
+        visibility: Duration::ZERO,
+    };
+    assert!(matches!(
+        run(store, &back).await,
+        Ok(Outcome::Extended { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let got = lease(store, "jobs", 5).await;
+    assert_eq!(
+        got.iter()
+            .map(|m| (m.id.as_str(), m.attempt))
+            .collect::<Vec<_>>(),
+        [("m2", 2)]
+    );
+    // A message that always fails: after max_attempts deliveries it goes to the dead letters.
+    let poison = Op::Enqueue {
+        name: "poison".into(),
+        message: message("p1", 0, None),
+    };
+    run(store, &poison).await.unwrap();
+    for attempt in 1..=2 {
+        let got = lease(store, "poison", 2).await;
+        assert_eq!(got.iter().map(|m| m.attempt).collect::<Vec<_>>(), [attempt]);
+        tokio::time::sleep(Duration::from_millis(170)).await;
+    }
+    assert!(lease(store, "poison", 2).await.is_empty());
+    let Outcome::Messages(dead) = run(
+        store,
+        &Op::DeadLetters {
+            name: "poison".into(),
+        },
+    )
+    .await
+    .unwrap() else {
+        panic!("no dead letters")
+    };
+    assert_eq!(
+        dead.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["p1"]
+    );
+    let replay = Op::Replay {
+        name: "poison".into(),
+        id: "p1".into(),
+    };
+    assert_eq!(run(store, &replay).await.unwrap(), Outcome::Deleted);
+    assert!(matches!(
+        run(store, &replay).await,
+        Err(ContextError::NotFound(_))
+    ));
+    let got = lease(store, "poison", 2).await;
+    assert_eq!(
+        got.iter()
+            .map(|m| (m.id.as_str(), m.attempt))
+            .collect::<Vec<_>>(),
+        [("p1", 1)]
+    );
+    let counts = run(
+        store,
+        &Op::Get {
+            object: object(Kind::Queue, "poison"),
+            fields: None,
+            page: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        value_of(&counts).0,
+        Shown::Queue {
+            ready: 0,
+            leased: 1,
+            dead: 0
+        }
     );
 }

@@ -53,6 +53,11 @@ pub struct Parsed {
 
 /// What parsing needs to know.
 pub struct Rules {
+    /// Deliveries of a queue's message before it goes to the dead letters.
+    pub max_attempts: u32,
+    /// How long a dedupe id (or a CloudEvent's source and id) names one message.
+    pub dedupe_window: Duration,
+    pub max_message_bytes: usize,
     pub max_ttl: Duration,
     pub default_ttl: Option<Duration>,
     pub ttl_mode: TtlMode,
@@ -98,6 +103,7 @@ pub fn target(path: &str) -> Result<Target<'_>, ContextError> {
         Kind::Map => part_of("/fields/").map_or((name, None), |(n, p)| (n, Some(p))),
         Kind::Set => part_of("/members/").map_or((name, None), |(n, p)| (n, Some(p))),
         Kind::Lock => part_of("/leases/").map_or((name, None), |(n, p)| (n, Some(p))),
+        Kind::Queue => queue_part(name),
         Kind::Counter => (name, None),
     };
     Ok(Target::Object {
@@ -106,6 +112,24 @@ pub fn target(path: &str) -> Result<Target<'_>, ContextError> {
         name,
         part,
     })
+}
+
+/// A queue's path after its name: `messages`, `leases`, `leases/<receipt>`, `dead`,
+/// `dead/<id>`.
+fn queue_part(name: &str) -> (&str, Option<String>) {
+    let decode = |p: &str| crate::codec::percent::decode_str(p, false);
+    if let Some((n, r)) = name.rsplit_once("/leases/") {
+        return (n, Some(format!("leases/{}", decode(r))));
+    }
+    if let Some((n, id)) = name.rsplit_once("/dead/") {
+        return (n, Some(format!("dead/{}", decode(id))));
+    }
+    for part in ["messages", "leases", "dead"] {
+        if let Some(n) = name.strip_suffix(part).and_then(|n| n.strip_suffix('/')) {
+            return (n, Some(part.to_owned()));
+        }
+    }
+    (name, None)
 }
 
 /// A duration as attache's config writes them: `250ms`, `30s`, `5m`, `24h`, `30d`, `1h30m`.
@@ -299,6 +323,20 @@ struct Acquire {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct LeaseMessages {
+    max: Option<usize>,
+    visibility: Option<String>,
+    wait: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Visibility {
+    visibility: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct Renew {
     ttl: Option<String>,
 }
@@ -327,8 +365,87 @@ fn lease_ttl(ttl: Option<&str>, rules: &Rules) -> Result<Duration, ContextError>
     Ok(ttl)
 }
 
-/// Parses one object request into its operation; `lease` is the id a lock granted by this
-/// request gets.
+/// A `wait` of at most 60 s.
+fn wait_of(w: Option<&str>) -> Result<Duration, ContextError> {
+    match w {
+        None => Ok(Duration::ZERO),
+        Some(w) => duration(w)
+            .filter(|w| *w <= Duration::from_secs(60))
+            .ok_or_else(|| invalid(format!("invalid wait {w:?} (at most 60s)"))),
+    }
+}
+
+/// A visibility timeout (default 30 s), at most `max_ttl`.
+fn visibility_of(v: Option<&str>, rules: &Rules) -> Result<Duration, ContextError> {
+    match v {
+        None => Ok(Duration::from_secs(30)),
+        Some(v) => duration(v)
+            .filter(|d| *d <= rules.max_ttl)
+            .ok_or_else(|| invalid(format!("invalid visibility {v:?}"))),
+    }
+}
+
+/// An enqueued message: the body as text, its content type, `?delay=`, and its dedupe id
+/// (`?dedupe_id=`, else a CloudEvent's `source` and `id`, binary mode or structured).
+fn new_message(
+    q: Option<&str>,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    rules: &Rules,
+    id: String,
+) -> Result<super::op::NewMessage, ContextError> {
+    if bytes.len() > rules.max_message_bytes {
+        return Err(ContextError::TooLarge {
+            what: "a queue message",
+            limit: rules.max_message_bytes as u64,
+        });
+    }
+    let body = std::str::from_utf8(bytes)
+        .map_err(|_| invalid("a queue message is text (JSON or UTF-8)"))?
+        .to_owned();
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header("content-type").unwrap_or_else(|| "application/json".into());
+    let delay = match query(q, "delay") {
+        None => Duration::ZERO,
+        Some(d) => duration(&d)
+            .filter(|d| *d <= rules.max_ttl)
+            .ok_or_else(|| invalid(format!("invalid delay {d:?}")))?,
+    };
+    let cloudevent = match (header("ce-source"), header("ce-id")) {
+        (Some(source), Some(id)) => Some(format!("ce:{source}\n{id}")),
+        _ if content_type.starts_with("application/cloudevents+json") => {
+            serde_json::from_str::<Value>(&body).ok().and_then(|e| {
+                Some(format!(
+                    "ce:{}\n{}",
+                    e.get("source")?.as_str()?,
+                    e.get("id")?.as_str()?
+                ))
+            })
+        }
+        _ => None,
+    };
+    let dedupe = query(q, "dedupe_id")
+        .map(|d| format!("id:{d}"))
+        .or(cloudevent)
+        .map(|d| (d, rules.dedupe_window));
+    Ok(super::op::NewMessage {
+        id,
+        body,
+        content_type,
+        delay,
+        dedupe,
+        traceparent: header("traceparent"),
+        baggage: header("baggage"),
+    })
+}
+
+/// Parses one object request into its operation; `lease` is the fresh id a lock granted (or
+/// a message enqueued) by this request gets.
 pub fn parse(
     method: &Method,
     path: &str,
@@ -366,9 +483,73 @@ pub fn parse(
     };
     let wrong = || ContextError::MethodNotAllowed(method.to_string());
     let mut wait = Duration::ZERO;
-    let (op, label) = match (kind, part, method.as_str()) {
-        (Kind::Lock, None, "GET") => (get(&object, None, None), "lock_get"),
-        (Kind::Lock, None, "POST") => {
+    let part_str = part.as_deref().unwrap_or("");
+    let (op, label) = match (kind, part_str, method.as_str()) {
+        (Kind::Queue, "", "GET") => (get(&object, None, None), "queue_get"),
+        (Kind::Queue, "messages", "POST") => (
+            Op::Enqueue {
+                name: name.to_owned(),
+                message: new_message(q, headers, bytes, rules, lease)?,
+            },
+            "queue_enqueue",
+        ),
+        (Kind::Queue, "leases", "POST") => {
+            let b: LeaseMessages = body(bytes)?;
+            wait = wait_of(b.wait.as_deref())?;
+            let max = b.max.unwrap_or(1);
+            if max == 0 || max > rules.max_members_per_request {
+                return Err(invalid(format!(
+                    "max must be 1 to {}",
+                    rules.max_members_per_request
+                )));
+            }
+            let op = Op::Lease {
+                name: name.to_owned(),
+                max,
+                visibility: visibility_of(b.visibility.as_deref(), rules)?,
+                max_attempts: rules.max_attempts,
+            };
+            (op, "queue_lease")
+        }
+        (Kind::Queue, p, "DELETE") if p.starts_with("leases/") => (
+            Op::Ack {
+                name: name.to_owned(),
+                receipt: p["leases/".len()..].to_owned(),
+            },
+            "queue_ack",
+        ),
+        (Kind::Queue, p, "PATCH") if p.starts_with("leases/") => {
+            let b: Visibility = body(bytes)?;
+            let op = Op::Extend {
+                name: name.to_owned(),
+                receipt: p["leases/".len()..].to_owned(),
+                visibility: visibility_of(b.visibility.as_deref(), rules)?,
+            };
+            (op, "queue_extend")
+        }
+        (Kind::Queue, "dead", "GET") => (
+            Op::DeadLetters {
+                name: name.to_owned(),
+            },
+            "queue_dead",
+        ),
+        (Kind::Queue, p, "POST") if p.starts_with("dead/") => (
+            Op::Replay {
+                name: name.to_owned(),
+                id: p["dead/".len()..].to_owned(),
+            },
+            "queue_replay",
+        ),
+        (Kind::Queue, "", "DELETE") => (
+            Op::Delete {
+                object: object.clone(),
+                cond: cond(headers)?,
+            },
+            "queue_delete",
+        ),
+        (Kind::Queue, _, _) => return Err(wrong()),
+        (Kind::Lock, "", "GET") => (get(&object, None, None), "lock_get"),
+        (Kind::Lock, "", "POST") => {
             let b: Acquire = body(bytes)?;
             if let Some(w) = b.wait.as_deref() {
                 wait = duration(w)
@@ -383,24 +564,24 @@ pub fn parse(
             };
             (op, "lock_acquire")
         }
-        (Kind::Lock, Some(lease), "PUT") => {
+        (Kind::Lock, lease, "PUT") if !lease.is_empty() => {
             let b: Renew = body(bytes)?;
             let op = Op::Renew {
                 name: name.to_owned(),
-                lease,
+                lease: lease.to_owned(),
                 ttl: lease_ttl(b.ttl.as_deref(), rules)?,
             };
             (op, "lock_renew")
         }
-        (Kind::Lock, Some(lease), "DELETE") => (
+        (Kind::Lock, lease, "DELETE") if !lease.is_empty() => (
             Op::Release {
                 name: name.to_owned(),
-                lease,
+                lease: lease.to_owned(),
             },
             "lock_release",
         ),
-        (Kind::Counter, None, "GET") => (get(&object, None, None), "counter_get"),
-        (Kind::Counter, None, "POST") => {
+        (Kind::Counter, "", "GET") => (get(&object, None, None), "counter_get"),
+        (Kind::Counter, "", "POST") => {
             let b: CounterAdd = body(bytes)?;
             let ttl = rules.ttl(b.ttl.ttl.as_deref(), b.ttl.ttl_mode.as_deref())?;
             let change = Change::CounterAdd {
@@ -410,7 +591,7 @@ pub fn parse(
             };
             (write(change, ttl)?, "counter_add")
         }
-        (Kind::Counter, None, "PUT") => {
+        (Kind::Counter, "", "PUT") => {
             let b: CounterSet = body(bytes)?;
             let value = b
                 .value
@@ -418,7 +599,7 @@ pub fn parse(
             let ttl = rules.ttl(b.ttl.ttl.as_deref(), b.ttl.ttl_mode.as_deref())?;
             (write(Change::CounterSet { value }, ttl)?, "counter_set")
         }
-        (Kind::Map, None, "GET") => {
+        (Kind::Map, "", "GET") => {
             let fields = query(q, "fields").map(|f| {
                 f.split(',')
                     .filter(|s| !s.is_empty())
@@ -427,14 +608,14 @@ pub fn parse(
             });
             (get(&object, fields, None), "map_get")
         }
-        (Kind::Map, Some(field), "GET") => (
+        (Kind::Map, field, "GET") if !field.is_empty() => (
             Op::GetField {
                 name: name.to_owned(),
-                field,
+                field: field.to_owned(),
             },
             "map_get_field",
         ),
-        (Kind::Map, None, "PATCH") if merge_patch => {
+        (Kind::Map, "", "PATCH") if merge_patch => {
             let patch = match serde_json::from_slice::<Value>(bytes) {
                 Ok(Value::Object(m)) => m,
                 Ok(_) => return Err(invalid("a merge patch of a map is a JSON object")),
@@ -444,7 +625,7 @@ pub fn parse(
             let ttl = rules.ttl(query(q, "ttl").as_deref(), query(q, "ttl_mode").as_deref())?;
             (write(Change::MapMerge(patch), ttl)?, "map_patch")
         }
-        (Kind::Map, None, "PATCH") => {
+        (Kind::Map, "", "PATCH") => {
             let b: MapPatch = body(bytes)?;
             rules.members(
                 "the patch's fields",
@@ -458,7 +639,7 @@ pub fn parse(
             };
             (write(change, ttl)?, "map_patch")
         }
-        (Kind::Map, None, "PUT") => {
+        (Kind::Map, "", "PUT") => {
             let b: MapPut = body(bytes)?;
             let fields = b
                 .fields
@@ -467,7 +648,7 @@ pub fn parse(
             let ttl = rules.ttl(b.ttl.ttl.as_deref(), b.ttl.ttl_mode.as_deref())?;
             (write(Change::MapPut(fields), ttl)?, "map_put")
         }
-        (Kind::Set, None, "GET") => {
+        (Kind::Set, "", "GET") => {
             let number = |name: &str, default: usize| -> Result<usize, ContextError> {
                 query(q, name).map_or(Ok(default), |v| {
                     v.parse()
@@ -480,14 +661,14 @@ pub fn parse(
             );
             (get(&object, None, Some(page)), "set_get")
         }
-        (Kind::Set, Some(member), "GET" | "HEAD") => (
+        (Kind::Set, member, "GET" | "HEAD") if !member.is_empty() => (
             Op::HasMember {
                 name: name.to_owned(),
-                member,
+                member: member.to_owned(),
             },
             "set_has",
         ),
-        (Kind::Set, None, "POST") => {
+        (Kind::Set, "", "POST") => {
             let b: SetUpdate = body(bytes)?;
             rules.members("the request's members", b.add.len() + b.remove.len())?;
             let ttl = rules.ttl(b.ttl.ttl.as_deref(), b.ttl.ttl_mode.as_deref())?;
@@ -497,7 +678,7 @@ pub fn parse(
             };
             (write(change, ttl)?, "set_update")
         }
-        (_, None, "DELETE") => (
+        (_, "", "DELETE") => (
             Op::Delete {
                 object: object.clone(),
                 cond: cond(headers)?,
@@ -507,6 +688,7 @@ pub fn parse(
                 Kind::Map => "map_delete",
                 Kind::Set => "set_delete",
                 Kind::Lock => "lock_delete",
+                Kind::Queue => "queue_delete",
             },
         ),
         _ => return Err(wrong()),
@@ -712,6 +894,11 @@ pub fn respond(outcome: &Outcome, replayed: bool, head: bool) -> Response<crate:
                     next,
                     count,
                 } => json!({ "members": members, "cursor": next, "count": count }),
+                Shown::Queue {
+                    ready,
+                    leased,
+                    dead,
+                } => json!({ "ready": ready, "leased": leased, "dead": dead }),
                 Shown::Lock {
                     owner,
                     token,
@@ -755,6 +942,22 @@ pub fn respond(outcome: &Outcome, replayed: bool, head: bool) -> Response<crate:
             res
         }
         Outcome::Deleted => empty(StatusCode::NO_CONTENT),
+        Outcome::Enqueued { id, created } => {
+            let status = if *created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json_response(status, &json!({ "id": id }))
+        }
+        Outcome::Messages(messages) => {
+            let list: Vec<Value> = messages.iter().map(message_json).collect();
+            json_response(StatusCode::OK, &json!({ "messages": list }))
+        }
+        Outcome::Extended { visible_at_ms } => json_response(
+            StatusCode::OK,
+            &json!({ "visible_at": rfc3339(*visible_at_ms) }),
+        ),
         Outcome::Batch(outcomes) => {
             let results: Vec<Value> = outcomes.iter().map(batch_result).collect();
             json_response(StatusCode::OK, &json!({ "results": results }))
@@ -791,6 +994,28 @@ pub fn respond(outcome: &Outcome, replayed: bool, head: bool) -> Response<crate:
             .insert(REPLAYED, HeaderValue::from_static("true"));
     }
     res
+}
+
+/// A message as leases and dead letters show it: its body as JSON when it is JSON.
+fn message_json(m: &super::op::Message) -> Value {
+    let body = if m.content_type.contains("json") {
+        serde_json::from_str(&m.body).unwrap_or_else(|_| Value::String(m.body.clone()))
+    } else {
+        Value::String(m.body.clone())
+    };
+    let mut v = json!({
+        "id": m.id, "attempt": m.attempt, "body": body, "content_type": m.content_type,
+        "enqueued_at": rfc3339(m.enqueued_at_ms),
+    });
+    if let Some(obj) = v.as_object_mut() {
+        if !m.receipt.is_empty() {
+            obj.insert("receipt".into(), json!(m.receipt));
+        }
+        if let Some(tp) = &m.traceparent {
+            obj.insert("traceparent".into(), json!(tp));
+        }
+    }
+    v
 }
 
 /// One op's result in a batch's answer: its status, its `etag` where it has one, and the body

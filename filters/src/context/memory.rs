@@ -23,6 +23,8 @@ enum Data {
     Counter(i64),
     Map(BTreeMap<String, Value>),
     Set(BTreeSet<String>),
+    /// A queue's messages, dead letters and dedupe ids.
+    Queue(Box<Queue>),
     /// A held lock (its entry expires with the lease).
     Lock {
         owner: String,
@@ -38,6 +40,7 @@ impl Data {
             Data::Map(_) => Kind::Map,
             Data::Set(_) => Kind::Set,
             Data::Lock { .. } => Kind::Lock,
+            Data::Queue(_) => Kind::Queue,
         }
     }
 
@@ -46,6 +49,7 @@ impl Data {
             Kind::Counter => Data::Counter(0),
             Kind::Map => Data::Map(BTreeMap::new()),
             Kind::Set => Data::Set(BTreeSet::new()),
+            Kind::Queue => Data::Queue(Box::default()),
             // Locks are made by `Op::Acquire`; no write names one.
             Kind::Lock => Data::Lock {
                 owner: String::new(),
@@ -54,6 +58,46 @@ impl Data {
             },
         }
     }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Queue {
+    messages: BTreeMap<String, Stored>,
+    dead: BTreeMap<String, Stored>,
+    /// Dedupe id → the message's id and when the window ends.
+    dedupe: HashMap<String, (String, u64)>,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    body: String,
+    content_type: String,
+    enqueued_at_ms: u64,
+    attempts: u32,
+    visible_at_ms: u64,
+    traceparent: Option<String>,
+    baggage: Option<String>,
+}
+
+impl Stored {
+    fn shown(&self, id: &str, receipt: String) -> super::op::Message {
+        super::op::Message {
+            id: id.to_owned(),
+            receipt,
+            attempt: self.attempts,
+            body: self.body.clone(),
+            content_type: self.content_type.clone(),
+            enqueued_at_ms: self.enqueued_at_ms,
+            traceparent: self.traceparent.clone(),
+            baggage: self.baggage.clone(),
+        }
+    }
+}
+
+/// A receipt (`<id>.<attempt>`) as its id and attempt.
+pub fn receipt_parts(receipt: &str) -> Option<(&str, u32)> {
+    let (id, attempt) = receipt.rsplit_once('.')?;
+    Some((id, attempt.parse().ok()?))
 }
 
 #[derive(Debug, Clone)]
@@ -254,6 +298,19 @@ fn apply(
                         .collect(),
                     None => m.clone(),
                 }),
+                Data::Queue(q) => Shown::Queue {
+                    ready: q
+                        .messages
+                        .values()
+                        .filter(|m| m.visible_at_ms <= now)
+                        .count(),
+                    leased: q
+                        .messages
+                        .values()
+                        .filter(|m| m.visible_at_ms > now)
+                        .count(),
+                    dead: q.dead.len(),
+                },
                 Data::Lock { owner, token, .. } => Shown::Lock {
                     owner: owner.clone(),
                     token: *token,
@@ -346,9 +403,9 @@ fn apply(
                             next: (s.len() > PAGE).then_some(PAGE),
                             count: s.len(),
                         },
-                        Data::Lock { .. } => {
+                        Data::Lock { .. } | Data::Queue(_) => {
                             return Err(ContextError::InvalidRequest(
-                                "a lock is taken with POST, not written".into(),
+                                "locks and queues have operations of their own".into(),
                             ));
                         }
                     },
@@ -442,6 +499,163 @@ fn apply(
             }
             _ => Err(ContextError::LeaseLost(format!("locks/{name}"))),
         },
+        Op::Enqueue { name, message } => {
+            let object = Object {
+                kind: Kind::Queue,
+                name: name.clone(),
+            };
+            let version = next_version();
+            let e = match c.live(name, now) {
+                Some(e) => e,
+                None => c.objects.entry(name.clone()).or_insert(Entry {
+                    version,
+                    expires_ms: None,
+                    data: Data::Queue(Box::default()),
+                }),
+            };
+            let Data::Queue(q) = &mut e.data else {
+                return Err(mismatch(&object, e.data.kind()));
+            };
+            e.version = version;
+            q.dedupe.retain(|_, (_, until)| *until > now);
+            if let Some((dedupe, _)) = &message.dedupe
+                && let Some((id, _)) = q.dedupe.get(dedupe)
+            {
+                return Ok(Outcome::Enqueued {
+                    id: id.clone(),
+                    created: false,
+                });
+            }
+            if let Some((dedupe, window)) = &message.dedupe {
+                q.dedupe.insert(
+                    dedupe.clone(),
+                    (
+                        message.id.clone(),
+                        now.saturating_add(window.as_millis() as u64),
+                    ),
+                );
+            }
+            q.messages.insert(
+                message.id.clone(),
+                Stored {
+                    body: message.body.clone(),
+                    content_type: message.content_type.clone(),
+                    enqueued_at_ms: now,
+                    attempts: 0,
+                    visible_at_ms: now.saturating_add(message.delay.as_millis() as u64),
+                    traceparent: message.traceparent.clone(),
+                    baggage: message.baggage.clone(),
+                },
+            );
+            Ok(Outcome::Enqueued {
+                id: message.id.clone(),
+                created: true,
+            })
+        }
+        Op::Lease {
+            name,
+            max,
+            visibility,
+            max_attempts,
+        } => {
+            let object = Object {
+                kind: Kind::Queue,
+                name: name.clone(),
+            };
+            let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
+            let Data::Queue(q) = &mut e.data else {
+                return Err(mismatch(&object, e.data.kind()));
+            };
+            // Due messages, those whose lease ran out first, then by when they became due.
+            let mut due: Vec<(bool, u64, String)> = q
+                .messages
+                .iter()
+                .filter(|(_, m)| m.visible_at_ms <= now)
+                .map(|(id, m)| (m.attempts == 0, m.visible_at_ms, id.clone()))
+                .collect();
+            due.sort();
+            let mut leased = Vec::new();
+            for (_, _, id) in due {
+                if leased.len() >= *max {
+                    break;
+                }
+                let Some(m) = q.messages.get_mut(&id) else {
+                    continue;
+                };
+                if m.attempts >= *max_attempts {
+                    if let Some(dead) = q.messages.remove(&id) {
+                        q.dead.insert(id, dead);
+                    }
+                    continue;
+                }
+                m.attempts += 1;
+                m.visible_at_ms = now.saturating_add(visibility.as_millis() as u64);
+                leased.push(m.shown(&id, format!("{id}.{}", m.attempts)));
+            }
+            Ok(Outcome::Messages(leased))
+        }
+        Op::Ack { name, receipt } | Op::Extend { name, receipt, .. } => {
+            let lost = || ContextError::LeaseLost(format!("queues/{name} receipt {receipt}"));
+            let object = Object {
+                kind: Kind::Queue,
+                name: name.clone(),
+            };
+            let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
+            let Data::Queue(q) = &mut e.data else {
+                return Err(mismatch(&object, e.data.kind()));
+            };
+            let (id, attempt) = receipt_parts(receipt).ok_or_else(lost)?;
+            let m = q.messages.get_mut(id).ok_or_else(lost)?;
+            if m.attempts != attempt || m.visible_at_ms <= now {
+                return Err(lost());
+            }
+            match op {
+                Op::Extend { visibility, .. } => {
+                    m.visible_at_ms = now.saturating_add(visibility.as_millis() as u64);
+                    Ok(Outcome::Extended {
+                        visible_at_ms: m.visible_at_ms,
+                    })
+                }
+                _ => {
+                    q.messages.remove(id);
+                    Ok(Outcome::Deleted)
+                }
+            }
+        }
+        Op::DeadLetters { name } => {
+            let object = Object {
+                kind: Kind::Queue,
+                name: name.clone(),
+            };
+            let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
+            let Data::Queue(q) = &e.data else {
+                return Err(mismatch(&object, e.data.kind()));
+            };
+            Ok(Outcome::Messages(
+                q.dead
+                    .iter()
+                    .map(|(id, m)| m.shown(id, String::new()))
+                    .collect(),
+            ))
+        }
+        Op::Replay { name, id } => {
+            let object = Object {
+                kind: Kind::Queue,
+                name: name.clone(),
+            };
+            let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
+            let Data::Queue(q) = &mut e.data else {
+                return Err(mismatch(&object, e.data.kind()));
+            };
+            let mut m = q
+                .dead
+                .remove(id)
+                .ok_or_else(|| ContextError::NotFound(format!("dead letter {id} of {object}")))?;
+            m.attempts = 0;
+            m.visible_at_ms = now;
+            q.messages.insert(id.clone(), m);
+            Ok(Outcome::Deleted)
+        }
         Op::Batch { checks, ops } => {
             for (i, (object, version)) in checks.iter().enumerate() {
                 let current = c.live(&object.name, now).map(|e| e.version);

@@ -231,6 +231,13 @@ impl ContextApi {
                 });
             let now = tokio::time::Instant::now();
             match &ran {
+                // A lease of an empty queue that may wait: ask again shortly.
+                Ok(store::Ran {
+                    outcome: op::Outcome::Messages(m),
+                    ..
+                }) if m.is_empty() && matches!(op, Op::Lease { .. }) && now < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50).min(deadline - now)).await;
+                }
                 Err(ContextError::LockHeld(_, left)) if now < deadline => {
                     let pause = (*left)
                         .min(Duration::from_millis(25))

@@ -14,6 +14,7 @@ pub enum Kind {
     Map,
     Set,
     Lock,
+    Queue,
 }
 
 impl Kind {
@@ -24,6 +25,7 @@ impl Kind {
             Kind::Map => "maps",
             Kind::Set => "sets",
             Kind::Lock => "locks",
+            Kind::Queue => "queues",
         }
     }
 
@@ -33,6 +35,7 @@ impl Kind {
             Kind::Map => "map",
             Kind::Set => "set",
             Kind::Lock => "lock",
+            Kind::Queue => "queue",
         }
     }
 
@@ -42,6 +45,7 @@ impl Kind {
             "maps" => Some(Kind::Map),
             "sets" => Some(Kind::Set),
             "locks" => Some(Kind::Lock),
+            "queues" => Some(Kind::Queue),
             _ => None,
         }
     }
@@ -193,6 +197,42 @@ pub enum Op {
         name: String,
         lease: String,
     },
+    /// Adds a message (the queue is made by its first); with `dedupe`, a message with the
+    /// same dedupe id within the window gets the first one's id back instead.
+    Enqueue {
+        name: String,
+        message: NewMessage,
+    },
+    /// Up to `max` visible messages, each invisible for `visibility` from now under a new
+    /// receipt (messages whose lease ran out come back first); a message that has had
+    /// `max_attempts` deliveries goes to the dead letters instead.
+    Lease {
+        name: String,
+        max: usize,
+        visibility: Duration,
+        max_attempts: u32,
+    },
+    /// Acknowledges (removes) the message of a receipt that still holds it.
+    Ack {
+        name: String,
+        receipt: String,
+    },
+    /// Moves the message of a receipt that still holds it to `visibility` from now (`0s`:
+    /// gives it back at once).
+    Extend {
+        name: String,
+        receipt: String,
+        visibility: Duration,
+    },
+    /// The dead letters.
+    DeadLetters {
+        name: String,
+    },
+    /// A dead letter back in the queue, its attempts counted afresh.
+    Replay {
+        name: String,
+        id: String,
+    },
     /// Writes and deletes of distinct objects, all or none: every precondition (`checks`:
     /// objects and the versions they must be at) and every op's own checks pass, then every op
     /// applies, in one atomic step.
@@ -218,6 +258,11 @@ impl Op {
                 | Op::Renew { .. }
                 | Op::Release { .. }
                 | Op::Batch { .. }
+                | Op::Enqueue { .. }
+                | Op::Lease { .. }
+                | Op::Ack { .. }
+                | Op::Extend { .. }
+                | Op::Replay { .. }
         )
     }
 }
@@ -233,6 +278,12 @@ pub enum Shown {
         members: Vec<String>,
         next: Option<usize>,
         count: usize,
+    },
+    /// A queue: messages visible now, leased, and dead.
+    Queue {
+        ready: usize,
+        leased: usize,
+        dead: usize,
     },
     /// A held lock: its owner, the token of the grant, and when the lease ends (ms since the
     /// epoch).
@@ -270,6 +321,17 @@ pub enum Outcome {
     Objects(Vec<Object>),
     /// Each op's outcome, in order.
     Batch(Vec<Outcome>),
+    /// A message's id: `created` false when a dedupe id found an earlier one.
+    Enqueued {
+        id: String,
+        created: bool,
+    },
+    /// Leased messages, or dead letters.
+    Messages(Vec<Message>),
+    /// A receipt's message is now visible again at this time.
+    Extended {
+        visible_at_ms: u64,
+    },
     /// A lease: granted by this operation (201), or renewed.
     Lease {
         lease: String,
@@ -277,4 +339,36 @@ pub enum Outcome {
         expires_at_ms: u64,
         granted: bool,
     },
+}
+
+/// A message as it is enqueued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Its id, made by the caller (a ULID).
+    pub id: String,
+    /// The body, as text (JSON, or any UTF-8 text).
+    pub body: String,
+    pub content_type: String,
+    /// Invisible until this long after it is enqueued.
+    pub delay: Duration,
+    /// With its window: the same id within it is the same message.
+    pub dedupe: Option<(String, Duration)>,
+    /// The trace context captured when it was enqueued (`traceparent`, `baggage`), for
+    /// whoever delivers it.
+    pub traceparent: Option<String>,
+    pub baggage: Option<String>,
+}
+
+/// A message as a lease (or the dead letters) gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: String,
+    /// `<id>.<attempt>`: acknowledges or extends this delivery only.
+    pub receipt: String,
+    pub attempt: u32,
+    pub body: String,
+    pub content_type: String,
+    pub enqueued_at_ms: u64,
+    pub traceparent: Option<String>,
+    pub baggage: Option<String>,
 }

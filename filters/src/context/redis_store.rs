@@ -48,6 +48,7 @@ fn kind_code(kind: Kind) -> &'static str {
         Kind::Map => "m",
         Kind::Set => "s",
         Kind::Lock => "l",
+        Kind::Queue => "q",
     }
 }
 
@@ -57,6 +58,7 @@ fn kind_of(code: &str) -> Option<Kind> {
         "m" => Some(Kind::Map),
         "s" => Some(Kind::Set),
         "l" => Some(Kind::Lock),
+        "q" => Some(Kind::Queue),
         _ => None,
     }
 }
@@ -155,6 +157,35 @@ fn encode(op: &Op, limits: &Limits) -> Value {
             "checks": checks.iter().map(|(o, v)| json!([o.name, v.to_string()])).collect::<Vec<_>>(),
             "ops": ops.iter().map(|o| encode(o, limits)).collect::<Vec<_>>(),
         }),
+        Op::Enqueue { name, message } => json!({
+            "op": "enqueue", "name": name,
+            "message": {
+                "id": message.id, "body": message.body, "content_type": message.content_type,
+                "delay": message.delay.as_millis() as u64,
+                "dedupe": message.dedupe.as_ref().map(|(d, w)| json!([d, w.as_millis() as u64])),
+                "traceparent": message.traceparent, "baggage": message.baggage,
+            },
+        }),
+        Op::Lease {
+            name,
+            max,
+            visibility,
+            max_attempts,
+        } => json!({
+            "op": "lease", "name": name, "max": max,
+            "visibility": visibility.as_millis() as u64, "max_attempts": max_attempts,
+        }),
+        Op::Ack { name, receipt } => json!({"op": "ack", "name": name, "receipt": receipt}),
+        Op::Extend {
+            name,
+            receipt,
+            visibility,
+        } => json!({
+            "op": "extend", "name": name, "receipt": receipt,
+            "visibility": visibility.as_millis() as u64,
+        }),
+        Op::DeadLetters { name } => json!({"op": "dead_letters", "name": name}),
+        Op::Replay { name, id } => json!({"op": "replay", "name": name, "id": id}),
         Op::List => json!({"op": "list"}),
         Op::DeleteContext => json!({"op": "delete_context"}),
     }
@@ -238,6 +269,12 @@ fn refusal(v: &Value, op: &Op) -> ContextError {
         Op::Acquire { name, .. } | Op::Renew { name, .. } | Op::Release { name, .. } => {
             format!("locks/{name}")
         }
+        Op::Enqueue { name, .. }
+        | Op::Lease { name, .. }
+        | Op::Ack { name, .. }
+        | Op::Extend { name, .. }
+        | Op::DeadLetters { name }
+        | Op::Replay { name, .. } => format!("queues/{name}"),
         Op::List | Op::DeleteContext | Op::Batch { .. } => "the context".into(),
     };
     let wanted = match op {
@@ -246,6 +283,12 @@ fn refusal(v: &Value, op: &Op) -> ContextError {
         }
         Op::GetField { .. } => Kind::Map,
         Op::HasMember { .. } => Kind::Set,
+        Op::Enqueue { .. }
+        | Op::Lease { .. }
+        | Op::Ack { .. }
+        | Op::Extend { .. }
+        | Op::DeadLetters { .. }
+        | Op::Replay { .. } => Kind::Queue,
         _ => Kind::Lock,
     };
     match text(v, "err") {
@@ -302,7 +345,15 @@ fn refusal(v: &Value, op: &Op) -> ContextError {
             object,
             std::time::Duration::from_millis(number(v, "ttl_ms")),
         ),
-        "lease_lost" => ContextError::LeaseLost(object),
+        "lease_lost" => match op {
+            Op::Ack { receipt, .. } | Op::Extend { receipt, .. } => {
+                ContextError::LeaseLost(format!("{object} receipt {receipt}"))
+            }
+            _ => ContextError::LeaseLost(object),
+        },
+        "no_dead_letter" => {
+            ContextError::NotFound(format!("dead letter {} of {object}", text(v, "id")))
+        }
         "key_reused" => ContextError::KeyReused,
         other => ContextError::Unavailable(format!("the store refused the operation: {other}")),
     }
@@ -342,6 +393,45 @@ fn outcome(v: &Value) -> Result<Outcome, ContextError> {
             ttl_ms: ttl_of(v),
             created: v.get("created").and_then(Value::as_bool).unwrap_or(false),
         },
+        "queue" => Outcome::Object {
+            shown: Shown::Queue {
+                ready: number(v, "ready") as usize,
+                leased: number(v, "leased") as usize,
+                dead: number(v, "dead") as usize,
+            },
+            version,
+            ttl_ms: None,
+            created: false,
+        },
+        "enqueued" => Outcome::Enqueued {
+            id: text(v, "id").to_owned(),
+            created: v.get("created").and_then(Value::as_bool).unwrap_or(false),
+        },
+        "extended" => Outcome::Extended {
+            visible_at_ms: number(v, "visible_at_ms"),
+        },
+        "messages" => Outcome::Messages(
+            v.get("messages")
+                .and_then(Value::as_array)
+                .map(|all| {
+                    all.iter()
+                        .map(|m| super::op::Message {
+                            id: text(m, "id").to_owned(),
+                            receipt: text(m, "receipt").to_owned(),
+                            attempt: number(m, "attempt") as u32,
+                            body: text(m, "body").to_owned(),
+                            content_type: text(m, "content_type").to_owned(),
+                            enqueued_at_ms: number(m, "enqueued_at_ms"),
+                            traceparent: m
+                                .get("traceparent")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned),
+                            baggage: m.get("baggage").and_then(Value::as_str).map(str::to_owned),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
         "lock" => Outcome::Object {
             shown: Shown::Lock {
                 owner: text(v, "owner").to_owned(),
@@ -431,7 +521,13 @@ impl RedisStore {
             | Op::HasMember { name, .. }
             | Op::Acquire { name, .. }
             | Op::Renew { name, .. }
-            | Op::Release { name, .. } => name.as_str(),
+            | Op::Release { name, .. }
+            | Op::Enqueue { name, .. }
+            | Op::Lease { name, .. }
+            | Op::Ack { name, .. }
+            | Op::Extend { name, .. }
+            | Op::DeadLetters { name }
+            | Op::Replay { name, .. } => name.as_str(),
             Op::List | Op::DeleteContext | Op::Batch { .. } => "",
         };
         let record = once.map_or_else(|| format!("{base}:r:"), |o| format!("{base}:r:{}", o.key));
@@ -453,7 +549,8 @@ impl RedisStore {
                     .arg(encode(op, &self.limits).to_string())
                     .arg(fingerprint)
                     .arg(retention)
-                    .arg(format!("{base}:o:")),
+                    .arg(format!("{base}:o:"))
+                    .arg(format!("{base}:q:")),
             )
             .await
             .map_err(unavailable)?;

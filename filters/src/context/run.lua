@@ -2,7 +2,9 @@
 -- describes the keys).
 -- KEYS: 1 the object, 2 :ver, 3 :fence, 4 :idx, 5 the record of a keyed request
 -- ARGV: 1 the operation (JSON), 2 the request's fingerprint ('' when not keyed),
---       3 the record's retention (ms), 4 the prefix of the context's object keys
+--       3 the record's retention (ms), 4 the prefix of the context's object keys,
+--       5 the prefix of its queues' keys (<q>:m messages, :v visibility, :a attempts,
+--         :d dead letters, :dd:<id> dedupe ids)
 local op = cjson.decode(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -169,6 +171,12 @@ local function shown(k, fields, page, created)
     if from + #members < #all then
       out.next = from + #members
     end
+  elseif k == 'q' then
+    local q = ARGV[5] .. op.name
+    out.k = 'queue'
+    out.ready = redis.call('ZCOUNT', q .. ':v', '-inf', now)
+    out.leased = redis.call('ZCOUNT', q .. ':v', '(' .. now, '+inf')
+    out.dead = redis.call('HLEN', q .. ':d')
   elseif k == 'l' then
     local h = redis.call('HMGET', KEY, 'owner', 'token')
     out.k = 'lock'
@@ -388,6 +396,10 @@ local function prepare_delete(d)
   if e then return e end
   return nil, function()
     redis.call('DEL', KEY)
+    if k == 'q' then
+      local q = ARGV[5] .. d.name
+      redis.call('DEL', q .. ':m', q .. ':v', q .. ':a', q .. ':d')
+    end
     redis.call('SREM', KEYS[4], d.name)
     return nil, {k = 'deleted'}
   end
@@ -504,15 +516,154 @@ local function delete_context()
   if #objects == 0 then return {err = 'no_objects'} end
   for _, o in ipairs(objects) do
     redis.call('DEL', ARGV[4] .. o[1])
+    if o[2] == 'q' then
+      local q = ARGV[5] .. o[1]
+      redis.call('DEL', q .. ':m', q .. ':v', q .. ':a', q .. ':d')
+    end
   end
   redis.call('DEL', KEYS[4])
+  return nil, {k = 'deleted'}
+end
+
+
+-- === queues ===
+
+local function queue_kind()
+  local k = kind()
+  if not k then return {err = 'not_found'} end
+  if k ~= 'q' then return mismatch(k) end
+  return nil
+end
+
+local function message(q, id, attempt, receipt, stored)
+  local m = cjson.decode(stored)
+  return {id = id, receipt = receipt, attempt = attempt, body = m.body, content_type = m.ct,
+          enqueued_at_ms = m.enq, traceparent = m.tp, baggage = m.bg}
+end
+
+local function enqueue()
+  local k = kind()
+  if k and k ~= 'q' then return mismatch(k) end
+  local q = ARGV[5] .. op.name
+  local m = op.message
+  if m.dedupe ~= NULL and m.dedupe ~= nil then
+    local seen = redis.call('GET', q .. ':dd:' .. m.dedupe[1])
+    if seen then
+      return nil, {k = 'enqueued', id = seen, created = false}
+    end
+    redis.call('SET', q .. ':dd:' .. m.dedupe[1], m.id, 'PX', m.dedupe[2])
+  end
+  redis.call('HSET', q .. ':m', m.id, cjson.encode({body = m.body, ct = m.content_type, enq = now,
+                                                      tp = m.traceparent, bg = m.baggage}))
+  redis.call('ZADD', q .. ':v', now + m.delay, m.id)
+  redis.call('HSET', q .. ':a', m.id, 0)
+  redis.call('HSET', KEY, 't', 'q', 'v', num(next_version()))
+  redis.call('SADD', KEYS[4], op.name)
+  return nil, {k = 'enqueued', id = m.id, created = true}
+end
+
+local function lease()
+  local e = queue_kind()
+  if e then return e end
+  local q = ARGV[5] .. op.name
+  local due = redis.call('ZRANGEBYSCORE', q .. ':v', '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1000)
+  local list = {}
+  for i = 1, #due, 2 do
+    local attempts = tonumber(redis.call('HGET', q .. ':a', due[i]) or '0')
+    list[#list + 1] = {id = due[i], at = tonumber(due[i + 1]), attempts = attempts}
+  end
+  -- Those whose lease ran out first, then by when they became due.
+  table.sort(list, function(a, b)
+    local ra, rb = a.attempts > 0, b.attempts > 0
+    if ra ~= rb then return ra end
+    if a.at ~= b.at then return a.at < b.at end
+    return a.id < b.id
+  end)
+  local leased = {}
+  for _, c in ipairs(list) do
+    if #leased >= op.max then break end
+    local stored = redis.call('HGET', q .. ':m', c.id)
+    if stored then
+      if c.attempts >= op.max_attempts then
+        redis.call('HSET', q .. ':d', c.id, stored)
+        redis.call('HDEL', q .. ':m', c.id)
+        redis.call('HDEL', q .. ':a', c.id)
+        redis.call('ZREM', q .. ':v', c.id)
+      else
+        local attempt = redis.call('HINCRBY', q .. ':a', c.id, 1)
+        redis.call('ZADD', q .. ':v', now + op.visibility, c.id)
+        leased[#leased + 1] = message(q, c.id, attempt, c.id .. '.' .. attempt, stored)
+      end
+    end
+  end
+  if #leased == 0 then leased = cjson.decode('[]') end
+  return nil, {k = 'messages', messages = leased}
+end
+
+-- The message a receipt names, if the receipt still holds it.
+local function held(q)
+  local id, attempt = string.match(op.receipt, '^(.*)%.(%d+)$')
+  if not id then return nil end
+  if tonumber(redis.call('HGET', q .. ':a', id) or '-1') ~= tonumber(attempt) then return nil end
+  local at = redis.call('ZSCORE', q .. ':v', id)
+  if not at or tonumber(at) <= now then return nil end
+  return id
+end
+
+local function ack()
+  local e = queue_kind()
+  if e then return e end
+  local q = ARGV[5] .. op.name
+  local id = held(q)
+  if not id then return {err = 'lease_lost'} end
+  redis.call('HDEL', q .. ':m', id)
+  redis.call('HDEL', q .. ':a', id)
+  redis.call('ZREM', q .. ':v', id)
+  return nil, {k = 'deleted'}
+end
+
+local function extend()
+  local e = queue_kind()
+  if e then return e end
+  local q = ARGV[5] .. op.name
+  local id = held(q)
+  if not id then return {err = 'lease_lost'} end
+  redis.call('ZADD', q .. ':v', now + op.visibility, id)
+  return nil, {k = 'extended', visible_at_ms = now + op.visibility}
+end
+
+local function dead_letters()
+  local e = queue_kind()
+  if e then return e end
+  local q = ARGV[5] .. op.name
+  local all = redis.call('HGETALL', q .. ':d')
+  local out = {}
+  for i = 1, #all, 2 do
+    out[#out + 1] = message(q, all[i], 0, '', all[i + 1])
+  end
+  table.sort(out, function(a, b) return a.id < b.id end)
+  if #out == 0 then out = cjson.decode('[]') end
+  return nil, {k = 'messages', messages = out}
+end
+
+local function replay()
+  local e = queue_kind()
+  if e then return e end
+  local q = ARGV[5] .. op.name
+  local stored = redis.call('HGET', q .. ':d', op.id)
+  if not stored then return {err = 'no_dead_letter', id = op.id} end
+  redis.call('HDEL', q .. ':d', op.id)
+  redis.call('HSET', q .. ':m', op.id, stored)
+  redis.call('HSET', q .. ':a', op.id, 0)
+  redis.call('ZADD', q .. ':v', now, op.id)
   return nil, {k = 'deleted'}
 end
 
 local ops = {
   get = get, get_field = get_field, has_member = has_member, write = write, delete = delete,
   acquire = acquire, renew = renew, release = release, list = list,
-  delete_context = delete_context, batch = batch,
+  delete_context = delete_context, batch = batch, enqueue = enqueue, lease = lease,
+  ack = ack, extend = extend, dead_letters = dead_letters, replay = replay,
 }
 local err, out = ops[op.op]()
 if err then

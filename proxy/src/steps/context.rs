@@ -34,6 +34,9 @@ pub fn stack(
         store: stores.get(c)?,
         allow: Allow::new(c.allow.clone()),
         rules: Rules {
+            max_attempts: c.queue_max_attempts.max(1),
+            dedupe_window: c.queue_dedupe_window.get(),
+            max_message_bytes: usize::try_from(c.limits.max_message_bytes.0).unwrap_or(usize::MAX),
             max_ttl: c.limits.max_ttl.get(),
             default_ttl: c.ttl.map(attache_config::Duration::get),
             ttl_mode: match c.ttl_mode {
