@@ -992,3 +992,112 @@ async fn the_context_member_is_stripped_on_egress_to_listed_hosts() {
         "attache.ctx=order-42,tenant=acme"
     );
 }
+
+/// Queues through two attaches sharing Redis: a consumer that takes a message and dies loses
+/// nothing (the other replica's consumer gets it after the visibility timeout, as attempt 2);
+/// a message that always fails reaches the dead letters after `queue_max_attempts`, and is
+/// replayed from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_messages_survive_a_dead_consumer_and_poison_reaches_the_dead_letters() {
+    let redis = attache_tests::redis::Redis::start();
+    let extra = format!("    store: '{}'\n    queue_max_attempts: 2\n", redis.url());
+    let (_a, a) = with_context(&extra).await;
+    let (_b, b) = with_context(&extra).await;
+    let sent = a
+        .call(
+            "POST",
+            "/shop/queues/emails/messages?dedupe_id=welcome-7",
+            &[("content-type", "application/json")],
+            r#"{"to":"ada@example.com"}"#,
+        )
+        .await;
+    assert_eq!(sent.status, 201, "{}", sent.text());
+    let id = sent.json()["id"].as_str().unwrap().to_owned();
+    // A retry of the send (same dedupe id) is the same message.
+    let dup = a
+        .call(
+            "POST",
+            "/shop/queues/emails/messages?dedupe_id=welcome-7",
+            &[],
+            r#"{"to":"ada@example.com"}"#,
+        )
+        .await;
+    assert_eq!(
+        (dup.status, dup.json()["id"].as_str()),
+        (200, Some(id.as_str()))
+    );
+    let take = async |api: &Api, wait: &str| {
+        api.call(
+            "POST",
+            "/shop/queues/emails/leases",
+            &[],
+            &format!(r#"{{"max":5,"visibility":"300ms","wait":"{wait}"}}"#),
+        )
+        .await
+        .json()["messages"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let first = take(&a, "0s").await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["body"]["to"], "ada@example.com");
+    assert_eq!(first[0]["attempt"], 1);
+    // Replica a's consumer dies holding it; replica b's, waiting, gets it once the lease runs
+    // out, as attempt 2.
+    let second = take(&b, "3s").await;
+    assert_eq!(second.len(), 1, "redelivered");
+    assert_eq!(
+        (second[0]["id"].as_str(), second[0]["attempt"].as_u64()),
+        (Some(id.as_str()), Some(2))
+    );
+    // The dead consumer's receipt no longer acknowledges anything.
+    let stale = first[0]["receipt"].as_str().unwrap();
+    problem(
+        &a.call(
+            "DELETE",
+            &format!("/shop/queues/emails/leases/{stale}"),
+            &[],
+            "",
+        )
+        .await,
+        409,
+        "lease-lost",
+    );
+    // It fails again: after two deliveries the message is a dead letter, not delivered again.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(take(&a, "0s").await.is_empty());
+    let dead = a.call("GET", "/shop/queues/emails/dead", &[], "").await;
+    assert_eq!(dead.json()["messages"][0]["id"], id.as_str());
+    let counts = a.call("GET", "/shop/queues/emails", &[], "").await;
+    assert_eq!(
+        counts.json(),
+        serde_json::json!({"ready": 0, "leased": 0, "dead": 1})
+    );
+    // Replayed, taken and acknowledged: gone.
+    assert_eq!(
+        a.call("POST", &format!("/shop/queues/emails/dead/{id}"), &[], "")
+            .await
+            .status,
+        204
+    );
+    let again = take(&b, "0s").await;
+    assert_eq!(again[0]["attempt"], 1);
+    let receipt = again[0]["receipt"].as_str().unwrap();
+    assert_eq!(
+        b.call(
+            "DELETE",
+            &format!("/shop/queues/emails/leases/{receipt}"),
+            &[],
+            ""
+        )
+        .await
+        .status,
+        204
+    );
+    let counts = a.call("GET", "/shop/queues/emails", &[], "").await;
+    assert_eq!(
+        counts.json(),
+        serde_json::json!({"ready": 0, "leased": 0, "dead": 0})
+    );
+}

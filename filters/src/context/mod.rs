@@ -13,8 +13,9 @@
 //! tokens and fenced writes), with versions (`ETag`, `If-Match`, `If-None-Match: *`), TTL
 //! written with the data (`create`, `touch`, `keep`), retries applied once under an
 //! `Idempotency-Key`, limits, the context's listing and deletion, and fresh context names.
-//! Atomic batches across objects of one context, the Redis backend (`redis_store.rs`), and
-//! `_current` (`current.rs`). Queues are to come.
+//! Queues (leases with a visibility timeout, redelivery, dead letters, delays, dedupe), atomic
+//! batches across objects of one context, the Redis backend (`redis_store.rs`), and
+//! `_current` (`current.rs`). Push delivery of queue messages is to come.
 
 pub mod api;
 pub mod current;
