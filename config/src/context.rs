@@ -66,6 +66,41 @@ pub struct Context {
     /// How long a dedupe id (or a CloudEvent's source and id) names one message.
     #[serde(default = "default_dedupe_window")]
     pub queue_dedupe_window: Duration,
+    /// Queues whose messages attache delivers to the app itself, through the inbound
+    /// listener (so its steps, idempotency included, apply).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub push: Vec<Push>,
+}
+
+/// Push delivery of one queue: each message POSTed to `path` with `Idempotency-Key: <message
+/// id>`, its attempt, CloudEvents binary-mode headers and the trace context of its enqueue;
+/// 2xx acknowledges, 429, 5xx, a timeout or no connection retries with backoff (and
+/// `Retry-After`), any other status dead-letters it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    pub context: String,
+    pub queue: String,
+    /// The app's path, e.g. `/events/orders`.
+    pub path: String,
+    /// A delivery's lease, and the most it may take.
+    #[serde(default = "default_push_visibility")]
+    pub visibility: Duration,
+    /// The first retry's delay, doubled on each attempt up to `max_backoff`.
+    #[serde(default = "default_push_backoff")]
+    pub backoff: Duration,
+    #[serde(default = "default_push_max_backoff")]
+    pub max_backoff: Duration,
+}
+
+fn default_push_visibility() -> Duration {
+    Duration::secs(30)
+}
+fn default_push_backoff() -> Duration {
+    Duration::secs(1)
+}
+fn default_push_max_backoff() -> Duration {
+    Duration::secs(60)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -133,6 +168,7 @@ impl Default for Context {
             strip_on_egress: Vec::new(),
             queue_max_attempts: default_max_attempts(),
             queue_dedupe_window: default_dedupe_window(),
+            push: Vec::new(),
         }
     }
 }

@@ -26,7 +26,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-pub use context::{Context, ContextLimits, TtlMode};
+pub use context::{Context, ContextLimits, Push, TtlMode};
 pub use error::{ConfigError, ConfigErrors};
 pub use flags::*;
 pub use forward_proxy::*;

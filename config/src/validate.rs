@@ -58,6 +58,12 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     }
     if let Some(c) = &spec.context {
         context(c, &mut errors);
+        if !c.push.is_empty() && spec.inbound.is_none() {
+            errors.push(ConfigError::new(
+                "spec.context.push",
+                "delivers through the inbound listener: configure spec.inbound",
+            ));
+        }
     }
     if let Some(rl) = &spec.rate_limits {
         ratelimit::rate_limits(rl, spec, &mut errors);
@@ -676,6 +682,24 @@ fn context(c: &crate::Context, errors: &mut Vec<ConfigError>) {
             errors.push(ConfigError::new(
                 format!("{top}.strip_on_egress[{i}]"),
                 format!("{host:?}: a host name or address, or *.domain"),
+            ));
+        }
+    }
+    for (i, p) in c.push.iter().enumerate() {
+        let at = format!("{top}.push[{i}]");
+        if !p.path.starts_with('/') {
+            errors.push(ConfigError::new(format!("{at}.path"), "must start with /"));
+        }
+        if p.context.is_empty() || p.context.starts_with('_') || p.queue.is_empty() {
+            errors.push(ConfigError::new(
+                at.clone(),
+                "needs a context (not a reserved `_` name) and a queue",
+            ));
+        }
+        if p.visibility.get().is_zero() || p.backoff.get().is_zero() {
+            errors.push(ConfigError::new(
+                at.clone(),
+                "visibility and backoff must be longer than 0s",
             ));
         }
     }

@@ -27,6 +27,18 @@ struct StoreKey {
 #[derive(Default)]
 pub struct Stores {
     current: Kept<StoreKey, Arc<dyn Store>>,
+    /// Push delivery's tasks, kept while the pushed queues, the store and the inbound
+    /// listener they deliver to are the same.
+    pushers: Kept<PushKey, Arc<crate::context_push::Pushers>>,
+}
+
+#[derive(PartialEq)]
+struct PushKey {
+    push: Vec<attache_config::Push>,
+    inbound: std::net::SocketAddr,
+    store: String,
+    prefix: String,
+    max_attempts: u32,
 }
 
 /// The store's limits, as the filters take them.
@@ -41,6 +53,42 @@ pub fn limits(l: &ContextLimits) -> Limits {
 }
 
 impl Stores {
+    /// Stops push delivery (its section is gone).
+    pub fn stop_push(&self) {
+        self.pushers.clear();
+    }
+
+    /// Starts (or keeps) the delivery tasks of `config.push` over `store`, delivering through
+    /// the inbound listener at `inbound`.
+    pub fn push(
+        &self,
+        config: &attache_config::Context,
+        store: &Arc<dyn Store>,
+        inbound: Option<std::net::SocketAddr>,
+        metrics: &attache_filters::metrics::Metrics,
+    ) {
+        let Some(inbound) = inbound.filter(|_| !config.push.is_empty()) else {
+            self.pushers.clear();
+            return;
+        };
+        let key = PushKey {
+            push: config.push.clone(),
+            inbound,
+            store: config.store.clone(),
+            prefix: config.key_prefix.clone(),
+            max_attempts: config.queue_max_attempts.max(1),
+        };
+        self.pushers.get_or_insert(key, |key, _| {
+            Arc::new(crate::context_push::start(
+                &key.push,
+                store.clone(),
+                key.inbound,
+                key.max_attempts,
+                metrics.family(),
+            ))
+        });
+    }
+
     /// The store of `config`: the one in use while its settings stay, else a new one.
     pub fn get(&self, config: &attache_config::Context) -> anyhow::Result<Arc<dyn Store>> {
         let key = StoreKey {

@@ -10,6 +10,7 @@ mod capture;
 mod cli;
 mod conn;
 mod context;
+mod context_push;
 mod demo;
 mod flags;
 mod forward;

@@ -1101,3 +1101,82 @@ async fn queue_messages_survive_a_dead_consumer_and_poison_reaches_the_dead_lett
         serde_json::json!({"ready": 0, "leased": 0, "dead": 0})
     );
 }
+
+/// Push delivery: the app behind attache runs attache's idempotency; its handler fails the
+/// first delivery with a 503, and the retry (same Idempotency-Key, a later attempt, the
+/// CloudEvents headers and the trace context of the enqueue) succeeds: the message is
+/// acknowledged. A message the app refuses for good (400) becomes a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_messages_reach_the_app_through_its_steps_and_retry_after_a_503() {
+    let app = App::start("app").await;
+    let port = free_port();
+    let ports = Ports::new();
+    let config = sidecar_config(
+        ports,
+        app.addr,
+        &format!(
+            "  idempotency: {{ store: memory }}
+  context:
+    listen: 127.0.0.1:{port}
+    push:
+      - {{ context: shop, queue: orders, path: /flaky/1/503, backoff: 100ms }}
+      - {{ context: shop, queue: refused, path: /status/400, backoff: 100ms }}
+"
+        ),
+    );
+    let a = Attache::run(ports, &config);
+    let api = Api {
+        base: format!("http://127.0.0.1:{port}/v1/contexts"),
+    };
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let sent = api
+        .call(
+            "POST",
+            "/shop/queues/orders/messages",
+            &[("traceparent", tp)],
+            r#"{"order":7}"#,
+        )
+        .await;
+    assert_eq!(sent.status, 201, "{}", sent.text());
+    let id = sent.json()["id"].as_str().unwrap().to_owned();
+    assert!(
+        eventually(10, async || a
+            .metric("attache_context_push_total{result=\"delivered\"}")
+            == Some(1.0))
+        .await,
+        "{}",
+        a.metrics_text()
+    );
+    a.assert_metrics(&["attache_context_push_total{result=\"retried\"} 1"]);
+    // The app counts its hits across paths: the second queue's message goes after.
+    api.call(
+        "POST",
+        "/shop/queues/refused/messages",
+        &[],
+        r#"{"bad":true}"#,
+    )
+    .await;
+    // Both deliveries went through attache's inbound leg with the message's id as the key:
+    // the 503 released it, the retry ran and stored its answer.
+
+    let lines = a.wait_access_log(5, |l| l["path"] == "/flaky/1/503" && l["status"] == 200);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the enqueue's trace"
+    );
+    let counts = api.call("GET", "/shop/queues/orders", &[], "").await;
+    assert_eq!(
+        counts.json(),
+        serde_json::json!({"ready": 0, "leased": 0, "dead": 0})
+    );
+    assert!(
+        eventually(10, async || api
+            .call("GET", "/shop/queues/refused", &[], "")
+            .await
+            .json()["dead"]
+            == 1)
+        .await
+    );
+    let _ = id;
+}

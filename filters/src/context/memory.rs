@@ -594,7 +594,9 @@ fn apply(
             }
             Ok(Outcome::Messages(leased))
         }
-        Op::Ack { name, receipt } | Op::Extend { name, receipt, .. } => {
+        Op::Ack { name, receipt }
+        | Op::Extend { name, receipt, .. }
+        | Op::Bury { name, receipt } => {
             let lost = || ContextError::LeaseLost(format!("queues/{name} receipt {receipt}"));
             let object = Object {
                 kind: Kind::Queue,
@@ -615,6 +617,12 @@ fn apply(
                     Ok(Outcome::Extended {
                         visible_at_ms: m.visible_at_ms,
                     })
+                }
+                Op::Bury { .. } => {
+                    if let Some(dead) = q.messages.remove(id) {
+                        q.dead.insert(id.to_owned(), dead);
+                    }
+                    Ok(Outcome::Deleted)
                 }
                 _ => {
                     q.messages.remove(id);

@@ -24,9 +24,16 @@ pub struct CurrentLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    /// `delivered`, `retried` or `dead`.
+    pub result: &'static str,
+}
+
 pub struct ContextFamilies {
     pub operations: Family<OperationLabels, Counter>,
     pub current: Family<CurrentLabels, Counter>,
+    pub push: Family<PushLabels, Counter>,
 }
 
 impl Families for ContextFamilies {
@@ -34,6 +41,7 @@ impl Families for ContextFamilies {
         let f = Self {
             operations: Family::default(),
             current: Family::default(),
+            push: Family::default(),
         };
         registry.register(
             "context_operations",
@@ -45,11 +53,20 @@ impl Families for ContextFamilies {
             "Calls naming the _current context, by result (resolved, or no_trace, no_request, no_member, invalid, not_allowed, off): a name that fails validation or allow is ignored and counted here",
             f.current.clone(),
         );
+        registry.register(
+            "context_push",
+            "Queue messages attache delivered to the app (spec.context.push), by result (delivered, retried, dead)",
+            f.push.clone(),
+        );
         f
     }
 }
 
 impl ContextFamilies {
+    pub fn pushed(&self, result: &'static str) {
+        self.push.get_or_create(&PushLabels { result }).inc();
+    }
+
     pub fn count(&self, operation: &'static str, outcome: &'static str) {
         self.operations
             .get_or_create(&OperationLabels { operation, outcome })

@@ -15,7 +15,8 @@
 //! `Idempotency-Key`, limits, the context's listing and deletion, and fresh context names.
 //! Queues (leases with a visibility timeout, redelivery, dead letters, delays, dedupe), atomic
 //! batches across objects of one context, the Redis backend (`redis_store.rs`), and
-//! `_current` (`current.rs`). Push delivery of queue messages is to come.
+//! `_current` (`current.rs`). Push delivery to the app is the proxy's
+//! (`proxy/src/context_push.rs`): it needs attache's own inbound listener.
 
 pub mod api;
 pub mod current;

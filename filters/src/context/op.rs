@@ -224,6 +224,12 @@ pub enum Op {
         receipt: String,
         visibility: Duration,
     },
+    /// Moves the message of a receipt that still holds it to the dead letters (a delivery the
+    /// app refused for good).
+    Bury {
+        name: String,
+        receipt: String,
+    },
     /// The dead letters.
     DeadLetters {
         name: String,
@@ -262,6 +268,7 @@ impl Op {
                 | Op::Lease { .. }
                 | Op::Ack { .. }
                 | Op::Extend { .. }
+                | Op::Bury { .. }
                 | Op::Replay { .. }
         )
     }

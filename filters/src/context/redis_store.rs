@@ -184,6 +184,7 @@ fn encode(op: &Op, limits: &Limits) -> Value {
             "op": "extend", "name": name, "receipt": receipt,
             "visibility": visibility.as_millis() as u64,
         }),
+        Op::Bury { name, receipt } => json!({"op": "bury", "name": name, "receipt": receipt}),
         Op::DeadLetters { name } => json!({"op": "dead_letters", "name": name}),
         Op::Replay { name, id } => json!({"op": "replay", "name": name, "id": id}),
         Op::List => json!({"op": "list"}),
@@ -273,6 +274,7 @@ fn refusal(v: &Value, op: &Op) -> ContextError {
         | Op::Lease { name, .. }
         | Op::Ack { name, .. }
         | Op::Extend { name, .. }
+        | Op::Bury { name, .. }
         | Op::DeadLetters { name }
         | Op::Replay { name, .. } => format!("queues/{name}"),
         Op::List | Op::DeleteContext | Op::Batch { .. } => "the context".into(),
@@ -287,6 +289,7 @@ fn refusal(v: &Value, op: &Op) -> ContextError {
         | Op::Lease { .. }
         | Op::Ack { .. }
         | Op::Extend { .. }
+        | Op::Bury { .. }
         | Op::DeadLetters { .. }
         | Op::Replay { .. } => Kind::Queue,
         _ => Kind::Lock,
@@ -346,7 +349,7 @@ fn refusal(v: &Value, op: &Op) -> ContextError {
             std::time::Duration::from_millis(number(v, "ttl_ms")),
         ),
         "lease_lost" => match op {
-            Op::Ack { receipt, .. } | Op::Extend { receipt, .. } => {
+            Op::Ack { receipt, .. } | Op::Extend { receipt, .. } | Op::Bury { receipt, .. } => {
                 ContextError::LeaseLost(format!("{object} receipt {receipt}"))
             }
             _ => ContextError::LeaseLost(object),
@@ -526,6 +529,7 @@ impl RedisStore {
             | Op::Lease { name, .. }
             | Op::Ack { name, .. }
             | Op::Extend { name, .. }
+            | Op::Bury { name, .. }
             | Op::DeadLetters { name }
             | Op::Replay { name, .. } => name.as_str(),
             Op::List | Op::DeleteContext | Op::Batch { .. } => "",

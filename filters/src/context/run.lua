@@ -632,6 +632,19 @@ local function extend()
   return nil, {k = 'extended', visible_at_ms = now + op.visibility}
 end
 
+local function bury()
+  local e = queue_kind()
+  if e then return e end
+  local q = ARGV[5] .. op.name
+  local id = held(q)
+  if not id then return {err = 'lease_lost'} end
+  redis.call('HSET', q .. ':d', id, redis.call('HGET', q .. ':m', id))
+  redis.call('HDEL', q .. ':m', id)
+  redis.call('HDEL', q .. ':a', id)
+  redis.call('ZREM', q .. ':v', id)
+  return nil, {k = 'deleted'}
+end
+
 local function dead_letters()
   local e = queue_kind()
   if e then return e end
@@ -663,7 +676,7 @@ local ops = {
   get = get, get_field = get_field, has_member = has_member, write = write, delete = delete,
   acquire = acquire, renew = renew, release = release, list = list,
   delete_context = delete_context, batch = batch, enqueue = enqueue, lease = lease,
-  ack = ack, extend = extend, dead_letters = dead_letters, replay = replay,
+  ack = ack, extend = extend, bury = bury, dead_letters = dead_letters, replay = replay,
 }
 local err, out = ops[op.op]()
 if err then

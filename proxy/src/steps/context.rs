@@ -27,11 +27,19 @@ pub fn stack(
     telemetry: &crate::telemetry::Telemetry,
 ) -> anyhow::Result<Option<(SocketAddr, crate::stack::Stack)>> {
     let Some(c) = config.spec.context.as_ref() else {
+        stores.stop_push();
         return Ok(None);
     };
     let limits = crate::context::limits(&c.limits);
+    let store = stores.get(c)?;
+    stores.push(
+        c,
+        &store,
+        config.spec.inbound.as_ref().map(|i| i.listen.0),
+        metrics,
+    );
     let api = Arc::new(ContextApi::new(Settings {
-        store: stores.get(c)?,
+        store,
         allow: Allow::new(c.allow.clone()),
         rules: Rules {
             max_attempts: c.queue_max_attempts.max(1),
