@@ -177,6 +177,22 @@ async fn maps_patch_atomically_and_sets_count_their_members() {
         .call("GET", "/cart-7/maps/cart/fields/owner", &[], "")
         .await;
     assert_eq!(field.json()["value"], "ada");
+    // Per-field TTL names the capability it needs.
+    let per_field = api
+        .call(
+            "PATCH",
+            "/cart-7/maps/cart",
+            &[],
+            r#"{"set":{"a":1},"field_ttl":{"a":"30s"}}"#,
+        )
+        .await;
+    problem(&per_field, 501, "not-implemented");
+    assert!(
+        per_field.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("HEXPIRE")
+    );
     let put = api
         .call(
             "PUT",

@@ -278,6 +278,9 @@ struct CounterSet {
 struct MapPatch {
     #[serde(default)]
     set: BTreeMap<String, Value>,
+    /// Per-field time to live: no store here offers it yet (it needs Redis's `HEXPIRE`, 7.4).
+    #[serde(default)]
+    field_ttl: Option<Value>,
     #[serde(default)]
     delete: Vec<String>,
     #[serde(default)]
@@ -627,6 +630,11 @@ pub fn parse(
         }
         (Kind::Map, "", "PATCH") => {
             let b: MapPatch = body(bytes)?;
+            if b.field_ttl.is_some() {
+                return Err(ContextError::NotImplemented(
+                    "per-field TTL (field_ttl) needs a store with per-field expiry, Redis 7.4's HEXPIRE; this store keeps one TTL per object".into(),
+                ));
+            }
             rules.members(
                 "the patch's fields",
                 b.set.len() + b.delete.len() + b.incr.len(),

@@ -60,6 +60,9 @@ pub enum ContextError {
         at: String,
         error: Box<ContextError>,
     },
+    /// A capability this store does not have (per-field TTL needs Redis's `HEXPIRE`).
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("no current context: {0}")]
     NoCurrentContext(String),
     #[error("method {0} is not allowed here")]
@@ -88,6 +91,7 @@ impl Problem for ContextError {
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -110,6 +114,7 @@ impl Problem for ContextError {
             Self::NoCurrentContext(_) => "no-current-context",
             Self::MethodNotAllowed(_) => "method-not-allowed",
             Self::Unavailable(_) => "context-store-unavailable",
+            Self::NotImplemented(_) => "not-implemented",
         }
     }
 
@@ -132,6 +137,7 @@ impl Problem for ContextError {
             Self::NoCurrentContext(_) => "No current context",
             Self::MethodNotAllowed(_) => "Method not allowed",
             Self::Unavailable(_) => "Context store unavailable",
+            Self::NotImplemented(_) => "Not implemented by this store",
         }
     }
 

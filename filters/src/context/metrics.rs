@@ -90,6 +90,7 @@ pub fn outcome_of(e: &ContextError) -> &'static str {
         ContextError::StaleFence { .. } => "stale_fence",
         ContextError::MethodNotAllowed(_) => "invalid",
         ContextError::NoCurrentContext(_) => "no_current_context",
+        ContextError::NotImplemented(_) => "not_implemented",
         ContextError::Batch { error, .. } => outcome_of(error),
         ContextError::Unavailable(_) => "unavailable",
     }
