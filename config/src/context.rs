@@ -26,6 +26,12 @@ pub struct Context {
     /// `redis+cluster://h1:p,h2:p`, `redis+sentinel://h1:p,h2:p/<service>`).
     #[serde(default = "default_store")]
     pub store: String,
+    /// With the memory store: a file its state is written to every `snapshot_interval` and on
+    /// drain, and read back at start, so a laptop restart keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_file: Option<String>,
+    #[serde(default = "default_snapshot_interval")]
+    pub snapshot_interval: Duration,
     /// Prefix of the Context API's keys in Redis.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -158,6 +164,8 @@ impl Default for Context {
             listen: default_listen(),
             store: default_store(),
             key_prefix: default_key_prefix(),
+            snapshot_file: None,
+            snapshot_interval: default_snapshot_interval(),
             store_timeout: default_store_timeout(),
             allow: default_allow(),
             ttl: None,
@@ -187,6 +195,9 @@ fn default_dedupe_window() -> Duration {
 }
 fn default_baggage_member() -> String {
     "attache.ctx".into()
+}
+fn default_snapshot_interval() -> Duration {
+    Duration::secs(30)
 }
 fn default_key_prefix() -> String {
     "attache:ctx".into()

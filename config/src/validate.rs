@@ -685,6 +685,12 @@ fn context(c: &crate::Context, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
+    if c.snapshot_file.is_some() && c.store != "memory" {
+        errors.push(ConfigError::new(
+            format!("{top}.snapshot_file"),
+            "keeps the memory store across restarts; Redis keeps its own state",
+        ));
+    }
     for (i, p) in c.push.iter().enumerate() {
         let at = format!("{top}.push[{i}]");
         if !p.path.starts_with('/') {

@@ -19,6 +19,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 #[derive(PartialEq)]
 struct StoreKey {
     store: String,
+    snapshot: Option<(String, Duration)>,
     prefix: String,
     timeout: Duration,
     limits: ContextLimits,
@@ -30,6 +31,18 @@ pub struct Stores {
     /// Push delivery's tasks, kept while the pushed queues, the store and the inbound
     /// listener they deliver to are the same.
     pushers: Kept<PushKey, Arc<crate::context_push::Pushers>>,
+    /// The memory store with a snapshot file, and the file: written on drain too.
+    snapshot: std::sync::Mutex<Option<(Arc<MemoryStore>, std::path::PathBuf)>>,
+}
+
+/// Writes the memory store's state to `file` (aside, then renamed over it, so a crash
+/// mid-write leaves the last good snapshot).
+fn write_snapshot(store: &MemoryStore, file: &std::path::Path) {
+    let tmp = file.with_extension("tmp");
+    let written = std::fs::write(&tmp, store.save()).and_then(|()| std::fs::rename(&tmp, file));
+    if let Err(e) = written {
+        tracing::warn!(file = %file.display(), error = %e, "the Context API's snapshot could not be written");
+    }
 }
 
 #[derive(PartialEq)]
@@ -53,6 +66,14 @@ pub fn limits(l: &ContextLimits) -> Limits {
 }
 
 impl Stores {
+    /// Writes the memory store's snapshot now (on drain), when it has a file.
+    pub fn save_snapshot(&self) {
+        let slot = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((store, file)) = slot.as_ref() {
+            write_snapshot(store, file);
+        }
+    }
+
     /// Stops push delivery (its section is gone).
     pub fn stop_push(&self) {
         self.pushers.clear();
@@ -93,14 +114,37 @@ impl Stores {
     pub fn get(&self, config: &attache_config::Context) -> anyhow::Result<Arc<dyn Store>> {
         let key = StoreKey {
             store: config.store.clone(),
+            snapshot: config
+                .snapshot_file
+                .clone()
+                .map(|f| (f, config.snapshot_interval.get())),
             prefix: config.key_prefix.clone(),
             timeout: config.store_timeout.get(),
             limits: config.limits,
         };
         self.current.get_or_make(key, |key, _| {
+            // Whatever store comes next, the previous one's snapshot is not written again.
+            *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = None;
             let store: Arc<dyn Store> = if key.store == "memory" {
                 let memory = Arc::new(MemoryStore::new(limits(&key.limits)));
                 crate::kept::tend(Arc::downgrade(&memory), SWEEP_EVERY, MemoryStore::sweep);
+                if let Some((file, every)) = &key.snapshot {
+                    let file = std::path::PathBuf::from(file);
+                    match std::fs::read_to_string(&file) {
+                        Ok(text) => match memory.load(&text) {
+                            Ok(()) => tracing::info!(file = %file.display(), "the Context API's state was read from its snapshot"),
+                            Err(e) => tracing::warn!(file = %file.display(), error = %e, "the Context API's snapshot could not be read; starting empty"),
+                        },
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => tracing::warn!(file = %file.display(), error = %e, "the Context API's snapshot could not be read; starting empty"),
+                    }
+                    let to = file.clone();
+                    crate::kept::tend(Arc::downgrade(&memory), *every, move |m| {
+                        write_snapshot(m, &to);
+                    });
+                    *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((memory.clone(), file));
+                }
                 memory
             } else {
                 Arc::new(

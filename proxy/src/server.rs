@@ -143,6 +143,7 @@ pub async fn run(config: Config, source: Option<PathBuf>, dev: bool) -> anyhow::
         .shutdown_timeout
         .get();
     shared.lasting.telemetry.flush(timeout).await;
+    shared.lasting.contexts.save_snapshot();
     Ok(())
 }
 

@@ -1196,3 +1196,57 @@ async fn pushed_messages_reach_the_app_through_its_steps_and_retry_after_a_503()
     );
     let _ = id;
 }
+
+/// The memory store with a snapshot file: what was written before a drain (SIGTERM) is there
+/// after a restart, fencing tokens included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_file_keeps_the_memory_store_across_a_restart() {
+    let app = App::start("app").await;
+    let dir = attache_tests::TempDir::new();
+    let file = dir.path().join("context.json");
+    let port = free_port();
+    let ports = Ports::new();
+    let config = sidecar_config(
+        ports,
+        app.addr,
+        &format!(
+            "  drain: {{ delay: 0s, grace_period: 1s }}
+  context:
+    listen: 127.0.0.1:{port}
+    snapshot_file: '{}'
+    snapshot_interval: 1h
+",
+            file.display()
+        ),
+    );
+    let api = Api {
+        base: format!("http://127.0.0.1:{port}/v1/contexts"),
+    };
+    let mut first = Attache::run(ports, &config);
+    api.call("POST", "/laptop/counters/n", &[], r#"{"by":41}"#)
+        .await;
+    let lock = api
+        .call("POST", "/laptop/locks/l", &[], r#"{"ttl":"1s"}"#)
+        .await;
+    let token = lock.json()["token"].as_u64().unwrap();
+    first.signal("TERM");
+    assert!(
+        first
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    assert!(file.exists(), "the snapshot was written on drain");
+    drop(first);
+    let _second = Attache::run(ports, &config);
+    let got = api.call("POST", "/laptop/counters/n", &[], "").await;
+    assert_eq!(got.json()["value"], 42);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = api
+        .call("POST", "/laptop/locks/l", &[], r#"{"ttl":"1s"}"#)
+        .await;
+    assert!(
+        again.json()["token"].as_u64().unwrap() > token,
+        "{}",
+        again.text()
+    );
+}

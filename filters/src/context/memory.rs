@@ -18,7 +18,7 @@ use super::store::{Limits, Once, Ran, Store, StoreFuture, now_ms};
 pub const PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Data {
     Counter(i64),
     Map(BTreeMap<String, Value>),
@@ -60,7 +60,7 @@ impl Data {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Queue {
     messages: BTreeMap<String, Stored>,
     dead: BTreeMap<String, Stored>,
@@ -68,7 +68,7 @@ struct Queue {
     dedupe: HashMap<String, (String, u64)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Stored {
     body: String,
     content_type: String,
@@ -100,7 +100,7 @@ pub fn receipt_parts(receipt: &str) -> Option<(&str, u32)> {
     Some((id, attempt.parse().ok()?))
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Entry {
     version: u64,
     expires_ms: Option<u64>,
@@ -152,7 +152,55 @@ struct State {
     fences: HashMap<String, HashMap<String, u64>>,
 }
 
+/// What a snapshot file holds: every context's objects, the fencing tokens and the last
+/// version (retry records are not kept: they matter for minutes, and a restart ends them).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    contexts: HashMap<String, BTreeMap<String, Entry>>,
+    fences: HashMap<String, HashMap<String, u64>>,
+    last_version: u64,
+}
+
 impl MemoryStore {
+    /// The store's state as JSON, for a snapshot file.
+    pub fn save(&self) -> String {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let saved = Saved {
+            contexts: state
+                .contexts
+                .iter()
+                .filter(|(_, c)| !c.objects.is_empty())
+                .map(|(name, c)| (name.clone(), c.objects.clone()))
+                .collect(),
+            fences: state.fences.clone(),
+            last_version: state.last_version,
+        };
+        serde_json::to_string(&saved).unwrap_or_default()
+    }
+
+    /// Takes the state of a snapshot made by [`MemoryStore::save`] (objects expired since are
+    /// dropped as they are met).
+    pub fn load(&self, text: &str) -> Result<(), String> {
+        let saved: Saved = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.contexts = saved
+            .contexts
+            .into_iter()
+            .map(|(name, objects)| {
+                (
+                    name,
+                    Ctx {
+                        objects,
+                        records: HashMap::new(),
+                    },
+                )
+            })
+            .collect();
+        state.fences = saved.fences;
+        state.last_version = saved.last_version;
+        Ok(())
+    }
+
     pub fn new(limits: Limits) -> Self {
         Self {
             state: Mutex::new(State::default()),
