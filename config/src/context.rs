@@ -32,6 +32,14 @@ pub struct Context {
     pub snapshot_file: Option<String>,
     #[serde(default = "default_snapshot_interval")]
     pub snapshot_interval: Duration,
+    /// With Redis: after each write, wait until this many replicas acknowledged it (`WAIT`),
+    /// at most `confirm_timeout`; short of that, the write is answered 503 (it was made, and a
+    /// retry under its Idempotency-Key gets its outcome). 0 (the default): Redis's own
+    /// acknowledgement, before replication.
+    #[serde(default)]
+    pub confirm_replicas: u32,
+    #[serde(default = "default_confirm_timeout")]
+    pub confirm_timeout: Duration,
     /// Prefix of the Context API's keys in Redis.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -165,6 +173,8 @@ impl Default for Context {
             store: default_store(),
             key_prefix: default_key_prefix(),
             snapshot_file: None,
+            confirm_replicas: 0,
+            confirm_timeout: default_confirm_timeout(),
             snapshot_interval: default_snapshot_interval(),
             store_timeout: default_store_timeout(),
             allow: default_allow(),
@@ -195,6 +205,9 @@ fn default_dedupe_window() -> Duration {
 }
 fn default_baggage_member() -> String {
     "attache.ctx".into()
+}
+fn default_confirm_timeout() -> Duration {
+    Duration::millis(200)
 }
 fn default_snapshot_interval() -> Duration {
     Duration::secs(30)

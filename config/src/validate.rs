@@ -685,6 +685,18 @@ fn context(c: &crate::Context, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
+    if c.confirm_replicas > 0 && c.store == "memory" {
+        errors.push(ConfigError::new(
+            format!("{top}.confirm_replicas"),
+            "waits for Redis replicas; the memory store has none",
+        ));
+    }
+    if c.confirm_replicas > 0 && c.confirm_timeout >= c.store_timeout {
+        errors.push(ConfigError::new(
+            format!("{top}.confirm_timeout"),
+            "must be shorter than store_timeout, which bounds the write and its confirmation together",
+        ));
+    }
     if c.snapshot_file.is_some() && c.store != "memory" {
         errors.push(ConfigError::new(
             format!("{top}.snapshot_file"),

@@ -241,6 +241,17 @@ impl Redis {
         }
     }
 
+    /// `WAIT replicas timeout`: how many replicas acknowledged the writes made so far on this
+    /// client's connection (a Cluster asks every primary and answers the least).
+    pub async fn wait(&self, replicas: u32, timeout: Duration) -> Result<i64, RedisError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(timeout.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+    }
+
     /// After a failed operation: with Sentinel, ask for the primary again next time (it may
     /// have failed over).
     async fn failed(&self) {

@@ -20,6 +20,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 struct StoreKey {
     store: String,
     snapshot: Option<(String, Duration)>,
+    confirm: (u32, Duration),
     prefix: String,
     timeout: Duration,
     limits: ContextLimits,
@@ -118,6 +119,7 @@ impl Stores {
                 .snapshot_file
                 .clone()
                 .map(|f| (f, config.snapshot_interval.get())),
+            confirm: (config.confirm_replicas, config.confirm_timeout.get()),
             prefix: config.key_prefix.clone(),
             timeout: config.store_timeout.get(),
             limits: config.limits,
@@ -149,7 +151,8 @@ impl Stores {
             } else {
                 Arc::new(
                     RedisStore::new(&key.store, &key.prefix, key.timeout, limits(&key.limits))
-                        .map_err(|e| anyhow::anyhow!("spec.context.store: {e}"))?,
+                        .map_err(|e| anyhow::anyhow!("spec.context.store: {e}"))?
+                        .confirm_with(key.confirm.0, key.confirm.1),
                 )
             };
             Ok(store)

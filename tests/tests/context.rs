@@ -1250,3 +1250,42 @@ async fn a_snapshot_file_keeps_the_memory_store_across_a_restart() {
         again.text()
     );
 }
+
+/// `confirm_replicas`: a write is answered once a replica acknowledged it; with the replica
+/// gone, a write is made but answered 503 within the confirmation timeout, and a retry under
+/// its Idempotency-Key gets its outcome without applying it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_can_wait_for_a_replica_to_acknowledge_them() {
+    let mut s = attache_tests::redis::Sentinel::start();
+    let primary = format!("redis://127.0.0.1:{}", s.primary.port);
+    let (_a, api) = with_context(&format!(
+        "    store: '{primary}'\n    confirm_replicas: 1\n    confirm_timeout: 300ms\n    store_timeout: 2s\n"
+    ))
+    .await;
+    // The replica has synced with the primary before the first write.
+    assert!(
+        eventually(10, async || s
+            .primary
+            .cli(&["INFO", "replication"])
+            .contains("state=online"))
+        .await
+    );
+    let got = api.call("POST", "/d-1/counters/n", &[], "").await;
+    assert_eq!(got.status, 201, "{}", got.text());
+    s.replica.stop();
+    let key = [("idempotency-key", "k-1")];
+    let started = std::time::Instant::now();
+    let unconfirmed = api.call("POST", "/d-1/counters/n", &key, "").await;
+    problem(&unconfirmed, 503, "context-store-unavailable");
+    assert!(
+        unconfirmed.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("acknowledged by 0 of 1")
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // It was written; the retry gets its outcome and applies nothing more.
+    let retried = api.call("POST", "/d-1/counters/n", &key, "").await;
+    assert_eq!(retried.json()["value"], 2, "{}", retried.text());
+    assert_eq!(retried.headers["idempotent-replayed"], "true");
+}

@@ -36,6 +36,8 @@ pub struct RedisStore {
     prefix: String,
     limits: Limits,
     script: Script,
+    /// After each write: wait for this many replicas to acknowledge it, this long at most.
+    confirm: Option<(u32, std::time::Duration)>,
 }
 
 fn unavailable(e: redis::RedisError) -> ContextError {
@@ -510,7 +512,34 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             limits,
             script: Script::new(RUN),
+            confirm: None,
         })
+    }
+
+    /// Confirms every write with `WAIT replicas timeout`: a write the replicas did not all
+    /// acknowledge in time is answered 503 (it was made; a retry under its Idempotency-Key
+    /// gets its outcome).
+    pub fn confirm_with(mut self, replicas: u32, timeout: std::time::Duration) -> Self {
+        self.confirm = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
+    async fn confirmed(&self, ran: Ran, op: &Op) -> Result<Ran, ContextError> {
+        let Some((replicas, timeout)) = self.confirm.filter(|_| op.mutates() && !ran.replayed)
+        else {
+            return Ok(ran);
+        };
+        let acked = self
+            .redis
+            .wait(replicas, timeout)
+            .await
+            .map_err(unavailable)?;
+        if acked < i64::from(replicas) {
+            return Err(ContextError::Unavailable(format!(
+                "written, but acknowledged by {acked} of {replicas} replicas within {timeout:?}; retry with the same Idempotency-Key for its outcome"
+            )));
+        }
+        Ok(ran)
     }
 
     /// One script call: the operation, and the record of a keyed request.
@@ -664,7 +693,10 @@ impl Store for RedisStore {
                     change: Change::MapMerge(patch),
                     ..
                 } => self.merge(ctx, op, patch, once).await,
-                _ => self.call(ctx, op, once).await,
+                _ => {
+                    let ran = self.call(ctx, op, once).await?;
+                    self.confirmed(ran, op).await
+                }
             }
         })
     }
