@@ -424,6 +424,7 @@ pub async fn conformance(store: &dyn Store) {
         names,
         [
             "maps/b-order",
+            "queues/b-outbox",
             "sets/b-skus",
             "counters/b-stock",
             "counters/fresh",
@@ -621,6 +622,11 @@ async fn batches(store: &dyn Store) {
                         remove: vec![],
                     },
                 ),
+                // The outbox: the message goes out with the state change, or not at all.
+                Op::Enqueue {
+                    name: "b-outbox".into(),
+                    message: message("order-paid", 0, None),
+                },
             ],
         ),
     )
@@ -628,7 +634,14 @@ async fn batches(store: &dyn Store) {
     .unwrap() else {
         panic!("not a batch")
     };
-    assert_eq!(outcomes.len(), 3);
+    assert_eq!(outcomes.len(), 4);
+    assert_eq!(
+        outcomes[3],
+        Outcome::Enqueued {
+            id: "order-paid".into(),
+            created: true
+        }
+    );
     assert_eq!(value_of(&outcomes[0]).0, Shown::Counter(4));
     // The precondition no longer holds (the batch changed the map): nothing applies.
     let err = run(store, &batch(vec![(order.clone(), v)], vec![take(-1)]))
@@ -639,12 +652,28 @@ async fn batches(store: &dyn Store) {
         "{err:?}"
     );
     // The second op is out of bounds: the first, which alone would apply, does not either.
-    let err = run(store, &batch(vec![], vec![set_order("lost"), take(-10)]))
-        .await
-        .unwrap_err();
+    let lost = Op::Enqueue {
+        name: "b-lost".into(),
+        message: message("never", 0, None),
+    };
+    let err = run(
+        store,
+        &batch(vec![], vec![set_order("lost"), lost, take(-10)]),
+    )
+    .await
+    .unwrap_err();
     assert!(
-        matches!(&err, ContextError::Batch { at, error } if at == "ops[1]" && matches!(**error, ContextError::OutOfBounds { .. })),
+        matches!(&err, ContextError::Batch { at, error } if at == "ops[2]" && matches!(**error, ContextError::OutOfBounds { .. })),
         "{err:?}"
+    );
+    let queue = Op::Get {
+        object: object(Kind::Queue, "b-lost"),
+        fields: None,
+        page: None,
+    };
+    assert!(
+        matches!(run(store, &queue).await, Err(ContextError::NotFound(_))),
+        "the refused batch's message was not enqueued"
     );
     let get = |o: &Object| Op::Get {
         object: o.clone(),

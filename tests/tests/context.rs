@@ -924,7 +924,8 @@ async fn a_batch_applies_all_or_nothing() {
             "ops": [
                 {"method": "POST", "path": "counters/stock", "body": {"by": -1, "min": 0}},
                 {"method": "PATCH", "path": "maps/order", "body": {"set": {"status": "paid"}}},
-                {"method": "POST", "path": "sets/outbox", "body": {"add": ["order-7-paid"]}}
+                {"method": "POST", "path": "sets/outbox", "body": {"add": ["order-7-paid"]}},
+                {"method": "POST", "path": "queues/events/messages", "body": {"paid": "order-7"}}
             ]
         })
         .to_string()
@@ -934,6 +935,8 @@ async fn a_batch_applies_all_or_nothing() {
     let results = done.json()["results"].clone();
     assert_eq!(results[0]["body"]["value"], 0);
     assert_eq!(results[2]["status"], 200);
+    assert_eq!(results[3]["status"], 201);
+    assert!(results[3]["body"]["id"].is_string());
     // Again: the precondition is stale, and the stock bound would fail too: nothing changes.
     let refused = api.call("POST", "/o-7/batch", &[], &batch(&etag)).await;
     problem(&refused, 412, "precondition-failed");
@@ -952,6 +955,12 @@ async fn a_batch_applies_all_or_nothing() {
         outbox.json()["count"],
         1,
         "nothing of the refused batches applied"
+    );
+    let events = api.call("GET", "/o-7/queues/events", &[], "").await;
+    assert_eq!(
+        events.json()["ready"],
+        1,
+        "one message: the refused batches enqueued none"
     );
     problem(
         &api.call(

@@ -743,7 +743,12 @@ struct BatchOp {
 
 /// `POST /v1/contexts/{ctx}/batch`: preconditions and ops (writes and deletes, each as it
 /// would be sent alone, of distinct objects) into one all-or-nothing operation.
-pub fn parse_batch(ctx: &str, bytes: &[u8], rules: &Rules) -> Result<Op, ContextError> {
+pub fn parse_batch(
+    ctx: &str,
+    bytes: &[u8],
+    rules: &Rules,
+    fresh_id: &dyn Fn() -> String,
+) -> Result<Op, ContextError> {
     let b: BatchBody =
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("the batch: {e}")))?;
     if b.ops.is_empty() {
@@ -800,7 +805,7 @@ pub fn parse_batch(ctx: &str, bytes: &[u8], rules: &Rules) -> Result<Op, Context
             &headers,
             body.as_bytes(),
             rules,
-            String::new(),
+            fresh_id(),
         )
         .map_err(|e| ContextError::Batch {
             at: format!("ops[{i}]"),
@@ -812,11 +817,15 @@ pub fn parse_batch(ctx: &str, bytes: &[u8], rules: &Rules) -> Result<Op, Context
                 ..
             } => None,
             Op::Write { object, .. } | Op::Delete { object, .. } => Some(object.clone()),
+            Op::Enqueue { name, .. } => Some(Object {
+                kind: Kind::Queue,
+                name: name.clone(),
+            }),
             _ => None,
         }
         .ok_or_else(|| {
             invalid(format!(
-                "ops[{i}]: a batch holds writes and deletes of counters, maps and sets (merge patches aside)"
+                "ops[{i}]: a batch holds writes and deletes of counters, maps and sets (merge patches aside), and enqueues"
             ))
         })?;
         if !seen.insert(object.name.clone()) {
@@ -1052,6 +1061,7 @@ fn batch_result(outcome: &Outcome) -> Value {
             count,
             ..
         } => json!({ "added": added, "removed": removed, "count": count }),
+        Outcome::Enqueued { id, .. } => json!({ "id": id }),
         _ => Value::Null,
     };
     json!({ "status": status, "etag": version, "body": body })

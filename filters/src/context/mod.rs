@@ -182,7 +182,8 @@ impl ContextApi {
                     ));
                 }
                 names::context(ctx).map_err(|e| (e, None))?;
-                let op = api::parse_batch(ctx, bytes, &self.s.rules).map_err(|e| (e, None))?;
+                let op = api::parse_batch(ctx, bytes, &self.s.rules, &|| self.lease_id())
+                    .map_err(|e| (e, None))?;
                 let key = api::idempotency_key(&op, &parts.headers).map_err(|e| (e, None))?;
                 (ctx.to_owned(), op, "batch", key, Duration::ZERO)
             }

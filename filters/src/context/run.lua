@@ -417,6 +417,31 @@ local function delete()
   return finish()
 end
 
+-- An enqueue's checks (the object is a queue, or nothing yet), and its effect: a message
+-- with a dedupe id already seen gives that message's id back and adds nothing.
+local function prepare_enqueue(e)
+  local k = kind()
+  if k and k ~= 'q' then return mismatch(k) end
+  local q = ARGV[5] .. e.name
+  local m = e.message
+  return nil, function()
+    if m.dedupe ~= NULL and m.dedupe ~= nil then
+      local seen = redis.call('GET', q .. ':dd:' .. m.dedupe[1])
+      if seen then
+        return nil, {k = 'enqueued', id = seen, created = false}
+      end
+      redis.call('SET', q .. ':dd:' .. m.dedupe[1], m.id, 'PX', m.dedupe[2])
+    end
+    redis.call('HSET', q .. ':m', m.id, cjson.encode({body = m.body, ct = m.content_type, enq = now,
+                                                        tp = m.traceparent, bg = m.baggage}))
+    redis.call('ZADD', q .. ':v', now + m.delay, m.id)
+    redis.call('HSET', q .. ':a', m.id, 0)
+    redis.call('HSET', KEY, 't', 'q', 'v', num(next_version()))
+    redis.call('SADD', KEYS[4], e.name)
+    return nil, {k = 'enqueued', id = m.id, created = true}
+  end
+end
+
 -- A batch: every precondition and every op's checks first, against the state before the
 -- batch; then every op, in order. All or nothing (`at` names the op a refusal came from).
 local function batch()
@@ -434,6 +459,8 @@ local function batch()
     local err, finish
     if o.op == 'write' then
       err, finish = prepare_write(o)
+    elseif o.op == 'enqueue' then
+      err, finish = prepare_enqueue(o)
     else
       err, finish = prepare_delete(o)
     end
@@ -542,24 +569,9 @@ local function message(q, id, attempt, receipt, stored)
 end
 
 local function enqueue()
-  local k = kind()
-  if k and k ~= 'q' then return mismatch(k) end
-  local q = ARGV[5] .. op.name
-  local m = op.message
-  if m.dedupe ~= NULL and m.dedupe ~= nil then
-    local seen = redis.call('GET', q .. ':dd:' .. m.dedupe[1])
-    if seen then
-      return nil, {k = 'enqueued', id = seen, created = false}
-    end
-    redis.call('SET', q .. ':dd:' .. m.dedupe[1], m.id, 'PX', m.dedupe[2])
-  end
-  redis.call('HSET', q .. ':m', m.id, cjson.encode({body = m.body, ct = m.content_type, enq = now,
-                                                      tp = m.traceparent, bg = m.baggage}))
-  redis.call('ZADD', q .. ':v', now + m.delay, m.id)
-  redis.call('HSET', q .. ':a', m.id, 0)
-  redis.call('HSET', KEY, 't', 'q', 'v', num(next_version()))
-  redis.call('SADD', KEYS[4], op.name)
-  return nil, {k = 'enqueued', id = m.id, created = true}
+  local err, finish = prepare_enqueue(op)
+  if err then return err end
+  return finish()
 end
 
 local function lease()
