@@ -860,6 +860,15 @@ async fn the_openapi_document_describes_the_api() {
     .unwrap();
     assert_eq!(doc, committed);
     assert_eq!(doc["openapi"], "3.1.0");
+    // The listener speaks HTTP/2 with prior knowledge (h2c) too.
+    let h2 = attache_tests::client::get(
+        &attache_tests::client::http2(),
+        &format!("{root}/openapi.json"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(h2.status, 200);
+    assert_eq!(h2.json(), doc);
     let mut checked = 0;
     for (template, item) in doc["paths"].as_object().unwrap() {
         let path = template

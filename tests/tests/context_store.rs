@@ -39,3 +39,11 @@ async fn the_redis_store_passes_the_conformance_suite_on_a_cluster() {
     .unwrap();
     conformance(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_passes_the_conformance_suite_through_sentinel() {
+    let s = attache_tests::redis::Sentinel::start();
+    let store =
+        RedisStore::new(&s.url(), "suite", Duration::from_secs(2), Limits::default()).unwrap();
+    conformance(&store).await;
+}
