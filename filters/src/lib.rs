@@ -52,6 +52,7 @@
 //!   ([`IdempotencyLayer::builder`](idempotency::IdempotencyLayer::builder)).
 //! - [`ratelimit`]: rate limits, local (governor's GCRA over a bounded keyed store) or shared
 //!   through Redis ([`RateLimitLayer`](ratelimit::RateLimitLayer)).
+//! - [`authz`]: authorization's ground, being built: normalized paths and SPIFFE IDs.
 //! - [`telemetry`]: the observe layer (request metrics, spans, access log) and OTLP export.
 //! - The ground floor: [`metrics`] (the registry, and the families each concern declares),
 //!   [`facts`] (what layers tell the observer), [`errors`] (problem+json responses),
@@ -60,6 +61,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod codec;
 pub mod context;
 pub mod errors;
