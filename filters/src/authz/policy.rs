@@ -1,0 +1,305 @@
+//! The decision (spec §3): deny rules, then allow rules, then the default, on the normalized
+//! path, for the peer the TLS session verified. Rules marked `dry_run` (or all of them, in
+//! dry-run mode) do not decide; they make one complete shadow decision beside the enforced
+//! one, and a difference is a mismatch to report.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, Method};
+
+use super::path::PathPattern;
+use super::spiffe::{IdPattern, SpiffeId};
+
+/// Who is calling, as the connection knows it: never from a header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer<'a> {
+    Plaintext,
+    /// TLS, without a client certificate.
+    Anonymous,
+    Svid(&'a SpiffeId),
+}
+
+/// What a decision reads of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub peer: Peer<'a>,
+    /// The direct peer's address.
+    pub addr: IpAddr,
+    pub method: &'a Method,
+    /// Normalized (`path::normalize`).
+    pub path: &'a str,
+    /// Without port.
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// A network the direct peer's address may be in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let bits = u32::from(self.prefix.min(32));
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let bits = u32::from(self.prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Who a rule is about. Fields are ANDed, entries of one field ORed; an empty field matches.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    /// Any peer, plaintext included (no other field is read).
+    pub any: bool,
+    /// Any verified SVID.
+    pub authenticated: bool,
+    pub ids: Vec<IdPattern>,
+    pub trust_domains: Vec<String>,
+    pub networks: Vec<Network>,
+    pub not_ids: Vec<IdPattern>,
+    pub not_trust_domains: Vec<String>,
+    pub not_networks: Vec<Network>,
+}
+
+/// What a rule is about; an empty field matches.
+#[derive(Debug, Clone, Default)]
+pub struct To {
+    pub methods: Vec<Method>,
+    pub paths: Vec<PathPattern>,
+    pub not_paths: Vec<PathPattern>,
+    /// Lower case; `*.domain` matches below the domain.
+    pub hosts: Vec<String>,
+}
+
+/// A condition on a request header: one of `values`, or merely present (or absent).
+#[derive(Debug, Clone)]
+pub struct When {
+    pub header: HeaderName,
+    pub values: Vec<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: Arc<str>,
+    pub action: Action,
+    pub dry_run: bool,
+    pub from: Source,
+    pub to: To,
+    pub when: Vec<When>,
+}
+
+/// What applies when no rule matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Default {
+    Deny,
+    /// Any verified SVID.
+    Authenticated,
+    /// SVIDs of this trust domain.
+    TrustDomain(String),
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    AllowedByRule,
+    DeniedByRule,
+    /// The default decided.
+    NoRuleMatched,
+    /// The default asks for an identity the peer does not have.
+    Unauthenticated,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::AllowedByRule => "allowed_by_rule",
+            Reason::DeniedByRule => "denied_by_rule",
+            Reason::NoRuleMatched => "no_rule_matched",
+            Reason::Unauthenticated => "unauthenticated",
+        }
+    }
+}
+
+/// One decision: allowed or not, the rule that decided (the first in file order among those
+/// that matched), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub allow: bool,
+    pub rule: Option<Arc<str>>,
+    pub reason: Reason,
+}
+
+/// The enforced decision, and the shadow one when a dry run is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub enforced: Verdict,
+    pub shadow: Option<Verdict>,
+}
+
+impl Decision {
+    /// The shadow decision differs from the enforced one.
+    pub fn mismatch(&self) -> bool {
+        self.shadow
+            .as_ref()
+            .is_some_and(|s| s.allow != self.enforced.allow)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub default: Default,
+    /// `mode: dry_run`: decide and report, never refuse.
+    pub dry_run: bool,
+    pub rules: Vec<Rule>,
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(domain) => host
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+        None => host == pattern,
+    }
+}
+
+impl Source {
+    fn matches(&self, peer: Peer<'_>, addr: IpAddr) -> bool {
+        if self.any {
+            return true;
+        }
+        let id = match peer {
+            Peer::Svid(id) => Some(id),
+            _ => None,
+        };
+        let needs_id = self.authenticated
+            || !self.ids.is_empty()
+            || !self.trust_domains.is_empty()
+            || !self.not_ids.is_empty()
+            || !self.not_trust_domains.is_empty();
+        if needs_id && id.is_none() {
+            return false;
+        }
+        let td = id.map(SpiffeId::trust_domain);
+        (self.ids.is_empty() || id.is_some_and(|id| self.ids.iter().any(|p| p.matches(id))))
+            && (self.trust_domains.is_empty()
+                || td.is_some_and(|td| self.trust_domains.iter().any(|t| t == td)))
+            && (self.networks.is_empty() || self.networks.iter().any(|n| n.contains(addr)))
+            && !id.is_some_and(|id| self.not_ids.iter().any(|p| p.matches(id)))
+            && !td.is_some_and(|td| self.not_trust_domains.iter().any(|t| t == td))
+            && !self.not_networks.iter().any(|n| n.contains(addr))
+    }
+}
+
+impl To {
+    fn matches(&self, ask: &Ask<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(ask.method))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(ask.path)))
+            && !self.not_paths.iter().any(|p| p.matches(ask.path))
+            && (self.hosts.is_empty()
+                || ask
+                    .host
+                    .is_some_and(|h| self.hosts.iter().any(|p| host_matches(p, h))))
+    }
+}
+
+impl When {
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let value = headers.get(&self.header);
+        if let Some(present) = self.present
+            && value.is_some() != present
+        {
+            return false;
+        }
+        self.values.is_empty()
+            || value
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| self.values.iter().any(|w| w == v))
+    }
+}
+
+impl Rule {
+    pub fn matches(&self, ask: &Ask<'_>) -> bool {
+        self.from.matches(ask.peer, ask.addr)
+            && self.to.matches(ask)
+            && self.when.iter().all(|w| w.matches(ask.headers))
+    }
+}
+
+impl Policy {
+    /// The decision for `ask`.
+    pub fn decide(&self, ask: &Ask<'_>) -> Decision {
+        let shadowing = self.dry_run || self.rules.iter().any(|r| r.dry_run);
+        let enforced = if self.dry_run {
+            Verdict {
+                allow: true,
+                rule: None,
+                reason: Reason::NoRuleMatched,
+            }
+        } else {
+            self.verdict(ask, false)
+        };
+        Decision {
+            enforced,
+            shadow: shadowing.then(|| self.verdict(ask, true)),
+        }
+    }
+
+    /// Deny rules, then allow rules, then the default; `all` counts the dry-run rules too.
+    fn verdict(&self, ask: &Ask<'_>, all: bool) -> Verdict {
+        let rules = || self.rules.iter().filter(|r| all || !r.dry_run);
+        if let Some(r) = rules().find(|r| r.action == Action::Deny && r.matches(ask)) {
+            return Verdict {
+                allow: false,
+                rule: Some(r.name.clone()),
+                reason: Reason::DeniedByRule,
+            };
+        }
+        if let Some(r) = rules().find(|r| r.action == Action::Allow && r.matches(ask)) {
+            return Verdict {
+                allow: true,
+                rule: Some(r.name.clone()),
+                reason: Reason::AllowedByRule,
+            };
+        }
+        let (allow, reason) = match (&self.default, ask.peer) {
+            (Default::Allow, _) => (true, Reason::NoRuleMatched),
+            (Default::Deny, _) => (false, Reason::NoRuleMatched),
+            (Default::Authenticated, Peer::Svid(_)) => (true, Reason::NoRuleMatched),
+            (Default::TrustDomain(td), Peer::Svid(id)) if id.trust_domain() == td => {
+                (true, Reason::NoRuleMatched)
+            }
+            (Default::TrustDomain(_), Peer::Svid(_)) => (false, Reason::NoRuleMatched),
+            (_, _) => (false, Reason::Unauthenticated),
+        };
+        Verdict {
+            allow,
+            rule: None,
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
