@@ -606,14 +606,7 @@ fn apply(
             visibility,
             max_attempts,
         } => {
-            let object = Object {
-                kind: Kind::Queue,
-                name: name.clone(),
-            };
-            let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
-            let Data::Queue(q) = &mut e.data else {
-                return Err(mismatch(&object, e.data.kind()));
-            };
+            let q = queue(c, name, now)?;
             // Due messages, those whose lease ran out first, then by when they became due.
             let mut due: Vec<(bool, u64, String)> = q
                 .messages
@@ -646,14 +639,7 @@ fn apply(
         | Op::Extend { name, receipt, .. }
         | Op::Bury { name, receipt } => {
             let lost = || ContextError::LeaseLost(format!("queues/{name} receipt {receipt}"));
-            let object = Object {
-                kind: Kind::Queue,
-                name: name.clone(),
-            };
-            let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
-            let Data::Queue(q) = &mut e.data else {
-                return Err(mismatch(&object, e.data.kind()));
-            };
+            let q = queue(c, name, now)?;
             let (id, attempt) = receipt_parts(receipt).ok_or_else(lost)?;
             let m = q.messages.get_mut(id).ok_or_else(lost)?;
             if m.attempts != attempt || m.visible_at_ms <= now {
@@ -679,14 +665,7 @@ fn apply(
             }
         }
         Op::DeadLetters { name } => {
-            let object = Object {
-                kind: Kind::Queue,
-                name: name.clone(),
-            };
-            let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
-            let Data::Queue(q) = &e.data else {
-                return Err(mismatch(&object, e.data.kind()));
-            };
+            let q = queue(c, name, now)?;
             Ok(Outcome::Messages(
                 q.dead
                     .iter()
@@ -695,18 +674,10 @@ fn apply(
             ))
         }
         Op::Replay { name, id } => {
-            let object = Object {
-                kind: Kind::Queue,
-                name: name.clone(),
-            };
-            let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
-            let Data::Queue(q) = &mut e.data else {
-                return Err(mismatch(&object, e.data.kind()));
-            };
-            let mut m = q
-                .dead
-                .remove(id)
-                .ok_or_else(|| ContextError::NotFound(format!("dead letter {id} of {object}")))?;
+            let q = queue(c, name, now)?;
+            let mut m = q.dead.remove(id).ok_or_else(|| {
+                ContextError::NotFound(format!("dead letter {id} of queues/{name}"))
+            })?;
             m.attempts = 0;
             m.visible_at_ms = now;
             q.messages.insert(id.clone(), m);
@@ -764,6 +735,19 @@ fn apply(
             c.objects.clear();
             Ok(Outcome::Deleted)
         }
+    }
+}
+
+/// The live queue `name` of `c`, or why not.
+fn queue<'c>(c: &'c mut Ctx, name: &str, now: u64) -> Result<&'c mut Queue, ContextError> {
+    let object = Object {
+        kind: Kind::Queue,
+        name: name.to_owned(),
+    };
+    let e = c.live(name, now).ok_or_else(|| not_found(&object))?;
+    match &mut e.data {
+        Data::Queue(q) => Ok(q),
+        other => Err(mismatch(&object, other.kind())),
     }
 }
 
