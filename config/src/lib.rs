@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod authz;
 mod context;
 mod error;
 mod flags;
@@ -26,6 +27,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+pub use authz::*;
 pub use context::{Context, ContextLimits, Push, TtlMode};
 pub use error::{ConfigError, ConfigErrors};
 pub use flags::*;
@@ -36,9 +38,9 @@ pub use ratelimit::*;
 pub use telemetry::*;
 pub use types::{ByteSize, Duration, ListenAddr, Rate, Scheme, UpstreamUrl};
 
-/// Sections of the design that later versions of attache fill in. Naming one today gets a
-/// clear "not available yet" instead of a puzzling "unknown field".
-const RESERVED_SECTIONS: &[&str] = &["spec.authz"];
+/// Checks a caller adds to loading (the `attache` crate compiles the authorization policy with
+/// the parsers that match it); their errors get the line and column as validation's do.
+pub type Check<'a> = &'a dyn Fn(&Config) -> Vec<ConfigError>;
 
 /// Reads a YAML or JSON document (a flag file, say) into JSON, without `${VAR}`
 /// interpolation; errors carry the line and column.
@@ -54,6 +56,11 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// Loads and validates a config file (YAML or JSON, `${VAR}` from the process environment).
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file_with(path, &|_| Vec::new())
+}
+
+/// [`load_file`], with `check` run after validation.
+pub fn load_file_with(path: &Path, check: Check<'_>) -> Result<Config, ConfigErrors> {
     let source = path.display().to_string();
     let fail = |message: String| ConfigErrors {
         source: source.clone(),
@@ -61,7 +68,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     };
     let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
     let text = read_capped(file).map_err(fail)?;
-    load_str(&text, &source, &|name| std::env::var(name).ok())
+    load_str_with(&text, &source, &|name| std::env::var(name).ok(), check)
 }
 
 /// Reads a config document (a file, standard input) as UTF-8 text of at most
@@ -84,6 +91,16 @@ pub fn load_str(
     text: &str,
     source: &str,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    load_str_with(text, source, env, &|_| Vec::new())
+}
+
+/// [`load_str`], with `check` run after validation.
+pub fn load_str_with(
+    text: &str,
+    source: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    check: Check<'_>,
 ) -> Result<Config, ConfigErrors> {
     let fail = |errors: Vec<ConfigError>| ConfigErrors {
         source: source.to_owned(),
@@ -119,7 +136,13 @@ pub fn load_str(
     if let Some(config) = &config
         && (errors.is_empty() || (only_unknown_fields && interpolated_ok))
     {
-        for e in validate::validate(config) {
+        let valid = validate::validate(config);
+        let checked = if valid.is_empty() && errors.is_empty() {
+            check(config)
+        } else {
+            Vec::new()
+        };
+        for e in valid.into_iter().chain(checked) {
             let at = index.best(&e.path);
             errors.push(e.at(at));
         }
@@ -173,7 +196,7 @@ fn deserialize_all(
             continue;
         }
         only_unknown_fields &= raw.starts_with("unknown field `");
-        let (message, key) = humanize(&path, &raw);
+        let (message, key) = humanize(&raw);
         let at = if key {
             index.key(&path).or_else(|| index.nearest(&path))
         } else {
@@ -243,15 +266,9 @@ impl Shifts {
 
 /// Rewrites serde's messages into attache's voice. Returns the message and whether it is about
 /// a key (so the position should point at the key, not the value).
-fn humanize(path: &str, raw: &str) -> (String, bool) {
+fn humanize(raw: &str) -> (String, bool) {
     if let Some(rest) = raw.strip_prefix("unknown field `") {
         let name = rest.split('`').next().unwrap_or_default();
-        if RESERVED_SECTIONS.contains(&path) {
-            return (
-                format!("`{name}` is not available in this version of attache yet"),
-                true,
-            );
-        }
         let expected = quoted_names(rest.split_once("expected").map_or("", |x| x.1));
         return (unknown("field", name, &expected), true);
     }

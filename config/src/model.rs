@@ -102,6 +102,10 @@ pub struct Spec {
     /// own; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<crate::context::Context>,
+    /// Authorization of inbound requests by the verified peer identity
+    /// (specs/authorization.md); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authz: Option<crate::authz::Authz>,
     /// Rate limits, local or shared through Redis; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<crate::ratelimit::RateLimits>,

@@ -143,15 +143,11 @@ spec:
 }
 
 #[test]
-fn missing_and_reserved_sections() {
-    let errs =
-        errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  authz: {}\n  inbound: {}\n");
+fn missing_sections() {
+    let errs = errors("apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  inbound: {}\n");
     assert_eq!(
         errs,
-        [
-            "spec.authz: `authz` is not available in this version of attache yet at line 4, column 3",
-            "spec.inbound: missing required field `app` at line 5, column 12",
-        ]
+        ["spec.inbound: missing required field `app` at line 4, column 12"]
     );
     let errs = errors("kind: Sidecar\nspec: {}\n");
     assert_eq!(

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use crate::error::ConfigError;
 use crate::model::Config;
 
+mod authz;
 mod flags;
 mod ratelimit;
 use flags::flags;
@@ -67,6 +68,9 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
     }
     if let Some(rl) = &spec.rate_limits {
         ratelimit::rate_limits(rl, spec, &mut errors);
+    }
+    if let Some(a) = &spec.authz {
+        authz::authz(a, spec, &mut errors);
     }
     errors
 }

@@ -32,6 +32,11 @@ pub trait Problem: std::fmt::Display {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+    /// The request id to quote (`request_id`), so a refused caller can name the request to
+    /// whoever reads the logs.
+    fn request_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Errors of the proxy core: client limits and upstream failures.
@@ -162,12 +167,15 @@ impl Problem for ProxyError {
 /// The problem+json document for `problem`.
 pub fn problem_body(problem: &dyn Problem) -> Bytes {
     let status = problem.status();
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "type": format!("{PROBLEM_BASE}{}", problem.slug()),
         "title": problem.title(),
         "status": status.as_u16(),
         "detail": problem.to_string(),
     });
+    if let (Some(id), Some(map)) = (problem.request_id(), doc.as_object_mut()) {
+        map.insert("request_id".into(), id.into());
+    }
     Bytes::from(doc.to_string())
 }
 

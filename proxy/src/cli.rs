@@ -18,6 +18,8 @@ Examples:
   attache dev --flags flags.json               # flags (flagd format) as x-flag-* headers + OFREP
   attache run -c /etc/attache/config.yaml      # as a sidecar, from a config file
   attache validate -c config.yaml              # check a file, list every error
+  attache authz explain -c config.yaml --peer spiffe://prod.example/ns/web/sa/frontend \\
+      --method POST --path /v1/orders          # which rule allows or denies, and why
   attache schema > schema.json                 # JSON schema for editors
   attache inject deploy.yaml | kubectl apply -f -   # add the sidecar to manifests
   attache install --inject-namespace shop | kubectl apply -f -   # automatic injection
@@ -179,6 +181,44 @@ enum Command {
         #[arg(long)]
         transparent: bool,
     },
+    /// Authorization tools (`spec.authz`).
+    Authz {
+        #[command(subcommand)]
+        command: AuthzCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthzCommand {
+    /// The decision a config's policy makes for one request, and why, rule by rule; exits 0
+    /// on allow, 1 on deny (the same code the proxy runs).
+    Explain {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The caller: a SPIFFE ID, `plaintext`, or `tls` (TLS without a client certificate).
+        #[arg(long)]
+        peer: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The path as sent (it is normalized as the proxy does).
+        #[arg(long)]
+        path: String,
+        /// The host the request names (without port).
+        #[arg(long)]
+        host: Option<String>,
+        /// The caller's address, for `networks`.
+        #[arg(long, default_value = "127.0.0.1")]
+        addr: std::net::IpAddr,
+        /// A request header, `name=value` (repeat for more).
+        #[arg(long = "header", value_parser = header_arg)]
+        headers: Vec<(String, String)>,
+    },
+}
+
+fn header_arg(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("{s:?}: expected name=value"))
 }
 
 pub fn main() -> ExitCode {
@@ -189,6 +229,42 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { config } => validate(&config),
+        Command::Authz {
+            command:
+                AuthzCommand::Explain {
+                    config,
+                    peer,
+                    method,
+                    path,
+                    host,
+                    addr,
+                    headers,
+                },
+        } => {
+            let c = match attache_config::load_file_with(&config, &crate::authz::check) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let q = crate::authz::Question {
+                peer,
+                method,
+                path,
+                host,
+                addr,
+                headers,
+            };
+            match crate::authz::explain(&c, &q, &mut std::io::stdout()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("attache authz explain: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Inject {
             inputs,
             image,
@@ -263,7 +339,7 @@ pub fn main() -> ExitCode {
         }
         Command::Run { config } => {
             logging::init(cli.log_format);
-            match attache_config::load_file(&config) {
+            match attache_config::load_file_with(&config, &crate::authz::check) {
                 Ok(c) => serve(cli.workers, c, Some(config), false, false),
                 Err(e) => {
                     eprintln!("{e}");
@@ -319,7 +395,7 @@ fn dev_config(
     };
     let dev_listen = ListenAddr::new([127, 0, 0, 1], 15006);
     let mut c = match config {
-        Some(path) => match attache_config::load_file(path) {
+        Some(path) => match attache_config::load_file_with(path, &crate::authz::check) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("{e}");
@@ -422,9 +498,12 @@ fn validate(files: &[PathBuf]) -> ExitCode {
         // `-`: standard input, e.g. `kubectl get configmap ... | attache validate -c -`.
         let loaded = if f.as_os_str() == "-" {
             match attache_config::read_capped(std::io::stdin()) {
-                Ok(text) => {
-                    attache_config::load_str(&text, "<stdin>", &|name| std::env::var(name).ok())
-                }
+                Ok(text) => attache_config::load_str_with(
+                    &text,
+                    "<stdin>",
+                    &|name| std::env::var(name).ok(),
+                    &crate::authz::check,
+                ),
                 Err(e) => {
                     eprintln!("<stdin>: cannot read: {e}");
                     ok = false;
@@ -432,11 +511,20 @@ fn validate(files: &[PathBuf]) -> ExitCode {
                 }
             }
         } else {
-            attache_config::load_file(f)
+            attache_config::load_file_with(f, &crate::authz::check)
+        };
+        let name = if f.as_os_str() == "-" {
+            "<stdin>".to_owned()
+        } else {
+            f.display().to_string()
         };
         match loaded {
-            Ok(_) if f.as_os_str() == "-" => println!("<stdin>: valid"),
-            Ok(_) => println!("{}: valid", f.display()),
+            Ok(c) => {
+                println!("{name}: valid");
+                for w in crate::authz::warnings(&c) {
+                    eprintln!("{name}: warning: {w}");
+                }
+            }
             Err(e) => {
                 ok = false;
                 eprintln!("{e}");

@@ -8,6 +8,7 @@
 //! through [`Failure`]: 502 when the target cannot be reached or breaks the exchange, 504 when
 //! it is too slow, 413 when the body limit trips.
 
+use attache_filters::authz::tunnels::Grant;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -163,6 +164,8 @@ impl Forward {
             .then(|| req.headers().get(header::UPGRADE).cloned())
             .flatten();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // Authorization's leave for the tunnel, held while it is open (a reload may revoke it).
+        let grant = req.extensions_mut().remove::<Grant>();
         let conn = req.extensions().get::<ConnInfo>().cloned();
         self.prepare(&mut req, upgrade, conn.as_ref());
 
@@ -232,7 +235,7 @@ impl Forward {
         if res.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
-            tunnel(client_upgrade, &mut res, conn.as_ref());
+            tunnel(client_upgrade, &mut res, conn.as_ref(), grant);
             return Ok(res);
         }
 
@@ -374,20 +377,36 @@ fn tunnel(
     client_upgrade: hyper::upgrade::OnUpgrade,
     res: &mut Response<Body>,
     conn: Option<&ConnInfo>,
+    grant: Option<Grant>,
 ) {
     let upstream_upgrade = hyper::upgrade::on(res);
     if let Some(conn) = conn {
         conn.state.mark_upgraded();
     }
     let guard = conn.map(|c| c.tracker.track());
+    let held = grant.map(Grant::hold);
     tokio::spawn(async move {
         let _guard = guard;
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
                 let mut client = TokioIo::new(client);
                 let mut upstream = TokioIo::new(upstream);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(error = %e, "upgraded connection ended");
+                let revoked = async {
+                    match &held {
+                        Some(held) => held.revoked().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                        if let Err(e) = copied {
+                            tracing::debug!(error = %e, "upgraded connection ended");
+                        }
+                    }
+                    () = revoked => {
+                        // Both sides are dropped: their connections close.
+                        tracing::debug!("upgraded connection closed: the policy no longer allows it");
+                    }
                 }
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),

@@ -6,12 +6,15 @@
 //!    names are removed, before any step adds its own (`hop_by_hop.rs`)
 //! 2. trace_context: continue or start the trace, rewrite trace headers
 //! 3. telemetry: metrics, the SERVER span and the access log, around everything below
-//! 4. ratelimit: the limits of `spec.rate_limits` on inbound requests; over one, a 429 at
+//! 4. authz: the identity headers a client sent removed, the path normalized, the request
+//!    allowed or denied by the verified peer (`spec.authz`, `filters/src/authz/`); denied, a
+//!    403 at once
+//! 5. ratelimit: the limits of `spec.rate_limits` on inbound requests; over one, a 429 at
 //!    once (`filters/src/ratelimit/`)
-//! 5. flags: evaluate for the app, deliver as headers and baggage, route by variant
+//! 6. flags: evaluate for the app, deliver as headers and baggage, route by variant
 //!    (specs/feature-flags.md)
-//! 6. idempotency: Idempotency-Key enforcement (specs/idempotency.md)
-//! 7. record for context restoration what the app receives (after the flags step removed an
+//! 7. idempotency: Idempotency-Key enforcement (specs/idempotency.md)
+//! 8. record for context restoration what the app receives (after the flags step removed an
 //!    untrusted client's decisions and added attache's), then forward to the app
 //!
 //! Telemetry wraps the limits here so that 431/413 rejections show in the request metrics; the
@@ -38,6 +41,7 @@ pub fn leg(inbound: &Inbound, steps: Steps) -> LegSpec<'_> {
             strip: None,
         },
         observe: steps.observe,
+        authz: steps.authz,
         ratelimit: steps.ratelimit,
         flags: steps.flags,
         idempotency: steps.idempotency,

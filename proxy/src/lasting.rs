@@ -34,6 +34,8 @@ pub struct Lasting {
     pub contexts: crate::context::Stores,
     /// The inbound listener's TLS, with its file watcher (`spec.inbound.tls`).
     pub server_tls: Kept<InboundTls, Arc<ServerTls>>,
+    /// Upgraded connections authorization let through, revised by each new policy.
+    pub tunnels: Arc<attache_filters::authz::tunnels::Tunnels>,
 }
 
 impl Lasting {
@@ -46,6 +48,7 @@ impl Lasting {
             limiters: Limiters::default(),
             contexts: crate::context::Stores::default(),
             server_tls: Kept::default(),
+            tunnels: Arc::default(),
             metrics,
         }
     }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod allocator;
+mod authz;
 mod body;
 mod capture;
 mod cli;

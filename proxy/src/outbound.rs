@@ -40,6 +40,7 @@ pub fn leg(trace: Option<&TraceOverride>, steps: Steps) -> LegSpec<'_> {
             strip: steps.strip.clone(),
         },
         observe: steps.observe,
+        authz: None,
         ratelimit: steps.ratelimit,
         flags: steps.flags,
         idempotency: None,

@@ -107,7 +107,7 @@ pub fn fingerprint(path: &Path) -> Option<u64> {
 }
 
 fn reload<T: Reloadable>(shared: &Arc<T>, path: &Path) {
-    let result = attache_config::load_file(path)
+    let result = attache_config::load_file_with(path, &crate::authz::check)
         .map_err(|e| e.to_string())
         .and_then(|config| shared.apply(config).map_err(|e| format!("{e:#}")));
     let now = SystemTime::now();

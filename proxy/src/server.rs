@@ -64,7 +64,21 @@ impl Server {
             };
             tracing::info!(%addr, role = what, "listening");
         }
+        if let Some(tls) = &snap.inbound_tls {
+            tls.require_svid(snap.authz.is_some());
+        }
+        let lasting = &self.shared.lasting;
+        let closed = lasting.tunnels.revise(snap.authz.as_deref());
         self.shared.snapshot.store(snap);
+        if closed > 0 {
+            let families: Arc<attache_filters::authz::metrics::AuthzFamilies> =
+                lasting.metrics.family();
+            families.tunnels_closed.inc_by(closed as u64);
+            tracing::info!(
+                closed,
+                "closed upgraded connections the reloaded authorization policy no longer allows"
+            );
+        }
         listeners.start(&self.shared, bound);
         listeners.retain(&addrs);
         Ok(())

@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub context: Option<(SocketAddr, Stack)>,
     /// TLS termination on the inbound listener (`spec.inbound.tls`).
     pub inbound_tls: Option<Arc<ServerTls>>,
+    /// The compiled authorization policy (`spec.authz`).
+    pub authz: Option<Arc<attache_filters::authz::policy::Policy>>,
 }
 
 /// hyper's server settings for client connections, one per protocol: a connection is served
@@ -97,8 +99,26 @@ impl Snapshot {
                 None
             }
         };
+        let authz = match &spec.authz {
+            Some(a) => {
+                let own = inbound_tls.as_ref().and_then(|t| t.own_trust_domain());
+                let policy = crate::authz::compile(a, own.as_deref()).map_err(|errors| {
+                    anyhow::anyhow!(
+                        "{}",
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                })?;
+                Some(Arc::new(policy))
+            }
+            None => None,
+        };
         let legs = Legs {
             config: &config,
+            authz: authz.clone(),
             lasting,
             running: running.as_ref(),
             routed: Arc::new(routed_targets(spec, &lasting.clients)?),
@@ -128,6 +148,7 @@ impl Snapshot {
         )?;
         Ok(Snapshot {
             inbound_tls,
+            authz,
             flags: running,
             ofrep,
             context,
@@ -155,6 +176,7 @@ struct Legs<'a> {
     running: Option<&'a Arc<crate::flags::Running>>,
     routed: Arc<crate::upstream::Routed>,
     restoration: Option<crate::steps::trace_context::Restoration>,
+    authz: Option<Arc<attache_filters::authz::policy::Policy>>,
 }
 
 impl Legs<'_> {
@@ -256,6 +278,7 @@ impl Legs<'_> {
             ..
         } = self.lasting;
         let observe = telemetry.layer(self.config, direction);
+        let hand_up = observe.records_exchanges();
         Ok(Steps {
             flags: crate::steps::flags::layer(
                 self.config,
@@ -269,6 +292,16 @@ impl Legs<'_> {
             strip: match direction {
                 Direction::Outbound => strip(self.config),
                 Direction::Inbound => None,
+            },
+            authz: match (direction, &self.authz) {
+                (Direction::Inbound, Some(policy)) => Some(crate::authz::layer(
+                    self.config,
+                    policy,
+                    metrics,
+                    &self.lasting.tunnels,
+                    hand_up,
+                )),
+                _ => None,
             },
             ratelimit: crate::steps::ratelimit::layer(
                 self.config,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use attache_config::{Config, TraceOverride};
 use attache_filters::Body;
+use attache_filters::authz::AuthzLayer;
 use attache_filters::flags::request::FlagsLayer;
 use attache_filters::idempotency::IdempotencyLayer;
 use attache_filters::metrics::{Direction, Metrics};
@@ -34,6 +35,8 @@ pub struct Steps {
     pub observe: ObserveLayer,
     /// Outbound: the context's baggage member stripped on calls to listed hosts.
     pub strip: Option<Arc<crate::forward::Strip>>,
+    /// Inbound: authorization (`spec.authz`).
+    pub authz: Option<AuthzLayer>,
     pub ratelimit: Option<RateLimitLayer>,
     pub flags: Option<FlagsLayer>,
     pub idempotency: Option<IdempotencyLayer>,
@@ -49,6 +52,7 @@ pub struct LegSpec<'a> {
     /// The forwarder's rewriting rules (`X-Forwarded-*`, `Host`).
     pub forward: Leg,
     pub observe: ObserveLayer,
+    pub authz: Option<AuthzLayer>,
     pub ratelimit: Option<RateLimitLayer>,
     pub flags: Option<FlagsLayer>,
     pub idempotency: Option<IdempotencyLayer>,
@@ -82,8 +86,8 @@ fn tail(target: Arc<Target>, routed: &Routed, metrics: &Metrics, leg: &Leg) -> R
 
 /// The stack of one leg, in the one order both legs share:
 ///
-/// observe → limits → hop-by-hop on arrival → trace context → rate limits → flags →
-/// idempotency (inbound)
+/// observe → limits → hop-by-hop on arrival → trace context → authorization (inbound) →
+/// rate limits → flags → idempotency (inbound)
 /// → restoration record (inbound) → route → forward → balance → endpoint; on the forward
 /// proxy, its own tail (`forward_proxy/`) in place of the route.
 pub fn build(
@@ -147,6 +151,9 @@ where
             propagation(config, spec.direction, spec.trace, metrics, restoration)
                 .map(|p| p.hand_up(hand_up)),
         )
+        // A denied request is answered here, with its span, metrics and log line: it costs no
+        // quota, no flag evaluation, no Redis and no restoration record.
+        .option_layer(spec.authz)
         // A request over a limit is answered here: it costs no flag evaluation, never claims
         // an idempotency key, and leaves no restoration record.
         .option_layer(spec.ratelimit)

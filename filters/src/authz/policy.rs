@@ -141,17 +141,17 @@ impl Reason {
     }
 }
 
-/// One decision: allowed or not, the rule that decided (the first in file order among those
-/// that matched), and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One decision: allowed or not, the rule that decided (its index in the policy: the first
+/// in file order among those that matched), and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     pub allow: bool,
-    pub rule: Option<Arc<str>>,
+    pub rule: Option<usize>,
     pub reason: Reason,
 }
 
 /// The enforced decision, and the shadow one when a dry run is configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub enforced: Verdict,
     pub shadow: Option<Verdict>,
@@ -166,21 +166,47 @@ impl Decision {
     }
 }
 
+/// A compiled policy: the rules, with the orders the two decisions visit them in worked out
+/// once (a request walks only the rules that can decide it).
 #[derive(Debug, Clone)]
 pub struct Policy {
-    pub default: Default,
+    default: Default,
     /// `mode: dry_run`: decide and report, never refuse.
-    pub dry_run: bool,
-    pub rules: Vec<Rule>,
+    dry_run: bool,
+    rules: Vec<Rule>,
+    /// Enforced rules: deny ones, then allow ones, in file order.
+    enforced: Vec<usize>,
+    /// Every rule (dry-run ones too), likewise; empty when nothing is in dry run.
+    shadow: Vec<usize>,
 }
 
+/// Deny rules, then allow rules, each in file order, among those `keep` selects.
+fn order(rules: &[Rule], keep: impl Fn(&Rule) -> bool) -> Vec<usize> {
+    let pick = |action| {
+        rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.action == action && keep(r))
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+    };
+    let mut out = pick(Action::Deny);
+    out.extend(pick(Action::Allow));
+    out
+}
+
+/// `host` (no port) is `pattern` (lower case), or below its `*.` domain; without allocating.
 fn host_matches(pattern: &str, host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(host);
     match pattern.strip_prefix("*.") {
-        Some(domain) => host
-            .strip_suffix(domain)
-            .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
-        None => host == pattern,
+        Some(domain) => {
+            let cut = host.len().wrapping_sub(domain.len());
+            host.len() > domain.len() + 1
+                && host.is_char_boundary(cut)
+                && host[cut..].eq_ignore_ascii_case(domain)
+                && host.as_bytes()[cut - 1] == b'.'
+        }
+        None => host.eq_ignore_ascii_case(pattern),
     }
 }
 
@@ -245,43 +271,95 @@ impl Rule {
             && self.to.matches(ask)
             && self.when.iter().all(|w| w.matches(ask.headers))
     }
+
+    /// Whether `from`, `to` and `when` each match (what `attache authz explain` shows).
+    pub fn parts(&self, ask: &Ask<'_>) -> (bool, bool, bool) {
+        (
+            self.from.matches(ask.peer, ask.addr),
+            self.to.matches(ask),
+            self.when.iter().all(|w| w.matches(ask.headers)),
+        )
+    }
 }
 
 impl Policy {
-    /// The decision for `ask`.
-    pub fn decide(&self, ask: &Ask<'_>) -> Decision {
-        let shadowing = self.dry_run || self.rules.iter().any(|r| r.dry_run);
-        let enforced = if self.dry_run {
-            Verdict {
-                allow: true,
-                rule: None,
-                reason: Reason::NoRuleMatched,
-            }
+    pub fn new(default: Default, dry_run: bool, rules: Vec<Rule>) -> Self {
+        let enforced = order(&rules, |r| !r.dry_run);
+        let shadow = if dry_run || rules.iter().any(|r| r.dry_run) {
+            order(&rules, |_| true)
         } else {
-            self.verdict(ask, false)
+            Vec::new()
         };
-        Decision {
+        Self {
+            default,
+            dry_run,
+            rules,
             enforced,
-            shadow: shadowing.then(|| self.verdict(ask, true)),
+            shadow,
         }
     }
 
-    /// Deny rules, then allow rules, then the default; `all` counts the dry-run rules too.
-    fn verdict(&self, ask: &Ask<'_>, all: bool) -> Verdict {
-        let rules = || self.rules.iter().filter(|r| all || !r.dry_run);
-        if let Some(r) = rules().find(|r| r.action == Action::Deny && r.matches(ask)) {
-            return Verdict {
-                allow: false,
-                rule: Some(r.name.clone()),
-                reason: Reason::DeniedByRule,
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn default_decision(&self) -> &Default {
+        &self.default
+    }
+
+    /// The whole section is in dry run (`mode: dry_run`).
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Whether a shadow decision is made (a rule or the whole section in dry run).
+    pub fn shadows(&self) -> bool {
+        self.dry_run || !self.shadow.is_empty()
+    }
+
+    /// The name of the rule a verdict names.
+    pub fn rule_name(&self, v: &Verdict) -> Option<&str> {
+        v.rule.and_then(|i| self.rules.get(i)).map(|r| &*r.name)
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.rules.iter().position(|r| &*r.name == name)
+    }
+
+    /// The decision for `ask`.
+    pub fn decide(&self, ask: &Ask<'_>) -> Decision {
+        if self.dry_run {
+            return Decision {
+                enforced: Verdict {
+                    allow: true,
+                    rule: None,
+                    reason: Reason::NoRuleMatched,
+                },
+                shadow: Some(self.verdict(ask, &self.shadow)),
             };
         }
-        if let Some(r) = rules().find(|r| r.action == Action::Allow && r.matches(ask)) {
-            return Verdict {
-                allow: true,
-                rule: Some(r.name.clone()),
-                reason: Reason::AllowedByRule,
-            };
+        Decision {
+            enforced: self.verdict(ask, &self.enforced),
+            shadow: (!self.shadow.is_empty()).then(|| self.verdict(ask, &self.shadow)),
+        }
+    }
+
+    /// The first rule of `order` that matches, else the default.
+    fn verdict(&self, ask: &Ask<'_>, order: &[usize]) -> Verdict {
+        for &i in order {
+            let Some(r) = self.rules.get(i) else { continue };
+            if r.matches(ask) {
+                let allow = r.action == Action::Allow;
+                return Verdict {
+                    allow,
+                    rule: Some(i),
+                    reason: if allow {
+                        Reason::AllowedByRule
+                    } else {
+                        Reason::DeniedByRule
+                    },
+                };
+            }
         }
         let (allow, reason) = match (&self.default, ask.peer) {
             (Default::Allow, _) => (true, Reason::NoRuleMatched),

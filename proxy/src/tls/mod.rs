@@ -7,6 +7,7 @@
 pub mod metrics;
 pub mod peer;
 pub mod server;
+pub mod svid;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -10,11 +10,13 @@
 //! config stays. ALPN offers `h2` and `http/1.1`; TLS 1.2 and 1.3.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use attache_config::{ClientCert, InboundTls};
+use attache_filters::authz::spiffe::SpiffeId;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -32,6 +34,9 @@ pub const POLL: Duration = Duration::from_secs(10);
 /// The inbound listener's TLS, kept across reloads while `spec.inbound.tls` is unchanged.
 pub struct ServerTls {
     current: ArcSwap<Loaded>,
+    /// Every client certificate must be an X.509-SVID (`spec.authz` is configured); read per
+    /// handshake, set by each snapshot.
+    svid_required: Arc<AtomicBool>,
     pub metrics: Arc<TlsFamilies>,
     watcher: tokio::task::AbortHandle,
 }
@@ -51,6 +56,9 @@ pub struct Session {
     pub version: &'static str,
     /// The client's verified certificate, under mutual TLS.
     pub peer: Option<PeerCert>,
+    /// Its SPIFFE ID, when it is an SVID (the handshake refused a certificate that claims one
+    /// and is not valid).
+    pub svid: Option<SpiffeId>,
 }
 
 /// A connection's TLS facts on its requests' spans.
@@ -72,6 +80,9 @@ impl Session {
                 attr("attache.client.spiffe_id", Value::from(id));
             }
         }
+        if let Some(id) = &self.svid {
+            attr("attache.peer.id", Value::from(id.as_str()));
+        }
     }
 }
 
@@ -85,16 +96,31 @@ impl ServerTls {
     /// Loads the files (an error names the one at fault) and starts watching them.
     pub fn start(settings: &InboundTls, metrics: Arc<TlsFamilies>) -> anyhow::Result<Arc<Self>> {
         let files = Files::read(settings)?;
-        let loaded = load(settings, &files, &metrics)?;
+        let svid_required = Arc::new(AtomicBool::new(false));
+        let loaded = load(settings, &files, &metrics, &svid_required)?;
         let settings = settings.clone();
         Ok(Arc::new_cyclic(|this: &Weak<ServerTls>| {
             let watcher = tokio::spawn(watch(this.clone(), settings, files)).abort_handle();
             ServerTls {
                 current: ArcSwap::from_pointee(loaded),
+                svid_required,
                 metrics,
                 watcher,
             }
         }))
+    }
+
+    /// Whether every client certificate must be an X.509-SVID (authorization is configured).
+    pub fn require_svid(&self, required: bool) {
+        self.svid_required.store(required, Ordering::Relaxed);
+    }
+
+    /// attache's own SPIFFE ID's trust domain (its certificate's first URI SAN), if any.
+    pub fn own_trust_domain(&self) -> Option<String> {
+        let by = self.current.load().by.clone()?;
+        SpiffeId::parse(&by)
+            .ok()
+            .map(|id| id.trust_domain().to_owned())
     }
 
     /// The handshake with a client, under the current certificate; then what its requests
@@ -106,15 +132,22 @@ impl ServerTls {
         let loaded = self.current.load_full();
         let tls = loaded.acceptor.accept(stream).await?;
         let session = tls.get_ref().1;
-        let peer = session
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| PeerCert::from_der(leaf, loaded.by.as_deref()));
+        let leaf = session.peer_certificates().and_then(|chain| chain.first());
+        let peer = leaf.and_then(|leaf| PeerCert::from_der(leaf, loaded.by.as_deref()));
+        // The verifier refused a certificate that claims an identity and is not an SVID.
+        let svid = leaf.and_then(|leaf| super::svid::svid_of(leaf).ok().flatten());
         let version = match session.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
             _ => "1.3",
         };
-        Ok((tls, Session { version, peer }))
+        Ok((
+            tls,
+            Session {
+                version,
+                peer,
+                svid,
+            },
+        ))
     }
 }
 
@@ -144,7 +177,12 @@ impl Files {
 }
 
 /// The rustls server config for `files`; sets the expiry gauge from the certificate.
-fn load(s: &InboundTls, files: &Files, metrics: &TlsFamilies) -> anyhow::Result<Loaded> {
+fn load(
+    s: &InboundTls,
+    files: &Files,
+    metrics: &TlsFamilies,
+    svid_required: &Arc<AtomicBool>,
+) -> anyhow::Result<Loaded> {
     let path = |what: &str, file: &str| format!("spec.inbound.tls.{what} {file}");
     let chain = CertificateDer::pem_slice_iter(&files.cert)
         .collect::<Result<Vec<_>, _>>()
@@ -177,7 +215,10 @@ fn load(s: &InboundTls, files: &Files, metrics: &TlsFamilies) -> anyhow::Result<
                 ClientCert::Required => verifier,
                 ClientCert::Optional => verifier.allow_unauthenticated(),
             };
-            builder.with_client_cert_verifier(verifier.build()?)
+            builder.with_client_cert_verifier(Arc::new(super::svid::SvidVerifier {
+                inner: verifier.build()?,
+                required: svid_required.clone(),
+            }))
         }
         _ => builder.with_no_client_auth(),
     };
@@ -229,7 +270,7 @@ async fn watch(this: Weak<ServerTls>, settings: InboundTls, mut files: Files) {
                 continue;
             }
         };
-        match load(&settings, &read, &tls.metrics) {
+        match load(&settings, &read, &tls.metrics, &tls.svid_required) {
             Ok(loaded) => {
                 tls.current.store(Arc::new(loaded));
                 tls.metrics.reloaded("success");

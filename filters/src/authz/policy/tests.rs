@@ -24,11 +24,7 @@ fn rule(name: &str, action: Action, from: Source, to: To) -> Rule {
 }
 
 fn policy(default: Default, rules: Vec<Rule>) -> Policy {
-    Policy {
-        default,
-        dry_run: false,
-        rules,
-    }
+    Policy::new(default, false, rules)
 }
 
 fn ask<'a>(peer: Peer<'a>, method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> Ask<'a> {
@@ -85,7 +81,7 @@ fn deny_beats_allow_and_the_default_decides_the_rest() {
         d.enforced,
         Verdict {
             allow: true,
-            rule: Some("web-orders".into()),
+            rule: p.index_of("web-orders"),
             reason: Reason::AllowedByRule
         }
     );
@@ -95,7 +91,7 @@ fn deny_beats_allow_and_the_default_decides_the_rest() {
         d.enforced,
         Verdict {
             allow: false,
-            rule: Some("no-debug".into()),
+            rule: p.index_of("no-debug"),
             reason: Reason::DeniedByRule
         }
     );
@@ -251,14 +247,13 @@ fn dry_run_rules_and_mode_make_a_shadow_decision() {
         d.shadow,
         Some(Verdict {
             allow: false,
-            rule: Some("freeze-writes".into()),
+            rule: p.index_of("freeze-writes"),
             reason: Reason::DeniedByRule
         })
     );
     assert!(d.mismatch());
     // The whole section in dry run: every request passes; the shadow is the full decision.
-    let mut strict = policy(Default::Deny, vec![]);
-    strict.dry_run = true;
+    let strict = Policy::new(Default::Deny, true, vec![]);
     let d = strict.decide(&ask(Peer::Plaintext, &post, "/", &h));
     assert!(d.enforced.allow);
     assert_eq!(d.shadow.as_ref().map(|s| s.allow), Some(false));
