@@ -12,6 +12,8 @@
 #   control        traced, the client sending the headers and baggage the 10 flags would add
 #   1-limit        traced, plus one local rate limit keyed by the x-user-id header (generous:
 #                  every request allowed), as bench/ratelimit.sh's `local` mode
+#   20-rules       traced, plus an authorization policy of 20 rules, the one that allows the
+#                  request last (identity rules, path rules, a denial), default deny
 #
 # The filtered targets send what bench/flags.sh sends (x-user-id, x-plan).
 #
@@ -22,6 +24,7 @@
 #   TARGETS=attache bash bench/instructions.sh   # one target
 #   TARGETS="traced 10-flags control" bash bench/instructions.sh   # the filters' cost
 #   TARGETS="traced 1-limit" bash bench/instructions.sh   # a rate limit's cost
+#   TARGETS="traced 20-rules" bash bench/instructions.sh  # authorization's cost
 #   LOAD=rate bash bench/instructions.sh         # 400 req/s: every request wakes the proxy alone
 #   HEADERS=flags bash bench/instructions.sh     # every target's requests carry x-user-id and
 #                                                # x-plan, as the counts before 569daca did
@@ -83,13 +86,28 @@ filtered_yaml 10-flags "  flags:
     deliver: { flags: [s1, s2, s3, s4, s5, s6, t1, t2, t3, f1] }"
 filtered_yaml 1-limit "  rate_limits:
     limits: [ { name: per-user, rate: 1000000/s, key: { header: x-user-id } } ]"
+# 19 rules the request walks past (a deny rule, identity rules a plaintext peer fails, path
+# rules for other services), then the one that allows it.
+rules_20() {
+  echo "  authz:"
+  echo "    default: deny"
+  echo "    peers: { web: [spiffe://bench.local/ns/web/sa/frontend, spiffe://bench.local/ns/web/sa/bff] }"
+  echo "    rules:"
+  echo "      - { name: no-debug, action: deny, to: { paths: ['/admin/debug/**'] } }"
+  for i in $(seq 1 9); do
+    echo "      - { name: web-$i, from: web, to: ['/v$i/orders', '/v$i/orders/*'] }"
+    echo "      - { name: svc-$i, from: any, to: { methods: [GET, POST], paths: ['/svc$i/**'] } }"
+  done
+  echo "      - { name: public, from: any, to: { methods: [GET], paths: ['/**'] } }"
+}
+filtered_yaml 20-rules "$(rules_20)"
 
 # load TARGET SIZE: one load against the proxy; prints the requests completed.
 load() {
   local h=()
   [ "${HEADERS:-}" = flags ] && h=(-H 'x-user-id: user-42' -H 'x-plan: pro')
   case $1 in
-    traced | 10-flags | 1-limit) h=(-H 'x-user-id: user-42' -H 'x-plan: pro') ;;
+    traced | 10-flags | 1-limit | 20-rules) h=(-H 'x-user-id: user-42' -H 'x-plan: pro') ;;
     control) h=(-H 'x-user-id: user-42' -H 'x-plan: pro'
       -H 'x-flag-s1: true' -H 'x-flag-s2: false' -H 'x-flag-s3: dark' -H 'x-flag-s4: 20'
       -H 'x-flag-s5: {"cols":3,"dense":true}' -H 'x-flag-t1: beta' -H 'x-flag-t2: true'
@@ -116,13 +134,13 @@ STEADY_ALLOCATOR=background_thread:false,dirty_decay_ms:-1,muzzy_decay_ms:-1
 count() {
   local log="$OUT/instr-$1.log" pid n
   case $1 in
-    attache | traced | 10-flags | control | 1-limit) _RJEM_MALLOC_CONF=$STEADY_ALLOCATOR ATTACHE_LOG=warn ATTACHE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+    attache | traced | 10-flags | control | 1-limit | 20-rules) _RJEM_MALLOC_CONF=$STEADY_ALLOCATOR ATTACHE_LOG=warn ATTACHE_WORKERS=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         "$ATTACHE_BIN" run -c "$OUT/instr-$1.yaml" 2>"$log" >/dev/null & ;;
     floor) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         target/release/examples/hyper_floor "127.0.0.1:$PROXY" "127.0.0.1:$UP" 2>"$log" >/dev/null & ;;
     nginx) valgrind --tool=callgrind --callgrind-out-file=/dev/null \
         nginx -c "$PWD/$OUT/instr-nginx.conf" -p "$PWD/$OUT" 2>"$log" >/dev/null & ;;
-    *) echo "unknown target $1 (attache, floor, nginx, traced, 10-flags, control, 1-limit)" >&2; exit 1 ;;
+    *) echo "unknown target $1 (attache, floor, nginx, traced, 10-flags, control, 1-limit, 20-rules)" >&2; exit 1 ;;
   esac
   pid=$!
   wait_port "$PROXY"

@@ -68,6 +68,35 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A client certificate with `uris` as its URI SANs (none, one or more, valid SPIFFE IDs or
+    /// not), marked as a CA when `ca`: the SVIDs authorization accepts and those it refuses.
+    pub fn issue_uris(&self, cn: &str, uris: &[&str], ca: bool) -> Leaf {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI((*uri).try_into().expect("an IA5 URI")));
+        }
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("signed");
+        Leaf {
+            pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        }
+    }
+}
+
 /// An HTTPS server on a free loopback port, with `leaf` as its certificate, that answers
 /// every request with `tls ok <the ALPN protocol>` (offering `http/1.1`).
 pub async fn https_server(leaf: &Leaf) -> SocketAddr {

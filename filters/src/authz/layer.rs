@@ -231,7 +231,12 @@ where
                     .and_then(|v| v.to_str().ok());
                 problem_response(&Denied { request_id })
             };
-            crate::facts::hand_up(res.extensions_mut(), Arc::new(AuthzInfo::of(&s.policy, &d)));
+            let mut info = AuthzInfo::of(&s.policy, &d);
+            // The request never reaches the forwarder, which tells the span of the connection.
+            if let Peer::Svid(id) = peer {
+                info.peer = Some(id.as_str().into());
+            }
+            crate::facts::hand_up(res.extensions_mut(), Arc::new(info));
             return AuthzFuture::Ready { res: Some(res) };
         }
         let grant = ask.headers.contains_key(header::UPGRADE).then(|| Grant {
@@ -418,6 +423,9 @@ pub struct AuthzInfo {
     pub reason: &'static str,
     /// The shadow decision, when one was made: `allow` or `deny`.
     pub dry_run: Option<&'static str>,
+    /// The peer's SPIFFE ID, on a denied request (an allowed one's span has it from its
+    /// connection).
+    pub peer: Option<Box<str>>,
 }
 
 impl AuthzInfo {
@@ -431,6 +439,7 @@ impl AuthzInfo {
                 .map(|r| r.name.clone()),
             reason: d.enforced.reason.as_str(),
             dry_run: d.shadow.map(|v| if v.allow { "allow" } else { "deny" }),
+            peer: None,
         }
     }
 }
@@ -448,6 +457,9 @@ impl crate::facts::Fact for AuthzInfo {
         attr("attache.authz.reason", Value::from(self.reason));
         if let Some(shadow) = self.dry_run {
             attr("attache.authz.dry_run.decision", Value::from(shadow));
+        }
+        if let Some(peer) = &self.peer {
+            attr("attache.peer.id", Value::from(&**peer));
         }
     }
 

@@ -126,7 +126,7 @@ pub enum Reason {
     DeniedByRule,
     /// The default decided.
     NoRuleMatched,
-    /// The default asks for an identity the peer does not have.
+    /// No rule matched, and the peer has no SVID (where the default is not `allow`).
     Unauthenticated,
 }
 
@@ -363,7 +363,9 @@ impl Policy {
         }
         let (allow, reason) = match (&self.default, ask.peer) {
             (Default::Allow, _) => (true, Reason::NoRuleMatched),
-            (Default::Deny, _) => (false, Reason::NoRuleMatched),
+            // A peer without an SVID that no rule admitted: it is told apart from a known peer
+            // without a rule, so "which rule denied me?" reads "you presented no identity".
+            (Default::Deny, Peer::Svid(_)) => (false, Reason::NoRuleMatched),
             (Default::Authenticated, Peer::Svid(_)) => (true, Reason::NoRuleMatched),
             (Default::TrustDomain(td), Peer::Svid(id)) if id.trust_domain() == td => {
                 (true, Reason::NoRuleMatched)

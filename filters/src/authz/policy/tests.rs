@@ -148,6 +148,11 @@ fn defaults_read_the_identity_only() {
         decide(Default::Deny, Peer::Svid(&ours)).reason,
         Reason::NoRuleMatched
     );
+    // Without an identity, no rule admitting it: `unauthenticated`, whatever the default.
+    for d in [Default::Deny, Default::TrustDomain("prod.example".into())] {
+        let v = decide(d, Peer::Plaintext);
+        assert_eq!((v.allow, v.reason), (false, Reason::Unauthenticated));
+    }
 }
 
 #[test]
