@@ -398,7 +398,15 @@ pub fn explain(
     let word = |allow: bool| if allow { "allow" } else { "deny" };
     let named = |v: &attache_filters::authz::policy::Verdict| match policy.rule_name(v) {
         Some(rule) => format!("rule {rule}"),
-        None => format!("the default ({:?})", a.default).to_lowercase(),
+        None => format!(
+            "the default ({})",
+            match a.default {
+                AuthzDefault::Deny => "deny",
+                AuthzDefault::Authenticated => "authenticated",
+                AuthzDefault::TrustDomain => "trust_domain",
+                AuthzDefault::Allow => "allow",
+            }
+        ),
     };
     writeln!(
         out,

@@ -142,3 +142,105 @@ fn static_flag_evaluation_allocates_nothing() {
         "a static evaluation allocated: {info:?}"
     );
 }
+
+/// specs/authorization.md §5: the authorization step allocates nothing on an allowed request
+/// (spans and the access log off), with 20 rules and the one that allows it last; a denial
+/// (its 403) may.
+#[test]
+fn an_allowed_request_costs_the_authorization_step_no_allocation() {
+    use attache_filters::authz::policy::{Action, Default, Policy, Rule, Source, To};
+    use attache_filters::authz::{AuthzLayer, Settings, path::PathPattern, spiffe::IdPattern};
+    use std::task::{Context, Poll};
+    use tower::{Layer, Service};
+
+    let paths = |p: &[&str]| -> Vec<PathPattern> {
+        p.iter().map(|p| PathPattern::parse(p).unwrap()).collect()
+    };
+    let rule = |name: &str, action, from, to| Rule {
+        name: name.into(),
+        action,
+        dry_run: false,
+        from,
+        to,
+        when: vec![],
+    };
+    let any = || Source {
+        any: true,
+        ..Source::default()
+    };
+    let mut rules = vec![rule(
+        "no-debug",
+        Action::Deny,
+        any(),
+        To {
+            paths: paths(&["/admin/debug/**"]),
+            ..To::default()
+        },
+    )];
+    for i in 1..=9 {
+        let web = Source {
+            ids: vec![IdPattern::parse("spiffe://bench.local/ns/web/sa/*").unwrap()],
+            ..Source::default()
+        };
+        let to = To {
+            paths: paths(&[&format!("/v{i}/orders"), &format!("/v{i}/orders/*")]),
+            ..To::default()
+        };
+        rules.push(rule(&format!("web-{i}"), Action::Allow, web, to));
+        let to = To {
+            methods: vec![http::Method::GET, http::Method::POST],
+            paths: paths(&[&format!("/svc{i}/**")]),
+            ..To::default()
+        };
+        rules.push(rule(&format!("svc-{i}"), Action::Allow, any(), to));
+    }
+    rules.push(rule(
+        "public",
+        Action::Allow,
+        any(),
+        To {
+            methods: vec![http::Method::GET],
+            paths: paths(&["/**"]),
+            ..To::default()
+        },
+    ));
+    assert_eq!(rules.len(), 20);
+    let policy = Arc::new(Policy::new(Default::Deny, false, rules));
+    let metrics = attache_filters::metrics::Metrics::new();
+    let layer = AuthzLayer::new(Settings {
+        counters: attache_filters::authz::metrics::Counters::new(metrics.family(), &policy),
+        policy,
+        peer_of: |_| None,
+        request_id: Some(HeaderName::from_static("x-request-id")),
+        hand_up: false,
+        tunnels: Arc::default(),
+        log_interval: std::time::Duration::from_secs(60),
+    });
+    let ok = || Ok::<_, std::convert::Infallible>(http::Response::new(attache_filters::empty()));
+    let mut svc = layer.layer(tower::service_fn(move |_req| std::future::ready(ok())));
+    let request = |method: http::Method, path: &str| {
+        let mut req = http::Request::new(attache_filters::empty());
+        *req.method_mut() = method;
+        *req.uri_mut() = path.parse().unwrap();
+        req.headers_mut()
+            .insert("host", HeaderValue::from_static("orders.internal"));
+        req
+    };
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut run = |req| {
+        let mut fut = std::pin::pin!(svc.call(req));
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(res)) => res.status(),
+            _ => panic!("the step did not answer at once"),
+        }
+    };
+    // The first decision makes the counter it counts with; later ones find it.
+    assert_eq!(run(request(http::Method::GET, "/products/7")), 200);
+    let req = request(http::Method::GET, "/products/8");
+    let info = measure(|| assert_eq!(run(req), 200));
+    assert_eq!(
+        info.count_total, 0,
+        "an allowed request allocated: {info:?}"
+    );
+    assert_eq!(run(request(http::Method::POST, "/products/8")), 403);
+}
