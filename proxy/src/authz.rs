@@ -231,9 +231,10 @@ pub fn check(config: &Config) -> Vec<ConfigError> {
     }
 }
 
-/// What `attache validate` warns about: probe paths the policy denies to a plaintext caller,
-/// and identity rules on a listener that verifies no client certificate.
-pub fn warnings(config: &Config) -> Vec<String> {
+/// What `attache validate` warns about: probe paths the policy denies to a plaintext caller
+/// (`probe_paths`, and `probes` found elsewhere: a manifest's pods, as (where, path)), and
+/// identity rules on a listener that verifies no client certificate.
+pub fn warnings(config: &Config, probes: &[(String, String)]) -> Vec<String> {
     let Some(a) = &config.spec.authz else {
         return Vec::new();
     };
@@ -253,7 +254,13 @@ pub fn warnings(config: &Config) -> Vec<String> {
         return out;
     };
     let headers = HeaderMap::new();
-    for (i, path) in a.probe_paths.iter().enumerate() {
+    let listed = a
+        .probe_paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("spec.authz.probe_paths[{i}]"), p.clone()));
+    for (at, path) in listed.chain(probes.iter().cloned()) {
+        let path = path.split('?').next().unwrap_or_default();
         let ask = Ask {
             peer: Peer::Plaintext,
             addr: IpAddr::from([10, 0, 0, 1]),
@@ -265,7 +272,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
         let d = policy.decide(&ask);
         if !d.enforced.allow || d.shadow.is_some_and(|s| !s.allow) {
             out.push(format!(
-                "spec.authz.probe_paths[{i}]: no rule allows GET {path} without a client certificate, so the probe will fail{}; add a rule such as `{{ name: probes, from: any, to: {{ methods: [GET], paths: [{path}] }} }}`",
+                "{at}: no rule allows GET {path} without a client certificate, so the probe will fail{}; add a rule such as `{{ name: probes, from: any, to: {{ methods: [GET], paths: [{path}] }} }}`",
                 if d.enforced.allow { " once enforced" } else { "" }
             ));
         }

@@ -495,6 +495,33 @@ fn dev_flags(c: &mut Config, flags: Option<PathBuf>, ofrep: Option<ListenAddr>) 
 fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for f in files {
+        // A Kubernetes manifest: the attache configs of its ConfigMaps, with its pods' probes.
+        if f.as_os_str() != "-"
+            && let Ok(text) = std::fs::read_to_string(f)
+            && let Some(m) = crate::kube::inject::manifest(&text)
+        {
+            if m.configs.is_empty() {
+                eprintln!("{}: no attache config in its ConfigMaps", f.display());
+                ok = false;
+            }
+            for (at, config) in &m.configs {
+                let name = format!("{}: {at}", f.display());
+                let env = |var: &str| std::env::var(var).ok();
+                match attache_config::load_str_with(config, &name, &env, &crate::authz::check) {
+                    Ok(c) => {
+                        println!("{name}: valid");
+                        for w in crate::authz::warnings(&c, &m.probes) {
+                            eprintln!("{name}: warning: {w}");
+                        }
+                    }
+                    Err(e) => {
+                        ok = false;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            continue;
+        }
         // `-`: standard input, e.g. `kubectl get configmap ... | attache validate -c -`.
         let loaded = if f.as_os_str() == "-" {
             match attache_config::read_capped(std::io::stdin()) {
@@ -521,7 +548,7 @@ fn validate(files: &[PathBuf]) -> ExitCode {
         match loaded {
             Ok(c) => {
                 println!("{name}: valid");
-                for w in crate::authz::warnings(&c) {
+                for w in crate::authz::warnings(&c, &[]) {
                     eprintln!("{name}: warning: {w}");
                 }
             }

@@ -736,4 +736,67 @@ fn validate_names_the_field_and_warns_about_probes() {
         err.contains("spec.authz.probe_paths[0]: no rule allows GET /healthz"),
         "{err}"
     );
+
+    // A Kubernetes manifest: its ConfigMap's config is checked against its pods' probes.
+    let manifest = dir.write(
+        "manifest.yaml",
+        "apiVersion: v1
+kind: ConfigMap
+metadata: { name: checkout-attache }
+data:
+  config.yaml: |
+    apiVersion: attache.dev/v1
+    kind: Sidecar
+    spec:
+      inbound: { app: http://127.0.0.1:8080 }
+      authz:
+        rules: [ { name: live, from: any, to: { methods: [GET], paths: [/live] } } ]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: checkout }
+spec:
+  template:
+    spec:
+      containers:
+        - name: app
+          image: checkout
+          readinessProbe: { httpGet: { path: /ready, port: 8080 } }
+          livenessProbe: { httpGet: { path: /live, port: 8080 } }
+",
+    );
+    let out = Command::new(attache_bin())
+        .args(["validate", "-c"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("ConfigMap checkout-attache config.yaml: valid")
+    );
+    assert!(
+        err.contains(
+            "Deployment checkout, container app, readinessProbe: no rule allows GET /ready"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("GET /live"), "{err}");
+
+    // The shipped manifests and examples validate without a warning.
+    let mut shipped = Vec::new();
+    for dir in ["deploy/kubernetes", "deploy/examples"] {
+        for e in std::fs::read_dir(format!("{}/../{dir}", env!("CARGO_MANIFEST_DIR"))).unwrap() {
+            shipped.push(e.unwrap().path());
+        }
+    }
+    let out = Command::new(attache_bin())
+        .args(["validate", "-c"])
+        .args(&shipped)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("warning"), "{err}");
 }

@@ -226,3 +226,90 @@ fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
         })
         .unwrap_or_default()
 }
+
+/// What `attache validate` reads of a Kubernetes manifest stream: the attache configs its
+/// ConfigMaps hold (where, and the text), and the HTTP probes of its pods' containers other
+/// than attache itself (where, and the path), which reach the app through attache's inbound
+/// listener when traffic to the pod is captured. `None` when `text` is not a manifest stream.
+pub struct Manifest {
+    pub configs: Vec<(String, String)>,
+    pub probes: Vec<(String, String)>,
+}
+
+pub fn manifest(text: &str) -> Option<Manifest> {
+    let docs = attache_config::yaml::parse_stream(text).ok()?;
+    let values: Vec<Value> = docs.iter().map(json).collect();
+    let kubernetes = values.iter().any(|v| {
+        v.get("kind").is_some()
+            && v.get("apiVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|a| !a.starts_with("attache.dev/"))
+    });
+    if !kubernetes {
+        return None;
+    }
+    let mut m = Manifest {
+        configs: Vec::new(),
+        probes: Vec::new(),
+    };
+    let mut all: Vec<Value> = Vec::new();
+    for v in values {
+        match v.get("items").and_then(Value::as_array) {
+            Some(items) if v.get("kind").and_then(Value::as_str) == Some("List") => {
+                all.extend(items.iter().cloned())
+            }
+            _ => all.push(v),
+        }
+    }
+    for v in &all {
+        let kind = v.get("kind").and_then(Value::as_str).unwrap_or("");
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if kind == "ConfigMap" {
+            for (key, text) in v
+                .get("data")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(text) = text.as_str().filter(|t| t.contains("attache.dev/")) {
+                    m.configs
+                        .push((format!("ConfigMap {name} {key}"), text.to_owned()));
+                }
+            }
+        }
+        let Some(path) = template_path(kind) else {
+            continue;
+        };
+        let mut template = v;
+        for key in path {
+            match template.get(key) {
+                Some(t) => template = t,
+                None => break,
+            }
+        }
+        for list in ["containers", "initContainers"] {
+            let containers = template.pointer(&format!("/spec/{list}"));
+            for c in containers.and_then(Value::as_array).into_iter().flatten() {
+                let cname = c.get("name").and_then(Value::as_str).unwrap_or("");
+                if cname == sidecar::NAME || cname == sidecar::INIT_NAME {
+                    continue;
+                }
+                for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                    if let Some(p) = c
+                        .pointer(&format!("/{probe}/httpGet/path"))
+                        .and_then(Value::as_str)
+                    {
+                        m.probes.push((
+                            format!("{kind} {name}, container {cname}, {probe}"),
+                            p.to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Some(m)
+}
