@@ -1108,3 +1108,15 @@ fn rate_limits_are_checked_with_the_field_at_fault() {
     has("spec.rate_limits.limits[6].name", "printable ASCII");
     assert_eq!(errs.len(), 10, "{errs:#?}");
 }
+
+#[test]
+fn push_delivery_is_refused_with_inbound_tls() {
+    let errs = errors(
+        "apiVersion: attache.dev/v1\nkind: Sidecar\nspec:\n  inbound:\n    app: http://127.0.0.1:8080\n    tls: { cert_file: a.pem, key_file: k.pem }\n  context:\n    push: [ { context: shop, queue: orders, path: /events } ]\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("spec.context.push: delivers in plaintext"),
+        "{errs:?}"
+    );
+}

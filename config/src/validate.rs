@@ -65,6 +65,12 @@ pub fn validate(config: &Config) -> Vec<ConfigError> {
                 "delivers through the inbound listener: configure spec.inbound",
             ));
         }
+        if !c.push.is_empty() && spec.inbound.as_ref().is_some_and(|i| i.tls.is_some()) {
+            errors.push(ConfigError::new(
+                "spec.context.push",
+                "delivers in plaintext through the inbound listener, which spec.inbound.tls makes TLS-only: push delivery with inbound TLS is not supported yet (consume the queue with leases instead)",
+            ));
+        }
     }
     if let Some(rl) = &spec.rate_limits {
         ratelimit::rate_limits(rl, spec, &mut errors);

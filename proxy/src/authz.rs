@@ -254,17 +254,28 @@ pub fn warnings(config: &Config, probes: &[(String, String)]) -> Vec<String> {
         return out;
     };
     let headers = HeaderMap::new();
-    let listed = a
-        .probe_paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (format!("spec.authz.probe_paths[{i}]"), p.clone()));
-    for (at, path) in listed.chain(probes.iter().cloned()) {
+    // (where, method, path, the caller's address, what it is)
+    let mut asks: Vec<(String, Method, String, IpAddr, &str)> = Vec::new();
+    let kubelet = IpAddr::from([10, 0, 0, 1]);
+    for (i, p) in a.probe_paths.iter().enumerate() {
+        let at = format!("spec.authz.probe_paths[{i}]");
+        asks.push((at, Method::GET, p.clone(), kubelet, "the probe"));
+    }
+    for (at, p) in probes {
+        asks.push((at.clone(), Method::GET, p.clone(), kubelet, "the probe"));
+    }
+    // Push delivery POSTs through the inbound listener, from loopback, without a certificate.
+    for (i, p) in config.spec.context.iter().flat_map(|c| &c.push).enumerate() {
+        let at = format!("spec.context.push[{i}].path");
+        let local = IpAddr::from([127, 0, 0, 1]);
+        asks.push((at, Method::POST, p.path.clone(), local, "push delivery"));
+    }
+    for (at, method, path, addr, what) in &asks {
         let path = path.split('?').next().unwrap_or_default();
         let ask = Ask {
             peer: Peer::Plaintext,
-            addr: IpAddr::from([10, 0, 0, 1]),
-            method: &Method::GET,
+            addr: *addr,
+            method,
             path,
             host: None,
             headers: &headers,
@@ -272,8 +283,9 @@ pub fn warnings(config: &Config, probes: &[(String, String)]) -> Vec<String> {
         let d = policy.decide(&ask);
         if !d.enforced.allow || d.shadow.is_some_and(|s| !s.allow) {
             out.push(format!(
-                "{at}: no rule allows GET {path} without a client certificate, so the probe will fail{}; add a rule such as `{{ name: probes, from: any, to: {{ methods: [GET], paths: [{path}] }} }}`",
-                if d.enforced.allow { " once enforced" } else { "" }
+                "{at}: no rule allows {method} {path} without a client certificate, so {what} will fail{}; add a rule such as `{{ name: ..., from: {}, to: {{ methods: [{method}], paths: [{path}] }} }}`",
+                if d.enforced.allow { " once enforced" } else { "" },
+                if addr.is_loopback() { "{ networks: [127.0.0.1/32] }" } else { "any" },
             ));
         }
     }

@@ -722,7 +722,7 @@ fn validate_names_the_field_and_warns_about_probes() {
     let probes = dir.write(
         "probes.yaml",
         &format!(
-            "{base}  authz:\n    probe_paths: [/healthz]\n    rules: [ {{ name: web, from: authenticated, to: [/v1/**] }} ]\n"
+            "{base}  authz:\n    probe_paths: [/healthz]\n    rules: [ {{ name: web, from: authenticated, to: [/v1/**] }} ]\n  context:\n    push: [ {{ context: shop, queue: orders, path: /events/orders }} ]\n"
         ),
     );
     let out = Command::new(attache_bin())
@@ -734,6 +734,10 @@ fn validate_names_the_field_and_warns_about_probes() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(
         err.contains("spec.authz.probe_paths[0]: no rule allows GET /healthz"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.context.push[0].path: no rule allows POST /events/orders"),
         "{err}"
     );
 
