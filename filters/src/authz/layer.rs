@@ -183,9 +183,20 @@ where
         let s = &sh.s;
         // Identity comes from the TLS session only: a client's claims never reach a rule, a
         // later step or the app.
-        let h = req.headers_mut();
-        h.remove(XFCC);
-        h.remove(X_SPIFFE_ID);
+        // One pass over the names (most requests carry neither): a removal by name hashes it.
+        let (mut spoofed, mut upgrade) = (false, false);
+        for name in req.headers().keys() {
+            if name == header::UPGRADE {
+                upgrade = true;
+            } else if name == XFCC || name == X_SPIFFE_ID {
+                spoofed = true;
+            }
+        }
+        if spoofed {
+            let h = req.headers_mut();
+            h.remove(XFCC);
+            h.remove(X_SPIFFE_ID);
+        }
         match normalize(req.uri().path()) {
             Ok(Cow::Borrowed(_)) => {}
             Ok(Cow::Owned(normal)) => match with_path(req.uri(), &normal) {
@@ -201,7 +212,11 @@ where
             addr: conn.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.addr),
             method: req.method(),
             path: req.uri().path(),
-            host: host_of(&req),
+            host: if s.policy.reads_hosts() {
+                host_of(&req)
+            } else {
+                None
+            },
             headers: req.headers(),
         };
         let d = s.policy.decide(&ask);
@@ -239,7 +254,7 @@ where
             crate::facts::hand_up(res.extensions_mut(), Arc::new(info));
             return AuthzFuture::Ready { res: Some(res) };
         }
-        let grant = ask.headers.contains_key(header::UPGRADE).then(|| Grant {
+        let grant = upgrade.then(|| Grant {
             tunnels: s.tunnels.clone(),
             ask: OwnedAsk::of(&ask),
         });

@@ -178,6 +178,8 @@ pub struct Policy {
     enforced: Vec<usize>,
     /// Every rule (dry-run ones too), likewise; empty when nothing is in dry run.
     shadow: Vec<usize>,
+    /// Some rule matches hosts (else a request's host is not looked up).
+    hosts: bool,
 }
 
 /// Deny rules, then allow rules, each in file order, among those `keep` selects.
@@ -290,13 +292,20 @@ impl Policy {
         } else {
             Vec::new()
         };
+        let hosts = rules.iter().any(|r| !r.to.hosts.is_empty());
         Self {
             default,
             dry_run,
             rules,
             enforced,
             shadow,
+            hosts,
         }
+    }
+
+    /// Whether a decision reads the request's host (`Ask::host` may be `None` otherwise).
+    pub fn reads_hosts(&self) -> bool {
+        self.hosts
     }
 
     pub fn rules(&self) -> &[Rule] {
