@@ -155,6 +155,15 @@ impl PathPattern {
         Ok(Self { segments, below })
     }
 
+    /// The literal first segment every path this pattern matches begins with (`v1` of
+    /// `/v1/orders/*`); `None` when it has none (`/`, `/**`, `/*/x`).
+    pub fn first_literal(&self) -> Option<&str> {
+        match self.segments.first() {
+            Some(Segment::Exact(s)) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Whether the normalized `path` matches.
     pub fn matches(&self, path: &str) -> bool {
         let mut parts = Segments(path.as_bytes());
@@ -167,6 +176,11 @@ impl PathPattern {
         }
         self.below || parts.next().is_none()
     }
+}
+
+/// The first non-empty segment of a normalized path (`v1` of `/v1/orders`), if any.
+pub fn first_segment(path: &str) -> Option<&[u8]> {
+    Segments(path.as_bytes()).next()
 }
 
 /// The non-empty segments of a path, by a plain byte scan: a policy matches every request's

@@ -3,6 +3,8 @@
 //! dry-run mode) do not decide; they make one complete shadow decision beside the enforced
 //! one, and a difference is a mismatch to report.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -175,26 +177,93 @@ pub struct Policy {
     dry_run: bool,
     rules: Vec<Rule>,
     /// Enforced rules: deny ones, then allow ones, in file order.
-    enforced: Vec<usize>,
+    enforced: Order,
     /// Every rule (dry-run ones too), likewise; empty when nothing is in dry run.
-    shadow: Vec<usize>,
+    shadow: Order,
+    /// A shadow decision is made: the section or a rule is in dry run.
+    shadowing: bool,
     /// Some rule matches hosts (else a request's host is not looked up).
     hosts: bool,
 }
 
-/// Deny rules, then allow rules, each in file order, among those `keep` selects.
-fn order(rules: &[Rule], keep: impl Fn(&Rule) -> bool) -> Vec<usize> {
-    let pick = |action| {
-        rules
+/// The rules one decision visits, deny rules then allow rules, each in file order; indexed
+/// by the first path segment, so that a request walks only the rules that could match its
+/// path: those whose every path pattern begins with a literal segment are listed under those
+/// segments, the rest (no paths, `/**`, `/*/x`) under every key and in `wild`.
+#[derive(Debug, Clone, Default)]
+struct Order {
+    by_first: HashMap<Box<[u8]>, Vec<usize>, BuildHasherDefault<Fnv>>,
+    /// For a path whose first segment no rule names (or that has none).
+    wild: Vec<usize>,
+}
+
+impl Order {
+    /// Over the rules `keep` selects.
+    fn new(rules: &[Rule], keep: impl Fn(&Rule) -> bool) -> Self {
+        fn firsts(r: &Rule) -> Option<Vec<&str>> {
+            if r.to.paths.is_empty() {
+                return None;
+            }
+            r.to.paths.iter().map(PathPattern::first_literal).collect()
+        }
+        let mut all: Vec<usize> = Vec::new();
+        for action in [Action::Deny, Action::Allow] {
+            all.extend((0..rules.len()).filter(|&i| rules[i].action == action && keep(&rules[i])));
+        }
+        let mut keys: Vec<&str> = all
             .iter()
-            .enumerate()
-            .filter(|(_, r)| r.action == action && keep(r))
-            .map(|(i, _)| i)
-            .collect::<Vec<_>>()
-    };
-    let mut out = pick(Action::Deny);
-    out.extend(pick(Action::Allow));
-    out
+            .filter_map(|&i| firsts(&rules[i]))
+            .flatten()
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let under = |key: Option<&str>| -> Vec<usize> {
+            all.iter()
+                .copied()
+                .filter(|&i| match firsts(&rules[i]) {
+                    None => true,
+                    Some(f) => key.is_some_and(|k| f.contains(&k)),
+                })
+                .collect()
+        };
+        Self {
+            by_first: keys
+                .iter()
+                .map(|k| (Box::from(k.as_bytes()), under(Some(k))))
+                .collect(),
+            wild: under(None),
+        }
+    }
+
+    /// The rules, in order, that could match `path`.
+    fn for_path(&self, path: &str) -> &[usize] {
+        super::path::first_segment(path)
+            .and_then(|f| self.by_first.get(f))
+            .unwrap_or(&self.wild)
+    }
+}
+
+/// FNV-1a: first segments are a few bytes, and the keys come from the config, not the
+/// client (a client chooses only which key it looks up).
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 /// `host` (no port) is `pattern` (lower case), or below its `*.` domain; without allocating.
@@ -286,11 +355,12 @@ impl Rule {
 
 impl Policy {
     pub fn new(default: Default, dry_run: bool, rules: Vec<Rule>) -> Self {
-        let enforced = order(&rules, |r| !r.dry_run);
-        let shadow = if dry_run || rules.iter().any(|r| r.dry_run) {
-            order(&rules, |_| true)
+        let enforced = Order::new(&rules, |r| !r.dry_run);
+        let shadowing = dry_run || rules.iter().any(|r| r.dry_run);
+        let shadow = if shadowing {
+            Order::new(&rules, |_| true)
         } else {
-            Vec::new()
+            Order::default()
         };
         let hosts = rules.iter().any(|r| !r.to.hosts.is_empty());
         Self {
@@ -299,6 +369,7 @@ impl Policy {
             rules,
             enforced,
             shadow,
+            shadowing,
             hosts,
         }
     }
@@ -323,7 +394,7 @@ impl Policy {
 
     /// Whether a shadow decision is made (a rule or the whole section in dry run).
     pub fn shadows(&self) -> bool {
-        self.dry_run || !self.shadow.is_empty()
+        self.shadowing
     }
 
     /// The name of the rule a verdict names.
@@ -349,13 +420,13 @@ impl Policy {
         }
         Decision {
             enforced: self.verdict(ask, &self.enforced),
-            shadow: (!self.shadow.is_empty()).then(|| self.verdict(ask, &self.shadow)),
+            shadow: self.shadowing.then(|| self.verdict(ask, &self.shadow)),
         }
     }
 
     /// The first rule of `order` that matches, else the default.
-    fn verdict(&self, ask: &Ask<'_>, order: &[usize]) -> Verdict {
-        for &i in order {
+    fn verdict(&self, ask: &Ask<'_>, order: &Order) -> Verdict {
+        for &i in order.for_path(ask.path) {
             let Some(r) = self.rules.get(i) else { continue };
             if r.matches(ask) {
                 let allow = r.action == Action::Allow;

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
+use crate::authz::path::normalize;
 
 fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
@@ -292,4 +293,75 @@ fn networks_match_by_prefix_in_either_family() {
         prefix: 0,
     };
     assert!(all.contains("203.0.113.9".parse().unwrap()));
+}
+
+/// The first-segment index changes which rules a request walks, never the decision: every
+/// request of a spread of paths and methods is decided as a walk over all rules would.
+#[test]
+fn the_first_segment_index_decides_as_walking_every_rule_would() {
+    let any = || Source {
+        any: true,
+        ..Source::default()
+    };
+    let to = |p: &[&str], methods: Vec<Method>| To {
+        paths: paths(p),
+        methods,
+        ..To::default()
+    };
+    let rules = vec![
+        rule(
+            "a",
+            Action::Allow,
+            any(),
+            to(&["/v1/orders", "/v1/orders/*"], vec![]),
+        ),
+        rule("b", Action::Deny, any(), to(&["/v1/orders/debug"], vec![])),
+        rule(
+            "c",
+            Action::Allow,
+            any(),
+            to(&["/admin/**", "/v2/*"], vec![Method::GET]),
+        ),
+        rule("d", Action::Allow, any(), to(&["/*/items"], vec![])),
+        rule("e", Action::Deny, any(), to(&[], vec![Method::DELETE])),
+        rule("f", Action::Allow, any(), to(&["/"], vec![])),
+        rule("g", Action::Allow, web(), to(&["/**"], vec![Method::POST])),
+        rule(
+            "h",
+            Action::Deny,
+            any(),
+            to(&["/admin/secrets/**", "/v2/x"], vec![]),
+        ),
+        rule("i", Action::Allow, any(), to(&["/v3"], vec![])),
+    ];
+    let p = Policy::new(Default::Deny, false, rules.clone());
+    let brute = |ask: &Ask<'_>| -> Option<usize> {
+        let deny =
+            (0..rules.len()).find(|&i| rules[i].action == Action::Deny && rules[i].matches(ask));
+        deny.or_else(|| {
+            (0..rules.len()).find(|&i| rules[i].action == Action::Allow && rules[i].matches(ask))
+        })
+    };
+    let segs = [
+        "", "v1", "orders", "debug", "admin", "secrets", "v2", "x", "items", "v3",
+    ];
+    let h = HeaderMap::new();
+    let frontend = id("spiffe://prod.example/ns/web/sa/frontend");
+    let mut checked = 0;
+    for a in segs {
+        for b in segs {
+            for c in segs {
+                let path = format!("/{a}/{b}/{c}");
+                let path = normalize(&path).unwrap();
+                for m in [Method::GET, Method::POST, Method::DELETE] {
+                    for peer in [Peer::Plaintext, Peer::Svid(&frontend)] {
+                        let ask = ask(peer, &m, &path, &h);
+                        assert_eq!(p.decide(&ask).enforced.rule, brute(&ask), "{m} {path}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 6000);
 }
