@@ -430,15 +430,20 @@ fn body_needs_chunked(req: &Request<Body>) -> bool {
 
 /// `X-Forwarded-Client-Cert` is attache's to write on the inbound leg: whatever a client sent is
 /// removed, and the verified client certificate's identity (mutual TLS) takes its place. The
-/// app can so believe it whoever connects, as it believes Envoy's.
-/// `seen`: whether the client sent one, when `set_forwarded` already looked (it reads every
+/// app can so believe it whoever connects, as it believes Envoy's. `X-Spiffe-Id`, which
+/// attache never writes, is removed too: no client can claim an identity to the app.
+/// `seen`: whether the client sent either, when `set_forwarded` already looked (it reads every
 /// header name once anyway; a removal by name hashes it).
 fn client_cert(headers: &mut HeaderMap, conn: Option<&ConnInfo>, seen: Option<bool>) {
     const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+    const X_SPIFFE_ID: HeaderName = HeaderName::from_static("x-spiffe-id");
     let ours = conn
         .and_then(ConnInfo::tls)
         .and_then(|t| t.peer.as_ref())
         .map(|p| p.xfcc.clone());
+    if seen != Some(false) {
+        headers.remove(X_SPIFFE_ID);
+    }
     match ours {
         Some(v) => {
             headers.insert(XFCC, v);
@@ -453,7 +458,8 @@ fn client_cert(headers: &mut HeaderMap, conn: Option<&ConnInfo>, seen: Option<bo
 /// `trusted`: the peer is one of `trusted_proxies`, whose `X-Forwarded-Proto`/`-Host` stand
 /// under `append`; anyone else's are replaced by what attache saw (`X-Forwarded-For` is a
 /// chain either way, and the app reads it from the right). Under `append`, says whether the
-/// client sent an `X-Forwarded-Client-Cert` (it looks at every name then).
+/// client sent an identity header (`X-Forwarded-Client-Cert`, `X-Spiffe-Id`; it looks at
+/// every name then).
 fn set_forwarded(
     headers: &mut HeaderMap,
     mode: ForwardedHeaders,
@@ -488,13 +494,13 @@ fn set_forwarded(
             // One pass of name comparisons finds which are present (most requests carry
             // none); each lookup by name would hash it.
             let (mut has_xff, mut has_xfp, mut has_xfh) = (false, false, false);
-            let mut has_xfcc = false;
+            let mut has_identity = false;
             for name in headers.keys() {
                 match name.as_str() {
                     "x-forwarded-for" => has_xff = true,
                     "x-forwarded-proto" => has_xfp = true,
                     "x-forwarded-host" => has_xfh = true,
-                    "x-forwarded-client-cert" => has_xfcc = true,
+                    "x-forwarded-client-cert" | "x-spiffe-id" => has_identity = true,
                     _ => {}
                 }
             }
@@ -527,7 +533,7 @@ fn set_forwarded(
                     }
                 }
             }
-            Some(has_xfcc)
+            Some(has_identity)
         }
     }
 }

@@ -804,3 +804,37 @@ spec:
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("warning"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_authorization_no_client_can_claim_an_identity_to_the_app_either() {
+    let app = App::start("app").await;
+    for mode in ["append", "replace", "off"] {
+        let ports = Ports::new();
+        let config = attache_tests::sidecar_config(ports, app.addr, "").replace(
+            "    app: http://",
+            &format!("    forwarded_headers: {mode}\n    app: http://"),
+        );
+        let a = Attache::run(ports, &config);
+        let got = exchange(
+            "GET",
+            &a.url("/echo"),
+            &[
+                ("x-spiffe-id", WEB),
+                (
+                    "x-forwarded-client-cert",
+                    "URI=spiffe://test.local/ns/ops/sa/x",
+                ),
+                ("x-kept", "yes"),
+            ],
+            "",
+        )
+        .await;
+        let headers = &got.json()["headers"];
+        assert!(headers["x-spiffe-id"].is_null(), "{mode}: {headers}");
+        assert!(
+            headers["x-forwarded-client-cert"].is_null(),
+            "{mode}: {headers}"
+        );
+        assert_eq!(headers["x-kept"], "yes", "{mode}");
+    }
+}
