@@ -31,12 +31,23 @@ pub struct Leaf {
 
 impl Ca {
     pub fn new(name: &str) -> Ca {
+        Self::with_uri(name, None)
+    }
+
+    /// A CA naming `uri` in its URI SAN (a trust domain's ID, `spiffe://partner.example`, as
+    /// SPIRE's CAs do).
+    pub fn with_uri(name: &str, uri: Option<&str>) -> Ca {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
+        if let Some(uri) = uri {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(uri.try_into().expect("an IA5 URI")));
+        }
         let cert = params.self_signed(&key).expect("self-signed");
         let pem = cert.pem();
         Ca { cert, key, pem }

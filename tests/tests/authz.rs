@@ -604,6 +604,42 @@ async fn authenticated_and_trust_domain_defaults_across_two_trust_domains() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_names_its_trust_domain_vouches_for_that_domain_only() {
+    // The partner's CA says which domain it serves (as SPIRE's do); ours names none.
+    let partner_ca = Ca::with_uri("partner.example CA", Some("spiffe://partner.example"));
+    let mesh = Mesh::with_bundle(&[&partner_ca]);
+    let app = App::start("app").await;
+    let (a, _) = mesh.start(app.addr, "  authz: { default: authenticated }\n");
+    let theirs = partner_ca.issue_uris("partner", &[PARTNER], false);
+    assert_eq!(mesh.call(&a, Some(&theirs), "GET", "/x").await.status, 200);
+    assert_eq!(
+        mesh.call(&a, Some(&mesh.svid(WEB)), "GET", "/x")
+            .await
+            .status,
+        200
+    );
+    // The partner's CA minting one of our identities: refused at the handshake.
+    let forged = partner_ca.issue_uris("forged", &[WEB], false);
+    let refused = match TlsConn::connect(
+        a.inbound(),
+        &mesh.ca.pem,
+        "localhost",
+        &["http/1.1"],
+        Some(&forged),
+    )
+    .await
+    {
+        Err(_) => true,
+        Ok(mut c) => c.get("/x", &[]).await.is_err(),
+    };
+    assert!(refused, "a partner CA vouched for our trust domain");
+    a.assert_metrics(&[
+        "attache_inbound_tls_handshake_failures_total{reason=\"unknown_issuer\"} 1",
+    ]);
+    assert_eq!(app.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_denials_touch_no_quota_no_store_and_no_restoration_entry() {
     let app = App::start("app").await;
     let ports = Ports::new();

@@ -209,15 +209,18 @@ fn load(
                 "{}: no certificates",
                 path("client_ca_file", file)
             );
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider());
-            let verifier = match s.client_cert {
-                ClientCert::Required => verifier,
-                ClientCert::Optional => verifier.allow_unauthenticated(),
+            let verifier = |roots: rustls::RootCertStore| {
+                let v =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider());
+                match s.client_cert {
+                    ClientCert::Required => v.build(),
+                    ClientCert::Optional => v.allow_unauthenticated().build(),
+                }
             };
             builder.with_client_cert_verifier(Arc::new(super::svid::SvidVerifier {
-                inner: verifier.build()?,
+                inner: verifier(roots)?,
                 required: svid_required.clone(),
+                domains: domains(pem, &verifier)?,
             }))
         }
         _ => builder.with_no_client_auth(),
@@ -237,6 +240,50 @@ fn load(
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         by: super::peer::first_uri(&leaf),
     })
+}
+
+/// The bundle split by the trust domains its CAs name (`None` when none names one): each
+/// domain's verifier trusts that domain's CAs and those that name no domain.
+fn domains<E>(
+    pem: &[u8],
+    verifier: &dyn Fn(
+        rustls::RootCertStore,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, E>,
+) -> anyhow::Result<Option<super::svid::Domains>>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut tagged: std::collections::HashMap<String, Vec<CertificateDer<'static>>> =
+        std::collections::HashMap::new();
+    let mut untagged = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(pem).flatten() {
+        match super::svid::ca_trust_domain(&cert) {
+            Some(td) => tagged.entry(td).or_default().push(cert),
+            None => untagged.push(cert),
+        }
+    }
+    if tagged.is_empty() {
+        return Ok(None);
+    }
+    let store = |certs: &[CertificateDer<'static>]| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(certs.iter().cloned());
+        roots
+    };
+    let mut by_domain = std::collections::HashMap::new();
+    for (td, mut certs) in tagged {
+        certs.extend(untagged.iter().cloned());
+        by_domain.insert(td, verifier(store(&certs))?);
+    }
+    let untagged = if untagged.is_empty() {
+        None
+    } else {
+        Some(verifier(store(&untagged))?)
+    };
+    Ok(Some(super::svid::Domains {
+        by_domain,
+        untagged,
+    }))
 }
 
 /// Reads the files again whenever one of their directories changes, and every [`POLL`]; a

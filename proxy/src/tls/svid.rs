@@ -23,9 +23,38 @@ use x509_parser::extensions::GeneralName;
 /// Wraps the chain verifier with the SVID rules.
 #[derive(Debug)]
 pub struct SvidVerifier {
+    /// Every CA of the bundle.
     pub inner: Arc<dyn ClientCertVerifier>,
     /// Every client certificate must be an SVID (authorization is configured).
     pub required: Arc<AtomicBool>,
+    /// When the bundle's CAs name their trust domains: an SVID is verified against its own
+    /// domain's CAs (and those that name none) only.
+    pub domains: Option<Domains>,
+}
+
+/// The bundle split by trust domain: a CA certificate whose URI SAN is a trust domain's ID
+/// (`spiffe://partner.example`, as SPIRE writes its CAs) vouches for that domain's SVIDs only,
+/// so a federated partner's CA can never mint an identity in another domain.
+#[derive(Debug)]
+pub struct Domains {
+    /// By trust domain: its CAs and the CAs that name no domain.
+    pub by_domain: std::collections::HashMap<String, Arc<dyn ClientCertVerifier>>,
+    /// The CAs that name no domain, for SVIDs of a domain no CA names.
+    pub untagged: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// The trust domain a CA certificate names in its URI SAN (`spiffe://<td>`, no path).
+pub fn ca_trust_domain(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) => {
+            let id = SpiffeId::parse(u).ok()?;
+            (id.as_str().len() == "spiffe://".len() + id.trust_domain().len())
+                .then(|| id.trust_domain().to_owned())
+        }
+        _ => None,
+    })
 }
 
 /// The SPIFFE ID of a client's leaf certificate when it is a valid SVID; `Ok(None)` when it
@@ -81,16 +110,30 @@ impl ClientCertVerifier for SvidVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+        let svid = svid_of(end_entity);
+        let chain = match (&svid, &self.domains) {
+            (Ok(Some(id)), Some(d)) => {
+                match d.by_domain.get(id.trust_domain()).or(d.untagged.as_ref()) {
+                    Some(v) => v.clone(),
+                    None => {
+                        tracing::debug!(
+                            id = id.as_str(),
+                            "client certificate refused: no CA in the bundle vouches for its trust domain"
+                        );
+                        return Err(Error::InvalidCertificate(CertificateError::UnknownIssuer));
+                    }
+                }
+            }
+            _ => self.inner.clone(),
+        };
+        let verified = chain.verify_client_cert(end_entity, intermediates, now)?;
         let refuse = |why: String| {
             tracing::debug!(reason = %why, "client certificate refused: not a valid X.509-SVID");
             Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
                 NotSvid(why),
             ))))
         };
-        match svid_of(end_entity) {
+        match svid {
             Ok(Some(_)) => Ok(verified),
             Ok(None) if self.required.load(Ordering::Relaxed) => Err(refuse(
                 "spec.authz needs every client certificate to be an SVID; this one has no spiffe:// URI SAN".into(),
