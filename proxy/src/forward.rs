@@ -63,13 +63,9 @@ pub struct Strip {
 impl Strip {
     /// Whether `host` (no port; any case) is listed: exactly, or under a `*.domain`.
     pub fn covers(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.hosts.iter().any(|p| match p.strip_prefix("*.") {
-            Some(domain) => host
-                .strip_suffix(&domain.to_ascii_lowercase())
-                .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
-            None => host == p.to_ascii_lowercase(),
-        })
+        self.hosts
+            .iter()
+            .any(|p| attache_filters::codec::host::matches(p, host))
     }
 }
 

@@ -135,11 +135,7 @@ fn host_of<B>(req: &Request<B>) -> Option<&str> {
         return Some(h);
     }
     let h = req.headers().get(header::HOST)?.to_str().ok()?;
-    Some(if h.starts_with('[') {
-        h.find(']').map_or(h, |end| &h[..=end])
-    } else {
-        h.rsplit_once(':').map_or(h, |(host, _)| host)
-    })
+    Some(crate::codec::host::split_host_port(h).0)
 }
 
 /// `uri` with `path` in place of its path, the query kept.

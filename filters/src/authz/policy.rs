@@ -266,21 +266,6 @@ impl Hasher for Fnv {
     }
 }
 
-/// `host` (no port) is `pattern` (lower case), or below its `*.` domain; without allocating.
-fn host_matches(pattern: &str, host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    match pattern.strip_prefix("*.") {
-        Some(domain) => {
-            let cut = host.len().wrapping_sub(domain.len());
-            host.len() > domain.len() + 1
-                && host.is_char_boundary(cut)
-                && host[cut..].eq_ignore_ascii_case(domain)
-                && host.as_bytes()[cut - 1] == b'.'
-        }
-        None => host.eq_ignore_ascii_case(pattern),
-    }
-}
-
 impl Source {
     fn matches(&self, peer: Peer<'_>, addr: IpAddr) -> bool {
         if self.any {
@@ -317,7 +302,7 @@ impl To {
             && (self.hosts.is_empty()
                 || ask
                     .host
-                    .is_some_and(|h| self.hosts.iter().any(|p| host_matches(p, h))))
+                    .is_some_and(|h| self.hosts.iter().any(|p| crate::codec::host::matches(p, h))))
     }
 }
 

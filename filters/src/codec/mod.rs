@@ -1,5 +1,6 @@
-//! The byte codecs every part of attache shares: hex and percent-encoding. The ground floor:
+//! The byte codecs every part of attache shares: hex, percent-encoding, hosts. The ground floor:
 //! it imports nothing else of the crate.
 
 pub mod hex;
+pub mod host;
 pub mod percent;

@@ -183,7 +183,7 @@ impl RequestHead {
             .and_then(|v| v.split(',').next())
             .map(str::trim);
         let raw = forwarded.or(xfh).or_else(|| self.authority())?;
-        Some(split_host_port(raw))
+        Some(crate::codec::host::split_host_port(raw))
     }
 }
 
@@ -480,19 +480,6 @@ fn strip_port(v: &str) -> &str {
     match v.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => v,
-    }
-}
-
-fn split_host_port(raw: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = raw.strip_prefix('[')
-        && let Some((host, after)) = rest.split_once(']')
-    {
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-        return (host, port);
-    }
-    match raw.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
-        _ => (raw, None),
     }
 }
 
