@@ -123,3 +123,27 @@ pub async fn raw(addr: std::net::SocketAddr, bytes: &[u8], wait: Duration) -> St
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Opens a WebSocket to `/ws` at `addr` (an HTTP/1.1 Upgrade): the stream, and the response
+/// head as read, in lower case (up to its blank line; the tunnel's bytes follow it).
+pub async fn websocket(addr: std::net::SocketAddr) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .expect("write the upgrade");
+    let mut head = Vec::new();
+    crate::within(10, async {
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                s.read(&mut b).await.expect("read"),
+                1,
+                "closed before the head"
+            );
+            head.push(b[0]);
+        }
+    })
+    .await;
+    (s, String::from_utf8_lossy(&head).to_lowercase())
+}

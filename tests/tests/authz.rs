@@ -443,24 +443,8 @@ async fn a_reload_reaches_open_connections_and_a_bad_policy_changes_nothing() {
 
 /// Opens a WebSocket through attache and checks the echo; the stream stays open.
 async fn websocket(addr: SocketAddr) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    within(10, async {
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed before the 101");
-            head.push(b[0]);
-        }
-    })
-    .await;
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let (mut s, head) = attache_tests::client::websocket(addr).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
     s.write_all(b"ping").await.unwrap();
     let mut back = [0u8; 4];
     within(10, s.read_exact(&mut back)).await.unwrap();

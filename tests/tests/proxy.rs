@@ -189,20 +189,7 @@ spec:
 async fn websocket_upgrade_is_tunnelled_both_ways() {
     let app = App::start("ws").await;
     let a = Attache::sidecar(app.addr, "");
-    let mut s = tokio::net::TcpStream::connect(a.inbound()).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    within(10, async {
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed before the 101");
-            head.push(b[0]);
-        }
-    })
-    .await;
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let (mut s, head) = client::websocket(a.inbound()).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     for msg in [&b"ping"[..], b"a longer frame of bytes \x00\x01\x02"] {
