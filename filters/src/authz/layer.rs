@@ -484,3 +484,59 @@ impl crate::facts::Fact for AuthzInfo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::policy::{Action, Default, Rule, Source, To, When};
+    use std::task::Waker;
+
+    /// A rule on an identity header can never be met by a client's own copy: the step removes
+    /// it before the decision.
+    #[test]
+    fn a_client_identity_header_never_reaches_a_rule() {
+        let rule = |header: HeaderName| Rule {
+            name: "by-header".into(),
+            action: Action::Allow,
+            dry_run: false,
+            from: Source {
+                any: true,
+                ..Source::default()
+            },
+            to: To::default(),
+            when: vec![When {
+                header,
+                values: vec![],
+                present: Some(true),
+            }],
+        };
+        let rules = vec![rule(X_SPIFFE_ID), rule(XFCC)];
+        let policy = Arc::new(Policy::new(Default::Deny, false, rules));
+        let metrics = crate::metrics::Metrics::new();
+        let layer = AuthzLayer::new(Settings {
+            counters: Counters::new(metrics.family(), &policy),
+            policy,
+            peer_of: |_| None,
+            request_id: None,
+            hand_up: false,
+            tunnels: Arc::default(),
+            log_interval: Duration::from_secs(60),
+        });
+        let ok = || Ok::<_, Infallible>(Response::new(crate::empty()));
+        let mut svc = layer.layer(tower::service_fn(move |_req| std::future::ready(ok())));
+        let mut cx = Context::from_waker(Waker::noop());
+        for spoof in [X_SPIFFE_ID, XFCC] {
+            let mut req = Request::new(crate::empty());
+            *req.uri_mut() = Uri::from_static("/x");
+            req.headers_mut().insert(
+                spoof,
+                HeaderValue::from_static("spiffe://prod.example/ns/a/sa/b"),
+            );
+            let mut fut = std::pin::pin!(svc.call(req));
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(res)) => assert_eq!(res.status(), StatusCode::FORBIDDEN),
+                _ => panic!("no answer"),
+            }
+        }
+    }
+}
